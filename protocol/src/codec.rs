@@ -1,0 +1,159 @@
+//! The wire codec: one version byte, then the value in bincode 2's `standard` configuration
+//! (little-endian, variable-length integers). Every decode is bounded by a byte limit that is
+//! checked before anything is allocated, must consume the whole input, and must be canonical
+//! (re-encoding gives the same bytes), so one value has exactly one encoding and hashes of
+//! encodings identify values.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The wire format version this crate speaks: the first byte of every top-level message,
+/// DHT value and IPC payload.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Why bytes did not decode. Each variant is a different thing a peer did wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is empty")]
+    Empty,
+    #[error("message is {len} bytes; the limit is {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("wire version {found} is not supported (this node speaks {WIRE_VERSION})")]
+    UnsupportedVersion { found: u8 },
+    #[error("message is truncated")]
+    Truncated,
+    #[error("a length inside the message exceeds the {limit}-byte limit")]
+    LimitExceeded { limit: usize },
+    #[error("message has {trailing} trailing bytes after the value")]
+    TrailingBytes { trailing: usize },
+    #[error("message is not in canonical encoding")]
+    NonCanonical,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("message breaks a rule: {0}")]
+    Invalid(String),
+}
+
+/// A top-level wire message with its own size limit and structural rules.
+pub trait Wire: Serialize + DeserializeOwned + Sized {
+    /// Largest encoding accepted, version byte included.
+    const MAX_BYTES: usize;
+
+    /// Rules that the type system does not express (counts, lengths); checked after decoding.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn to_wire(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes and checks; implemented by [`impl_wire!`](crate::impl_wire) so that the limit
+    /// is a compile-time constant for the bounded decoder.
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Implements [`Wire::from_wire`] for a concrete type with its limit.
+#[macro_export]
+macro_rules! impl_wire {
+    ($ty:ty, $limit:expr, |$v:ident| $check:expr) => {
+        impl $crate::codec::Wire for $ty {
+            const MAX_BYTES: usize = $limit;
+            fn check(&self) -> Result<(), String> {
+                let $v = self;
+                $check
+            }
+            fn from_wire(bytes: &[u8]) -> Result<Self, $crate::codec::DecodeError> {
+                let value: Self = $crate::codec::decode::<Self, { $limit }>(bytes)?;
+                $crate::codec::Wire::check(&value).map_err($crate::codec::DecodeError::Invalid)?;
+                Ok(value)
+            }
+        }
+    };
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `value` without the version byte (the bytes that signatures cover).
+pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
+    // Every type in this crate is a plain struct or enum with sized sequences: serde's bincode
+    // encoder cannot fail on them.
+    bincode::serde::encode_to_vec(value, config()).expect("agora-protocol types always encode")
+}
+
+/// Encodes `value` as a versioned wire message.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    out.extend_from_slice(&encode_body(value));
+    out
+}
+
+/// Decodes a versioned wire message of at most `LIMIT` bytes.
+pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > LIMIT {
+        return Err(DecodeError::TooLarge { len: bytes.len(), limit: LIMIT });
+    }
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnsupportedVersion { found: version });
+    }
+    decode_body::<T, LIMIT>(body)
+}
+
+/// Decodes an unversioned body of at most `LIMIT` bytes.
+pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > LIMIT {
+        return Err(DecodeError::TooLarge { len: bytes.len(), limit: LIMIT });
+    }
+    let cfg = config().with_limit::<LIMIT>();
+    let (value, consumed): (T, usize) = bincode::serde::decode_from_slice(bytes, cfg).map_err(|e| match e {
+        bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
+        bincode::error::DecodeError::LimitExceeded => DecodeError::LimitExceeded { limit: LIMIT },
+        other => DecodeError::Malformed(other.to_string()),
+    })?;
+    if consumed != bytes.len() {
+        return Err(DecodeError::TrailingBytes { trailing: bytes.len() - consumed });
+    }
+    if encode_body(&value) != bytes {
+        return Err(DecodeError::NonCanonical);
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_inputs_give_specific_errors() {
+        let good = encode(&(7u32, String::from("hi")));
+        assert_eq!(decode::<(u32, String), 64>(&good), Ok((7, "hi".into())));
+        assert_eq!(decode::<(u32, String), 64>(&[]), Err(DecodeError::Empty));
+        assert_eq!(decode::<(u32, String), 64>(&good[..good.len() - 1]), Err(DecodeError::Truncated));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(decode::<(u32, String), 64>(&trailing), Err(DecodeError::TrailingBytes { trailing: 1 }));
+        let mut wrong = good.clone();
+        wrong[0] = 2;
+        assert_eq!(decode::<(u32, String), 64>(&wrong), Err(DecodeError::UnsupportedVersion { found: 2 }));
+        assert_eq!(decode::<(u32, String), 2>(&good), Err(DecodeError::TooLarge { len: good.len(), limit: 2 }));
+        // 7 written as a u16 varint (marker 251) decodes to the same value: refused.
+        assert_eq!(decode::<u32, 64>(&[WIRE_VERSION, 251, 7, 0]), Err(DecodeError::NonCanonical));
+    }
+
+    #[test]
+    fn huge_length_prefix_is_refused_without_allocating() {
+        // A Vec<u8> claiming u64::MAX elements.
+        let mut evil = vec![WIRE_VERSION, 253];
+        evil.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(decode::<Vec<u8>, 1024>(&evil), Err(DecodeError::Truncated));
+        // The same prefix on a string or byte buffer trips the limit before any allocation.
+        assert_eq!(decode::<String, 1024>(&evil), Err(DecodeError::LimitExceeded { limit: 1024 }));
+        assert_eq!(
+            decode::<serde_bytes::ByteBuf, 1024>(&evil),
+            Err(DecodeError::LimitExceeded { limit: 1024 })
+        );
+    }
+}

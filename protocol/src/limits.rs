@@ -1,0 +1,76 @@
+//! Every size and count Agora accepts from the outside, in one place, each with why it is that
+//! value. Decoders enforce these before allocating; records are checked against them before
+//! their signatures are verified.
+
+/// Longest package name in bytes (ggen marketplace rule: `[a-z0-9][a-z0-9._-]{0,63}`).
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest semver string (version or requirement) we parse. Real ones are under 40 bytes;
+/// 128 leaves room for pre-release and build metadata without letting a peer send megabytes.
+pub const MAX_VERSION_LEN: usize = 128;
+/// Longest description, in bytes: a paragraph for search results, not a README.
+pub const MAX_DESCRIPTION_LEN: usize = 1024;
+/// Longest short metadata field (category, license, author), in bytes.
+pub const MAX_SHORT_FIELD_LEN: usize = 128;
+/// Longest repository URL, in bytes.
+pub const MAX_URL_LEN: usize = 256;
+/// Most tags, and most keywords, per package.
+pub const MAX_TAGS: usize = 16;
+/// Longest tag or keyword, in bytes.
+pub const MAX_TAG_LEN: usize = 32;
+/// Most direct dependencies of one release.
+pub const MAX_DEPENDENCIES: usize = 64;
+/// Largest `package.toml` read from disk or from an archive.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// Largest package archive (compressed). Template packs are small; 256 MiB bounds a hostile
+/// advertisement while leaving room for packs that ship binary assets.
+pub const MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
+/// Default chunk size for fetch: large enough that per-request overhead is negligible, small
+/// enough that one bad chunk costs little to re-fetch.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Smallest chunk size a record may declare (keeps the chunk list short).
+pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
+/// Largest chunk size a record may declare; also bounds one fetch response.
+pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Most chunks in one archive. 512 hashes are 16 KiB, which keeps a release record small
+/// enough for one DHT packet; an archive of [`MAX_ARCHIVE_BYTES`] needs 512 KiB chunks.
+pub const MAX_CHUNKS: usize = 512;
+
+/// Most versions listed in a [`crate::PackageHead`]: the newest ones; older releases are
+/// still found by their own `agora/rel/` key and by catalog sync.
+pub const MAX_HEAD_VERSIONS: usize = 64;
+/// Longest yank reason, in bytes.
+pub const MAX_YANK_REASON_LEN: usize = 256;
+
+/// Largest encoded release record (a DHT value and a gossip payload).
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
+/// Largest gossip message: one record plus framing.
+pub const MAX_GOSSIP_BYTES: usize = MAX_RECORD_BYTES + 1024;
+/// Largest DHT value we store or accept (a head or a release record).
+pub const MAX_DHT_VALUE_BYTES: usize = MAX_RECORD_BYTES;
+/// Kademlia wire packet limit: one value plus the rest of a kad message (closer peers with
+/// their addresses).
+pub const MAX_KAD_PACKET_BYTES: usize = MAX_DHT_VALUE_BYTES + 32 * 1024;
+
+/// Largest sync request: the longest list of ids or buckets a peer may ask for at once.
+pub const MAX_SYNC_REQUEST_BYTES: usize = 64 * 1024;
+/// Most record ids (or bucket indices) in one sync request or id listing.
+pub const MAX_SYNC_IDS: usize = 1024;
+/// Most records in one sync response.
+pub const MAX_SYNC_RECORDS: usize = 256;
+/// Largest sync response: [`MAX_SYNC_RECORDS`] records of [`MAX_RECORD_BYTES`] would be 8 MiB;
+/// a responder stops adding records before it crosses this line.
+pub const MAX_SYNC_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Number of buckets in a catalog summary (records are bucketed by the first byte of their id).
+pub const SYNC_BUCKETS: usize = 256;
+
+/// Largest fetch request (a content id and an index).
+pub const MAX_FETCH_REQUEST_BYTES: usize = 256;
+/// Largest fetch response: one chunk plus framing.
+pub const MAX_FETCH_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 256;
+
+/// Largest IPC frame payload in either direction. Requests carry paths and queries; responses
+/// carry search pages and package lists. 16 MiB is far above any of them and still bounded.
+pub const MAX_IPC_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Longest string field in an IPC request (queries, paths, multiaddrs).
+pub const MAX_IPC_STRING_LEN: usize = 4096;

@@ -1,0 +1,138 @@
+//! Peer-to-peer messages: gossip on `agora/releases/1`, catalog sync on `/agora/sync/1` and
+//! chunk fetch on `/agora/fetch/1`. Each is a [`Wire`] type with its own size limit; records
+//! inside them are verified by whoever acts on them.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec::Wire;
+use crate::content::ContentId;
+use crate::impl_wire;
+use crate::limits::*;
+use crate::records::{CatalogRecord, KeyRotation, PackageHead, RecordError, RecordId, ReleaseRecord, Yank};
+
+/// The gossipsub topic every node subscribes to.
+pub const GOSSIP_TOPIC: &str = "agora/releases/1";
+/// Catalog sync request-response protocol.
+pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
+/// Chunk fetch request-response protocol.
+pub const FETCH_PROTOCOL: &str = "/agora/fetch/1";
+/// Kademlia protocol name (a private DHT, apart from the public IPFS one).
+pub const KAD_PROTOCOL: &str = "/agora/kad/1.0.0";
+
+/// What is announced on the gossip topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipMessage {
+    Release(ReleaseRecord),
+    Yank(Yank),
+    Rotation(KeyRotation),
+    Head(PackageHead),
+}
+
+impl_wire!(GossipMessage, MAX_GOSSIP_BYTES, |_m| Ok(()));
+
+impl GossipMessage {
+    /// Decodes and verifies the record inside (signature and limits).
+    pub fn decode_verified(bytes: &[u8]) -> Result<Self, RecordError> {
+        let msg = Self::from_wire(bytes)?;
+        match &msg {
+            Self::Release(r) => r.verify()?,
+            Self::Yank(r) => r.verify()?,
+            Self::Rotation(r) => r.verify()?,
+            Self::Head(r) => r.verify()?,
+        }
+        Ok(msg)
+    }
+}
+
+/// Digest of one bucket of a catalog: records whose id starts with the bucket's byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDigest {
+    pub count: u32,
+    /// SHA-256 over the bucket's sorted record ids (all zeros when empty).
+    pub digest: [u8; 32],
+}
+
+/// Catalog sync request: summary first, then the ids of differing buckets, then records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    Summary,
+    Buckets { buckets: Vec<u8> },
+    Records { ids: Vec<RecordId> },
+}
+
+impl_wire!(SyncRequest, MAX_SYNC_REQUEST_BYTES, |r| match r {
+    SyncRequest::Summary => Ok(()),
+    SyncRequest::Buckets { buckets } if buckets.len() > SYNC_BUCKETS => {
+        Err(format!("{} buckets requested; there are {SYNC_BUCKETS}", buckets.len()))
+    }
+    SyncRequest::Records { ids } if ids.len() > MAX_SYNC_IDS => {
+        Err(format!("{} records requested; the limit is {MAX_SYNC_IDS}", ids.len()))
+    }
+    _ => Ok(()),
+});
+
+/// Why a peer did not answer a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The node is overloaded; try another peer or later.
+    Busy,
+    /// The node does not have what was asked for.
+    NotFound,
+    /// The request asked for something that does not exist (e.g. a chunk past the end).
+    OutOfRange,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    Summary { buckets: Vec<BucketDigest> },
+    Ids { ids: Vec<RecordId> },
+    Records { records: Vec<CatalogRecord> },
+    Refused(Refusal),
+}
+
+impl_wire!(SyncResponse, MAX_SYNC_RESPONSE_BYTES, |r| match r {
+    SyncResponse::Summary { buckets } if buckets.len() != SYNC_BUCKETS => {
+        Err(format!("summary has {} buckets; expected {SYNC_BUCKETS}", buckets.len()))
+    }
+    SyncResponse::Ids { ids } if ids.len() > MAX_SYNC_IDS * 64 => {
+        Err(format!("{} ids in one listing", ids.len()))
+    }
+    SyncResponse::Records { records } if records.len() > MAX_SYNC_RECORDS => {
+        Err(format!("{} records; the limit is {MAX_SYNC_RECORDS}", records.len()))
+    }
+    _ => Ok(()),
+});
+
+/// Ask for chunk `index` of the blob `content`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub content: ContentId,
+    pub index: u32,
+}
+
+impl_wire!(FetchRequest, MAX_FETCH_REQUEST_BYTES, |r| if (r.index as usize) < MAX_CHUNKS {
+    Ok(())
+} else {
+    Err(format!("chunk index {} is past the {MAX_CHUNKS}-chunk limit", r.index))
+});
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResponse {
+    Chunk(ByteBuf),
+    Refused(Refusal),
+}
+
+impl_wire!(FetchResponse, MAX_FETCH_RESPONSE_BYTES, |r| match r {
+    FetchResponse::Chunk(data) if data.len() > MAX_CHUNK_SIZE as usize => {
+        Err(format!("chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}", data.len()))
+    }
+    FetchResponse::Chunk(data) if data.is_empty() => Err("empty chunk".to_owned()),
+    _ => Ok(()),
+});
+
+/// Bucket of a record id in a catalog summary.
+pub fn bucket_of(id: &RecordId) -> u8 {
+    id.as_bytes()[0]
+}
+

@@ -1,0 +1,1 @@
+//! The root package only owns `tests/` and `benches/`.
