@@ -91,10 +91,15 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes a versioned wire message of at most `LIMIT` bytes.
-pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if bytes.len() > LIMIT {
-        return Err(DecodeError::TooLarge { len: bytes.len(), limit: LIMIT });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: LIMIT,
+        });
     }
     if version != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: version });
@@ -103,18 +108,28 @@ pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(bytes: &[u8])
 }
 
 /// Decodes an unversioned body of at most `LIMIT` bytes.
-pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
     if bytes.len() > LIMIT {
-        return Err(DecodeError::TooLarge { len: bytes.len(), limit: LIMIT });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: LIMIT,
+        });
     }
     let cfg = config().with_limit::<LIMIT>();
-    let (value, consumed): (T, usize) = bincode::serde::decode_from_slice(bytes, cfg).map_err(|e| match e {
-        bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
-        bincode::error::DecodeError::LimitExceeded => DecodeError::LimitExceeded { limit: LIMIT },
-        other => DecodeError::Malformed(other.to_string()),
-    })?;
+    let (value, consumed): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, cfg).map_err(|e| match e {
+            bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
+            bincode::error::DecodeError::LimitExceeded => {
+                DecodeError::LimitExceeded { limit: LIMIT }
+            }
+            other => DecodeError::Malformed(other.to_string()),
+        })?;
     if consumed != bytes.len() {
-        return Err(DecodeError::TrailingBytes { trailing: bytes.len() - consumed });
+        return Err(DecodeError::TrailingBytes {
+            trailing: bytes.len() - consumed,
+        });
     }
     if encode_body(&value) != bytes {
         return Err(DecodeError::NonCanonical);
@@ -131,16 +146,34 @@ mod tests {
         let good = encode(&(7u32, String::from("hi")));
         assert_eq!(decode::<(u32, String), 64>(&good), Ok((7, "hi".into())));
         assert_eq!(decode::<(u32, String), 64>(&[]), Err(DecodeError::Empty));
-        assert_eq!(decode::<(u32, String), 64>(&good[..good.len() - 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode::<(u32, String), 64>(&good[..good.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(decode::<(u32, String), 64>(&trailing), Err(DecodeError::TrailingBytes { trailing: 1 }));
+        assert_eq!(
+            decode::<(u32, String), 64>(&trailing),
+            Err(DecodeError::TrailingBytes { trailing: 1 })
+        );
         let mut wrong = good.clone();
         wrong[0] = 2;
-        assert_eq!(decode::<(u32, String), 64>(&wrong), Err(DecodeError::UnsupportedVersion { found: 2 }));
-        assert_eq!(decode::<(u32, String), 2>(&good), Err(DecodeError::TooLarge { len: good.len(), limit: 2 }));
+        assert_eq!(
+            decode::<(u32, String), 64>(&wrong),
+            Err(DecodeError::UnsupportedVersion { found: 2 })
+        );
+        assert_eq!(
+            decode::<(u32, String), 2>(&good),
+            Err(DecodeError::TooLarge {
+                len: good.len(),
+                limit: 2
+            })
+        );
         // 7 written as a u16 varint (marker 251) decodes to the same value: refused.
-        assert_eq!(decode::<u32, 64>(&[WIRE_VERSION, 251, 7, 0]), Err(DecodeError::NonCanonical));
+        assert_eq!(
+            decode::<u32, 64>(&[WIRE_VERSION, 251, 7, 0]),
+            Err(DecodeError::NonCanonical)
+        );
     }
 
     #[test]
@@ -150,7 +183,10 @@ mod tests {
         evil.extend_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(decode::<Vec<u8>, 1024>(&evil), Err(DecodeError::Truncated));
         // The same prefix on a string or byte buffer trips the limit before any allocation.
-        assert_eq!(decode::<String, 1024>(&evil), Err(DecodeError::LimitExceeded { limit: 1024 }));
+        assert_eq!(
+            decode::<String, 1024>(&evil),
+            Err(DecodeError::LimitExceeded { limit: 1024 })
+        );
         assert_eq!(
             decode::<serde_bytes::ByteBuf, 1024>(&evil),
             Err(DecodeError::LimitExceeded { limit: 1024 })

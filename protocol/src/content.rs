@@ -98,7 +98,13 @@ mod tests {
 
     #[test]
     fn bad_hex_is_refused() {
-        assert_eq!("ab".parse::<ContentId>(), Err(ContentIdError::BadLength { len: 2 }));
-        assert!(matches!("z".repeat(64).parse::<ContentId>(), Err(ContentIdError::NotHex(_))));
+        assert_eq!(
+            "ab".parse::<ContentId>(),
+            Err(ContentIdError::BadLength { len: 2 })
+        );
+        assert!(matches!(
+            "z".repeat(64).parse::<ContentId>(),
+            Err(ContentIdError::NotHex(_))
+        ));
     }
 }

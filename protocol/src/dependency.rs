@@ -48,7 +48,10 @@ pub fn parse_req(r: &str) -> Result<VersionReq, DependencyError> {
     if r.len() > MAX_VERSION_LEN {
         return Err(DependencyError::ReqTooLong { len: r.len() });
     }
-    VersionReq::parse(r).map_err(|e| DependencyError::Req { req: r.to_owned(), reason: e.to_string() })
+    VersionReq::parse(r).map_err(|e| DependencyError::Req {
+        req: r.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 impl fmt::Display for Dependency {
@@ -77,9 +80,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_parts() {
-        assert!(matches!("Base".parse::<Dependency>(), Err(DependencyError::Name(_))));
-        assert!(matches!("base@nope".parse::<Dependency>(), Err(DependencyError::Req { .. })));
+        assert!(matches!(
+            "Base".parse::<Dependency>(),
+            Err(DependencyError::Name(_))
+        ));
+        assert!(matches!(
+            "base@nope".parse::<Dependency>(),
+            Err(DependencyError::Req { .. })
+        ));
         let long = format!("base@{}", "1".repeat(200));
-        assert_eq!(long.parse::<Dependency>(), Err(DependencyError::ReqTooLong { len: 200 }));
+        assert_eq!(
+            long.parse::<Dependency>(),
+            Err(DependencyError::ReqTooLong { len: 200 })
+        );
     }
 }

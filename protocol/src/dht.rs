@@ -69,9 +69,16 @@ impl fmt::Display for DhtKey {
 impl FromStr for DhtKey {
     type Err = DhtError;
     fn from_str(s: &str) -> Result<Self, DhtError> {
-        let bad = |why: &str| DhtError::BadKey(format!("{why}: {:?}", s.chars().take(80).collect::<String>()));
+        let bad = |why: &str| {
+            DhtError::BadKey(format!(
+                "{why}: {:?}",
+                s.chars().take(80).collect::<String>()
+            ))
+        };
         if let Some(name) = s.strip_prefix("agora/pkg/") {
-            return Ok(Self::Head(name.parse().map_err(|_| bad("bad package name"))?));
+            return Ok(Self::Head(
+                name.parse().map_err(|_| bad("bad package name"))?,
+            ));
         }
         if let Some(rest) = s.strip_prefix("agora/rel/") {
             let (name, version) = rest.split_once('/').ok_or_else(|| bad("missing version"))?;
@@ -80,7 +87,9 @@ impl FromStr for DhtKey {
             return Ok(Self::Release(name, version));
         }
         if let Some(hex) = s.strip_prefix("agora/cid/") {
-            return Ok(Self::Content(hex.parse().map_err(|_| bad("bad content id"))?));
+            return Ok(Self::Content(
+                hex.parse().map_err(|_| bad("bad content id"))?,
+            ));
         }
         Err(bad("unknown prefix"))
     }
@@ -116,7 +125,10 @@ pub fn validate(key: &[u8], value: &[u8]) -> Result<DhtValue, DhtError> {
         DhtKey::Content(_) => return Err(DhtError::NotAValueKey(key.to_string())),
     };
     if decoded.key() != key {
-        return Err(DhtError::KeyMismatch { key: key.to_string(), found: decoded.key().to_string() });
+        return Err(DhtError::KeyMismatch {
+            key: key.to_string(),
+            found: decoded.key().to_string(),
+        });
     }
     Ok(decoded)
 }
@@ -124,5 +136,8 @@ pub fn validate(key: &[u8], value: &[u8]) -> Result<DhtValue, DhtError> {
 /// Deterministic order of two valid heads for one name: higher `seq` is better; on a tie the
 /// lower record id wins, so every node picks the same one.
 pub fn compare_heads(a: &PackageHead, b: &PackageHead) -> Ordering {
-    a.body.seq.cmp(&b.body.seq).then_with(|| b.id().cmp(&a.id()))
+    a.body
+        .seq
+        .cmp(&b.body.seq)
+        .then_with(|| b.id().cmp(&a.id()))
 }

@@ -57,9 +57,18 @@ pub enum ClientMessage {
 /// Daemon → client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
-    Hello { protocol: u32, daemon: String },
-    Progress { id: u64, progress: Progress },
-    Response { id: u64, result: Result<Response, IpcError> },
+    Hello {
+        protocol: u32,
+        daemon: String,
+    },
+    Progress {
+        id: u64,
+        progress: Progress,
+    },
+    Response {
+        id: u64,
+        result: Result<Response, IpcError>,
+    },
 }
 
 /// What a client can ask.
@@ -68,7 +77,9 @@ pub enum Request {
     Status,
     Peers,
     /// Dial a multiaddr (with `/p2p/<peer id>`).
-    Connect { addr: String },
+    Connect {
+        addr: String,
+    },
     /// Stop the daemon gracefully.
     Shutdown,
 }
@@ -121,14 +132,20 @@ pub enum IpcError {
 
 fn check_string(s: &str, what: &str) -> Result<(), String> {
     if s.len() > MAX_IPC_STRING_LEN {
-        return Err(format!("{what} is {} bytes; the limit is {MAX_IPC_STRING_LEN}", s.len()));
+        return Err(format!(
+            "{what} is {} bytes; the limit is {MAX_IPC_STRING_LEN}",
+            s.len()
+        ));
     }
     Ok(())
 }
 
 impl_wire!(ClientMessage, MAX_IPC_FRAME_BYTES, |m| match m {
     ClientMessage::Hello { client, .. } => check_string(client, "client name"),
-    ClientMessage::Request { request: Request::Connect { addr }, .. } => check_string(addr, "address"),
+    ClientMessage::Request {
+        request: Request::Connect { addr },
+        ..
+    } => check_string(addr, "address"),
     ClientMessage::Request { .. } => Ok(()),
 });
 

@@ -49,14 +49,20 @@ impl PublisherKey {
 
     /// Checks `signature` over `domain || message` with `verify_strict` (no malleable or
     /// small-order signatures).
-    pub fn verify(&self, domain: &[u8], message: &[u8], signature: &Signature) -> Result<(), KeyError> {
+    pub fn verify(
+        &self,
+        domain: &[u8],
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), KeyError> {
         // The bytes were validated when the key was built.
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::InvalidKey)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         let mut signed = Vec::with_capacity(domain.len() + message.len());
         signed.extend_from_slice(domain);
         signed.extend_from_slice(message);
-        key.verify_strict(&signed, &sig).map_err(|_| KeyError::BadSignature)
+        key.verify_strict(&signed, &sig)
+            .map_err(|_| KeyError::BadSignature)
     }
 
     pub fn to_hex(&self) -> String {
@@ -152,10 +158,19 @@ mod tests {
         let key = secret.public();
         let sig = secret.sign(b"agora/v1/release\0", b"body");
         assert_eq!(key.verify(b"agora/v1/release\0", b"body", &sig), Ok(()));
-        assert_eq!(key.verify(b"agora/v1/yank\0", b"body", &sig), Err(KeyError::BadSignature));
-        assert_eq!(key.verify(b"agora/v1/release\0", b"bodz", &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            key.verify(b"agora/v1/yank\0", b"body", &sig),
+            Err(KeyError::BadSignature)
+        );
+        assert_eq!(
+            key.verify(b"agora/v1/release\0", b"bodz", &sig),
+            Err(KeyError::BadSignature)
+        );
         let other = PublisherSecret::from_bytes([8; 32]).public();
-        assert_eq!(other.verify(b"agora/v1/release\0", b"body", &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            other.verify(b"agora/v1/release\0", b"body", &sig),
+            Err(KeyError::BadSignature)
+        );
     }
 
     #[test]
@@ -185,6 +200,9 @@ mod tests {
         }
         let malleated = Signature::from_bytes(bytes);
         assert_ne!(malleated, sig);
-        assert_eq!(secret.public().verify(b"d", b"m", &malleated), Err(KeyError::BadSignature));
+        assert_eq!(
+            secret.public().verify(b"d", b"m", &malleated),
+            Err(KeyError::BadSignature)
+        );
     }
 }

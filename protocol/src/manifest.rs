@@ -57,7 +57,11 @@ impl std::error::Error for ManifestError {}
 impl ManifestError {
     fn at(text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-        Self { line, column, message: message.into() }
+        Self {
+            line,
+            column,
+            message: message.into(),
+        }
     }
 }
 
@@ -109,7 +113,10 @@ impl Manifest {
             return Err(ManifestError {
                 line: 1,
                 column: 1,
-                message: format!("package.toml is {} bytes; the limit is {MAX_MANIFEST_BYTES}", text.len()),
+                message: format!(
+                    "package.toml is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                    text.len()
+                ),
             });
         }
         let syntax = |e: toml::de::Error| ManifestError::at(text, e.span(), e.message().to_owned());
@@ -130,19 +137,34 @@ impl Manifest {
         let version = parse_version(p.version.get_ref())
             .map_err(|e| err(p.version.span(), format!("invalid `version`: {e}")))?;
 
-        let text_field = |f: &Spanned<String>, field: &str, max: usize| -> Result<String, ManifestError> {
-            check_text(f.get_ref(), field, max).map_err(|m| err(f.span(), m))?;
-            Ok(f.get_ref().clone())
-        };
-        let opt = |f: &Option<Spanned<String>>, field: &str, max: usize| -> Result<Option<String>, ManifestError> {
+        let text_field =
+            |f: &Spanned<String>, field: &str, max: usize| -> Result<String, ManifestError> {
+                check_text(f.get_ref(), field, max).map_err(|m| err(f.span(), m))?;
+                Ok(f.get_ref().clone())
+            };
+        let opt = |f: &Option<Spanned<String>>,
+                   field: &str,
+                   max: usize|
+         -> Result<Option<String>, ManifestError> {
             f.as_ref().map(|f| text_field(f, field, max)).transpose()
         };
-        let list = |f: &Option<Spanned<Vec<Spanned<String>>>>, field: &str| -> Result<Vec<String>, ManifestError> {
+        let list = |f: &Option<Spanned<Vec<Spanned<String>>>>,
+                    field: &str|
+         -> Result<Vec<String>, ManifestError> {
             let Some(f) = f else { return Ok(Vec::new()) };
             if f.get_ref().len() > MAX_TAGS {
-                return Err(err(f.span(), format!("`{field}` has {} entries; the limit is {MAX_TAGS}", f.get_ref().len())));
+                return Err(err(
+                    f.span(),
+                    format!(
+                        "`{field}` has {} entries; the limit is {MAX_TAGS}",
+                        f.get_ref().len()
+                    ),
+                ));
             }
-            f.get_ref().iter().map(|t| text_field(t, field, MAX_TAG_LEN)).collect()
+            f.get_ref()
+                .iter()
+                .map(|t| text_field(t, field, MAX_TAG_LEN))
+                .collect()
         };
         let meta = PackageMeta {
             description: text_field(&p.description, "description", MAX_DESCRIPTION_LEN)?,
@@ -156,23 +178,41 @@ impl Manifest {
         let raw_deps: &[Spanned<String>] = p.dependencies.as_ref().map_or(&[], |d| d.get_ref());
         if raw_deps.len() > MAX_DEPENDENCIES {
             let span = p.dependencies.as_ref().map_or(0..0, |d| d.span());
-            return Err(err(span, format!("{} dependencies; the limit is {MAX_DEPENDENCIES}", raw_deps.len())));
+            return Err(err(
+                span,
+                format!(
+                    "{} dependencies; the limit is {MAX_DEPENDENCIES}",
+                    raw_deps.len()
+                ),
+            ));
         }
         let mut dependencies: Vec<Dependency> = Vec::new();
         for d in raw_deps {
-            let dep: Dependency = d
-                .get_ref()
-                .parse()
-                .map_err(|e| err(d.span(), format!("invalid dependency {:?}: {e}", d.get_ref())))?;
+            let dep: Dependency = d.get_ref().parse().map_err(|e| {
+                err(
+                    d.span(),
+                    format!("invalid dependency {:?}: {e}", d.get_ref()),
+                )
+            })?;
             if dep.name == name {
                 return Err(err(d.span(), format!("package {name} depends on itself")));
             }
             if dependencies.iter().any(|x| x.name == dep.name) {
-                return Err(err(d.span(), format!("dependency {} is listed twice", dep.name)));
+                return Err(err(
+                    d.span(),
+                    format!("dependency {} is listed twice", dep.name),
+                ));
             }
             dependencies.push(dep);
         }
-        Ok(Self { name, version, meta, dependencies, package_extra, extra })
+        Ok(Self {
+            name,
+            version,
+            meta,
+            dependencies,
+            package_extra,
+            extra,
+        })
     }
 
     /// The manifest as TOML again: known fields first, then the preserved keys and tables.
@@ -182,12 +222,18 @@ impl Manifest {
         package.insert("version".into(), self.version.to_string().into());
         package.insert("description".into(), self.meta.description.clone().into());
         let m = &self.meta;
-        for (k, v) in [("category", &m.category), ("author", &m.author), ("license", &m.license), ("repository", &m.repository)] {
+        for (k, v) in [
+            ("category", &m.category),
+            ("author", &m.author),
+            ("license", &m.license),
+            ("repository", &m.repository),
+        ] {
             if let Some(v) = v {
                 package.insert(k.into(), v.clone().into());
             }
         }
-        let strings = |v: &[String]| toml::Value::Array(v.iter().map(|s| s.clone().into()).collect());
+        let strings =
+            |v: &[String]| toml::Value::Array(v.iter().map(|s| s.clone().into()).collect());
         package.insert("tags".into(), strings(&m.tags));
         package.insert("keywords".into(), strings(&m.keywords));
         let deps: Vec<String> = self.dependencies.iter().map(|d| d.to_string()).collect();
@@ -203,14 +249,20 @@ impl Manifest {
 /// Parses a semver version with Agora's length limit.
 pub fn parse_version(v: &str) -> Result<Version, String> {
     if v.len() > MAX_VERSION_LEN {
-        return Err(format!("{} bytes long; the limit is {MAX_VERSION_LEN}", v.len()));
+        return Err(format!(
+            "{} bytes long; the limit is {MAX_VERSION_LEN}",
+            v.len()
+        ));
     }
     Version::parse(v).map_err(|e| e.to_string())
 }
 
 fn check_text(s: &str, field: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
-        return Err(format!("`{field}` is {} bytes; the limit is {max}", s.len()));
+        return Err(format!(
+            "`{field}` is {} bytes; the limit is {max}",
+            s.len()
+        ));
     }
     if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(format!("`{field}` contains a control character"));
@@ -234,7 +286,10 @@ impl PackageMeta {
         }
         for (field, list) in [("tags", &self.tags), ("keywords", &self.keywords)] {
             if list.len() > MAX_TAGS {
-                return Err(format!("`{field}` has {} entries; the limit is {MAX_TAGS}", list.len()));
+                return Err(format!(
+                    "`{field}` has {} entries; the limit is {MAX_TAGS}",
+                    list.len()
+                ));
             }
             for t in list {
                 check_text(t, field, MAX_TAG_LEN)?;
@@ -275,8 +330,14 @@ project = { default = "demo" }
         assert_eq!(m.meta.tags, vec!["starter", "demo"]);
         assert_eq!(m.dependencies.len(), 2);
         assert_eq!(m.dependencies[0].to_string(), "base@^1.2");
-        assert_eq!(m.package_extra.get("homepage").and_then(|v| v.as_str()), Some("https://example.org"));
-        assert_eq!(m.extra.keys().collect::<Vec<_>>(), vec!["install", "variables"]);
+        assert_eq!(
+            m.package_extra.get("homepage").and_then(|v| v.as_str()),
+            Some("https://example.org")
+        );
+        assert_eq!(
+            m.extra.keys().collect::<Vec<_>>(),
+            vec!["install", "variables"]
+        );
         let again = Manifest::parse(&m.to_toml()).unwrap();
         assert_eq!(again, m);
     }
@@ -288,7 +349,10 @@ project = { default = "demo" }
         assert_eq!((e.line, e.column), (3, 11));
         assert!(e.message.starts_with("invalid `version`"), "{e}");
 
-        let e = Manifest::parse("[package]\nname = \"Bad\"\nversion = \"1.0.0\"\ndescription = \"d\"\n").unwrap_err();
+        let e = Manifest::parse(
+            "[package]\nname = \"Bad\"\nversion = \"1.0.0\"\ndescription = \"d\"\n",
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.column), (2, 8));
 
         let e = Manifest::parse("[package]\nname = \"x\"\nversion = 3\n").unwrap_err();

@@ -9,7 +9,9 @@ use crate::codec::Wire;
 use crate::content::ContentId;
 use crate::impl_wire;
 use crate::limits::*;
-use crate::records::{CatalogRecord, KeyRotation, PackageHead, RecordError, RecordId, ReleaseRecord, Yank};
+use crate::records::{
+    CatalogRecord, KeyRotation, PackageHead, RecordError, RecordId, ReleaseRecord, Yank,
+};
 
 /// The gossipsub topic every node subscribes to.
 pub const GOSSIP_TOPIC: &str = "agora/releases/1";
@@ -64,10 +66,16 @@ pub enum SyncRequest {
 impl_wire!(SyncRequest, MAX_SYNC_REQUEST_BYTES, |r| match r {
     SyncRequest::Summary => Ok(()),
     SyncRequest::Buckets { buckets } if buckets.len() > SYNC_BUCKETS => {
-        Err(format!("{} buckets requested; there are {SYNC_BUCKETS}", buckets.len()))
+        Err(format!(
+            "{} buckets requested; there are {SYNC_BUCKETS}",
+            buckets.len()
+        ))
     }
     SyncRequest::Records { ids } if ids.len() > MAX_SYNC_IDS => {
-        Err(format!("{} records requested; the limit is {MAX_SYNC_IDS}", ids.len()))
+        Err(format!(
+            "{} records requested; the limit is {MAX_SYNC_IDS}",
+            ids.len()
+        ))
     }
     _ => Ok(()),
 });
@@ -93,13 +101,19 @@ pub enum SyncResponse {
 
 impl_wire!(SyncResponse, MAX_SYNC_RESPONSE_BYTES, |r| match r {
     SyncResponse::Summary { buckets } if buckets.len() != SYNC_BUCKETS => {
-        Err(format!("summary has {} buckets; expected {SYNC_BUCKETS}", buckets.len()))
+        Err(format!(
+            "summary has {} buckets; expected {SYNC_BUCKETS}",
+            buckets.len()
+        ))
     }
     SyncResponse::Ids { ids } if ids.len() > MAX_SYNC_IDS * 64 => {
         Err(format!("{} ids in one listing", ids.len()))
     }
     SyncResponse::Records { records } if records.len() > MAX_SYNC_RECORDS => {
-        Err(format!("{} records; the limit is {MAX_SYNC_RECORDS}", records.len()))
+        Err(format!(
+            "{} records; the limit is {MAX_SYNC_RECORDS}",
+            records.len()
+        ))
     }
     _ => Ok(()),
 });
@@ -111,11 +125,18 @@ pub struct FetchRequest {
     pub index: u32,
 }
 
-impl_wire!(FetchRequest, MAX_FETCH_REQUEST_BYTES, |r| if (r.index as usize) < MAX_CHUNKS {
-    Ok(())
-} else {
-    Err(format!("chunk index {} is past the {MAX_CHUNKS}-chunk limit", r.index))
-});
+impl_wire!(
+    FetchRequest,
+    MAX_FETCH_REQUEST_BYTES,
+    |r| if (r.index as usize) < MAX_CHUNKS {
+        Ok(())
+    } else {
+        Err(format!(
+            "chunk index {} is past the {MAX_CHUNKS}-chunk limit",
+            r.index
+        ))
+    }
+);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchResponse {
@@ -125,7 +146,10 @@ pub enum FetchResponse {
 
 impl_wire!(FetchResponse, MAX_FETCH_RESPONSE_BYTES, |r| match r {
     FetchResponse::Chunk(data) if data.len() > MAX_CHUNK_SIZE as usize => {
-        Err(format!("chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}", data.len()))
+        Err(format!(
+            "chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}",
+            data.len()
+        ))
     }
     FetchResponse::Chunk(data) if data.is_empty() => Err("empty chunk".to_owned()),
     _ => Ok(()),
@@ -135,4 +159,3 @@ impl_wire!(FetchResponse, MAX_FETCH_RESPONSE_BYTES, |r| match r {
 pub fn bucket_of(id: &RecordId) -> u8 {
     id.as_bytes()[0]
 }
-

@@ -102,10 +102,25 @@ mod tests {
     #[test]
     fn refuses_each_bad_shape_precisely() {
         assert_eq!(PackageName::new(""), Err(NameError::Empty));
-        assert_eq!(PackageName::new("x".repeat(65)), Err(NameError::TooLong { len: 65 }));
-        assert_eq!(PackageName::new("-x"), Err(NameError::BadStart { found: '-' }));
-        assert_eq!(PackageName::new("Hello"), Err(NameError::BadStart { found: 'H' }));
-        assert_eq!(PackageName::new("a/b"), Err(NameError::BadChar { found: '/', at: 1 }));
-        assert_eq!(PackageName::new("ab é"), Err(NameError::BadChar { found: ' ', at: 2 }));
+        assert_eq!(
+            PackageName::new("x".repeat(65)),
+            Err(NameError::TooLong { len: 65 })
+        );
+        assert_eq!(
+            PackageName::new("-x"),
+            Err(NameError::BadStart { found: '-' })
+        );
+        assert_eq!(
+            PackageName::new("Hello"),
+            Err(NameError::BadStart { found: 'H' })
+        );
+        assert_eq!(
+            PackageName::new("a/b"),
+            Err(NameError::BadChar { found: '/', at: 1 })
+        );
+        assert_eq!(
+            PackageName::new("ab é"),
+            Err(NameError::BadChar { found: ' ', at: 2 })
+        );
     }
 }

@@ -54,7 +54,9 @@ impl<B: RecordBody> Signed<B> {
     /// Signs `body` with `secret`, which must be the body's signer.
     pub fn sign(body: B, secret: &PublisherSecret) -> Result<Self, RecordError> {
         if secret.public() != *body.signer() {
-            return Err(RecordError::Inconsistent("signing key is not the record's signer".into()));
+            return Err(RecordError::Inconsistent(
+                "signing key is not the record's signer".into(),
+            ));
         }
         body.check()?;
         let signature = secret.sign(B::DOMAIN, &encode_body(&body));
@@ -64,7 +66,9 @@ impl<B: RecordBody> Signed<B> {
     /// Checks limits, then the signature.
     pub fn verify(&self) -> Result<(), RecordError> {
         self.body.check()?;
-        self.body.signer().verify(B::DOMAIN, &encode_body(&self.body), &self.signature)?;
+        self.body
+            .signer()
+            .verify(B::DOMAIN, &encode_body(&self.body), &self.signature)?;
         Ok(())
     }
 
@@ -106,7 +110,10 @@ impl ArchiveInfo {
             id: ContentId::of(data),
             size: data.len() as u64,
             chunk_size,
-            chunks: data.chunks(chunk_size.max(1) as usize).map(ContentId::of).collect(),
+            chunks: data
+                .chunks(chunk_size.max(1) as usize)
+                .map(ContentId::of)
+                .collect(),
         }
     }
 
@@ -146,7 +153,10 @@ impl ArchiveInfo {
             )));
         }
         if self.chunks.len() > MAX_CHUNKS {
-            return Err(RecordError::Limit(format!("{} chunks; the limit is {MAX_CHUNKS}", self.chunks.len())));
+            return Err(RecordError::Limit(format!(
+                "{} chunks; the limit is {MAX_CHUNKS}",
+                self.chunks.len()
+            )));
         }
         Ok(())
     }
@@ -155,7 +165,9 @@ impl ArchiveInfo {
 fn check_version(v: &Version) -> Result<(), RecordError> {
     let len = v.to_string().len();
     if len > MAX_VERSION_LEN {
-        return Err(RecordError::Limit(format!("version is {len} bytes; the limit is {MAX_VERSION_LEN}")));
+        return Err(RecordError::Limit(format!(
+            "version is {len} bytes; the limit is {MAX_VERSION_LEN}"
+        )));
     }
     Ok(())
 }
@@ -195,10 +207,16 @@ impl RecordBody for ReleaseBody {
         for d in &self.dependencies {
             let len = d.req.to_string().len();
             if len > MAX_VERSION_LEN {
-                return Err(RecordError::Limit(format!("requirement of {} is {len} bytes", d.name)));
+                return Err(RecordError::Limit(format!(
+                    "requirement of {} is {len} bytes",
+                    d.name
+                )));
             }
             if d.name == self.name {
-                return Err(RecordError::Inconsistent(format!("{} depends on itself", self.name)));
+                return Err(RecordError::Inconsistent(format!(
+                    "{} depends on itself",
+                    self.name
+                )));
             }
         }
         self.archive.check()
@@ -234,7 +252,9 @@ impl RecordBody for HeadBody {
         }
         self.versions.iter().try_for_each(check_version)?;
         if self.versions.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(RecordError::Inconsistent("head versions are not strictly increasing".into()));
+            return Err(RecordError::Inconsistent(
+                "head versions are not strictly increasing".into(),
+            ));
         }
         Ok(())
     }

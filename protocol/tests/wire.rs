@@ -2,7 +2,9 @@
 
 use agora_protocol::codec::{self, DecodeError, WIRE_VERSION, Wire};
 use agora_protocol::dht::{self, DhtError, DhtKey, DhtValue};
-use agora_protocol::ipc::{self, ClientMessage, FrameError, IpcError, Request, Response, ServerMessage, StatusInfo};
+use agora_protocol::ipc::{
+    self, ClientMessage, FrameError, IpcError, Request, Response, ServerMessage, StatusInfo,
+};
 use agora_protocol::keys::KeyError;
 use agora_protocol::limits::*;
 use agora_protocol::messages::*;
@@ -30,15 +32,17 @@ fn arb_meta() -> impl Strategy<Value = PackageMeta> {
         proptest::collection::vec("[a-z0-9-]{1,32}", 0..MAX_TAGS),
         proptest::collection::vec("[a-z0-9]{1,32}", 0..MAX_TAGS),
     )
-        .prop_map(|(description, category, author, tags, keywords)| PackageMeta {
-            description,
-            category,
-            author,
-            license: Some("MIT".into()),
-            repository: None,
-            tags,
-            keywords,
-        })
+        .prop_map(
+            |(description, category, author, tags, keywords)| PackageMeta {
+                description,
+                category,
+                author,
+                license: Some("MIT".into()),
+                repository: None,
+                tags,
+                keywords,
+            },
+        )
 }
 
 fn arb_release() -> impl Strategy<Value = ReleaseRecord> {
@@ -51,47 +55,79 @@ fn arb_release() -> impl Strategy<Value = ReleaseRecord> {
         proptest::option::of(any::<[u8; 32]>()),
         any::<u8>(),
     )
-        .prop_map(|(name, version, meta, data, published_at, previous, seed)| {
-            let key = secret(seed);
-            let dependencies = vec![Dependency { name: PackageName::new("zz-dep").unwrap(), req: "^1.2".parse().unwrap() }]
+        .prop_map(
+            |(name, version, meta, data, published_at, previous, seed)| {
+                let key = secret(seed);
+                let dependencies = vec![Dependency {
+                    name: PackageName::new("zz-dep").unwrap(),
+                    req: "^1.2".parse().unwrap(),
+                }]
                 .into_iter()
                 .filter(|d| d.name != name)
                 .collect();
-            let body = ReleaseBody {
+                let body = ReleaseBody {
+                    name,
+                    version,
+                    meta,
+                    dependencies,
+                    archive: ArchiveInfo::describe(&data, MIN_CHUNK_SIZE),
+                    published_at,
+                    publisher: key.public(),
+                    previous: previous.map(ContentId::from_bytes),
+                };
+                Signed::sign(body, &key).unwrap()
+            },
+        )
+}
+
+fn arb_head() -> impl Strategy<Value = PackageHead> {
+    (
+        arb_name(),
+        proptest::collection::btree_set(arb_version(), 1..MAX_HEAD_VERSIONS),
+        any::<u64>(),
+        any::<u8>(),
+    )
+        .prop_map(|(name, versions, seq, seed)| {
+            let key = secret(seed);
+            let body = HeadBody {
                 name,
-                version,
-                meta,
-                dependencies,
-                archive: ArchiveInfo::describe(&data, MIN_CHUNK_SIZE),
-                published_at,
-                publisher: key.public(),
-                previous: previous.map(ContentId::from_bytes),
+                owner: key.public(),
+                versions: versions.into_iter().collect(),
+                seq,
+                updated_at: seq / 2,
             };
             Signed::sign(body, &key).unwrap()
         })
 }
 
-fn arb_head() -> impl Strategy<Value = PackageHead> {
-    (arb_name(), proptest::collection::btree_set(arb_version(), 1..MAX_HEAD_VERSIONS), any::<u64>(), any::<u8>()).prop_map(
-        |(name, versions, seq, seed)| {
+fn arb_yank() -> impl Strategy<Value = Yank> {
+    (arb_name(), arb_version(), "[ -~]{0,100}", any::<u8>()).prop_map(
+        |(name, version, reason, seed)| {
             let key = secret(seed);
-            let body = HeadBody { name, owner: key.public(), versions: versions.into_iter().collect(), seq, updated_at: seq / 2 };
-            Signed::sign(body, &key).unwrap()
+            Signed::sign(
+                YankBody {
+                    name,
+                    version,
+                    publisher: key.public(),
+                    yanked_at: 1,
+                    reason,
+                },
+                &key,
+            )
+            .unwrap()
         },
     )
-}
-
-fn arb_yank() -> impl Strategy<Value = Yank> {
-    (arb_name(), arb_version(), "[ -~]{0,100}", any::<u8>()).prop_map(|(name, version, reason, seed)| {
-        let key = secret(seed);
-        Signed::sign(YankBody { name, version, publisher: key.public(), yanked_at: 1, reason }, &key).unwrap()
-    })
 }
 
 fn arb_rotation() -> impl Strategy<Value = KeyRotation> {
     (arb_name(), 0u8..128).prop_map(|(name, seed)| {
         let from = secret(seed);
-        let body = RotationBody { name, from: from.public(), to: secret(seed + 128).public(), rotated_at: 7 };
+        let body = RotationBody {
+            name,
+            from: from.public(),
+            to: secret(seed + 128).public(),
+            rotated_at: 7,
+        };
         Signed::sign(body, &from).unwrap()
     })
 }
@@ -191,7 +227,10 @@ fn sample_release() -> ReleaseRecord {
     let body = ReleaseBody {
         name: "hello-world".parse().unwrap(),
         version: Version::new(1, 0, 0),
-        meta: PackageMeta { description: "hi".into(), ..Default::default() },
+        meta: PackageMeta {
+            description: "hi".into(),
+            ..Default::default()
+        },
         dependencies: vec![],
         archive: ArchiveInfo::describe(&data, MIN_CHUNK_SIZE),
         published_at: 1_700_000_000,
@@ -206,41 +245,66 @@ fn hostile_records_each_get_a_specific_error() {
     let good = sample_release();
     let bytes = good.encode();
 
-    assert_eq!(ReleaseRecord::decode(&bytes[..bytes.len() - 3]), Err(RecordError::Decode(DecodeError::Truncated)));
+    assert_eq!(
+        ReleaseRecord::decode(&bytes[..bytes.len() - 3]),
+        Err(RecordError::Decode(DecodeError::Truncated))
+    );
     let mut trailing = bytes.clone();
     trailing.extend_from_slice(b"xx");
-    assert_eq!(ReleaseRecord::decode(&trailing), Err(RecordError::Decode(DecodeError::TrailingBytes { trailing: 2 })));
+    assert_eq!(
+        ReleaseRecord::decode(&trailing),
+        Err(RecordError::Decode(DecodeError::TrailingBytes {
+            trailing: 2
+        }))
+    );
     let mut version = bytes.clone();
     version[0] = WIRE_VERSION + 1;
     assert_eq!(
         ReleaseRecord::decode(&version),
-        Err(RecordError::Decode(DecodeError::UnsupportedVersion { found: WIRE_VERSION + 1 }))
+        Err(RecordError::Decode(DecodeError::UnsupportedVersion {
+            found: WIRE_VERSION + 1
+        }))
     );
     let huge = vec![WIRE_VERSION; MAX_RECORD_BYTES + 1];
     assert_eq!(
         ReleaseRecord::decode(&huge),
-        Err(RecordError::Decode(DecodeError::TooLarge { len: MAX_RECORD_BYTES + 1, limit: MAX_RECORD_BYTES }))
+        Err(RecordError::Decode(DecodeError::TooLarge {
+            len: MAX_RECORD_BYTES + 1,
+            limit: MAX_RECORD_BYTES
+        }))
     );
 
     // Wrong signature: the last byte of the signature flipped.
     let mut bad_sig = bytes.clone();
     *bad_sig.last_mut().unwrap() ^= 1;
-    assert_eq!(ReleaseRecord::decode(&bad_sig), Err(RecordError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        ReleaseRecord::decode(&bad_sig),
+        Err(RecordError::Signature(KeyError::BadSignature))
+    );
 
     // Signed by another key than the one it names.
     let mut forged = good.clone();
     forged.signature = secret(2).sign(ReleaseBody::DOMAIN, &codec::encode_body(&good.body));
-    assert_eq!(forged.verify(), Err(RecordError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        forged.verify(),
+        Err(RecordError::Signature(KeyError::BadSignature))
+    );
 
     // Right key, wrong domain: a signature made for a yank replayed on a release.
     let mut wrong_domain = good.clone();
     wrong_domain.signature = secret(1).sign(YankBody::DOMAIN, &codec::encode_body(&good.body));
-    assert_eq!(wrong_domain.verify(), Err(RecordError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        wrong_domain.verify(),
+        Err(RecordError::Signature(KeyError::BadSignature))
+    );
 
     // A body edited after signing.
     let mut edited = good.clone();
     edited.body.version = Version::new(0, 9, 0);
-    assert_eq!(ReleaseRecord::decode(&edited.encode()), Err(RecordError::Signature(KeyError::BadSignature)));
+    assert_eq!(
+        ReleaseRecord::decode(&edited.encode()),
+        Err(RecordError::Signature(KeyError::BadSignature))
+    );
 
     // Inconsistent chunk list is refused before the signature is even checked.
     let mut chunks = good.clone();
@@ -254,48 +318,96 @@ fn dht_values_must_match_their_key() {
     let other = DhtKey::Release("hello-world".parse().unwrap(), Version::new(2, 0, 0));
     assert_eq!(
         dht::validate(&other.to_bytes(), &good.encode()),
-        Err(DhtError::KeyMismatch { key: "agora/rel/hello-world/2.0.0".into(), found: "agora/rel/hello-world/1.0.0".into() })
+        Err(DhtError::KeyMismatch {
+            key: "agora/rel/hello-world/2.0.0".into(),
+            found: "agora/rel/hello-world/1.0.0".into()
+        })
     );
-    assert!(matches!(dht::validate(b"other/thing", &good.encode()), Err(DhtError::BadKey(_))));
+    assert!(matches!(
+        dht::validate(b"other/thing", &good.encode()),
+        Err(DhtError::BadKey(_))
+    ));
     let head_key = DhtKey::Head("hello-world".parse().unwrap());
     // A release record offered under a head key does not decode as a head.
-    assert!(matches!(dht::validate(&head_key.to_bytes(), &good.encode()), Err(DhtError::Record(RecordError::Decode(_)))));
+    assert!(matches!(
+        dht::validate(&head_key.to_bytes(), &good.encode()),
+        Err(DhtError::Record(RecordError::Decode(_)))
+    ));
     let cid = DhtKey::Content(ContentId::of(b"x"));
     assert_eq!(cid.to_string().parse::<DhtKey>().unwrap(), cid);
-    assert!(matches!(dht::validate(&cid.to_bytes(), &good.encode()), Err(DhtError::NotAValueKey(_))));
+    assert!(matches!(
+        dht::validate(&cid.to_bytes(), &good.encode()),
+        Err(DhtError::NotAValueKey(_))
+    ));
 }
 
 #[test]
 fn oversized_messages_and_frames_are_refused() {
-    assert_eq!(ipc::frame_len((MAX_IPC_FRAME_BYTES as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge { len: MAX_IPC_FRAME_BYTES + 1 }));
-    assert_eq!(ipc::frame_len(u32::MAX.to_be_bytes()), Err(FrameError::TooLarge { len: u32::MAX as usize }));
+    assert_eq!(
+        ipc::frame_len((MAX_IPC_FRAME_BYTES as u32 + 1).to_be_bytes()),
+        Err(FrameError::TooLarge {
+            len: MAX_IPC_FRAME_BYTES + 1
+        })
+    );
+    assert_eq!(
+        ipc::frame_len(u32::MAX.to_be_bytes()),
+        Err(FrameError::TooLarge {
+            len: u32::MAX as usize
+        })
+    );
     assert_eq!(ipc::frame_len([0; 4]), Err(FrameError::Empty));
-    let too_many = SyncRequest::Records { ids: vec![ContentId::of(b""); MAX_SYNC_IDS + 1] };
+    let too_many = SyncRequest::Records {
+        ids: vec![ContentId::of(b""); MAX_SYNC_IDS + 1],
+    };
     assert_eq!(
         SyncRequest::from_wire(&too_many.to_wire()),
-        Err(DecodeError::Invalid(format!("{} records requested; the limit is {MAX_SYNC_IDS}", MAX_SYNC_IDS + 1)))
+        Err(DecodeError::Invalid(format!(
+            "{} records requested; the limit is {MAX_SYNC_IDS}",
+            MAX_SYNC_IDS + 1
+        )))
     );
-    let big_chunk = FetchResponse::Chunk(serde_bytes::ByteBuf::from(vec![1u8; MAX_CHUNK_SIZE as usize + 1]));
+    let big_chunk = FetchResponse::Chunk(serde_bytes::ByteBuf::from(vec![
+        1u8;
+        MAX_CHUNK_SIZE as usize
+            + 1
+    ]));
     assert_eq!(
         FetchResponse::from_wire(&big_chunk.to_wire()),
-        Err(DecodeError::Invalid(format!("chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}", MAX_CHUNK_SIZE + 1)))
+        Err(DecodeError::Invalid(format!(
+            "chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}",
+            MAX_CHUNK_SIZE + 1
+        )))
     );
     let bytes = vec![WIRE_VERSION; MAX_GOSSIP_BYTES + 1];
     assert_eq!(
         GossipMessage::from_wire(&bytes),
-        Err(DecodeError::TooLarge { len: MAX_GOSSIP_BYTES + 1, limit: MAX_GOSSIP_BYTES })
+        Err(DecodeError::TooLarge {
+            len: MAX_GOSSIP_BYTES + 1,
+            limit: MAX_GOSSIP_BYTES
+        })
     );
     // A gossip head whose name string claims 2^63 bytes: refused by the limit, not allocated.
     let mut evil = vec![WIRE_VERSION, 3, 253];
     evil.extend_from_slice(&(1u64 << 63).to_le_bytes());
-    assert_eq!(GossipMessage::from_wire(&evil), Err(DecodeError::LimitExceeded { limit: MAX_GOSSIP_BYTES }));
+    assert_eq!(
+        GossipMessage::from_wire(&evil),
+        Err(DecodeError::LimitExceeded {
+            limit: MAX_GOSSIP_BYTES
+        })
+    );
 }
 
 #[test]
 fn head_order_is_deterministic() {
     let key = secret(3);
     let make = |seq| {
-        let body = HeadBody { name: "a".parse().unwrap(), owner: key.public(), versions: vec![Version::new(1, 0, 0)], seq, updated_at: 0 };
+        let body = HeadBody {
+            name: "a".parse().unwrap(),
+            owner: key.public(),
+            versions: vec![Version::new(1, 0, 0)],
+            seq,
+            updated_at: 0,
+        };
         Signed::sign(body, &key).unwrap()
     };
     let (a, b) = (make(1), make(2));

@@ -1,0 +1,186 @@
+//! The composed libp2p behaviour: Kademlia, Gossipsub, Identify, Ping, the sync and fetch
+//! request-response protocols, connection limits and optional mDNS.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use agora_protocol::limits::{MAX_DHT_VALUE_BYTES, MAX_GOSSIP_BYTES, MAX_KAD_PACKET_BYTES};
+use agora_protocol::messages::{
+    FETCH_PROTOCOL, FetchRequest, FetchResponse, GOSSIP_TOPIC, KAD_PROTOCOL, SYNC_PROTOCOL,
+    SyncRequest, SyncResponse,
+};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, connection_limits, gossipsub, identify, kad, mdns, ping, request_response,
+};
+
+use super::codec::WireCodec;
+use super::config::NetworkConfig;
+
+/// Identify protocol version string; peers with another one are still talked to, but only
+/// peers that speak our Kademlia protocol enter the routing table.
+pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
+/// Most records the in-memory DHT store keeps (heads and releases of the whole catalog).
+const MAX_DHT_RECORDS: usize = 1_000_000;
+/// Most provider records per key; more than this many providers add nothing to a fetch.
+const MAX_PROVIDERS_PER_KEY: usize = 32;
+/// Most keys this node provides itself.
+const MAX_PROVIDED_KEYS: usize = 1_000_000;
+/// Room for gossipsub's own framing (signature, key, sequence number, topic) around our data.
+const GOSSIP_FRAMING_BYTES: usize = 4096;
+
+pub type SyncBehaviour = request_response::Behaviour<WireCodec<SyncRequest, SyncResponse>>;
+pub type FetchBehaviour = request_response::Behaviour<WireCodec<FetchRequest, FetchResponse>>;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub sync: SyncBehaviour,
+    pub fetch: FetchBehaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The gossip topic.
+pub fn topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(GOSSIP_TOPIC)
+}
+
+impl Behaviour {
+    pub fn new(key: &libp2p::identity::Keypair, cfg: &NetworkConfig) -> Result<Self, String> {
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(cfg.max_established_per_peer))
+                .with_max_established_incoming(Some(cfg.max_established_incoming))
+                .with_max_established(Some(cfg.max_established_total))
+                .with_max_pending_incoming(Some(cfg.max_pending_incoming)),
+        );
+
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_cfg
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_max_packet_size(MAX_KAD_PACKET_BYTES)
+            .set_query_timeout(cfg.query_timeout)
+            .set_periodic_bootstrap_interval(cfg.periodic_bootstrap);
+        let store_cfg = kad::store::MemoryStoreConfig {
+            max_records: MAX_DHT_RECORDS,
+            max_value_bytes: MAX_DHT_VALUE_BYTES,
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
+            max_provided_keys: MAX_PROVIDED_KEYS,
+        };
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::with_config(peer_id, store_cfg),
+            kad_cfg,
+        );
+        // Daemons are reachable servers: answer DHT queries without waiting for an external
+        // address to be confirmed (which never happens on loopback or a LAN).
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(cfg.gossip_heartbeat)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_GOSSIP_BYTES + GOSSIP_FRAMING_BYTES)
+            .message_id_fn(|m: &gossipsub::Message| {
+                // Content-addressed ids: the same record published twice is one message.
+                gossipsub::MessageId::from(
+                    agora_protocol::ContentId::of(&m.data).as_bytes().to_vec(),
+                )
+            })
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_cfg,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+        let (params, thresholds) = score_params();
+        gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(|e| format!("gossipsub scoring: {e}"))?;
+        gossipsub
+            .subscribe(&topic())
+            .map_err(|e| format!("gossipsub subscribe: {e}"))?;
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(format!("agorad/{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let ping = ping::Behaviour::new(ping::Config::new());
+
+        let rr_cfg = request_response::Config::default()
+            .with_request_timeout(cfg.request_timeout)
+            .with_max_concurrent_streams(cfg.max_concurrent_streams);
+        let full = request_response::ProtocolSupport::Full;
+        let sync = request_response::Behaviour::with_codec(
+            WireCodec::default(),
+            [(StreamProtocol::new(SYNC_PROTOCOL), full.clone())],
+            rr_cfg.clone(),
+        );
+        let fetch = request_response::Behaviour::with_codec(
+            WireCodec::default(),
+            [(StreamProtocol::new(FETCH_PROTOCOL), full)],
+            rr_cfg,
+        );
+        let mdns = if cfg.enable_mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                    .map_err(|e| format!("mdns: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            limits,
+            kad,
+            gossipsub,
+            identify,
+            ping,
+            sync,
+            fetch,
+            mdns: mdns.into(),
+        })
+    }
+}
+
+/// Gossipsub peer scoring for the one Agora topic. An invalid message (a `Reject`) costs a
+/// peer 10 points before the topic weight; a handful push it below the gossip threshold and a
+/// flood below the graylist threshold, where its RPCs are ignored entirely.
+fn score_params() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let mut params = gossipsub::PeerScoreParams::default();
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_cap: 20.0,
+        // Releases are rare: a quiet mesh must not be punished for not delivering.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    params.topics.insert(topic().hash(), topic_params);
+    // Many local nodes share loopback (testnets, several nodes on one machine): do not treat
+    // them as a Sybil cluster. Remote peers can never appear from these addresses.
+    params
+        .ip_colocation_factor_whitelist
+        .insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    params
+        .ip_colocation_factor_whitelist
+        .insert(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    (params, thresholds)
+}

@@ -1,0 +1,180 @@
+//! What flows between the event loop and the rest of the daemon: commands in (each with a
+//! oneshot reply), inbound events out, and the typed errors a handle call can return.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use libp2p::request_response::InboundRequestId;
+use libp2p::{Multiaddr, PeerId, kad};
+use tokio::sync::oneshot;
+
+/// A failure of a network operation. Each variant is something a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("the network event loop has shut down")]
+    Shutdown,
+    #[error("no answer from the network within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot dial {addr}: {reason}")]
+    Dial { addr: String, reason: String },
+    #[error("no known peers: connect to a bootstrap peer first")]
+    NoKnownPeers,
+    #[error("DHT query failed: {0}")]
+    Query(String),
+    #[error("no valid record found in the DHT")]
+    NotFound,
+    #[error("no peer is subscribed to the release topic yet")]
+    NoGossipPeers,
+    #[error("gossip publish failed: {0}")]
+    Publish(String),
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("local DHT store refused the record: {0}")]
+    Store(String),
+}
+
+/// How many valid records a `get_record` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordQuorum {
+    /// Answer with the first valid record and stop the query (immutable records).
+    First,
+    /// Collect every valid record until the query ends (mutable records: pick the best).
+    All,
+}
+
+/// A snapshot of the swarm's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub external_addrs: Vec<Multiaddr>,
+    pub connected_peers: Vec<PeerId>,
+    pub routing_table_size: usize,
+    pub gossip_mesh_peers: usize,
+    pub gossip_topic_peers: usize,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
+
+/// A request to the event loop.
+#[derive(Debug)]
+pub enum Command {
+    Listen {
+        addr: Multiaddr,
+        reply: Reply<Multiaddr>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<PeerId>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    Bootstrap {
+        reply: Reply<()>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        quorum: RecordQuorum,
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    StoreRecord {
+        record: kad::Record,
+        reply: Reply<()>,
+    },
+    StartProviding {
+        key: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetProviders {
+        key: Vec<u8>,
+        reply: Reply<HashSet<PeerId>>,
+    },
+    Publish {
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    ReportValidation {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    SendSync {
+        peer: PeerId,
+        request: SyncRequest,
+        reply: Reply<SyncResponse>,
+    },
+    SendFetch {
+        peer: PeerId,
+        request: FetchRequest,
+        reply: Reply<FetchResponse>,
+    },
+    RespondSync {
+        id: InboundRequestId,
+        response: SyncResponse,
+    },
+    RespondFetch {
+        id: InboundRequestId,
+        response: FetchResponse,
+    },
+    Info {
+        reply: Reply<NetworkInfo>,
+    },
+    GossipScore {
+        peer: PeerId,
+        reply: Reply<Option<f64>>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// Something from the network that the registry decides on or wants to know.
+#[derive(Debug)]
+pub enum NetworkEvent {
+    /// A gossip message awaiting validation: answer with `report_validation`.
+    Gossip {
+        source: PeerId,
+        id: MessageId,
+        data: Vec<u8>,
+    },
+    /// A peer asked us to store a DHT record: answer with `store_record` if it is good.
+    InboundRecord {
+        source: PeerId,
+        record: kad::Record,
+    },
+    /// A sync request: answer with `respond_sync`.
+    SyncRequest {
+        peer: PeerId,
+        id: InboundRequestId,
+        request: SyncRequest,
+    },
+    /// A fetch request: answer with `respond_fetch`.
+    FetchRequest {
+        peer: PeerId,
+        id: InboundRequestId,
+        request: FetchRequest,
+    },
+    PeerConnected {
+        peer: PeerId,
+    },
+    PeerDisconnected {
+        peer: PeerId,
+    },
+    /// Round-trip time measured by ping.
+    PingRtt {
+        peer: PeerId,
+        rtt: Duration,
+    },
+}

@@ -1,0 +1,73 @@
+//! Network settings, each with the reason for its default.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+
+/// How the swarm is built and paced.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// The node's libp2p identity (separate from any publisher key).
+    pub keypair: Keypair,
+    /// Discover peers on the LAN with mDNS.
+    pub enable_mdns: bool,
+    /// Connections idle for this long are closed. libp2p's 10 s default closes connections
+    /// between request-response exchanges; a minute keeps catalog peers connected.
+    pub idle_connection_timeout: Duration,
+    /// Gossipsub heartbeat: mesh maintenance and gossip emission. 1 s is libp2p's default;
+    /// tests lower it so meshes form quickly.
+    pub gossip_heartbeat: Duration,
+    /// Kademlia query timeout.
+    pub query_timeout: Duration,
+    /// Periodic Kademlia bootstrap (refreshes the routing table); `None` turns it off.
+    pub periodic_bootstrap: Option<Duration>,
+    /// Timeout of one sync or fetch request.
+    pub request_timeout: Duration,
+    /// Upper bound on any handle call: no caller ever waits longer for the event loop.
+    pub command_timeout: Duration,
+    /// Capacity of the command channel (handle → event loop).
+    pub command_buffer: usize,
+    /// Capacity of the inbound event channel (event loop → registry). When it is full the
+    /// event loop sheds load instead of waiting: gossip is ignored, requests get `Busy`.
+    pub event_buffer: usize,
+    /// Connection limits.
+    pub max_established_per_peer: u32,
+    pub max_established_incoming: u32,
+    pub max_established_total: u32,
+    pub max_pending_incoming: u32,
+    /// Concurrent inbound and outbound request streams per connection and protocol.
+    pub max_concurrent_streams: usize,
+}
+
+impl NetworkConfig {
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            enable_mdns: false,
+            idle_connection_timeout: Duration::from_secs(120),
+            gossip_heartbeat: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(30),
+            periodic_bootstrap: Some(Duration::from_secs(300)),
+            request_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(60),
+            command_buffer: 1024,
+            event_buffer: 1024,
+            max_established_per_peer: 2,
+            max_established_incoming: 256,
+            max_established_total: 512,
+            max_pending_incoming: 64,
+            max_concurrent_streams: 64,
+        }
+    }
+
+    /// Settings for many nodes in one process on loopback: fast heartbeats, short timeouts.
+    pub fn for_local_testnet(keypair: Keypair) -> Self {
+        Self {
+            gossip_heartbeat: Duration::from_millis(100),
+            query_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(20),
+            ..Self::new(keypair)
+        }
+    }
+}

@@ -1,0 +1,760 @@
+//! The event loop: the one task that owns the libp2p `Swarm`.
+//!
+//! It runs a single `tokio::select!` over swarm events, commands from `NetworkHandle`s and a
+//! maintenance tick. It must never block or wait on slow work: no disk I/O, no awaiting a
+//! full channel (inbound events are offered with `try_send`, and load is shed when the
+//! registry falls behind). Replies to commands go through oneshot channels kept in maps
+//! keyed by the ids libp2p returns; ids we never created (republish, periodic bootstrap)
+//! are normal and only logged. Nothing that came from the network is unwrapped here.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use agora_protocol::dht::{self, DhtKey};
+use agora_protocol::messages::{
+    FetchRequest, FetchResponse, KAD_PROTOCOL, Refusal, SyncRequest, SyncResponse,
+};
+use agora_protocol::{codec, records::PackageHead};
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, ping};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, info, trace, warn};
+
+use super::behaviour::{Behaviour, BehaviourEvent, topic};
+use super::command::{Command, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply};
+
+/// Most distinct valid records one `get_record` collects before it stops the query.
+const MAX_RECORDS_PER_GET: usize = 16;
+/// Most providers one `get_providers` collects before it stops the query.
+const MAX_PROVIDERS_PER_GET: usize = 20;
+/// How often the loop does housekeeping (dropping dead inbound response channels).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+struct PendingGet {
+    quorum: RecordQuorum,
+    found: Vec<Vec<u8>>,
+    reply: Reply<Vec<Vec<u8>>>,
+}
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    pending_listen: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
+    pending_dial: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
+    pending_query: HashMap<QueryId, Reply<()>>,
+    pending_get: HashMap<QueryId, PendingGet>,
+    pending_providers: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+    pending_sync: HashMap<OutboundRequestId, (PeerId, Reply<SyncResponse>)>,
+    pending_fetch: HashMap<OutboundRequestId, (PeerId, Reply<FetchResponse>)>,
+    inbound_sync: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
+    inbound_fetch: HashMap<InboundRequestId, ResponseChannel<FetchResponse>>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetworkEvent>,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            pending_listen: HashMap::new(),
+            pending_dial: HashMap::new(),
+            pending_query: HashMap::new(),
+            pending_get: HashMap::new(),
+            pending_providers: HashMap::new(),
+            pending_sync: HashMap::new(),
+            pending_fetch: HashMap::new(),
+            inbound_sync: HashMap::new(),
+            inbound_fetch: HashMap::new(),
+        }
+    }
+
+    /// Runs until a `Shutdown` command arrives or every handle is dropped.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown();
+                        let _ = reply.send(Ok(()));
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.shutdown();
+                        break;
+                    }
+                },
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+        info!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
+    }
+
+    fn shutdown(&mut self) {
+        // Refuse new work; pending replies are dropped with the loop, which callers see as
+        // `NetworkError::Shutdown`.
+        self.commands.close();
+        let listeners: Vec<ListenerId> = self.pending_listen.keys().copied().collect();
+        for id in listeners {
+            self.swarm.remove_listener(id);
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn maintain(&mut self) {
+        self.inbound_sync.retain(|_, ch| ch.is_open());
+        self.inbound_fetch.retain(|_, ch| ch.is_open());
+        trace!(
+            peers = self.swarm.connected_peers().count(),
+            queries =
+                self.pending_query.len() + self.pending_get.len() + self.pending_providers.len(),
+            "network maintenance"
+        );
+    }
+
+    /// Offers an event to the registry without waiting; returns it back if the channel is full.
+    fn offer(&self, event: NetworkEvent) -> Result<(), NetworkEvent> {
+        match self.events.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(e)) => Err(e),
+            // Nobody listens (the registry has stopped): treat as handled.
+            Err(TrySendError::Closed(_)) => Ok(()),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    self.pending_listen.insert(id, (addr, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetworkError::Listen {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }));
+                }
+            },
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dial.insert(id, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Dial {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::AddAddress { peer, addr, reply } => {
+                behaviour.kad.add_address(&peer, addr);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Bootstrap { reply } => match behaviour.kad.bootstrap() {
+                Ok(id) => {
+                    self.pending_query.insert(id, reply);
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(NetworkError::NoKnownPeers));
+                }
+            },
+            Command::PutRecord { key, value, reply } => {
+                if let Err(e) = dht::validate(&key, &value) {
+                    let _ = reply.send(Err(NetworkError::Store(e.to_string())));
+                    return;
+                }
+                let record = kad::Record::new(key, value);
+                match behaviour.kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.pending_query.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
+                    }
+                }
+            }
+            Command::GetRecord { key, quorum, reply } => {
+                let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
+                self.pending_get.insert(
+                    id,
+                    PendingGet {
+                        quorum,
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::StoreRecord { record, reply } => {
+                let _ = reply.send(self.store_record(record));
+            }
+            Command::StartProviding { key, reply } => {
+                match behaviour.kad.start_providing(kad::RecordKey::new(&key)) {
+                    Ok(id) => {
+                        self.pending_query.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
+                    }
+                }
+            }
+            Command::GetProviders { key, reply } => {
+                let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
+                self.pending_providers.insert(id, (HashSet::new(), reply));
+            }
+            Command::Publish { data, reply } => {
+                let result = match behaviour.gossipsub.publish(topic(), data) {
+                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        Err(NetworkError::NoGossipPeers)
+                    }
+                    Err(e) => Err(NetworkError::Publish(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReportValidation {
+                id,
+                source,
+                acceptance,
+            } => {
+                behaviour
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::SendSync {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.sync.send_request(&peer, request);
+                self.pending_sync.insert(id, (peer, reply));
+            }
+            Command::SendFetch {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = behaviour.fetch.send_request(&peer, request);
+                self.pending_fetch.insert(id, (peer, reply));
+            }
+            Command::RespondSync { id, response } => {
+                if let Some(channel) = self.inbound_sync.remove(&id) {
+                    if behaviour.sync.send_response(channel, response).is_err() {
+                        debug!(?id, "sync requester went away before the response");
+                    }
+                }
+            }
+            Command::RespondFetch { id, response } => {
+                if let Some(channel) = self.inbound_fetch.remove(&id) {
+                    if behaviour.fetch.send_response(channel, response).is_err() {
+                        debug!(?id, "fetch requester went away before the response");
+                    }
+                }
+            }
+            Command::Info { reply } => {
+                let _ = reply.send(Ok(self.info()));
+            }
+            Command::GossipScore { peer, reply } => {
+                let _ = reply.send(Ok(behaviour.gossipsub.peer_score(&peer)));
+            }
+            Command::Shutdown { reply } => {
+                // Handled in `run`; unreachable here, answered anyway.
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn info(&mut self) -> NetworkInfo {
+        let swarm = &mut self.swarm;
+        let routing_table_size = swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let gossip = &swarm.behaviour().gossipsub;
+        let topic_hash = topic().hash();
+        NetworkInfo {
+            peer_id: *swarm.local_peer_id(),
+            listen_addrs: swarm.listeners().cloned().collect(),
+            external_addrs: swarm.external_addresses().cloned().collect(),
+            connected_peers: swarm.connected_peers().copied().collect(),
+            routing_table_size,
+            gossip_mesh_peers: gossip.mesh_peers(&topic_hash).count(),
+            gossip_topic_peers: gossip
+                .all_peers()
+                .filter(|(_, topics)| topics.contains(&&topic_hash))
+                .count(),
+        }
+    }
+
+    /// Stores a record the registry accepted. A head only replaces a worse head; a release,
+    /// once stored, is never replaced (releases are immutable; conflicts are the registry's
+    /// to surface as equivocation).
+    fn store_record(&mut self, record: kad::Record) -> Result<(), NetworkError> {
+        let key =
+            DhtKey::parse(record.key.as_ref()).map_err(|e| NetworkError::Store(e.to_string()))?;
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Some(existing) = kad::store::RecordStore::get(store, &record.key) {
+            let keep_existing = match key {
+                DhtKey::Head(_) => {
+                    let old = codec::decode::<
+                        PackageHead,
+                        { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
+                    >(&existing.value);
+                    let new = codec::decode::<
+                        PackageHead,
+                        { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
+                    >(&record.value);
+                    match (old, new) {
+                        (Ok(old), Ok(new)) => dht::compare_heads(&new, &old).is_le(),
+                        (Ok(_), Err(_)) => true,
+                        (Err(_), _) => false,
+                    }
+                }
+                _ => true,
+            };
+            if keep_existing {
+                return Ok(());
+            }
+        }
+        let mut record = record;
+        // Our own copy does not expire on the publisher's schedule; the registry re-puts.
+        record.publisher = None;
+        record.expires = None;
+        kad::store::RecordStore::put(store, record)
+            .map_err(|e| NetworkError::Store(format!("{e:?}")))
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(e)) => self.on_fetch(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                let _ = self.offer(NetworkEvent::PingRtt { peer, rtt });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    debug!(%peer, %addr, "mDNS discovered a peer");
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                info!(%address, "listening");
+                if let Some((_, reply)) = self.pending_listen.remove(&listener_id) {
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some((addr, reply)) = self.pending_listen.remove(&listener_id) {
+                    let reason = match reason {
+                        Ok(()) => "listener closed".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = reply.send(Err(NetworkError::Listen {
+                        addr: addr.to_string(),
+                        reason,
+                    }));
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(?listener_id, %error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some((_, reply)) = self.pending_dial.remove(&connection_id) {
+                    // A dialled address is reachable: remember it for Kademlia too.
+                    if endpoint.is_dialer() {
+                        let addr = endpoint.get_remote_address().clone();
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    let _ = self.offer(NetworkEvent::PeerConnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    let _ = self.offer(NetworkEvent::PeerDisconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                debug!(?peer_id, %error, "outgoing connection failed");
+                if let Some((addr, reply)) = self.pending_dial.remove(&connection_id) {
+                    let _ = reply.send(Err(NetworkError::Dial {
+                        addr: addr.to_string(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            other => trace!(event = ?other, "unhandled swarm event"),
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        match event {
+            identify::Event::Received { peer_id, info, .. } => {
+                let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+                if !info.protocols.contains(&kad_protocol) {
+                    trace!(peer = %peer_id, "peer does not speak Agora's Kademlia");
+                    return;
+                }
+                for addr in info.listen_addrs {
+                    if is_dialable(&addr) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            other => trace!(event = ?other, "identify event"),
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let event = NetworkEvent::Gossip {
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                };
+                if let Err(NetworkEvent::Gossip { source, id, .. }) = self.offer(event) {
+                    warn!(%source, "registry is behind: ignoring a gossip message");
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+                }
+            }
+            other => trace!(event = ?other, "gossipsub event"),
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.on_query(id, result, step.last),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                if record.value.len() > agora_protocol::limits::MAX_DHT_VALUE_BYTES {
+                    debug!(%source, len = record.value.len(), "dropping an oversized DHT record");
+                    return;
+                }
+                if self
+                    .offer(NetworkEvent::InboundRecord { source, record })
+                    .is_err()
+                {
+                    warn!(%source, "registry is behind: dropping an inbound DHT record");
+                }
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                // Kademlia has already checked that the provider is the peer that sent it;
+                // the memory store bounds providers per key and in total.
+                if let Err(e) = kad::store::RecordStore::add_provider(
+                    self.swarm.behaviour_mut().kad.store_mut(),
+                    record,
+                ) {
+                    debug!(error = ?e, "provider record not stored");
+                }
+            }
+            other => trace!(event = ?other, "kademlia event"),
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::Bootstrap(r) => {
+                if !last && r.is_ok() {
+                    return;
+                }
+                if let Some(reply) = self.pending_query.remove(&id) {
+                    let _ = reply.send(
+                        r.map(|_| ())
+                            .map_err(|e| NetworkError::Query(e.to_string())),
+                    );
+                }
+            }
+            QueryResult::PutRecord(r) => {
+                if let Some(reply) = self.pending_query.remove(&id) {
+                    let _ = reply.send(
+                        r.map(|_| ())
+                            .map_err(|e| NetworkError::Query(e.to_string())),
+                    );
+                }
+            }
+            QueryResult::StartProviding(r) => {
+                if let Some(reply) = self.pending_query.remove(&id) {
+                    let _ = reply.send(
+                        r.map(|_| ())
+                            .map_err(|e| NetworkError::Query(e.to_string())),
+                    );
+                }
+            }
+            QueryResult::GetRecord(r) => {
+                let Some(pending) = self.pending_get.get_mut(&id) else {
+                    return;
+                };
+                let mut done = last;
+                match r {
+                    Ok(GetRecordOk::FoundRecord(peer_record)) => {
+                        let record = peer_record.record;
+                        match dht::validate(record.key.as_ref(), &record.value) {
+                            Ok(_) if !pending.found.contains(&record.value) => {
+                                pending.found.push(record.value)
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                debug!(peer = ?peer_record.peer, error = %e, "invalid DHT record ignored")
+                            }
+                        }
+                        let enough = match pending.quorum {
+                            RecordQuorum::First => !pending.found.is_empty(),
+                            RecordQuorum::All => pending.found.len() >= MAX_RECORDS_PER_GET,
+                        };
+                        if enough {
+                            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                q.finish();
+                            }
+                            done = true;
+                        }
+                    }
+                    Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
+                    Err(e) => {
+                        debug!(error = %e, "get_record ended");
+                        done = true;
+                    }
+                }
+                if done {
+                    if let Some(p) = self.pending_get.remove(&id) {
+                        let result = if p.found.is_empty() {
+                            Err(NetworkError::NotFound)
+                        } else {
+                            Ok(p.found)
+                        };
+                        let _ = p.reply.send(result);
+                    }
+                }
+            }
+            QueryResult::GetProviders(r) => {
+                let Some((found, _)) = self.pending_providers.get_mut(&id) else {
+                    return;
+                };
+                let mut done = last;
+                match r {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        found.extend(providers);
+                        if found.len() >= MAX_PROVIDERS_PER_GET {
+                            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                                q.finish();
+                            }
+                            done = true;
+                        }
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
+                    Err(e) => {
+                        debug!(error = %e, "get_providers ended");
+                        done = true;
+                    }
+                }
+                if done {
+                    if let Some((found, reply)) = self.pending_providers.remove(&id) {
+                        let _ = reply.send(Ok(found));
+                    }
+                }
+            }
+            other => trace!(?id, result = ?other, "query we did not start"),
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    self.inbound_sync.insert(request_id, channel);
+                    let event = NetworkEvent::SyncRequest {
+                        peer,
+                        id: request_id,
+                        request,
+                    };
+                    if self.offer(event).is_err() {
+                        if let Some(channel) = self.inbound_sync.remove(&request_id) {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .sync
+                                .send_response(channel, SyncResponse::Refused(Refusal::Busy));
+                        }
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((_, reply)) = self.pending_sync.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_sync.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. }
+            | request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_sync.remove(&request_id);
+            }
+        }
+    }
+
+    fn on_fetch(&mut self, event: request_response::Event<FetchRequest, FetchResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    self.inbound_fetch.insert(request_id, channel);
+                    let event = NetworkEvent::FetchRequest {
+                        peer,
+                        id: request_id,
+                        request,
+                    };
+                    if self.offer(event).is_err() {
+                        if let Some(channel) = self.inbound_fetch.remove(&request_id) {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .fetch
+                                .send_response(channel, FetchResponse::Refused(Refusal::Busy));
+                        }
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some((_, reply)) = self.pending_fetch.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_fetch.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. }
+            | request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_fetch.remove(&request_id);
+            }
+        }
+    }
+}
+
+/// Addresses worth putting in the routing table: not unspecified (0.0.0.0 / ::).
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}

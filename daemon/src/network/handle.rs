@@ -1,0 +1,197 @@
+//! `NetworkHandle`: the cloneable, Send + Sync way to talk to the event loop. Every call
+//! sends a command with a oneshot reply and waits at most `command_timeout` for the answer.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use libp2p::request_response::InboundRequestId;
+use libp2p::{Multiaddr, PeerId, kad};
+use tokio::sync::{mpsc, oneshot};
+
+use super::command::{Command, NetworkError, NetworkInfo, RecordQuorum, Reply};
+
+#[derive(Clone, Debug)]
+pub struct NetworkHandle {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    timeout: Duration,
+}
+
+impl NetworkHandle {
+    pub(crate) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, timeout: Duration) -> Self {
+        Self {
+            tx,
+            peer_id,
+            timeout,
+        }
+    }
+
+    /// This node's peer id (known without asking the event loop).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetworkError> {
+        let (reply, rx) = oneshot::channel();
+        let exchange = async {
+            self.tx
+                .send(make(reply))
+                .await
+                .map_err(|_| NetworkError::Shutdown)?;
+            rx.await.map_err(|_| NetworkError::Shutdown)?
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| NetworkError::Timeout(self.timeout))?
+    }
+
+    /// Sends a command that has no reply, waiting at most the timeout for channel space.
+    async fn tell(&self, cmd: Command) -> Result<(), NetworkError> {
+        tokio::time::timeout(self.timeout, self.tx.send(cmd))
+            .await
+            .map_err(|_| NetworkError::Timeout(self.timeout))?
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Starts listening; returns the first concrete address (port 0 resolved).
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, NetworkError> {
+        self.call(|reply| Command::Listen { addr, reply }).await
+    }
+
+    /// Dials an address and waits for the connection; returns the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetworkError> {
+        self.call(|reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Adds a known address of a peer to the routing table.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetworkError> {
+        self.call(|reply| Command::AddAddress { peer, addr, reply })
+            .await
+    }
+
+    /// Runs a Kademlia bootstrap and waits for it to finish.
+    pub async fn bootstrap(&self) -> Result<(), NetworkError> {
+        self.call(|reply| Command::Bootstrap { reply }).await
+    }
+
+    /// Stores a record locally and at the closest peers (quorum of one).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|reply| Command::PutRecord { key, value, reply })
+            .await
+    }
+
+    /// Looks a record up; every returned value has passed `agora_protocol::dht::validate`.
+    pub async fn get_record(
+        &self,
+        key: Vec<u8>,
+        quorum: RecordQuorum,
+    ) -> Result<Vec<Vec<u8>>, NetworkError> {
+        self.call(|reply| Command::GetRecord { key, quorum, reply })
+            .await
+    }
+
+    /// Stores an inbound record the registry accepted into the local DHT store.
+    pub async fn store_record(&self, record: kad::Record) -> Result<(), NetworkError> {
+        self.call(|reply| Command::StoreRecord { record, reply })
+            .await
+    }
+
+    /// Announces this node as a provider of `key`.
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|reply| Command::StartProviding { key, reply })
+            .await
+    }
+
+    /// Finds providers of `key`.
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<HashSet<PeerId>, NetworkError> {
+        self.call(|reply| Command::GetProviders { key, reply })
+            .await
+    }
+
+    /// Publishes on the release topic.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|reply| Command::Publish { data, reply }).await
+    }
+
+    /// Reports the verdict on a gossip message received as `NetworkEvent::Gossip`.
+    pub async fn report_validation(
+        &self,
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    ) -> Result<(), NetworkError> {
+        self.tell(Command::ReportValidation {
+            id,
+            source,
+            acceptance,
+        })
+        .await
+    }
+
+    pub async fn send_sync(
+        &self,
+        peer: PeerId,
+        request: SyncRequest,
+    ) -> Result<SyncResponse, NetworkError> {
+        self.call(|reply| Command::SendSync {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn send_fetch(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+    ) -> Result<FetchResponse, NetworkError> {
+        self.call(|reply| Command::SendFetch {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn respond_sync(
+        &self,
+        id: InboundRequestId,
+        response: SyncResponse,
+    ) -> Result<(), NetworkError> {
+        self.tell(Command::RespondSync { id, response }).await
+    }
+
+    pub async fn respond_fetch(
+        &self,
+        id: InboundRequestId,
+        response: FetchResponse,
+    ) -> Result<(), NetworkError> {
+        self.tell(Command::RespondFetch { id, response }).await
+    }
+
+    pub async fn info(&self) -> Result<NetworkInfo, NetworkError> {
+        self.call(|reply| Command::Info { reply }).await
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NetworkError> {
+        Ok(self.info().await?.connected_peers)
+    }
+
+    /// Gossipsub's score of `peer`, if it is known.
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        self.call(|reply| Command::GossipScore { peer, reply })
+            .await
+    }
+
+    /// Stops the event loop; later calls return `NetworkError::Shutdown`.
+    pub async fn shutdown(&self) -> Result<(), NetworkError> {
+        match self.call(|reply| Command::Shutdown { reply }).await {
+            Err(NetworkError::Shutdown) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The swarm actor. [`spawn`] builds the swarm, starts the [`event_loop::EventLoop`] task that
+//! owns it, and returns a [`NetworkHandle`] for commands plus a bounded receiver of
+//! [`NetworkEvent`]s that need the registry's decision.
+
+pub mod behaviour;
+pub mod codec;
+pub mod command;
+pub mod config;
+pub mod event_loop;
+pub mod handle;
+
+pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
+pub use config::NetworkConfig;
+pub use handle::NetworkHandle;
+
+use libp2p::{SwarmBuilder, noise, tcp, yamux};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Why the swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the libp2p swarm: {0}")]
+pub struct BuildError(String);
+
+/// A running network: the handle, the inbound events and the event loop task.
+pub struct Network {
+    pub handle: NetworkHandle,
+    pub events: mpsc::Receiver<NetworkEvent>,
+    pub task: JoinHandle<()>,
+}
+
+/// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS) and spawns its event loop on the current
+/// tokio runtime.
+pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
+    let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
+    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| err(&e))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| err(&e))?
+        .with_behaviour(|key| behaviour::Behaviour::new(key, &config).map_err(|e| e.into()))
+        .map_err(|e| err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .build();
+    let peer_id = *swarm.local_peer_id();
+    let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
+    let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    let task = tokio::spawn(event_loop::EventLoop::new(swarm, command_rx, event_tx).run());
+    Ok(Network {
+        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout),
+        events: event_rx,
+        task,
+    })
+}

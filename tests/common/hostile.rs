@@ -1,0 +1,133 @@
+//! A hostile peer: a bare libp2p swarm that speaks Agora's Kademlia and gossip protocols but
+//! none of its rules, used to offer bad records to real nodes.
+
+use std::time::Duration;
+
+use agora_protocol::messages::{GOSSIP_TOPIC, KAD_PROTOCOL};
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, kad, noise, tcp, yamux,
+};
+
+#[derive(NetworkBehaviour)]
+pub struct HostileBehaviour {
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+pub struct Hostile {
+    pub swarm: Swarm<HostileBehaviour>,
+}
+
+impl Hostile {
+    pub fn new() -> Self {
+        let swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| {
+                let peer = key.public().to_peer_id();
+                let mut kad = kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                let cfg = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(100))
+                    .build()
+                    .unwrap();
+                let mut gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    cfg,
+                )
+                .unwrap();
+                gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(GOSSIP_TOPIC))
+                    .unwrap();
+                HostileBehaviour { kad, gossipsub }
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        Self { swarm }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Dials every address and drives the swarm until all connections are up.
+    pub async fn connect(&mut self, addrs: &[Multiaddr]) {
+        for a in addrs {
+            self.swarm.dial(a.clone()).unwrap();
+        }
+        let mut up = 0;
+        while up < addrs.len() {
+            if let SwarmEvent::ConnectionEstablished { .. } = self.swarm.select_next_some().await {
+                up += 1;
+            }
+        }
+    }
+
+    /// Sends `PUT_VALUE` for a raw record to `peers` and drives the swarm until the query ends.
+    pub async fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>, peers: Vec<PeerId>) {
+        let record = kad::Record::new(key, value);
+        let id = self.swarm.behaviour_mut().kad.put_record_to(
+            record,
+            peers.into_iter(),
+            kad::Quorum::One,
+        );
+        loop {
+            if let SwarmEvent::Behaviour(HostileBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed { id: got, step, .. },
+            )) = self.swarm.select_next_some().await
+            {
+                if got == id && step.last {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes raw gossip, waiting (while driving the swarm) until a peer's subscription
+    /// has arrived so that the publish has somewhere to go.
+    pub async fn publish_raw(&mut self, data: Vec<u8>) {
+        let topic = gossipsub::IdentTopic::new(GOSSIP_TOPIC);
+        loop {
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), data.clone())
+            {
+                Ok(_) => return,
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                    let _ = self.swarm.select_next_some().await;
+                }
+                Err(e) => panic!("hostile publish: {e}"),
+            }
+        }
+    }
+
+    /// Keeps the swarm running in the background (so queued messages go out and the
+    /// connections stay up) and returns it when `stop` fires.
+    pub fn drive(
+        mut self,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<Self> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.swarm.select_next_some() => {}
+                    _ = &mut stop => return self,
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! Helpers shared by the multi-node tests: start in-process nodes on loopback TCP, wait for
+//! conditions with a deadline, and build signed test records.
+#![allow(dead_code)]
+
+pub mod hostile;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use agora_daemon::network::NetworkConfig;
+use agora_daemon::node::Node;
+use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::{PackageMeta, PublisherSecret, Version};
+use libp2p::{Multiaddr, identity};
+
+/// How often `converge` re-checks its condition.
+const POLL: Duration = Duration::from_millis(50);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts one node listening on an ephemeral loopback TCP port.
+pub async fn start_node() -> (Node, Multiaddr) {
+    let config = NetworkConfig::for_local_testnet(identity::Keypair::generate_ed25519());
+    Node::start_listening(config, "/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .await
+        .expect("node starts")
+}
+
+/// Starts `n` nodes; every node but the first dials the first (the seed) and bootstraps.
+pub async fn testnet(n: usize) -> Vec<(Node, Multiaddr)> {
+    let mut nodes = vec![start_node().await];
+    let seed = nodes[0].1.clone();
+    for _ in 1..n {
+        let (node, addr) = start_node().await;
+        node.network.dial(seed.clone()).await.expect("dial seed");
+        node.network.bootstrap().await.expect("bootstrap");
+        nodes.push((node, addr));
+    }
+    nodes
+}
+
+/// Waits until `check` returns `Ok(())`, re-checking every 50 ms; panics with the last
+/// reason it gave if `deadline` passes first.
+pub async fn converge<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(why) if started.elapsed() > deadline => {
+                panic!("{what}: not converged after {deadline:?}: {why}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// A deterministic publisher key for tests.
+pub fn publisher(seed: u8) -> PublisherSecret {
+    PublisherSecret::from_bytes([seed; 32])
+}
+
+/// A signed release of `name@version` whose archive is `data`, cut into `chunk_size` chunks.
+pub fn release(
+    name: &str,
+    version: Version,
+    data: &[u8],
+    chunk_size: u32,
+    key: &PublisherSecret,
+) -> ReleaseRecord {
+    let body = ReleaseBody {
+        name: name.parse().unwrap(),
+        version,
+        meta: PackageMeta {
+            description: format!("test package {name}"),
+            ..Default::default()
+        },
+        dependencies: vec![],
+        archive: ArchiveInfo::describe(data, chunk_size),
+        published_at: 1_700_000_000,
+        publisher: key.public(),
+        previous: None,
+    };
+    Signed::sign(body, key).unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so blobs do not compress or repeat.
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,411 @@
+//! The node core on real swarms: in-process nodes on loopback TCP, no mocks.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use agora_daemon::network::{NetworkError, RecordQuorum};
+use agora_daemon::registry::fetch::fetch_archive;
+use agora_protocol::Version;
+use agora_protocol::codec::Wire;
+use agora_protocol::dht::{DhtKey, DhtValue};
+use agora_protocol::messages::{FetchRequest, FetchResponse, GossipMessage};
+use agora_protocol::records::ReleaseRecord;
+use common::hostile::Hostile;
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_bootstrapped_from_one_seed_discover_each_other() {
+    init_tracing();
+    let nodes = testnet(5).await;
+    converge("routing tables", DEADLINE, || async {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            let info = node.network.info().await.map_err(|e| e.to_string())?;
+            if info.routing_table_size != 4 {
+                return Err(format!(
+                    "node {i} has {} peers in its routing table, wants 4",
+                    info.routing_table_size
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_put_on_one_node_is_read_on_another_and_a_forged_one_is_stored_by_nobody() {
+    init_tracing();
+    let nodes = testnet(5).await;
+    let key = publisher(1);
+    let record = release(
+        "hello-world",
+        Version::new(1, 0, 0),
+        &noise(100_000, 1),
+        64 * 1024,
+        &key,
+    );
+    let value = DhtValue::Release(record.clone());
+    nodes[0]
+        .0
+        .network
+        .put_record(value.key().to_bytes(), value.encode())
+        .await
+        .unwrap();
+
+    let found = nodes[4]
+        .0
+        .network
+        .get_record(value.key().to_bytes(), RecordQuorum::First)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(ReleaseRecord::decode(&found[0]).unwrap(), record);
+
+    // A peer offers a record whose signature does not verify, straight to every node.
+    let evil_key = DhtKey::Release("evil".parse().unwrap(), Version::new(1, 0, 0));
+    let mut forged = release(
+        "evil",
+        Version::new(1, 0, 0),
+        &noise(1000, 2),
+        16 * 1024,
+        &key,
+    )
+    .encode();
+    *forged.last_mut().unwrap() ^= 0x01;
+    let mut hostile = Hostile::new();
+    hostile
+        .connect(&nodes.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>())
+        .await;
+    let targets = nodes.iter().map(|(n, _)| n.network.peer_id()).collect();
+    hostile.put_raw(evil_key.to_bytes(), forged, targets).await;
+
+    converge("every node refuses the forged record", DEADLINE, || async {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            let refused = node.registry.stats.records_refused.load(Ordering::Relaxed);
+            if refused != 1 {
+                return Err(format!("node {i} refused {refused} records, expected 1"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for (i, (node, _)) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.network
+                .get_record(evil_key.to_bytes(), RecordQuorum::All)
+                .await,
+            Err(NetworkError::NotFound),
+            "node {i} can find the forged record"
+        );
+    }
+    // Our own node refuses to put a forged value at all.
+    let mut bad = record.encode();
+    *bad.last_mut().unwrap() ^= 0x01;
+    assert!(matches!(
+        nodes[0]
+            .0
+            .network
+            .put_record(value.key().to_bytes(), bad)
+            .await,
+        Err(NetworkError::Store(_))
+    ));
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not_forwarded() {
+    init_tracing();
+    let nodes = testnet(10).await;
+    converge("gossip meshes", DEADLINE, || async {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            let info = node.network.info().await.map_err(|e| e.to_string())?;
+            if info.gossip_mesh_peers < 2 {
+                return Err(format!(
+                    "node {i} has {} mesh peers",
+                    info.gossip_mesh_peers
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    let key = publisher(3);
+    let good = release(
+        "gossiped",
+        Version::new(1, 0, 0),
+        &noise(50_000, 3),
+        16 * 1024,
+        &key,
+    );
+    nodes[0].0.registry.announce(good.clone()).await.unwrap();
+    converge("release reaches all 10 nodes", DEADLINE, || async {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            if !node.registry.has_record(&good.id()) {
+                return Err(format!("node {i} does not have the release"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // A hostile peer attached to node 0 only sends an invalid release, then a valid marker.
+    let mut hostile = Hostile::new();
+    let hostile_id = hostile.peer_id();
+    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
+    let mut invalid = good.clone();
+    invalid.body.version = Version::new(9, 9, 9); // edited after signing
+    hostile
+        .publish_raw(GossipMessage::Release(invalid).to_wire())
+        .await;
+    let marker = release(
+        "marker",
+        Version::new(1, 0, 0),
+        &noise(20_000, 4),
+        16 * 1024,
+        &key,
+    );
+    hostile
+        .publish_raw(GossipMessage::Release(marker.clone()).to_wire())
+        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+
+    converge(
+        "the marker sent after the invalid release reaches all nodes",
+        DEADLINE,
+        || async {
+            for (i, (node, _)) in nodes.iter().enumerate() {
+                if !node.registry.has_record(&marker.id()) {
+                    return Err(format!("node {i} does not have the marker"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    for (i, (node, _)) in nodes.iter().enumerate() {
+        let rejected = node.registry.stats.gossip_rejected.load(Ordering::Relaxed);
+        let expected = if i == 0 { 1 } else { 0 };
+        assert_eq!(
+            rejected, expected,
+            "node {i} rejected {rejected} gossip messages"
+        );
+        assert_eq!(node.registry.catalog_len(), 2, "node {i} catalog");
+    }
+    let score = nodes[0]
+        .0
+        .network
+        .gossip_score(hostile_id)
+        .await
+        .unwrap()
+        .expect("hostile peer is scored");
+    assert!(
+        score < 0.0,
+        "the sender of an invalid release keeps a score of {score}"
+    );
+
+    let _ = stop.send(());
+    driver.await.unwrap();
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
+    init_tracing();
+    let nodes = testnet(5).await;
+    let data = noise(5 * 1024 * 1024, 5);
+    let key = publisher(5);
+    let record = release("big", Version::new(1, 0, 0), &data, 256 * 1024, &key);
+    let (provider, _) = &nodes[0];
+    provider
+        .registry
+        .add_blob_with(record.body.archive.clone(), data.clone())
+        .await
+        .unwrap();
+    provider.registry.announce(record.clone()).await.unwrap();
+
+    let (fetcher, _) = &nodes[4];
+    let rel_key = DhtKey::Release("big".parse().unwrap(), Version::new(1, 0, 0));
+    let values = fetcher
+        .network
+        .get_record(rel_key.to_bytes(), RecordQuorum::First)
+        .await
+        .unwrap();
+    let info = ReleaseRecord::decode(&values[0]).unwrap().body.archive;
+    assert_eq!(info.chunks.len(), 20);
+
+    let providers = fetcher
+        .network
+        .get_providers(DhtKey::Content(info.id).to_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        providers.into_iter().collect::<Vec<_>>(),
+        vec![provider.network.peer_id()]
+    );
+    let fetched = fetch_archive(&fetcher.network, &info, &[provider.network.peer_id()], 4)
+        .await
+        .unwrap();
+    assert!(
+        fetched.data == data,
+        "fetched bytes differ from the published blob"
+    );
+    assert_eq!(fetched.served_by, vec![(provider.network.peer_id(), 20)]);
+    assert!(fetched.blamed.is_empty());
+    assert_eq!(
+        provider
+            .registry
+            .stats
+            .chunks_served
+            .load(Ordering::Relaxed),
+        20
+    );
+
+    // A chunk past the end and an unknown blob are refused precisely.
+    let past = FetchRequest {
+        content: info.id,
+        index: 20,
+    };
+    assert_eq!(
+        fetcher
+            .network
+            .send_fetch(provider.network.peer_id(), past)
+            .await
+            .unwrap(),
+        FetchResponse::Refused(agora_protocol::messages::Refusal::OutOfRange)
+    );
+    let unknown = FetchRequest {
+        content: agora_protocol::ContentId::of(b"nothing"),
+        index: 0,
+    };
+    assert_eq!(
+        fetcher
+            .network
+            .send_fetch(provider.network.peer_id(), unknown)
+            .await
+            .unwrap(),
+        FetchResponse::Refused(agora_protocol::messages::Refusal::NotFound)
+    );
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_tasks_share_one_handle_and_every_reply_arrives() {
+    init_tracing();
+    let nodes = testnet(2).await;
+    let (a, _) = &nodes[0];
+    let (b, _) = &nodes[1];
+    let data = noise(64 * 1024, 6);
+    let key = publisher(6);
+    let record = release("shared", Version::new(1, 0, 0), &data, 16 * 1024, &key);
+    b.registry
+        .add_blob_with(record.body.archive.clone(), data.clone())
+        .await
+        .unwrap();
+    b.registry.announce(record.clone()).await.unwrap();
+    let rel_key = DhtKey::Release("shared".parse().unwrap(), Version::new(1, 0, 0)).to_bytes();
+    let b_id = b.network.peer_id();
+
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let handle = a.network.clone();
+        let rel_key = rel_key.clone();
+        let record = record.clone();
+        let data = data.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 4 {
+                0 => {
+                    let info = handle.info().await.unwrap();
+                    assert_eq!(info.connected_peers, vec![b_id]);
+                }
+                1 => {
+                    let found = handle
+                        .get_record(rel_key, RecordQuorum::First)
+                        .await
+                        .unwrap();
+                    assert_eq!(ReleaseRecord::decode(&found[0]).unwrap(), record);
+                }
+                2 => {
+                    let index = i % 4;
+                    let req = FetchRequest {
+                        content: record.body.archive.id,
+                        index,
+                    };
+                    let FetchResponse::Chunk(chunk) = handle.send_fetch(b_id, req).await.unwrap()
+                    else {
+                        panic!("chunk {index} refused")
+                    };
+                    let start = index as usize * 16 * 1024;
+                    assert_eq!(&chunk[..], &data[start..start + 16 * 1024]);
+                }
+                _ => {
+                    let providers = handle
+                        .get_providers(DhtKey::Content(record.body.archive.id).to_bytes())
+                        .await
+                        .unwrap();
+                    assert!(providers.contains(&b_id));
+                }
+            }
+            i
+        }));
+    }
+    let all = tokio::time::timeout(DEADLINE, futures::future::join_all(tasks))
+        .await
+        .expect("no deadlock");
+    let mut done: Vec<u32> = all
+        .into_iter()
+        .map(|r| r.expect("task succeeded"))
+        .collect();
+    done.sort();
+    assert_eq!(done, (0..200).collect::<Vec<_>>());
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_every_handle_call_returns_a_clear_error() {
+    init_tracing();
+    let (node, addr) = start_node().await;
+    let handle = node.network.clone();
+    node.shutdown().await;
+    let calls = async {
+        assert_eq!(handle.info().await, Err(NetworkError::Shutdown));
+        assert_eq!(handle.dial(addr.clone()).await, Err(NetworkError::Shutdown));
+        assert_eq!(handle.bootstrap().await, Err(NetworkError::Shutdown));
+        assert_eq!(handle.publish(vec![1]).await, Err(NetworkError::Shutdown));
+        assert_eq!(
+            handle
+                .get_record(b"agora/pkg/x".to_vec(), RecordQuorum::All)
+                .await,
+            Err(NetworkError::Shutdown)
+        );
+        assert_eq!(
+            handle.get_providers(b"k".to_vec()).await,
+            Err(NetworkError::Shutdown)
+        );
+        assert_eq!(
+            handle.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await,
+            Err(NetworkError::Shutdown)
+        );
+        // Shutting down twice is not an error.
+        assert_eq!(handle.shutdown().await, Ok(()));
+    };
+    tokio::time::timeout(Duration::from_secs(5), calls)
+        .await
+        .expect("calls after shutdown return at once");
+}
