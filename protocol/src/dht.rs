@@ -24,6 +24,7 @@ pub enum DhtKey {
 }
 
 /// A validated DHT value.
+#[allow(clippy::large_enum_variant)] // Short-lived decoded values; boxing would add an allocation per message for no gain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DhtValue {
     Head(PackageHead),

@@ -23,6 +23,7 @@ pub const FETCH_PROTOCOL: &str = "/agora/fetch/1";
 pub const KAD_PROTOCOL: &str = "/agora/kad/1.0.0";
 
 /// What is announced on the gossip topic.
+#[allow(clippy::large_enum_variant)] // Short-lived decoded values; boxing would add an allocation per message for no gain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GossipMessage {
     Release(ReleaseRecord),

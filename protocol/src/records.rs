@@ -321,6 +321,7 @@ pub type Yank = Signed<YankBody>;
 pub type KeyRotation = Signed<RotationBody>;
 
 /// Any record that belongs in the catalog (what catalog sync exchanges).
+#[allow(clippy::large_enum_variant)] // Short-lived decoded values; boxing would add an allocation per message for no gain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogRecord {
     Release(ReleaseRecord),

@@ -87,10 +87,10 @@ impl Hostile {
             if let SwarmEvent::Behaviour(HostileBehaviourEvent::Kad(
                 kad::Event::OutboundQueryProgressed { id: got, step, .. },
             )) = self.swarm.select_next_some().await
+                && got == id
+                && step.last
             {
-                if got == id && step.last {
-                    return;
-                }
+                return;
             }
         }
     }

@@ -131,13 +131,13 @@ impl EventLoop {
         );
     }
 
-    /// Offers an event to the registry without waiting; returns it back if the channel is full.
-    fn offer(&self, event: NetworkEvent) -> Result<(), NetworkEvent> {
+    /// Offers an event to the registry without waiting; false if the channel is full.
+    fn offer(&self, event: NetworkEvent) -> bool {
         match self.events.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(e)) => Err(e),
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
             // Nobody listens (the registry has stopped): treat as handled.
-            Err(TrySendError::Closed(_)) => Ok(()),
+            Err(TrySendError::Closed(_)) => true,
         }
     }
 
@@ -261,17 +261,17 @@ impl EventLoop {
                 self.pending_fetch.insert(id, (peer, reply));
             }
             Command::RespondSync { id, response } => {
-                if let Some(channel) = self.inbound_sync.remove(&id) {
-                    if behaviour.sync.send_response(channel, response).is_err() {
-                        debug!(?id, "sync requester went away before the response");
-                    }
+                if let Some(channel) = self.inbound_sync.remove(&id)
+                    && behaviour.sync.send_response(channel, response).is_err()
+                {
+                    debug!(?id, "sync requester went away before the response");
                 }
             }
             Command::RespondFetch { id, response } => {
-                if let Some(channel) = self.inbound_fetch.remove(&id) {
-                    if behaviour.fetch.send_response(channel, response).is_err() {
-                        debug!(?id, "fetch requester went away before the response");
-                    }
+                if let Some(channel) = self.inbound_fetch.remove(&id)
+                    && behaviour.fetch.send_response(channel, response).is_err()
+                {
+                    debug!(?id, "fetch requester went away before the response");
                 }
             }
             Command::Info { reply } => {
@@ -361,7 +361,7 @@ impl EventLoop {
                 result: Ok(rtt),
                 ..
             })) => {
-                let _ = self.offer(NetworkEvent::PingRtt { peer, rtt });
+                self.offer(NetworkEvent::PingRtt { peer, rtt });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -422,7 +422,7 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer_id));
                 }
                 if num_established.get() == 1 {
-                    let _ = self.offer(NetworkEvent::PeerConnected { peer: peer_id });
+                    self.offer(NetworkEvent::PeerConnected { peer: peer_id });
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -433,7 +433,7 @@ impl EventLoop {
             } => {
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
-                    let _ = self.offer(NetworkEvent::PeerDisconnected { peer: peer_id });
+                    self.offer(NetworkEvent::PeerDisconnected { peer: peer_id });
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -480,15 +480,19 @@ impl EventLoop {
             } => {
                 let event = NetworkEvent::Gossip {
                     source: propagation_source,
-                    id: message_id,
+                    id: message_id.clone(),
                     data: message.data,
                 };
-                if let Err(NetworkEvent::Gossip { source, id, .. }) = self.offer(event) {
-                    warn!(%source, "registry is behind: ignoring a gossip message");
+                if !self.offer(event) {
+                    warn!(source = %propagation_source, "registry is behind: ignoring a gossip message");
                     self.swarm
                         .behaviour_mut()
                         .gossipsub
-                        .report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
                 }
             }
             other => trace!(event = ?other, "gossipsub event"),
@@ -512,10 +516,7 @@ impl EventLoop {
                     debug!(%source, len = record.value.len(), "dropping an oversized DHT record");
                     return;
                 }
-                if self
-                    .offer(NetworkEvent::InboundRecord { source, record })
-                    .is_err()
-                {
+                if !self.offer(NetworkEvent::InboundRecord { source, record }) {
                     warn!(%source, "registry is behind: dropping an inbound DHT record");
                 }
             }
@@ -601,8 +602,8 @@ impl EventLoop {
                         done = true;
                     }
                 }
-                if done {
-                    if let Some(p) = self.pending_get.remove(&id) {
+                if done && let Some(p) = self.pending_get.remove(&id) {
+                    {
                         let result = if p.found.is_empty() {
                             Err(NetworkError::NotFound)
                         } else {
@@ -633,8 +634,8 @@ impl EventLoop {
                         done = true;
                     }
                 }
-                if done {
-                    if let Some((found, reply)) = self.pending_providers.remove(&id) {
+                if done && let Some((found, reply)) = self.pending_providers.remove(&id) {
+                    {
                         let _ = reply.send(Ok(found));
                     }
                 }
@@ -657,8 +658,10 @@ impl EventLoop {
                         id: request_id,
                         request,
                     };
-                    if self.offer(event).is_err() {
-                        if let Some(channel) = self.inbound_sync.remove(&request_id) {
+                    if !self.offer(event)
+                        && let Some(channel) = self.inbound_sync.remove(&request_id)
+                    {
+                        {
                             let _ = self
                                 .swarm
                                 .behaviour_mut()
@@ -710,8 +713,10 @@ impl EventLoop {
                         id: request_id,
                         request,
                     };
-                    if self.offer(event).is_err() {
-                        if let Some(channel) = self.inbound_fetch.remove(&request_id) {
+                    if !self.offer(event)
+                        && let Some(channel) = self.inbound_fetch.remove(&request_id)
+                    {
+                        {
                             let _ = self
                                 .swarm
                                 .behaviour_mut()

@@ -32,13 +32,16 @@ pub struct RegistryStats {
     pub chunks_served: AtomicU64,
 }
 
+/// An archive this node serves: how it is cut, and its bytes.
+type ServedBlob = (ArchiveInfo, Arc<Vec<u8>>);
+
 /// What the node knows and serves.
 pub struct Registry {
     net: NetworkHandle,
     /// Every verified catalog record, by id (sorted, so sync buckets are cheap to digest).
     catalog: RwLock<BTreeMap<RecordId, CatalogRecord>>,
     /// Archives this node serves, with how they are cut into chunks.
-    blobs: RwLock<HashMap<ContentId, (ArchiveInfo, Arc<Vec<u8>>)>>,
+    blobs: RwLock<HashMap<ContentId, ServedBlob>>,
     pub stats: RegistryStats,
 }
 
