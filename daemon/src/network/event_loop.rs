@@ -381,7 +381,7 @@ impl EventLoop {
                 listener_id,
                 address,
             } => {
-                info!(%address, "listening");
+                debug!(%address, "listening");
                 if let Some((_, reply)) = self.pending_listen.remove(&listener_id) {
                     let _ = reply.send(Ok(address));
                 }
