@@ -12,7 +12,11 @@ use agora_daemon::node::Node;
 const DEFAULT_PORT: u16 = 4101;
 
 #[derive(Parser, Debug)]
-#[command(name = "agorad", version, about = "The Agora peer-to-peer package marketplace node")]
+#[command(
+    name = "agorad",
+    version,
+    about = "The Agora peer-to-peer package marketplace node"
+)]
 struct Args {
     /// Address to listen on (repeatable). Default: TCP and QUIC on port 4101, all interfaces.
     #[arg(long = "listen", value_name = "MULTIADDR")]
@@ -53,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
         args.listen
     };
     for addr in listen {
-        let bound = node.network.listen(addr.clone()).await.with_context(|| format!("while listening on {addr}"))?;
+        let bound = node
+            .network
+            .listen(addr.clone())
+            .await
+            .with_context(|| format!("while listening on {addr}"))?;
         info!(address = %bound.with(Protocol::P2p(node.network.peer_id())), "listening");
     }
     for addr in &args.bootstrap {
@@ -77,7 +85,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
+    let mut term =
+        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("while waiting for SIGINT")?,
         _ = term.recv() => {}

@@ -415,3 +415,63 @@ fn head_order_is_deterministic() {
     assert_eq!(dht::compare_heads(&b, &a), std::cmp::Ordering::Greater);
     assert_eq!(dht::compare_heads(&a, &a), std::cmp::Ordering::Equal);
 }
+
+/// The byte layouts that docs/PROTOCOL.md spells out.
+#[test]
+fn documented_layouts_hold() {
+    let c = ContentId::of(b"chunk");
+    let mut expected = vec![WIRE_VERSION];
+    expected.extend_from_slice(c.as_bytes());
+    expected.push(3);
+    assert_eq!(
+        FetchRequest {
+            content: c,
+            index: 3
+        }
+        .to_wire(),
+        expected
+    );
+    let framed = ipc::frame(&expected).unwrap();
+    assert_eq!(&framed[..4], &[0, 0, 0, 0x22]);
+
+    // Signature: length 64 as one varint byte, then the bytes; keys and ids: 32 raw bytes.
+    let sig = secret(1).sign(b"d", b"m");
+    let enc = codec::encode_body(&sig);
+    assert_eq!((enc.len(), enc[0]), (65, 0x40));
+    assert_eq!(
+        codec::encode_body(&secret(1).public()),
+        secret(1).public().as_bytes().to_vec()
+    );
+
+    // A yank: name, version, publisher, yanked_at, reason, then the signature.
+    let key = secret(4);
+    let yank = Signed::sign(
+        YankBody {
+            name: "ab".parse().unwrap(),
+            version: Version::new(1, 2, 3),
+            publisher: key.public(),
+            yanked_at: 300,
+            reason: String::new(),
+        },
+        &key,
+    )
+    .unwrap();
+    let body = codec::encode_body(&yank);
+    let mut want = vec![2, b'a', b'b', 5];
+    want.extend_from_slice(b"1.2.3");
+    want.extend_from_slice(key.public().as_bytes());
+    want.extend_from_slice(&[0xFB, 0x2C, 0x01, 0x00, 0x40]);
+    want.extend_from_slice(yank.signature.as_bytes());
+    assert_eq!(body, want);
+
+    // Enum variants are numbered in declaration order.
+    assert_eq!(SyncRequest::Summary.to_wire(), vec![WIRE_VERSION, 0]);
+    assert_eq!(
+        FetchResponse::Refused(Refusal::OutOfRange).to_wire(),
+        vec![WIRE_VERSION, 1, 2]
+    );
+    assert_eq!(
+        DhtKey::Content(c).to_string(),
+        format!("agora/cid/{}", c.to_hex())
+    );
+}
