@@ -70,10 +70,10 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => warn!(%addr, error = %e, "bootstrap peer unreachable"),
         }
     }
-    if !args.bootstrap.is_empty() {
-        if let Err(e) = node.network.bootstrap().await {
-            warn!(error = %e, "DHT bootstrap did not complete");
-        }
+    if !args.bootstrap.is_empty()
+        && let Err(e) = node.network.bootstrap().await
+    {
+        warn!(error = %e, "DHT bootstrap did not complete");
     }
 
     wait_for_signal().await?;
