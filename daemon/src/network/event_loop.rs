@@ -10,11 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use agora_protocol::codec::{self, Wire};
 use agora_protocol::dht::{self, DhtKey};
-use agora_protocol::messages::{
-    FetchRequest, FetchResponse, KAD_PROTOCOL, Refusal, SyncRequest, SyncResponse,
-};
-use agora_protocol::{codec, records::PackageHead};
+use agora_protocol::messages::{FetchResponse, KAD_PROTOCOL, Refusal, SyncResponse};
+use agora_protocol::records::PackageHead;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -29,6 +28,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
+use super::codec::WireCodec;
 use super::command::{Command, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply};
 
 /// Most distinct valid records one `get_record` collects before it stops the query.
@@ -53,10 +53,8 @@ pub struct EventLoop {
     pending_query: HashMap<QueryId, Reply<()>>,
     pending_get: HashMap<QueryId, PendingGet>,
     pending_providers: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
-    pending_sync: HashMap<OutboundRequestId, (PeerId, Reply<SyncResponse>)>,
-    pending_fetch: HashMap<OutboundRequestId, (PeerId, Reply<FetchResponse>)>,
-    inbound_sync: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
-    inbound_fetch: HashMap<InboundRequestId, ResponseChannel<FetchResponse>>,
+    sync: Exchanges<SyncResponse>,
+    fetch: Exchanges<FetchResponse>,
 }
 
 impl EventLoop {
@@ -74,10 +72,8 @@ impl EventLoop {
             pending_query: HashMap::new(),
             pending_get: HashMap::new(),
             pending_providers: HashMap::new(),
-            pending_sync: HashMap::new(),
-            pending_fetch: HashMap::new(),
-            inbound_sync: HashMap::new(),
-            inbound_fetch: HashMap::new(),
+            sync: Exchanges::default(),
+            fetch: Exchanges::default(),
         }
     }
 
@@ -121,8 +117,8 @@ impl EventLoop {
     }
 
     fn maintain(&mut self) {
-        self.inbound_sync.retain(|_, ch| ch.is_open());
-        self.inbound_fetch.retain(|_, ch| ch.is_open());
+        self.sync.inbound.retain(|_, ch| ch.is_open());
+        self.fetch.inbound.retain(|_, ch| ch.is_open());
         trace!(
             peers = self.swarm.connected_peers().count(),
             queries =
@@ -133,12 +129,7 @@ impl EventLoop {
 
     /// Offers an event to the registry without waiting; false if the channel is full.
     fn offer(&self, event: NetworkEvent) -> bool {
-        match self.events.try_send(event) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => false,
-            // Nobody listens (the registry has stopped): treat as handled.
-            Err(TrySendError::Closed(_)) => true,
-        }
+        offer(&self.events, event)
     }
 
     fn on_command(&mut self, command: Command) {
@@ -250,7 +241,7 @@ impl EventLoop {
                 reply,
             } => {
                 let id = behaviour.sync.send_request(&peer, request);
-                self.pending_sync.insert(id, (peer, reply));
+                self.sync.pending.insert(id, (peer, reply));
             }
             Command::SendFetch {
                 peer,
@@ -258,17 +249,17 @@ impl EventLoop {
                 reply,
             } => {
                 let id = behaviour.fetch.send_request(&peer, request);
-                self.pending_fetch.insert(id, (peer, reply));
+                self.fetch.pending.insert(id, (peer, reply));
             }
             Command::RespondSync { id, response } => {
-                if let Some(channel) = self.inbound_sync.remove(&id)
+                if let Some(channel) = self.sync.inbound.remove(&id)
                     && behaviour.sync.send_response(channel, response).is_err()
                 {
                     debug!(?id, "sync requester went away before the response");
                 }
             }
             Command::RespondFetch { id, response } => {
-                if let Some(channel) = self.inbound_fetch.remove(&id)
+                if let Some(channel) = self.fetch.inbound.remove(&id)
                     && behaviour.fetch.send_response(channel, response).is_err()
                 {
                     debug!(?id, "fetch requester went away before the response");
@@ -354,8 +345,22 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(e)) => self.on_fetch(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => on_exchange(
+                &mut self.swarm.behaviour_mut().sync,
+                &mut self.sync,
+                &self.events,
+                e,
+                |peer, id, request| NetworkEvent::SyncRequest { peer, id, request },
+                SyncResponse::Refused(Refusal::Busy),
+            ),
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(e)) => on_exchange(
+                &mut self.swarm.behaviour_mut().fetch,
+                &mut self.fetch,
+                &self.events,
+                e,
+                |peer, id, request| NetworkEvent::FetchRequest { peer, id, request },
+                FetchResponse::Refused(Refusal::Busy),
+            ),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -643,114 +648,86 @@ impl EventLoop {
             other => trace!(?id, result = ?other, "query we did not start"),
         }
     }
+}
 
-    fn on_sync(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request_id,
-                    request,
-                    channel,
-                } => {
-                    self.inbound_sync.insert(request_id, channel);
-                    let event = NetworkEvent::SyncRequest {
-                        peer,
-                        id: request_id,
-                        request,
-                    };
-                    if !self.offer(event)
-                        && let Some(channel) = self.inbound_sync.remove(&request_id)
-                    {
-                        {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .sync
-                                .send_response(channel, SyncResponse::Refused(Refusal::Busy));
-                        }
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some((_, reply)) = self.pending_sync.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some((_, reply)) = self.pending_sync.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            request_response::Event::InboundFailure { request_id, .. }
-            | request_response::Event::ResponseSent { request_id, .. } => {
-                self.inbound_sync.remove(&request_id);
-            }
+/// One request-response protocol's open exchanges: our requests awaiting a response, and
+/// peers' requests awaiting the registry's answer.
+struct Exchanges<Resp> {
+    pending: HashMap<OutboundRequestId, (PeerId, Reply<Resp>)>,
+    inbound: HashMap<InboundRequestId, ResponseChannel<Resp>>,
+}
+
+impl<Resp> Default for Exchanges<Resp> {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            inbound: HashMap::new(),
         }
     }
+}
 
-    fn on_fetch(&mut self, event: request_response::Event<FetchRequest, FetchResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request_id,
-                    request,
-                    channel,
-                } => {
-                    self.inbound_fetch.insert(request_id, channel);
-                    let event = NetworkEvent::FetchRequest {
-                        peer,
-                        id: request_id,
-                        request,
-                    };
-                    if !self.offer(event)
-                        && let Some(channel) = self.inbound_fetch.remove(&request_id)
-                    {
-                        {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .fetch
-                                .send_response(channel, FetchResponse::Refused(Refusal::Busy));
-                        }
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some((_, reply)) = self.pending_fetch.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
+/// Offers an event to the registry without waiting; false if the channel is full.
+fn offer(events: &mpsc::Sender<NetworkEvent>, event: NetworkEvent) -> bool {
+    match events.try_send(event) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => false,
+        // Nobody listens (the registry has stopped): treat as handled.
+        Err(TrySendError::Closed(_)) => true,
+    }
+}
+
+/// Handles an event of the sync or fetch protocol: inbound requests go to the registry (or
+/// get `busy` at once when it is behind), responses and failures resolve our requests.
+fn on_exchange<Req, Resp>(
+    behaviour: &mut request_response::Behaviour<WireCodec<Req, Resp>>,
+    state: &mut Exchanges<Resp>,
+    events: &mpsc::Sender<NetworkEvent>,
+    event: request_response::Event<Req, Resp>,
+    to_event: fn(PeerId, InboundRequestId, Req) -> NetworkEvent,
+    busy: Resp,
+) where
+    Req: Wire + Send + Sync + 'static,
+    Resp: Wire + Send + Sync + 'static,
+{
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
                 request_id,
-                error,
-                ..
+                request,
+                channel,
             } => {
-                if let Some((_, reply)) = self.pending_fetch.remove(&request_id) {
-                    let _ = reply.send(Err(NetworkError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                state.inbound.insert(request_id, channel);
+                if !offer(events, to_event(peer, request_id, request))
+                    && let Some(channel) = state.inbound.remove(&request_id)
+                {
+                    let _ = behaviour.send_response(channel, busy);
                 }
             }
-            request_response::Event::InboundFailure { request_id, .. }
-            | request_response::Event::ResponseSent { request_id, .. } => {
-                self.inbound_fetch.remove(&request_id);
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => {
+                if let Some((_, reply)) = state.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
             }
+        },
+        request_response::Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            if let Some((_, reply)) = state.pending.remove(&request_id) {
+                let _ = reply.send(Err(NetworkError::Request {
+                    peer,
+                    reason: error.to_string(),
+                }));
+            }
+        }
+        request_response::Event::InboundFailure { request_id, .. }
+        | request_response::Event::ResponseSent { request_id, .. } => {
+            state.inbound.remove(&request_id);
         }
     }
 }
