@@ -195,3 +195,10 @@ impl NetworkHandle {
         }
     }
 }
+
+// The handle is shared across tasks and threads: keep it Clone + Send + Sync. (Its futures
+// being Send is shown by the multi-node tests, which `tokio::spawn` them.)
+const _: () = {
+    const fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
+    assert_shareable::<NetworkHandle>();
+};
