@@ -21,17 +21,18 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn five_nodes_bootstrapped_from_one_seed_discover_each_other() {
     init_tracing();
     let nodes = testnet(5).await;
-    converge("routing tables", DEADLINE, || async {
-        for (i, (node, _)) in nodes.iter().enumerate() {
-            let info = node.network.info().await.map_err(|e| e.to_string())?;
-            if info.routing_table_size != 4 {
-                return Err(format!(
-                    "node {i} has {} peers in its routing table, wants 4",
-                    info.routing_table_size
-                ));
-            }
+    converge_nodes("routing tables", DEADLINE, &nodes, |_, node| async move {
+        let size = node
+            .network
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .routing_table_size;
+        if size == 4 {
+            Ok(())
+        } else {
+            Err(format!("{size} peers in its routing table, wants 4"))
         }
-        Ok(())
     })
     .await;
     for (node, _) in nodes {
@@ -86,15 +87,19 @@ async fn record_put_on_one_node_is_read_on_another_and_a_forged_one_is_stored_by
     let targets = nodes.iter().map(|(n, _)| n.network.peer_id()).collect();
     hostile.put_raw(evil_key.to_bytes(), forged, targets).await;
 
-    converge("every node refuses the forged record", DEADLINE, || async {
-        for (i, (node, _)) in nodes.iter().enumerate() {
+    converge_nodes(
+        "every node refuses the forged record",
+        DEADLINE,
+        &nodes,
+        |_, node| async move {
             let refused = node.registry.stats.records_refused.load(Ordering::Relaxed);
-            if refused != 1 {
-                return Err(format!("node {i} refused {refused} records, expected 1"));
+            if refused == 1 {
+                Ok(())
+            } else {
+                Err(format!("refused {refused} records, expected 1"))
             }
-        }
-        Ok(())
-    })
+        },
+    )
     .await;
     for (i, (node, _)) in nodes.iter().enumerate() {
         assert_eq!(
@@ -125,17 +130,18 @@ async fn record_put_on_one_node_is_read_on_another_and_a_forged_one_is_stored_by
 async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not_forwarded() {
     init_tracing();
     let nodes = testnet(10).await;
-    converge("gossip meshes", DEADLINE, || async {
-        for (i, (node, _)) in nodes.iter().enumerate() {
-            let info = node.network.info().await.map_err(|e| e.to_string())?;
-            if info.gossip_mesh_peers < 2 {
-                return Err(format!(
-                    "node {i} has {} mesh peers",
-                    info.gossip_mesh_peers
-                ));
-            }
+    converge_nodes("gossip meshes", DEADLINE, &nodes, |_, node| async move {
+        let mesh = node
+            .network
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .gossip_mesh_peers;
+        if mesh >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{mesh} mesh peers"))
         }
-        Ok(())
     })
     .await;
 
@@ -148,14 +154,19 @@ async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not
         &key,
     );
     nodes[0].0.registry.announce(good.clone()).await.unwrap();
-    converge("release reaches all 10 nodes", DEADLINE, || async {
-        for (i, (node, _)) in nodes.iter().enumerate() {
-            if !node.registry.has_record(&good.id()) {
-                return Err(format!("node {i} does not have the release"));
+    let good_id = good.id();
+    converge_nodes(
+        "release reaches all 10 nodes",
+        DEADLINE,
+        &nodes,
+        |_, node| async move {
+            if node.registry.has_record(&good_id) {
+                Ok(())
+            } else {
+                Err("does not have the release".into())
             }
-        }
-        Ok(())
-    })
+        },
+    )
     .await;
 
     // A hostile peer attached to node 0 only sends an invalid release, then a valid marker.
@@ -180,16 +191,17 @@ async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let driver = hostile.drive(stopped);
 
-    converge(
+    let marker_id = marker.id();
+    converge_nodes(
         "the marker sent after the invalid release reaches all nodes",
         DEADLINE,
-        || async {
-            for (i, (node, _)) in nodes.iter().enumerate() {
-                if !node.registry.has_record(&marker.id()) {
-                    return Err(format!("node {i} does not have the marker"));
-                }
+        &nodes,
+        |_, node| async move {
+            if node.registry.has_record(&marker_id) {
+                Ok(())
+            } else {
+                Err("does not have the marker".into())
             }
-            Ok(())
         },
     )
     .await;

@@ -56,6 +56,10 @@ pub const MAX_KAD_PACKET_BYTES: usize = MAX_DHT_VALUE_BYTES + 32 * 1024;
 pub const MAX_SYNC_REQUEST_BYTES: usize = 64 * 1024;
 /// Most record ids (or bucket indices) in one sync request or id listing.
 pub const MAX_SYNC_IDS: usize = 1024;
+/// Most record ids in one sync id listing (the ids of the buckets asked for). A catalog of a
+/// million releases has about 4,000 ids per bucket; 65,536 ids (2 MiB) leave room for many
+/// buckets at once and stay under [`MAX_SYNC_RESPONSE_BYTES`].
+pub const MAX_SYNC_LISTED_IDS: usize = 65_536;
 /// Most records in one sync response.
 pub const MAX_SYNC_RECORDS: usize = 256;
 /// Largest sync response: [`MAX_SYNC_RECORDS`] records of [`MAX_RECORD_BYTES`] would be 8 MiB;

@@ -107,8 +107,11 @@ impl_wire!(SyncResponse, MAX_SYNC_RESPONSE_BYTES, |r| match r {
             buckets.len()
         ))
     }
-    SyncResponse::Ids { ids } if ids.len() > MAX_SYNC_IDS * 64 => {
-        Err(format!("{} ids in one listing", ids.len()))
+    SyncResponse::Ids { ids } if ids.len() > MAX_SYNC_LISTED_IDS => {
+        Err(format!(
+            "{} ids in one listing; the limit is {MAX_SYNC_LISTED_IDS}",
+            ids.len()
+        ))
     }
     SyncResponse::Records { records } if records.len() > MAX_SYNC_RECORDS => {
         Err(format!(

@@ -63,6 +63,28 @@ where
     }
 }
 
+/// Waits until `check(i, node)` holds for every node at once; the panic names the first node
+/// that did not converge and why.
+pub async fn converge_nodes<'a, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    nodes: &'a [(Node, Multiaddr)],
+    check: F,
+) where
+    F: Fn(usize, &'a Node) -> Fut,
+    Fut: Future<Output = Result<(), String>> + 'a,
+{
+    converge(what, deadline, || async {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            check(i, node)
+                .await
+                .map_err(|why| format!("node {i}: {why}"))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// A deterministic publisher key for tests.
 pub fn publisher(seed: u8) -> PublisherSecret {
     PublisherSecret::from_bytes([seed; 32])

@@ -104,12 +104,8 @@ impl EventLoop {
 
     fn shutdown(&mut self) {
         // Refuse new work; pending replies are dropped with the loop, which callers see as
-        // `NetworkError::Shutdown`.
+        // `NetworkError::Shutdown`. Listeners close when the swarm is dropped.
         self.commands.close();
-        let listeners: Vec<ListenerId> = self.pending_listen.keys().copied().collect();
-        for id in listeners {
-            self.swarm.remove_listener(id);
-        }
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in peers {
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -174,10 +170,6 @@ impl EventLoop {
                 }
             },
             Command::PutRecord { key, value, reply } => {
-                if let Err(e) = dht::validate(&key, &value) {
-                    let _ = reply.send(Err(NetworkError::Store(e.to_string())));
-                    return;
-                }
                 let record = kad::Record::new(key, value);
                 match behaviour.kad.put_record(record, kad::Quorum::One) {
                     Ok(id) => {
@@ -241,7 +233,7 @@ impl EventLoop {
                 reply,
             } => {
                 let id = behaviour.sync.send_request(&peer, request);
-                self.sync.pending.insert(id, (peer, reply));
+                self.sync.pending.insert(id, reply);
             }
             Command::SendFetch {
                 peer,
@@ -249,7 +241,7 @@ impl EventLoop {
                 reply,
             } => {
                 let id = behaviour.fetch.send_request(&peer, request);
-                self.fetch.pending.insert(id, (peer, reply));
+                self.fetch.pending.insert(id, reply);
             }
             Command::RespondSync { id, response } => {
                 if let Some(channel) = self.sync.inbound.remove(&id)
@@ -544,35 +536,20 @@ impl EventLoop {
         }
     }
 
+    /// Answers a query that has one result (bootstrap, put, start providing).
+    fn resolve_query<E: std::fmt::Display>(&mut self, id: QueryId, result: Result<(), E>) {
+        if let Some(reply) = self.pending_query.remove(&id) {
+            let _ = reply.send(result.map_err(|e| NetworkError::Query(e.to_string())));
+        }
+    }
+
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
-            QueryResult::Bootstrap(r) => {
-                if !last && r.is_ok() {
-                    return;
-                }
-                if let Some(reply) = self.pending_query.remove(&id) {
-                    let _ = reply.send(
-                        r.map(|_| ())
-                            .map_err(|e| NetworkError::Query(e.to_string())),
-                    );
-                }
-            }
-            QueryResult::PutRecord(r) => {
-                if let Some(reply) = self.pending_query.remove(&id) {
-                    let _ = reply.send(
-                        r.map(|_| ())
-                            .map_err(|e| NetworkError::Query(e.to_string())),
-                    );
-                }
-            }
-            QueryResult::StartProviding(r) => {
-                if let Some(reply) = self.pending_query.remove(&id) {
-                    let _ = reply.send(
-                        r.map(|_| ())
-                            .map_err(|e| NetworkError::Query(e.to_string())),
-                    );
-                }
-            }
+            // A bootstrap reports one step per bucket refreshed; answer on the last (or an error).
+            QueryResult::Bootstrap(Ok(_)) if !last => {}
+            QueryResult::Bootstrap(r) => self.resolve_query(id, r.map(drop)),
+            QueryResult::PutRecord(r) => self.resolve_query(id, r.map(drop)),
+            QueryResult::StartProviding(r) => self.resolve_query(id, r.map(drop)),
             QueryResult::GetRecord(r) => {
                 let Some(pending) = self.pending_get.get_mut(&id) else {
                     return;
@@ -608,14 +585,12 @@ impl EventLoop {
                     }
                 }
                 if done && let Some(p) = self.pending_get.remove(&id) {
-                    {
-                        let result = if p.found.is_empty() {
-                            Err(NetworkError::NotFound)
-                        } else {
-                            Ok(p.found)
-                        };
-                        let _ = p.reply.send(result);
-                    }
+                    let result = if p.found.is_empty() {
+                        Err(NetworkError::NotFound)
+                    } else {
+                        Ok(p.found)
+                    };
+                    let _ = p.reply.send(result);
                 }
             }
             QueryResult::GetProviders(r) => {
@@ -640,9 +615,7 @@ impl EventLoop {
                     }
                 }
                 if done && let Some((found, reply)) = self.pending_providers.remove(&id) {
-                    {
-                        let _ = reply.send(Ok(found));
-                    }
+                    let _ = reply.send(Ok(found));
                 }
             }
             other => trace!(?id, result = ?other, "query we did not start"),
@@ -653,7 +626,7 @@ impl EventLoop {
 /// One request-response protocol's open exchanges: our requests awaiting a response, and
 /// peers' requests awaiting the registry's answer.
 struct Exchanges<Resp> {
-    pending: HashMap<OutboundRequestId, (PeerId, Reply<Resp>)>,
+    pending: HashMap<OutboundRequestId, Reply<Resp>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Resp>>,
 }
 
@@ -707,7 +680,7 @@ fn on_exchange<Req, Resp>(
                 request_id,
                 response,
             } => {
-                if let Some((_, reply)) = state.pending.remove(&request_id) {
+                if let Some(reply) = state.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -718,7 +691,7 @@ fn on_exchange<Req, Resp>(
             error,
             ..
         } => {
-            if let Some((_, reply)) = state.pending.remove(&request_id) {
+            if let Some(reply) = state.pending.remove(&request_id) {
                 let _ = reply.send(Err(NetworkError::Request {
                     peer,
                     reason: error.to_string(),

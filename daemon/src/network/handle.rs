@@ -76,8 +76,12 @@ impl NetworkHandle {
         self.call(|reply| Command::Bootstrap { reply }).await
     }
 
-    /// Stores a record locally and at the closest peers (quorum of one).
+    /// Stores a record locally and at the closest peers (quorum of one). The value is
+    /// validated here, on the caller's task, so the event loop never verifies signatures for
+    /// our own writes and the local store only ever holds valid values.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetworkError> {
+        agora_protocol::dht::validate(&key, &value)
+            .map_err(|e| NetworkError::Store(e.to_string()))?;
         self.call(|reply| Command::PutRecord { key, value, reply })
             .await
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use agora_protocol::codec::encode_body;
 use agora_protocol::dht;
-use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
-use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncRequest, SyncResponse};
+use agora_protocol::limits::{MAX_SYNC_LISTED_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
+use agora_protocol::messages::{FetchResponse, GossipMessage, SyncRequest, SyncResponse};
 use agora_protocol::records::CatalogRecord;
 use libp2p::gossipsub::MessageAcceptance;
 use tokio::sync::mpsc;
@@ -76,12 +76,11 @@ async fn handle(
         }
         NetworkEvent::FetchRequest { id, request, .. } => {
             let response = match registry.chunk(&request.content, request.index) {
-                Some(Ok(data)) => {
+                Ok(data) => {
                     Registry::count(&stats.chunks_served);
                     FetchResponse::Chunk(serde_bytes::ByteBuf::from(data))
                 }
-                Some(Err(())) => FetchResponse::Refused(Refusal::OutOfRange),
-                None => FetchResponse::Refused(Refusal::NotFound),
+                Err(why) => FetchResponse::Refused(why),
             };
             net.respond_fetch(id, response).await
         }
@@ -92,7 +91,7 @@ async fn handle(
                 },
                 SyncRequest::Buckets { buckets } => {
                     let mut ids = registry.ids_in(&buckets);
-                    ids.truncate(MAX_SYNC_IDS * 64);
+                    ids.truncate(MAX_SYNC_LISTED_IDS);
                     SyncResponse::Ids { ids }
                 }
                 SyncRequest::Records { ids } => {

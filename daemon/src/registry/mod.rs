@@ -16,7 +16,7 @@ use agora_protocol::ContentId;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
 use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
-use agora_protocol::messages::{BucketDigest, GossipMessage};
+use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal};
 use agora_protocol::records::{ArchiveInfo, CatalogRecord, RecordId, ReleaseRecord};
 
 use crate::network::{NetworkError, NetworkHandle};
@@ -144,13 +144,12 @@ impl Registry {
             .or_else(tolerate_lonely)
     }
 
-    pub(crate) fn chunk(&self, id: &ContentId, index: u32) -> Option<Result<Vec<u8>, ()>> {
-        let b = self.blobs.read().ok()?;
-        let (info, data) = b.get(id)?;
-        Some(match info.chunk_range(index) {
-            Some((start, len)) => Ok(data[start as usize..start as usize + len].to_vec()),
-            None => Err(()),
-        })
+    /// Chunk `index` of a blob we serve, or why not.
+    pub(crate) fn chunk(&self, id: &ContentId, index: u32) -> Result<Vec<u8>, Refusal> {
+        let blobs = self.blobs.read().map_err(|_| Refusal::Busy)?;
+        let (info, data) = blobs.get(id).ok_or(Refusal::NotFound)?;
+        let (start, len) = info.chunk_range(index).ok_or(Refusal::OutOfRange)?;
+        Ok(data[start as usize..start as usize + len].to_vec())
     }
 
     /// Publishes a verified release: into the catalog, under its DHT key, and on gossip.
