@@ -267,15 +267,16 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
         providers.into_iter().collect::<Vec<_>>(),
         vec![provider.network.peer_id()]
     );
-    let fetched = fetch_archive(&fetcher.network, &info, &[provider.network.peer_id()], 4)
-        .await
-        .unwrap();
+    let (fetched_data, fetched) =
+        fetch_archive(&fetcher.network, &info, &[provider.network.peer_id()], 4)
+            .await
+            .unwrap();
     assert!(
-        fetched.data == data,
+        fetched_data == data,
         "fetched bytes differ from the published blob"
     );
     assert_eq!(fetched.served_by, vec![(provider.network.peer_id(), 20)]);
-    assert!(fetched.blamed.is_empty());
+    assert!(fetched.blamed().is_empty());
     assert_eq!(
         provider
             .registry

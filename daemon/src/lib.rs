@@ -1,6 +1,10 @@
-//! The Agora node: the actor-owned libp2p swarm ([`network`]), the registry that decides on
-//! what the network brings in ([`registry`]), and [`node::Node`] which runs both.
+//! The Agora node: the actor-owned libp2p swarm ([`network`]), the registry that owns the
+//! catalog ([`registry`]) with its storage ([`store`]), search index ([`index`]) and peer
+//! [`reputation`], and [`node::Node`] which runs them together.
 
+pub mod index;
 pub mod network;
 pub mod node;
 pub mod registry;
+pub mod reputation;
+pub mod store;

@@ -5,8 +5,11 @@ use clap::Parser;
 use libp2p::{Multiaddr, identity, multiaddr::Protocol};
 use tracing::{info, warn};
 
+use std::path::PathBuf;
+
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::node::Node;
+use agora_daemon::node::{Node, NodeConfig};
+use agora_daemon::registry::RegistryConfig;
 
 /// Default TCP and QUIC port for Agora nodes.
 const DEFAULT_PORT: u16 = 4101;
@@ -27,6 +30,13 @@ struct Args {
     /// Do not discover peers on the local network with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Where the catalog, the search index and the archives live. Default: `$AGORA_HOME/data`
+    /// if AGORA_HOME is set, else the platform data directory (~/.local/share/agora).
+    #[arg(long, env = "AGORA_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bytes of fetched archives to keep before evicting the least recently used.
+    #[arg(long, value_name = "BYTES", default_value_t = agora_daemon::registry::DEFAULT_CACHE_QUOTA)]
+    cache_quota: u64,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "AGORA_LOG", default_value = "info")]
     log_level: String,
@@ -43,10 +53,29 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut config = NetworkConfig::new(identity::Keypair::generate_ed25519());
-    config.enable_mdns = !args.no_mdns;
-    let node = Node::start(config).context("while starting the node")?;
-    info!(peer_id = %node.network.peer_id(), version = env!("CARGO_PKG_VERSION"), "agorad starting");
+    let mut network = NetworkConfig::new(identity::Keypair::generate_ed25519());
+    network.enable_mdns = !args.no_mdns;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let mut registry = RegistryConfig::new(&data_dir);
+    registry.cache_quota = args.cache_quota;
+    let node = Node::start(NodeConfig { network, registry })
+        .await
+        .with_context(|| {
+            format!(
+                "while starting the node with data in {}",
+                data_dir.display()
+            )
+        })?;
+    info!(
+        peer_id = %node.network.peer_id(),
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %data_dir.display(),
+        records = node.registry.catalog_len(),
+        "agorad starting"
+    );
 
     let listen = if args.listen.is_empty() {
         vec![
@@ -81,6 +110,16 @@ async fn main() -> anyhow::Result<()> {
     node.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// `$AGORA_HOME/data`, or the platform's data directory for Agora.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("AGORA_HOME") {
+        return Ok(PathBuf::from(home).join("data"));
+    }
+    directories::ProjectDirs::from("", "", "agora")
+        .map(|d| d.data_dir().to_owned())
+        .context("no home directory to keep data in; set AGORA_HOME or --data-dir")
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

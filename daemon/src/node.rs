@@ -1,52 +1,109 @@
-//! `Node`: a running network plus the registry that answers it. The daemon binary and the
-//! multi-node tests both start nodes through here.
+//! `Node`: a running network plus the registry that answers it, and the node's background
+//! duties (periodic catalog sync with a random peer, persisting reputation and cache use).
+//! The daemon binary and the multi-node tests both start nodes through here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::Multiaddr;
+use rand::seq::IndexedRandom;
 use tokio::task::JoinHandle;
+use tracing::{debug, warn};
 
 use crate::network::{self, BuildError, NetworkConfig, NetworkError, NetworkHandle};
-use crate::registry::{Registry, inbound};
+use crate::registry::{Registry, RegistryConfig, RegistryError, inbound, sync};
+
+/// How often the node reconciles its catalog with a random connected peer, on top of the sync
+/// on every new connection: catches anything gossip missed within a minute.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How often in-memory state (reputation, blob use times) is written to disk.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub network: NetworkConfig,
+    pub registry: RegistryConfig,
+}
 
 pub struct Node {
     pub network: NetworkHandle,
     pub registry: Arc<Registry>,
     network_task: JoinHandle<()>,
     inbound_task: JoinHandle<()>,
+    duties_task: JoinHandle<()>,
 }
 
 impl Node {
-    /// Builds the swarm and starts the event loop and the inbound handler.
-    pub fn start(config: NetworkConfig) -> Result<Self, BuildError> {
-        let net = network::spawn(config)?;
-        let registry = Registry::new(net.handle.clone());
+    /// Opens the store, builds the swarm and starts the event loop, the inbound handler and
+    /// the periodic duties.
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        let net = network::spawn(config.network)?;
+        let handle = net.handle.clone();
+        let registry_config = config.registry.clone();
+        let registry =
+            tokio::task::spawn_blocking(move || Registry::open(&registry_config, handle))
+                .await
+                .map_err(|e| StartError::Registry(RegistryError::Internal(e.to_string())))??;
+        registry.restore_dht().await?;
         let inbound_task = tokio::spawn(inbound::run(registry.clone(), net.events));
+        let duties_task = tokio::spawn(duties(registry.clone()));
         Ok(Self {
             network: net.handle,
             registry,
             network_task: net.task,
             inbound_task,
+            duties_task,
         })
     }
 
     /// Starts a node and listens on `addr`; returns the node and its concrete address
     /// (with `/p2p/<peer id>` appended, ready to be dialled).
     pub async fn start_listening(
-        config: NetworkConfig,
+        config: NodeConfig,
         addr: Multiaddr,
     ) -> Result<(Self, Multiaddr), StartError> {
-        let node = Self::start(config)?;
+        let node = Self::start(config).await?;
         let listen = node.network.listen(addr).await?;
         let full = listen.with(libp2p::multiaddr::Protocol::P2p(node.network.peer_id()));
         Ok((node, full))
     }
 
-    /// Stops the event loop and waits for both tasks to end.
+    /// Stops the duties and the event loop, waits for the tasks, and persists what is only in
+    /// memory.
     pub async fn shutdown(self) {
+        self.duties_task.abort();
+        let _ = self.duties_task.await;
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         let _ = self.inbound_task.await;
+        if let Err(e) = self.registry.persist().await {
+            warn!(error = %e, "could not persist state at shutdown");
+        }
+    }
+}
+
+/// Periodic sync with a random peer, and persisting in-memory state.
+async fn duties(registry: Arc<Registry>) {
+    let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+    let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
+    sync_tick.tick().await;
+    persist_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = sync_tick.tick() => {
+                let Ok(peers) = registry.network().peers().await else { return };
+                let Some(peer) = peers.choose(&mut rand::rng()).copied() else { continue };
+                if let Err(e) = sync::sync_with(&registry, peer).await {
+                    debug!(%peer, error = %e, "periodic sync failed");
+                }
+            }
+            _ = persist_tick.tick() => {
+                if let Err(e) = registry.persist().await {
+                    warn!(error = %e, "could not persist reputation and cache state");
+                }
+            }
+        }
     }
 }
 
@@ -57,4 +114,6 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Network(#[from] NetworkError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod messages;
 pub mod name;
 pub mod records;
+pub mod search;
 
 pub use content::{ContentHasher, ContentId};
 pub use dependency::Dependency;

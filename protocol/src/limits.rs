@@ -73,6 +73,11 @@ pub const MAX_FETCH_REQUEST_BYTES: usize = 256;
 /// Largest fetch response: one chunk plus framing.
 pub const MAX_FETCH_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 256;
 
+/// Longest search query text, in bytes.
+pub const MAX_SEARCH_QUERY_LEN: usize = 256;
+/// Most results in one search page.
+pub const MAX_SEARCH_LIMIT: u32 = 1000;
+
 /// Largest IPC frame payload in either direction. Requests carry paths and queries; responses
 /// carry search pages and package lists. 16 MiB is far above any of them and still bounded.
 pub const MAX_IPC_FRAME_BYTES: usize = 16 * 1024 * 1024;

@@ -8,7 +8,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::node::Node;
+use agora_daemon::node::{Node, NodeConfig};
+use agora_daemon::registry::RegistryConfig;
 use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord, Signed};
 use agora_protocol::{PackageMeta, PublisherSecret, Version};
 use libp2p::{Multiaddr, identity};
@@ -23,12 +24,38 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Starts one node listening on an ephemeral loopback TCP port.
-pub async fn start_node() -> (Node, Multiaddr) {
-    let config = NetworkConfig::for_local_testnet(identity::Keypair::generate_ed25519());
+/// A node's configuration for tests: a fresh identity and its data in `dir`.
+pub fn node_config(dir: &std::path::Path) -> NodeConfig {
+    NodeConfig {
+        network: NetworkConfig::for_local_testnet(identity::Keypair::generate_ed25519()),
+        registry: RegistryConfig::new(dir),
+    }
+}
+
+/// Starts a node with `config`, listening on an ephemeral loopback TCP port.
+pub async fn start_with(config: NodeConfig) -> (Node, Multiaddr) {
     Node::start_listening(config, "/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .await
         .expect("node starts")
+}
+
+/// A fresh data directory under cargo's scratch directory for integration tests
+/// (`target/tmp`), kept after the test so a failure can be inspected.
+pub fn data_dir() -> std::path::PathBuf {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+        .keep()
+}
+
+/// Starts one node listening on an ephemeral loopback TCP port, with a fresh data directory.
+pub async fn start_node() -> (Node, Multiaddr) {
+    start_with(node_config(&data_dir())).await
+}
+
+/// Dials `seed` and bootstraps the DHT through it.
+pub async fn join(node: &Node, seed: &Multiaddr) {
+    node.network.dial(seed.clone()).await.expect("dial seed");
+    node.network.bootstrap().await.expect("bootstrap");
 }
 
 /// Starts `n` nodes; every node but the first dials the first (the seed) and bootstraps.
@@ -37,8 +64,7 @@ pub async fn testnet(n: usize) -> Vec<(Node, Multiaddr)> {
     let seed = nodes[0].1.clone();
     for _ in 1..n {
         let (node, addr) = start_node().await;
-        node.network.dial(seed.clone()).await.expect("dial seed");
-        node.network.bootstrap().await.expect("bootstrap");
+        join(&node, &seed).await;
         nodes.push((node, addr));
     }
     nodes

@@ -1,12 +1,17 @@
 //! Chunked, verified fetch of an archive from several providers.
 //!
-//! Chunks are requested several at a time, spread round-robin over the providers. Each chunk
-//! is checked against its SHA-256 from the signed release record the moment it arrives; a
-//! bad or failed chunk is blamed on the peer that sent it, that peer gets no more requests in
-//! this fetch, and the chunk is asked of another provider. The whole-archive hash is checked
-//! before the bytes are returned.
+//! Chunks are requested several at a time, spread round-robin over the providers in the order
+//! given (best first). Each chunk is checked against its SHA-256 from the signed release record
+//! the moment it arrives; a bad chunk is blamed on the peer that sent it, that peer gets no
+//! more requests in this fetch, and the chunk is asked of another provider. Chunks go to a
+//! [`ChunkSink`]: memory, or a partial file on disk so that an interrupted fetch resumes with
+//! the chunks it already has. What each peer did is reported for reputation.
 
 use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
 
 use agora_protocol::ContentId;
 use agora_protocol::messages::{FetchRequest, FetchResponse};
@@ -16,6 +21,7 @@ use libp2p::PeerId;
 use tracing::{debug, warn};
 
 use crate::network::NetworkHandle;
+use crate::store::blobs::open_partial;
 
 /// Chunk requests in flight at once across all providers.
 pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
@@ -29,33 +35,199 @@ pub enum FetchError {
     ChunkUnavailable { index: u32 },
     #[error("assembled archive hashes to {got}, the record says {expected}")]
     ArchiveMismatch { expected: ContentId, got: ContentId },
+    #[error("writing the download: {0}")]
+    Io(String),
 }
 
-/// A finished fetch: the bytes, and the peers that misbehaved (for reputation).
-#[derive(Debug)]
-pub struct Fetched {
-    pub data: Vec<u8>,
-    pub blamed: Vec<PeerId>,
+/// What one request to one peer came to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PeerOutcome {
+    Served {
+        peer: PeerId,
+        bytes: u64,
+        latency_ms: f64,
+    },
+    /// Refused, timed out or failed in transport.
+    Failed { peer: PeerId },
+    /// Sent bytes that do not match the chunk's hash.
+    BadData { peer: PeerId },
+}
+
+/// A finished fetch.
+#[derive(Debug, Default)]
+pub struct FetchReport {
     /// Chunks received from each provider that delivered any.
     pub served_by: Vec<(PeerId, u32)>,
+    pub outcomes: Vec<PeerOutcome>,
+    /// Chunks that were already there when the fetch started (a resume).
+    pub resumed_chunks: u32,
+    pub bytes_fetched: u64,
 }
 
-/// Fetches the archive `info` describes from `providers` (in order of preference).
+impl FetchReport {
+    /// Peers that sent bad data.
+    pub fn blamed(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .outcomes
+            .iter()
+            .filter_map(|o| match o {
+                PeerOutcome::BadData { peer } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Where verified chunks go.
+pub trait ChunkSink {
+    /// Whether chunk `index` is already there (verified).
+    fn has(&self, index: u32) -> bool;
+    fn put(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), FetchError>;
+}
+
+/// Chunks kept in memory.
+pub struct MemorySink {
+    pub chunks: Vec<Option<Vec<u8>>>,
+}
+
+impl ChunkSink for MemorySink {
+    fn has(&self, index: u32) -> bool {
+        self.chunks[index as usize].is_some()
+    }
+    fn put(&mut self, index: u32, _offset: u64, data: &[u8]) -> Result<(), FetchError> {
+        self.chunks[index as usize] = Some(data.to_vec());
+        Ok(())
+    }
+}
+
+/// Chunks written at their offsets in a partial file; chunks already in it (from an earlier,
+/// interrupted attempt) are found by checking their hashes.
+pub struct FileSink {
+    file: File,
+    have: Vec<bool>,
+}
+
+impl FileSink {
+    pub fn open(path: &Path, info: &ArchiveInfo) -> Result<Self, FetchError> {
+        let file = open_partial(path).map_err(|e| FetchError::Io(e.to_string()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FetchError::Io(e.to_string()))?
+            .len();
+        if len > info.size {
+            file.set_len(0).map_err(|e| FetchError::Io(e.to_string()))?;
+        }
+        let mut have = vec![false; info.chunks.len()];
+        let mut buf = Vec::new();
+        for (index, expected) in info.chunks.iter().enumerate() {
+            let Some((start, size)) = info.chunk_range(index as u32) else {
+                continue;
+            };
+            if start + size as u64 > len.min(info.size) {
+                continue;
+            }
+            buf.resize(size, 0);
+            if file.read_exact_at(&mut buf, start).is_ok() && ContentId::of(&buf) == *expected {
+                have[index] = true;
+            }
+        }
+        Ok(Self { file, have })
+    }
+
+    pub fn finish(self) -> Result<(), FetchError> {
+        self.file
+            .sync_all()
+            .map_err(|e| FetchError::Io(e.to_string()))
+    }
+}
+
+impl ChunkSink for FileSink {
+    fn has(&self, index: u32) -> bool {
+        self.have[index as usize]
+    }
+    fn put(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), FetchError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        self.have[index as usize] = true;
+        Ok(())
+    }
+}
+
+/// Fetches into memory and checks the whole-archive hash; returns the bytes.
 pub async fn fetch_archive(
     net: &NetworkHandle,
     info: &ArchiveInfo,
     providers: &[PeerId],
     parallel: usize,
-) -> Result<Fetched, FetchError> {
-    if providers.is_empty() {
-        return Err(FetchError::NoProviders(info.id));
+) -> Result<(Vec<u8>, FetchReport), FetchError> {
+    let mut sink = MemorySink {
+        chunks: vec![None; info.chunks.len()],
+    };
+    let report = fetch_chunks(net, info, providers, parallel, &mut sink)
+        .await
+        .map_err(|(e, _)| e)?;
+    let mut data = Vec::with_capacity(info.size as usize);
+    for (index, chunk) in sink.chunks.into_iter().enumerate() {
+        data.extend(chunk.ok_or(FetchError::ChunkUnavailable {
+            index: index as u32,
+        })?);
     }
+    let got = ContentId::of(&data);
+    if got != info.id {
+        return Err(FetchError::ArchiveMismatch {
+            expected: info.id,
+            got,
+        });
+    }
+    Ok((data, report))
+}
+
+/// Fetches into the partial file at `path`, resuming what is there. The caller checks the
+/// whole-archive hash when it adopts the file. On failure the outcomes so far are returned
+/// too, so that reputation still learns from them.
+pub async fn fetch_to_file(
+    net: &NetworkHandle,
+    info: &ArchiveInfo,
+    providers: &[PeerId],
+    parallel: usize,
+    path: &Path,
+) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
+    let mut sink = FileSink::open(path, info).map_err(|e| (e, Vec::new()))?;
+    let report = fetch_chunks(net, info, providers, parallel, &mut sink).await?;
+    sink.finish().map_err(|e| (e, report.outcomes.clone()))?;
+    Ok(report)
+}
+
+/// The fetch loop shared by every sink.
+pub async fn fetch_chunks<S: ChunkSink>(
+    net: &NetworkHandle,
+    info: &ArchiveInfo,
+    providers: &[PeerId],
+    parallel: usize,
+    sink: &mut S,
+) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
     let count = info.chunks.len() as u32;
-    let mut chunks: Vec<Option<Vec<u8>>> = vec![None; count as usize];
-    let mut queue: VecDeque<u32> = (0..count).collect();
+    let mut report = FetchReport::default();
+    let mut queue: VecDeque<u32> = VecDeque::new();
+    for index in 0..count {
+        if sink.has(index) {
+            report.resumed_chunks += 1;
+        } else {
+            queue.push_back(index);
+        }
+    }
+    if queue.is_empty() {
+        return Ok(report);
+    }
+    if providers.is_empty() {
+        return Err((FetchError::NoProviders(info.id), report.outcomes));
+    }
     let mut tried: Vec<HashSet<PeerId>> = vec![HashSet::new(); count as usize];
     let mut blamed: HashSet<PeerId> = HashSet::new();
-    let mut served: Vec<(PeerId, u32)> = Vec::new();
     let mut next_provider = 0usize;
     let mut in_flight = FuturesUnordered::new();
 
@@ -70,7 +242,7 @@ pub async fn fetch_archive(
                 .copied()
                 .collect();
             if candidates.is_empty() {
-                return Err(FetchError::ChunkUnavailable { index });
+                return Err((FetchError::ChunkUnavailable { index }, report.outcomes));
             }
             let peer = candidates[next_provider % candidates.len()];
             next_provider = next_provider.wrapping_add(1);
@@ -79,55 +251,53 @@ pub async fn fetch_archive(
                 content: info.id,
                 index,
             };
-            in_flight.push(async move { (index, peer, net.send_fetch(peer, request).await) });
+            in_flight.push(async move {
+                let started = Instant::now();
+                let result = net.send_fetch(peer, request).await;
+                (index, peer, result, started.elapsed())
+            });
         }
-        let Some((index, peer, result)) = in_flight.next().await else {
+        let Some((index, peer, result, elapsed)) = in_flight.next().await else {
             break;
         };
-        let expected_len = info.chunk_range(index).map(|(_, len)| len);
+        let range = info.chunk_range(index);
         match result {
             Ok(FetchResponse::Chunk(data))
-                if Some(data.len()) == expected_len
+                if range.map(|r| r.1) == Some(data.len())
                     && ContentId::of(&data) == info.chunks[index as usize] =>
             {
-                chunks[index as usize] = Some(data.into_vec());
-                match served.iter_mut().find(|(p, _)| *p == peer) {
+                let offset = range.map_or(0, |r| r.0);
+                if let Err(e) = sink.put(index, offset, &data) {
+                    return Err((e, report.outcomes));
+                }
+                report.bytes_fetched += data.len() as u64;
+                report.outcomes.push(PeerOutcome::Served {
+                    peer,
+                    bytes: data.len() as u64,
+                    latency_ms: elapsed.as_secs_f64() * 1000.0,
+                });
+                match report.served_by.iter_mut().find(|(p, _)| *p == peer) {
                     Some((_, n)) => *n += 1,
-                    None => served.push((peer, 1)),
+                    None => report.served_by.push((peer, 1)),
                 }
             }
             Ok(FetchResponse::Chunk(_)) => {
                 warn!(%peer, index, "chunk failed verification; blaming the sender");
                 blamed.insert(peer);
+                report.outcomes.push(PeerOutcome::BadData { peer });
                 queue.push_back(index);
             }
             Ok(FetchResponse::Refused(why)) => {
                 debug!(%peer, index, ?why, "provider refused a chunk");
+                report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
             Err(e) => {
                 debug!(%peer, index, error = %e, "chunk request failed");
+                report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
         }
     }
-
-    let mut data = Vec::with_capacity(info.size as usize);
-    for (index, chunk) in chunks.into_iter().enumerate() {
-        data.extend(chunk.ok_or(FetchError::ChunkUnavailable {
-            index: index as u32,
-        })?);
-    }
-    let got = ContentId::of(&data);
-    if got != info.id {
-        return Err(FetchError::ArchiveMismatch {
-            expected: info.id,
-            got,
-        });
-    }
-    Ok(Fetched {
-        data,
-        blamed: blamed.into_iter().collect(),
-        served_by: served,
-    })
+    Ok(report)
 }

@@ -1,20 +1,23 @@
-//! Decides on inbound network events: verifies gossip before it is forwarded, stores only
-//! valid DHT records, and answers sync and fetch requests. Runs in its own task so that the
-//! event loop never waits on it.
+//! Decides on inbound network events: admits gossip before it is forwarded, stores only valid
+//! DHT records that pass the trust rules, answers sync and fetch requests, starts a catalog
+//! sync with every new peer, and feeds ping times to reputation. Runs in its own task so that
+//! the event loop never waits on it; disk work goes to blocking threads, and requests are
+//! answered from their own tasks so one slow read does not hold up the rest.
 
 use std::sync::Arc;
 
 use agora_protocol::codec::encode_body;
-use agora_protocol::dht;
+use agora_protocol::dht::{self, DhtValue};
 use agora_protocol::limits::{MAX_SYNC_LISTED_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
-use agora_protocol::messages::{FetchResponse, GossipMessage, SyncRequest, SyncResponse};
-use agora_protocol::records::CatalogRecord;
+use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncRequest, SyncResponse};
+use agora_protocol::records::{CatalogRecord, PackageHead};
 use libp2p::gossipsub::MessageAcceptance;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::Registry;
-use crate::network::NetworkEvent;
+use super::trust::TrustError;
+use super::{Ingested, Registry, RegistryError};
+use crate::network::{NetworkError, NetworkEvent};
 
 /// Handles events until the network's event channel closes.
 pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEvent>) {
@@ -26,27 +29,73 @@ pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEven
     }
 }
 
-async fn handle(
-    registry: &Registry,
-    event: NetworkEvent,
-) -> Result<(), crate::network::NetworkError> {
+/// Admits one record on a blocking thread.
+async fn admit(registry: &Arc<Registry>, record: CatalogRecord) -> Result<Ingested, RegistryError> {
+    let reg = registry.clone();
+    let mut out = tokio::task::spawn_blocking(move || reg.ingest(vec![record], true))
+        .await
+        .map_err(|e| RegistryError::Internal(format!("ingest task: {e}")))??;
+    Ok(out.pop().map_or(Ingested::Duplicate, |(_, i)| i))
+}
+
+/// Admits a head on a blocking thread (it is persisted when accepted).
+async fn admit_head(registry: &Arc<Registry>, head: PackageHead) -> Result<bool, RegistryError> {
+    let reg = registry.clone();
+    tokio::task::spawn_blocking(move || reg.admit_head(&head))
+        .await
+        .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
+}
+
+async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), NetworkError> {
     let net = registry.network();
     let stats = &registry.stats;
     match event {
         NetworkEvent::Gossip { source, id, data } => {
             let verdict = match GossipMessage::decode_verified(&data) {
-                Ok(msg) => {
-                    let fresh = match msg {
-                        GossipMessage::Release(r) => registry.insert(CatalogRecord::Release(r)),
-                        GossipMessage::Yank(r) => registry.insert(CatalogRecord::Yank(r)),
-                        GossipMessage::Rotation(r) => registry.insert(CatalogRecord::Rotation(r)),
-                        // Heads are DHT state, not catalog entries; a valid one is passed on.
-                        GossipMessage::Head(_) => true,
-                    };
-                    if fresh {
-                        MessageAcceptance::Accept
-                    } else {
+                Ok(GossipMessage::Head(head)) => match admit_head(registry, head).await {
+                    Ok(true) => MessageAcceptance::Accept,
+                    Ok(false) => MessageAcceptance::Ignore,
+                    Err(RegistryError::Trust(TrustError::StaleHead { .. })) => {
                         MessageAcceptance::Ignore
+                    }
+                    Err(RegistryError::Trust(TrustError::UnknownName { .. })) => {
+                        MessageAcceptance::Ignore
+                    }
+                    Err(RegistryError::Trust(e)) => {
+                        debug!(%source, error = %e, "rejecting a gossiped head");
+                        MessageAcceptance::Reject
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot admit a gossiped head");
+                        MessageAcceptance::Ignore
+                    }
+                },
+                Ok(msg) => {
+                    let record = match msg {
+                        GossipMessage::Release(r) => CatalogRecord::Release(r),
+                        GossipMessage::Yank(r) => CatalogRecord::Yank(r),
+                        GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
+                        GossipMessage::Head(_) => unreachable!("matched above"),
+                    };
+                    match admit(registry, record).await {
+                        Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
+                        Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
+                        // A yank that arrived before its release: sync will bring both.
+                        Ok(Ingested::Refused(TrustError::UnknownName { .. })) => {
+                            MessageAcceptance::Ignore
+                        }
+                        Ok(Ingested::Refused(e)) => {
+                            debug!(%source, error = %e, "rejecting gossip");
+                            MessageAcceptance::Reject
+                        }
+                        Ok(Ingested::Invalid(e)) => {
+                            debug!(%source, error = %e, "rejecting gossip");
+                            MessageAcceptance::Reject
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot admit gossip");
+                            MessageAcceptance::Ignore
+                        }
                     }
                 }
                 Err(e) => {
@@ -62,58 +111,102 @@ async fn handle(
             net.report_validation(id, source, verdict).await
         }
         NetworkEvent::InboundRecord { source, record } => {
-            match dht::validate(record.key.as_ref(), &record.value) {
-                Ok(_) => {
+            let accepted = match dht::validate(record.key.as_ref(), &record.value) {
+                Ok(DhtValue::Release(r)) => {
+                    match admit(registry, CatalogRecord::Release(r)).await {
+                        Ok(Ingested::Added(_) | Ingested::Duplicate) => Ok(()),
+                        Ok(Ingested::Refused(e)) => Err(e.to_string()),
+                        Ok(Ingested::Invalid(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Ok(DhtValue::Head(h)) => admit_head(registry, h)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match accepted {
+                Ok(()) => {
                     Registry::count(&stats.records_stored);
                     net.store_record(record).await
                 }
-                Err(e) => {
-                    debug!(%source, error = %e, "refusing an inbound DHT record");
+                Err(why) => {
+                    debug!(%source, error = %why, "refusing an inbound DHT record");
                     Registry::count(&stats.records_refused);
                     Ok(())
                 }
             }
         }
         NetworkEvent::FetchRequest { id, request, .. } => {
-            let response = match registry.chunk(&request.content, request.index) {
-                Ok(data) => {
-                    Registry::count(&stats.chunks_served);
-                    FetchResponse::Chunk(serde_bytes::ByteBuf::from(data))
-                }
-                Err(why) => FetchResponse::Refused(why),
-            };
-            net.respond_fetch(id, response).await
+            let reg = registry.clone();
+            tokio::spawn(async move {
+                let r = reg.clone();
+                let response =
+                    tokio::task::spawn_blocking(move || r.chunk(&request.content, request.index))
+                        .await
+                        .map_or(FetchResponse::Refused(Refusal::Busy), |res| match res {
+                            Ok(data) => FetchResponse::Chunk(serde_bytes::ByteBuf::from(data)),
+                            Err(why) => FetchResponse::Refused(why),
+                        });
+                let _ = reg.network().respond_fetch(id, response).await;
+            });
+            Ok(())
         }
         NetworkEvent::SyncRequest { id, request, .. } => {
-            let response = match request {
-                SyncRequest::Summary => SyncResponse::Summary {
-                    buckets: registry.summary(),
-                },
-                SyncRequest::Buckets { buckets } => {
-                    let mut ids = registry.ids_in(&buckets);
-                    ids.truncate(MAX_SYNC_LISTED_IDS);
-                    SyncResponse::Ids { ids }
-                }
-                SyncRequest::Records { ids } => {
-                    // Stay under the response limit (with room for the framing bytes).
-                    let mut budget = MAX_SYNC_RESPONSE_BYTES - 64;
-                    let records: Vec<CatalogRecord> = registry
-                        .records(&ids)
-                        .into_iter()
-                        .take(MAX_SYNC_RECORDS)
-                        .take_while(|r| {
-                            let len = encode_body(r).len();
-                            budget = budget.saturating_sub(len);
-                            budget > 0
-                        })
-                        .collect();
-                    SyncResponse::Records { records }
-                }
-            };
-            net.respond_sync(id, response).await
+            let reg = registry.clone();
+            tokio::spawn(async move {
+                let r = reg.clone();
+                let response = tokio::task::spawn_blocking(move || answer_sync(&r, request))
+                    .await
+                    .unwrap_or(SyncResponse::Refused(Refusal::Busy));
+                let _ = reg.network().respond_sync(id, response).await;
+            });
+            Ok(())
         }
-        NetworkEvent::PeerConnected { .. }
-        | NetworkEvent::PeerDisconnected { .. }
-        | NetworkEvent::PingRtt { .. } => Ok(()),
+        NetworkEvent::PeerConnected { peer } => {
+            let reg = registry.clone();
+            tokio::spawn(async move {
+                if let Err(e) = super::sync::sync_with(&reg, peer).await {
+                    debug!(%peer, error = %e, "sync on connect failed");
+                }
+            });
+            Ok(())
+        }
+        NetworkEvent::PingRtt { peer, rtt } => {
+            registry.observe_rtt(peer, rtt.as_secs_f64() * 1000.0);
+            Ok(())
+        }
+        NetworkEvent::PeerDisconnected { .. } => Ok(()),
+    }
+}
+
+/// The answering side of catalog sync. Blocking (reads records from disk).
+fn answer_sync(registry: &Registry, request: SyncRequest) -> SyncResponse {
+    match request {
+        SyncRequest::Summary => SyncResponse::Summary {
+            buckets: registry.summary(),
+        },
+        SyncRequest::Buckets { buckets } => SyncResponse::Ids {
+            ids: registry.ids_in(&buckets, MAX_SYNC_LISTED_IDS),
+        },
+        SyncRequest::Records { ids } => {
+            let Ok(found) = registry.records(&ids) else {
+                return SyncResponse::Refused(Refusal::Busy);
+            };
+            // Stay under the response limit (with room for the framing bytes).
+            let mut budget = MAX_SYNC_RESPONSE_BYTES - 64;
+            let records: Vec<CatalogRecord> = found
+                .into_iter()
+                .take(MAX_SYNC_RECORDS)
+                .take_while(|r| {
+                    let len = encode_body(r).len();
+                    let fits = len < budget;
+                    budget = budget.saturating_sub(len);
+                    fits
+                })
+                .collect();
+            SyncResponse::Records { records }
+        }
     }
 }

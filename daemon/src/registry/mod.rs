@@ -1,25 +1,73 @@
-//! The registry: the catalog of verified records and the blobs this node serves, and the
-//! decisions on everything the network brings in (gossip verdicts, inbound DHT puts, sync and
-//! fetch requests).
+//! The registry: the owner of the catalog. It admits signed records (trust rules, then a
+//! durable write, then the search index), answers queries (get, versions, exists, search,
+//! resolve), publishes and yanks, fetches archives from the best peers, and keeps peer
+//! reputation. Everything the network brings in reaches it through [`inbound`].
 //!
-//! This is the in-memory core that the node runs today; persistent storage (redb and the
-//! on-disk blob store) and the search index plug in behind the same methods.
+//! Disk work (redb, blobs, tantivy) runs on blocking threads, never on the event loop and
+//! never while holding up an async worker. A write is acknowledged only after it committed.
 
+pub mod archive;
 pub mod fetch;
 pub mod inbound;
+pub mod resolve;
+pub mod sync;
+pub mod trust;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use agora_protocol::ContentId;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
-use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
+use agora_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_HEAD_VERSIONS, SYNC_BUCKETS};
 use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal};
-use agora_protocol::records::{ArchiveInfo, CatalogRecord, RecordId, ReleaseRecord};
+use agora_protocol::records::{
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody,
+    ReleaseRecord, Signed, YankBody,
+};
+use agora_protocol::search::{SearchQuery, SearchResults};
+use agora_protocol::{
+    ContentHasher, ContentId, Dependency, PackageName, PublisherKey, PublisherSecret, Version,
+    VersionReq,
+};
+use libp2p::PeerId;
+use tracing::{debug, info, warn};
 
+use crate::index::{IndexDoc, IndexError, SearchIndex};
 use crate::network::{NetworkError, NetworkHandle};
+use crate::reputation::{PeerRecord, Reputation};
+use crate::store::{BlobKind, BlobStore, CatalogWrite, Db, StoreError, blobs::BlobCheck};
+use archive::PackError;
+use fetch::{FetchError, PeerOutcome};
+use resolve::{Candidate, ResolveError};
+use trust::{Admission, Trust, TrustError, TrustPolicy};
+
+/// Default size of the cache of fetched archives: enough for thousands of template packs.
+pub const DEFAULT_CACHE_QUOTA: u64 = 1024 * 1024 * 1024;
+/// Records admitted per durable transaction when a big batch (a sync) comes in.
+const INGEST_BATCH: usize = 2048;
+
+/// Where a registry keeps its state and how it decides trust.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Holds `catalog.redb`, `index/`, `blobs/`, `tmp/` and `partial/`.
+    pub data_dir: PathBuf,
+    /// Bytes of fetched archives kept before the least recently used are evicted.
+    pub cache_quota: u64,
+    pub trust: TrustPolicy,
+}
+
+impl RegistryConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            cache_quota: DEFAULT_CACHE_QUOTA,
+            trust: TrustPolicy::FirstUse,
+        }
+    }
+}
 
 /// Counters of what the registry decided, for tests, status and metrics.
 #[derive(Debug, Default)]
@@ -29,30 +77,285 @@ pub struct RegistryStats {
     pub gossip_ignored: AtomicU64,
     pub records_stored: AtomicU64,
     pub records_refused: AtomicU64,
+    /// Records refused because they would roll a name back.
+    pub rollbacks_refused: AtomicU64,
+    /// Second records for an existing version (kept as evidence).
+    pub equivocations: AtomicU64,
     pub chunks_served: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub syncs_completed: AtomicU64,
+    pub records_synced: AtomicU64,
+    pub searches: AtomicU64,
 }
 
-/// An archive this node serves: how it is cut, and its bytes.
-type ServedBlob = (ArchiveInfo, Arc<Vec<u8>>);
+/// Why a registry operation failed. Each variant is something the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("package '{name}' not found in the catalog ({catalog} packages)")]
+    NotFound { name: PackageName, catalog: usize },
+    #[error("no installable version of '{name}' matches {req}; available: {}", fmt_versions(.available))]
+    NoMatchingVersion {
+        name: PackageName,
+        req: VersionReq,
+        available: Vec<Version>,
+    },
+    #[error("'{name}' has no version {version}")]
+    VersionNotFound { name: PackageName, version: Version },
+    #[error(
+        "{name}@{version} has two different signed records (equivocation); it cannot be installed"
+    )]
+    Equivocated { name: PackageName, version: Version },
+    #[error("{name}@{version} is already published")]
+    AlreadyPublished { name: PackageName, version: Version },
+    #[error("{name}@{version} is not newer than {highest}, the highest version published")]
+    NotNewer {
+        name: PackageName,
+        version: Version,
+        highest: Version,
+    },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
-/// What the node knows and serves.
+fn fmt_versions(v: &[Version]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter()
+        .map(Version::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What happened to one record offered to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    Added(Admission),
+    Duplicate,
+    Invalid(RecordError),
+    Refused(TrustError),
+}
+
+/// One version of a package as `versions` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: Version,
+    pub record: RecordId,
+    pub yanked: bool,
+    /// More than one record exists for this version: not installable.
+    pub equivocated: bool,
+}
+
+/// A finished publish.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub record: ReleaseRecord,
+    pub head: PackageHead,
+    /// False when no peer was subscribed yet: peers get the release by sync instead.
+    pub gossiped: bool,
+}
+
+/// A finished fetch.
+#[derive(Clone, Debug)]
+pub struct FetchedBlob {
+    pub content: ContentId,
+    pub path: PathBuf,
+    pub size: u64,
+    /// True when the archive was already in the local store.
+    pub cached: bool,
+    /// Chunks delivered by each provider.
+    pub served_by: Vec<(PeerId, u32)>,
+}
+
+/// One package chosen by a resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedPackage {
+    pub name: PackageName,
+    pub version: Version,
+    pub record: RecordId,
+    pub archive: ContentId,
+    pub publisher: PublisherKey,
+    pub dependencies: Vec<Dependency>,
+}
+
+/// The in-memory view of the catalog (the truth is in redb).
+struct Catalog {
+    trust: Trust,
+    /// Every record id, sorted: sync buckets are contiguous ranges.
+    ids: BTreeSet<RecordId>,
+    /// How each archive in the catalog is cut (to serve its chunks).
+    archives: HashMap<ContentId, ArchiveInfo>,
+    /// Cached sync summary; `None` after any change.
+    summary: Option<Vec<BucketDigest>>,
+}
+
 pub struct Registry {
     net: NetworkHandle,
-    /// Every verified catalog record, by id (sorted, so sync buckets are cheap to digest).
-    catalog: RwLock<BTreeMap<RecordId, CatalogRecord>>,
-    /// Archives this node serves, with how they are cut into chunks.
-    blobs: RwLock<HashMap<ContentId, ServedBlob>>,
+    db: Arc<Db>,
+    pub blobs: BlobStore,
+    index: SearchIndex,
+    catalog: Mutex<Catalog>,
+    reputation: Mutex<Reputation>,
+    /// Serialises publishes and yanks so that a name's chain is extended one at a time.
+    authoring: tokio::sync::Mutex<()>,
+    /// Peers a sync is running with (one at a time per peer).
+    syncing: Mutex<HashSet<PeerId>>,
     pub stats: RegistryStats,
+    pub startup: StartupReport,
+}
+
+/// What opening the store found.
+#[derive(Clone, Debug, Default)]
+pub struct StartupReport {
+    pub records: usize,
+    pub blobs: BlobCheck,
+    pub index_rebuilt: bool,
+    pub millis: u128,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs disk work on a blocking thread.
+async fn blocking<T, F>(f: F) -> Result<T, RegistryError>
+where
+    F: FnOnce() -> Result<T, RegistryError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Internal(format!("blocking task failed: {e}")))?
 }
 
 impl Registry {
-    pub fn new(net: NetworkHandle) -> Arc<Self> {
-        Arc::new(Self {
+    /// Opens the store under `config.data_dir`, replays the catalog, checks the index and the
+    /// blobs. Blocking: call before the node starts serving.
+    pub fn open(config: &RegistryConfig, net: NetworkHandle) -> Result<Arc<Self>, RegistryError> {
+        let started = Instant::now();
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(crate::store::io_err(dir))?;
+        let db = Arc::new(Db::open(&dir.join("catalog.redb"))?);
+        let (blobs, blob_check) = BlobStore::open(dir, db.clone(), config.cache_quota)?;
+        let index = SearchIndex::open(&dir.join("index"))?;
+
+        let snapshot = db.load_catalog()?;
+        let mut catalog = Catalog {
+            trust: Trust::new(config.trust.clone()),
+            ids: BTreeSet::new(),
+            archives: HashMap::new(),
+            summary: None,
+        };
+        for (id, record) in &snapshot.log {
+            if let Err(e) = catalog.trust.admit(record, *id) {
+                // The log only holds admitted records, in order: this is a corrupt store.
+                return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")).into());
+            }
+            catalog.ids.insert(*id);
+            if let CatalogRecord::Release(r) = record {
+                catalog
+                    .archives
+                    .insert(r.body.archive.id, r.body.archive.clone());
+            }
+        }
+        for (name, owner) in &snapshot.owners {
+            let replayed = catalog.trust.name(name).map(|s| s.owner);
+            if replayed != Some(*owner) {
+                return Err(StoreError::Corrupt(format!(
+                    "owner pin of '{name}' is {owner} but the catalog says {replayed:?}"
+                ))
+                .into());
+            }
+        }
+        for head in &snapshot.heads {
+            if let Err(e) = catalog.trust.admit_head(head) {
+                warn!(name = %head.body.name, error = %e, "dropping a stored package head");
+            }
+        }
+
+        let registry = Self {
             net,
-            catalog: RwLock::new(BTreeMap::new()),
-            blobs: RwLock::new(HashMap::new()),
+            db,
+            blobs,
+            index,
+            catalog: Mutex::new(catalog),
+            reputation: Mutex::new(Reputation::default()),
+            authoring: tokio::sync::Mutex::new(()),
+            syncing: Mutex::new(HashSet::new()),
             stats: RegistryStats::default(),
-        })
+            startup: StartupReport::default(),
+        };
+        let rep: Vec<(PeerId, PeerRecord)> = registry
+            .db
+            .load_reputation()?
+            .into_iter()
+            .filter_map(|(peer, entry)| {
+                Some((
+                    PeerId::from_bytes(&peer).ok()?,
+                    crate::store::decode_meta(&entry).ok()?,
+                ))
+            })
+            .collect();
+        *registry.reputation_lock() = Reputation::from_records(rep);
+
+        let names = registry.catalog_lock().trust.name_count() as u64;
+        let mut index_rebuilt = false;
+        if registry.index.num_docs() != names {
+            info!(
+                indexed = registry.index.num_docs(),
+                names, "search index is out of date; rebuilding it"
+            );
+            let all: Vec<PackageName> = registry
+                .catalog_lock()
+                .trust
+                .names()
+                .map(|(n, _)| n.clone())
+                .collect();
+            let (docs, _) = registry.index_docs(&all, &[])?;
+            registry.index.rebuild(docs)?;
+            index_rebuilt = true;
+        }
+        let mut registry = registry;
+        registry.startup = StartupReport {
+            records: snapshot.log.len(),
+            blobs: blob_check,
+            index_rebuilt,
+            millis: started.elapsed().as_millis(),
+        };
+        info!(
+            records = registry.startup.records,
+            ms = registry.startup.millis,
+            "catalog loaded"
+        );
+        Ok(Arc::new(registry))
+    }
+
+    fn catalog_lock(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reputation_lock(&self) -> MutexGuard<'_, Reputation> {
+        self.reputation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn network(&self) -> &NetworkHandle {
@@ -60,114 +363,874 @@ impl Registry {
     }
 
     pub fn catalog_len(&self) -> usize {
-        self.catalog.read().map_or(0, |c| c.len())
+        self.catalog_lock().ids.len()
+    }
+
+    /// Number of package names in the catalog.
+    pub fn package_count(&self) -> usize {
+        self.catalog_lock().trust.name_count()
     }
 
     pub fn has_record(&self, id: &RecordId) -> bool {
-        self.catalog.read().is_ok_and(|c| c.contains_key(id))
+        self.catalog_lock().ids.contains(id)
     }
 
-    /// Adds a verified record; returns false if it was already there.
-    pub(crate) fn insert(&self, record: CatalogRecord) -> bool {
-        let id = record.id();
-        match self.catalog.write() {
-            Ok(mut c) => c.insert(id, record).is_none(),
-            Err(_) => false,
+    /// Admits records (verifying their signatures unless `verified`), in the order the trust
+    /// rules accept, durably, then updates the search index. Blocking.
+    pub fn ingest(
+        &self,
+        mut records: Vec<CatalogRecord>,
+        verified: bool,
+    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        if records.len() > 1 {
+            records.sort_by_cached_key(trust::replay_order);
         }
+        let mut out = Vec::with_capacity(records.len());
+        for batch in records.chunks(INGEST_BATCH) {
+            out.extend(self.ingest_batch(batch, verified)?);
+        }
+        Ok(out)
+    }
+
+    fn ingest_batch(
+        &self,
+        records: &[CatalogRecord],
+        verified: bool,
+    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut write = CatalogWrite::default();
+        let mut touched: BTreeSet<PackageName> = BTreeSet::new();
+        let mut cat = self.catalog_lock();
+        for record in records {
+            let id = record.id();
+            if cat.ids.contains(&id) {
+                out.push((id, Ingested::Duplicate));
+                continue;
+            }
+            if !verified && let Err(e) = record.verify() {
+                out.push((id, Ingested::Invalid(e)));
+                continue;
+            }
+            let name = record.name().clone();
+            let before = cat.trust.name(&name).map(|s| (s.owner, s.highest.clone()));
+            match cat.trust.admit(record, id) {
+                Ok(admission) => {
+                    let state = cat.trust.name(&name).expect("just admitted");
+                    if before.as_ref().map(|b| b.0) != Some(state.owner) {
+                        write.owners.push((name.clone(), state.owner));
+                    }
+                    if before.as_ref().map(|b| &b.1) != Some(&state.highest)
+                        && let Some(h) = &state.highest
+                    {
+                        write.highest.push((name.clone(), h.clone()));
+                    }
+                    if let Admission::Equivocation { version, .. } = &admission {
+                        Self::count(&self.stats.equivocations);
+                        warn!(%name, %version, "equivocation: two records for one version");
+                        write.evidence.push((
+                            name.clone(),
+                            version.clone(),
+                            state.equivocations[version].clone(),
+                        ));
+                    }
+                    if let CatalogRecord::Release(r) = record {
+                        cat.archives
+                            .insert(r.body.archive.id, r.body.archive.clone());
+                    }
+                    cat.ids.insert(id);
+                    write.records.push((id, record.clone()));
+                    touched.insert(name);
+                    out.push((id, Ingested::Added(admission)));
+                }
+                Err(e) => {
+                    if matches!(e, TrustError::Rollback { .. }) {
+                        Self::count(&self.stats.rollbacks_refused);
+                    }
+                    debug!(%name, error = %e, "record refused");
+                    out.push((id, Ingested::Refused(e)));
+                }
+            }
+        }
+        if !write.records.is_empty() {
+            cat.summary = None;
+        }
+        // Written under the lock so the log's order is the order of admission.
+        self.db.write_catalog(&write)?;
+        drop(cat);
+        let touched: Vec<PackageName> = touched.into_iter().collect();
+        let (docs, removed) = self.index_docs(&touched, &write.records)?;
+        self.index.update(&docs, &removed)?;
+        Ok(out)
+    }
+
+    /// The index documents of these names (their newest installable release), and the names
+    /// that have none.
+    fn index_docs(
+        &self,
+        names: &[PackageName],
+        fresh: &[(RecordId, CatalogRecord)],
+    ) -> Result<(Vec<IndexDoc>, Vec<String>), RegistryError> {
+        let latest: Vec<(PackageName, Option<RecordId>)> = {
+            let cat = self.catalog_lock();
+            names
+                .iter()
+                .map(|n| {
+                    let id = cat
+                        .trust
+                        .name(n)
+                        .and_then(|s| s.latest().map(|v| s.releases[v]));
+                    (n.clone(), id)
+                })
+                .collect()
+        };
+        let fresh: HashMap<&RecordId, &CatalogRecord> = fresh.iter().map(|(i, r)| (i, r)).collect();
+        let mut docs = Vec::new();
+        let mut removed = Vec::new();
+        for (name, id) in latest {
+            let Some(id) = id else {
+                removed.push(name.to_string());
+                continue;
+            };
+            let record = match fresh.get(&id) {
+                Some(r) => (*r).clone(),
+                None => self
+                    .db
+                    .record(&id)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("record {id} is missing")))?,
+            };
+            if let CatalogRecord::Release(r) = record {
+                docs.push(index_doc(&r.body));
+            }
+        }
+        Ok((docs, removed))
     }
 
     /// Digest of each of the 256 id buckets of the catalog.
     pub fn summary(&self) -> Vec<BucketDigest> {
-        let mut hashers: Vec<(u32, agora_protocol::ContentHasher)> = (0
-            ..agora_protocol::limits::SYNC_BUCKETS)
-            .map(|_| (0, agora_protocol::ContentHasher::new()))
-            .collect();
-        if let Ok(c) = self.catalog.read() {
-            for id in c.keys() {
-                let (count, h) = &mut hashers[agora_protocol::messages::bucket_of(id) as usize];
-                *count += 1;
-                h.update(id.as_bytes());
+        let mut cat = self.catalog_lock();
+        if let Some(s) = &cat.summary {
+            return s.clone();
+        }
+        let mut out = vec![BucketDigest::default(); SYNC_BUCKETS];
+        let mut current: Option<(u8, u32, ContentHasher)> = None;
+        for id in &cat.ids {
+            let bucket = id.as_bytes()[0];
+            match &mut current {
+                Some((b, count, h)) if *b == bucket => {
+                    *count += 1;
+                    h.update(id.as_bytes());
+                }
+                _ => {
+                    if let Some((b, count, h)) = current.take() {
+                        out[b as usize] = BucketDigest {
+                            count,
+                            digest: *h.finish().as_bytes(),
+                        };
+                    }
+                    let mut h = ContentHasher::new();
+                    h.update(id.as_bytes());
+                    current = Some((bucket, 1, h));
+                }
             }
         }
-        hashers
-            .into_iter()
-            .map(|(count, h)| BucketDigest {
+        if let Some((b, count, h)) = current {
+            out[b as usize] = BucketDigest {
                 count,
-                digest: if count == 0 {
-                    [0; 32]
-                } else {
-                    *h.finish().as_bytes()
-                },
-            })
-            .collect()
+                digest: *h.finish().as_bytes(),
+            };
+        }
+        cat.summary = Some(out.clone());
+        out
     }
 
-    /// Ids in the given buckets.
-    pub fn ids_in(&self, buckets: &[u8]) -> Vec<RecordId> {
-        let Ok(c) = self.catalog.read() else {
-            return Vec::new();
-        };
-        c.keys()
-            .filter(|id| buckets.contains(&agora_protocol::messages::bucket_of(id)))
-            .copied()
-            .collect()
+    /// Ids in the given buckets, at most `limit`.
+    pub fn ids_in(&self, buckets: &[u8], limit: usize) -> Vec<RecordId> {
+        let cat = self.catalog_lock();
+        let mut out = Vec::new();
+        let wanted: BTreeSet<u8> = buckets.iter().copied().collect();
+        for b in wanted {
+            let mut lo = [0u8; 32];
+            lo[0] = b;
+            let lo = ContentId::from_bytes(lo);
+            for id in cat.ids.range(lo..) {
+                if id.as_bytes()[0] != b || out.len() >= limit {
+                    break;
+                }
+                out.push(*id);
+            }
+        }
+        out
     }
 
     /// The records with these ids that we have.
-    pub fn records(&self, ids: &[RecordId]) -> Vec<CatalogRecord> {
-        let Ok(c) = self.catalog.read() else {
-            return Vec::new();
+    pub fn records(&self, ids: &[RecordId]) -> Result<Vec<CatalogRecord>, RegistryError> {
+        Ok(self.db.records(ids)?)
+    }
+
+    /// Chunk `index` of a blob we serve, or why not. Blocking (reads the blob file).
+    pub(crate) fn chunk(&self, id: &ContentId, index: u32) -> Result<Vec<u8>, Refusal> {
+        let (start, len) = {
+            let cat = self.catalog_lock();
+            let info = cat.archives.get(id).ok_or(Refusal::NotFound)?;
+            info.chunk_range(index).ok_or(Refusal::OutOfRange)?
         };
-        ids.iter().filter_map(|id| c.get(id).cloned()).collect()
+        if !self.blobs.has(id) {
+            return Err(Refusal::NotFound);
+        }
+        let data = self
+            .blobs
+            .read_range(id, start, len)
+            .map_err(|_| Refusal::NotFound)?;
+        Self::count(&self.stats.chunks_served);
+        self.stats
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
-    /// Serves an archive from memory and announces this node as its provider.
-    pub async fn add_blob(&self, data: Vec<u8>) -> Result<ArchiveInfo, NetworkError> {
-        let info = ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE);
-        self.add_blob_with(info.clone(), data).await?;
-        Ok(info)
-    }
-
-    /// Serves `data`, cut as `info` says, and provides it on the DHT.
+    /// Stores `data` as a published blob cut as `info` says, and provides it on the DHT.
     pub async fn add_blob_with(
-        &self,
+        self: &Arc<Self>,
         info: ArchiveInfo,
         data: Vec<u8>,
-    ) -> Result<(), NetworkError> {
+    ) -> Result<(), RegistryError> {
         let id = info.id;
-        if let Ok(mut b) = self.blobs.write() {
-            b.insert(id, (info, Arc::new(data)));
-        }
+        let reg = self.clone();
+        blocking(move || {
+            reg.blobs.insert(&data, Some(id), BlobKind::Published)?;
+            reg.catalog_lock().archives.insert(id, info);
+            Ok(())
+        })
+        .await?;
         self.net
             .start_providing(DhtKey::Content(id).to_bytes())
             .await
-            .or_else(tolerate_lonely)
+            .or_else(tolerate_lonely)?;
+        Ok(())
     }
 
-    /// Chunk `index` of a blob we serve, or why not.
-    pub(crate) fn chunk(&self, id: &ContentId, index: u32) -> Result<Vec<u8>, Refusal> {
-        let blobs = self.blobs.read().map_err(|_| Refusal::Busy)?;
-        let (info, data) = blobs.get(id).ok_or(Refusal::NotFound)?;
-        let (start, len) = info.chunk_range(index).ok_or(Refusal::OutOfRange)?;
-        Ok(data[start as usize..start as usize + len].to_vec())
+    /// Admits a verified release and announces it: DHT record and gossip.
+    pub async fn announce(self: &Arc<Self>, record: ReleaseRecord) -> Result<(), RegistryError> {
+        let reg = self.clone();
+        let r = record.clone();
+        let result = blocking(move || reg.ingest(vec![CatalogRecord::Release(r)], false)).await?;
+        match &result[0].1 {
+            Ingested::Added(_) | Ingested::Duplicate => {}
+            Ingested::Invalid(e) => return Err(e.clone().into()),
+            Ingested::Refused(e) => return Err(e.clone().into()),
+        }
+        self.put_dht(DhtValue::Release(record.clone())).await?;
+        self.gossip(GossipMessage::Release(record)).await?;
+        Ok(())
     }
 
-    /// Publishes a verified release: into the catalog, under its DHT key, and on gossip.
-    pub async fn announce(&self, record: ReleaseRecord) -> Result<(), NetworkError> {
-        self.insert(CatalogRecord::Release(record.clone()));
-        let value = DhtValue::Release(record.clone());
+    async fn put_dht(&self, value: DhtValue) -> Result<(), RegistryError> {
         self.net
             .put_record(value.key().to_bytes(), value.encode())
             .await
             .or_else(tolerate_lonely)?;
+        Ok(())
+    }
+
+    /// Publishes on gossip; false when no peer is subscribed yet.
+    async fn gossip(&self, msg: GossipMessage) -> Result<bool, RegistryError> {
+        match self.net.publish(msg.to_wire()).await {
+            Ok(()) => Ok(true),
+            Err(NetworkError::NoGossipPeers) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes the package in `dir`: validate its manifest, pack it deterministically, sign
+    /// the release, store the archive and the record durably, index it, then put the release
+    /// and head records on the DHT, provide the archive and gossip the release.
+    pub async fn publish(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        secret: &PublisherSecret,
+    ) -> Result<Published, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        let reg = self.clone();
+        let secret_bytes = secret.to_bytes();
+        let (record, head) =
+            blocking(move || reg.publish_local(&dir, &PublisherSecret::from_bytes(secret_bytes)))
+                .await?;
+        let id = record.body.archive.id;
+        self.put_dht(DhtValue::Release(record.clone())).await?;
+        self.put_dht(DhtValue::Head(head.clone())).await?;
         self.net
-            .publish(GossipMessage::Release(record).to_wire())
+            .start_providing(DhtKey::Content(id).to_bytes())
             .await
+            .or_else(tolerate_lonely)?;
+        let gossiped = self.gossip(GossipMessage::Release(record.clone())).await?;
+        info!(name = %record.body.name, version = %record.body.version, gossiped, "published");
+        Ok(Published {
+            record,
+            head,
+            gossiped,
+        })
+    }
+
+    fn publish_local(
+        &self,
+        dir: &Path,
+        secret: &PublisherSecret,
+    ) -> Result<(ReleaseRecord, PackageHead), RegistryError> {
+        let manifest = archive::read_manifest(dir)?;
+        let data = archive::pack(dir)?;
+        let info = ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE);
+        let key = secret.public();
+        let previous = {
+            let cat = self.catalog_lock();
+            match cat.trust.name(&manifest.name) {
+                None => None,
+                Some(state) => {
+                    if state.owner != key {
+                        return Err(TrustError::NotOwner {
+                            name: manifest.name.clone(),
+                            owner: state.owner,
+                            signer: key,
+                        }
+                        .into());
+                    }
+                    if state.releases.contains_key(&manifest.version) {
+                        return Err(RegistryError::AlreadyPublished {
+                            name: manifest.name.clone(),
+                            version: manifest.version.clone(),
+                        });
+                    }
+                    if let Some(h) = &state.highest
+                        && *h > manifest.version
+                    {
+                        return Err(RegistryError::NotNewer {
+                            name: manifest.name.clone(),
+                            version: manifest.version.clone(),
+                            highest: h.clone(),
+                        });
+                    }
+                    state.highest.as_ref().map(|h| state.releases[h])
+                }
+            }
+        };
+        let body = ReleaseBody {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            meta: manifest.meta.clone(),
+            dependencies: manifest.dependencies.clone(),
+            archive: info.clone(),
+            published_at: now(),
+            publisher: key,
+            previous,
+        };
+        let record = Signed::sign(body, secret)?;
+        // The archive first: a record whose archive cannot be served helps nobody.
+        self.blobs
+            .insert(&data, Some(info.id), BlobKind::Published)?;
+        let result = self.ingest(vec![CatalogRecord::Release(record.clone())], true)?;
+        match &result[0].1 {
+            Ingested::Added(Admission::Release) => {}
+            Ingested::Refused(e) => return Err(e.clone().into()),
+            other => {
+                return Err(RegistryError::Internal(format!(
+                    "own release was not admitted: {other:?}"
+                )));
+            }
+        }
+        let head = self.sign_head(&manifest.name, secret)?;
+        Ok((record, head))
+    }
+
+    /// Signs, admits and stores a new head for a name we own.
+    fn sign_head(
+        &self,
+        name: &PackageName,
+        secret: &PublisherSecret,
+    ) -> Result<PackageHead, RegistryError> {
+        let mut cat = self.catalog_lock();
+        let state = cat
+            .trust
+            .name(name)
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.clone(),
+                catalog: 0,
+            })?;
+        let versions: Vec<Version> = state
+            .releases
+            .keys()
+            .rev()
+            .take(MAX_HEAD_VERSIONS)
+            .rev()
+            .cloned()
+            .collect();
+        let body = HeadBody {
+            name: name.clone(),
+            owner: secret.public(),
+            versions,
+            seq: state.head.map_or(1, |(s, _)| s + 1),
+            updated_at: now(),
+        };
+        let head = Signed::sign(body, secret)?;
+        cat.trust.admit_head(&head)?;
+        self.db.put_head(&head)?;
+        Ok(head)
+    }
+
+    /// Admits a verified head from a peer and persists it; `Ok(false)` if we already had it.
+    pub fn admit_head(&self, head: &PackageHead) -> Result<bool, RegistryError> {
+        let mut cat = self.catalog_lock();
+        let fresh = cat.trust.admit_head(head)?;
+        if fresh {
+            self.db.put_head(head)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Yanks `name@version` with a record signed by the owner, and gossips it.
+    pub async fn yank(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+        reason: String,
+        secret: &PublisherSecret,
+    ) -> Result<agora_protocol::Yank, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        {
+            let cat = self.catalog_lock();
+            let state = cat
+                .trust
+                .name(name)
+                .ok_or_else(|| RegistryError::NotFound {
+                    name: name.clone(),
+                    catalog: cat.trust.name_count(),
+                })?;
+            if !state.releases.contains_key(version) {
+                return Err(RegistryError::VersionNotFound {
+                    name: name.clone(),
+                    version: version.clone(),
+                });
+            }
+        }
+        let yank = Signed::sign(
+            YankBody {
+                name: name.clone(),
+                version: version.clone(),
+                publisher: secret.public(),
+                yanked_at: now(),
+                reason,
+            },
+            secret,
+        )?;
+        let reg = self.clone();
+        let y = yank.clone();
+        let result = blocking(move || reg.ingest(vec![CatalogRecord::Yank(y)], true)).await?;
+        if let Ingested::Refused(e) = &result[0].1 {
+            return Err(e.clone().into());
+        }
+        self.gossip(GossipMessage::Yank(yank.clone())).await?;
+        Ok(yank)
+    }
+
+    /// Whether the catalog knows this name.
+    pub fn exists(&self, name: &PackageName) -> bool {
+        self.catalog_lock().trust.name(name).is_some()
+    }
+
+    /// Every version of a name, oldest first.
+    pub fn versions(&self, name: &PackageName) -> Result<Vec<VersionInfo>, RegistryError> {
+        let cat = self.catalog_lock();
+        let state = cat
+            .trust
+            .name(name)
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.clone(),
+                catalog: cat.trust.name_count(),
+            })?;
+        Ok(state
+            .releases
+            .iter()
+            .map(|(v, id)| VersionInfo {
+                version: v.clone(),
+                record: *id,
+                yanked: state.yanked.contains(v),
+                equivocated: state.equivocations.contains_key(v),
+            })
+            .collect())
+    }
+
+    /// The owner of a name on this node, and the record ids of any equivocation.
+    pub fn owner(&self, name: &PackageName) -> Option<PublisherKey> {
+        self.catalog_lock().trust.name(name).map(|s| s.owner)
+    }
+
+    /// Equivocation evidence: every version with more than one record, per name.
+    pub fn equivocations(&self) -> BTreeMap<PackageName, BTreeMap<Version, Vec<RecordId>>> {
+        self.catalog_lock()
+            .trust
+            .names()
+            .filter(|(_, s)| !s.equivocations.is_empty())
+            .map(|(n, s)| (n.clone(), s.equivocations.clone()))
+            .collect()
+    }
+
+    /// The newest installable release of `name` matching `req`.
+    pub fn get(
+        &self,
+        name: &PackageName,
+        req: &VersionReq,
+    ) -> Result<ReleaseRecord, RegistryError> {
+        let id = {
+            let cat = self.catalog_lock();
+            let state = cat
+                .trust
+                .name(name)
+                .ok_or_else(|| RegistryError::NotFound {
+                    name: name.clone(),
+                    catalog: cat.trust.name_count(),
+                })?;
+            let pick = state
+                .releases
+                .iter()
+                .rev()
+                .find(|(v, _)| req.matches(v) && state.installable(v));
+            match pick {
+                Some((_, id)) => *id,
+                None => {
+                    return Err(RegistryError::NoMatchingVersion {
+                        name: name.clone(),
+                        req: req.clone(),
+                        available: state
+                            .releases
+                            .keys()
+                            .filter(|v| state.installable(v))
+                            .cloned()
+                            .collect(),
+                    });
+                }
+            }
+        };
+        self.release_by_id(&id)
+    }
+
+    /// Exactly `name@version`, yanked or not (a lockfile may pin a yanked version); refused
+    /// if the version is equivocated.
+    pub fn release(
+        &self,
+        name: &PackageName,
+        version: &Version,
+    ) -> Result<ReleaseRecord, RegistryError> {
+        let id = {
+            let cat = self.catalog_lock();
+            let state = cat
+                .trust
+                .name(name)
+                .ok_or_else(|| RegistryError::NotFound {
+                    name: name.clone(),
+                    catalog: cat.trust.name_count(),
+                })?;
+            if state.equivocations.contains_key(version) {
+                return Err(RegistryError::Equivocated {
+                    name: name.clone(),
+                    version: version.clone(),
+                });
+            }
+            *state
+                .releases
+                .get(version)
+                .ok_or_else(|| RegistryError::VersionNotFound {
+                    name: name.clone(),
+                    version: version.clone(),
+                })?
+        };
+        self.release_by_id(&id)
+    }
+
+    fn release_by_id(&self, id: &RecordId) -> Result<ReleaseRecord, RegistryError> {
+        match self.db.record(id)? {
+            Some(CatalogRecord::Release(r)) => Ok(r),
+            _ => Err(StoreError::Corrupt(format!("release {id} is missing from the log")).into()),
+        }
+    }
+
+    /// Searches the local catalog.
+    pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, RegistryError> {
+        Self::count(&self.stats.searches);
+        Ok(self.index.search(query)?)
+    }
+
+    /// Resolves `roots` and everything they depend on to exact releases.
+    pub fn resolve(&self, roots: &[Dependency]) -> Result<Vec<ResolvedPackage>, RegistryError> {
+        let mut records: HashMap<RecordId, ReleaseRecord> = HashMap::new();
+        let mut failure: Option<RegistryError> = None;
+        let chosen = resolve::resolve(roots, |name| {
+            let ids: Vec<RecordId> = {
+                let cat = self.catalog_lock();
+                let state = cat.trust.name(name)?;
+                state
+                    .releases
+                    .iter()
+                    .filter(|(v, _)| state.installable(v))
+                    .map(|(_, id)| *id)
+                    .collect()
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let r = match records.get(&id) {
+                    Some(r) => r.clone(),
+                    None => match self.release_by_id(&id) {
+                        Ok(r) => {
+                            records.insert(id, r.clone());
+                            r
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            continue;
+                        }
+                    },
+                };
+                out.push(Candidate {
+                    version: r.body.version.clone(),
+                    dependencies: r.body.dependencies.clone(),
+                });
+            }
+            Some(out)
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let chosen = chosen?;
+        let by_version: HashMap<(PackageName, Version), &ReleaseRecord> = records
+            .values()
+            .map(|r| ((r.body.name.clone(), r.body.version.clone()), r))
+            .collect();
+        Ok(chosen
+            .into_iter()
+            .filter_map(|(name, c)| {
+                let r = by_version.get(&(name.clone(), c.version.clone()))?;
+                Some(ResolvedPackage {
+                    name,
+                    version: c.version,
+                    record: r.id(),
+                    archive: r.body.archive.id,
+                    publisher: r.body.publisher,
+                    dependencies: c.dependencies,
+                })
+            })
+            .collect())
+    }
+
+    /// Makes the archive of `name@version` local: from the store if it is there, otherwise
+    /// from the DHT's providers ranked by reputation, resuming any partial download. The
+    /// archive's hash is checked before it enters the store; then this node provides it too.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+    ) -> Result<FetchedBlob, RegistryError> {
+        let record = self.release(name, version)?;
+        let info = record.body.archive.clone();
+        if self.blobs.has(&info.id) {
+            let reg = self.clone();
+            let id = info.id;
+            // A use: moves it to the back of the eviction queue.
+            blocking(move || Ok(reg.blobs.read_range(&id, 0, 0)?)).await?;
+            return Ok(FetchedBlob {
+                content: info.id,
+                path: self.blobs.blob_path(&info.id),
+                size: info.size,
+                cached: true,
+                served_by: Vec::new(),
+            });
+        }
+        let providers = self
+            .net
+            .get_providers(DhtKey::Content(info.id).to_bytes())
+            .await
+            .or_else(|e| match e {
+                NetworkError::Query(_) | NetworkError::NotFound => Ok(HashSet::new()),
+                other => Err(other),
+            })?;
+        let me = self.net.peer_id();
+        let ranked = self
+            .reputation_lock()
+            .rank(providers.into_iter().filter(|p| *p != me), now());
+        let partial = self.blobs.partial_path(&info.id);
+        let report = fetch::fetch_to_file(
+            &self.net,
+            &info,
+            &ranked,
+            fetch::DEFAULT_PARALLEL_CHUNKS,
+            &partial,
+        )
+        .await;
+        let report = match report {
+            Ok(r) => r,
+            Err((e, outcomes)) => {
+                self.record_outcomes(&outcomes).await?;
+                return Err(e.into());
+            }
+        };
+        self.record_outcomes(&report.outcomes).await?;
+        self.stats
+            .bytes_fetched
+            .fetch_add(report.bytes_fetched, Ordering::Relaxed);
+        let reg = self.clone();
+        let id = info.id;
+        let info2 = info.clone();
+        blocking(move || {
+            reg.blobs.adopt_partial(id, BlobKind::Fetched)?;
+            reg.catalog_lock().archives.insert(id, info2);
+            Ok(())
+        })
+        .await?;
+        self.net
+            .start_providing(DhtKey::Content(info.id).to_bytes())
+            .await
+            .or_else(tolerate_lonely)?;
+        Ok(FetchedBlob {
+            content: info.id,
+            path: self.blobs.blob_path(&info.id),
+            size: info.size,
+            cached: false,
+            served_by: report.served_by,
+        })
+    }
+
+    /// Applies what a fetch learned about peers and persists it.
+    async fn record_outcomes(
+        self: &Arc<Self>,
+        outcomes: &[PeerOutcome],
+    ) -> Result<(), RegistryError> {
+        let t = now();
+        {
+            let mut rep = self.reputation_lock();
+            for o in outcomes {
+                match *o {
+                    PeerOutcome::Served {
+                        peer,
+                        bytes,
+                        latency_ms,
+                    } => rep.success(peer, bytes, latency_ms, t),
+                    PeerOutcome::Failed { peer } => rep.failure(peer, t),
+                    PeerOutcome::BadData { peer } => {
+                        warn!(%peer, "peer served data that failed verification; banned");
+                        rep.bad_data(peer, t)
+                    }
+                }
+            }
+        }
+        self.persist_reputation().await
+    }
+
+    /// Writes changed reputation entries to disk.
+    pub async fn persist_reputation(self: &Arc<Self>) -> Result<(), RegistryError> {
+        let dirty: Vec<(Vec<u8>, Vec<u8>)> = self
+            .reputation_lock()
+            .take_dirty()
+            .into_iter()
+            .map(|(p, r)| (p.to_bytes(), crate::store::encode_meta(&r)))
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let reg = self.clone();
+        blocking(move || Ok(reg.db.save_reputation(&dirty)?)).await
+    }
+
+    /// A ping round trip, for reputation.
+    pub fn observe_rtt(&self, peer: PeerId, rtt_ms: f64) {
+        self.reputation_lock().rtt(peer, rtt_ms, now());
+    }
+
+    /// The reputation entry and score of a peer.
+    pub fn reputation_of(&self, peer: &PeerId) -> (Option<PeerRecord>, f64) {
+        let rep = self.reputation_lock();
+        (rep.get(peer).cloned(), rep.score(peer, now()))
+    }
+
+    /// `peers` ranked best first, banned ones left out.
+    pub fn rank_peers(&self, peers: Vec<PeerId>) -> Vec<PeerId> {
+        self.reputation_lock().rank(peers, now())
+    }
+
+    /// Pins (or unpins) the archive of a release so eviction never removes it.
+    pub fn pin(&self, content: &ContentId, pinned: bool) -> Result<(), RegistryError> {
+        Ok(self.blobs.set_pinned(content, pinned)?)
+    }
+
+    /// Saves what is only in memory (reputation, blob use times). Called on the maintenance
+    /// tick and at shutdown.
+    pub async fn persist(self: &Arc<Self>) -> Result<(), RegistryError> {
+        self.persist_reputation().await?;
+        let reg = self.clone();
+        blocking(move || Ok(reg.blobs.flush()?)).await
+    }
+
+    /// Puts the heads we hold and the releases we publish back into the local DHT store (a
+    /// restarted node serves them again before any peer re-publishes them).
+    pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
+        let reg = self.clone();
+        let values: Vec<DhtValue> = blocking(move || {
+            let snapshot = reg.db.load_catalog()?;
+            let mut values: Vec<DhtValue> =
+                snapshot.heads.into_iter().map(DhtValue::Head).collect();
+            for (_, record) in snapshot.log {
+                if let CatalogRecord::Release(r) = record
+                    && reg
+                        .blobs
+                        .meta(&r.body.archive.id)
+                        .is_some_and(|m| m.kind == BlobKind::Published)
+                {
+                    values.push(DhtValue::Release(r));
+                }
+            }
+            Ok(values)
+        })
+        .await?;
+        for value in values {
+            let record = libp2p::kad::Record::new(value.key().to_bytes(), value.encode());
+            self.net.store_record(record).await?;
+        }
+        for id in self.blobs.ids() {
+            self.net
+                .start_providing(DhtKey::Content(id).to_bytes())
+                .await
+                .or_else(tolerate_lonely)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the start of a sync with `peer`; false if one is already running.
+    pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
+        self.syncing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer)
+    }
+
+    pub(crate) fn end_sync(&self, peer: &PeerId) {
+        self.syncing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
     }
 
     /// Mark a count.
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn index_doc(b: &ReleaseBody) -> IndexDoc {
+    IndexDoc {
+        name: b.name.to_string(),
+        version: b.version.to_string(),
+        description: b.meta.description.clone(),
+        category: b.meta.category.clone(),
+        author: b.meta.author.clone(),
+        license: b.meta.license.clone(),
+        tags: b.meta.tags.clone(),
+        keywords: b.meta.keywords.clone(),
+        published_at: b.published_at,
     }
 }
 

@@ -1,0 +1,192 @@
+//! Catalog sync, the initiating side (`/agora/sync/1`; the answering side is in `inbound`).
+//!
+//! 1. Ask the peer for its summary: a count and a digest of the sorted record ids in each of
+//!    256 buckets (by the first byte of the id). That costs the same whatever the catalog size.
+//! 2. For the buckets whose digest differs, ask for their ids, a few buckets per request so a
+//!    listing stays under its cap.
+//! 3. Ask for the records we lack, up to [`MAX_SYNC_IDS`] per request, and admit them all at
+//!    once in an order the trust rules accept (so history arriving out of order still chains).
+//!
+//! Only differing buckets are listed and only missing records are fetched, so the cost grows
+//! with the difference (a new node's difference is the whole catalog). Everything the peer
+//! sends is checked: ids we did not ask for are dropped, every record is verified before it
+//! is admitted, and the number of rounds is bounded.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
+use agora_protocol::messages::{Refusal, SyncRequest, SyncResponse};
+use agora_protocol::records::{CatalogRecord, RecordId};
+use libp2p::PeerId;
+use tracing::{debug, info};
+
+use super::{Ingested, Registry, RegistryError};
+use crate::network::NetworkError;
+
+/// Most records taken from one peer in one sync; the rest come in the next round.
+pub const MAX_RECORDS_PER_SYNC: usize = 200_000;
+/// Most record requests in one sync (each returns at least one record or the sync stops).
+const MAX_RECORD_ROUNDS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync with {peer} is already running")]
+    AlreadyRunning { peer: PeerId },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("peer refused the sync: {0:?}")]
+    Refused(Refusal),
+    #[error("peer answered {got} to a {asked} request")]
+    Unexpected { asked: &'static str, got: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub differing_buckets: usize,
+    pub ids_listed: usize,
+    pub requested: usize,
+    pub added: usize,
+    pub refused: usize,
+}
+
+/// Reconciles our catalog with `peer`'s.
+pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncError> {
+    if !registry.begin_sync(peer) {
+        return Err(SyncError::AlreadyRunning { peer });
+    }
+    let result = run(registry, peer).await;
+    registry.end_sync(&peer);
+    if let Ok(report) = &result {
+        Registry::count(&registry.stats.syncs_completed);
+        registry
+            .stats
+            .records_synced
+            .fetch_add(report.added as u64, std::sync::atomic::Ordering::Relaxed);
+        if report.added > 0 || report.refused > 0 {
+            info!(%peer, added = report.added, refused = report.refused, "catalog sync");
+        }
+    }
+    result
+}
+
+async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncError> {
+    let net = registry.network();
+    let mut report = SyncReport::default();
+    let theirs = match net.send_sync(peer, SyncRequest::Summary).await? {
+        SyncResponse::Summary { buckets } if buckets.len() == SYNC_BUCKETS => buckets,
+        other => return Err(unexpected("summary", other)),
+    };
+    let ours = registry.summary();
+    let differing: Vec<(u8, u32)> = (0..SYNC_BUCKETS)
+        .filter(|&b| theirs[b].count > 0 && theirs[b] != ours[b])
+        .map(|b| (b as u8, theirs[b].count))
+        .collect();
+    report.differing_buckets = differing.len();
+    if differing.is_empty() {
+        return Ok(report);
+    }
+
+    // List ids a group of buckets at a time, each group under the listing cap.
+    let mut missing: Vec<RecordId> = Vec::new();
+    let mut group: Vec<u8> = Vec::new();
+    let mut group_count: u64 = 0;
+    let mut groups = Vec::new();
+    for (b, count) in differing {
+        if !group.is_empty() && group_count + u64::from(count) > MAX_SYNC_LISTED_IDS as u64 {
+            groups.push(std::mem::take(&mut group));
+            group_count = 0;
+        }
+        group.push(b);
+        group_count += u64::from(count);
+    }
+    groups.push(group);
+    for buckets in groups {
+        let asked: HashSet<u8> = buckets.iter().copied().collect();
+        let ids = match net
+            .send_sync(peer, SyncRequest::Buckets { buckets })
+            .await?
+        {
+            SyncResponse::Ids { ids } => ids,
+            other => return Err(unexpected("ids", other)),
+        };
+        report.ids_listed += ids.len();
+        missing.extend(
+            ids.into_iter()
+                .filter(|id| asked.contains(&id.as_bytes()[0]) && !registry.has_record(id)),
+        );
+        if missing.len() >= MAX_RECORDS_PER_SYNC {
+            missing.truncate(MAX_RECORDS_PER_SYNC);
+            break;
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    report.requested = missing.len();
+
+    let mut records: Vec<CatalogRecord> = Vec::with_capacity(missing.len());
+    let mut pending: &[RecordId] = &missing;
+    let mut rounds = 0;
+    while !pending.is_empty() && rounds < MAX_RECORD_ROUNDS {
+        rounds += 1;
+        let batch = &pending[..pending.len().min(MAX_SYNC_IDS)];
+        let got = match net
+            .send_sync(
+                peer,
+                SyncRequest::Records {
+                    ids: batch.to_vec(),
+                },
+            )
+            .await?
+        {
+            SyncResponse::Records { records } => records,
+            other => return Err(unexpected("records", other)),
+        };
+        // The responder answers in the order asked, skipping ids it lacks and stopping at its
+        // size budget: everything up to the last record it returned is settled.
+        let asked: HashSet<&RecordId> = batch.iter().collect();
+        let mut received: HashSet<RecordId> = HashSet::new();
+        for record in got {
+            let id = record.id();
+            if asked.contains(&id) && received.insert(id) {
+                records.push(record);
+            }
+        }
+        let Some(last) = batch.iter().rposition(|id| received.contains(id)) else {
+            debug!(%peer, "peer returned none of the records asked for; stopping");
+            break;
+        };
+        pending = &pending[last + 1..];
+    }
+
+    let reg = registry.clone();
+    let results = tokio::task::spawn_blocking(move || reg.ingest(records, false))
+        .await
+        .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
+    for (_, outcome) in results {
+        match outcome {
+            Ingested::Added(_) => report.added += 1,
+            Ingested::Duplicate => {}
+            Ingested::Invalid(_) | Ingested::Refused(_) => report.refused += 1,
+        }
+    }
+    Ok(report)
+}
+
+fn unexpected(asked: &'static str, got: SyncResponse) -> SyncError {
+    match got {
+        SyncResponse::Refused(r) => SyncError::Refused(r),
+        other => SyncError::Unexpected {
+            asked,
+            got: match other {
+                SyncResponse::Summary { .. } => "a summary".into(),
+                SyncResponse::Ids { .. } => "an id list".into(),
+                SyncResponse::Records { .. } => "records".into(),
+                SyncResponse::Refused(_) => unreachable!("handled above"),
+            },
+        },
+    }
+}

@@ -1,0 +1,384 @@
+//! Trust decisions on verified catalog records: who owns a name (trust on first use, then key
+//! rotations), whether a release moves the name forward (no rollback), and equivocation (two
+//! records for one version). Pure state: no I/O, no clock, no signatures (callers verify
+//! first). Fed the same records in the same order it always reaches the same state, which is
+//! how the store rebuilds it at start-up.
+//!
+//! Versions of a name must increase along its publisher's hash chain (`ReleaseBody::previous`).
+//! A release below the highest version seen is history and is admitted only if a known release
+//! points to it through that chain; anything else below the highest is a rollback. A consequence
+//! worth knowing: a publisher cannot release 1.0.1 after 2.0.0 of the same name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use agora_protocol::records::{
+    CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Yank,
+};
+use agora_protocol::{PackageName, PublisherKey, Version};
+
+/// Who may own a name.
+#[derive(Clone, Debug, Default)]
+pub enum TrustPolicy {
+    /// The first valid key seen for a name owns it on this node.
+    #[default]
+    FirstUse,
+    /// Only these keys may own names (first use among them still decides).
+    Allowlist(HashSet<PublisherKey>),
+}
+
+/// Why a verified record was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("'{name}' is owned by {owner}, not {signer}")]
+    NotOwner {
+        name: PackageName,
+        owner: PublisherKey,
+        signer: PublisherKey,
+    },
+    #[error("publisher {signer} is not on this node's allowlist")]
+    NotAllowed { signer: PublisherKey },
+    #[error(
+        "{name}@{version} is older than {highest}, the highest version seen, and no known release chains to it"
+    )]
+    Rollback {
+        name: PackageName,
+        version: Version,
+        highest: Version,
+    },
+    #[error(
+        "{name}@{version} names as its previous release version {previous_version}, which is not older"
+    )]
+    BrokenChain {
+        name: PackageName,
+        version: Version,
+        previous_version: Version,
+    },
+    #[error("head for '{name}' has seq {seq}; seq {known} is already known")]
+    StaleHead {
+        name: PackageName,
+        seq: u64,
+        known: u64,
+    },
+    #[error("'{name}' is not in the catalog yet")]
+    UnknownName { name: PackageName },
+}
+
+/// What admitting a record did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new release that is now part of the name's history.
+    Release,
+    /// A second, different record for a version we already have: kept as evidence, and the
+    /// version is no longer installable.
+    Equivocation { version: Version, first: RecordId },
+    /// A yank by the owner.
+    Yank,
+    /// Ownership moved to another key.
+    Rotation { to: PublisherKey },
+}
+
+/// Everything known about one name.
+#[derive(Clone, Debug)]
+pub struct NameState {
+    pub owner: PublisherKey,
+    /// Keys that owned the name before, oldest first.
+    pub past_owners: Vec<PublisherKey>,
+    /// The first record seen for each version.
+    pub releases: BTreeMap<Version, RecordId>,
+    /// The highest version ever admitted; it never goes down.
+    pub highest: Option<Version>,
+    /// Ids that admitted releases name as their predecessor but that we have not seen.
+    pub expected: HashSet<RecordId>,
+    pub yanked: BTreeSet<Version>,
+    /// Versions with more than one record, and every record id seen for them.
+    pub equivocations: BTreeMap<Version, Vec<RecordId>>,
+    /// Sequence number and id of the newest head admitted.
+    pub head: Option<(u64, RecordId)>,
+}
+
+impl NameState {
+    fn new(owner: PublisherKey) -> Self {
+        Self {
+            owner,
+            past_owners: Vec::new(),
+            releases: BTreeMap::new(),
+            highest: None,
+            expected: HashSet::new(),
+            yanked: BTreeSet::new(),
+            equivocations: BTreeMap::new(),
+            head: None,
+        }
+    }
+
+    /// Whether `version` may be chosen by a new resolution.
+    pub fn installable(&self, version: &Version) -> bool {
+        self.releases.contains_key(version)
+            && !self.yanked.contains(version)
+            && !self.equivocations.contains_key(version)
+    }
+
+    /// Whether `version` can be fetched at all (a lockfile may name a yanked version).
+    pub fn fetchable(&self, version: &Version) -> bool {
+        self.releases.contains_key(version) && !self.equivocations.contains_key(version)
+    }
+
+    /// The newest installable version.
+    pub fn latest(&self) -> Option<&Version> {
+        self.releases.keys().rev().find(|v| self.installable(v))
+    }
+}
+
+/// The trust state of the whole catalog.
+#[derive(Debug, Default)]
+pub struct Trust {
+    policy: TrustPolicy,
+    names: HashMap<PackageName, NameState>,
+    /// Version of every admitted release, by record id (to check chains).
+    versions: HashMap<RecordId, Version>,
+}
+
+impl Trust {
+    pub fn new(policy: TrustPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    pub fn name(&self, name: &PackageName) -> Option<&NameState> {
+        self.names.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&PackageName, &NameState)> {
+        self.names.iter()
+    }
+
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Decides on a verified record with id `id` that is not yet in the catalog, and applies it
+    /// if admitted. A refusal changes nothing.
+    pub fn admit(&mut self, record: &CatalogRecord, id: RecordId) -> Result<Admission, TrustError> {
+        match record {
+            CatalogRecord::Release(r) => self.admit_release(r, id),
+            CatalogRecord::Yank(y) => self.admit_yank(y),
+            CatalogRecord::Rotation(r) => self.admit_rotation(r),
+        }
+    }
+
+    /// Checks `record` without applying it.
+    pub fn check(&self, record: &CatalogRecord, id: RecordId) -> Result<Admission, TrustError> {
+        // Cheap enough: the state of one name is cloned, decided on, and dropped.
+        let mut scratch = Trust {
+            policy: self.policy.clone(),
+            names: self
+                .names
+                .get(record.name())
+                .map(|s| (record.name().clone(), s.clone()))
+                .into_iter()
+                .collect(),
+            versions: HashMap::new(),
+        };
+        if let CatalogRecord::Release(r) = record
+            && let Some(prev) = r.body.previous
+            && let Some(v) = self.versions.get(&prev)
+        {
+            scratch.versions.insert(prev, v.clone());
+        }
+        scratch.admit(record, id)
+    }
+
+    fn allowed(&self, key: &PublisherKey) -> Result<(), TrustError> {
+        match &self.policy {
+            TrustPolicy::FirstUse => Ok(()),
+            TrustPolicy::Allowlist(keys) if keys.contains(key) => Ok(()),
+            TrustPolicy::Allowlist(_) => Err(TrustError::NotAllowed { signer: *key }),
+        }
+    }
+
+    fn admit_release(&mut self, r: &ReleaseRecord, id: RecordId) -> Result<Admission, TrustError> {
+        let b = &r.body;
+        let Some(state) = self.names.get(&b.name) else {
+            self.allowed(&b.publisher)?;
+            let mut state = NameState::new(b.publisher);
+            Self::extend(&mut state, r, id);
+            self.names.insert(b.name.clone(), state);
+            self.versions.insert(id, b.version.clone());
+            return Ok(Admission::Release);
+        };
+        let is_owner = b.publisher == state.owner;
+        let was_owner = state.past_owners.contains(&b.publisher);
+        if !is_owner && !was_owner {
+            return Err(TrustError::NotOwner {
+                name: b.name.clone(),
+                owner: state.owner,
+                signer: b.publisher,
+            });
+        }
+        if let Some(&first) = state.releases.get(&b.version) {
+            let state = self.names.get_mut(&b.name).expect("looked up above");
+            let ids = state
+                .equivocations
+                .entry(b.version.clone())
+                .or_insert_with(|| vec![first]);
+            ids.push(id);
+            return Ok(Admission::Equivocation {
+                version: b.version.clone(),
+                first,
+            });
+        }
+        if let Some(prev) = b.previous
+            && let Some(prev_version) = self.versions.get(&prev)
+            && *prev_version >= b.version
+        {
+            return Err(TrustError::BrokenChain {
+                name: b.name.clone(),
+                version: b.version.clone(),
+                previous_version: prev_version.clone(),
+            });
+        }
+        let forward = state.highest.as_ref().is_none_or(|h| b.version > *h);
+        if forward && !is_owner {
+            // A past owner may fill in history, never move the name forward.
+            return Err(TrustError::NotOwner {
+                name: b.name.clone(),
+                owner: state.owner,
+                signer: b.publisher,
+            });
+        }
+        if !forward && !state.expected.contains(&id) {
+            return Err(TrustError::Rollback {
+                name: b.name.clone(),
+                version: b.version.clone(),
+                highest: state
+                    .highest
+                    .clone()
+                    .expect("not forward, so there is a highest"),
+            });
+        }
+        let state = self.names.get_mut(&b.name).expect("looked up above");
+        Self::extend(state, r, id);
+        self.versions.insert(id, b.version.clone());
+        Ok(Admission::Release)
+    }
+
+    fn extend(state: &mut NameState, r: &ReleaseRecord, id: RecordId) {
+        let b = &r.body;
+        state.expected.remove(&id);
+        if let Some(prev) = b.previous
+            && !state.releases.values().any(|known| *known == prev)
+        {
+            state.expected.insert(prev);
+        }
+        state.releases.insert(b.version.clone(), id);
+        if state.highest.as_ref().is_none_or(|h| b.version > *h) {
+            state.highest = Some(b.version.clone());
+        }
+    }
+
+    fn admit_yank(&mut self, y: &Yank) -> Result<Admission, TrustError> {
+        let b = &y.body;
+        let state = self
+            .names
+            .get_mut(&b.name)
+            .ok_or_else(|| TrustError::UnknownName {
+                name: b.name.clone(),
+            })?;
+        if b.publisher != state.owner {
+            return Err(TrustError::NotOwner {
+                name: b.name.clone(),
+                owner: state.owner,
+                signer: b.publisher,
+            });
+        }
+        state.yanked.insert(b.version.clone());
+        Ok(Admission::Yank)
+    }
+
+    fn admit_rotation(&mut self, r: &KeyRotation) -> Result<Admission, TrustError> {
+        let b = &r.body;
+        self.allowed(&b.to)?;
+        match self.names.get_mut(&b.name) {
+            None => {
+                self.allowed(&b.from)?;
+                let mut state = NameState::new(b.to);
+                state.past_owners.push(b.from);
+                self.names.insert(b.name.clone(), state);
+            }
+            Some(state) if state.owner == b.from => {
+                state.past_owners.push(b.from);
+                state.owner = b.to;
+            }
+            Some(state) => {
+                return Err(TrustError::NotOwner {
+                    name: b.name.clone(),
+                    owner: state.owner,
+                    signer: b.from,
+                });
+            }
+        }
+        Ok(Admission::Rotation { to: b.to })
+    }
+
+    /// Decides on a verified package head: it must come from the owner, move `seq` forward and
+    /// not hide versions newer than it lists. Applies it if accepted; `Ok(false)` means it is
+    /// the head we already have (a DHT republish).
+    pub fn admit_head(&mut self, head: &PackageHead) -> Result<bool, TrustError> {
+        let b = &head.body;
+        let state = self
+            .names
+            .get_mut(&b.name)
+            .ok_or_else(|| TrustError::UnknownName {
+                name: b.name.clone(),
+            })?;
+        if b.owner != state.owner {
+            return Err(TrustError::NotOwner {
+                name: b.name.clone(),
+                owner: state.owner,
+                signer: b.owner,
+            });
+        }
+        let id = head.id();
+        if let Some((known, known_id)) = state.head {
+            if known_id == id {
+                return Ok(false);
+            }
+            if b.seq <= known {
+                return Err(TrustError::StaleHead {
+                    name: b.name.clone(),
+                    seq: b.seq,
+                    known,
+                });
+            }
+        }
+        let newest = b.versions.last().expect("a checked head lists a version");
+        if let Some(highest) = &state.highest
+            && newest < highest
+        {
+            return Err(TrustError::Rollback {
+                name: b.name.clone(),
+                version: newest.clone(),
+                highest: highest.clone(),
+            });
+        }
+        state.head = Some((b.seq, id));
+        Ok(true)
+    }
+}
+
+/// Sort key that puts a batch of records in an order the trust rules accept: by name, then by
+/// the time the signer claims, with rotations before releases of the same instant and yanks
+/// last. Honest history replays cleanly in this order whatever order it arrived in.
+pub fn replay_order(record: &CatalogRecord) -> (PackageName, u64, u8, Option<Version>) {
+    match record {
+        CatalogRecord::Rotation(r) => (r.body.name.clone(), r.body.rotated_at, 0, None),
+        CatalogRecord::Release(r) => (
+            r.body.name.clone(),
+            r.body.published_at,
+            1,
+            Some(r.body.version.clone()),
+        ),
+        CatalogRecord::Yank(y) => (y.body.name.clone(), y.body.yanked_at, 2, None),
+    }
+}

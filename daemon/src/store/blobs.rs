@@ -1,0 +1,454 @@
+//! The content-addressed blob store: `blobs/<first 2 hex>/<sha256>`.
+//!
+//! A blob is written to `tmp/`, hashed while written, fsynced, renamed into place and the
+//! directory fsynced; only then is its metadata committed, so a blob the store reports exists
+//! is whole on disk. Blobs fetched from peers live under a size quota with least-recently-used
+//! eviction; published and pinned blobs are never evicted. Partial downloads live in
+//! `partial/<sha256>` so a fetch can resume. Start-up removes temp files, drops metadata whose
+//! file is gone or has the wrong size, and deletes files no metadata owns.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use agora_protocol::{ContentHasher, ContentId};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::{BLOBS, Db, StoreError, decode_meta, encode_meta, io_err};
+
+/// Buffer size for hashing a file.
+const HASH_BUFFER: usize = 256 * 1024;
+
+/// Why a blob is on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobKind {
+    /// Published from this node: never evicted.
+    Published,
+    /// Fetched from peers: evictable unless pinned.
+    Fetched,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobMeta {
+    pub size: u64,
+    pub kind: BlobKind,
+    pub pinned: bool,
+    /// Logical time of the last use (a counter, so order is exact across restarts).
+    pub last_used: u64,
+}
+
+impl BlobMeta {
+    fn evictable(&self) -> bool {
+        self.kind == BlobKind::Fetched && !self.pinned
+    }
+}
+
+/// Disk use of the blob store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlobUsage {
+    pub blobs: usize,
+    /// Bytes of evictable (fetched, unpinned) blobs: the quota applies to these.
+    pub cached_bytes: u64,
+    /// Bytes of published or pinned blobs.
+    pub kept_bytes: u64,
+    pub quota: u64,
+}
+
+/// What start-up found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlobCheck {
+    pub temp_files_removed: usize,
+    pub orphan_files_removed: usize,
+    pub missing_blobs_forgotten: usize,
+}
+
+struct State {
+    metas: HashMap<ContentId, BlobMeta>,
+    clock: u64,
+    /// Metadata whose `last_used` changed since the last flush.
+    touched: Vec<ContentId>,
+}
+
+pub struct BlobStore {
+    root: PathBuf,
+    db: Arc<Db>,
+    quota: u64,
+    state: Mutex<State>,
+}
+
+impl BlobStore {
+    /// Opens the store under `root`, cleaning up after any crash.
+    pub fn open(root: &Path, db: Arc<Db>, quota: u64) -> Result<(Self, BlobCheck), StoreError> {
+        let mut check = BlobCheck::default();
+        for dir in ["blobs", "tmp", "partial"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let path = entry.map_err(io_err(&tmp))?.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            check.temp_files_removed += 1;
+        }
+
+        let mut metas = HashMap::new();
+        {
+            let txn = db.raw().begin_read()?;
+            let table = txn.open_table(BLOBS)?;
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                metas.insert(ContentId::from_bytes(*k.value()), decode_meta(v.value())?);
+            }
+        }
+        let store = Self {
+            root: root.to_owned(),
+            db,
+            quota,
+            state: Mutex::new(State {
+                clock: metas
+                    .values()
+                    .map(|m: &BlobMeta| m.last_used)
+                    .max()
+                    .unwrap_or(0),
+                metas,
+                touched: Vec::new(),
+            }),
+        };
+
+        // Metadata whose file is missing or wrong: forget it.
+        let missing: Vec<ContentId> = {
+            let state = store.lock();
+            state
+                .metas
+                .iter()
+                .filter(|(id, meta)| {
+                    fs::metadata(store.blob_path(id)).map_or(true, |m| m.len() != meta.size)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in &missing {
+            store.forget(id)?;
+        }
+        check.missing_blobs_forgotten = missing.len();
+
+        // Files no metadata owns (a crash between the rename and the commit): delete them.
+        let blobs = root.join("blobs");
+        for shard in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
+            let shard = shard.map_err(io_err(&blobs))?.path();
+            for entry in fs::read_dir(&shard).map_err(io_err(&shard))? {
+                let path = entry.map_err(io_err(&shard))?.path();
+                let owned = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<ContentId>().ok())
+                    .is_some_and(|id| store.lock().metas.contains_key(&id));
+                if !owned {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    check.orphan_files_removed += 1;
+                }
+            }
+        }
+        Ok((store, check))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn blob_path(&self, id: &ContentId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    /// Where a partial download of `id` is kept between attempts.
+    pub fn partial_path(&self, id: &ContentId) -> PathBuf {
+        self.root.join("partial").join(id.to_hex())
+    }
+
+    pub fn has(&self, id: &ContentId) -> bool {
+        self.lock().metas.contains_key(id)
+    }
+
+    pub fn meta(&self, id: &ContentId) -> Option<BlobMeta> {
+        self.lock().metas.get(id).cloned()
+    }
+
+    /// Stores `data`; if `expected` is given, refuses data that hashes to anything else
+    /// (nothing is written then). Returns the blob's id and the blobs evicted to stay under
+    /// the quota.
+    pub fn insert(
+        &self,
+        data: &[u8],
+        expected: Option<ContentId>,
+        kind: BlobKind,
+    ) -> Result<(ContentId, Vec<ContentId>), StoreError> {
+        let id = ContentId::of(data);
+        if let Some(expected) = expected
+            && expected != id
+        {
+            return Err(StoreError::HashMismatch { expected, got: id });
+        }
+        if !self.has(&id) {
+            let tmp = self.temp_path();
+            let result = (|| {
+                let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+                f.write_all(data).map_err(io_err(&tmp))?;
+                f.sync_all().map_err(io_err(&tmp))
+            })();
+            if let Err(e) = result {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            self.place(&tmp, &id)?;
+        }
+        let evicted = self.record(id, data.len() as u64, kind)?;
+        Ok((id, evicted))
+    }
+
+    /// Moves a finished partial download into the store after checking its hash.
+    pub fn adopt_partial(
+        &self,
+        expected: ContentId,
+        kind: BlobKind,
+    ) -> Result<Vec<ContentId>, StoreError> {
+        let partial = self.partial_path(&expected);
+        let got = hash_file(&partial)?;
+        if got != expected {
+            let _ = fs::remove_file(&partial);
+            return Err(StoreError::HashMismatch { expected, got });
+        }
+        let size = fs::metadata(&partial).map_err(io_err(&partial))?.len();
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&partial))?;
+        self.place(&partial, &expected)?;
+        self.record(expected, size, kind)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// Renames a synced file into its place and syncs the directory.
+    fn place(&self, from: &Path, id: &ContentId) -> Result<(), StoreError> {
+        let dest = self.blob_path(id);
+        let dir = dest.parent().expect("blob paths have a shard directory");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::rename(from, &dest).map_err(io_err(&dest))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    }
+
+    /// Commits metadata for a blob now on disk, then evicts to stay under the quota.
+    fn record(
+        &self,
+        id: ContentId,
+        size: u64,
+        kind: BlobKind,
+    ) -> Result<Vec<ContentId>, StoreError> {
+        let meta = {
+            let mut state = self.lock();
+            state.clock += 1;
+            let clock = state.clock;
+            let meta = match state.metas.get(&id) {
+                // Publishing something we had fetched makes it ours to keep.
+                Some(old) => BlobMeta {
+                    kind: if kind == BlobKind::Published {
+                        kind
+                    } else {
+                        old.kind
+                    },
+                    last_used: clock,
+                    ..old.clone()
+                },
+                None => BlobMeta {
+                    size,
+                    kind,
+                    pinned: false,
+                    last_used: clock,
+                },
+            };
+            state.metas.insert(id, meta.clone());
+            meta
+        };
+        self.persist(&[(id, meta)])?;
+        self.evict()
+    }
+
+    fn persist(&self, metas: &[(ContentId, BlobMeta)]) -> Result<(), StoreError> {
+        let txn = self.db.raw().begin_write()?;
+        {
+            let mut table = txn.open_table(BLOBS)?;
+            for (id, meta) in metas {
+                table.insert(id.as_bytes(), encode_meta(meta).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn forget(&self, id: &ContentId) -> Result<(), StoreError> {
+        let txn = self.db.raw().begin_write()?;
+        txn.open_table(BLOBS)?.remove(id.as_bytes())?;
+        txn.commit()?;
+        self.lock().metas.remove(id);
+        Ok(())
+    }
+
+    /// Removes least-recently-used evictable blobs until they fit the quota.
+    pub fn evict(&self) -> Result<Vec<ContentId>, StoreError> {
+        let victims: Vec<ContentId> = {
+            let state = self.lock();
+            let mut cached: Vec<(&ContentId, &BlobMeta)> =
+                state.metas.iter().filter(|(_, m)| m.evictable()).collect();
+            let mut total: u64 = cached.iter().map(|(_, m)| m.size).sum();
+            cached.sort_by_key(|(_, m)| m.last_used);
+            let mut victims = Vec::new();
+            for (id, meta) in cached {
+                if total <= self.quota {
+                    break;
+                }
+                total -= meta.size;
+                victims.push(*id);
+            }
+            victims
+        };
+        for id in &victims {
+            self.forget(id)?;
+            let path = self.blob_path(id);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        Ok(victims)
+    }
+
+    /// Pins or unpins a blob; a pinned blob is never evicted.
+    pub fn set_pinned(&self, id: &ContentId, pinned: bool) -> Result<(), StoreError> {
+        let meta = {
+            let mut state = self.lock();
+            let meta = state
+                .metas
+                .get_mut(id)
+                .ok_or(StoreError::MissingBlob(*id))?;
+            meta.pinned = pinned;
+            meta.clone()
+        };
+        self.persist(&[(*id, meta)])?;
+        if !pinned {
+            self.evict()?;
+        }
+        Ok(())
+    }
+
+    fn touch(&self, id: &ContentId) {
+        let mut state = self.lock();
+        state.clock += 1;
+        let clock = state.clock;
+        if let Some(meta) = state.metas.get_mut(id) {
+            meta.last_used = clock;
+            state.touched.push(*id);
+        }
+    }
+
+    /// Persists the use times changed since the last flush (on the maintenance tick and at
+    /// shutdown: a lost use time only makes eviction order slightly less exact).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let metas: Vec<(ContentId, BlobMeta)> = {
+            let mut state = self.lock();
+            let touched = std::mem::take(&mut state.touched);
+            touched
+                .into_iter()
+                .filter_map(|id| state.metas.get(&id).map(|m| (id, m.clone())))
+                .collect()
+        };
+        self.persist(&metas)
+    }
+
+    /// The whole blob.
+    pub fn read(&self, id: &ContentId) -> Result<Vec<u8>, StoreError> {
+        if !self.has(id) {
+            return Err(StoreError::MissingBlob(*id));
+        }
+        self.touch(id);
+        let path = self.blob_path(id);
+        fs::read(&path).map_err(io_err(&path))
+    }
+
+    /// `len` bytes at `offset` (one chunk to serve).
+    pub fn read_range(
+        &self,
+        id: &ContentId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        if !self.has(id) {
+            return Err(StoreError::MissingBlob(*id));
+        }
+        self.touch(id);
+        let path = self.blob_path(id);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(io_err(&path))?;
+        Ok(buf)
+    }
+
+    pub fn usage(&self) -> BlobUsage {
+        let state = self.lock();
+        let mut usage = BlobUsage {
+            blobs: state.metas.len(),
+            quota: self.quota,
+            ..BlobUsage::default()
+        };
+        for meta in state.metas.values() {
+            if meta.evictable() {
+                usage.cached_bytes += meta.size;
+            } else {
+                usage.kept_bytes += meta.size;
+            }
+        }
+        usage
+    }
+
+    /// Ids of every stored blob.
+    pub fn ids(&self) -> Vec<ContentId> {
+        self.lock().metas.keys().copied().collect()
+    }
+
+    /// Number of blob entries in the database (for consistency checks in tests).
+    pub fn persisted_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.raw().begin_read()?;
+        Ok(txn.open_table(BLOBS)?.len()?)
+    }
+}
+
+/// Opens (creating if needed) the partial-download file for writing chunks at their offsets.
+pub fn open_partial(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+fn hash_file(path: &Path) -> Result<ContentId, StoreError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = ContentHasher::new();
+    let mut buf = vec![0; HASH_BUFFER];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}

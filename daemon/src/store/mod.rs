@@ -1,0 +1,327 @@
+//! Durable state of a node: a redb database (the catalog log, owner pins, the highest version
+//! seen per name, equivocation evidence, package heads, peer reputation, blob metadata) and
+//! the content-addressed blob store beside it.
+//!
+//! Every write here has committed with `Durability::Immediate` when the call returns, so the
+//! registry acknowledges nothing before it is on disk. Transactions that carry data a peer sent
+//! use two-phase commit (see redb's design notes: a single-phase commit trusts a checksum that
+//! a peer who controls the bytes could try to collide). Never called from the event loop.
+
+pub mod blobs;
+
+use std::path::{Path, PathBuf};
+
+use agora_protocol::codec::{self, DecodeError};
+use agora_protocol::limits::MAX_RECORD_BYTES;
+use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
+use agora_protocol::{PackageName, PublisherKey, Version};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use blobs::{BlobKind, BlobMeta, BlobStore};
+
+/// Every admitted catalog record, in the order it was admitted (replaying the log in this
+/// order rebuilds the trust state exactly).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog_log");
+/// Record id → its position in the log.
+const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("catalog_ids");
+/// Owner pin per name (trust on first use, moved only by a rotation).
+const OWNERS: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("owner_pins");
+/// Highest version ever admitted per name: it never goes down.
+const HIGHEST: TableDefinition<&str, &str> = TableDefinition::new("highest_version");
+/// `name@version` → the ids of every record seen for a version that has more than one.
+const EVIDENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("equivocation_evidence");
+/// Latest accepted package head per name (re-served on the DHT after a restart).
+const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("package_heads");
+/// Peer id bytes → encoded reputation entry.
+const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputation");
+/// Content id → encoded [`BlobMeta`].
+pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+
+/// Largest reputation or blob metadata entry we decode from our own database.
+const MAX_META_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("content hashes to {got}, expected {expected}")]
+    HashMismatch {
+        expected: agora_protocol::ContentId,
+        got: agora_protocol::ContentId,
+    },
+    #[error("blob {0} is not in the store")]
+    MissingBlob(agora_protocol::ContentId),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Db(e.into())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A raw key and value: peer id bytes and an encoded reputation entry.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+/// One atomic change to the catalog tables.
+#[derive(Default)]
+pub struct CatalogWrite {
+    pub records: Vec<(RecordId, CatalogRecord)>,
+    pub owners: Vec<(PackageName, PublisherKey)>,
+    pub highest: Vec<(PackageName, Version)>,
+    pub evidence: Vec<(PackageName, Version, Vec<RecordId>)>,
+}
+
+impl CatalogWrite {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.owners.is_empty()
+            && self.highest.is_empty()
+            && self.evidence.is_empty()
+    }
+}
+
+/// What the catalog tables held at start-up.
+pub struct CatalogSnapshot {
+    /// Every record, in admission order.
+    pub log: Vec<(RecordId, CatalogRecord)>,
+    pub owners: Vec<(PackageName, PublisherKey)>,
+    pub highest: Vec<(PackageName, Version)>,
+    pub heads: Vec<PackageHead>,
+}
+
+/// The redb database of one node.
+pub struct Db {
+    db: Database,
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(LOG)?;
+            txn.open_table(IDS)?;
+            txn.open_table(OWNERS)?;
+            txn.open_table(HIGHEST)?;
+            txn.open_table(EVIDENCE)?;
+            txn.open_table(HEADS)?;
+            txn.open_table(REPUTATION)?;
+            txn.open_table(BLOBS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    pub(crate) fn raw(&self) -> &Database {
+        &self.db
+    }
+
+    /// Appends records and the trust changes they caused in one durable transaction.
+    pub fn write_catalog(&self, w: &CatalogWrite) -> Result<(), StoreError> {
+        if w.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_two_phase_commit(true);
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut ids = txn.open_table(IDS)?;
+            let mut next = log.last()?.map_or(0, |(k, _)| k.value() + 1);
+            for (id, record) in &w.records {
+                if ids.get(id.as_bytes())?.is_some() {
+                    continue;
+                }
+                log.insert(next, codec::encode(record).as_slice())?;
+                ids.insert(id.as_bytes(), next)?;
+                next += 1;
+            }
+            let mut owners = txn.open_table(OWNERS)?;
+            for (name, key) in &w.owners {
+                owners.insert(name.as_str(), key.as_bytes())?;
+            }
+            let mut highest = txn.open_table(HIGHEST)?;
+            for (name, version) in &w.highest {
+                highest.insert(name.as_str(), version.to_string().as_str())?;
+            }
+            let mut evidence = txn.open_table(EVIDENCE)?;
+            for (name, version, list) in &w.evidence {
+                let bytes: Vec<u8> = list.iter().flat_map(|id| *id.as_bytes()).collect();
+                evidence.insert(format!("{name}@{version}").as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn put_head(&self, head: &PackageHead) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_two_phase_commit(true);
+        txn.open_table(HEADS)?
+            .insert(head.body.name.as_str(), head.encode().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Reads every catalog table back, checking each entry decodes.
+    pub fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut log = Vec::new();
+        for entry in txn.open_table(LOG)?.iter()? {
+            let (_, bytes) = entry?;
+            let record: CatalogRecord =
+                codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?;
+            log.push((record.id(), record));
+        }
+        let ids = txn.open_table(IDS)?.len()?;
+        if ids != log.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "the catalog log has {} records but its id index has {ids}",
+                log.len()
+            )));
+        }
+        let mut owners = Vec::new();
+        for entry in txn.open_table(OWNERS)?.iter()? {
+            let (name, key) = entry?;
+            owners.push((
+                name.value()
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("owner pin name: {e}")))?,
+                PublisherKey::from_bytes(*key.value())
+                    .map_err(|e| StoreError::Corrupt(format!("owner pin key: {e}")))?,
+            ));
+        }
+        let mut highest = Vec::new();
+        for entry in txn.open_table(HIGHEST)?.iter()? {
+            let (name, version) = entry?;
+            highest.push((
+                name.value()
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("highest name: {e}")))?,
+                version
+                    .value()
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("highest version: {e}")))?,
+            ));
+        }
+        let mut heads = Vec::new();
+        for entry in txn.open_table(HEADS)?.iter()? {
+            let (_, bytes) = entry?;
+            heads.push(
+                PackageHead::decode(bytes.value())
+                    .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?,
+            );
+        }
+        Ok(CatalogSnapshot {
+            log,
+            owners,
+            highest,
+            heads,
+        })
+    }
+
+    /// The record with this id, if the catalog has it.
+    pub fn record(&self, id: &RecordId) -> Result<Option<CatalogRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(seq) = txn.open_table(IDS)?.get(id.as_bytes())?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let log = txn.open_table(LOG)?;
+        let bytes = log
+            .get(seq)?
+            .ok_or_else(|| StoreError::Corrupt(format!("record {id} is indexed but not logged")))?;
+        Ok(Some(codec::decode::<
+            CatalogRecord,
+            { MAX_RECORD_BYTES + 64 },
+        >(bytes.value())?))
+    }
+
+    /// Several records by id, in the order asked, skipping ids we do not have.
+    pub fn records(&self, wanted: &[RecordId]) -> Result<Vec<CatalogRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let ids = txn.open_table(IDS)?;
+        let log = txn.open_table(LOG)?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            if let Some(seq) = ids.get(id.as_bytes())?
+                && let Some(bytes) = log.get(seq.value())?
+            {
+                out.push(codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(
+                    bytes.value(),
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves reputation entries (peer id bytes, encoded entry) in one transaction.
+    pub fn save_reputation(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(REPUTATION)?;
+            for (peer, entry) in entries {
+                table.insert(peer.as_slice(), entry.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn load_reputation(&self) -> Result<Vec<RawEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(REPUTATION)?.iter()? {
+            let (k, v) = entry?;
+            if v.value().len() > MAX_META_BYTES {
+                return Err(StoreError::Corrupt("oversized reputation entry".into()));
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes a small metadata value of our own (reputation, blob metadata).
+pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    codec::encode(value)
+}
+
+pub(crate) fn decode_meta<T: serde::Serialize + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    Ok(codec::decode::<T, MAX_META_BYTES>(bytes)?)
+}
