@@ -15,8 +15,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use agora_protocol::codec::Wire;
 use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
-use agora_protocol::messages::{Refusal, SyncRequest, SyncResponse};
+use agora_protocol::messages::{GossipMessage, Refusal, SyncRequest, SyncResponse};
 use agora_protocol::records::{CatalogRecord, RecordId};
 use libp2p::PeerId;
 use tracing::{debug, info};
@@ -26,6 +27,10 @@ use crate::network::NetworkError;
 
 /// Most records taken from one peer in one sync; the rest come in the next round.
 pub const MAX_RECORDS_PER_SYNC: usize = 200_000;
+/// A sync that brought at most this many new records relays them on gossip, so that the
+/// rest of a healed partition learns them at once instead of at its next periodic sync. A
+/// bigger difference is a node catching up on history its neighbours already have.
+pub const MAX_RELAYED: usize = 256;
 /// Most record requests in one sync (each returns at least one record or the sync stops).
 const MAX_RECORD_ROUNDS: usize = 4096;
 
@@ -166,14 +171,37 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
     let results = tokio::task::spawn_blocking(move || reg.ingest(records, false))
         .await
         .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
-    for (_, outcome) in results {
+    let mut added = Vec::new();
+    for (id, outcome) in results {
         match outcome {
-            Ingested::Added(_) => report.added += 1,
+            Ingested::Added(_) => added.push(id),
             Ingested::Duplicate => {}
             Ingested::Invalid(_) | Ingested::Refused(_) => report.refused += 1,
         }
     }
+    report.added = added.len();
+    if !added.is_empty() && added.len() <= MAX_RELAYED {
+        relay(registry, &added).await;
+    }
     Ok(report)
+}
+
+/// Publishes records learned by sync on gossip (best effort: sync remains the safety net).
+async fn relay(registry: &Arc<Registry>, ids: &[RecordId]) {
+    let Ok(records) = registry.records(ids) else {
+        return;
+    };
+    for record in records {
+        let msg = match record {
+            CatalogRecord::Release(r) => GossipMessage::Release(r),
+            CatalogRecord::Yank(y) => GossipMessage::Yank(y),
+            CatalogRecord::Rotation(r) => GossipMessage::Rotation(r),
+        };
+        if let Err(e) = registry.network().publish(msg.to_wire()).await {
+            debug!(error = %e, "relaying a synced record failed");
+            return;
+        }
+    }
 }
 
 fn unexpected(asked: &'static str, got: SyncResponse) -> SyncError {

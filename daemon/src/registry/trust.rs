@@ -382,3 +382,172 @@ pub fn replay_order(record: &CatalogRecord) -> (PackageName, u64, u8, Option<Ver
         CatalogRecord::Yank(y) => (y.body.name.clone(), y.body.yanked_at, 2, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agora_protocol::PublisherSecret;
+    use agora_protocol::records::{ArchiveInfo, HeadBody, ReleaseBody, RotationBody, Signed};
+
+    use super::*;
+
+    fn key(seed: u8) -> PublisherSecret {
+        PublisherSecret::from_bytes([seed; 32])
+    }
+
+    fn release(
+        name: &str,
+        version: &str,
+        previous: Option<RecordId>,
+        secret: &PublisherSecret,
+        salt: u8,
+    ) -> (CatalogRecord, RecordId) {
+        let body = ReleaseBody {
+            name: name.parse().unwrap(),
+            version: version.parse().unwrap(),
+            meta: Default::default(),
+            dependencies: vec![],
+            archive: ArchiveInfo::describe(&[salt; 100], 16 * 1024),
+            published_at: 1,
+            publisher: secret.public(),
+            previous,
+        };
+        let r = CatalogRecord::Release(Signed::sign(body, secret).unwrap());
+        let id = r.id();
+        (r, id)
+    }
+
+    fn admit(t: &mut Trust, r: &(CatalogRecord, RecordId)) -> Result<Admission, TrustError> {
+        t.admit(&r.0, r.1)
+    }
+
+    #[test]
+    fn first_key_owns_a_name_until_it_rotates_it_away() {
+        let (a, b) = (key(1), key(2));
+        let mut t = Trust::default();
+        let a1 = release("pkg", "1.0.0", None, &a, 0);
+        assert_eq!(admit(&mut t, &a1), Ok(Admission::Release));
+        let b2 = release("pkg", "2.0.0", Some(a1.1), &b, 0);
+        assert_eq!(
+            admit(&mut t, &b2),
+            Err(TrustError::NotOwner {
+                name: "pkg".parse().unwrap(),
+                owner: a.public(),
+                signer: b.public(),
+            })
+        );
+        let rotation = CatalogRecord::Rotation(
+            Signed::sign(
+                RotationBody {
+                    name: "pkg".parse().unwrap(),
+                    from: a.public(),
+                    to: b.public(),
+                    rotated_at: 2,
+                },
+                &a,
+            )
+            .unwrap(),
+        );
+        let rid = rotation.id();
+        assert_eq!(
+            t.admit(&rotation, rid),
+            Ok(Admission::Rotation { to: b.public() })
+        );
+        assert_eq!(admit(&mut t, &b2), Ok(Admission::Release));
+        // The old owner can no longer move the name forward.
+        let a3 = release("pkg", "3.0.0", Some(b2.1), &a, 0);
+        assert!(matches!(
+            admit(&mut t, &a3),
+            Err(TrustError::NotOwner { .. })
+        ));
+        assert_eq!(t.name(&"pkg".parse().unwrap()).unwrap().owner, b.public());
+    }
+
+    #[test]
+    fn an_unchained_older_version_is_a_rollback_but_chained_history_is_welcome() {
+        let a = key(1);
+        let v1 = release("pkg", "1.0.0", None, &a, 0);
+        let v2 = release("pkg", "2.0.0", Some(v1.1), &a, 0);
+        let fork = release("pkg", "1.5.0", Some(v1.1), &a, 0);
+
+        // History arriving newest first is accepted through the chain.
+        let mut t = Trust::default();
+        assert_eq!(admit(&mut t, &v2), Ok(Admission::Release));
+        assert_eq!(admit(&mut t, &v1), Ok(Admission::Release));
+        let err = admit(&mut t, &fork).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pkg@1.5.0 is older than 2.0.0, the highest version seen, and no known release chains to it"
+        );
+        let state = t.name(&"pkg".parse().unwrap()).unwrap();
+        assert_eq!(state.releases.len(), 2);
+        assert_eq!(state.highest, Some("2.0.0".parse().unwrap()));
+
+        // A release naming a newer one as its predecessor breaks the chain.
+        let back = release("pkg", "3.0.0", Some(v2.1), &a, 0);
+        assert_eq!(admit(&mut t, &back), Ok(Admission::Release));
+        let bad = release("pkg", "2.5.0", Some(back.1), &a, 0);
+        assert!(matches!(
+            admit(&mut t, &bad),
+            Err(TrustError::BrokenChain { .. })
+        ));
+    }
+
+    #[test]
+    fn two_records_for_one_version_are_equivocation_and_not_installable() {
+        let a = key(1);
+        let mut t = Trust::default();
+        let first = release("pkg", "1.0.0", None, &a, 1);
+        let second = release("pkg", "1.0.0", None, &a, 2);
+        admit(&mut t, &first).unwrap();
+        assert_eq!(
+            admit(&mut t, &second),
+            Ok(Admission::Equivocation {
+                version: "1.0.0".parse().unwrap(),
+                first: first.1
+            })
+        );
+        let state = t.name(&"pkg".parse().unwrap()).unwrap();
+        let v: Version = "1.0.0".parse().unwrap();
+        assert!(!state.installable(&v));
+        assert_eq!(state.equivocations[&v], vec![first.1, second.1]);
+        assert_eq!(state.latest(), None);
+    }
+
+    #[test]
+    fn heads_move_forward_only() {
+        let a = key(1);
+        let mut t = Trust::default();
+        let v1 = release("pkg", "1.0.0", None, &a, 0);
+        let v2 = release("pkg", "2.0.0", Some(v1.1), &a, 0);
+        admit(&mut t, &v1).unwrap();
+        admit(&mut t, &v2).unwrap();
+        let head = |seq: u64, versions: &[&str]| {
+            Signed::sign(
+                HeadBody {
+                    name: "pkg".parse().unwrap(),
+                    owner: a.public(),
+                    versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
+                    seq,
+                    updated_at: seq,
+                },
+                &a,
+            )
+            .unwrap()
+        };
+        let h2 = head(2, &["1.0.0", "2.0.0"]);
+        assert_eq!(t.admit_head(&h2), Ok(true));
+        assert_eq!(t.admit_head(&h2), Ok(false), "a republish is not news");
+        assert!(matches!(
+            t.admit_head(&head(1, &["1.0.0"])),
+            Err(TrustError::StaleHead {
+                seq: 1,
+                known: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.admit_head(&head(3, &["1.0.0"])),
+            Err(TrustError::Rollback { .. })
+        ));
+    }
+}

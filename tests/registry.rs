@@ -1,0 +1,669 @@
+//! The registry on real swarms: publish and search across nodes, catalog sync, multi-provider
+//! fetch with a corrupt provider, the trust rules over gossip, the DHT and sync, restarts,
+//! and the cache quota. In-process nodes on loopback TCP, each with its own data directory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use agora_daemon::node::Node;
+use agora_daemon::registry::trust::TrustError;
+use agora_daemon::registry::{Registry, RegistryError};
+use agora_protocol::codec::Wire;
+use agora_protocol::dht::DhtValue;
+use agora_protocol::messages::GossipMessage;
+use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::search::SearchQuery;
+use agora_protocol::{PackageMeta, PublisherSecret, Version, VersionReq};
+use common::hostile::Hostile;
+use common::*;
+use libp2p::Multiaddr;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Writes a package directory: a `package.toml` and a payload file of `payload` noise bytes.
+fn package_dir(name: &str, version: &str, deps: &[&str], payload: usize, seed: u64) -> PathBuf {
+    let dir = data_dir();
+    let deps = deps
+        .iter()
+        .map(|d| format!("{d:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        dir.join("package.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"{version}\"\n\
+             description = \"The {name} template pack\"\ncategory = \"starter\"\n\
+             author = \"Ada\"\nlicense = \"MIT\"\ntags = [\"demo\"]\n\
+             dependencies = [{deps}]\n\n[install]\nhint = \"kept verbatim\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(dir.join("templates/payload.bin"), noise(payload, seed)).unwrap();
+    dir
+}
+
+async fn publish(node: &Node, dir: &Path, key: &PublisherSecret) -> ReleaseRecord {
+    node.registry
+        .publish(dir.to_owned(), key)
+        .await
+        .expect("publish")
+        .record
+}
+
+fn names(registry: &Registry, q: &str) -> Vec<String> {
+    registry
+        .search(&SearchQuery::text(q))
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.name)
+        .collect()
+}
+
+async fn shutdown(nodes: Vec<(Node, Multiaddr)>) {
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_published_on_node_a_is_found_by_a_typo_search_on_node_e() {
+    init_tracing();
+    let nodes = testnet(5).await;
+    let key = publisher(1);
+    let dir = package_dir("hello-world", "1.0.0", &[], 10_000, 1);
+    let record = publish(&nodes[0].0, &dir, &key).await;
+    assert_eq!(record.body.name.as_str(), "hello-world");
+    // The ggen table we do not interpret is not lost: the archive holds package.toml as is.
+    assert_eq!(record.body.meta.category.as_deref(), Some("starter"));
+
+    let e = &nodes[4].0;
+    converge("search on node E", DEADLINE, || async {
+        let found = names(&e.registry, "helo-wrld");
+        if found == ["hello-world"] {
+            Ok(())
+        } else {
+            Err(format!("search returned {found:?}"))
+        }
+    })
+    .await;
+    let hit = &e.registry.search(&SearchQuery::text("hello")).unwrap().hits[0];
+    assert_eq!(
+        (
+            hit.version.as_str(),
+            hit.author.as_deref(),
+            hit.tags.clone()
+        ),
+        ("1.0.0", Some("Ada"), vec!["demo".to_string()])
+    );
+    let got = e
+        .registry
+        .get(&"hello-world".parse().unwrap(), &VersionReq::STAR)
+        .unwrap();
+    assert_eq!(got, record);
+    shutdown(nodes).await;
+}
+
+/// `n` signed releases of distinct names by one key.
+fn many_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
+    (0..n)
+        .map(|i| {
+            let body = ReleaseBody {
+                name: format!("synthetic-{i:05}").parse().unwrap(),
+                version: Version::new(1, 0, 0),
+                meta: PackageMeta {
+                    description: format!("synthetic package number {i}"),
+                    category: Some(["web", "cli", "data"][i % 3].into()),
+                    ..Default::default()
+                },
+                dependencies: vec![],
+                archive: ArchiveInfo::describe(&(i as u64).to_le_bytes(), 16 * 1024),
+                published_at: 1_700_000_000 + i as u64,
+                publisher: key.public(),
+                previous: None,
+            };
+            CatalogRecord::Release(Signed::sign(body, key).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_sync() {
+    init_tracing();
+    let (seed, seed_addr) = start_node().await;
+    let records = many_releases(1000, &publisher(2));
+    let registry = seed.registry.clone();
+    let admitted = tokio::task::spawn_blocking(move || registry.ingest(records, false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admitted.len(), 1000);
+    let mut nodes = vec![(seed, seed_addr.clone())];
+    for _ in 0..2 {
+        let (node, addr) = start_node().await;
+        join(&node, &seed_addr).await;
+        nodes.push((node, addr));
+    }
+    converge_nodes(
+        "every node can search the whole catalog",
+        DEADLINE,
+        &nodes,
+        |_, n| async move {
+            match n.registry.search(&SearchQuery::default()).unwrap().total {
+                1000 => Ok(()),
+                t => Err(format!("{t} packages searchable")),
+            }
+        },
+    )
+    .await;
+    // A late joiner dials node 2 only.
+    let (late, _) = start_node().await;
+    join(&late, &nodes[2].1).await;
+    converge(
+        "the late joiner has the whole catalog",
+        DEADLINE,
+        || async {
+            match late.registry.search(&SearchQuery::default()).unwrap().total {
+                1000 => Ok(()),
+                t => Err(format!("{t} packages searchable")),
+            }
+        },
+    )
+    .await;
+    // Every record came by sync, verified, and was indexed.
+    assert_eq!(late.registry.catalog_len(), 1000);
+    assert_eq!(
+        late.registry.stats.records_synced.load(Ordering::Relaxed),
+        1000
+    );
+    let all = late.registry.search(&SearchQuery::default()).unwrap();
+    assert_eq!(
+        all.categories,
+        vec![
+            ("web".to_string(), 334),
+            ("cli".to_string(), 333),
+            ("data".to_string(), 333)
+        ]
+    );
+    late.shutdown().await;
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_is_then_avoided() {
+    init_tracing();
+    let nodes = testnet(5).await;
+    let key = publisher(3);
+    let big = publish(
+        &nodes[0].0,
+        &package_dir("big", "1.0.0", &[], 20 * 1024 * 1024, 3),
+        &key,
+    )
+    .await;
+    let small = publish(
+        &nodes[0].0,
+        &package_dir("small", "1.0.0", &[], 3 * 1024 * 1024, 4),
+        &key,
+    )
+    .await;
+    assert_eq!(big.body.archive.chunks.len(), 21);
+    // Nodes 1 and 2 fetch both packages and become providers.
+    for i in [1, 2] {
+        converge("release records arrive", DEADLINE, || async {
+            if nodes[i].0.registry.exists(&"small".parse().unwrap()) {
+                Ok(())
+            } else {
+                Err(format!("node {i} lacks them"))
+            }
+        })
+        .await;
+        for r in [&big, &small] {
+            let f = nodes[i]
+                .0
+                .registry
+                .fetch(&r.body.name, &r.body.version)
+                .await
+                .unwrap();
+            assert!(!f.cached);
+        }
+    }
+    // Node 2's copy of the big archive rots on disk: it now serves corrupt chunks.
+    let corrupt = nodes[2].0.registry.blobs.blob_path(&big.body.archive.id);
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    for b in bytes.iter_mut().step_by(4096) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&corrupt, bytes).unwrap();
+
+    let fetcher = &nodes[4].0;
+    let bad_peer = nodes[2].0.network.peer_id();
+    let providers: Vec<_> = (0..3).map(|i| nodes[i].0.network.peer_id()).collect();
+    converge("three providers are known", DEADLINE, || async {
+        let p = fetcher
+            .network
+            .get_providers(agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        if providers.iter().all(|x| p.contains(x)) {
+            Ok(())
+        } else {
+            Err(format!("{} providers", p.len()))
+        }
+    })
+    .await;
+    let before = fetcher.registry.reputation_of(&bad_peer).1;
+    let got = fetcher
+        .registry
+        .fetch(&big.body.name, &big.body.version)
+        .await
+        .expect("the fetch succeeds despite the corrupt provider");
+    let data = std::fs::read(&got.path).unwrap();
+    assert_eq!(agora_protocol::ContentId::of(&data), big.body.archive.id);
+    assert_eq!(got.served_by.iter().map(|(_, n)| n).sum::<u32>(), 21);
+    assert!(got.served_by.iter().all(|(p, _)| *p != bad_peer));
+    let (record, after) = fetcher.registry.reputation_of(&bad_peer);
+    let record = record.unwrap();
+    assert!(record.bad_data >= 1, "bad chunks counted: {record:?}");
+    assert!(
+        before.is_finite() && after == f64::NEG_INFINITY,
+        "score {before} -> {after}"
+    );
+    assert_eq!(
+        fetcher.registry.rank_peers(providers.clone()).len(),
+        2,
+        "the corrupt peer is left out of the ranking while banned"
+    );
+    // The next fetch (whose archive node 2 holds intact) does not ask node 2 at all.
+    let next = fetcher
+        .registry
+        .fetch(&small.body.name, &small.body.version)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.served_by
+            .iter()
+            .map(|(_, n)| *n as usize)
+            .sum::<usize>(),
+        small.body.archive.chunks.len()
+    );
+    assert!(next.served_by.iter().all(|(p, _)| *p != bad_peer));
+    shutdown(nodes).await;
+}
+
+/// A release signed by `key` with an arbitrary archive, chained on `previous`.
+fn forged(
+    name: &str,
+    version: &str,
+    previous: Option<agora_protocol::RecordId>,
+    key: &PublisherSecret,
+    salt: u64,
+) -> ReleaseRecord {
+    Signed::sign(
+        ReleaseBody {
+            name: name.parse().unwrap(),
+            version: version.parse().unwrap(),
+            meta: PackageMeta {
+                description: "not what the owner published".into(),
+                ..Default::default()
+            },
+            dependencies: vec![],
+            archive: ArchiveInfo::describe(&noise(1000, salt), 16 * 1024),
+            published_at: 1_700_000_000,
+            publisher: key.public(),
+            previous,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_caught() {
+    init_tracing();
+    let nodes = testnet(3).await;
+    let (owner, stranger) = (publisher(4), publisher(5));
+    let v1 = publish(
+        &nodes[0].0,
+        &package_dir("pkg", "1.0.0", &[], 1000, 5),
+        &owner,
+    )
+    .await;
+    let v2 = publish(
+        &nodes[0].0,
+        &package_dir("pkg", "2.0.0", &[], 1000, 6),
+        &owner,
+    )
+    .await;
+    assert_eq!(v2.body.previous, Some(v1.id()));
+    converge_nodes(
+        "both versions everywhere",
+        DEADLINE,
+        &nodes,
+        |_, n| async move {
+            match n.registry.versions(&"pkg".parse().unwrap()) {
+                Ok(v) if v.len() == 2 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let node0 = &nodes[0].0;
+    let stats = &node0.registry.stats;
+
+    // A fork below the highest version, properly signed by the owner's key.
+    let fork = forged("pkg", "1.5.0", Some(v1.id()), &owner, 7);
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
+
+    // 1. Through gossip.
+    hostile
+        .publish_raw(GossipMessage::Release(fork.clone()).to_wire())
+        .await;
+    // 2. Through a DHT put to node 0.
+    let value = DhtValue::Release(fork.clone());
+    hostile
+        .put_raw(
+            value.key().to_bytes(),
+            value.encode(),
+            vec![node0.network.peer_id()],
+        )
+        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    converge("gossip and DHT rollbacks refused", DEADLINE, || async {
+        let counts = (
+            stats.rollbacks_refused.load(Ordering::Relaxed),
+            stats.gossip_rejected.load(Ordering::Relaxed),
+            stats.records_refused.load(Ordering::Relaxed),
+        );
+        // Two rollbacks: one gossip message rejected, one DHT put not stored.
+        if counts == (2, 1, 1) {
+            Ok(())
+        } else {
+            Err(format!(
+                "(rollbacks, gossip rejected, DHT refused) = {counts:?}"
+            ))
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    let mut hostile = driver.await.unwrap();
+
+    // 3. Through sync: a node that was offline accepted the fork (it never saw 2.0.0).
+    let (offline, _) = start_node().await;
+    let reg = offline.registry.clone();
+    let (r1, rf) = (v1.clone(), fork.clone());
+    let admitted = tokio::task::spawn_blocking(move || {
+        reg.ingest(
+            vec![CatalogRecord::Release(r1), CatalogRecord::Release(rf)],
+            false,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(admitted.len(), 2);
+    assert!(offline.registry.has_record(&fork.id()));
+    join(&offline, &nodes[0].1).await;
+    converge(
+        "the offline node catches up with 2.0.0",
+        DEADLINE,
+        || async {
+            if offline.registry.has_record(&v2.id()) {
+                Ok(())
+            } else {
+                Err("no 2.0.0 yet".into())
+            }
+        },
+    )
+    .await;
+    converge(
+        "node 0 refuses the fork offered by sync",
+        DEADLINE,
+        || async {
+            match stats.rollbacks_refused.load(Ordering::Relaxed) {
+                n if n >= 3 => Ok(()),
+                n => Err(format!("{n} rollbacks refused")),
+            }
+        },
+    )
+    .await;
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        assert!(!n.registry.has_record(&fork.id()), "node {i} took the fork");
+        assert_eq!(
+            n.registry
+                .get(&"pkg".parse().unwrap(), &VersionReq::STAR)
+                .unwrap(),
+            v2,
+            "node {i} resolves to the newest release"
+        );
+    }
+
+    // A second key publishing an owned name: refused locally and on the network.
+    let err = node0
+        .registry
+        .publish(package_dir("pkg", "3.0.0", &[], 1000, 8), &stranger)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            RegistryError::Trust(TrustError::NotOwner { owner: pinned, signer, .. })
+                if *pinned == owner.public() && *signer == stranger.public()
+        ),
+        "{err}"
+    );
+    hostile
+        .publish_raw(
+            GossipMessage::Release(forged("pkg", "3.0.0", Some(v2.id()), &stranger, 9)).to_wire(),
+        )
+        .await;
+    // Equivocation: the owner's key signs a second, different 2.0.0.
+    let twin = forged("pkg", "2.0.0", Some(v1.id()), &owner, 10);
+    hostile
+        .publish_raw(GossipMessage::Release(twin.clone()).to_wire())
+        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    converge_nodes(
+        "equivocation is flagged everywhere",
+        DEADLINE,
+        &nodes,
+        |_, n| {
+            let (v2, twin) = (v2.id(), twin.id());
+            async move {
+                let ev = n.registry.equivocations();
+                match ev.get(&"pkg".parse().unwrap()) {
+                    Some(versions) if versions[&Version::new(2, 0, 0)] == vec![v2, twin] => Ok(()),
+                    other => Err(format!("evidence {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(stats.gossip_rejected.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.equivocations.load(Ordering::Relaxed), 1);
+    for (n, _) in &nodes {
+        assert!(matches!(
+            n.registry
+                .release(&"pkg".parse().unwrap(), &Version::new(2, 0, 0)),
+            Err(RegistryError::Equivocated { .. })
+        ));
+        // New resolutions fall back to the newest version that is not in dispute.
+        assert_eq!(
+            n.registry
+                .get(&"pkg".parse().unwrap(), &VersionReq::STAR)
+                .unwrap(),
+            v1
+        );
+        assert_eq!(
+            n.registry.owner(&"pkg".parse().unwrap()),
+            Some(owner.public())
+        );
+    }
+    let _ = stop.send(());
+    driver.await.unwrap();
+    offline.shutdown().await;
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches_offline() {
+    init_tracing();
+    let seed_dir = data_dir();
+    let dir = data_dir();
+    let (seed, seed_addr) = start_with(node_config(&seed_dir)).await;
+    let config = node_config(&dir);
+    let (node, _) = start_with(config.clone()).await;
+    join(&node, &seed_addr).await;
+    let key = publisher(6);
+    let own = publish(&node, &package_dir("mine", "1.0.0", &[], 5000, 11), &key).await;
+    let theirs = publish(
+        &seed,
+        &package_dir("theirs", "2.1.0", &[], 300_000, 12),
+        &publisher(7),
+    )
+    .await;
+    converge("the seed's release arrives", DEADLINE, || async {
+        if node.registry.has_record(&theirs.id()) {
+            Ok(())
+        } else {
+            Err("missing".into())
+        }
+    })
+    .await;
+    let fetched = node
+        .registry
+        .fetch(&theirs.body.name, &theirs.body.version)
+        .await
+        .unwrap();
+    node.registry.pin(&fetched.content, true).unwrap();
+    let seed_peer = seed.network.peer_id();
+    let rep_before = node.registry.reputation_of(&seed_peer).0.unwrap();
+    assert_eq!(rep_before.successes, 1);
+    let catalog_before = node.registry.catalog_len();
+    node.shutdown().await;
+    seed.shutdown().await;
+
+    // Same data directory, same identity, nobody to talk to.
+    let node = Node::start(config).await.unwrap();
+    assert_eq!(node.registry.catalog_len(), catalog_before);
+    assert_eq!(node.registry.startup.records, 2);
+    assert!(!node.registry.startup.index_rebuilt);
+    assert_eq!(names(&node.registry, "theirs"), ["theirs"]);
+    assert_eq!(names(&node.registry, "mine"), ["mine"]);
+    assert_eq!(
+        node.registry.owner(&"mine".parse().unwrap()),
+        Some(key.public())
+    );
+    let meta = node.registry.blobs.meta(&fetched.content).unwrap();
+    assert!(meta.pinned);
+    assert!(node.registry.blobs.has(&own.body.archive.id));
+    let again = node
+        .registry
+        .fetch(&theirs.body.name, &theirs.body.version)
+        .await
+        .unwrap();
+    assert!(again.cached);
+    assert_eq!(
+        node.registry.reputation_of(&seed_peer).0.unwrap().successes,
+        rep_before.successes
+    );
+    // Publishing 1.0.0 again is refused: the store remembers.
+    let err = node
+        .registry
+        .publish(package_dir("mine", "1.0.0", &[], 5000, 13), &key)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "mine@1.0.0 is already published");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_quota_holds_and_pinned_blobs_survive_eviction() {
+    init_tracing();
+    let (provider, provider_addr) = start_node().await;
+    let mut config = node_config(&data_dir());
+    config.registry.cache_quota = 3 * 1024 * 1024;
+    let (fetcher, _) = start_with(config).await;
+    join(&fetcher, &provider_addr).await;
+    let key = publisher(8);
+    let mut releases = Vec::new();
+    for i in 0..4u64 {
+        let dir = package_dir(&format!("cached-{i}"), "1.0.0", &[], 1_200_000, 20 + i);
+        releases.push(publish(&provider, &dir, &key).await);
+    }
+    converge("all four releases arrive", DEADLINE, || async {
+        match fetcher.registry.catalog_len() {
+            4 => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (i, r) in releases.iter().enumerate() {
+        let f = fetcher
+            .registry
+            .fetch(&r.body.name, &r.body.version)
+            .await
+            .unwrap();
+        ids.push(f.content);
+        if i == 0 {
+            fetcher.registry.pin(&f.content, true).unwrap();
+        }
+    }
+    let usage = fetcher.registry.blobs.usage();
+    assert!(
+        usage.cached_bytes <= usage.quota,
+        "{} cached bytes over a quota of {}",
+        usage.cached_bytes,
+        usage.quota
+    );
+    let kept: Vec<bool> = ids
+        .iter()
+        .map(|id| fetcher.registry.blobs.has(id))
+        .collect();
+    // The pinned first one stays; the least recently used unpinned one went.
+    assert_eq!(kept, [true, false, true, true]);
+    assert!(!fetcher.registry.blobs.blob_path(&ids[1]).exists());
+    assert_eq!(fetcher.registry.blobs.persisted_count().unwrap(), 3);
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_separate_networks_converge_when_they_connect() {
+    init_tracing();
+    let left = testnet(2).await;
+    let right = testnet(2).await;
+    let l = publish(
+        &left[0].0,
+        &package_dir("left-pkg", "1.0.0", &[], 100, 30),
+        &publisher(9),
+    )
+    .await;
+    let r = publish(
+        &right[0].0,
+        &package_dir("right-pkg", "1.0.0", &[], 100, 31),
+        &publisher(10),
+    )
+    .await;
+    join(&left[1].0, &right[1].1).await;
+    let all: Vec<(Node, Multiaddr)> = left.into_iter().chain(right).collect();
+    converge_nodes("both releases on all four nodes", DEADLINE, &all, |_, n| {
+        let (l, r) = (l.id(), r.id());
+        async move {
+            if n.registry.has_record(&l) && n.registry.has_record(&r) {
+                Ok(())
+            } else {
+                Err(format!("catalog of {}", n.registry.catalog_len()))
+            }
+        }
+    })
+    .await;
+    shutdown(all).await;
+}
