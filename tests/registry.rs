@@ -291,6 +291,27 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
         small.body.archive.chunks.len()
     );
     assert!(next.served_by.iter().all(|(p, _)| *p != bad_peer));
+
+    // An interrupted download resumes: node 3 holds the first 10 chunks from an earlier try,
+    // one of them damaged (it is fetched again).
+    let archive = std::fs::read(nodes[0].0.registry.blobs.blob_path(&big.body.archive.id)).unwrap();
+    let chunk = big.body.archive.chunk_size as usize;
+    let mut partial = archive[..10 * chunk].to_vec();
+    partial[5 * chunk] ^= 1;
+    let resumer = &nodes[3].0.registry;
+    std::fs::write(resumer.blobs.partial_path(&big.body.archive.id), partial).unwrap();
+    let resumed = resumer
+        .fetch(&big.body.name, &big.body.version)
+        .await
+        .unwrap();
+    assert_eq!(resumed.resumed_chunks, 9);
+    assert_eq!(
+        resumed.served_by.iter().map(|(_, n)| n).sum::<u32>(),
+        21 - 9
+    );
+    assert_eq!(std::fs::read(&resumed.path).unwrap(), archive);
+    assert!(!resumer.blobs.partial_path(&big.body.archive.id).exists());
+
     shutdown(nodes).await;
 }
 

@@ -182,6 +182,8 @@ pub struct FetchedBlob {
     pub cached: bool,
     /// Chunks delivered by each provider.
     pub served_by: Vec<(PeerId, u32)>,
+    /// Chunks found in a partial download from an earlier, interrupted attempt.
+    pub resumed_chunks: u32,
 }
 
 /// One package chosen by a resolution.
@@ -1039,6 +1041,7 @@ impl Registry {
                 size: info.size,
                 cached: true,
                 served_by: Vec::new(),
+                resumed_chunks: 0,
             });
         }
         let providers = self
@@ -1092,6 +1095,7 @@ impl Registry {
             size: info.size,
             cached: false,
             served_by: report.served_by,
+            resumed_chunks: report.resumed_chunks,
         })
     }
 

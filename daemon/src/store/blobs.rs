@@ -64,6 +64,8 @@ pub struct BlobCheck {
     pub temp_files_removed: usize,
     pub orphan_files_removed: usize,
     pub missing_blobs_forgotten: usize,
+    /// Cached blobs evicted because they no longer fit the (possibly lowered) quota.
+    pub evicted: usize,
 }
 
 struct State {
@@ -153,6 +155,7 @@ impl BlobStore {
                 }
             }
         }
+        check.evicted = store.evict()?.len();
         Ok((store, check))
     }
 
@@ -450,5 +453,105 @@ fn hash_file(path: &Path) -> Result<ContentId, StoreError> {
             return Ok(hasher.finish());
         }
         hasher.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, quota: u64) -> (BlobStore, BlobCheck) {
+        let db = Arc::new(Db::open(&dir.join("catalog.redb")).unwrap());
+        BlobStore::open(dir, db, quota).unwrap()
+    }
+
+    fn files_under(dir: &Path) -> usize {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter(|e| e.as_ref().unwrap().file_type().is_file())
+            .count()
+    }
+
+    #[test]
+    fn data_that_does_not_hash_to_the_expected_id_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), 1 << 20);
+        let expected = ContentId::of(b"the real archive");
+        let err = store
+            .insert(b"something else", Some(expected), BlobKind::Fetched)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::HashMismatch { expected: e, .. } if e == expected));
+        assert_eq!(store.usage().blobs, 0);
+        assert_eq!(files_under(&dir.path().join("blobs")), 0);
+        assert_eq!(files_under(&dir.path().join("tmp")), 0);
+        assert_eq!(store.persisted_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn start_up_removes_temp_files_and_orphans_and_forgets_missing_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, lost) = {
+            let (store, check) = open(dir.path(), 1 << 20);
+            assert_eq!(check, BlobCheck::default());
+            let (kept, _) = store.insert(b"kept", None, BlobKind::Published).unwrap();
+            let (lost, _) = store.insert(b"lost", None, BlobKind::Fetched).unwrap();
+            std::fs::remove_file(store.blob_path(&lost)).unwrap();
+            std::fs::write(dir.path().join("tmp/0123"), b"half a write").unwrap();
+            let orphan = ContentId::of(b"orphan");
+            let path = store.blob_path(&orphan);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"orphan").unwrap();
+            (kept, lost)
+        };
+        let (store, check) = open(dir.path(), 1 << 20);
+        assert_eq!(
+            check,
+            BlobCheck {
+                temp_files_removed: 1,
+                orphan_files_removed: 1,
+                missing_blobs_forgotten: 1,
+                evicted: 0,
+            }
+        );
+        assert!(store.has(&kept));
+        assert!(!store.has(&lost));
+        assert_eq!(store.read(&kept).unwrap(), b"kept");
+        assert_eq!(store.persisted_count().unwrap(), 1);
+        assert_eq!(files_under(dir.path().join("blobs").as_path()), 1);
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_fetched_blob_and_spares_pins_and_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), 250);
+        let blob = |b: u8| vec![b; 100];
+        let (published, _) = store.insert(&[9; 200], None, BlobKind::Published).unwrap();
+        let (pinned, _) = store.insert(&blob(1), None, BlobKind::Fetched).unwrap();
+        store.set_pinned(&pinned, true).unwrap();
+        let (b, _) = store.insert(&blob(2), None, BlobKind::Fetched).unwrap();
+        let (c, _) = store.insert(&blob(3), None, BlobKind::Fetched).unwrap();
+        // Reading b makes c the least recently used.
+        store.read_range(&b, 0, 10).unwrap();
+        let (d, evicted) = store.insert(&blob(4), None, BlobKind::Fetched).unwrap();
+        assert_eq!(evicted, vec![c]);
+        for (id, present) in [
+            (published, true),
+            (pinned, true),
+            (b, true),
+            (c, false),
+            (d, true),
+        ] {
+            assert_eq!(store.has(&id), present, "{id}");
+        }
+        let usage = store.usage();
+        assert_eq!((usage.cached_bytes, usage.kept_bytes), (200, 300));
+        // Order survives a restart: use times are flushed and reloaded.
+        store.read_range(&d, 0, 1).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let (store, check) = open(dir.path(), 150);
+        assert_eq!(check.evicted, 1);
+        assert!(!store.has(&b));
+        assert!(store.has(&d));
     }
 }

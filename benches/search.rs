@@ -1,0 +1,171 @@
+//! Search latency over a synthetic catalog, on the on-disk index the daemon uses.
+//!
+//! Criterion reports the mean per query kind; after it, a percentile pass runs every query
+//! `PERCENTILE_ROUNDS` times and prints p50 / p99 over all of them (criterion does not report
+//! tail latency). Catalog sizes come from `AGORA_BENCH_SIZES` (default `1000,10000`).
+//!
+//! Run: `cargo bench --bench search` (add `AGORA_BENCH_SIZES=1000,10000,100000` for 100k).
+
+use std::time::{Duration, Instant};
+
+use agora_daemon::index::{IndexDoc, SearchIndex};
+use agora_protocol::search::{SearchQuery, SortOrder};
+use criterion::{BenchmarkId, Criterion, criterion_group};
+
+const ADJECTIVES: [&str; 16] = [
+    "quick", "lazy", "bright", "silent", "rapid", "modern", "classic", "tiny", "secure", "async",
+    "simple", "robust", "minimal", "fancy", "solid", "clever",
+];
+const NOUNS: [&str; 16] = [
+    "service",
+    "template",
+    "starter",
+    "widget",
+    "parser",
+    "server",
+    "client",
+    "cache",
+    "router",
+    "logger",
+    "schema",
+    "pipeline",
+    "worker",
+    "gateway",
+    "dashboard",
+    "scaffold",
+];
+const CATEGORIES: [&str; 8] = [
+    "web", "cli", "data", "ml", "devops", "mobile", "game", "starter",
+];
+const TAGS: [&str; 12] = [
+    "rust",
+    "python",
+    "typescript",
+    "go",
+    "docker",
+    "k8s",
+    "graphql",
+    "rest",
+    "sql",
+    "react",
+    "axum",
+    "tokio",
+];
+/// Runs of every query in the percentile pass.
+const PERCENTILE_ROUNDS: usize = 400;
+
+fn synthetic(i: usize) -> IndexDoc {
+    let adj = ADJECTIVES[i % 16];
+    let noun = NOUNS[(i / 16) % 16];
+    IndexDoc {
+        name: format!("{adj}-{noun}-{i}"),
+        version: format!("1.{}.0", i % 10),
+        description: format!(
+            "A {adj} {noun} for {} projects, generated as package number {i}",
+            TAGS[i % 12]
+        ),
+        category: Some(CATEGORIES[i % 8].to_string()),
+        author: Some(format!("author{}", i % 97)),
+        license: Some(if i % 3 == 0 { "MIT" } else { "Apache-2.0" }.to_string()),
+        tags: vec![TAGS[i % 12].to_string(), TAGS[(i / 12) % 12].to_string()],
+        keywords: vec![noun.to_string()],
+        published_at: 1_700_000_000 + i as u64,
+    }
+}
+
+fn queries() -> Vec<(&'static str, SearchQuery)> {
+    vec![
+        ("word", SearchQuery::text("parser")),
+        ("two-words", SearchQuery::text("secure gateway")),
+        ("typo", SearchQuery::text("qiuck-servce")),
+        ("prefix", SearchQuery::text("dashb")),
+        (
+            "filtered-newest",
+            SearchQuery {
+                text: "rust".into(),
+                category: Some("web".into()),
+                sort: SortOrder::Newest,
+                ..SearchQuery::default()
+            },
+        ),
+        (
+            "list-by-name",
+            SearchQuery {
+                sort: SortOrder::Name,
+                offset: 100,
+                ..SearchQuery::default()
+            },
+        ),
+    ]
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("AGORA_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("AGORA_BENCH_SIZES is a list of numbers")
+        })
+        .collect()
+}
+
+fn build(n: usize) -> (tempfile::TempDir, SearchIndex) {
+    let dir = tempfile::tempdir().unwrap();
+    let index = SearchIndex::open(dir.path()).unwrap();
+    index.rebuild((0..n).map(synthetic)).unwrap();
+    assert_eq!(index.num_docs(), n as u64);
+    (dir, index)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn bench_search(c: &mut Criterion) {
+    for n in sizes() {
+        let (_dir, index) = build(n);
+        let mut group = c.benchmark_group(format!("search/{n}"));
+        for (label, q) in queries() {
+            let hits = index.search(&q).unwrap();
+            assert!(hits.total > 0, "{label} finds nothing in {n} packages");
+            group.bench_with_input(BenchmarkId::from_parameter(label), &q, |b, q| {
+                b.iter(|| index.search(q).unwrap())
+            });
+        }
+        group.finish();
+
+        let mut samples = Vec::with_capacity(PERCENTILE_ROUNDS * queries().len());
+        for _ in 0..PERCENTILE_ROUNDS {
+            for (_, q) in queries() {
+                let started = Instant::now();
+                let r = index.search(&q).unwrap();
+                samples.push(started.elapsed());
+                std::hint::black_box(r);
+            }
+        }
+        samples.sort();
+        println!(
+            "search percentiles over {n} packages, {} queries: p50 {:?}  p99 {:?}  max {:?}",
+            samples.len(),
+            percentile(&samples, 0.50),
+            percentile(&samples, 0.99),
+            samples[samples.len() - 1],
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench_search
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
