@@ -66,7 +66,14 @@ fn synthetic(i: usize) -> IndexDoc {
         ),
         category: Some(CATEGORIES[i % 8].to_string()),
         author: Some(format!("author{}", i % 97)),
-        license: Some(if i % 3 == 0 { "MIT" } else { "Apache-2.0" }.to_string()),
+        license: Some(
+            if i.is_multiple_of(3) {
+                "MIT"
+            } else {
+                "Apache-2.0"
+            }
+            .to_string(),
+        ),
         tags: vec![TAGS[i % 12].to_string(), TAGS[(i / 12) % 12].to_string()],
         keywords: vec![noun.to_string()],
         published_at: 1_700_000_000 + i as u64,
