@@ -688,3 +688,117 @@ async fn two_separate_networks_converge_when_they_connect() {
     .await;
     shutdown(all).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_key_publishes() {
+    init_tracing();
+    let nodes = testnet(3).await;
+    let (a, b) = (&nodes[0].0, &nodes[2].0);
+    let (owner, heir) = (publisher(11), publisher(12));
+    publish(a, &package_dir("lib", "1.0.0", &[], 100, 40), &owner).await;
+    let lib11 = publish(a, &package_dir("lib", "1.1.0", &[], 100, 41), &owner).await;
+    publish(a, &package_dir("lib", "2.0.0", &[], 100, 42), &owner).await;
+    let app = publish(
+        a,
+        &package_dir("app", "1.0.0", &["lib@^1"], 100, 43),
+        &owner,
+    )
+    .await;
+    assert_eq!(app.body.dependencies[0].to_string(), "lib@^1");
+    converge("all four releases on node B", DEADLINE, || async {
+        match b.registry.catalog_len() {
+            4 => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+    let resolved = |reg: &Registry| -> Vec<String> {
+        reg.resolve(&["app".parse().unwrap()])
+            .unwrap()
+            .into_iter()
+            .map(|p| format!("{}@{}", p.name, p.version))
+            .collect()
+    };
+    assert_eq!(resolved(&b.registry), ["app@1.0.0", "lib@1.1.0"]);
+    let err = b
+        .registry
+        .resolve(&["app".parse().unwrap(), "lib@^3".parse().unwrap()])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no installable version of 'lib' satisfies ^3 (from the request); available: 1.0.0, 1.1.0, 2.0.0"
+    );
+
+    // The owner yanks lib 1.1.0: new resolutions on B pick 1.0.0; a lockfile can still get 1.1.0.
+    a.registry
+        .yank(
+            &"lib".parse().unwrap(),
+            &Version::new(1, 1, 0),
+            "broken build".into(),
+            &owner,
+        )
+        .await
+        .unwrap();
+    converge("node B honours the yank", DEADLINE, || async {
+        let v = b.registry.versions(&"lib".parse().unwrap()).unwrap();
+        if v.iter().any(|v| v.yanked) {
+            Ok(())
+        } else {
+            Err("no yank yet".into())
+        }
+    })
+    .await;
+    let yanked: Vec<(String, bool)> = b
+        .registry
+        .versions(&"lib".parse().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.version.to_string(), v.yanked))
+        .collect();
+    assert_eq!(
+        yanked,
+        [
+            ("1.0.0".to_string(), false),
+            ("1.1.0".to_string(), true),
+            ("2.0.0".to_string(), false)
+        ]
+    );
+    assert_eq!(resolved(&b.registry), ["app@1.0.0", "lib@1.0.0"]);
+    assert_eq!(
+        b.registry
+            .release(&"lib".parse().unwrap(), &Version::new(1, 1, 0))
+            .unwrap(),
+        lib11
+    );
+
+    // The owner hands the name to another key, which then publishes 3.0.0.
+    a.registry
+        .rotate(&"lib".parse().unwrap(), heir.public(), &owner)
+        .await
+        .unwrap();
+    converge("node B knows the new owner", DEADLINE, || async {
+        if b.registry.owner(&"lib".parse().unwrap()) == Some(heir.public()) {
+            Ok(())
+        } else {
+            Err("old owner still".into())
+        }
+    })
+    .await;
+    let v3 = publish(a, &package_dir("lib", "3.0.0", &[], 100, 44), &heir).await;
+    converge("the heir's release reaches node B", DEADLINE, || async {
+        if b.registry.has_record(&v3.id()) {
+            Ok(())
+        } else {
+            Err("missing".into())
+        }
+    })
+    .await;
+    // The old key can no longer publish the name.
+    assert!(matches!(
+        a.registry
+            .publish(package_dir("lib", "4.0.0", &[], 100, 45), &owner)
+            .await,
+        Err(RegistryError::Trust(TrustError::NotOwner { .. }))
+    ));
+    shutdown(nodes).await;
+}

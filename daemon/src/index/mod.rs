@@ -465,6 +465,20 @@ mod tests {
             vec![("web".to_string(), 2), ("starter".to_string(), 1)]
         );
 
+        let q = SearchQuery {
+            tag: Some("starter".into()),
+            author: Some("ada".into()),
+            license: Some("MIT".into()),
+            ..SearchQuery::default()
+        };
+        assert_eq!(names(&index.search(&q).unwrap()), ["hello-world"]);
+        let q = SearchQuery {
+            text: "hello".into(),
+            author: Some("bob".into()),
+            ..SearchQuery::default()
+        };
+        assert_eq!(index.search(&q).unwrap().total, 0);
+
         // Replacing a package's document keeps one document per name.
         index
             .update(

@@ -25,7 +25,7 @@ use agora_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_HEAD_VERSIONS, SYNC_BUCKETS
 use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal};
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody,
-    ReleaseRecord, Signed, YankBody,
+    ReleaseRecord, RotationBody, Signed, YankBody,
 };
 use agora_protocol::search::{SearchQuery, SearchResults};
 use agora_protocol::{
@@ -830,6 +830,35 @@ impl Registry {
         }
         self.gossip(GossipMessage::Yank(yank.clone())).await?;
         Ok(yank)
+    }
+
+    /// Hands ownership of `name` to `to`, with a rotation record signed by the current owner,
+    /// and gossips it.
+    pub async fn rotate(
+        self: &Arc<Self>,
+        name: &PackageName,
+        to: PublisherKey,
+        secret: &PublisherSecret,
+    ) -> Result<agora_protocol::KeyRotation, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        let rotation = Signed::sign(
+            RotationBody {
+                name: name.clone(),
+                from: secret.public(),
+                to,
+                rotated_at: now(),
+            },
+            secret,
+        )?;
+        let reg = self.clone();
+        let r = rotation.clone();
+        let result = blocking(move || reg.ingest(vec![CatalogRecord::Rotation(r)], true)).await?;
+        if let Ingested::Refused(e) = &result[0].1 {
+            return Err(e.clone().into());
+        }
+        self.gossip(GossipMessage::Rotation(rotation.clone()))
+            .await?;
+        Ok(rotation)
     }
 
     /// Whether the catalog knows this name.
