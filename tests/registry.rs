@@ -802,3 +802,63 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     ));
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_package_is_refused_with_a_precise_error_and_changes_nothing() {
+    init_tracing();
+    let (node, _) = start_node().await;
+    let key = publisher(13);
+    publish(&node, &package_dir("fine", "1.0.0", &[], 100, 50), &key).await;
+    let before = (
+        node.registry.catalog_len(),
+        node.registry.blobs.usage(),
+        node.registry.blobs.persisted_count().unwrap(),
+    );
+
+    let bad = package_dir("broken", "1.0.0", &[], 100, 51);
+    std::fs::write(
+        bad.join("package.toml"),
+        "[package]\nname = \"broken\"\nversion = \"one\"\ndescription = \"x\"\n",
+    )
+    .unwrap();
+    let err = node.registry.publish(bad.clone(), &key).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("{}:3:", bad.join("package.toml").display())),
+        "{msg}"
+    );
+
+    let linked = package_dir("linked", "1.0.0", &[], 100, 52);
+    std::os::unix::fs::symlink("/etc/hostname", linked.join("templates/link")).unwrap();
+    let err = node
+        .registry
+        .publish(linked.clone(), &key)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is a symlink; packages may contain only regular files and directories",
+            linked.join("templates/link").display()
+        )
+    );
+
+    let older = node
+        .registry
+        .publish(package_dir("fine", "0.9.0", &[], 100, 53), &key)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        older.to_string(),
+        "fine@0.9.0 is not newer than 1.0.0, the highest version published"
+    );
+
+    let after = (
+        node.registry.catalog_len(),
+        node.registry.blobs.usage(),
+        node.registry.blobs.persisted_count().unwrap(),
+    );
+    assert_eq!(before, after);
+    assert!(!node.registry.exists(&"broken".parse().unwrap()));
+    node.shutdown().await;
+}

@@ -320,7 +320,13 @@ impl Registry {
             .collect();
         *registry.reputation_lock() = Reputation::from_records(rep);
 
-        let names = registry.catalog_lock().trust.name_count() as u64;
+        // One document per name that has an installable release.
+        let names = registry
+            .catalog_lock()
+            .trust
+            .names()
+            .filter(|(_, s)| s.latest().is_some())
+            .count() as u64;
         let mut index_rebuilt = false;
         if registry.index.num_docs() != names {
             info!(
@@ -456,7 +462,9 @@ impl Registry {
         if !write.records.is_empty() {
             cat.summary = None;
         }
-        // Written under the lock so the log's order is the order of admission.
+        // Written under the lock so the log's order is the order of admission. If the write
+        // fails, memory is ahead of disk until the next start (which replays the disk): the
+        // caller gets the error, so nothing unwritten is ever acknowledged.
         self.db.write_catalog(&write)?;
         drop(cat);
         let touched: Vec<PackageName> = touched.into_iter().collect();
@@ -679,8 +687,6 @@ impl Registry {
         secret: &PublisherSecret,
     ) -> Result<(ReleaseRecord, PackageHead), RegistryError> {
         let manifest = archive::read_manifest(dir)?;
-        let data = archive::pack(dir)?;
-        let info = ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE);
         let key = secret.public();
         let previous = {
             let cat = self.catalog_lock();
@@ -714,6 +720,8 @@ impl Registry {
                 }
             }
         };
+        let data = archive::pack(dir)?;
+        let info = ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE);
         let body = ReleaseBody {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
@@ -1220,8 +1228,14 @@ impl Registry {
         })
         .await?;
         for value in values {
-            let record = libp2p::kad::Record::new(value.key().to_bytes(), value.encode());
-            self.net.store_record(record).await?;
+            let key = value.key();
+            let record = libp2p::kad::Record::new(key.to_bytes(), value.encode());
+            match self.net.store_record(record).await {
+                Ok(()) => {}
+                // A full local DHT store is not a reason to stay down: peers still have them.
+                Err(NetworkError::Store(e)) => warn!(%key, error = %e, "not re-serving a record"),
+                Err(e) => return Err(e.into()),
+            }
         }
         for id in self.blobs.ids() {
             self.net

@@ -167,28 +167,6 @@ impl Trust {
         }
     }
 
-    /// Checks `record` without applying it.
-    pub fn check(&self, record: &CatalogRecord, id: RecordId) -> Result<Admission, TrustError> {
-        // Cheap enough: the state of one name is cloned, decided on, and dropped.
-        let mut scratch = Trust {
-            policy: self.policy.clone(),
-            names: self
-                .names
-                .get(record.name())
-                .map(|s| (record.name().clone(), s.clone()))
-                .into_iter()
-                .collect(),
-            versions: HashMap::new(),
-        };
-        if let CatalogRecord::Release(r) = record
-            && let Some(prev) = r.body.previous
-            && let Some(v) = self.versions.get(&prev)
-        {
-            scratch.versions.insert(prev, v.clone());
-        }
-        scratch.admit(record, id)
-    }
-
     fn allowed(&self, key: &PublisherKey) -> Result<(), TrustError> {
         match &self.policy {
             TrustPolicy::FirstUse => Ok(()),
