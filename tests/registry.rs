@@ -562,7 +562,7 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
         .fetch(&theirs.body.name, &theirs.body.version)
         .await
         .unwrap();
-    node.registry.pin(&fetched.content, true).unwrap();
+    node.registry.pin(&fetched.content, true).await.unwrap();
     let seed_peer = seed.network.peer_id();
     let rep_before = node.registry.reputation_of(&seed_peer).0.unwrap();
     assert_eq!(rep_before.successes, 1);
@@ -634,7 +634,7 @@ async fn the_cache_quota_holds_and_pinned_blobs_survive_eviction() {
             .unwrap();
         ids.push(f.content);
         if i == 0 {
-            fetcher.registry.pin(&f.content, true).unwrap();
+            fetcher.registry.pin(&f.content, true).await.unwrap();
         }
     }
     let usage = fetcher.registry.blobs.usage();

@@ -97,6 +97,11 @@ pub enum Command {
         key: Vec<u8>,
         reply: Reply<()>,
     },
+    /// Stop announcing ourselves as a provider of `key` (the blob was evicted).
+    StopProviding {
+        key: Vec<u8>,
+        reply: Reply<()>,
+    },
     GetProviders {
         key: Vec<u8>,
         reply: Reply<HashSet<PeerId>>,

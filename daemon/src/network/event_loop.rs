@@ -204,6 +204,10 @@ impl EventLoop {
                     }
                 }
             }
+            Command::StopProviding { key, reply } => {
+                behaviour.kad.stop_providing(&kad::RecordKey::new(&key));
+                let _ = reply.send(Ok(()));
+            }
             Command::GetProviders { key, reply } => {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, (HashSet::new(), reply));

@@ -108,6 +108,13 @@ impl NetworkHandle {
             .await
     }
 
+    /// Stops providing `key`: its provider record is no longer republished, and peers stop
+    /// being sent here once the records they hold expire.
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|reply| Command::StopProviding { key, reply })
+            .await
+    }
+
     /// Finds providers of `key`.
     pub async fn get_providers(&self, key: Vec<u8>) -> Result<HashSet<PeerId>, NetworkError> {
         self.call(|reply| Command::GetProviders { key, reply })

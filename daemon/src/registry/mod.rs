@@ -1116,12 +1116,13 @@ impl Registry {
         let reg = self.clone();
         let id = info.id;
         let info2 = info.clone();
-        blocking(move || {
-            reg.blobs.adopt_partial(id, BlobKind::Fetched)?;
+        let evicted = blocking(move || {
+            let evicted = reg.blobs.adopt_partial(id, BlobKind::Fetched)?;
             reg.catalog_lock().archives.insert(id, info2);
-            Ok(())
+            Ok(evicted)
         })
         .await?;
+        self.stop_providing(&evicted).await?;
         self.net
             .start_providing(DhtKey::Content(info.id).to_bytes())
             .await
@@ -1134,6 +1135,17 @@ impl Registry {
             served_by: report.served_by,
             resumed_chunks: report.resumed_chunks,
         })
+    }
+
+    /// Withdraws provider records of evicted blobs.
+    async fn stop_providing(&self, evicted: &[ContentId]) -> Result<(), RegistryError> {
+        for id in evicted {
+            debug!(%id, "evicted from the cache; no longer providing it");
+            self.net
+                .stop_providing(DhtKey::Content(*id).to_bytes())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Applies what a fetch learned about peers and persists it.
@@ -1194,8 +1206,15 @@ impl Registry {
     }
 
     /// Pins (or unpins) the archive of a release so eviction never removes it.
-    pub fn pin(&self, content: &ContentId, pinned: bool) -> Result<(), RegistryError> {
-        Ok(self.blobs.set_pinned(content, pinned)?)
+    pub async fn pin(
+        self: &Arc<Self>,
+        content: &ContentId,
+        pinned: bool,
+    ) -> Result<(), RegistryError> {
+        let reg = self.clone();
+        let id = *content;
+        let evicted = blocking(move || Ok(reg.blobs.set_pinned(&id, pinned)?)).await?;
+        self.stop_providing(&evicted).await
     }
 
     /// Saves what is only in memory (reputation, blob use times). Called on the maintenance

@@ -332,8 +332,8 @@ impl BlobStore {
         Ok(victims)
     }
 
-    /// Pins or unpins a blob; a pinned blob is never evicted.
-    pub fn set_pinned(&self, id: &ContentId, pinned: bool) -> Result<(), StoreError> {
+    /// Pins or unpins a blob; a pinned blob is never evicted. Returns what unpinning evicted.
+    pub fn set_pinned(&self, id: &ContentId, pinned: bool) -> Result<Vec<ContentId>, StoreError> {
         let meta = {
             let mut state = self.lock();
             let meta = state
@@ -344,10 +344,7 @@ impl BlobStore {
             meta.clone()
         };
         self.persist(&[(*id, meta)])?;
-        if !pinned {
-            self.evict()?;
-        }
-        Ok(())
+        if pinned { Ok(Vec::new()) } else { self.evict() }
     }
 
     fn touch(&self, id: &ContentId) {
