@@ -2,7 +2,7 @@
 //! the score that ranks providers. Plain state with injected time (seconds since the epoch);
 //! the registry persists it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -60,14 +60,14 @@ impl PeerRecord {
 #[derive(Debug, Default)]
 pub struct Reputation {
     peers: HashMap<PeerId, PeerRecord>,
-    dirty: Vec<PeerId>,
+    dirty: HashSet<PeerId>,
 }
 
 impl Reputation {
     pub fn from_records(records: impl IntoIterator<Item = (PeerId, PeerRecord)>) -> Self {
         Self {
             peers: records.into_iter().collect(),
-            dirty: Vec::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -84,7 +84,7 @@ impl Reputation {
     }
 
     fn entry(&mut self, peer: PeerId, now: u64) -> &mut PeerRecord {
-        self.dirty.push(peer);
+        self.dirty.insert(peer);
         let record = self.peers.entry(peer).or_default();
         record.last_seen = now;
         record
@@ -135,9 +135,8 @@ impl Reputation {
 
     /// Peers changed since the last call, with their records (to persist).
     pub fn take_dirty(&mut self) -> Vec<(PeerId, PeerRecord)> {
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<PeerId> = std::mem::take(&mut self.dirty).into_iter().collect();
         dirty.sort();
-        dirty.dedup();
         dirty
             .into_iter()
             .filter_map(|p| self.peers.get(&p).map(|r| (p, r.clone())))

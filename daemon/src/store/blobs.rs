@@ -7,7 +7,7 @@
 //! `partial/<sha256>` so a fetch can resume. Start-up removes temp files, drops metadata whose
 //! file is gone or has the wrong size, and deletes files no metadata owns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -72,7 +72,7 @@ struct State {
     metas: HashMap<ContentId, BlobMeta>,
     clock: u64,
     /// Metadata whose `last_used` changed since the last flush.
-    touched: Vec<ContentId>,
+    touched: HashSet<ContentId>,
 }
 
 pub struct BlobStore {
@@ -117,7 +117,7 @@ impl BlobStore {
                     .max()
                     .unwrap_or(0),
                 metas,
-                touched: Vec::new(),
+                touched: HashSet::new(),
             }),
         };
 
@@ -353,7 +353,7 @@ impl BlobStore {
         let clock = state.clock;
         if let Some(meta) = state.metas.get_mut(id) {
             meta.last_used = clock;
-            state.touched.push(*id);
+            state.touched.insert(*id);
         }
     }
 
