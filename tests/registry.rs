@@ -862,3 +862,63 @@ async fn a_bad_package_is_refused_with_a_precise_error_and_changes_nothing() {
     assert!(!node.registry.exists(&"broken".parse().unwrap()));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_between_nearly_equal_catalogs_costs_one_bucket_not_the_catalog() {
+    init_tracing();
+    let (a, a_addr) = start_node().await;
+    let (b, _) = start_node().await;
+    let key = publisher(14);
+    let shared = many_releases(1001, &key);
+    let extra = shared[1000].clone();
+    for (node, records) in [(&a, shared.clone()), (&b, shared[..1000].to_vec())] {
+        let reg = node.registry.clone();
+        tokio::task::spawn_blocking(move || reg.ingest(records, false))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        (a.registry.catalog_len(), b.registry.catalog_len()),
+        (1001, 1000)
+    );
+    join(&b, &a_addr).await;
+    converge("b gets the one record it lacks", DEADLINE, || async {
+        if b.registry.has_record(&extra.id()) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    converge("both syncs finish", DEADLINE, || async {
+        let done = (
+            a.registry.stats.syncs_completed.load(Ordering::Relaxed),
+            b.registry.stats.syncs_completed.load(Ordering::Relaxed),
+        );
+        if done.0 >= 1 && done.1 >= 1 {
+            Ok(())
+        } else {
+            Err(format!("syncs completed: {done:?}"))
+        }
+    })
+    .await;
+    // B listed only the ids of the one bucket that differed and fetched the one record; A,
+    // already ahead, listed that bucket from B too (or nothing, if B had caught up before A
+    // asked) and fetched nothing.
+    let bucket = agora_protocol::messages::bucket_of(&extra.id()) as usize;
+    let bucket_size = u64::from(a.registry.summary()[bucket].count);
+    assert_eq!(
+        b.registry.stats.sync_ids_listed.load(Ordering::Relaxed),
+        bucket_size
+    );
+    assert_eq!(b.registry.stats.records_synced.load(Ordering::Relaxed), 1);
+    let a_listed = a.registry.stats.sync_ids_listed.load(Ordering::Relaxed);
+    assert!(
+        a_listed == 0 || a_listed == bucket_size - 1,
+        "A listed {a_listed} ids; the differing bucket has {bucket_size}"
+    );
+    assert_eq!(a.registry.stats.records_synced.load(Ordering::Relaxed), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -85,6 +85,8 @@ pub struct RegistryStats {
     pub bytes_served: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub syncs_completed: AtomicU64,
+    /// Record ids peers listed to us in syncs (what reconciliation cost).
+    pub sync_ids_listed: AtomicU64,
     pub records_synced: AtomicU64,
     pub searches: AtomicU64,
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use agora_protocol::codec::Wire;
 use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
@@ -67,10 +68,13 @@ pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncRep
     registry.end_sync(&peer);
     if let Ok(report) = &result {
         Registry::count(&registry.stats.syncs_completed);
-        registry
-            .stats
+        let stats = &registry.stats;
+        stats
             .records_synced
-            .fetch_add(report.added as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(report.added as u64, Ordering::Relaxed);
+        stats
+            .sync_ids_listed
+            .fetch_add(report.ids_listed as u64, Ordering::Relaxed);
         if report.added > 0 || report.refused > 0 {
             info!(%peer, added = report.added, refused = report.refused, "catalog sync");
         }
