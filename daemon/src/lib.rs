@@ -2,7 +2,9 @@
 //! catalog ([`registry`]) with its storage ([`store`]), search index ([`index`]) and peer
 //! [`reputation`], and [`node::Node`] which runs them together.
 
+pub mod config;
 pub mod index;
+pub mod keys;
 pub mod network;
 pub mod node;
 pub mod registry;

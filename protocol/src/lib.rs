@@ -16,6 +16,7 @@ pub mod limits;
 pub mod manifest;
 pub mod messages;
 pub mod name;
+pub mod paths;
 pub mod records;
 pub mod search;
 

@@ -1,0 +1,361 @@
+//! `agorad`'s configuration: `config.toml`, then `AGORA_*` environment variables, then
+//! command-line flags, each layer overriding the one before. A missing config file means the
+//! embedded defaults; a malformed one is an error naming the file, line and column.
+//!
+//! ```toml
+//! listen = ["/ip4/0.0.0.0/tcp/4101", "/ip4/0.0.0.0/udp/4101/quic-v1"]
+//! bootstrap = ["/ip4/192.0.2.7/tcp/4101/p2p/12D3KooW..."]
+//! mdns = true
+//! cache_quota = 1073741824      # bytes of fetched archives kept
+//! log_level = "info"
+//!
+//! [trust]
+//! allowlist = []                # publisher keys (hex); empty = trust on first use
+//! ```
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use agora_protocol::PublisherKey;
+use agora_protocol::manifest::line_col;
+use agora_protocol::paths::{NoHome, PathEnv, Paths};
+use libp2p::Multiaddr;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::registry::DEFAULT_CACHE_QUOTA;
+use crate::registry::trust::TrustPolicy;
+
+/// Default TCP and QUIC port for Agora nodes.
+pub const DEFAULT_PORT: u16 = 4101;
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}:{line}:{column}: {message}", path = .path.display())]
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("cannot read {path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is {len} bytes; a config file may be at most {MAX_CONFIG_BYTES}", path = .path.display())]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{flag}: {message}")]
+    Flag { flag: String, message: String },
+    #[error(transparent)]
+    NoHome(#[from] NoHome),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Vec<Spanned<String>>>,
+    bootstrap: Option<Vec<Spanned<String>>>,
+    mdns: Option<bool>,
+    cache_quota: Option<u64>,
+    log_level: Option<String>,
+    trust: Option<TrustSection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TrustSection {
+    allowlist: Vec<Spanned<String>>,
+}
+
+/// What the command line set (flags win over everything).
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub config_file: Option<PathBuf>,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub no_mdns: bool,
+    pub cache_quota: Option<u64>,
+    pub log_level: Option<String>,
+}
+
+/// The resolved configuration of one daemon.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub paths: Paths,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub cache_quota: u64,
+    pub log_level: String,
+    pub trust: TrustPolicy,
+}
+
+impl Config {
+    /// Resolves paths from `env`, reads the config file, then applies `vars` (the process
+    /// environment, injected for tests) and `flags`.
+    pub fn load(
+        env: &PathEnv,
+        vars: impl Fn(&str) -> Option<String>,
+        flags: Flags,
+    ) -> Result<Self, ConfigError> {
+        let paths = Paths::resolve(env)?;
+        let explicit = flags.config_file.is_some();
+        let file_path = flags
+            .config_file
+            .clone()
+            .unwrap_or_else(|| paths.config_file.clone());
+        let mut config = Self {
+            paths,
+            listen: default_listen(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            cache_quota: DEFAULT_CACHE_QUOTA,
+            log_level: "info".into(),
+            trust: TrustPolicy::FirstUse,
+        };
+        match read_bounded(&file_path) {
+            Ok(text) => config.apply_file(&file_path, &text)?,
+            Err(ConfigError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => return Err(e),
+        }
+        config.apply_env(vars)?;
+        if !flags.listen.is_empty() {
+            config.listen = flags.listen;
+        }
+        config.bootstrap.extend(flags.bootstrap);
+        if flags.no_mdns {
+            config.mdns = false;
+        }
+        if let Some(q) = flags.cache_quota {
+            config.cache_quota = q;
+        }
+        if let Some(l) = flags.log_level {
+            config.log_level = l;
+        }
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::File {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().to_owned()))?;
+        let addrs = |list: Vec<Spanned<String>>| -> Result<Vec<Multiaddr>, ConfigError> {
+            list.into_iter()
+                .map(|s| {
+                    s.get_ref()
+                        .parse()
+                        .map_err(|e| at(Some(s.span()), format!("invalid multiaddr: {e}")))
+                })
+                .collect()
+        };
+        if let Some(l) = file.listen {
+            self.listen = addrs(l)?;
+        }
+        if let Some(b) = file.bootstrap {
+            self.bootstrap = addrs(b)?;
+        }
+        if let Some(m) = file.mdns {
+            self.mdns = m;
+        }
+        if let Some(q) = file.cache_quota {
+            self.cache_quota = q;
+        }
+        if let Some(l) = file.log_level {
+            self.log_level = l;
+        }
+        if let Some(t) = file.trust
+            && !t.allowlist.is_empty()
+        {
+            let keys = t
+                .allowlist
+                .into_iter()
+                .map(|k| {
+                    k.get_ref()
+                        .parse::<PublisherKey>()
+                        .map_err(|e| at(Some(k.span()), format!("invalid publisher key: {e}")))
+                })
+                .collect::<Result<HashSet<_>, _>>()?;
+            self.trust = TrustPolicy::Allowlist(keys);
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, vars: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let list = |var: &str| -> Result<Option<Vec<Multiaddr>>, ConfigError> {
+            let Some(v) = vars(var) else { return Ok(None) };
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse().map_err(|e| ConfigError::Env {
+                        var: var.into(),
+                        message: format!("invalid multiaddr {s:?}: {e}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        };
+        if let Some(l) = list("AGORA_LISTEN")? {
+            self.listen = l;
+        }
+        if let Some(b) = list("AGORA_BOOTSTRAP")? {
+            self.bootstrap = b;
+        }
+        if let Some(v) = vars("AGORA_MDNS") {
+            self.mdns = match v.as_str() {
+                "1" | "true" | "on" => true,
+                "0" | "false" | "off" => false,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "AGORA_MDNS".into(),
+                        message: format!("expected true or false, got {other:?}"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = vars("AGORA_CACHE_QUOTA") {
+            self.cache_quota = v.parse().map_err(|e| ConfigError::Env {
+                var: "AGORA_CACHE_QUOTA".into(),
+                message: format!("expected a number of bytes: {e}"),
+            })?;
+        }
+        if let Some(v) = vars("AGORA_LOG") {
+            self.log_level = v;
+        }
+        Ok(())
+    }
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    vec![
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}")
+            .parse()
+            .expect("a valid multiaddr"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1")
+            .parse()
+            .expect("a valid multiaddr"),
+    ]
+}
+
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            len,
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(dir: &Path) -> PathEnv {
+        PathEnv {
+            agora_home: Some(dir.to_owned()),
+            ..PathEnv::default()
+        }
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "listen = [\"/ip4/127.0.0.1/tcp/5000\"]\nmdns = false\ncache_quota = 100\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.listen, vec!["/ip4/127.0.0.1/tcp/5000".parse().unwrap()]);
+        assert_eq!(
+            (c.mdns, c.cache_quota, c.log_level.as_str()),
+            (false, 100, "debug")
+        );
+
+        let vars = |k: &str| match k {
+            "AGORA_CACHE_QUOTA" => Some("200".to_string()),
+            "AGORA_LISTEN" => Some("/ip4/127.0.0.1/tcp/6000, /ip4/127.0.0.1/tcp/6001".into()),
+            _ => None,
+        };
+        let c = Config::load(&home(dir.path()), vars, Flags::default()).unwrap();
+        assert_eq!((c.cache_quota, c.listen.len()), (200, 2));
+
+        let flags = Flags {
+            cache_quota: Some(300),
+            listen: vec!["/ip4/127.0.0.1/tcp/7000".parse().unwrap()],
+            ..Flags::default()
+        };
+        let c = Config::load(&home(dir.path()), vars, flags).unwrap();
+        assert_eq!(c.cache_quota, 300);
+        assert_eq!(c.listen, vec!["/ip4/127.0.0.1/tcp/7000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_missing_file_means_defaults_but_a_bad_one_is_an_error_with_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert!(c.mdns);
+
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "mdns = true\nbootstrap = [\"/ip4/1.2.3.4/tcp/x\"]\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2:14: invalid multiaddr: failed to parse: invalid digit found in string",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "mdns = true\nlisten_on = []\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}:2:1: unknown field `listen_on`",
+                path.display()
+            )),
+            "{err}"
+        );
+
+        let flags = Flags {
+            config_file: Some(dir.path().join("absent.toml")),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            Config::load(&home(dir.path()), |_| None, flags),
+            Err(ConfigError::Io { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        let err = Config::load(
+            &home(dir.path()),
+            |k| (k == "AGORA_MDNS").then(|| "maybe".into()),
+            Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable AGORA_MDNS: expected true or false, got \"maybe\""
+        );
+    }
+}
