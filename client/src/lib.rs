@@ -1,7 +1,233 @@
-//! `agora-client`: the typed client of the `agorad` Unix socket and the `agora` CLI.
+//! `agora-client`: the typed client of the `agorad` Unix socket, the safe archive unpacker and
+//! the lockfile, used by the `agora` CLI (and by anything else that wants to drive a node).
 //!
 //! The socket protocol (frames, handshake, requests and responses) is defined in
-//! [`agora_protocol::ipc`]; the client that speaks it over a Unix socket lands with the
-//! daemon's IPC server.
+//! [`agora_protocol::ipc`]. The client is blocking: one request at a time per connection, so a
+//! CLI needs no async runtime.
 
+pub mod lockfile;
+pub mod unpack;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use agora_protocol::codec::Wire;
 pub use agora_protocol::ipc;
+use agora_protocol::ipc::{
+    ClientMessage, FRAME_HEADER_LEN, FetchedInfo, IPC_PROTOCOL_VERSION, IpcError, PeerInfo,
+    Progress, PublishedInfo, ReleaseInfo, Request, Response, ServerMessage, StatusInfo,
+    VersionEntry,
+};
+use agora_protocol::search::{SearchQuery, SearchResults};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agorad is running on {}", .path.display())]
+    NoDaemon { path: PathBuf },
+    #[error("talking to agorad: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("agorad sent something this client does not understand: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Daemon(IpcError),
+}
+
+/// A connection to a running daemon.
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+    /// The daemon's version, from the handshake.
+    pub daemon_version: String,
+}
+
+impl Client {
+    /// Connects to the socket at `path` and does the version handshake.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => ClientError::NoDaemon {
+                path: path.to_owned(),
+            },
+            _ => ClientError::Io(e),
+        })?;
+        let mut client = Self {
+            stream,
+            next_id: 1,
+            daemon_version: String::new(),
+        };
+        client.send(&ClientMessage::Hello {
+            protocol: IPC_PROTOCOL_VERSION,
+            client: format!("agora {}", env!("CARGO_PKG_VERSION")),
+        })?;
+        match client.receive()? {
+            ServerMessage::Hello { protocol, daemon } if protocol == IPC_PROTOCOL_VERSION => {
+                client.daemon_version = daemon;
+                Ok(client)
+            }
+            ServerMessage::Response { result: Err(e), .. } => Err(ClientError::Daemon(e)),
+            other => Err(ClientError::Protocol(format!(
+                "expected a handshake, got {other:?}"
+            ))),
+        }
+    }
+
+    fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+        let bytes = ipc::frame(&msg.to_wire()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.stream.write_all(&bytes)?;
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<ServerMessage, ClientError> {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        self.stream.read_exact(&mut header)?;
+        let len = ipc::frame_len(header).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut payload = vec![0; len];
+        self.stream.read_exact(&mut payload)?;
+        ServerMessage::from_wire(&payload).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends a request and waits for its response, passing progress events to `on_progress`.
+    pub fn call_with_progress(
+        &mut self,
+        request: Request,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&ClientMessage::Request { id, request })?;
+        loop {
+            match self.receive()? {
+                ServerMessage::Progress { id: got, progress } if got == id => {
+                    on_progress(&progress)
+                }
+                ServerMessage::Response { id: got, result } if got == id || got == 0 => {
+                    return result.map_err(ClientError::Daemon);
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected message {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        self.call_with_progress(request, |_| {})
+    }
+
+    pub fn status(&mut self) -> Result<StatusInfo, ClientError> {
+        match self.call(Request::Status)? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn peers(&mut self) -> Result<Vec<PeerInfo>, ClientError> {
+        match self.call(Request::Peers)? {
+            Response::Peers(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn connect_peer(&mut self, addr: &str) -> Result<String, ClientError> {
+        match self.call(Request::Connect { addr: addr.into() })? {
+            Response::Connected { peer_id } => Ok(peer_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn shutdown(&mut self) -> Result<(), ClientError> {
+        match self.call(Request::Shutdown)? {
+            Response::ShuttingDown => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn keygen(&mut self) -> Result<String, ClientError> {
+        match self.call(Request::Keygen)? {
+            Response::Key { publisher } => Ok(publisher),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn publish(
+        &mut self,
+        dir: &Path,
+        dry_run: bool,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<PublishedInfo, ClientError> {
+        let request = Request::Publish {
+            dir: dir.display().to_string(),
+            dry_run,
+        };
+        match self.call_with_progress(request, on_progress)? {
+            Response::Published(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn search(&mut self, query: SearchQuery) -> Result<SearchResults, ClientError> {
+        match self.call(Request::Search(query))? {
+            Response::Search(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn info(&mut self, name: &str, req: Option<&str>) -> Result<ReleaseInfo, ClientError> {
+        match self.call(Request::Info {
+            name: name.into(),
+            req: req.map(str::to_owned),
+        })? {
+            Response::Release(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn versions(&mut self, name: &str) -> Result<Vec<VersionEntry>, ClientError> {
+        match self.call(Request::Versions { name: name.into() })? {
+            Response::Versions(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn resolve(&mut self, roots: &[String]) -> Result<Vec<ReleaseInfo>, ClientError> {
+        match self.call(Request::Resolve {
+            roots: roots.to_vec(),
+        })? {
+            Response::Resolved(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn fetch(
+        &mut self,
+        name: &str,
+        version: &str,
+        on_progress: impl FnMut(&Progress),
+    ) -> Result<FetchedInfo, ClientError> {
+        let request = Request::Fetch {
+            name: name.into(),
+            version: version.into(),
+        };
+        match self.call_with_progress(request, on_progress)? {
+            Response::Fetched(f) => Ok(f),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn yank(&mut self, name: &str, version: &str, reason: &str) -> Result<(), ClientError> {
+        match self.call(Request::Yank {
+            name: name.into(),
+            version: version.into(),
+            reason: reason.into(),
+        })? {
+            Response::Yanked => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {r:?}"))
+}

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod index;
+pub mod ipc;
 pub mod keys;
 pub mod network;
 pub mod node;

@@ -1,26 +1,43 @@
-//! `agorad`: runs an Agora node in the foreground until SIGINT or SIGTERM.
+//! `agorad`: runs an Agora node in the foreground until SIGINT, SIGTERM or `agora node stop`.
+//!
+//! Start-up: configuration (file, environment, flags), logs (stderr and a daily-rotated file
+//! in the data directory), the IPC socket (refused if a live daemon holds it), the node with
+//! its persistent identity, listening, bootstrap. Shutdown: stop accepting IPC, remove the
+//! socket, stop the node and persist what is only in memory.
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::Parser;
-use libp2p::{Multiaddr, identity, multiaddr::Protocol};
+use libp2p::{Multiaddr, multiaddr::Protocol};
+use tokio::sync::Notify;
 use tracing::{info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
-use std::path::PathBuf;
-
+use agora_daemon::config::{Config, Flags};
+use agora_daemon::ipc::{Context, IpcListener};
 use agora_daemon::network::NetworkConfig;
 use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::RegistryConfig;
+use agora_protocol::paths::PathEnv;
 
-/// Default TCP and QUIC port for Agora nodes.
-const DEFAULT_PORT: u16 = 4101;
+/// Daily log files kept in the data directory.
+const LOG_FILES_KEPT: usize = 7;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "agorad",
     version,
-    about = "The Agora peer-to-peer package marketplace node"
+    about = "The Agora peer-to-peer package marketplace node",
+    after_help = "Files: AGORA_HOME=DIR keeps config.toml, data/, keys/ and agorad.sock of one \
+                  node under DIR; AGORA_SOCKET overrides the socket path."
 )]
 struct Args {
+    /// Config file (default: config.toml in the config directory).
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address to listen on (repeatable). Default: TCP and QUIC on port 4101, all interfaces.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -30,62 +47,92 @@ struct Args {
     /// Do not discover peers on the local network with mDNS.
     #[arg(long)]
     no_mdns: bool,
-    /// Where the catalog, the search index and the archives live. Default: `$AGORA_HOME/data`
-    /// if AGORA_HOME is set, else the platform data directory (~/.local/share/agora).
-    #[arg(long, env = "AGORA_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     /// Bytes of fetched archives to keep before evicting the least recently used.
-    #[arg(long, value_name = "BYTES", default_value_t = agora_daemon::registry::DEFAULT_CACHE_QUOTA)]
-    cache_quota: u64,
+    #[arg(long, value_name = "BYTES")]
+    cache_quota: Option<u64>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, env = "AGORA_LOG", default_value = "info")]
-    log_level: String,
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .with_context(|| format!("while parsing --log-level {:?}", args.log_level))?,
+    let flags = Flags {
+        config_file: args.config,
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        no_mdns: args.no_mdns,
+        cache_quota: args.cache_quota,
+        log_level: args.log_level,
+    };
+    let config = match Config::load(&PathEnv::from_process(), |k| std::env::var(k).ok(), flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("hint: fix the configuration, or run 'agorad --help' for the flags");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(config)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let paths = config.paths.clone();
+    std::fs::create_dir_all(&paths.data_dir)
+        .with_context(|| format!("while creating {}", paths.data_dir.display()))?;
+    let file_log = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("agorad")
+        .filename_suffix("log")
+        .max_log_files(LOG_FILES_KEPT)
+        .build(&paths.data_dir)
+        .context("while opening the log file")?;
+    let filter = || {
+        EnvFilter::try_new(&config.log_level)
+            .with_context(|| format!("while parsing the log level {:?}", config.log_level))
+    };
+    tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()?),
         )
-        .with_writer(std::io::stderr)
+        .with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(file_log)
+                .with_filter(filter()?),
+        )
         .init();
 
-    let mut network = NetworkConfig::new(identity::Keypair::generate_ed25519());
-    network.enable_mdns = !args.no_mdns;
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
-        None => default_data_dir()?,
-    };
-    let mut registry = RegistryConfig::new(&data_dir);
-    registry.cache_quota = args.cache_quota;
+    let listener = IpcListener::bind(&paths.socket).with_context(|| {
+        format!(
+            "while claiming the socket {} (is another agorad using this AGORA_HOME?)",
+            paths.socket.display()
+        )
+    })?;
+    let keypair = agora_daemon::keys::node_identity(&paths.keys_dir)
+        .context("while loading the node identity")?;
+    let mut network = NetworkConfig::new(keypair);
+    network.enable_mdns = config.mdns;
+    let mut registry = RegistryConfig::new(&paths.data_dir);
+    registry.cache_quota = config.cache_quota;
+    registry.trust = config.trust.clone();
     let node = Node::start(NodeConfig { network, registry })
         .await
-        .with_context(|| {
-            format!(
-                "while starting the node with data in {}",
-                data_dir.display()
-            )
-        })?;
-    info!(
-        peer_id = %node.network.peer_id(),
-        version = env!("CARGO_PKG_VERSION"),
-        data_dir = %data_dir.display(),
-        records = node.registry.catalog_len(),
-        "agorad starting"
-    );
+        .with_context(|| format!("while starting the node in {}", paths.data_dir.display()))?;
 
-    let listen = if args.listen.is_empty() {
-        vec![
-            format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}").parse()?,
-            format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1").parse()?,
-        ]
-    } else {
-        args.listen
-    };
-    for addr in listen {
+    for addr in &config.listen {
         let bound = node
             .network
             .listen(addr.clone())
@@ -93,33 +140,45 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("while listening on {addr}"))?;
         info!(address = %bound.with(Protocol::P2p(node.network.peer_id())), "listening");
     }
-    for addr in &args.bootstrap {
+    for addr in &config.bootstrap {
         match node.network.dial(addr.clone()).await {
             Ok(peer) => info!(%peer, %addr, "connected to bootstrap peer"),
             Err(e) => warn!(%addr, error = %e, "bootstrap peer unreachable"),
         }
     }
-    if !args.bootstrap.is_empty()
+    if !config.bootstrap.is_empty()
         && let Err(e) = node.network.bootstrap().await
     {
         warn!(error = %e, "DHT bootstrap did not complete");
     }
 
-    wait_for_signal().await?;
+    let shutdown = Arc::new(Notify::new());
+    let ctx = Arc::new(Context {
+        registry: node.registry.clone(),
+        paths: paths.clone(),
+        shutdown: shutdown.clone(),
+    });
+    info!(
+        peer_id = %node.network.peer_id(),
+        socket = %paths.socket.display(),
+        data_dir = %paths.data_dir.display(),
+        records = node.registry.catalog_len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "agorad ready"
+    );
+    let server = tokio::spawn(listener.serve(ctx));
+
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        _ = shutdown.notified() => info!("stop requested over IPC"),
+    }
     info!("shutting down");
+    // Stop accepting first; dropping the listener removes the socket.
+    server.abort();
+    let _ = server.await;
     node.shutdown().await;
     info!("stopped");
     Ok(())
-}
-
-/// `$AGORA_HOME/data`, or the platform's data directory for Agora.
-fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(home) = std::env::var_os("AGORA_HOME") {
-        return Ok(PathBuf::from(home).join("data"));
-    }
-    directories::ProjectDirs::from("", "", "agora")
-        .map(|d| d.data_dir().to_owned())
-        .context("no home directory to keep data in; set AGORA_HOME or --data-dir")
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::impl_wire;
-use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_STRING_LEN};
+use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
+use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
 pub const IPC_PROTOCOL_VERSION: u32 = 1;
@@ -55,6 +56,7 @@ pub enum ClientMessage {
 }
 
 /// Daemon → client.
+#[allow(clippy::large_enum_variant)] // One message at a time on a local socket; boxing buys nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     Hello {
@@ -82,6 +84,38 @@ pub enum Request {
     },
     /// Stop the daemon gracefully.
     Shutdown,
+    /// Create this node's publisher key (refused if one exists).
+    Keygen,
+    /// Pack, sign and publish the package in `dir` (an absolute path). With `dry_run`, only
+    /// check and pack it.
+    Publish {
+        dir: String,
+        dry_run: bool,
+    },
+    Search(SearchQuery),
+    /// The newest installable release of `name` matching `req` (any version if `None`), or an
+    /// exact version when `req` is `=x.y.z`.
+    Info {
+        name: String,
+        req: Option<String>,
+    },
+    Versions {
+        name: String,
+    },
+    /// Resolve `name` / `name@req` roots and their dependencies to exact releases.
+    Resolve {
+        roots: Vec<String>,
+    },
+    /// Make the archive of exactly `name@version` local; answers with its path.
+    Fetch {
+        name: String,
+        version: String,
+    },
+    Yank {
+        name: String,
+        version: String,
+        reason: String,
+    },
 }
 
 /// The daemon's answer to one request.
@@ -91,6 +125,14 @@ pub enum Response {
     Peers(Vec<PeerInfo>),
     Connected { peer_id: String },
     ShuttingDown,
+    Key { publisher: String },
+    Published(PublishedInfo),
+    Search(SearchResults),
+    Release(ReleaseInfo),
+    Versions(Vec<VersionEntry>),
+    Resolved(Vec<ReleaseInfo>),
+    Fetched(FetchedInfo),
+    Yanked,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,13 +141,69 @@ pub struct StatusInfo {
     pub listen_addrs: Vec<String>,
     pub peers: u32,
     pub catalog_size: u64,
+    pub packages: u64,
     pub version: String,
+    /// The publisher key of this node, if one was created.
+    pub publisher: Option<String>,
+    pub data_dir: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerInfo {
     pub peer_id: String,
-    pub addrs: Vec<String>,
+    /// Reputation score (higher is better; banned peers have none).
+    pub score: Option<f64>,
+}
+
+/// One release, as the CLI shows and locks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub category: Option<String>,
+    pub author: Option<String>,
+    pub license: Option<String>,
+    pub repository: Option<String>,
+    pub tags: Vec<String>,
+    pub keywords: Vec<String>,
+    /// `name` or `name@req`.
+    pub dependencies: Vec<String>,
+    /// SHA-256 of the archive, hex.
+    pub sha256: String,
+    pub size: u64,
+    /// Publisher key, hex.
+    pub publisher: String,
+    pub published_at: u64,
+    pub record_id: String,
+    pub yanked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: String,
+    pub yanked: bool,
+    pub equivocated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedInfo {
+    pub release: ReleaseInfo,
+    /// False for a dry run.
+    pub published: bool,
+    /// False when no peer was subscribed yet (peers get it by sync).
+    pub gossiped: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedInfo {
+    /// Absolute path of the verified archive in the daemon's store.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub cached: bool,
+    /// Providers that delivered chunks.
+    pub providers: Vec<String>,
 }
 
 /// Progress of a long operation.
@@ -122,8 +220,18 @@ pub enum IpcError {
     VersionMismatch { client: u32, daemon: u32 },
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("not found: {0}")]
+    #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the catalog's trust rules or its state (not the owner,
+    /// already published, older than the newest version, equivocated).
+    #[error("{0}")]
+    Refused(String),
+    /// The package directory or its manifest is wrong.
+    #[error("{0}")]
+    Package(String),
+    /// This node has no publisher key yet.
+    #[error("{0}")]
+    NoKey(String),
     #[error("network error: {0}")]
     Network(String),
     #[error("daemon error: {0}")]
@@ -140,13 +248,46 @@ fn check_string(s: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn check_request(r: &Request) -> Result<(), String> {
+    match r {
+        Request::Status | Request::Peers | Request::Shutdown | Request::Keygen => Ok(()),
+        Request::Connect { addr } => check_string(addr, "address"),
+        Request::Publish { dir, .. } => check_string(dir, "directory"),
+        Request::Search(q) => q.check(),
+        Request::Info { name, req } => {
+            check_string(name, "name")?;
+            req.as_deref()
+                .map_or(Ok(()), |r| check_string(r, "requirement"))
+        }
+        Request::Versions { name } => check_string(name, "name"),
+        Request::Resolve { roots } => {
+            if roots.len() > MAX_IPC_LIST_LEN {
+                return Err(format!(
+                    "{} roots; the limit is {MAX_IPC_LIST_LEN}",
+                    roots.len()
+                ));
+            }
+            roots.iter().try_for_each(|r| check_string(r, "root"))
+        }
+        Request::Fetch { name, version } => {
+            check_string(name, "name")?;
+            check_string(version, "version")
+        }
+        Request::Yank {
+            name,
+            version,
+            reason,
+        } => {
+            check_string(name, "name")?;
+            check_string(version, "version")?;
+            check_string(reason, "reason")
+        }
+    }
+}
+
 impl_wire!(ClientMessage, MAX_IPC_FRAME_BYTES, |m| match m {
     ClientMessage::Hello { client, .. } => check_string(client, "client name"),
-    ClientMessage::Request {
-        request: Request::Connect { addr },
-        ..
-    } => check_string(addr, "address"),
-    ClientMessage::Request { .. } => Ok(()),
+    ClientMessage::Request { request, .. } => check_request(request),
 });
 
 impl_wire!(ServerMessage, MAX_IPC_FRAME_BYTES, |_m| Ok(()));

@@ -83,3 +83,5 @@ pub const MAX_SEARCH_LIMIT: u32 = 1000;
 pub const MAX_IPC_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Longest string field in an IPC request (queries, paths, multiaddrs).
 pub const MAX_IPC_STRING_LEN: usize = 4096;
+/// Most items in a list field of an IPC request (resolution roots).
+pub const MAX_IPC_LIST_LEN: usize = 1024;

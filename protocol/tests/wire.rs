@@ -200,9 +200,16 @@ proptest! {
         round_trip(&ClientMessage::Hello { protocol: ipc::IPC_PROTOCOL_VERSION, client: "agora".into() });
         round_trip(&ClientMessage::Request { id, request: Request::Connect { addr: addr.clone() } });
         round_trip(&ClientMessage::Request { id, request: Request::Status });
-        let status = StatusInfo { peer_id: "p".into(), listen_addrs: vec![addr.clone()], peers, catalog_size: 3, version: "0.1.0".into() };
+        let status = StatusInfo {
+            peer_id: "p".into(), listen_addrs: vec![addr.clone()], peers, catalog_size: 3, packages: 2,
+            version: "0.1.0".into(), publisher: Some("ab".repeat(32)), data_dir: addr.clone(),
+        };
+        round_trip(&ClientMessage::Request { id, request: Request::Publish { dir: addr.clone(), dry_run: true } });
+        round_trip(&ClientMessage::Request { id, request: Request::Search(agora_protocol::search::SearchQuery::text(&addr[..addr.len().min(200)])) });
+        round_trip(&ClientMessage::Request { id, request: Request::Resolve { roots: vec![addr.clone()] } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::Status(status)) });
-        round_trip(&ServerMessage::Response { id, result: Err(IpcError::NotFound(addr)) });
+        round_trip(&ServerMessage::Response { id, result: Err(IpcError::NotFound(addr.clone())) });
+        round_trip(&ServerMessage::Response { id, result: Err(IpcError::Refused(addr)) });
         let framed = ipc::frame(&ClientMessage::Request { id, request: Request::Peers }.to_wire()).unwrap();
         let len = ipc::frame_len(framed[..4].try_into().unwrap()).unwrap();
         prop_assert_eq!(len, framed.len() - 4);

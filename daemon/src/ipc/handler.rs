@@ -1,0 +1,302 @@
+//! Answers IPC requests from the registry and the network, and turns every failure into an
+//! [`IpcError`] whose kind tells the CLI what to suggest.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agora_protocol::ipc::{
+    FetchedInfo, IpcError, PeerInfo, Progress, PublishedInfo, ReleaseInfo, Request, Response,
+    ServerMessage, StatusInfo, VersionEntry,
+};
+use agora_protocol::paths::Paths;
+use agora_protocol::records::{ArchiveInfo, ReleaseRecord};
+use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
+use tokio::sync::{Notify, mpsc};
+
+use crate::keys::{self, KeyFileError};
+use crate::registry::resolve::ResolveError;
+use crate::registry::{Registry, RegistryError, archive};
+
+/// What request handlers can reach.
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub paths: Paths,
+    /// Notified when a client asks the daemon to stop.
+    pub shutdown: Arc<Notify>,
+}
+
+type Outbox = mpsc::Sender<ServerMessage>;
+
+async fn progress(out: &Outbox, id: u64, step: &str) {
+    let _ = out
+        .send(ServerMessage::Progress {
+            id,
+            progress: Progress::Step(step.into()),
+        })
+        .await;
+}
+
+fn bad(e: impl std::fmt::Display) -> IpcError {
+    IpcError::BadRequest(e.to_string())
+}
+
+fn name(s: &str) -> Result<PackageName, IpcError> {
+    s.parse().map_err(bad)
+}
+
+fn version(s: &str) -> Result<Version, IpcError> {
+    s.parse()
+        .map_err(|e| bad(format!("invalid version {s:?}: {e}")))
+}
+
+impl From<RegistryError> for IpcError {
+    fn from(e: RegistryError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RegistryError::NotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::NoMatchingVersion { .. }
+            | RegistryError::Resolve(ResolveError::Missing { .. }) => Self::NotFound(msg),
+            RegistryError::Equivocated { .. }
+            | RegistryError::AlreadyPublished { .. }
+            | RegistryError::NotNewer { .. }
+            | RegistryError::Trust(_)
+            | RegistryError::Resolve(_) => Self::Refused(msg),
+            RegistryError::Pack(_) => Self::Package(msg),
+            RegistryError::Network(_) | RegistryError::Fetch(_) => Self::Network(msg),
+            RegistryError::Record(_)
+            | RegistryError::Store(_)
+            | RegistryError::Index(_)
+            | RegistryError::Internal(_) => Self::Internal(msg),
+        }
+    }
+}
+
+fn key_error(e: KeyFileError) -> IpcError {
+    match e {
+        KeyFileError::NoPublisherKey { .. } => IpcError::NoKey(e.to_string()),
+        KeyFileError::Exists { .. } => IpcError::Refused(e.to_string()),
+        other => IpcError::Internal(other.to_string()),
+    }
+}
+
+/// A release as the CLI shows it.
+pub fn release_info(r: &ReleaseRecord, yanked: bool) -> ReleaseInfo {
+    let b = &r.body;
+    ReleaseInfo {
+        name: b.name.to_string(),
+        version: b.version.to_string(),
+        description: b.meta.description.clone(),
+        category: b.meta.category.clone(),
+        author: b.meta.author.clone(),
+        license: b.meta.license.clone(),
+        repository: b.meta.repository.clone(),
+        tags: b.meta.tags.clone(),
+        keywords: b.meta.keywords.clone(),
+        dependencies: b.dependencies.iter().map(ToString::to_string).collect(),
+        sha256: b.archive.id.to_hex(),
+        size: b.archive.size,
+        publisher: b.publisher.to_hex(),
+        published_at: b.published_at,
+        record_id: r.id().to_hex(),
+        yanked,
+    }
+}
+
+fn yanked(registry: &Registry, r: &ReleaseRecord) -> bool {
+    registry
+        .versions(&r.body.name)
+        .map(|vs| vs.iter().any(|v| v.version == r.body.version && v.yanked))
+        .unwrap_or(false)
+}
+
+/// Answers one request.
+pub async fn handle(
+    ctx: &Context,
+    id: u64,
+    request: Request,
+    out: &Outbox,
+) -> Result<Response, IpcError> {
+    let registry = &ctx.registry;
+    let net = registry.network();
+    let network = |e: crate::network::NetworkError| IpcError::Network(e.to_string());
+    match request {
+        Request::Status => {
+            let info = net.info().await.map_err(network)?;
+            Ok(Response::Status(StatusInfo {
+                peer_id: info.peer_id.to_string(),
+                listen_addrs: info.listen_addrs.iter().map(ToString::to_string).collect(),
+                peers: info.connected_peers.len() as u32,
+                catalog_size: registry.catalog_len() as u64,
+                packages: registry.package_count() as u64,
+                version: env!("CARGO_PKG_VERSION").into(),
+                publisher: keys::publisher_key(&ctx.paths.keys_dir)
+                    .ok()
+                    .map(|k| k.public().to_hex()),
+                data_dir: ctx.paths.data_dir.display().to_string(),
+            }))
+        }
+        Request::Peers => {
+            let peers = net.peers().await.map_err(network)?;
+            Ok(Response::Peers(
+                peers
+                    .into_iter()
+                    .map(|p| {
+                        let score = registry.reputation_of(&p).1;
+                        PeerInfo {
+                            peer_id: p.to_string(),
+                            score: score.is_finite().then_some(score),
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        Request::Connect { addr } => {
+            let addr: libp2p::Multiaddr = addr
+                .parse()
+                .map_err(|e| bad(format!("invalid multiaddr {addr:?}: {e}")))?;
+            let peer = net.dial(addr).await.map_err(network)?;
+            Ok(Response::Connected {
+                peer_id: peer.to_string(),
+            })
+        }
+        Request::Shutdown => {
+            ctx.shutdown.notify_one();
+            Ok(Response::ShuttingDown)
+        }
+        Request::Keygen => {
+            let dir = ctx.paths.keys_dir.clone();
+            let secret = tokio::task::spawn_blocking(move || keys::generate_publisher_key(&dir))
+                .await
+                .map_err(|e| IpcError::Internal(e.to_string()))?
+                .map_err(key_error)?;
+            Ok(Response::Key {
+                publisher: secret.public().to_hex(),
+            })
+        }
+        Request::Publish { dir, dry_run } => {
+            let dir = PathBuf::from(dir);
+            if !dir.is_absolute() {
+                return Err(bad(format!("{} is not an absolute path", dir.display())));
+            }
+            let secret = keys::publisher_key(&ctx.paths.keys_dir).map_err(key_error)?;
+            if dry_run {
+                progress(out, id, "packing").await;
+                let d = dir.clone();
+                let (manifest, data) = tokio::task::spawn_blocking(move || {
+                    Ok::<_, RegistryError>((archive::read_manifest(&d)?, archive::pack(&d)?))
+                })
+                .await
+                .map_err(|e| IpcError::Internal(e.to_string()))??;
+                let archive =
+                    ArchiveInfo::describe(&data, agora_protocol::limits::DEFAULT_CHUNK_SIZE);
+                let release = ReleaseInfo {
+                    name: manifest.name.to_string(),
+                    version: manifest.version.to_string(),
+                    description: manifest.meta.description.clone(),
+                    category: manifest.meta.category.clone(),
+                    author: manifest.meta.author.clone(),
+                    license: manifest.meta.license.clone(),
+                    repository: manifest.meta.repository.clone(),
+                    tags: manifest.meta.tags.clone(),
+                    keywords: manifest.meta.keywords.clone(),
+                    dependencies: manifest
+                        .dependencies
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    sha256: archive.id.to_hex(),
+                    size: archive.size,
+                    publisher: secret.public().to_hex(),
+                    published_at: 0,
+                    record_id: String::new(),
+                    yanked: false,
+                };
+                return Ok(Response::Published(PublishedInfo {
+                    release,
+                    published: false,
+                    gossiped: false,
+                }));
+            }
+            progress(out, id, "packing, signing and storing").await;
+            let published = registry.publish(dir, &secret).await?;
+            Ok(Response::Published(PublishedInfo {
+                release: release_info(&published.record, false),
+                published: true,
+                gossiped: published.gossiped,
+            }))
+        }
+        Request::Search(query) => {
+            let reg = registry.clone();
+            let results = tokio::task::spawn_blocking(move || reg.search(&query))
+                .await
+                .map_err(|e| IpcError::Internal(e.to_string()))??;
+            Ok(Response::Search(results))
+        }
+        Request::Info { name: n, req } => {
+            let n = name(&n)?;
+            let req = match req.as_deref() {
+                None => VersionReq::STAR,
+                Some(r) => agora_protocol::dependency::parse_req(r).map_err(bad)?,
+            };
+            let record = registry.get(&n, &req)?;
+            let y = yanked(registry, &record);
+            Ok(Response::Release(release_info(&record, y)))
+        }
+        Request::Versions { name: n } => {
+            let versions = registry.versions(&name(&n)?)?;
+            Ok(Response::Versions(
+                versions
+                    .into_iter()
+                    .map(|v| VersionEntry {
+                        version: v.version.to_string(),
+                        yanked: v.yanked,
+                        equivocated: v.equivocated,
+                    })
+                    .collect(),
+            ))
+        }
+        Request::Resolve { roots } => {
+            let roots: Vec<Dependency> = roots
+                .iter()
+                .map(|r| r.parse().map_err(bad))
+                .collect::<Result<_, _>>()?;
+            let resolved = registry.resolve(&roots)?;
+            let mut out = Vec::with_capacity(resolved.len());
+            for p in resolved {
+                let record = registry.release(&p.name, &p.version)?;
+                out.push(release_info(&record, false));
+            }
+            Ok(Response::Resolved(out))
+        }
+        Request::Fetch {
+            name: n,
+            version: v,
+        } => {
+            progress(out, id, "fetching").await;
+            let fetched = registry.fetch(&name(&n)?, &version(&v)?).await?;
+            Ok(Response::Fetched(FetchedInfo {
+                path: fetched.path.display().to_string(),
+                sha256: ContentId::to_hex(&fetched.content),
+                size: fetched.size,
+                cached: fetched.cached,
+                providers: fetched
+                    .served_by
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect(),
+            }))
+        }
+        Request::Yank {
+            name: n,
+            version: v,
+            reason,
+        } => {
+            let secret = keys::publisher_key(&ctx.paths.keys_dir).map_err(key_error)?;
+            registry
+                .yank(&name(&n)?, &version(&v)?, reason, &secret)
+                .await?;
+            Ok(Response::Yanked)
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The local IPC server: a Unix socket the `agora` CLI talks to.
+//!
+//! The socket's directory is 0700 and the socket 0600; every connection's peer uid is checked
+//! with `SO_PEERCRED` and must be ours. Binding refuses a symlink at the socket path and a
+//! socket a live daemon answers on, and replaces a stale one. Each connection starts with a
+//! version handshake, then carries length-prefixed frames (bounded by
+//! [`MAX_IPC_FRAME_BYTES`](agora_protocol::limits::MAX_IPC_FRAME_BYTES)): requests in, progress
+//! and one response per request out. Connections are served concurrently; a bad frame ends
+//! its connection with a typed error and touches nothing else.
+
+pub mod handler;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agora_protocol::codec::Wire;
+use agora_protocol::ipc::{
+    self, ClientMessage, FRAME_HEADER_LEN, IPC_PROTOCOL_VERSION, IpcError, ServerMessage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+pub use handler::Context;
+
+/// Frames queued to one client before the handler waits for the client to read.
+const OUTBOX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another agorad is running on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("{} is a symlink; refusing to use it as the socket", .0.display())]
+    Symlink(PathBuf),
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
+    move |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A bound socket; removed from the file system when dropped.
+pub struct IpcListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl IpcListener {
+    /// Claims the socket path. Must run inside a tokio runtime.
+    pub fn bind(path: &Path) -> Result<Self, BindError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(BindError::Symlink(path.to_owned()));
+            }
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(BindError::NotASocket(path.to_owned()));
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(BindError::AlreadyRunning(path.to_owned())),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    info!(socket = %path.display(), "replacing a stale socket");
+                    fs::remove_file(path).map_err(io(path))?;
+                }
+                Err(e) => return Err(io(path)(e)),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io(path)(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(io(path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts and serves connections until the task is dropped or aborted.
+    pub async fn serve(self, ctx: Arc<Context>) {
+        let me = rustix::process::geteuid().as_raw();
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "accepting an IPC connection failed");
+                    continue;
+                }
+            };
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == me => {}
+                Ok(cred) => {
+                    warn!(
+                        uid = cred.uid(),
+                        "refusing an IPC connection from another user"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read the IPC peer's credentials; refusing it");
+                    continue;
+                }
+            }
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_connection(stream, ctx).await {
+                    debug!(error = %e, "IPC connection ended");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for IpcListener {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Reads one frame's payload.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Vec<u8>, ConnError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    r.read_exact(&mut header).await?;
+    let len = ipc::frame_len(header).map_err(|e| ConnError::Frame(e.to_string()))?;
+    let mut payload = vec![0; len];
+    r.read_exact(&mut payload).await?;
+    Ok(payload)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(String),
+}
+
+async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), ConnError> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (out, mut outbox) = mpsc::channel::<ServerMessage>(OUTBOX);
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = outbox.recv().await {
+            let Ok(bytes) = ipc::frame(&msg.to_wire()) else {
+                warn!("an IPC response exceeds the frame limit; dropping it");
+                continue;
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+
+    let result = async {
+        let hello = ClientMessage::from_wire(&read_frame(&mut reader).await?);
+        match hello {
+            Ok(ClientMessage::Hello { protocol, .. }) if protocol == IPC_PROTOCOL_VERSION => {
+                let _ = out
+                    .send(ServerMessage::Hello {
+                        protocol: IPC_PROTOCOL_VERSION,
+                        daemon: env!("CARGO_PKG_VERSION").into(),
+                    })
+                    .await;
+            }
+            Ok(ClientMessage::Hello { protocol, .. }) => {
+                let _ = out
+                    .send(refusal(IpcError::VersionMismatch {
+                        client: protocol,
+                        daemon: IPC_PROTOCOL_VERSION,
+                    }))
+                    .await;
+                return Ok(());
+            }
+            Ok(ClientMessage::Request { .. }) => {
+                let _ = out
+                    .send(refusal(IpcError::BadRequest(
+                        "the first message must be Hello".into(),
+                    )))
+                    .await;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
+                return Ok(());
+            }
+        }
+        loop {
+            let payload = match read_frame(&mut reader).await {
+                Ok(p) => p,
+                Err(ConnError::Io(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(ConnError::Frame(e)) => {
+                    let _ = out.send(refusal(IpcError::BadRequest(e.clone()))).await;
+                    return Err(ConnError::Frame(e));
+                }
+                Err(e) => return Err(e),
+            };
+            match ClientMessage::from_wire(&payload) {
+                Ok(ClientMessage::Request { id, request }) => {
+                    let result = handler::handle(&ctx, id, request, &out).await;
+                    if out
+                        .send(ServerMessage::Response { id, result })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Ok(ClientMessage::Hello { .. }) => {
+                    let _ = out
+                        .send(refusal(IpcError::BadRequest("a second Hello".into())))
+                        .await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
+                    return Err(ConnError::Frame(e.to_string()));
+                }
+            }
+        }
+    }
+    .await;
+    drop(out);
+    let _ = writer_task.await;
+    result
+}
+
+/// An error answer that ends a connection (id 0: it answers no particular request).
+fn refusal(e: IpcError) -> ServerMessage {
+    ServerMessage::Response {
+        id: 0,
+        result: Err(e),
+    }
+}
