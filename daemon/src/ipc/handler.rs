@@ -239,7 +239,23 @@ pub async fn handle(
                 None => VersionReq::STAR,
                 Some(r) => agora_protocol::dependency::parse_req(r).map_err(bad)?,
             };
-            let record = registry.get(&n, &req)?;
+            // `=x.y.z` is a pin (a lockfile's): exactly that release, yanked or not.
+            let exact = match req.comparators.as_slice() {
+                [c] if c.op == semver::Op::Exact && c.minor.is_some() && c.patch.is_some() => {
+                    Some(Version {
+                        major: c.major,
+                        minor: c.minor.unwrap_or(0),
+                        patch: c.patch.unwrap_or(0),
+                        pre: c.pre.clone(),
+                        build: Default::default(),
+                    })
+                }
+                _ => None,
+            };
+            let record = match exact {
+                Some(v) => registry.release(&n, &v)?,
+                None => registry.get(&n, &req)?,
+            };
             let y = yanked(registry, &record);
             Ok(Response::Release(release_info(&record, y)))
         }

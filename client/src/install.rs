@@ -1,0 +1,331 @@
+//! Project commands: install, update, remove, list, verify. A project is a directory with
+//! `agora.lock` and `.agora/packages/<name>/`. Install resolves through the daemon, has it
+//! fetch and verify every archive, unpacks each into a temporary directory (refusing anything
+//! unsafe), checks the unpacked `package.toml` is the release it claims to be, swaps it into
+//! place with a rename, and writes the lockfile atomically at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use agora_client::Client;
+use agora_client::ipc::ReleaseInfo;
+use agora_client::lockfile::{LOCKFILE, LockedPackage, Lockfile};
+use agora_client::unpack::{self, FileHashes};
+use agora_protocol::{ContentId, Manifest};
+use serde_json::json;
+
+use crate::{Failure, explain, on_progress, print_json};
+
+fn packages_dir(project: &Path) -> PathBuf {
+    project.join(".agora").join("packages")
+}
+
+fn lock_path(project: &Path) -> PathBuf {
+    project.join(LOCKFILE)
+}
+
+fn read_lock(project: &Path) -> Result<Option<Lockfile>, Failure> {
+    Lockfile::read(&lock_path(project)).map_err(|e| {
+        Failure::new(
+            1,
+            e.to_string(),
+            "fix or delete agora.lock and install again",
+        )
+    })
+}
+
+fn write_lock(project: &Path, lock: &Lockfile) -> Result<(), Failure> {
+    lock.write(&lock_path(project)).map_err(|e| {
+        Failure::new(
+            1,
+            e.to_string(),
+            "check the project directory's permissions",
+        )
+    })
+}
+
+/// Fetches, verifies and unpacks one release; returns its lock entry.
+fn install_one(
+    client: &mut Client,
+    project: &Path,
+    r: &ReleaseInfo,
+    json: bool,
+) -> Result<LockedPackage, Failure> {
+    let fetched = client
+        .fetch(&r.name, &r.version, on_progress(json))
+        .map_err(crate::explain)?;
+    if fetched.sha256 != r.sha256 {
+        return Err(Failure::new(
+            6,
+            format!(
+                "{}@{}: the archive is {} but the release says {}",
+                r.name, r.version, fetched.sha256, r.sha256
+            ),
+            "the daemon's store may be damaged; see 'agora node logs'",
+        ));
+    }
+    let data = std::fs::read(&fetched.path)
+        .map_err(|e| Failure::new(1, format!("{}: {e}", fetched.path), "see 'agora node logs'"))?;
+    // The daemon verified it; checking again here costs little and trusts no file system.
+    if ContentId::of(&data).to_hex() != r.sha256 {
+        return Err(Failure::new(
+            6,
+            format!("{} does not hash to {}", fetched.path, r.sha256),
+            "the daemon's store may be damaged; see 'agora node logs'",
+        ));
+    }
+    let dir = packages_dir(project);
+    let staging = dir.join(format!(".new-{}", r.name));
+    let _ = std::fs::remove_dir_all(&staging);
+    let files = unpack::unpack(data.as_slice(), &staging).map_err(|e| {
+        Failure::new(
+            6,
+            format!("{}@{}: {e}", r.name, r.version),
+            "the archive was refused and nothing was installed; report the package",
+        )
+    })?;
+    if let Err(f) = check_manifest(&staging, r) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(f);
+    }
+    let target = dir.join(&r.name);
+    let old = dir.join(format!(".old-{}", r.name));
+    let _ = std::fs::remove_dir_all(&old);
+    let swap = || -> std::io::Result<()> {
+        if target.exists() {
+            std::fs::rename(&target, &old)?;
+        }
+        std::fs::rename(&staging, &target)?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    };
+    swap()
+        .map_err(|e| Failure::new(1, format!("{}: {e}", target.display()), "check permissions"))?;
+    Ok(LockedPackage {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        sha256: r.sha256.clone(),
+        publisher: r.publisher.clone(),
+        dependencies: r.dependencies.clone(),
+        files: hex_files(&files),
+    })
+}
+
+fn hex_files(files: &FileHashes) -> BTreeMap<String, String> {
+    files.iter().map(|(p, h)| (p.clone(), h.to_hex())).collect()
+}
+
+/// The archive's own `package.toml` must name the release it was published as: a record
+/// paired with another release's archive is refused.
+fn check_manifest(dir: &Path, r: &ReleaseInfo) -> Result<(), Failure> {
+    let refuse = |why: String| {
+        Failure::new(
+            6,
+            format!("{}@{}: {why}", r.name, r.version),
+            "the archive does not match its release record; report the package",
+        )
+    };
+    let text = std::fs::read_to_string(dir.join("package.toml"))
+        .map_err(|e| refuse(format!("the archive has no readable package.toml ({e})")))?;
+    let m =
+        Manifest::parse(&text).map_err(|e| refuse(format!("its package.toml is invalid: {e}")))?;
+    if m.name.as_str() != r.name || m.version.to_string() != r.version {
+        return Err(refuse(format!(
+            "the archive holds {}@{}",
+            m.name, m.version
+        )));
+    }
+    Ok(())
+}
+
+fn report(installed: &[LockedPackage], project: &Path, json: bool) {
+    if json {
+        print_json(json!({
+            "installed": installed.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256})).collect::<Vec<_>>(),
+            "lockfile": lock_path(project),
+        }));
+    } else {
+        for p in installed {
+            println!("installed {}@{}", p.name, p.version);
+        }
+    }
+}
+
+pub fn install(
+    client: &mut Client,
+    project: &Path,
+    names: &[String],
+    json: bool,
+) -> Result<(), Failure> {
+    let mut lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    let releases: Vec<ReleaseInfo> = if names.is_empty() {
+        if lock.packages.is_empty() {
+            return Err(Failure::new(
+                2,
+                format!(
+                    "nothing to install: {} lists no packages",
+                    lock_path(project).display()
+                ),
+                "name packages: agora install NAME[@REQ]",
+            ));
+        }
+        // Exactly what the lockfile says: each version pinned, archives must match.
+        let mut out = Vec::new();
+        for p in &lock.packages {
+            // `=x.y.z` names exactly one release, yanked or not.
+            let r = client
+                .info(&p.name, Some(&format!("={}", p.version)))
+                .map_err(explain)?;
+            if r.sha256 != p.sha256 {
+                return Err(Failure::new(
+                    6,
+                    format!(
+                        "{}@{} is locked to archive {} but the catalog has {}",
+                        p.name, p.version, p.sha256, r.sha256
+                    ),
+                    "someone changed the lockfile or the release; check before updating",
+                ));
+            }
+            out.push(r);
+        }
+        out
+    } else {
+        client.resolve(names).map_err(explain)?
+    };
+    let mut installed = Vec::new();
+    for r in &releases {
+        let entry = install_one(client, project, r, json)?;
+        lock.upsert(entry.clone());
+        installed.push(entry);
+    }
+    write_lock(project, &lock)?;
+    report(&installed, project, json);
+    Ok(())
+}
+
+pub fn update(
+    client: &mut Client,
+    project: &Path,
+    name: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    let roots: Vec<String> = match name {
+        Some(n) => {
+            if lock.get(n).is_none() {
+                return Err(Failure::new(
+                    4,
+                    format!("'{n}' is not installed"),
+                    "see 'agora list'",
+                ));
+            }
+            vec![n.to_string()]
+        }
+        None => lock.packages.iter().map(|p| p.name.clone()).collect(),
+    };
+    if roots.is_empty() {
+        return Err(Failure::new(
+            2,
+            "nothing is installed",
+            "install packages with 'agora install NAME'",
+        ));
+    }
+    install(client, project, &roots, json)
+}
+
+pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
+    let mut lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    if !lock.remove(name) {
+        return Err(Failure::new(
+            4,
+            format!("'{name}' is not installed"),
+            "see 'agora list'",
+        ));
+    }
+    let dir = packages_dir(project).join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| Failure::new(1, format!("{}: {e}", dir.display()), "check permissions"))?;
+    }
+    write_lock(project, &lock)?;
+    if json {
+        print_json(json!({ "removed": name }));
+    } else {
+        println!("removed {name}");
+    }
+    Ok(())
+}
+
+pub fn list(project: &Path, json: bool) -> Result<(), Failure> {
+    let lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    if json {
+        print_json(json!(lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256, "dependencies": p.dependencies})).collect::<Vec<_>>()));
+    } else if lock.packages.is_empty() {
+        println!("no packages installed");
+    } else {
+        for p in &lock.packages {
+            println!("{}@{}", p.name, p.version);
+        }
+    }
+    Ok(())
+}
+
+pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
+    let Some(lock) = read_lock(project)? else {
+        return Err(Failure::new(
+            2,
+            format!("no {} in {}", LOCKFILE, project.display()),
+            "install packages first",
+        ));
+    };
+    let mut problems: Vec<String> = Vec::new();
+    for p in &lock.packages {
+        let dir = packages_dir(project).join(&p.name);
+        if !dir.is_dir() {
+            problems.push(format!("{}: not installed", p.name));
+            continue;
+        }
+        let actual = match unpack::hash_tree(&dir) {
+            Ok(files) => hex_files(&files),
+            Err(e) => {
+                problems.push(format!("{}: {e}", p.name));
+                continue;
+            }
+        };
+        for (path, hash) in &p.files {
+            match actual.get(path) {
+                None => problems.push(format!("{}: {path} is missing", p.name)),
+                Some(h) if h != hash => problems.push(format!("{}: {path} was modified", p.name)),
+                Some(_) => {}
+            }
+        }
+        for path in actual.keys().filter(|k| !p.files.contains_key(*k)) {
+            problems.push(format!("{}: {path} was added", p.name));
+        }
+    }
+    if json {
+        print_json(
+            json!({ "ok": problems.is_empty(), "packages": lock.packages.len(), "problems": problems }),
+        );
+    } else if problems.is_empty() {
+        println!("{} packages verified", lock.packages.len());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        if !json {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+        }
+        Err(Failure::new(
+            6,
+            format!(
+                "{} installed file(s) differ from {}",
+                problems.len(),
+                LOCKFILE
+            ),
+            "reinstall exactly what the lockfile says with 'agora install'",
+        ))
+    }
+}
