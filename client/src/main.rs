@@ -7,6 +7,7 @@
 mod install;
 
 use std::io::IsTerminal;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -524,7 +525,9 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
                 .try_clone()
                 .map_err(|e| Failure::new(1, e.to_string(), ""))?;
             let bin = agorad_binary();
+            // Its own process group: a Ctrl-C meant for this terminal does not reach it.
             let mut child = std::process::Command::new(&bin)
+                .process_group(0)
                 .stdin(std::process::Stdio::null())
                 .stdout(out)
                 .stderr(err)

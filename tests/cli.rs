@@ -1,0 +1,257 @@
+//! Real processes: three `agorad` daemons on loopback, each with its own `AGORA_HOME`, joined
+//! by `bootstrap` in their config files, driven only through the `agora` binary.
+//!
+//! The binaries are the workspace's own (`target/<profile>/agora` and `agorad`), built by
+//! `cargo test --workspace` because their packages have process tests of their own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with 'cargo test --workspace'",
+        path.display()
+    );
+    path
+}
+
+/// One node: its home directory, and the daemon's pid while it runs.
+struct Daemon {
+    home: tempfile::TempDir,
+    pid: Option<i32>,
+}
+
+impl Daemon {
+    /// Writes the config and starts the daemon with `agora node start`.
+    fn start(bootstrap: Option<&str>) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let bootstrap = bootstrap.map_or(String::new(), |b| format!("\"{b}\""));
+        std::fs::write(
+            home.path().join("config.toml"),
+            format!(
+                "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nbootstrap = [{bootstrap}]\nlog_level = \"info\"\n"
+            ),
+        )
+        .unwrap();
+        let mut d = Self { home, pid: None };
+        d.launch();
+        d
+    }
+
+    fn launch(&mut self) {
+        let v = self.json(&["node", "start"]);
+        self.pid = Some(v["started"]["pid"].as_i64().unwrap() as i32);
+    }
+
+    fn agora(&self, args: &[&str]) -> Output {
+        Command::new(bin("agora"))
+            .env("AGORA_HOME", self.home.path())
+            .env_remove("AGORA_SOCKET")
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `agora --json ARGS`, expecting success, and parses its output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.agora(&all);
+        assert!(
+            out.status.success(),
+            "agora {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn address(&self) -> String {
+        let s = self.json(&["status"]);
+        format!(
+            "{}/p2p/{}",
+            s["listen_addrs"][0].as_str().unwrap(),
+            s["peer_id"].as_str().unwrap()
+        )
+    }
+
+    fn stop(&mut self) {
+        self.json(&["node", "stop"]);
+        self.pid = None;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if started.elapsed() > DEADLINE => {
+                panic!("{what}: not after {DEADLINE:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn package(dir: &Path, name: &str, version: &str, deps: &str, body: &str) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("package.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"{version}\"\ndescription = \"{name} templates\"\n\
+             category = \"starter\"\nlicense = \"MIT\"\ndependencies = [{deps}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("templates/main.tmpl"), body).unwrap();
+}
+
+#[test]
+fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart() {
+    let mut n1 = Daemon::start(None);
+    let seed = n1.address();
+    let n2 = Daemon::start(Some(&seed));
+    let mut n3 = Daemon::start(Some(&seed));
+
+    let key = n1.json(&["keygen"]);
+    assert_eq!(key["publisher"].as_str().unwrap().len(), 64);
+    let src = tempfile::tempdir().unwrap();
+    package(
+        &src.path().join("lib"),
+        "greet-lib",
+        "1.0.0",
+        "",
+        "hello {{name}}",
+    );
+    package(
+        &src.path().join("app"),
+        "greet-app",
+        "1.0.0",
+        "\"greet-lib@^1\"",
+        "app uses lib",
+    );
+    let dry = n1.json(&[
+        "publish",
+        "--dry-run",
+        src.path().join("lib").to_str().unwrap(),
+    ]);
+    assert_eq!(dry["published"], false);
+    for p in ["lib", "app"] {
+        let v = n1.json(&["publish", src.path().join(p).to_str().unwrap()]);
+        assert_eq!(v["published"], true);
+    }
+    // A second publish of the same version is refused with exit code 5.
+    let again = n1.agora(&["publish", src.path().join("app").to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(5));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr)
+            .lines()
+            .next()
+            .unwrap(),
+        "error: greet-app@1.0.0 is already published"
+    );
+
+    for node in [&n2, &n3] {
+        wait_until("the packages reach every node", || {
+            let r = node.json(&["search", "greet"]);
+            match r["total"].as_u64() {
+                Some(2) => Ok(()),
+                other => Err(format!("{other:?} hits")),
+            }
+        });
+    }
+    // Typo tolerance, end to end.
+    let r = n3.json(&["search", "gret-ap"]);
+    assert_eq!(r["hits"][0]["name"], "greet-app");
+
+    // Node 2 installs (and so fetches and provides) before node 1 goes away.
+    let q = tempfile::tempdir().unwrap();
+    n2.json(&["install", "greet-app", "--dir", q.path().to_str().unwrap()]);
+    n1.stop();
+
+    // A fresh project on node 3 installs from node 2, the only provider left.
+    let p = tempfile::tempdir().unwrap();
+    let dir = p.path().to_str().unwrap();
+    let out = n3.json(&["install", "greet-app", "--dir", dir]);
+    let installed: Vec<&str> = out["installed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(installed, ["greet-app", "greet-lib"]);
+    let app_file = p
+        .path()
+        .join(".agora/packages/greet-app/templates/main.tmpl");
+    assert_eq!(std::fs::read_to_string(&app_file).unwrap(), "app uses lib");
+    assert_eq!(
+        std::fs::read_to_string(
+            p.path()
+                .join(".agora/packages/greet-lib/templates/main.tmpl")
+        )
+        .unwrap(),
+        "hello {{name}}"
+    );
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(p.path().join("agora.lock")).unwrap()).unwrap();
+    let locked = lock["package"].as_array().unwrap();
+    assert_eq!(locked.len(), 2);
+    assert_eq!(locked[0]["name"].as_str(), Some("greet-app"));
+    assert_eq!(locked[0]["version"].as_str(), Some("1.0.0"));
+    assert_eq!(
+        locked[0]["publisher"].as_str(),
+        key["publisher"].as_str(),
+        "the lockfile names the publisher"
+    );
+    let listed = n3.json(&["list", "--dir", dir]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // verify passes, then fails once a file is changed.
+    assert_eq!(n3.json(&["verify", "--dir", dir])["ok"], true);
+    std::fs::write(&app_file, "tampered").unwrap();
+    let bad = n3.agora(&["verify", "--dir", dir]);
+    assert_eq!(bad.status.code(), Some(6));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("greet-app: templates/main.tmpl was modified"),
+        "{stderr}"
+    );
+
+    // Restart node 3: the catalog is still there, and an exact reinstall from the lockfile
+    // works from its store.
+    let before = n3.json(&["status"]);
+    n3.stop();
+    n3.launch();
+    let after = n3.json(&["status"]);
+    assert_eq!(after["peer_id"], before["peer_id"], "identity persists");
+    assert_eq!(after["catalog_size"], before["catalog_size"]);
+    assert_eq!(
+        n3.json(&["search", "greet-lib"])["hits"][0]["name"],
+        "greet-lib"
+    );
+    std::fs::remove_dir_all(p.path().join(".agora")).unwrap();
+    n3.json(&["install", "--dir", dir]);
+    assert_eq!(std::fs::read_to_string(&app_file).unwrap(), "app uses lib");
+    assert_eq!(n3.json(&["verify", "--dir", dir])["ok"], true);
+    drop(n2);
+}
