@@ -308,7 +308,8 @@ pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
             json!({ "ok": problems.is_empty(), "packages": lock.packages.len(), "problems": problems }),
         );
     } else if problems.is_empty() {
-        println!("{} packages verified", lock.packages.len());
+        let n = lock.packages.len();
+        println!("{n} package{} verified", if n == 1 { "" } else { "s" });
     }
     if problems.is_empty() {
         Ok(())
