@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use agora_client::Client;
+use agora_client::ipc::Progress;
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -73,6 +75,10 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.home.path().join("agorad.sock")).unwrap()
     }
 
     fn address(&self) -> String {
@@ -183,6 +189,38 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
     // Typo tolerance, end to end.
     let r = n3.json(&["search", "gret-ap"]);
     assert_eq!(r["hits"][0]["name"], "greet-app");
+
+    // Node 2 fetches through the typed client, which streams progress: a step, then bytes.
+    let lib_info = n2.json(&["info", "greet-lib"]);
+    let size = lib_info["size"].as_u64().unwrap();
+    let mut events = Vec::new();
+    let fetched = n2
+        .client()
+        .fetch("greet-lib", "1.0.0", |p| events.push(p.clone()))
+        .unwrap();
+    assert_eq!(fetched.sha256, lib_info["sha256"].as_str().unwrap());
+    assert!(!fetched.cached);
+    assert_eq!(events.first(), Some(&Progress::Step("fetching".into())));
+    assert_eq!(
+        events.last(),
+        Some(&Progress::Bytes {
+            done: size,
+            total: size
+        })
+    );
+
+    // Many clients at once: 8 threads, 25 requests each, every answer right.
+    let peer_id = n2.json(&["status"])["peer_id"].clone();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let mut c = n2.client();
+                for _ in 0..25 {
+                    assert_eq!(c.status().unwrap().peer_id, peer_id.as_str().unwrap());
+                }
+            });
+        }
+    });
 
     // Node 2 installs (and so fetches and provides) before node 1 goes away.
     let q = tempfile::tempdir().unwrap();

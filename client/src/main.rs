@@ -245,13 +245,40 @@ fn project_dir(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
     })
 }
 
-fn on_progress(json: bool) -> impl FnMut(&Progress) {
-    let show = !json && std::io::stderr().is_terminal();
+/// Shows progress on stderr when it is a terminal (and not with `--json`): a spinner with the
+/// current step, and a byte bar while an archive downloads. Plain text only, no colours.
+pub fn on_progress(json: bool) -> impl FnMut(&Progress) {
+    /// Clears the bar when the command is done with it.
+    struct Bar(indicatif::ProgressBar);
+    impl Drop for Bar {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Bar(bar)
+    });
     move |p| {
-        if show {
-            match p {
-                Progress::Step(s) => eprintln!("  {s}…"),
-                Progress::Bytes { done, total } => eprintln!("  {done}/{total} bytes"),
+        let Some(Bar(bar)) = &bar else { return };
+        match p {
+            Progress::Step(s) => bar.set_message(s.clone()),
+            Progress::Bytes { done, total } => {
+                if bar.length() != Some(*total) {
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                    );
+                    bar.set_length(*total);
+                }
+                bar.set_position(*done);
+                if done >= total {
+                    bar.finish_and_clear();
+                }
             }
         }
     }

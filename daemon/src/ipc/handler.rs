@@ -290,7 +290,17 @@ pub async fn handle(
             version: v,
         } => {
             progress(out, id, "fetching").await;
-            let fetched = registry.fetch(&name(&n)?, &version(&v)?).await?;
+            let sender = out.clone();
+            // Progress is best effort: a client that reads slowly misses updates, not data.
+            let on_bytes: crate::registry::fetch::ProgressFn = Box::new(move |done, total| {
+                let _ = sender.try_send(ServerMessage::Progress {
+                    id,
+                    progress: Progress::Bytes { done, total },
+                });
+            });
+            let fetched = registry
+                .fetch_with_progress(&name(&n)?, &version(&v)?, Some(on_bytes))
+                .await?;
             Ok(Response::Fetched(FetchedInfo {
                 path: fetched.path.display().to_string(),
                 sha256: ContentId::to_hex(&fetched.content),

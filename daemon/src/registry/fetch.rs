@@ -103,15 +103,25 @@ impl ChunkSink for MemorySink {
     }
 }
 
+/// Called with (bytes verified so far, archive size) as chunks arrive.
+pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
+
 /// Chunks written at their offsets in a partial file; chunks already in it (from an earlier,
 /// interrupted attempt) are found by checking their hashes.
 pub struct FileSink {
     file: File,
     have: Vec<bool>,
+    done: u64,
+    total: u64,
+    on_progress: Option<ProgressFn>,
 }
 
 impl FileSink {
-    pub fn open(path: &Path, info: &ArchiveInfo) -> Result<Self, FetchError> {
+    pub fn open(
+        path: &Path,
+        info: &ArchiveInfo,
+        on_progress: Option<ProgressFn>,
+    ) -> Result<Self, FetchError> {
         let file = open_partial(path).map_err(|e| FetchError::Io(e.to_string()))?;
         let len = file
             .metadata()
@@ -121,6 +131,7 @@ impl FileSink {
             file.set_len(0).map_err(|e| FetchError::Io(e.to_string()))?;
         }
         let mut have = vec![false; info.chunks.len()];
+        let mut done = 0;
         let mut buf = Vec::new();
         for (index, expected) in info.chunks.iter().enumerate() {
             let Some((start, size)) = info.chunk_range(index as u32) else {
@@ -132,9 +143,24 @@ impl FileSink {
             buf.resize(size, 0);
             if file.read_exact_at(&mut buf, start).is_ok() && ContentId::of(&buf) == *expected {
                 have[index] = true;
+                done += size as u64;
             }
         }
-        Ok(Self { file, have })
+        let mut sink = Self {
+            file,
+            have,
+            done,
+            total: info.size,
+            on_progress,
+        };
+        sink.report();
+        Ok(sink)
+    }
+
+    fn report(&mut self) {
+        if let Some(f) = &mut self.on_progress {
+            f(self.done, self.total);
+        }
     }
 
     pub fn finish(self) -> Result<(), FetchError> {
@@ -153,6 +179,8 @@ impl ChunkSink for FileSink {
             .write_all_at(data, offset)
             .map_err(|e| FetchError::Io(e.to_string()))?;
         self.have[index as usize] = true;
+        self.done += data.len() as u64;
+        self.report();
         Ok(())
     }
 }
@@ -195,8 +223,9 @@ pub async fn fetch_to_file(
     providers: &[PeerId],
     parallel: usize,
     path: &Path,
+    on_progress: Option<ProgressFn>,
 ) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
-    let mut sink = FileSink::open(path, info).map_err(|e| (e, Vec::new()))?;
+    let mut sink = FileSink::open(path, info, on_progress).map_err(|e| (e, Vec::new()))?;
     let report = fetch_chunks(net, info, providers, parallel, &mut sink).await?;
     sink.finish().map_err(|e| (e, report.outcomes.clone()))?;
     Ok(report)

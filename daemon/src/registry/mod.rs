@@ -1067,6 +1067,16 @@ impl Registry {
         name: &PackageName,
         version: &Version,
     ) -> Result<FetchedBlob, RegistryError> {
+        self.fetch_with_progress(name, version, None).await
+    }
+
+    /// [`fetch`](Self::fetch), reporting (bytes verified, archive size) as chunks arrive.
+    pub async fn fetch_with_progress(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+        on_progress: Option<fetch::ProgressFn>,
+    ) -> Result<FetchedBlob, RegistryError> {
         let record = self.release(name, version)?;
         let info = record.body.archive.clone();
         if self.blobs.has(&info.id) {
@@ -1102,6 +1112,7 @@ impl Registry {
             &ranked,
             fetch::DEFAULT_PARALLEL_CHUNKS,
             &partial,
+            on_progress,
         )
         .await;
         let report = match report {
