@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use agora_daemon::index::{IndexDoc, SearchIndex};
+use agora_protocol::PackageMeta;
 use agora_protocol::search::{SearchQuery, SortOrder};
 use criterion::{BenchmarkId, Criterion, criterion_group};
 
@@ -60,22 +61,25 @@ fn synthetic(i: usize) -> IndexDoc {
     IndexDoc {
         name: format!("{adj}-{noun}-{i}"),
         version: format!("1.{}.0", i % 10),
-        description: format!(
-            "A {adj} {noun} for {} projects, generated as package number {i}",
-            TAGS[i % 12]
-        ),
-        category: Some(CATEGORIES[i % 8].to_string()),
-        author: Some(format!("author{}", i % 97)),
-        license: Some(
-            if i.is_multiple_of(3) {
-                "MIT"
-            } else {
-                "Apache-2.0"
-            }
-            .to_string(),
-        ),
-        tags: vec![TAGS[i % 12].to_string(), TAGS[(i / 12) % 12].to_string()],
-        keywords: vec![noun.to_string()],
+        meta: PackageMeta {
+            description: format!(
+                "A {adj} {noun} for {} projects, generated as package number {i}",
+                TAGS[i % 12]
+            ),
+            category: Some(CATEGORIES[i % 8].to_string()),
+            author: Some(format!("author{}", i % 97)),
+            license: Some(
+                if i.is_multiple_of(3) {
+                    "MIT"
+                } else {
+                    "Apache-2.0"
+                }
+                .to_string(),
+            ),
+            repository: None,
+            tags: vec![TAGS[i % 12].to_string(), TAGS[(i / 12) % 12].to_string()],
+            keywords: vec![noun.to_string()],
+        },
         published_at: 1_700_000_000 + i as u64,
     }
 }

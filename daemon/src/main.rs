@@ -3,7 +3,7 @@
 //! Start-up: configuration (file, environment, flags), logs (stderr and a daily-rotated file
 //! in the data directory), the IPC socket (refused if a live daemon holds it), the node with
 //! its persistent identity, listening, bootstrap. Shutdown: stop accepting IPC, remove the
-//! socket, stop the node and persist what is only in memory.
+//! node and persist what is only in memory, then remove the socket.
 
 use std::sync::Arc;
 
@@ -115,7 +115,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
         .init();
 
-    let listener = IpcListener::bind(&paths.socket).with_context(|| {
+    let (listener, socket_file) = IpcListener::bind(&paths.socket).with_context(|| {
         format!(
             "while claiming the socket {} (is another agorad using this AGORA_HOME?)",
             paths.socket.display()
@@ -173,10 +173,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ = shutdown.notified() => info!("stop requested over IPC"),
     }
     info!("shutting down");
-    // Stop accepting first; dropping the listener removes the socket.
+    // Stop accepting, stop the node (durable writes finish, in-memory state is persisted),
+    // and only then remove the socket: its disappearance tells `agora node stop` we are done.
     server.abort();
     let _ = server.await;
     node.shutdown().await;
+    drop(socket_file);
     info!("stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use agora_protocol::PackageMeta;
 use agora_protocol::search::{SearchHit, SearchQuery, SearchResults, SortOrder};
 use tantivy::collector::{Count, FacetCollector, TopDocs};
 use tantivy::directory::MmapDirectory;
@@ -54,17 +55,12 @@ impl From<tantivy::TantivyError> for IndexError {
     }
 }
 
-/// What the index holds for one package.
+/// What the index holds for one package: its newest installable release.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexDoc {
     pub name: String,
     pub version: String,
-    pub description: String,
-    pub category: Option<String>,
-    pub author: Option<String>,
-    pub license: Option<String>,
-    pub tags: Vec<String>,
-    pub keywords: Vec<String>,
+    pub meta: PackageMeta,
     pub published_at: u64,
 }
 
@@ -184,18 +180,19 @@ impl SearchIndex {
 
     fn to_document(&self, d: &IndexDoc) -> TantivyDocument {
         let f = &self.f;
+        let m = &d.meta;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.name_key, &d.name);
         doc.add_text(f.name, &d.name);
         doc.add_text(f.version, &d.version);
-        doc.add_text(f.description, &d.description);
-        for t in d.tags.iter().chain(&d.keywords) {
+        doc.add_text(f.description, &m.description);
+        for t in m.tags.iter().chain(&m.keywords) {
             doc.add_text(f.terms, t);
         }
-        for t in &d.tags {
+        for t in &m.tags {
             doc.add_text(f.tag, t);
         }
-        if let Some(c) = &d.category {
+        if let Some(c) = &m.category {
             doc.add_text(f.category, c);
             doc.add_text(f.terms, c);
             doc.add_facet(
@@ -203,11 +200,11 @@ impl SearchIndex {
                 tantivy::schema::Facet::from_path([c.as_str()]),
             );
         }
-        if let Some(a) = &d.author {
+        if let Some(a) = &m.author {
             doc.add_text(f.author, a);
             doc.add_text(f.terms, a);
         }
-        if let Some(l) = &d.license {
+        if let Some(l) = &m.license {
             doc.add_text(f.license, l);
         }
         doc.add_u64(f.published_at, d.published_at);
@@ -396,12 +393,14 @@ mod tests {
         IndexDoc {
             name: name.into(),
             version: "1.0.0".into(),
-            description: desc.into(),
-            category: Some(category.into()),
-            author: Some("ada".into()),
-            license: Some("MIT".into()),
-            tags: vec![category.into()],
-            keywords: vec![],
+            meta: PackageMeta {
+                description: desc.into(),
+                category: Some(category.into()),
+                author: Some("ada".into()),
+                license: Some("MIT".into()),
+                tags: vec![category.into()],
+                ..PackageMeta::default()
+            },
             published_at,
         }
     }

@@ -9,7 +9,7 @@ use agora_protocol::ipc::{
     ServerMessage, StatusInfo, VersionEntry,
 };
 use agora_protocol::paths::Paths;
-use agora_protocol::records::{ArchiveInfo, ReleaseRecord};
+use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord};
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 use tokio::sync::{Notify, mpsc};
 
@@ -82,7 +82,11 @@ fn key_error(e: KeyFileError) -> IpcError {
 
 /// A release as the CLI shows it.
 pub fn release_info(r: &ReleaseRecord, yanked: bool) -> ReleaseInfo {
-    let b = &r.body;
+    body_info(&r.body, r.id().to_hex(), yanked)
+}
+
+/// A release body as the CLI shows it (`record_id` is empty for an unsigned dry run).
+fn body_info(b: &ReleaseBody, record_id: String, yanked: bool) -> ReleaseInfo {
     ReleaseInfo {
         name: b.name.to_string(),
         version: b.version.to_string(),
@@ -98,7 +102,7 @@ pub fn release_info(r: &ReleaseRecord, yanked: bool) -> ReleaseInfo {
         size: b.archive.size,
         publisher: b.publisher.to_hex(),
         published_at: b.published_at,
-        record_id: r.id().to_hex(),
+        record_id,
         yanked,
     }
 }
@@ -188,30 +192,21 @@ pub async fn handle(
                 })
                 .await
                 .map_err(|e| IpcError::Internal(e.to_string()))??;
-                let archive =
-                    ArchiveInfo::describe(&data, agora_protocol::limits::DEFAULT_CHUNK_SIZE);
-                let release = ReleaseInfo {
-                    name: manifest.name.to_string(),
-                    version: manifest.version.to_string(),
-                    description: manifest.meta.description.clone(),
-                    category: manifest.meta.category.clone(),
-                    author: manifest.meta.author.clone(),
-                    license: manifest.meta.license.clone(),
-                    repository: manifest.meta.repository.clone(),
-                    tags: manifest.meta.tags.clone(),
-                    keywords: manifest.meta.keywords.clone(),
-                    dependencies: manifest
-                        .dependencies
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                    sha256: archive.id.to_hex(),
-                    size: archive.size,
-                    publisher: secret.public().to_hex(),
+                // The body a publish would sign, unsigned: nothing is stored or announced.
+                let body = ReleaseBody {
+                    name: manifest.name,
+                    version: manifest.version,
+                    meta: manifest.meta,
+                    dependencies: manifest.dependencies,
+                    archive: ArchiveInfo::describe(
+                        &data,
+                        agora_protocol::limits::DEFAULT_CHUNK_SIZE,
+                    ),
                     published_at: 0,
-                    record_id: String::new(),
-                    yanked: false,
+                    publisher: secret.public(),
+                    previous: None,
                 };
+                let release = body_info(&body, String::new(), false);
                 return Ok(Response::Published(PublishedInfo {
                     release,
                     published: false,

@@ -52,15 +52,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
     }
 }
 
-/// A bound socket; removed from the file system when dropped.
+/// A bound socket, accepting connections.
 pub struct IpcListener {
     listener: UnixListener,
-    path: PathBuf,
+}
+
+/// The socket's path on the file system, removed when this is dropped: the daemon drops it
+/// last, after everything else has shut down, so that a client waiting for the socket to go
+/// away knows the daemon has finished.
+pub struct SocketFile(PathBuf);
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 impl IpcListener {
     /// Claims the socket path. Must run inside a tokio runtime.
-    pub fn bind(path: &Path) -> Result<Self, BindError> {
+    pub fn bind(path: &Path) -> Result<(Self, SocketFile), BindError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
@@ -83,18 +99,13 @@ impl IpcListener {
             Err(e) => return Err(io(path)(e)),
         }
         let listener = UnixListener::bind(path).map_err(io(path))?;
+        let file = SocketFile(path.to_owned());
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io(path))?;
-        Ok(Self {
-            listener,
-            path: path.to_owned(),
-        })
+        Ok((Self { listener }, file))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Accepts and serves connections until the task is dropped or aborted.
+    /// Accepts and serves connections until the task is dropped or aborted (which closes the
+    /// listening socket: new clients are refused from then on).
     pub async fn serve(self, ctx: Arc<Context>) {
         let me = rustix::process::geteuid().as_raw();
         loop {
@@ -126,12 +137,6 @@ impl IpcListener {
                 }
             });
         }
-    }
-}
-
-impl Drop for IpcListener {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }
 

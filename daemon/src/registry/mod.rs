@@ -41,7 +41,7 @@ use crate::reputation::{PeerRecord, Reputation};
 use crate::store::{BlobKind, BlobStore, CatalogWrite, Db, StoreError, blobs::BlobCheck};
 use archive::PackError;
 use fetch::{FetchError, PeerOutcome};
-use resolve::{Candidate, ResolveError};
+use resolve::{Candidate, ResolveError, fmt_versions};
 use trust::{Admission, Trust, TrustError, TrustPolicy};
 
 /// Default size of the cache of fetched archives: enough for thousands of template packs.
@@ -136,16 +136,6 @@ pub enum RegistryError {
     Internal(String),
 }
 
-fn fmt_versions(v: &[Version]) -> String {
-    if v.is_empty() {
-        return "none".into();
-    }
-    v.iter()
-        .map(Version::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// What happened to one record offered to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ingested {
@@ -208,6 +198,18 @@ struct Catalog {
     archives: HashMap<ContentId, ArchiveInfo>,
     /// Cached sync summary; `None` after any change.
     summary: Option<Vec<BucketDigest>>,
+}
+
+impl Catalog {
+    /// The state of a name, or `NotFound` naming how many packages there are.
+    fn state(&self, name: &PackageName) -> Result<&trust::NameState, RegistryError> {
+        self.trust
+            .name(name)
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.clone(),
+                catalog: self.trust.name_count(),
+            })
+    }
 }
 
 pub struct Registry {
@@ -759,13 +761,7 @@ impl Registry {
         secret: &PublisherSecret,
     ) -> Result<PackageHead, RegistryError> {
         let mut cat = self.catalog_lock();
-        let state = cat
-            .trust
-            .name(name)
-            .ok_or_else(|| RegistryError::NotFound {
-                name: name.clone(),
-                catalog: 0,
-            })?;
+        let state = cat.state(name)?;
         let versions: Vec<Version> = state
             .releases
             .keys()
@@ -808,13 +804,7 @@ impl Registry {
         let _authoring = self.authoring.lock().await;
         {
             let cat = self.catalog_lock();
-            let state = cat
-                .trust
-                .name(name)
-                .ok_or_else(|| RegistryError::NotFound {
-                    name: name.clone(),
-                    catalog: cat.trust.name_count(),
-                })?;
+            let state = cat.state(name)?;
             if !state.releases.contains_key(version) {
                 return Err(RegistryError::VersionNotFound {
                     name: name.clone(),
@@ -879,13 +869,7 @@ impl Registry {
     /// Every version of a name, oldest first.
     pub fn versions(&self, name: &PackageName) -> Result<Vec<VersionInfo>, RegistryError> {
         let cat = self.catalog_lock();
-        let state = cat
-            .trust
-            .name(name)
-            .ok_or_else(|| RegistryError::NotFound {
-                name: name.clone(),
-                catalog: cat.trust.name_count(),
-            })?;
+        let state = cat.state(name)?;
         Ok(state
             .releases
             .iter()
@@ -921,13 +905,7 @@ impl Registry {
     ) -> Result<ReleaseRecord, RegistryError> {
         let id = {
             let cat = self.catalog_lock();
-            let state = cat
-                .trust
-                .name(name)
-                .ok_or_else(|| RegistryError::NotFound {
-                    name: name.clone(),
-                    catalog: cat.trust.name_count(),
-                })?;
+            let state = cat.state(name)?;
             let pick = state
                 .releases
                 .iter()
@@ -961,13 +939,7 @@ impl Registry {
     ) -> Result<ReleaseRecord, RegistryError> {
         let id = {
             let cat = self.catalog_lock();
-            let state = cat
-                .trust
-                .name(name)
-                .ok_or_else(|| RegistryError::NotFound {
-                    name: name.clone(),
-                    catalog: cat.trust.name_count(),
-                })?;
+            let state = cat.state(name)?;
             if state.equivocations.contains_key(version) {
                 return Err(RegistryError::Equivocated {
                     name: name.clone(),
@@ -1303,12 +1275,7 @@ fn index_doc(b: &ReleaseBody) -> IndexDoc {
     IndexDoc {
         name: b.name.to_string(),
         version: b.version.to_string(),
-        description: b.meta.description.clone(),
-        category: b.meta.category.clone(),
-        author: b.meta.author.clone(),
-        license: b.meta.license.clone(),
-        tags: b.meta.tags.clone(),
-        keywords: b.meta.keywords.clone(),
+        meta: b.meta.clone(),
         published_at: b.published_at,
     }
 }

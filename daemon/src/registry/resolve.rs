@@ -51,7 +51,8 @@ fn fmt_reqs(reqs: &[(String, VersionReq)]) -> String {
         .join(", ")
 }
 
-fn fmt_versions(v: &[Version]) -> String {
+/// `1.0.0, 1.1.0`, or `none`.
+pub(crate) fn fmt_versions(v: &[Version]) -> String {
     if v.is_empty() {
         return "none".into();
     }

@@ -255,21 +255,29 @@ impl Trust {
         }
     }
 
-    fn admit_yank(&mut self, y: &Yank) -> Result<Admission, TrustError> {
-        let b = &y.body;
+    /// The state of a known name whose current owner is `signer`.
+    fn owned_by(
+        &mut self,
+        name: &PackageName,
+        signer: &PublisherKey,
+    ) -> Result<&mut NameState, TrustError> {
         let state = self
             .names
-            .get_mut(&b.name)
-            .ok_or_else(|| TrustError::UnknownName {
-                name: b.name.clone(),
-            })?;
-        if b.publisher != state.owner {
+            .get_mut(name)
+            .ok_or_else(|| TrustError::UnknownName { name: name.clone() })?;
+        if *signer != state.owner {
             return Err(TrustError::NotOwner {
-                name: b.name.clone(),
+                name: name.clone(),
                 owner: state.owner,
-                signer: b.publisher,
+                signer: *signer,
             });
         }
+        Ok(state)
+    }
+
+    fn admit_yank(&mut self, y: &Yank) -> Result<Admission, TrustError> {
+        let b = &y.body;
+        let state = self.owned_by(&b.name, &b.publisher)?;
         state.yanked.insert(b.version.clone());
         Ok(Admission::Yank)
     }
@@ -304,20 +312,8 @@ impl Trust {
     /// the head we already have (a DHT republish).
     pub fn admit_head(&mut self, head: &PackageHead) -> Result<bool, TrustError> {
         let b = &head.body;
-        let state = self
-            .names
-            .get_mut(&b.name)
-            .ok_or_else(|| TrustError::UnknownName {
-                name: b.name.clone(),
-            })?;
-        if b.owner != state.owner {
-            return Err(TrustError::NotOwner {
-                name: b.name.clone(),
-                owner: state.owner,
-                signer: b.owner,
-            });
-        }
         let id = head.id();
+        let state = self.owned_by(&b.name, &b.owner)?;
         if let Some((known, known_id)) = state.head {
             if known_id == id {
                 return Ok(false);

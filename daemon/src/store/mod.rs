@@ -10,6 +10,7 @@
 pub mod blobs;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use agora_protocol::codec::{self, DecodeError};
 use agora_protocol::limits::MAX_RECORD_BYTES;
@@ -37,6 +38,11 @@ const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputati
 /// Content id → encoded [`BlobMeta`].
 pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 
+/// How long opening the database waits for another process to let go of it: a daemon
+/// restarted right after a stop may find the old one still exiting.
+pub const DB_LOCK_WAIT: Duration = Duration::from_secs(10);
+const DB_LOCK_POLL: Duration = Duration::from_millis(50);
+
 /// Largest reputation or blob metadata entry we decode from our own database.
 const MAX_META_BYTES: usize = 1024;
 
@@ -49,6 +55,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is in use by another process (is another agorad using this data directory?)", .0.display())]
+    InUse(PathBuf),
     #[error("the store is corrupt: {0}")]
     Corrupt(String),
     #[error("content hashes to {got}, expected {expected}")]
@@ -126,9 +134,24 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    /// Opens (or creates) the database at `path` and makes sure every table exists. If another
+    /// process holds it (a daemon that is still exiting), waits up to [`DB_LOCK_WAIT`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let started = Instant::now();
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if started.elapsed() < DB_LOCK_WAIT =>
+                {
+                    std::thread::sleep(DB_LOCK_POLL);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::InUse(path.to_owned()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let txn = db.begin_write()?;
         {
             txn.open_table(LOG)?;
