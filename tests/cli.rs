@@ -1,5 +1,5 @@
 //! Real processes: three `agorad` daemons on loopback, each with its own `AGORA_HOME`, joined
-//! by `bootstrap` in their config files, driven only through the `agora` binary.
+//! by `--bootstrap`, started and driven only through the `agora` binary.
 //!
 //! The binaries are the workspace's own (`target/<profile>/agora` and `agorad`), built by
 //! `cargo test --workspace` because their packages have process tests of their own.
@@ -30,27 +30,30 @@ fn bin(name: &str) -> PathBuf {
 struct Daemon {
     home: tempfile::TempDir,
     pid: Option<i32>,
+    /// agorad's flags (kept for a restart).
+    args: Vec<String>,
 }
 
 impl Daemon {
-    /// Writes the config and starts the daemon with `agora node start`.
+    /// Starts a daemon with `agora node start -- --listen … [--bootstrap …]`.
     fn start(bootstrap: Option<&str>) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let bootstrap = bootstrap.map_or(String::new(), |b| format!("\"{b}\""));
-        std::fs::write(
-            home.path().join("config.toml"),
-            format!(
-                "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nbootstrap = [{bootstrap}]\nlog_level = \"info\"\n"
-            ),
-        )
-        .unwrap();
-        let mut d = Self { home, pid: None };
+        let mut args = vec!["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        let mut d = Self {
+            home: tempfile::tempdir().unwrap(),
+            pid: None,
+            args: args.into_iter().map(String::from).collect(),
+        };
         d.launch();
         d
     }
 
     fn launch(&mut self) {
-        let v = self.json(&["node", "start"]);
+        let mut cmd = vec!["node", "start", "--"];
+        cmd.extend(self.args.iter().map(String::as_str));
+        let v = self.json(&cmd);
         self.pid = Some(v["started"]["pid"].as_i64().unwrap() as i32);
     }
 

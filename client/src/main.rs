@@ -125,8 +125,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum NodeAction {
-    /// Start agorad in the background and wait until it answers.
-    Start,
+    /// Start agorad in the background and wait until it answers. Arguments after `--` go to
+    /// agorad (e.g. `agora node start -- --bootstrap /ip4/…/p2p/…`).
+    Start {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "AGORAD_ARGS"
+        )]
+        args: Vec<String>,
+    },
     /// Stop the running agorad gracefully.
     Stop,
     /// Print the last lines of the daemon's log.
@@ -524,7 +532,7 @@ fn newest_log(data_dir: &Path) -> Option<PathBuf> {
 fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
     let paths = paths()?;
     match action {
-        NodeAction::Start => {
+        NodeAction::Start { args } => {
             if let Ok(mut c) = Client::connect(&paths.socket) {
                 let s = c.status().map_err(explain)?;
                 return Err(Failure::new(
@@ -554,6 +562,7 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
             let bin = agorad_binary();
             // Its own process group: a Ctrl-C meant for this terminal does not reach it.
             let mut child = std::process::Command::new(&bin)
+                .args(&args)
                 .process_group(0)
                 .stdin(std::process::Stdio::null())
                 .stdout(out)
