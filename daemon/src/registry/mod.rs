@@ -225,6 +225,8 @@ pub struct Registry {
     syncing: Mutex<HashSet<PeerId>>,
     pub stats: RegistryStats,
     pub startup: StartupReport,
+    /// DHT values to put back in the local store once the network runs (see `restore_dht`).
+    to_restore: Mutex<Vec<DhtValue>>,
 }
 
 /// What opening the store found.
@@ -272,16 +274,26 @@ impl Registry {
             archives: HashMap::new(),
             summary: None,
         };
-        for (id, record) in &snapshot.log {
-            if let Err(e) = catalog.trust.admit(record, *id) {
+        let records = snapshot.log.len();
+        // What this node put on the DHT itself (its heads and the releases it published),
+        // collected during the replay so the log is read once.
+        let mut restore: Vec<DhtValue> = Vec::new();
+        for (id, record) in snapshot.log {
+            if let Err(e) = catalog.trust.admit(&record, id) {
                 // The log only holds admitted records, in order: this is a corrupt store.
                 return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")).into());
             }
-            catalog.ids.insert(*id);
+            catalog.ids.insert(id);
             if let CatalogRecord::Release(r) = record {
                 catalog
                     .archives
                     .insert(r.body.archive.id, r.body.archive.clone());
+                if blobs
+                    .meta(&r.body.archive.id)
+                    .is_some_and(|m| m.kind == BlobKind::Published)
+                {
+                    restore.push(DhtValue::Release(r));
+                }
             }
         }
         for (name, owner) in &snapshot.owners {
@@ -293,9 +305,12 @@ impl Registry {
                 .into());
             }
         }
-        for head in &snapshot.heads {
-            if let Err(e) = catalog.trust.admit_head(head) {
-                warn!(name = %head.body.name, error = %e, "dropping a stored package head");
+        for head in snapshot.heads {
+            match catalog.trust.admit_head(&head) {
+                Ok(_) => restore.push(DhtValue::Head(head)),
+                Err(e) => {
+                    warn!(name = %head.body.name, error = %e, "dropping a stored package head")
+                }
             }
         }
 
@@ -310,6 +325,7 @@ impl Registry {
             syncing: Mutex::new(HashSet::new()),
             stats: RegistryStats::default(),
             startup: StartupReport::default(),
+            to_restore: Mutex::new(restore),
         };
         let rep: Vec<(PeerId, PeerRecord)> = registry
             .db
@@ -349,7 +365,7 @@ impl Registry {
         }
         let mut registry = registry;
         registry.startup = StartupReport {
-            records: snapshot.log.len(),
+            records,
             blobs: blob_check,
             index_rebuilt,
             millis: started.elapsed().as_millis(),
@@ -1213,24 +1229,8 @@ impl Registry {
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
     /// restarted node serves them again before any peer re-publishes them).
     pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
-        let reg = self.clone();
-        let values: Vec<DhtValue> = blocking(move || {
-            let snapshot = reg.db.load_catalog()?;
-            let mut values: Vec<DhtValue> =
-                snapshot.heads.into_iter().map(DhtValue::Head).collect();
-            for (_, record) in snapshot.log {
-                if let CatalogRecord::Release(r) = record
-                    && reg
-                        .blobs
-                        .meta(&r.body.archive.id)
-                        .is_some_and(|m| m.kind == BlobKind::Published)
-                {
-                    values.push(DhtValue::Release(r));
-                }
-            }
-            Ok(values)
-        })
-        .await?;
+        let values =
+            std::mem::take(&mut *self.to_restore.lock().unwrap_or_else(|p| p.into_inner()));
         for value in values {
             let key = value.key();
             let record = libp2p::kad::Record::new(key.to_bytes(), value.encode());
