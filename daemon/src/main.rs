@@ -115,14 +115,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
         .init();
 
+    // The identity first: once the socket exists, everything it names exists too.
+    let keypair = agora_daemon::keys::node_identity(&paths.keys_dir)
+        .context("while loading the node identity")?;
     let (listener, socket_file) = IpcListener::bind(&paths.socket).with_context(|| {
         format!(
             "while claiming the socket {} (is another agorad using this AGORA_HOME?)",
             paths.socket.display()
         )
     })?;
-    let keypair = agora_daemon::keys::node_identity(&paths.keys_dir)
-        .context("while loading the node identity")?;
     let mut network = NetworkConfig::new(keypair);
     network.enable_mdns = config.mdns;
     let mut registry = RegistryConfig::new(&paths.data_dir);
