@@ -67,14 +67,15 @@ pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncRep
     let result = run(registry, peer).await;
     registry.end_sync(&peer);
     if let Ok(report) = &result {
-        Registry::count(&registry.stats.syncs_completed);
         let stats = &registry.stats;
         stats
             .records_synced
-            .fetch_add(report.added as u64, Ordering::Relaxed);
+            .fetch_add(report.added as u64, Ordering::SeqCst);
         stats
             .sync_ids_listed
-            .fetch_add(report.ids_listed as u64, Ordering::Relaxed);
+            .fetch_add(report.ids_listed as u64, Ordering::SeqCst);
+        // Last, so whoever sees a sync completed also sees what it counted.
+        stats.syncs_completed.fetch_add(1, Ordering::SeqCst);
         if report.added > 0 || report.refused > 0 {
             info!(%peer, added = report.added, refused = report.refused, "catalog sync");
         }
