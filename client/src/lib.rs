@@ -137,6 +137,16 @@ impl Client {
         }
     }
 
+    /// Replaces the daemon's log filter; answers the filter now in force.
+    pub fn set_log_level(&mut self, filter: &str) -> Result<String, ClientError> {
+        match self.call(Request::SetLogLevel {
+            filter: filter.into(),
+        })? {
+            Response::LogLevel { filter } => Ok(filter),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
         match self.call(Request::Shutdown)? {
             Response::ShuttingDown => Ok(()),

@@ -142,6 +142,9 @@ enum NodeAction {
         #[arg(short = 'n', default_value_t = 50)]
         lines: usize,
     },
+    /// Change the running daemon's log filter (error, warn, info, debug, trace, or
+    /// directives such as `agora_daemon=debug,libp2p=warn`).
+    LogLevel { filter: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -305,15 +308,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 for a in &s.listen_addrs {
                     println!("listening on  {a}");
                 }
-                println!("peers         {}", s.peers);
+                for a in &s.external_addrs {
+                    println!("external      {a}");
+                }
+                println!(
+                    "peers         {} connected, {} in the routing table",
+                    s.peers, s.routing_table
+                );
                 println!(
                     "catalog       {} records, {} packages",
                     s.catalog_size, s.packages
                 );
                 println!(
+                    "disk          {} cached of {} quota, {} stored in all",
+                    human_bytes(s.cache_bytes),
+                    human_bytes(s.cache_quota),
+                    human_bytes(s.store_bytes)
+                );
+                let asked = s.cache_hits + s.cache_misses;
+                if asked == 0 {
+                    println!("cache hits    none asked yet");
+                } else {
+                    println!(
+                        "cache hits    {:.1}% ({} of {asked})",
+                        100.0 * s.cache_hits as f64 / asked as f64,
+                        s.cache_hits
+                    );
+                }
+                println!(
                     "publisher     {}",
                     s.publisher.as_deref().unwrap_or("none (agora keygen)")
                 );
+                println!("http          {}", s.http.as_deref().unwrap_or("off"));
+                println!("log level     {}", s.log_level);
+                println!("uptime        {}", human_duration(s.uptime_secs));
                 println!("data          {}", s.data_dir);
                 println!("version       {}", s.version);
             }
@@ -628,6 +656,15 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
             }
             Ok(())
         }
+        NodeAction::LogLevel { filter } => {
+            let now = client()?.set_log_level(&filter).map_err(explain)?;
+            if json {
+                print_json(json!({ "log_level": now }));
+            } else {
+                println!("log level is now {now}");
+            }
+            Ok(())
+        }
         NodeAction::Logs { lines } => {
             let Some(log) = newest_log(&paths.data_dir) else {
                 return Err(Failure::new(
@@ -649,5 +686,49 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// 1536 → "1.5 KiB".
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// 3725 → "1h 2m 5s".
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_naturally() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m 5s");
+        assert_eq!(human_duration(3725), "1h 2m 5s");
+        assert_eq!(human_duration(90_061), "1d 1h 1m");
     }
 }

@@ -8,12 +8,15 @@
 //! mdns = true
 //! cache_quota = 1073741824      # bytes of fetched archives kept
 //! log_level = "info"
+//! http = "127.0.0.1:4180"       # the HTTP gateway (off when absent)
+//! otlp_endpoint = "http://127.0.0.1:4318"  # OpenTelemetry export (off when absent)
 //!
 //! [trust]
 //! allowlist = []                # publisher keys (hex); empty = trust on first use
 //! ```
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +67,8 @@ struct FileConfig {
     mdns: Option<bool>,
     cache_quota: Option<u64>,
     log_level: Option<String>,
+    http: Option<Spanned<String>>,
+    otlp_endpoint: Option<Spanned<String>>,
     trust: Option<TrustSection>,
 }
 
@@ -82,6 +87,8 @@ pub struct Flags {
     pub no_mdns: bool,
     pub cache_quota: Option<u64>,
     pub log_level: Option<String>,
+    pub http: Option<SocketAddr>,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The resolved configuration of one daemon.
@@ -93,6 +100,11 @@ pub struct Config {
     pub mdns: bool,
     pub cache_quota: u64,
     pub log_level: String,
+    /// Where the HTTP gateway listens; `None` keeps it off.
+    pub http: Option<SocketAddr>,
+    /// OTLP/HTTP collector base URL (`/v1/traces` and `/v1/metrics` are appended); `None`
+    /// exports nothing.
+    pub otlp_endpoint: Option<String>,
     pub trust: TrustPolicy,
 }
 
@@ -117,6 +129,8 @@ impl Config {
             mdns: true,
             cache_quota: DEFAULT_CACHE_QUOTA,
             log_level: "info".into(),
+            http: None,
+            otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
         };
         match read_bounded(&file_path) {
@@ -138,6 +152,16 @@ impl Config {
         }
         if let Some(l) = flags.log_level {
             config.log_level = l;
+        }
+        if let Some(h) = flags.http {
+            config.http = Some(h);
+        }
+        if let Some(e) = flags.otlp_endpoint {
+            config.otlp_endpoint =
+                Some(check_endpoint(&e).map_err(|message| ConfigError::Flag {
+                    flag: "--otlp-endpoint".into(),
+                    message,
+                })?);
         }
         Ok(config)
     }
@@ -177,6 +201,18 @@ impl Config {
         }
         if let Some(l) = file.log_level {
             self.log_level = l;
+        }
+        if let Some(h) = file.http {
+            self.http = Some(h.get_ref().parse().map_err(|e| {
+                at(
+                    Some(h.span()),
+                    format!("invalid socket address (IP:PORT): {e}"),
+                )
+            })?);
+        }
+        if let Some(e) = file.otlp_endpoint {
+            self.otlp_endpoint =
+                Some(check_endpoint(e.get_ref()).map_err(|m| at(Some(e.span()), m))?);
         }
         if let Some(t) = file.trust
             && !t.allowlist.is_empty()
@@ -237,8 +273,38 @@ impl Config {
         if let Some(v) = vars("AGORA_LOG") {
             self.log_level = v;
         }
+        if let Some(v) = vars("AGORA_HTTP") {
+            self.http = Some(v.parse().map_err(|e| ConfigError::Env {
+                var: "AGORA_HTTP".into(),
+                message: format!("expected IP:PORT: {e}"),
+            })?);
+        }
+        if let Some(v) = vars("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+            self.otlp_endpoint = Some(check_endpoint(&v).map_err(|message| ConfigError::Env {
+                var: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                message,
+            })?);
+        }
         Ok(())
     }
+}
+
+/// An OTLP/HTTP endpoint this build can reach: `http://HOST[:PORT][/PATH]`, without a
+/// trailing slash.
+fn check_endpoint(url: &str) -> Result<String, String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url}: TLS is not built in; send to a local collector over http:// (it can forward over TLS)"
+        ));
+    } else {
+        return Err(format!("{url}: expected http://HOST:PORT"));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(format!("{url}: expected http://HOST:PORT"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 fn default_listen() -> Vec<Multiaddr> {
@@ -356,6 +422,51 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "environment variable AGORA_MDNS: expected true or false, got \"maybe\""
+        );
+    }
+
+    #[test]
+    fn gateway_and_telemetry_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!((c.http, c.otlp_endpoint), (None, None));
+
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "http = \"127.0.0.1:4180\"\notlp_endpoint = \"http://collector:4318/\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:4180".parse().unwrap()));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+
+        let vars = |k: &str| match k {
+            "AGORA_HTTP" => Some("127.0.0.1:9000".to_string()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4318".to_string()),
+            _ => None,
+        };
+        let c = Config::load(&home(dir.path()), vars, Flags::default()).unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+
+        std::fs::write(&path, "http = \"localhost\"\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:1:8: invalid socket address (IP:PORT): invalid socket address syntax",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "otlp_endpoint = \"https://otel.example:4318\"\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}:1:17: https://otel.example:4318: TLS is not built in",
+                path.display()
+            )),
+            "{err}"
         );
     }
 }

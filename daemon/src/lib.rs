@@ -3,11 +3,14 @@
 //! [`reputation`], and [`node::Node`] which runs them together.
 
 pub mod config;
+pub mod gateway;
 pub mod index;
 pub mod ipc;
 pub mod keys;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod registry;
 pub mod reputation;
 pub mod store;
+pub mod telemetry;

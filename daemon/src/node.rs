@@ -46,6 +46,7 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Registry(RegistryError::Internal(e.to_string())))??;
         registry.restore_dht().await?;
+        registry.network().metrics().collect_registry(&registry);
         let inbound_task = tokio::spawn(inbound::run(registry.clone(), net.events));
         let duties_task = tokio::spawn(duties(registry.clone()));
         Ok(Self {

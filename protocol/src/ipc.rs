@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 1;
+pub const IPC_PROTOCOL_VERSION: u32 = 2;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -116,6 +116,31 @@ pub enum Request {
         version: String,
         reason: String,
     },
+    /// Replace the daemon's log filter (`info`, `debug`, `agora_daemon=trace,libp2p=warn`...).
+    SetLogLevel {
+        filter: String,
+    },
+}
+
+impl Request {
+    /// The request's name, for logs, traces and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Peers => "peers",
+            Self::Connect { .. } => "connect",
+            Self::Shutdown => "shutdown",
+            Self::Keygen => "keygen",
+            Self::Publish { .. } => "publish",
+            Self::Search(_) => "search",
+            Self::Info { .. } => "info",
+            Self::Versions { .. } => "versions",
+            Self::Resolve { .. } => "resolve",
+            Self::Fetch { .. } => "fetch",
+            Self::Yank { .. } => "yank",
+            Self::SetLogLevel { .. } => "set_log_level",
+        }
+    }
 }
 
 /// The daemon's answer to one request.
@@ -123,9 +148,13 @@ pub enum Request {
 pub enum Response {
     Status(StatusInfo),
     Peers(Vec<PeerInfo>),
-    Connected { peer_id: String },
+    Connected {
+        peer_id: String,
+    },
     ShuttingDown,
-    Key { publisher: String },
+    Key {
+        publisher: String,
+    },
     Published(PublishedInfo),
     Search(SearchResults),
     Release(ReleaseInfo),
@@ -133,16 +162,37 @@ pub enum Response {
     Resolved(Vec<ReleaseInfo>),
     Fetched(FetchedInfo),
     Yanked,
+    /// The log filter now in force.
+    LogLevel {
+        filter: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
+    /// Addresses other peers confirmed they reach us on.
+    pub external_addrs: Vec<String>,
     pub peers: u32,
+    /// Peers in the Kademlia routing table.
+    pub routing_table: u32,
     pub catalog_size: u64,
     pub packages: u64,
+    /// Bytes of fetched archives kept (the quota applies to these).
+    pub cache_bytes: u64,
+    pub cache_quota: u64,
+    /// Bytes of every archive kept (published and pinned ones too).
+    pub store_bytes: u64,
+    /// Archive requests answered locally and from the network since start.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub uptime_secs: u64,
     pub version: String,
+    /// The log filter in force.
+    pub log_level: String,
+    /// The HTTP gateway's address, when it is on.
+    pub http: Option<String>,
     /// The publisher key of this node, if one was created.
     pub publisher: Option<String>,
     pub data_dir: String,
@@ -251,6 +301,7 @@ fn check_string(s: &str, what: &str) -> Result<(), String> {
 fn check_request(r: &Request) -> Result<(), String> {
     match r {
         Request::Status | Request::Peers | Request::Shutdown | Request::Keygen => Ok(()),
+        Request::SetLogLevel { filter } => check_string(filter, "log filter"),
         Request::Connect { addr } => check_string(addr, "address"),
         Request::Publish { dir, .. } => check_string(dir, "directory"),
         Request::Search(q) => q.check(),

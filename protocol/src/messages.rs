@@ -35,6 +35,16 @@ pub enum GossipMessage {
 impl_wire!(GossipMessage, MAX_GOSSIP_BYTES, |_m| Ok(()));
 
 impl GossipMessage {
+    /// The package the message is about.
+    pub fn name(&self) -> &crate::PackageName {
+        match self {
+            Self::Release(r) => &r.body.name,
+            Self::Yank(r) => &r.body.name,
+            Self::Rotation(r) => &r.body.name,
+            Self::Head(r) => &r.body.name,
+        }
+    }
+
     /// Decodes and verifies the record inside (signature and limits).
     pub fn decode_verified(bytes: &[u8]) -> Result<Self, RecordError> {
         let msg = Self::from_wire(bytes)?;

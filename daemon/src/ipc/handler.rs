@@ -1,8 +1,10 @@
 //! Answers IPC requests from the registry and the network, and turns every failure into an
 //! [`IpcError`] whose kind tells the CLI what to suggest.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use agora_protocol::ipc::{
     FetchedInfo, IpcError, PeerInfo, Progress, PublishedInfo, ReleaseInfo, Request, Response,
@@ -11,11 +13,13 @@ use agora_protocol::ipc::{
 use agora_protocol::paths::Paths;
 use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord};
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
+use std::sync::atomic::Ordering;
 use tokio::sync::{Notify, mpsc};
 
 use crate::keys::{self, KeyFileError};
 use crate::registry::resolve::ResolveError;
 use crate::registry::{Registry, RegistryError, archive};
+use crate::telemetry::LogControl;
 
 /// What request handlers can reach.
 pub struct Context {
@@ -23,6 +27,24 @@ pub struct Context {
     pub paths: Paths,
     /// Notified when a client asks the daemon to stop.
     pub shutdown: Arc<Notify>,
+    /// Changes the log filter; `None` when this process did not install the logger.
+    pub log: Option<LogControl>,
+    pub started: Instant,
+    /// The HTTP gateway's address, when it is on.
+    pub http: Option<SocketAddr>,
+}
+
+impl Context {
+    pub fn new(registry: Arc<Registry>, paths: Paths) -> Self {
+        Self {
+            registry,
+            paths,
+            shutdown: Arc::new(Notify::new()),
+            log: None,
+            started: Instant::now(),
+            http: None,
+        }
+    }
 }
 
 type Outbox = mpsc::Sender<ServerMessage>;
@@ -127,13 +149,34 @@ pub async fn handle(
     match request {
         Request::Status => {
             let info = net.info().await.map_err(network)?;
+            let usage = registry.blobs.usage();
+            let stats = &registry.stats;
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             Ok(Response::Status(StatusInfo {
                 peer_id: info.peer_id.to_string(),
                 listen_addrs: info.listen_addrs.iter().map(ToString::to_string).collect(),
+                external_addrs: info
+                    .external_addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 peers: info.connected_peers.len() as u32,
+                routing_table: info.routing_table_size as u32,
                 catalog_size: registry.catalog_len() as u64,
                 packages: registry.package_count() as u64,
+                cache_bytes: usage.cached_bytes,
+                cache_quota: usage.quota,
+                store_bytes: usage.cached_bytes + usage.kept_bytes,
+                cache_hits: load(&stats.cache_hits),
+                cache_misses: load(&stats.cache_misses),
+                uptime_secs: ctx.started.elapsed().as_secs(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                log_level: ctx
+                    .log
+                    .as_ref()
+                    .map(LogControl::current)
+                    .unwrap_or_default(),
+                http: ctx.http.map(|a| a.to_string()),
                 publisher: keys::publisher_key(&ctx.paths.keys_dir)
                     .ok()
                     .map(|k| k.public().to_hex()),
@@ -223,7 +266,8 @@ pub async fn handle(
         }
         Request::Search(query) => {
             let reg = registry.clone();
-            let results = tokio::task::spawn_blocking(move || reg.search(&query))
+            let span = tracing::Span::current();
+            let results = tokio::task::spawn_blocking(move || span.in_scope(|| reg.search(&query)))
                 .await
                 .map_err(|e| IpcError::Internal(e.to_string()))??;
             Ok(Response::Search(results))
@@ -318,6 +362,14 @@ pub async fn handle(
                 .yank(&name(&n)?, &version(&v)?, reason, &secret)
                 .await?;
             Ok(Response::Yanked)
+        }
+        Request::SetLogLevel { filter } => {
+            let log = ctx.log.as_ref().ok_or_else(|| {
+                IpcError::Refused("this daemon's logger cannot be changed at run time".into())
+            })?;
+            log.set(&filter).map_err(bad)?;
+            tracing::info!(%filter, "log filter changed");
+            Ok(Response::LogLevel { filter })
         }
     }
 }

@@ -15,6 +15,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use agora_protocol::codec::Wire;
 use agora_protocol::ipc::{
@@ -23,7 +25,7 @@ use agora_protocol::ipc::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use handler::Context;
 
@@ -158,6 +160,9 @@ pub enum ConnError {
     Frame(String),
 }
 
+/// Daemon-wide request numbers, so each request's span is told apart across connections.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
 async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), ConnError> {
     let (mut reader, mut writer) = stream.into_split();
     let (out, mut outbox) = mpsc::channel::<ServerMessage>(OUTBOX);
@@ -219,7 +224,30 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
             };
             match ClientMessage::from_wire(&payload) {
                 Ok(ClientMessage::Request { id, request }) => {
-                    let result = handler::handle(&ctx, id, request, &out).await;
+                    let kind = request.kind();
+                    let span = info_span!(
+                        "ipc.request",
+                        request_id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed),
+                        client_request = id,
+                        request = kind,
+                        outcome = tracing::field::Empty,
+                    );
+                    let started = Instant::now();
+                    let result = handler::handle(&ctx, id, request, &out)
+                        .instrument(span.clone())
+                        .await;
+                    span.record(
+                        "outcome",
+                        match &result {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => e.to_string(),
+                        },
+                    );
+                    ctx.registry.network().metrics().observe_request(
+                        kind,
+                        result.is_ok(),
+                        started.elapsed(),
+                    );
                     if out
                         .send(ServerMessage::Response { id, result })
                         .await

@@ -50,7 +50,11 @@ pub fn topic() -> gossipsub::IdentTopic {
 }
 
 impl Behaviour {
-    pub fn new(key: &libp2p::identity::Keypair, cfg: &NetworkConfig) -> Result<Self, String> {
+    pub fn new(
+        key: &libp2p::identity::Keypair,
+        cfg: &NetworkConfig,
+        metrics: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
 
         let limits = connection_limits::Behaviour::new(
@@ -99,7 +103,11 @@ impl Behaviour {
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_cfg,
         )
-        .map_err(|e| format!("gossipsub: {e}"))?;
+        .map_err(|e| format!("gossipsub: {e}"))?
+        .with_metrics(
+            metrics.sub_registry_with_prefix("gossipsub"),
+            gossipsub::MetricsConfig::default(),
+        );
         let (params, thresholds) = score_params();
         gossipsub
             .with_peer_score(params, thresholds)

@@ -60,6 +60,14 @@ pub struct NetworkInfo {
 
 pub type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
 
+/// A command with the span of the code that sent it, so work the event loop starts for it
+/// (a DHT query) is traced as part of the caller's operation.
+#[derive(Debug)]
+pub struct Envelope {
+    pub command: Command,
+    pub span: tracing::Span,
+}
+
 /// A request to the event loop.
 #[derive(Debug)]
 pub enum Command {

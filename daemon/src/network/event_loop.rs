@@ -8,6 +8,7 @@
 //! are normal and only logged. Nothing that came from the network is unwrapped here.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_protocol::codec::{self, Wire};
@@ -18,6 +19,7 @@ use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
@@ -25,11 +27,14 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, ping};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tracing::{debug, info, trace, warn};
+use tracing::{Span, debug, info, info_span, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
 use super::codec::WireCodec;
-use super::command::{Command, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply};
+use super::command::{
+    Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
+};
+use crate::metrics::Metrics;
 
 /// Most distinct valid records one `get_record` collects before it stops the query.
 const MAX_RECORDS_PER_GET: usize = 16;
@@ -46,8 +51,11 @@ struct PendingGet {
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<NetworkEvent>,
+    metrics: Arc<Metrics>,
+    /// The span of each DHT query we started; it ends (and is exported) with the query.
+    query_spans: HashMap<QueryId, Span>,
     pending_listen: HashMap<ListenerId, (Multiaddr, Reply<Multiaddr>)>,
     pending_dial: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
     pending_query: HashMap<QueryId, Reply<()>>,
@@ -60,13 +68,16 @@ pub struct EventLoop {
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
-        commands: mpsc::Receiver<Command>,
+        commands: mpsc::Receiver<Envelope>,
         events: mpsc::Sender<NetworkEvent>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             swarm,
             commands,
             events,
+            metrics,
+            query_spans: HashMap::new(),
             pending_listen: HashMap::new(),
             pending_dial: HashMap::new(),
             pending_query: HashMap::new(),
@@ -85,12 +96,12 @@ impl EventLoop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
+                    Some(Envelope { command: Command::Shutdown { reply }, .. }) => {
                         self.shutdown();
                         let _ = reply.send(Ok(()));
                         break;
                     }
-                    Some(command) => self.on_command(command),
+                    Some(Envelope { command, span }) => self.on_command(command, &span),
                     None => {
                         self.shutdown();
                         break;
@@ -115,6 +126,7 @@ impl EventLoop {
     fn maintain(&mut self) {
         self.sync.inbound.retain(|_, ch| ch.is_open());
         self.fetch.inbound.retain(|_, ch| ch.is_open());
+        self.update_gauges();
         trace!(
             peers = self.swarm.connected_peers().count(),
             queries =
@@ -128,7 +140,34 @@ impl EventLoop {
         offer(&self.events, event)
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn update_gauges(&mut self) {
+        let peers = self.swarm.connected_peers().count();
+        let table: usize = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        self.metrics.peers.set(peers as i64);
+        self.metrics.routing_table.set(table as i64);
+    }
+
+    /// Opens the span of a DHT query, as a child of the span that asked for it.
+    fn trace_query(&mut self, id: QueryId, kind: &'static str, key: &[u8], parent: &Span) {
+        let span = info_span!(
+            parent: parent,
+            "dht.query",
+            kind,
+            query_id = ?id,
+            key = %String::from_utf8_lossy(key),
+            outcome = tracing::field::Empty,
+            records = tracing::field::Empty,
+        );
+        self.query_spans.insert(id, span);
+    }
+
+    fn on_command(&mut self, command: Command, span: &Span) {
         let behaviour = self.swarm.behaviour_mut();
         match command {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
@@ -164,16 +203,18 @@ impl EventLoop {
             Command::Bootstrap { reply } => match behaviour.kad.bootstrap() {
                 Ok(id) => {
                     self.pending_query.insert(id, reply);
+                    self.trace_query(id, "bootstrap", b"", span);
                 }
                 Err(_) => {
                     let _ = reply.send(Err(NetworkError::NoKnownPeers));
                 }
             },
             Command::PutRecord { key, value, reply } => {
-                let record = kad::Record::new(key, value);
+                let record = kad::Record::new(key.clone(), value);
                 match behaviour.kad.put_record(record, kad::Quorum::One) {
                     Ok(id) => {
                         self.pending_query.insert(id, reply);
+                        self.trace_query(id, "put_record", &key, span);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
@@ -182,6 +223,7 @@ impl EventLoop {
             }
             Command::GetRecord { key, quorum, reply } => {
                 let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
+                self.trace_query(id, "get_record", &key, span);
                 self.pending_get.insert(
                     id,
                     PendingGet {
@@ -198,6 +240,7 @@ impl EventLoop {
                 match behaviour.kad.start_providing(kad::RecordKey::new(&key)) {
                     Ok(id) => {
                         self.pending_query.insert(id, reply);
+                        self.trace_query(id, "start_providing", &key, span);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
@@ -210,6 +253,7 @@ impl EventLoop {
             }
             Command::GetProviders { key, reply } => {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
+                self.trace_query(id, "get_providers", &key, span);
                 self.pending_providers.insert(id, (HashSet::new(), reply));
             }
             Command::Publish { data, reply } => {
@@ -337,6 +381,17 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let m = &self.metrics.libp2p;
+        m.record(&event);
+        if let SwarmEvent::Behaviour(b) = &event {
+            match b {
+                BehaviourEvent::Kad(e) => m.record(e),
+                BehaviourEvent::Gossipsub(e) => m.record(e),
+                BehaviourEvent::Identify(e) => m.record(e),
+                BehaviourEvent::Ping(e) => m.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
@@ -423,6 +478,9 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer_id));
                 }
                 if num_established.get() == 1 {
+                    self.metrics
+                        .peers
+                        .set(self.swarm.connected_peers().count() as i64);
                     self.offer(NetworkEvent::PeerConnected { peer: peer_id });
                 }
             }
@@ -434,6 +492,9 @@ impl EventLoop {
             } => {
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
+                    self.metrics
+                        .peers
+                        .set(self.swarm.connected_peers().count() as i64);
                     self.offer(NetworkEvent::PeerDisconnected { peer: peer_id });
                 }
             }
@@ -503,8 +564,23 @@ impl EventLoop {
     fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
-            } => self.on_query(id, result, step.last),
+                id,
+                result,
+                step,
+                stats,
+            } => {
+                if step.last {
+                    let (kind, ok) = query_outcome(&result);
+                    if let Some(took) = stats.duration() {
+                        self.metrics.observe_query(kind, ok, took);
+                    }
+                    if let Some(span) = self.query_spans.remove(&id) {
+                        span.record("outcome", if ok { "ok" } else { "error" });
+                        span.record("records", stats.num_successes());
+                    }
+                }
+                self.on_query(id, result, step.last)
+            }
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
@@ -624,6 +700,20 @@ impl EventLoop {
             }
             other => trace!(?id, result = ?other, "query we did not start"),
         }
+    }
+}
+
+/// The kind of a query and whether its final step succeeded.
+fn query_outcome(result: &QueryResult) -> (&'static str, bool) {
+    match result {
+        QueryResult::Bootstrap(r) => ("bootstrap", r.is_ok()),
+        QueryResult::GetRecord(r) => ("get_record", r.is_ok()),
+        QueryResult::PutRecord(r) => ("put_record", r.is_ok()),
+        QueryResult::GetProviders(r) => ("get_providers", r.is_ok()),
+        QueryResult::StartProviding(r) => ("start_providing", r.is_ok()),
+        QueryResult::RepublishProvider(r) => ("republish_provider", r.is_ok()),
+        QueryResult::RepublishRecord(r) => ("republish_record", r.is_ok()),
+        QueryResult::GetClosestPeers(r) => ("get_closest_peers", r.is_ok()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! sends a command with a oneshot reply and waits at most `command_timeout` for the answer.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
@@ -10,21 +11,29 @@ use libp2p::request_response::InboundRequestId;
 use libp2p::{Multiaddr, PeerId, kad};
 use tokio::sync::{mpsc, oneshot};
 
-use super::command::{Command, NetworkError, NetworkInfo, RecordQuorum, Reply};
+use super::command::{Command, Envelope, NetworkError, NetworkInfo, RecordQuorum, Reply};
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct NetworkHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Envelope>,
     peer_id: PeerId,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl NetworkHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Envelope>,
+        peer_id: PeerId,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tx,
             peer_id,
             timeout,
+            metrics,
         }
     }
 
@@ -33,11 +42,16 @@ impl NetworkHandle {
         self.peer_id
     }
 
+    /// This node's metrics (the swarm's and everything built on it).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetworkError> {
         let (reply, rx) = oneshot::channel();
         let exchange = async {
             self.tx
-                .send(make(reply))
+                .send(envelope(make(reply)))
                 .await
                 .map_err(|_| NetworkError::Shutdown)?;
             rx.await.map_err(|_| NetworkError::Shutdown)?
@@ -49,7 +63,7 @@ impl NetworkHandle {
 
     /// Sends a command that has no reply, waiting at most the timeout for channel space.
     async fn tell(&self, cmd: Command) -> Result<(), NetworkError> {
-        tokio::time::timeout(self.timeout, self.tx.send(cmd))
+        tokio::time::timeout(self.timeout, self.tx.send(envelope(cmd)))
             .await
             .map_err(|_| NetworkError::Timeout(self.timeout))?
             .map_err(|_| NetworkError::Shutdown)
@@ -213,3 +227,10 @@ const _: () = {
     const fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
     assert_shareable::<NetworkHandle>();
 };
+
+fn envelope(command: Command) -> Envelope {
+    Envelope {
+        command,
+        span: tracing::Span::current(),
+    }
+}

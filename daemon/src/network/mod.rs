@@ -17,6 +17,8 @@ use libp2p::{SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::metrics::Metrics;
+
 /// Why the swarm could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the libp2p swarm: {0}")]
@@ -33,27 +35,35 @@ pub struct Network {
 /// tokio runtime.
 pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
-    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| err(&e))?
-        .with_quic()
-        .with_dns()
-        .map_err(|e| err(&e))?
-        .with_behaviour(|key| behaviour::Behaviour::new(key, &config).map_err(|e| e.into()))
-        .map_err(|e| err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
-        .build();
+    let metrics = Metrics::new();
+    let swarm = metrics.with_registry(|prom| -> Result<_, BuildError> {
+        Ok(SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| err(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| err(&e))?
+            .with_bandwidth_metrics(prom)
+            .with_behaviour(|key| {
+                behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
+            })
+            .map_err(|e| err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+            .build())
+    })?;
     let peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
-    let task = tokio::spawn(event_loop::EventLoop::new(swarm, command_rx, event_tx).run());
+    let task = tokio::spawn(
+        event_loop::EventLoop::new(swarm, command_rx, event_tx, metrics.clone()).run(),
+    );
     Ok(Network {
-        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout),
+        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout, metrics),
         events: event_rx,
         task,
     })

@@ -7,7 +7,7 @@
 //! [`ChunkSink`]: memory, or a partial file on disk so that an interrupted fetch resumes with
 //! the chunks it already has. What each peer did is reported for reputation.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,7 +18,7 @@ use agora_protocol::messages::{FetchRequest, FetchResponse};
 use agora_protocol::records::ArchiveInfo;
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::network::NetworkHandle;
 use crate::store::blobs::open_partial;
@@ -258,6 +258,7 @@ pub async fn fetch_chunks<S: ChunkSink>(
     let mut tried: Vec<HashSet<PeerId>> = vec![HashSet::new(); count as usize];
     let mut blamed: HashSet<PeerId> = HashSet::new();
     let mut next_provider = 0usize;
+    let mut traces: HashMap<PeerId, ProviderTrace> = HashMap::new();
     let mut in_flight = FuturesUnordered::new();
 
     loop {
@@ -280,16 +281,27 @@ pub async fn fetch_chunks<S: ChunkSink>(
                 content: info.id,
                 index,
             };
-            in_flight.push(async move {
-                let started = Instant::now();
-                let result = net.send_fetch(peer, request).await;
-                (index, peer, result, started.elapsed())
-            });
+            let span = traces
+                .entry(peer)
+                .or_insert_with(|| ProviderTrace::new(peer))
+                .span
+                .clone();
+            in_flight.push(
+                async move {
+                    let started = Instant::now();
+                    let result = net.send_fetch(peer, request).await;
+                    (index, peer, result, started.elapsed())
+                }
+                .instrument(span),
+            );
         }
         let Some((index, peer, result, elapsed)) = in_flight.next().await else {
             break;
         };
         let range = info.chunk_range(index);
+        let trace = traces
+            .entry(peer)
+            .or_insert_with(|| ProviderTrace::new(peer));
         match result {
             Ok(FetchResponse::Chunk(data))
                 if range.map(|r| r.1) == Some(data.len())
@@ -300,6 +312,8 @@ pub async fn fetch_chunks<S: ChunkSink>(
                     return Err((e, report.outcomes));
                 }
                 report.bytes_fetched += data.len() as u64;
+                trace.chunks += 1;
+                trace.bytes += data.len() as u64;
                 report.outcomes.push(PeerOutcome::Served {
                     peer,
                     bytes: data.len() as u64,
@@ -313,20 +327,65 @@ pub async fn fetch_chunks<S: ChunkSink>(
             Ok(FetchResponse::Chunk(_)) => {
                 warn!(%peer, index, "chunk failed verification; blaming the sender");
                 blamed.insert(peer);
+                trace.bad_data = true;
                 report.outcomes.push(PeerOutcome::BadData { peer });
                 queue.push_back(index);
             }
             Ok(FetchResponse::Refused(why)) => {
                 debug!(%peer, index, ?why, "provider refused a chunk");
+                trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
             Err(e) => {
                 debug!(%peer, index, error = %e, "chunk request failed");
+                trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
         }
     }
     Ok(report)
+}
+
+/// The span of one provider's part in a fetch; its totals are recorded when the fetch ends.
+struct ProviderTrace {
+    span: tracing::Span,
+    chunks: u64,
+    bytes: u64,
+    failures: u64,
+    bad_data: bool,
+}
+
+impl ProviderTrace {
+    fn new(peer: PeerId) -> Self {
+        Self {
+            span: tracing::info_span!(
+                "fetch.provider",
+                %peer,
+                chunks = tracing::field::Empty,
+                bytes = tracing::field::Empty,
+                failures = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            ),
+            chunks: 0,
+            bytes: 0,
+            failures: 0,
+            bad_data: false,
+        }
+    }
+}
+
+impl Drop for ProviderTrace {
+    fn drop(&mut self) {
+        self.span.record("chunks", self.chunks);
+        self.span.record("bytes", self.bytes);
+        self.span.record("failures", self.failures);
+        let outcome = match (self.bad_data, self.chunks) {
+            (true, _) => "bad_data",
+            (false, 0) => "failed",
+            (false, _) => "served",
+        };
+        self.span.record("outcome", outcome);
+    }
 }

@@ -11,9 +11,10 @@ use agora_protocol::dht::{self, DhtValue};
 use agora_protocol::limits::{MAX_SYNC_LISTED_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
 use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncRequest, SyncResponse};
 use agora_protocol::records::{CatalogRecord, PackageHead};
+use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::trust::TrustError;
 use super::{Ingested, Registry, RegistryError};
@@ -46,63 +47,81 @@ async fn admit_head(registry: &Arc<Registry>, head: PackageHead) -> Result<bool,
         .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
 }
 
+/// Decides on one gossip message: admit what is new and valid, ignore what is known or not
+/// yet placeable, reject what is invalid or refused (which costs the sender gossip score).
+async fn gossip_verdict(
+    registry: &Arc<Registry>,
+    source: PeerId,
+    data: &[u8],
+) -> MessageAcceptance {
+    let msg = GossipMessage::decode_verified(data);
+    if let Ok(m) = &msg {
+        tracing::Span::current().record("package", m.name().as_str());
+    }
+    match msg {
+        Ok(GossipMessage::Head(head)) => match admit_head(registry, head).await {
+            Ok(true) => MessageAcceptance::Accept,
+            Ok(false) => MessageAcceptance::Ignore,
+            Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
+            Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
+            Err(RegistryError::Trust(e)) => {
+                debug!(%source, error = %e, "rejecting a gossiped head");
+                MessageAcceptance::Reject
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot admit a gossiped head");
+                MessageAcceptance::Ignore
+            }
+        },
+        Ok(msg) => {
+            let record = match msg {
+                GossipMessage::Release(r) => CatalogRecord::Release(r),
+                GossipMessage::Yank(r) => CatalogRecord::Yank(r),
+                GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
+                GossipMessage::Head(_) => unreachable!("matched above"),
+            };
+            match admit(registry, record).await {
+                Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
+                Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
+                // A yank that arrived before its release: sync will bring both.
+                Ok(Ingested::Refused(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
+                Ok(Ingested::Refused(e)) => {
+                    debug!(%source, error = %e, "rejecting gossip");
+                    MessageAcceptance::Reject
+                }
+                Ok(Ingested::Invalid(e)) => {
+                    debug!(%source, error = %e, "rejecting gossip");
+                    MessageAcceptance::Reject
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot admit gossip");
+                    MessageAcceptance::Ignore
+                }
+            }
+        }
+        Err(e) => {
+            debug!(%source, error = %e, "rejecting gossip");
+            MessageAcceptance::Reject
+        }
+    }
+}
+
 async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), NetworkError> {
     let net = registry.network();
     let stats = &registry.stats;
     match event {
         NetworkEvent::Gossip { source, id, data } => {
-            let verdict = match GossipMessage::decode_verified(&data) {
-                Ok(GossipMessage::Head(head)) => match admit_head(registry, head).await {
-                    Ok(true) => MessageAcceptance::Accept,
-                    Ok(false) => MessageAcceptance::Ignore,
-                    Err(RegistryError::Trust(TrustError::StaleHead { .. })) => {
-                        MessageAcceptance::Ignore
-                    }
-                    Err(RegistryError::Trust(TrustError::UnknownName { .. })) => {
-                        MessageAcceptance::Ignore
-                    }
-                    Err(RegistryError::Trust(e)) => {
-                        debug!(%source, error = %e, "rejecting a gossiped head");
-                        MessageAcceptance::Reject
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot admit a gossiped head");
-                        MessageAcceptance::Ignore
-                    }
-                },
-                Ok(msg) => {
-                    let record = match msg {
-                        GossipMessage::Release(r) => CatalogRecord::Release(r),
-                        GossipMessage::Yank(r) => CatalogRecord::Yank(r),
-                        GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
-                        GossipMessage::Head(_) => unreachable!("matched above"),
-                    };
-                    match admit(registry, record).await {
-                        Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
-                        Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
-                        // A yank that arrived before its release: sync will bring both.
-                        Ok(Ingested::Refused(TrustError::UnknownName { .. })) => {
-                            MessageAcceptance::Ignore
-                        }
-                        Ok(Ingested::Refused(e)) => {
-                            debug!(%source, error = %e, "rejecting gossip");
-                            MessageAcceptance::Reject
-                        }
-                        Ok(Ingested::Invalid(e)) => {
-                            debug!(%source, error = %e, "rejecting gossip");
-                            MessageAcceptance::Reject
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "cannot admit gossip");
-                            MessageAcceptance::Ignore
-                        }
-                    }
-                }
-                Err(e) => {
-                    debug!(%source, error = %e, "rejecting gossip");
-                    MessageAcceptance::Reject
-                }
-            };
+            let span = info_span!(
+                "gossip.validate",
+                %source,
+                bytes = data.len(),
+                package = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            let verdict = gossip_verdict(registry, source, &data)
+                .instrument(span.clone())
+                .await;
+            span.record("outcome", format!("{verdict:?}").to_lowercase());
             Registry::count(match verdict {
                 MessageAcceptance::Accept => &stats.gossip_accepted,
                 MessageAcceptance::Reject => &stats.gossip_rejected,

@@ -89,6 +89,12 @@ pub struct RegistryStats {
     pub sync_ids_listed: AtomicU64,
     pub records_synced: AtomicU64,
     pub searches: AtomicU64,
+    pub publishes: AtomicU64,
+    /// Archives fetched from the network (cache misses that succeeded).
+    pub fetches: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub peers_banned: AtomicU64,
 }
 
 /// Why a registry operation failed. Each variant is something the caller can act on.
@@ -674,7 +680,44 @@ impl Registry {
     /// Publishes the package in `dir`: validate its manifest, pack it deterministically, sign
     /// the release, store the archive and the record durably, index it, then put the release
     /// and head records on the DHT, provide the archive and gossip the release.
+    #[tracing::instrument(
+        name = "registry.publish",
+        skip_all,
+        fields(
+            dir = %dir.display(),
+            package = tracing::field::Empty,
+            version = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            gossiped = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    )]
     pub async fn publish(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        secret: &PublisherSecret,
+    ) -> Result<Published, RegistryError> {
+        let started = Instant::now();
+        let result = self.publish_inner(dir, secret).await;
+        let span = tracing::Span::current();
+        match &result {
+            Ok(p) => {
+                span.record("package", p.record.body.name.as_str());
+                span.record("version", p.record.body.version.to_string());
+                span.record("bytes", p.record.body.archive.size);
+                span.record("gossiped", p.gossiped);
+                span.record("outcome", "ok");
+                Self::count(&self.stats.publishes);
+                self.net.metrics().observe_publish(started.elapsed());
+            }
+            Err(e) => {
+                span.record("outcome", e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(
         self: &Arc<Self>,
         dir: PathBuf,
         secret: &PublisherSecret,
@@ -982,8 +1025,21 @@ impl Registry {
 
     /// Searches the local catalog.
     pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, RegistryError> {
+        let span = tracing::info_span!(
+            "registry.search",
+            query = %query.text,
+            limit = query.limit,
+            hits = tracing::field::Empty,
+            total = tracing::field::Empty,
+        )
+        .entered();
+        let started = Instant::now();
         Self::count(&self.stats.searches);
-        Ok(self.index.search(query)?)
+        let results = self.index.search(query)?;
+        self.net.metrics().observe_search(started.elapsed());
+        span.record("hits", results.hits.len());
+        span.record("total", results.total);
+        Ok(results)
     }
 
     /// Resolves `roots` and everything they depend on to exact releases.
@@ -1059,7 +1115,47 @@ impl Registry {
     }
 
     /// [`fetch`](Self::fetch), reporting (bytes verified, archive size) as chunks arrive.
+    #[tracing::instrument(
+        name = "registry.fetch",
+        skip_all,
+        fields(
+            package = %name,
+            %version,
+            bytes = tracing::field::Empty,
+            cached = tracing::field::Empty,
+            providers = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    )]
     pub async fn fetch_with_progress(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+        on_progress: Option<fetch::ProgressFn>,
+    ) -> Result<FetchedBlob, RegistryError> {
+        let started = Instant::now();
+        let result = self.fetch_inner(name, version, on_progress).await;
+        let span = tracing::Span::current();
+        match &result {
+            Ok(f) => {
+                span.record("bytes", f.size);
+                span.record("cached", f.cached);
+                span.record("outcome", "ok");
+                if f.cached {
+                    Self::count(&self.stats.cache_hits);
+                } else {
+                    Self::count(&self.stats.fetches);
+                    self.net.metrics().observe_fetch(started.elapsed(), f.size);
+                }
+            }
+            Err(e) => {
+                span.record("outcome", e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(
         self: &Arc<Self>,
         name: &PackageName,
         version: &Version,
@@ -1089,10 +1185,12 @@ impl Registry {
                 NetworkError::Query(_) | NetworkError::NotFound => Ok(HashSet::new()),
                 other => Err(other),
             })?;
+        Self::count(&self.stats.cache_misses);
         let me = self.net.peer_id();
         let ranked = self
             .reputation_lock()
             .rank(providers.into_iter().filter(|p| *p != me), now());
+        tracing::Span::current().record("providers", ranked.len());
         let partial = self.blobs.partial_path(&info.id);
         let report = fetch::fetch_to_file(
             &self.net,
@@ -1167,6 +1265,7 @@ impl Registry {
                     PeerOutcome::Failed { peer } => rep.failure(peer, t),
                     PeerOutcome::BadData { peer } => {
                         warn!(%peer, "peer served data that failed verification; banned");
+                        Self::count(&self.stats.peers_banned);
                         rep.bad_data(peer, t)
                     }
                 }

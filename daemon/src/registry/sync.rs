@@ -60,7 +60,20 @@ pub struct SyncReport {
 }
 
 /// Reconciles our catalog with `peer`'s.
+#[tracing::instrument(
+    name = "sync",
+    skip(registry),
+    fields(
+        %peer,
+        buckets = tracing::field::Empty,
+        ids_listed = tracing::field::Empty,
+        added = tracing::field::Empty,
+        refused = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+)]
 pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncError> {
+    let span = tracing::Span::current();
     if !registry.begin_sync(peer) {
         return Err(SyncError::AlreadyRunning { peer });
     }
@@ -76,9 +89,17 @@ pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncRep
             .fetch_add(report.ids_listed as u64, Ordering::SeqCst);
         // Last, so whoever sees a sync completed also sees what it counted.
         stats.syncs_completed.fetch_add(1, Ordering::SeqCst);
+        span.record("buckets", report.differing_buckets);
+        span.record("ids_listed", report.ids_listed);
+        span.record("added", report.added);
+        span.record("refused", report.refused);
+        span.record("outcome", "ok");
         if report.added > 0 || report.refused > 0 {
             info!(%peer, added = report.added, refused = report.refused, "catalog sync");
         }
+    }
+    if let Err(e) = &result {
+        span.record("outcome", e.to_string());
     }
     result
 }

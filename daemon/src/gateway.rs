@@ -1,0 +1,266 @@
+//! The optional HTTP gateway (axum): health and readiness probes, Prometheus metrics, and a
+//! read-only JSON view of the catalog with archive downloads, for tools without libp2p.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the network event loop answers, else 503 |
+//! | `GET /readyz` | 200 when the IPC socket is up, the node listens and (if bootstrap peers are configured) its routing table is not empty; else 503. JSON either way |
+//! | `GET /metrics` | OpenMetrics text: Agora's metrics and libp2p's |
+//! | `GET /v1/packages?q=&category=&tag=&author=&license=&sort=&limit=&offset=` | search results, as `agora search --json` |
+//! | `GET /v1/packages/{name}` | newest installable release, as `agora info NAME --json` |
+//! | `GET /v1/packages/{name}/versions` | as `agora versions NAME --json` |
+//! | `GET /v1/packages/{name}/{version}` | that release, as `agora info NAME@=VERSION --json` |
+//! | `GET /v1/packages/{name}/{version}/archive` | the verified archive (fetched first if needed), with `Content-Length`, `X-Agora-Sha256` and `ETag` |
+//!
+//! Requests go through the same handler as IPC requests, so the gateway answers exactly what
+//! the CLI is told. Only reads are exposed; errors are JSON `{"error": KIND, "message": ...}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agora_protocol::ipc::{IpcError, Request, Response as IpcResponse};
+use agora_protocol::search::{SearchQuery, SortOrder};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::ipc::{Context, handler};
+
+/// How long a probe waits for the network event loop.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read size when streaming an archive.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// What the gateway reads.
+pub struct Gateway {
+    pub ctx: Arc<Context>,
+    /// Set once the IPC socket accepts connections.
+    pub socket_up: AtomicBool,
+    /// Bootstrap peers are configured, so readiness waits for the routing table.
+    pub needs_bootstrap: bool,
+}
+
+/// Binds `addr` (refusing nothing: the caller chose it; loopback is the default).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(gateway)).await
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/packages", get(search))
+        .route("/v1/packages/{name}", get(newest))
+        .route("/v1/packages/{name}/versions", get(versions))
+        .route("/v1/packages/{name}/{version}", get(release))
+        .route("/v1/packages/{name}/{version}/archive", get(archive))
+        .with_state(gateway)
+}
+
+async fn healthz(State(g): State<Arc<Gateway>>) -> Response {
+    match tokio::time::timeout(PROBE_TIMEOUT, g.ctx.registry.network().info()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "network event loop not answering\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
+    let info = tokio::time::timeout(PROBE_TIMEOUT, g.ctx.registry.network().info()).await;
+    let (listening, peers, table) = match &info {
+        Ok(Ok(i)) => (
+            !i.listen_addrs.is_empty(),
+            i.connected_peers.len(),
+            i.routing_table_size,
+        ),
+        _ => (false, 0, 0),
+    };
+    let socket = g.socket_up.load(Ordering::SeqCst);
+    let bootstrapped = !g.needs_bootstrap || table > 0;
+    let ready = socket && listening && bootstrapped;
+    let body = serde_json::json!({
+        "ready": ready,
+        "socket": socket,
+        "listening": listening,
+        "bootstrapped": bootstrapped,
+        "peers": peers,
+        "routing_table": table,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+    let text = g.ctx.registry.network().metrics().encode();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchParams {
+    q: Option<String>,
+    category: Option<String>,
+    tag: Option<String>,
+    author: Option<String>,
+    license: Option<String>,
+    sort: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn search(State(g): State<Arc<Gateway>>, Query(p): Query<SearchParams>) -> Response {
+    let sort = match p.sort.as_deref() {
+        None | Some("relevance") => SortOrder::Relevance,
+        Some("name") => SortOrder::Name,
+        Some("newest") => SortOrder::Newest,
+        Some(other) => {
+            return error(IpcError::BadRequest(format!(
+                "sort must be relevance, name or newest, not {other:?}"
+            )));
+        }
+    };
+    let defaults = SearchQuery::default();
+    let query = SearchQuery {
+        text: p.q.unwrap_or_default(),
+        category: p.category,
+        tag: p.tag,
+        author: p.author,
+        license: p.license,
+        sort,
+        limit: p.limit.unwrap_or(defaults.limit),
+        offset: p.offset.unwrap_or(defaults.offset),
+    };
+    if let Err(e) = query.check() {
+        return error(IpcError::BadRequest(e));
+    }
+    json(ask(&g, Request::Search(query)).await)
+}
+
+async fn newest(State(g): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    json(ask(&g, Request::Info { name, req: None }).await)
+}
+
+async fn versions(State(g): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    json(ask(&g, Request::Versions { name }).await)
+}
+
+async fn release(
+    State(g): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    let req = Some(format!("={version}"));
+    json(ask(&g, Request::Info { name, req }).await)
+}
+
+async fn archive(
+    State(g): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    let fetched = match ask(&g, Request::Fetch { name, version }).await {
+        Ok(IpcResponse::Fetched(f)) => f,
+        Ok(other) => return unexpected(&other),
+        Err(e) => return error(e),
+    };
+    // Opened at once: an eviction after this point cannot take the bytes away.
+    let file = match tokio::fs::File::open(&fetched.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error(IpcError::Internal(format!(
+                "archive {} vanished before it could be read: {e}",
+                fetched.sha256
+            )));
+        }
+    };
+    // Exactly the release's size: a file that ended early breaks the response instead of
+    // passing for a complete archive.
+    let stream = futures::stream::unfold((fetched.size, file), |(left, mut f)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; STREAM_CHUNK.min(left as usize)];
+        match f.read_exact(&mut buf).await {
+            Ok(_) => {
+                let rest = left - buf.len() as u64;
+                Some((Ok::<_, std::io::Error>(buf), (rest, f)))
+            }
+            Err(e) => Some((Err(e), (0, f))),
+        }
+    });
+    let etag = format!("\"{}\"", fetched.sha256);
+    let mut response = Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(fetched.size));
+    for (name, value) in [("x-agora-sha256", fetched.sha256.clone()), ("etag", etag)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
+}
+
+/// Runs a read-only request through the IPC handler (progress events are dropped).
+async fn ask(g: &Gateway, request: Request) -> Result<IpcResponse, IpcError> {
+    let (out, _progress) = mpsc::channel(1);
+    handler::handle(&g.ctx, 0, request, &out).await
+}
+
+fn json(result: Result<IpcResponse, IpcError>) -> Response {
+    let value = match result {
+        Ok(IpcResponse::Search(r)) => serde_json::to_value(r),
+        Ok(IpcResponse::Release(r)) => serde_json::to_value(r),
+        Ok(IpcResponse::Versions(v)) => serde_json::to_value(v),
+        Ok(other) => return unexpected(&other),
+        Err(e) => return error(e),
+    };
+    match value {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(IpcError::Internal(e.to_string())),
+    }
+}
+
+fn unexpected(r: &IpcResponse) -> Response {
+    error(IpcError::Internal(format!("unexpected answer {r:?}")))
+}
+
+fn error(e: IpcError) -> Response {
+    let (status, kind) = match &e {
+        IpcError::BadRequest(_) | IpcError::VersionMismatch { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        IpcError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        IpcError::Refused(_) | IpcError::Package(_) | IpcError::NoKey(_) => {
+            (StatusCode::CONFLICT, "refused")
+        }
+        IpcError::Network(_) => (StatusCode::BAD_GATEWAY, "network"),
+        IpcError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    let body = serde_json::json!({ "error": kind, "message": e.to_string() });
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,164 @@
+//! Helpers for tests that run the real `agorad` and `agora` binaries.
+//!
+//! The binaries are the workspace's own (`target/<profile>/agora` and `agorad`), built by
+//! `cargo test --workspace` because their packages have process tests of their own.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use agora_client::Client;
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with 'cargo test --workspace'",
+        path.display()
+    );
+    path
+}
+
+/// One node: its home directory, and the daemon's pid while it runs.
+pub struct Daemon {
+    pub home: tempfile::TempDir,
+    pid: Option<i32>,
+    /// agorad's flags (kept for a restart).
+    pub args: Vec<String>,
+    /// Extra environment for agorad.
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Starts a daemon with `agora node start -- --listen … [--bootstrap …]`.
+    pub fn start(bootstrap: Option<&str>) -> Self {
+        let mut extra = Vec::new();
+        if let Some(b) = bootstrap {
+            extra.extend(["--bootstrap", b]);
+        }
+        Self::with_args(&extra)
+    }
+
+    /// Starts a daemon on a loopback port without mDNS, with `extra` agorad flags.
+    pub fn with_args(extra: &[&str]) -> Self {
+        let mut args = vec!["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        Self::with_env_and_args(&[], &args)
+    }
+
+    /// Starts a daemon with exactly these agorad flags and extra environment.
+    pub fn with_env_and_args(env: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut d = Self {
+            home: tempfile::tempdir().unwrap(),
+            pid: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        d.launch();
+        d
+    }
+
+    /// Starts (or restarts) agorad with the kept flags.
+    pub fn launch(&mut self) {
+        let mut cmd = vec!["--json", "node", "start", "--"];
+        cmd.extend(self.args.iter().map(String::as_str));
+        let out = self.command(&cmd).envs(self.env.clone()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "agora node start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        self.pid = Some(v["started"]["pid"].as_i64().unwrap() as i32);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("agora"));
+        c.env("AGORA_HOME", self.home.path())
+            .env_remove("AGORA_SOCKET")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("NO_COLOR", "1")
+            .args(args);
+        c
+    }
+
+    pub fn agora(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs `agora --json ARGS`, expecting success, and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.agora(&all);
+        assert!(
+            out.status.success(),
+            "agora {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.home.path().join("agorad.sock")).unwrap()
+    }
+
+    pub fn address(&self) -> String {
+        let s = self.json(&["status"]);
+        format!(
+            "{}/p2p/{}",
+            s["listen_addrs"][0].as_str().unwrap(),
+            s["peer_id"].as_str().unwrap()
+        )
+    }
+
+    pub fn stop(&mut self) {
+        self.json(&["node", "stop"]);
+        self.pid = None;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+pub fn wait_until(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if started.elapsed() > DEADLINE => {
+                panic!("{what}: not after {DEADLINE:?}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub fn package(dir: &Path, name: &str, version: &str, deps: &str, body: &str) {
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("package.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"{version}\"\ndescription = \"{name} templates\"\n\
+             category = \"starter\"\nlicense = \"MIT\"\ndependencies = [{deps}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("templates/main.tmpl"), body).unwrap();
+}
