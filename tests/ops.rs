@@ -483,4 +483,71 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     assert_eq!(m[&key("agora_cache_hits_total")], 1.0);
     assert_eq!(m[&key("agora_fetches_total")], 1.0);
     assert_eq!(m[&key("agora_bytes_fetched_total")], length as f64);
+
+    // Every series the Grafana dashboard plots is one this node exposes.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/grafana/dashboards/agora.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut wanted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices(|c: char| c == 'a' || c == 'l') {
+                let rest = &expr[i..];
+                if (rest.starts_with("agora_") || rest.starts_with("libp2p_"))
+                    && !expr[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    wanted.insert(rest[..end].to_owned());
+                }
+            }
+        }
+    }
+    assert!(wanted.len() >= 20, "{wanted:?}");
+    wait_until("every dashboard series is exposed", || {
+        let text = get(&format!("{b_base}/metrics")).text().unwrap();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|w| {
+                !text
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{w}{{")) || l.starts_with(&format!("{w} ")))
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}"))
+        }
+    });
+}
+
+#[test]
+fn the_systemd_user_unit_passes_systemd_analyze_verify() {
+    // The unit starts %h/.local/bin/agorad: give it a home where that is the built daemon.
+    let home = tempfile::tempdir().unwrap();
+    let bin = home.path().join(".local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(process::bin("agorad"), bin.join("agorad")).unwrap();
+    let runtime = home.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let unit =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/agorad.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["--user", "verify"])
+        .arg(&unit)
+        .env("HOME", home.path())
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; .ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "verify warns about nothing");
 }

@@ -7,6 +7,7 @@
 //! thread, and the node's metrics by a periodic reader. Without an endpoint no exporter,
 //! thread or layer exists at all.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -108,7 +109,10 @@ impl Telemetry {
                 reason: e.to_string(),
             })?;
         let (filter, handle) = reload::Layer::new(parse_filter(log_filter)?);
+        // Colours only for a person at a terminal: never in the journal, a file or a pipe.
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let logs = fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .and_then(fmt::layer().with_ansi(false).with_writer(file_log))
             .with_filter(filter);

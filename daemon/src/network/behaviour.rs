@@ -105,7 +105,7 @@ impl Behaviour {
         )
         .map_err(|e| format!("gossipsub: {e}"))?
         .with_metrics(
-            metrics.sub_registry_with_prefix("gossipsub"),
+            metrics.sub_registry_with_prefix("libp2p_gossipsub"),
             gossipsub::MetricsConfig::default(),
         );
         let (params, thresholds) = score_params();
