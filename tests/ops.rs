@@ -497,7 +497,7 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            for (i, _) in expr.match_indices(|c: char| c == 'a' || c == 'l') {
+            for (i, _) in expr.match_indices(['a', 'l']) {
                 let rest = &expr[i..];
                 if (rest.starts_with("agora_") || rest.starts_with("libp2p_"))
                     && !expr[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
