@@ -73,53 +73,61 @@ impl Metrics {
         let mut prom = PromRegistry::default();
         let libp2p = libp2p::metrics::Metrics::new(&mut prom);
         let agora = prom.sub_registry_with_prefix("agora");
-        let peers = Gauge::default();
-        agora.register("peers", "Connected peers", peers.clone());
-        let routing_table = Gauge::default();
-        agora.register(
+        /// Registers `metric` under `name` and hands back a handle to it.
+        fn add<M>(reg: &mut PromRegistry, name: &str, help: &str, metric: M) -> M
+        where
+            M: prometheus_client::registry::Metric + Clone,
+        {
+            reg.register(name, help, metric.clone());
+            metric
+        }
+        let latency = || Histogram::new(seconds_buckets());
+        let peers = add(agora, "peers", "Connected peers", Gauge::default());
+        let routing_table = add(
+            agora,
             "routing_table_peers",
             "Peers in the Kademlia routing table",
-            routing_table.clone(),
+            Gauge::default(),
         );
-        let search_seconds = Histogram::new(seconds_buckets());
-        agora.register(
+        let search_seconds = add(
+            agora,
             "search_seconds",
             "Local catalog search latency",
-            search_seconds.clone(),
+            latency(),
         );
-        let publish_seconds = Histogram::new(seconds_buckets());
-        agora.register(
+        let publish_seconds = add(
+            agora,
             "publish_seconds",
             "Time to publish a release (pack, sign, store, announce)",
-            publish_seconds.clone(),
+            latency(),
         );
-        let fetch_seconds = Histogram::new(seconds_buckets());
-        agora.register(
+        let fetch_seconds = add(
+            agora,
             "fetch_seconds",
             "Time to fetch an archive from the network",
-            fetch_seconds.clone(),
+            latency(),
         );
-        let fetch_throughput = Histogram::new(exponential_buckets(64.0 * 1024.0, 2.0, 16));
-        agora.register(
+        let fetch_throughput = add(
+            agora,
             "fetch_throughput_bytes_per_second",
             "Throughput of each archive fetched from the network",
-            fetch_throughput.clone(),
+            Histogram::new(exponential_buckets(64.0 * 1024.0, 2.0, 16)),
         );
-        let dht_query_seconds = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(seconds_buckets())
-        });
-        agora.register(
+        let dht_query_seconds = add(
+            agora,
             "dht_query_seconds",
             "Kademlia query latency by kind and outcome",
-            dht_query_seconds.clone(),
+            Family::<QueryLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(seconds_buckets())
+            }),
         );
-        let ipc_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(seconds_buckets())
-        });
-        agora.register(
+        let ipc_seconds = add(
+            agora,
             "ipc_request_seconds",
             "IPC request latency by request and outcome",
-            ipc_seconds.clone(),
+            Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(seconds_buckets())
+            }),
         );
         Arc::new(Self {
             prom: Mutex::new(prom),
