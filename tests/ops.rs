@@ -248,6 +248,103 @@ fn a_daemon_exports_the_spans_of_a_publish_and_a_search_and_its_metrics_over_otl
             ))
         }
     });
+
+    // A second node joins after the publish: the release reaches it by sync, and it fetches
+    // the archive from the first node. Its own receiver tells its spans apart.
+    let receiver2 = Receiver::start();
+    let endpoint2 = format!("http://{}", receiver2.addr);
+    let seed = node.address();
+    let node2 = Daemon::with_env_and_args(
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--otlp-endpoint",
+            &endpoint2,
+            "--bootstrap",
+            &seed,
+        ],
+    );
+    wait_until("node 2 has the release", || {
+        match node2.json(&["search", "otel-demo"])["total"].as_u64() {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let fetched = node2
+        .client()
+        .fetch("otel-demo", "1.2.3", |_| {})
+        .expect("node 2 fetches the archive");
+    assert!(!fetched.cached);
+    let size = fetched.size.to_string();
+    wait_until("node 2's sync and fetch spans reach its receiver", || {
+        let got = receiver2.got.lock().unwrap();
+        let names: Vec<&str> = got.spans.iter().map(|s| s.name.as_str()).collect();
+        let synced = got
+            .spans
+            .iter()
+            .any(|s| s.name == "sync" && attrs(s)["added"] == "1");
+        if synced && names.contains(&"registry.fetch") && names.contains(&"fetch.provider") {
+            Ok(())
+        } else {
+            Err(format!("spans so far: {names:?}"))
+        }
+    });
+    let got = receiver2.got.lock().unwrap();
+    let sync = got
+        .spans
+        .iter()
+        .find(|s| s.name == "sync" && attrs(s)["added"] == "1")
+        .unwrap();
+    let a = attrs(sync);
+    assert_eq!(
+        (
+            a["peer"].as_str(),
+            a["outcome"].as_str(),
+            a["refused"].as_str()
+        ),
+        (peer_id.as_str(), "ok", "0")
+    );
+    let fetch = got
+        .spans
+        .iter()
+        .find(|s| s.name == "registry.fetch")
+        .unwrap();
+    let a = attrs(fetch);
+    assert_eq!(
+        (
+            a["package"].as_str(),
+            a["version"].as_str(),
+            a["cached"].as_str(),
+            a["providers"].as_str(),
+            a["bytes"].as_str(),
+            a["outcome"].as_str()
+        ),
+        ("otel-demo", "1.2.3", "false", "1", size.as_str(), "ok")
+    );
+    let provider = got
+        .spans
+        .iter()
+        .find(|s| s.name == "fetch.provider")
+        .unwrap();
+    assert_eq!(provider.parent_span_id, fetch.span_id);
+    let a = attrs(provider);
+    assert_eq!(
+        (
+            a["peer"].as_str(),
+            a["bytes"].as_str(),
+            a["failures"].as_str(),
+            a["outcome"].as_str()
+        ),
+        (peer_id.as_str(), size.as_str(), "0", "served")
+    );
+    assert!(
+        got.spans.iter().any(|s| s.name == "dht.query"
+            && s.parent_span_id == fetch.span_id
+            && attrs(s)["kind"] == "get_providers"),
+        "the provider lookup is part of the fetch"
+    );
 }
 
 fn get(url: &str) -> reqwest::blocking::Response {
