@@ -12,5 +12,6 @@ pub mod network;
 pub mod node;
 pub mod registry;
 pub mod reputation;
+pub mod service;
 pub mod store;
 pub mod telemetry;

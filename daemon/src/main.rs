@@ -6,29 +6,21 @@
 //! node and persist what is only in memory, then remove the socket.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, multiaddr::Protocol};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use agora_daemon::config::{Config, Flags};
-use agora_daemon::gateway::{self, Gateway};
-use agora_daemon::ipc::{Context, IpcListener};
-use agora_daemon::network::{NetworkConfig, NetworkHandle};
-use agora_daemon::node::{Node, NodeConfig};
-use agora_daemon::registry::RegistryConfig;
+use agora_daemon::network::NetworkConfig;
+use agora_daemon::service::Service;
 use agora_daemon::telemetry::Telemetry;
 use agora_protocol::paths::PathEnv;
 
 /// Default address of the HTTP gateway when `--http` is given without one.
 const DEFAULT_HTTP: &str = "127.0.0.1:4180";
-/// Longest wait between attempts to reach unreachable bootstrap peers.
-const MAX_REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -118,146 +110,37 @@ fn fail(e: &anyhow::Error) -> ! {
 }
 
 async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow::Result<()> {
-    let paths = config.paths.clone();
-    let (listener, socket_file) = IpcListener::bind(&paths.socket).with_context(|| {
-        format!(
-            "while claiming the socket {} (is another agorad using this AGORA_HOME?)",
-            paths.socket.display()
-        )
-    })?;
-    let http_listener = match config.http {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                warn!(%addr, "the HTTP gateway listens beyond loopback: anyone who reaches it can read the catalog and download archives");
-            }
-            Some(
-                gateway::bind(addr)
-                    .await
-                    .with_context(|| format!("while binding the HTTP gateway to {addr}"))?,
-            )
-        }
-        None => None,
-    };
-    let mut network = NetworkConfig::new(keypair);
-    network.enable_mdns = config.mdns;
-    let mut registry = RegistryConfig::new(&paths.data_dir);
-    registry.cache_quota = config.cache_quota;
-    registry.trust = config.trust.clone();
-    let node = Node::start(NodeConfig { network, registry })
-        .await
-        .with_context(|| format!("while starting the node in {}", paths.data_dir.display()))?;
+    let service = Service::start(
+        &config,
+        NetworkConfig::new(keypair),
+        Some(telemetry.log.clone()),
+    )
+    .await?;
     if let Some(meter) = telemetry.meter() {
-        node.network.metrics().export_to(&meter, &node.registry);
-    }
-
-    for addr in &config.listen {
-        let bound = node
+        service
+            .node
             .network
-            .listen(addr.clone())
-            .await
-            .with_context(|| format!("while listening on {addr}"))?;
-        info!(address = %bound.with(Protocol::P2p(node.network.peer_id())), "listening");
+            .metrics()
+            .export_to(&meter, &service.node.registry);
     }
-    let joined = config.bootstrap.is_empty() || join(&node.network, &config.bootstrap).await;
-    let bootstrapper = (!joined).then(|| {
-        warn!("no bootstrap peer reachable; trying again in the background");
-        tokio::spawn(rejoin(node.network.clone(), config.bootstrap.clone()))
-    });
-
-    let mut ctx = Context::new(node.registry.clone(), paths.clone());
-    ctx.log = Some(telemetry.log.clone());
-    ctx.http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let shutdown = ctx.shutdown.clone();
-    let ctx = Arc::new(ctx);
-    let gateway_state = Arc::new(Gateway {
-        ctx: ctx.clone(),
-        socket_up: false.into(),
-        needs_bootstrap: !config.bootstrap.is_empty(),
-    });
-    let http_server = http_listener.map(|l| {
-        info!(address = %ctx.http.map(|a| a.to_string()).unwrap_or_default(), "HTTP gateway listening");
-        tokio::spawn(gateway::serve(l, gateway_state.clone()))
-    });
-    let server = tokio::spawn(listener.serve(ctx.clone()));
-    gateway_state.socket_up.store(true, Ordering::SeqCst);
+    let paths = &config.paths;
     info!(
-        peer_id = %node.network.peer_id(),
+        peer_id = %service.node.network.peer_id(),
         socket = %paths.socket.display(),
         data_dir = %paths.data_dir.display(),
-        records = node.registry.catalog_len(),
+        records = service.node.registry.catalog_len(),
         version = env!("CARGO_PKG_VERSION"),
         "agorad ready"
     );
-
+    let stop = service.stop_requested();
     tokio::select! {
         r = wait_for_signal() => r?,
-        _ = shutdown.notified() => info!("stop requested over IPC"),
+        _ = stop.notified() => info!("stop requested over IPC"),
     }
     info!("shutting down");
-    // Stop accepting, stop the node (durable writes finish, in-memory state is persisted),
-    // and only then remove the socket: its disappearance tells `agora node stop` we are done.
-    gateway_state.socket_up.store(false, Ordering::SeqCst);
-    if let Some(b) = bootstrapper {
-        b.abort();
-    }
-    if let Some(h) = http_server {
-        h.abort();
-        let _ = h.await;
-    }
-    server.abort();
-    let _ = server.await;
-    node.shutdown().await;
-    drop(socket_file);
+    service.stop().await;
     info!("stopped");
     Ok(())
-}
-
-/// Dials the bootstrap peers; if one answers, joins the DHT through it. True if one did.
-async fn join(net: &NetworkHandle, peers: &[Multiaddr]) -> bool {
-    let mut reached = 0;
-    for addr in peers {
-        match net.dial(addr.clone()).await {
-            Ok(peer) => {
-                info!(%peer, %addr, "connected to bootstrap peer");
-                reached += 1;
-            }
-            Err(e) => warn!(%addr, error = %e, "bootstrap peer unreachable"),
-        }
-    }
-    if reached > 0 {
-        match net.bootstrap().await {
-            Ok(()) => info!("joined the DHT"),
-            Err(e) => warn!(error = %e, "DHT bootstrap did not complete"),
-        }
-    }
-    reached > 0
-}
-
-/// While no peer is connected, tries the bootstrap peers again with a growing interval, so a
-/// node started before its bootstrap peers joins them once they are up.
-async fn rejoin(net: NetworkHandle, peers: Vec<Multiaddr>) {
-    let mut interval = Duration::from_secs(1);
-    loop {
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(MAX_REDIAL_INTERVAL);
-        match net.peers().await {
-            Ok(p) if !p.is_empty() => {
-                debug!(
-                    peers = p.len(),
-                    "peers found another way; bootstrapping through them"
-                );
-                if let Err(e) = net.bootstrap().await {
-                    warn!(error = %e, "DHT bootstrap did not complete");
-                }
-                return;
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-        if join(&net, &peers).await {
-            return;
-        }
-    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

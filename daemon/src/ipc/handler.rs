@@ -207,10 +207,9 @@ pub async fn handle(
                 peer_id: peer.to_string(),
             })
         }
-        Request::Shutdown => {
-            ctx.shutdown.notify_one();
-            Ok(Response::ShuttingDown)
-        }
+        // The connection notifies `ctx.shutdown` once this answer is written, so the client
+        // always hears it before the daemon goes away.
+        Request::Shutdown => Ok(Response::ShuttingDown),
         Request::Keygen => {
             let dir = ctx.paths.keys_dir.clone();
             let secret = tokio::task::spawn_blocking(move || keys::generate_publisher_key(&dir))

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use agora_protocol::codec::Wire;
 use agora_protocol::ipc::{
-    self, ClientMessage, FRAME_HEADER_LEN, IPC_PROTOCOL_VERSION, IpcError, ServerMessage,
+    self, ClientMessage, FRAME_HEADER_LEN, IPC_PROTOCOL_VERSION, IpcError, Response, ServerMessage,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -197,7 +197,7 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                         daemon: IPC_PROTOCOL_VERSION,
                     }))
                     .await;
-                return Ok(());
+                return Ok(false);
             }
             Ok(ClientMessage::Request { .. }) => {
                 let _ = out
@@ -205,17 +205,17 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                         "the first message must be Hello".into(),
                     )))
                     .await;
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => {
                 let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
-                return Ok(());
+                return Ok(false);
             }
         }
         loop {
             let payload = match read_frame(&mut reader).await {
                 Ok(p) => p,
-                Err(ConnError::Io(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(ConnError::Io(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
                 Err(ConnError::Frame(e)) => {
                     let _ = out.send(refusal(IpcError::BadRequest(e.clone()))).await;
                     return Err(ConnError::Frame(e));
@@ -248,19 +248,23 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                         result.is_ok(),
                         started.elapsed(),
                     );
+                    let stop = matches!(result, Ok(Response::ShuttingDown));
                     if out
                         .send(ServerMessage::Response { id, result })
                         .await
                         .is_err()
                     {
-                        return Ok(());
+                        return Ok(false);
+                    }
+                    if stop {
+                        return Ok(true);
                     }
                 }
                 Ok(ClientMessage::Hello { .. }) => {
                     let _ = out
                         .send(refusal(IpcError::BadRequest("a second Hello".into())))
                         .await;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
@@ -272,7 +276,11 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
     .await;
     drop(out);
     let _ = writer_task.await;
-    result
+    // A stop is requested only after its answer has been written.
+    if let Ok(true) = result {
+        ctx.shutdown.notify_one();
+    }
+    result.map(drop)
 }
 
 /// An error answer that ends a connection (id 0: it answers no particular request).

@@ -1,0 +1,212 @@
+//! A whole daemon inside a process: the node, its IPC socket, the optional HTTP gateway and
+//! the bootstrap duty. `agorad` runs one; `agora-testnet` runs many side by side.
+//!
+//! Start-up order: claim the socket (refused if a live daemon holds it), bind the gateway,
+//! start the node, listen, dial the bootstrap peers (retrying in the background while none
+//! answers), then serve IPC. [`Service::stop`] undoes it in reverse and removes the socket
+//! last, so a socket that is gone means a daemon that is done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::gateway::{self, Gateway};
+use crate::ipc::{BindError, Context, IpcListener, SocketFile};
+use crate::network::{NetworkConfig, NetworkError, NetworkHandle};
+use crate::node::{Node, NodeConfig, StartError};
+use crate::registry::RegistryConfig;
+use crate::telemetry::LogControl;
+
+/// Longest wait between attempts to reach unreachable bootstrap peers.
+const MAX_REDIAL_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("while claiming the socket (is another agorad using this AGORA_HOME?): {0}")]
+    Socket(#[from] BindError),
+    #[error("while binding the HTTP gateway to {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("while starting the node in {dir}: {source}")]
+    Start { dir: String, source: StartError },
+    #[error("while listening on {addr}: {source}")]
+    Listen {
+        addr: Multiaddr,
+        source: NetworkError,
+    },
+}
+
+/// A running daemon.
+pub struct Service {
+    pub node: Node,
+    pub ctx: Arc<Context>,
+    /// The concrete addresses it listens on, with `/p2p/<peer id>`.
+    pub addresses: Vec<Multiaddr>,
+    gateway: Arc<Gateway>,
+    server: JoinHandle<()>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    bootstrapper: Option<JoinHandle<()>>,
+    socket_file: SocketFile,
+}
+
+impl Service {
+    /// Starts a daemon for `config` with these network settings (which carry the identity).
+    pub async fn start(
+        config: &Config,
+        mut network: NetworkConfig,
+        log: Option<LogControl>,
+    ) -> Result<Self, ServiceError> {
+        let paths = &config.paths;
+        let (listener, socket_file) = IpcListener::bind(&paths.socket)?;
+        let http_listener = match config.http {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    warn!(%addr, "the HTTP gateway listens beyond loopback: anyone who reaches it can read the catalog and download archives");
+                }
+                Some(
+                    gateway::bind(addr)
+                        .await
+                        .map_err(|source| ServiceError::Http { addr, source })?,
+                )
+            }
+            None => None,
+        };
+        network.enable_mdns = config.mdns;
+        let mut registry = RegistryConfig::new(&paths.data_dir);
+        registry.cache_quota = config.cache_quota;
+        registry.trust = config.trust.clone();
+        let node = Node::start(NodeConfig { network, registry })
+            .await
+            .map_err(|source| ServiceError::Start {
+                dir: paths.data_dir.display().to_string(),
+                source,
+            })?;
+        let mut addresses = Vec::new();
+        for addr in &config.listen {
+            let bound =
+                node.network
+                    .listen(addr.clone())
+                    .await
+                    .map_err(|source| ServiceError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            let full = bound.with(Protocol::P2p(node.network.peer_id()));
+            info!(address = %full, "listening");
+            addresses.push(full);
+        }
+        let joined = config.bootstrap.is_empty() || join(&node.network, &config.bootstrap).await;
+        let bootstrapper = (!joined).then(|| {
+            warn!("no bootstrap peer reachable; trying again in the background");
+            tokio::spawn(rejoin(node.network.clone(), config.bootstrap.clone()))
+        });
+
+        let mut ctx = Context::new(node.registry.clone(), paths.clone());
+        ctx.log = log;
+        ctx.http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let ctx = Arc::new(ctx);
+        let gateway = Arc::new(Gateway {
+            ctx: ctx.clone(),
+            socket_up: false.into(),
+            needs_bootstrap: !config.bootstrap.is_empty(),
+        });
+        let http = http_listener.map(|l| {
+            if let Some(a) = ctx.http {
+                info!(address = %a, "HTTP gateway listening");
+            }
+            tokio::spawn(gateway::serve(l, gateway.clone()))
+        });
+        let server = tokio::spawn(listener.serve(ctx.clone()));
+        gateway.socket_up.store(true, Ordering::SeqCst);
+        Ok(Self {
+            node,
+            ctx,
+            addresses,
+            gateway,
+            server,
+            http,
+            bootstrapper,
+            socket_file,
+        })
+    }
+
+    /// Notified when a client asks the daemon to stop (`agora node stop`).
+    pub fn stop_requested(&self) -> Arc<Notify> {
+        self.ctx.shutdown.clone()
+    }
+
+    /// Stops accepting, stops the node (durable writes finish, in-memory state is persisted)
+    /// and only then removes the socket.
+    pub async fn stop(self) {
+        self.gateway.socket_up.store(false, Ordering::SeqCst);
+        if let Some(b) = self.bootstrapper {
+            b.abort();
+        }
+        if let Some(h) = self.http {
+            h.abort();
+            let _ = h.await;
+        }
+        self.server.abort();
+        let _ = self.server.await;
+        self.node.shutdown().await;
+        drop(self.socket_file);
+    }
+}
+
+/// Dials the bootstrap peers; if one answers, joins the DHT through it. True if one did.
+async fn join(net: &NetworkHandle, peers: &[Multiaddr]) -> bool {
+    let mut reached = 0;
+    for addr in peers {
+        match net.dial(addr.clone()).await {
+            Ok(peer) => {
+                info!(%peer, %addr, "connected to bootstrap peer");
+                reached += 1;
+            }
+            Err(e) => warn!(%addr, error = %e, "bootstrap peer unreachable"),
+        }
+    }
+    if reached > 0 {
+        match net.bootstrap().await {
+            Ok(()) => info!("joined the DHT"),
+            Err(e) => warn!(error = %e, "DHT bootstrap did not complete"),
+        }
+    }
+    reached > 0
+}
+
+/// While no peer is connected, tries the bootstrap peers again with a growing interval, so a
+/// node started before its bootstrap peers joins them once they are up.
+async fn rejoin(net: NetworkHandle, peers: Vec<Multiaddr>) {
+    let mut interval = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(MAX_REDIAL_INTERVAL);
+        match net.peers().await {
+            Ok(p) if !p.is_empty() => {
+                debug!(
+                    peers = p.len(),
+                    "peers found another way; bootstrapping through them"
+                );
+                if let Err(e) = net.bootstrap().await {
+                    warn!(error = %e, "DHT bootstrap did not complete");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if join(&net, &peers).await {
+            return;
+        }
+    }
+}
