@@ -166,6 +166,27 @@ impl Config {
         Ok(config)
     }
 
+    /// A node of a local network (testnets, benches): everything under `home`, one loopback
+    /// TCP port chosen by the system, no mDNS, no gateway, the other settings at their
+    /// defaults.
+    pub fn local(home: &Path) -> Result<Self, ConfigError> {
+        let paths = Paths::resolve(&PathEnv {
+            agora_home: Some(home.to_owned()),
+            ..PathEnv::default()
+        })?;
+        Ok(Self {
+            paths,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            bootstrap: Vec::new(),
+            mdns: false,
+            cache_quota: DEFAULT_CACHE_QUOTA,
+            log_level: "warn".into(),
+            http: None,
+            otlp_endpoint: None,
+            trust: TrustPolicy::FirstUse,
+        })
+    }
+
     fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let at = |span: Option<Range<usize>>, message: String| {
             let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));

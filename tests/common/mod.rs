@@ -40,11 +40,32 @@ pub async fn start_with(config: NodeConfig) -> (Node, Multiaddr) {
 }
 
 /// A fresh data directory under cargo's scratch directory for integration tests
-/// (`target/tmp`), kept after the test so a failure can be inspected.
+/// (`target/tmp/run-<pid>/`), kept after the test so a failure can be inspected. The first
+/// call in a test process removes the directories of earlier runs whose process has exited,
+/// so scratch data never outlives the next run.
 pub fn data_dir() -> std::path::PathBuf {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-        .keep()
+    static RUN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let gone = name
+                    .strip_prefix("run-")
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+                // Also the unsorted directories earlier versions of this helper left.
+                let legacy = name.starts_with(".tmp");
+                if gone || legacy {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let run = root.join(format!("run-{}", std::process::id()));
+        std::fs::create_dir_all(&run).expect("scratch directory");
+        run
+    });
+    tempfile::tempdir_in(run).expect("temp dir").keep()
 }
 
 /// Starts one node listening on an ephemeral loopback TCP port, with a fresh data directory.

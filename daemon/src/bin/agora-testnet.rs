@@ -20,10 +20,7 @@ use tracing_subscriber::EnvFilter;
 use agora_daemon::config::Config;
 use agora_daemon::keys;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::registry::DEFAULT_CACHE_QUOTA;
-use agora_daemon::registry::trust::TrustPolicy;
 use agora_daemon::service::Service;
-use agora_protocol::paths::{PathEnv, Paths};
 use agora_protocol::search::SearchQuery;
 
 /// How long seeding waits for every node to hold every release.
@@ -151,23 +148,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn node_config(home: &Path, bootstrap: Option<Multiaddr>, http: bool) -> anyhow::Result<Config> {
-    let paths = Paths::resolve(&PathEnv {
-        agora_home: Some(home.to_owned()),
-        ..PathEnv::default()
-    })?;
-    std::fs::create_dir_all(&paths.data_dir)
-        .with_context(|| format!("creating {}", paths.data_dir.display()))?;
-    Ok(Config {
-        paths,
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-        bootstrap: bootstrap.into_iter().collect(),
-        mdns: false,
-        cache_quota: DEFAULT_CACHE_QUOTA,
-        log_level: "warn".into(),
-        http: http.then(|| "127.0.0.1:0".parse()).transpose()?,
-        otlp_endpoint: None,
-        trust: TrustPolicy::FirstUse,
-    })
+    let mut config = Config::local(home)?;
+    std::fs::create_dir_all(&config.paths.data_dir)
+        .with_context(|| format!("creating {}", config.paths.data_dir.display()))?;
+    config.bootstrap = bootstrap.into_iter().collect();
+    config.http = http.then(|| "127.0.0.1:0".parse()).transpose()?;
+    Ok(config)
 }
 
 /// Publishes `count` synthetic releases from node 0 and waits until every node has them all.
