@@ -1,9 +1,10 @@
-//! Publish until visible on every node: N real in-process nodes on loopback TCP (the testnet
-//! settings: 100 ms gossip heartbeat), joined to the first; node 0 publishes a package
-//! directory again and again (new name each time) and the clock runs from the call until the
-//! release is in the catalog of every node. Also reported: how long `publish` itself takes
-//! (pack, sign, store durably, index, DHT puts, provide, gossip), and the time until the first
-//! other node has it. Sizes from `AGORA_BENCH_NODES` (default `10,20,50`), publishes per size
+//! Publish until visible in search on every node: N real in-process nodes on loopback TCP
+//! (the testnet settings: 100 ms gossip heartbeat), joined to the first; node 0 publishes a
+//! package directory again and again (a new name each time) and the clock runs from the call
+//! until every node's search index holds the new package (each publish adds exactly one, so
+//! the index's document count tells). Also reported: how long `publish` itself takes (pack,
+//! sign, store durably, index, gossip, DHT puts, provide), and the time until the first other
+//! node can find it. Sizes from `AGORA_BENCH_NODES` (default `10,20,50`), publishes per size
 //! from `AGORA_BENCH_PUBLISHES` (default 40).
 //!
 //! Run: `cargo bench --bench publish`.
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_daemon::registry::Registry;
-use agora_protocol::records::RecordId;
+use agora_protocol::PackageName;
+use agora_protocol::search::SearchQuery;
 
 /// How often the nodes' catalogs are checked while waiting.
 const POLL: Duration = Duration::from_micros(200);
@@ -58,12 +60,15 @@ fn summary(label: &str, mut v: Vec<Duration>) -> String {
 
 async fn wait_visible(
     registries: &[Arc<Registry>],
-    id: &RecordId,
+    packages: u64,
     started: Instant,
 ) -> (Duration, Duration) {
     let mut first: Option<Duration> = None;
     loop {
-        let have = registries.iter().filter(|r| r.has_record(id)).count();
+        let have = registries
+            .iter()
+            .filter(|r| r.indexed_count() >= packages)
+            .count();
         if have > 1 && first.is_none() {
             first = Some(started.elapsed());
         }
@@ -90,11 +95,29 @@ async fn run(nodes: usize, publishes: usize) {
     let (mut call, mut first, mut all) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..publishes {
         let dir = src.path().join(format!("p{i}"));
-        write_package(&dir, &format!("bench-{nodes}-{i}"));
+        let name = format!("bench-{nodes}-{i}");
+        write_package(&dir, &name);
+        let name: PackageName = name.parse().unwrap();
+        // Watched while the call runs: gossip goes out before the call returns.
         let started = Instant::now();
-        let published = registries[0].publish(dir, &key).await.unwrap();
-        call.push(started.elapsed());
-        let (f, a) = wait_visible(&registries, &published.record.id(), started).await;
+        let publisher = registries[0].clone();
+        let k = key.clone();
+        let task = tokio::spawn(async move {
+            let r = publisher.publish(dir, &k).await.unwrap();
+            (r.record.body.name, started.elapsed())
+        });
+        let (f, a) = wait_visible(&registries, i as u64 + 1, started).await;
+        let (published, took) = task.await.unwrap();
+        assert_eq!(published, name);
+        for r in &registries {
+            let hits = r.search(&SearchQuery::text(name.as_str())).unwrap();
+            assert_eq!(
+                hits.hits[0].name,
+                name.as_str(),
+                "found by name on every node"
+            );
+        }
+        call.push(took);
         first.push(f);
         all.push(a);
     }

@@ -400,6 +400,11 @@ impl Registry {
         self.catalog_lock().ids.len()
     }
 
+    /// Packages the search index holds (what `search` can find).
+    pub fn indexed_count(&self) -> u64 {
+        self.index.num_docs()
+    }
+
     /// Number of package names in the catalog.
     pub fn package_count(&self) -> usize {
         self.catalog_lock().trust.name_count()
@@ -678,8 +683,9 @@ impl Registry {
     }
 
     /// Publishes the package in `dir`: validate its manifest, pack it deterministically, sign
-    /// the release, store the archive and the record durably, index it, then put the release
-    /// and head records on the DHT, provide the archive and gossip the release.
+    /// the release, store the archive and the record durably, index it, then gossip the
+    /// release and, concurrently, put the release and head records on the DHT and provide the
+    /// archive.
     #[tracing::instrument(
         name = "registry.publish",
         skip_all,
@@ -729,13 +735,18 @@ impl Registry {
             blocking(move || reg.publish_local(&dir, &PublisherSecret::from_bytes(secret_bytes)))
                 .await?;
         let id = record.body.archive.id;
-        self.put_dht(DhtValue::Release(record.clone())).await?;
-        self.put_dht(DhtValue::Head(head.clone())).await?;
-        self.net
-            .start_providing(DhtKey::Content(id).to_bytes())
-            .await
-            .or_else(tolerate_lonely)?;
+        // The release is durable here. Gossip first: it reaches the connected peers at once,
+        // while each DHT operation is an iterative query of several round trips. Then the
+        // DHT puts and the provider record go out together, not one after another.
         let gossiped = self.gossip(GossipMessage::Release(record.clone())).await?;
+        let (release, head_put, provide) = tokio::join!(
+            self.put_dht(DhtValue::Release(record.clone())),
+            self.put_dht(DhtValue::Head(head.clone())),
+            self.net.start_providing(DhtKey::Content(id).to_bytes()),
+        );
+        release?;
+        head_put?;
+        provide.or_else(tolerate_lonely)?;
         info!(name = %record.body.name, version = %record.body.version, gossiped, "published");
         Ok(Published {
             record,
