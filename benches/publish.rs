@@ -88,8 +88,17 @@ async fn wait_visible(
 async fn run(nodes: usize, publishes: usize) {
     let net = common::testnet(nodes).await;
     let registries: Vec<Arc<Registry>> = net.iter().map(|(n, _)| n.registry.clone()).collect();
-    // Let the gossip mesh form before measuring (heartbeats every 100 ms).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Measure once every node has a gossip mesh (it forms over a few 100 ms heartbeats).
+    let started = Instant::now();
+    for (n, _) in &net {
+        while n.network.info().await.unwrap().gossip_mesh_peers == 0 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no gossip mesh after {DEADLINE:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
     let key = common::publisher(7);
     let src = tempfile::tempdir().unwrap();
     let (mut call, mut first, mut all) = (Vec::new(), Vec::new(), Vec::new());
