@@ -134,22 +134,11 @@ async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow:
     );
     let stop = service.stop_requested();
     tokio::select! {
-        r = wait_for_signal() => r?,
+        r = agora_daemon::service::wait_for_signal() => r.context("while waiting for SIGINT or SIGTERM")?,
         _ = stop.notified() => info!("stop requested over IPC"),
     }
     info!("shutting down");
     service.stop().await;
     info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("while waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

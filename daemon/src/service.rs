@@ -210,3 +210,13 @@ async fn rejoin(net: NetworkHandle, peers: Vec<Multiaddr>) {
         }
     }
 }
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM: how a daemon, or a testnet of them, is told to stop.
+pub async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

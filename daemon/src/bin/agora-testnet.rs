@@ -136,7 +136,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     print(&nodes, home.path(), &args, started_in, seeded_in);
 
-    wait_for_signal().await?;
+    agora_daemon::service::wait_for_signal()
+        .await
+        .context("waiting for SIGINT or SIGTERM")?;
     eprintln!("stopping {} nodes", nodes.len());
     for n in nodes {
         n.stop().await;
@@ -300,14 +302,4 @@ fn print(
         nodes[0].ctx.paths.socket.display()
     );
     println!("Ctrl-C stops the network");
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

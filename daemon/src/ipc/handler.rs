@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use agora_protocol::ipc::{
@@ -32,6 +32,9 @@ pub struct Context {
     pub started: Instant,
     /// The HTTP gateway's address, when it is on.
     pub http: Option<SocketAddr>,
+    /// This node's publisher key (hex) once it is known: read from its file at most until it
+    /// exists, instead of on every `status`.
+    publisher: OnceLock<String>,
 }
 
 impl Context {
@@ -43,7 +46,20 @@ impl Context {
             log: None,
             started: Instant::now(),
             http: None,
+            publisher: OnceLock::new(),
         }
+    }
+
+    /// The publisher key, if this node has one.
+    fn publisher(&self) -> Option<String> {
+        if let Some(k) = self.publisher.get() {
+            return Some(k.clone());
+        }
+        let key = keys::publisher_key(&self.paths.keys_dir)
+            .ok()?
+            .public()
+            .to_hex();
+        Some(self.publisher.get_or_init(|| key).clone())
     }
 }
 
@@ -177,9 +193,7 @@ pub async fn handle(
                     .map(LogControl::current)
                     .unwrap_or_default(),
                 http: ctx.http.map(|a| a.to_string()),
-                publisher: keys::publisher_key(&ctx.paths.keys_dir)
-                    .ok()
-                    .map(|k| k.public().to_hex()),
+                publisher: ctx.publisher(),
                 data_dir: ctx.paths.data_dir.display().to_string(),
             }))
         }
@@ -216,9 +230,9 @@ pub async fn handle(
                 .await
                 .map_err(|e| IpcError::Internal(e.to_string()))?
                 .map_err(key_error)?;
-            Ok(Response::Key {
-                publisher: secret.public().to_hex(),
-            })
+            let publisher = secret.public().to_hex();
+            let _ = ctx.publisher.set(publisher.clone());
+            Ok(Response::Key { publisher })
         }
         Request::Publish { dir, dry_run } => {
             let dir = PathBuf::from(dir);
