@@ -8,6 +8,10 @@
 //! and writes it back, driven by the same blocking client code path: what any IPC over this
 //! socket costs before Agora does anything. Run: `cargo bench --bench ipc`.
 
+/// The allocator agorad runs with, so the numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,10 @@
 //!
 //! Run: `cargo bench --bench publish`.
 
+/// The allocator agorad runs with, so the numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -42,6 +46,16 @@ fn write_package(dir: &std::path::Path, name: &str) {
     )
     .unwrap();
     std::fs::write(dir.join("templates/a.tmpl"), name).unwrap();
+}
+
+/// CPU time this process has used (every node, every thread), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's clock ticks are 100 Hz on every Linux this runs on (USER_HZ).
+    Duration::from_millis(ticks * 10)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -102,6 +116,7 @@ async fn run(nodes: usize, publishes: usize) {
     let key = common::publisher(7);
     let src = tempfile::tempdir().unwrap();
     let (mut call, mut first, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    let cpu_before = cpu_time();
     for i in 0..publishes {
         let dir = src.path().join(format!("p{i}"));
         let name = format!("bench-{nodes}-{i}");
@@ -130,8 +145,9 @@ async fn run(nodes: usize, publishes: usize) {
         first.push(f);
         all.push(a);
     }
+    let cpu = (cpu_time() - cpu_before) / publishes as u32;
     println!(
-        "publish, {nodes} nodes, {publishes} releases: {}; {}; {}",
+        "publish, {nodes} nodes, {publishes} releases: {}; {}; {}; CPU per publish (all nodes) {cpu:.1?}",
         summary("publish call", call),
         summary("first other node", first),
         summary("visible on all", all),

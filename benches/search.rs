@@ -6,6 +6,10 @@
 //!
 //! Run: `cargo bench --bench search` (add `AGORA_BENCH_SIZES=1000,10000,100000` for 100k).
 
+/// The allocator agorad runs with, so the numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use agora_daemon::index::{IndexDoc, SearchIndex};
@@ -124,7 +128,7 @@ fn sizes() -> Vec<usize> {
 
 fn build(n: usize) -> (tempfile::TempDir, SearchIndex) {
     let dir = tempfile::tempdir().unwrap();
-    let index = SearchIndex::open(dir.path()).unwrap();
+    let (index, _) = SearchIndex::open(dir.path(), 0).unwrap();
     index.rebuild((0..n).map(synthetic)).unwrap();
     assert_eq!(index.num_docs(), n as u64);
     (dir, index)

@@ -66,6 +66,17 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
     // Typo tolerance, end to end.
     let r = n3.json(&["search", "gret-ap"]);
     assert_eq!(r["hits"][0]["name"], "greet-app");
+    // A page past the result window is a usage error (exit 2), not an allocation.
+    let deep = n3.agora(&["search", "greet", "--offset", "4000000000"]);
+    assert_eq!(deep.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&deep.stderr)
+            .lines()
+            .next()
+            .unwrap(),
+        "error: message breaks a rule: offset 4000000000 + limit 20 goes past result 10000, \
+         the deepest a search pages"
+    );
 
     // Node 2 fetches through the typed client, which streams progress: a step, then bytes.
     let lib_info = n2.json(&["info", "greet-lib"]);

@@ -70,15 +70,15 @@ impl Node {
         Ok((node, full))
     }
 
-    /// Stops the duties and the event loop, waits for the tasks, and persists what is only in
-    /// memory.
+    /// Stops the duties and the event loop, waits for the tasks, persists what is only in
+    /// memory and seals the search index.
     pub async fn shutdown(self) {
         self.duties_task.abort();
         let _ = self.duties_task.await;
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         let _ = self.inbound_task.await;
-        if let Err(e) = self.registry.persist().await {
+        if let Err(e) = self.registry.close().await {
             warn!(error = %e, "could not persist state at shutdown");
         }
     }

@@ -77,6 +77,10 @@ pub const MAX_FETCH_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 256;
 pub const MAX_SEARCH_QUERY_LEN: usize = 256;
 /// Most results in one search page.
 pub const MAX_SEARCH_LIMIT: u32 = 1000;
+/// Deepest result a search can page to (offset + limit): the index keeps that many
+/// candidates in memory per search, so it must be bounded. Like Elasticsearch's default
+/// result window.
+pub const MAX_SEARCH_WINDOW: u32 = 10_000;
 
 /// Largest IPC frame payload in either direction. Requests carry paths and queries; responses
 /// carry search pages and package lists. 16 MiB is far above any of them and still bounded.

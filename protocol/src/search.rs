@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_LEN, MAX_SHORT_FIELD_LEN};
+use crate::limits::{
+    MAX_SEARCH_LIMIT, MAX_SEARCH_QUERY_LEN, MAX_SEARCH_WINDOW, MAX_SHORT_FIELD_LEN,
+};
 
 /// How results are ordered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +83,12 @@ impl SearchQuery {
             return Err(format!(
                 "limit {} is outside 1..={MAX_SEARCH_LIMIT}",
                 self.limit
+            ));
+        }
+        if u64::from(self.offset) + u64::from(self.limit) > u64::from(MAX_SEARCH_WINDOW) {
+            return Err(format!(
+                "offset {} + limit {} goes past result {MAX_SEARCH_WINDOW}, the deepest a search pages",
+                self.offset, self.limit
             ));
         }
         Ok(())

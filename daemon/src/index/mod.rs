@@ -1,48 +1,57 @@
 //! The search index: tantivy over the newest installable release of every package, so search
 //! is local and answers in well under a millisecond.
 //!
-//! It is derived data: the catalog in redb is the truth, and the index is rebuilt from it
-//! whenever their counts disagree at start-up (a crash between the two commits, a new schema).
+//! It is derived data: the catalog in redb is the truth. Writers mark the names whose
+//! document changed ([`SearchIndex::mark`]); [`SearchIndex::flush`] makes them searchable,
+//! one flush serving every writer waiting behind it. A change goes into the overlay (see
+//! [`view`]), a small segment rebuilt in about a millisecond, instead of a commit of the
+//! base index (several milliseconds whatever it holds: tantivy sizes a writer's term table
+//! from its 15 MB minimum budget); the overlay is folded into the base once it holds
+//! [`OVERLAY_MAX`] packages. Everything is in memory (see [`snapshot`]): at a clean shutdown
+//! [`SearchIndex::seal`] writes it to disk with the number of catalog records it reflects,
+//! and the next start loads it if the catalog still has that many, or rebuilds it.
+//!
 //! Text fields use tantivy's default tokenizer (split on non-alphanumerics, lowercase), so
 //! `hello-world` is the terms `hello` and `world`; each query term also matches within edit
 //! distance 1 (2 for terms of 8 bytes or more) and the last term as a prefix, which is how
 //! `helo-wrld` finds `hello-world`. Never called from the event loop.
 
-use std::path::Path;
-use std::sync::Mutex;
+mod query;
+mod schema;
+pub mod snapshot;
+mod view;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use agora_protocol::PackageMeta;
-use agora_protocol::search::{SearchHit, SearchQuery, SearchResults, SortOrder};
-use tantivy::collector::{Count, FacetCollector, TopDocs};
-use tantivy::directory::MmapDirectory;
-use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery};
-use tantivy::schema::{
-    FAST, FacetOptions, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT, Value,
-};
-use tantivy::{
-    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument,
-    Term,
-};
+use agora_protocol::search::{SearchQuery, SearchResults};
+use tantivy::directory::RamDirectory;
+use tantivy::indexer::IndexWriterOptions;
+use tantivy::schema::Schema;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
-/// Memory the index writer may buffer before it flushes a segment (tantivy's minimum).
+use schema::Fields;
+use view::{Overlay, View};
+
+/// Memory the base index writer may buffer before it flushes a segment (tantivy's minimum).
 const WRITER_MEMORY: usize = 15_000_000;
-/// Weight of a match in the package name against one in other text.
-const NAME_BOOST: f32 = 4.0;
-/// Weight of a fuzzy (typo-tolerant) match against an exact one.
-const FUZZY_BOOST: f32 = 0.5;
-/// Terms shorter than this are matched exactly (a typo in 3 letters is another word).
-const FUZZY_MIN_LEN: usize = 4;
-/// Terms at least this long tolerate two edits.
-const FUZZY_TWO_EDITS_LEN: usize = 8;
-/// Most categories reported in facet counts.
-const MAX_FACETS: usize = 50;
+/// Background merge threads per index: merges of small segments are short, and a machine
+/// may run dozens of nodes (tantivy's default of 4 each adds up).
+const MERGE_THREADS: usize = 1;
+/// Packages the overlay holds before it is folded into the base: rebuilding an overlay this
+/// full costs about as much as one base commit.
+pub const OVERLAY_MAX: usize = 256;
+/// Version of the schema and of how documents are built: an index sealed under another is
+/// rebuilt.
+const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("search index: {0}")]
     Tantivy(Box<tantivy::TantivyError>),
-    #[error("search index directory: {0}")]
-    Directory(#[from] tantivy::directory::error::OpenDirectoryError),
     #[error("search index i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid search: {0}")]
@@ -64,330 +73,284 @@ pub struct IndexDoc {
     pub published_at: u64,
 }
 
-struct Fields {
-    /// The exact name: deletion key, sort key, stored.
-    name_key: Field,
-    /// The name as words.
-    name: Field,
-    version: Field,
-    description: Field,
-    /// Tags, keywords, category and author as words.
-    terms: Field,
-    category: Field,
-    category_facet: Field,
-    tag: Field,
-    author: Field,
-    license: Field,
-    published_at: Field,
+/// A place in the queue of index changes: [`SearchIndex::flush`] returns once everything
+/// marked up to it is searchable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Names whose document must be recomputed, and the newest ticket handed out.
+#[derive(Default)]
+struct Queue {
+    names: BTreeSet<String>,
+    last: u64,
+}
+
+/// The base's writer and the overlay: changed together, under one lock.
+struct Tiers {
+    writer: IndexWriter,
+    overlay: Overlay,
 }
 
 pub struct SearchIndex {
-    reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    schema: Schema,
     f: Fields,
+    /// The base index's reader (reloaded only under the `tiers` lock).
+    reader: IndexReader,
+    tiers: Mutex<Tiers>,
+    /// What searches read; replaced whole after every change.
+    view: RwLock<Arc<View>>,
+    queue: Mutex<Queue>,
+    /// Every ticket up to this one is searchable.
+    committed: AtomicU64,
+    /// The base index's files.
+    ram: RamDirectory,
+    /// Where it is saved at shutdown (`None`: never saved).
+    dir: Option<PathBuf>,
 }
 
-fn schema() -> (Schema, Fields) {
-    let mut b = Schema::builder();
-    let f = Fields {
-        name_key: b.add_text_field("name_key", STRING | STORED | FAST),
-        name: b.add_text_field("name", TEXT),
-        version: b.add_text_field("version", STORED),
-        description: b.add_text_field("description", TEXT | STORED),
-        terms: b.add_text_field("terms", TEXT),
-        category: b.add_text_field("category", STRING | STORED),
-        category_facet: b.add_facet_field("category_facet", FacetOptions::default()),
-        tag: b.add_text_field("tag", STRING | STORED),
-        author: b.add_text_field("author", STRING | STORED),
-        license: b.add_text_field("license", STRING | STORED),
-        published_at: b.add_u64_field("published_at", INDEXED | STORED | FAST),
-    };
-    (b.build(), f)
+/// The seal's content for an index reflecting `records` catalog records.
+fn seal_text(records: u64) -> String {
+    format!("format={FORMAT} records={records}\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`, recreating it if it was built with another schema.
-    pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        std::fs::create_dir_all(dir)?;
-        let (schema, f) = schema();
-        let index = match Index::open_or_create(MmapDirectory::open(dir)?, schema.clone()) {
-            Ok(index) => index,
-            Err(e) => {
-                tracing::warn!(error = %e, "search index unusable; rebuilding it");
-                std::fs::remove_dir_all(dir)?;
-                std::fs::create_dir_all(dir)?;
-                Index::open_or_create(MmapDirectory::open(dir)?, schema)?
+    /// Loads the index saved in `dir` if it was sealed reflecting exactly `records` catalog
+    /// records; otherwise starts empty. Returns whether it was loaded (if not, the caller
+    /// rebuilds it).
+    pub fn open(dir: &Path, records: u64) -> Result<(Self, bool), IndexError> {
+        let (schema, _) = schema::schema();
+        let builder = || {
+            Index::builder()
+                .schema(schema.clone())
+                .settings(schema::settings())
+        };
+        let saved = snapshot::load(dir, &seal_text(records))?.and_then(|ram| {
+            match builder().open_or_create(ram.clone()) {
+                Ok(index) => Some((index, ram)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved search index unusable; rebuilding it");
+                    None
+                }
+            }
+        });
+        let loaded = saved.is_some();
+        let (index, ram) = match saved {
+            Some(saved) => saved,
+            None => {
+                let ram = RamDirectory::create();
+                (builder().open_or_create(ram.clone())?, ram)
             }
         };
-        Self::with_index(index, f)
+        Ok((
+            Self::with_index(index, ram, Some(dir.to_path_buf()))?,
+            loaded,
+        ))
     }
 
-    /// An index in memory (benchmarks and tests).
+    /// An index in memory that is never saved (benchmarks and tests).
     pub fn in_memory() -> Result<Self, IndexError> {
-        let (schema, f) = schema();
-        Self::with_index(Index::create_in_ram(schema), f)
+        let (schema, _) = schema::schema();
+        let ram = RamDirectory::create();
+        let index = Index::builder()
+            .schema(schema)
+            .settings(schema::settings())
+            .open_or_create(ram.clone())?;
+        Self::with_index(index, ram, None)
     }
 
-    fn with_index(index: Index, f: Fields) -> Result<Self, IndexError> {
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
-        let reader = index
+    fn with_index(
+        index: Index,
+        ram: RamDirectory,
+        dir: Option<PathBuf>,
+    ) -> Result<Self, IndexError> {
+        let (schema, f) = schema::schema();
+        let writer = index.writer_with_options(
+            IndexWriterOptions::builder()
+                .num_worker_threads(1)
+                .num_merge_threads(MERGE_THREADS)
+                .memory_budget_per_thread(WRITER_MEMORY)
+                .build(),
+        )?;
+        let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
+        let overlay = Overlay::default();
+        let view = View::new(reader.searcher(), &overlay, &schema, &f)?;
         Ok(Self {
-            reader,
-            writer: Mutex::new(writer),
+            schema,
             f,
+            reader,
+            tiers: Mutex::new(Tiers { writer, overlay }),
+            view: RwLock::new(Arc::new(view)),
+            queue: Mutex::new(Queue::default()),
+            committed: AtomicU64::new(0),
+            ram,
+            dir,
         })
     }
 
+    /// Packages a search can find.
     pub fn num_docs(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.current().num_docs()
     }
 
-    /// Replaces the documents of these packages and removes those of `removed`, then makes the
-    /// change durable and visible.
-    pub fn update(&self, docs: &[IndexDoc], removed: &[String]) -> Result<(), IndexError> {
-        if docs.is_empty() && removed.is_empty() {
+    fn current(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes that the documents of `names` must be recomputed. Cheap: call it where the
+    /// change is made (under the catalog's lock), then [`flush`](Self::flush) outside it.
+    /// Marking no names changes nothing and returns the newest ticket.
+    pub fn mark(&self, names: impl IntoIterator<Item = String>) -> Ticket {
+        let mut q = lock(&self.queue);
+        let before = q.names.len();
+        q.names.extend(names);
+        if q.names.len() > before {
+            q.last += 1;
+        }
+        Ticket(q.last)
+    }
+
+    /// The newest ticket handed out: flushing it makes every change marked so far visible.
+    pub fn last_ticket(&self) -> Ticket {
+        Ticket(lock(&self.queue).last)
+    }
+
+    /// Returns once everything marked up to `ticket` is searchable. Whoever gets the writer
+    /// first applies every name marked so far, asking `docs_for` for their current documents
+    /// (and the names that have none); those waiting behind it usually find their work done.
+    pub fn flush<E: From<IndexError>>(
+        &self,
+        ticket: Ticket,
+        docs_for: impl FnOnce(&[String]) -> Result<(Vec<IndexDoc>, Vec<String>), E>,
+    ) -> Result<(), E> {
+        let mut tiers = lock(&self.tiers);
+        if self.committed.load(Ordering::Acquire) >= ticket.0 {
             return Ok(());
         }
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        for name in removed {
-            writer.delete_term(Term::from_field_text(self.f.name_key, name));
+        let (names, upto) = {
+            let mut q = lock(&self.queue);
+            (std::mem::take(&mut q.names), q.last)
+        };
+        if !names.is_empty() {
+            let names: Vec<String> = names.into_iter().collect();
+            let applied = docs_for(&names)
+                .and_then(|(docs, removed)| Ok(self.change(&mut tiers, docs, removed, false)?));
+            if let Err(e) = applied {
+                // Whoever flushes next tries these names again.
+                lock(&self.queue).names.extend(names);
+                return Err(e);
+            }
         }
+        self.committed.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    /// Replaces the documents of these packages and removes those of `removed`, committing
+    /// them to the base at once.
+    pub fn update(&self, docs: &[IndexDoc], removed: &[String]) -> Result<(), IndexError> {
+        let mut tiers = lock(&self.tiers);
+        self.change(&mut tiers, docs.to_vec(), removed.to_vec(), true)
+    }
+
+    /// Puts changes in the overlay and publishes a new view; folds the overlay into the base
+    /// first if it is full or `fold` asks for it.
+    fn change(
+        &self,
+        tiers: &mut Tiers,
+        docs: Vec<IndexDoc>,
+        removed: Vec<String>,
+        fold: bool,
+    ) -> Result<(), IndexError> {
+        let base = self.reader.searcher();
         for doc in docs {
-            writer.delete_term(Term::from_field_text(self.f.name_key, &doc.name));
-            writer.add_document(self.to_document(doc))?;
+            tiers
+                .overlay
+                .set(doc.name.clone(), Some(doc), &base, &self.f)?;
         }
-        writer.commit()?;
-        drop(writer);
-        self.reader.reload()?;
+        for name in removed {
+            tiers.overlay.set(name, None, &base, &self.f)?;
+        }
+        if fold || tiers.overlay.len() > OVERLAY_MAX {
+            self.fold(tiers)
+        } else {
+            self.publish(tiers)
+        }
+    }
+
+    /// Commits the overlay's changes to the base and empties it.
+    fn fold(&self, tiers: &mut Tiers) -> Result<(), IndexError> {
+        if !tiers.overlay.is_empty() {
+            for (name, doc) in tiers.overlay.changes() {
+                tiers.writer.delete_term(self.f.name_term(name));
+                if let Some(doc) = doc {
+                    tiers.writer.add_document(self.f.document(doc))?;
+                }
+            }
+            tiers.writer.commit()?;
+            self.reader.reload()?;
+            tiers.overlay.clear();
+        }
+        self.publish(tiers)
+    }
+
+    fn publish(&self, tiers: &Tiers) -> Result<(), IndexError> {
+        let view = View::new(
+            self.reader.searcher(),
+            &tiers.overlay,
+            &self.schema,
+            &self.f,
+        )?;
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
         Ok(())
     }
 
     /// Drops everything and indexes `docs`.
     pub fn rebuild(&self, docs: impl IntoIterator<Item = IndexDoc>) -> Result<(), IndexError> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        writer.delete_all_documents()?;
+        let mut tiers = lock(&self.tiers);
+        tiers.overlay.clear();
+        tiers.writer.delete_all_documents()?;
         for doc in docs {
-            writer.add_document(self.to_document(&doc))?;
+            tiers.writer.add_document(self.f.document(&doc))?;
         }
-        writer.commit()?;
-        drop(writer);
+        tiers.writer.commit()?;
         self.reader.reload()?;
-        Ok(())
+        self.publish(&tiers)
     }
 
-    fn to_document(&self, d: &IndexDoc) -> TantivyDocument {
-        let f = &self.f;
-        let m = &d.meta;
-        let mut doc = TantivyDocument::default();
-        doc.add_text(f.name_key, &d.name);
-        doc.add_text(f.name, &d.name);
-        doc.add_text(f.version, &d.version);
-        doc.add_text(f.description, &m.description);
-        for t in m.tags.iter().chain(&m.keywords) {
-            doc.add_text(f.terms, t);
-        }
-        for t in &m.tags {
-            doc.add_text(f.tag, t);
-        }
-        if let Some(c) = &m.category {
-            doc.add_text(f.category, c);
-            doc.add_text(f.terms, c);
-            doc.add_facet(
-                f.category_facet,
-                tantivy::schema::Facet::from_path([c.as_str()]),
-            );
-        }
-        if let Some(a) = &m.author {
-            doc.add_text(f.author, a);
-            doc.add_text(f.terms, a);
-        }
-        if let Some(l) = &m.license {
-            doc.add_text(f.license, l);
-        }
-        doc.add_u64(f.published_at, d.published_at);
-        doc
+    /// Saves the index as it is, durably, sealed as reflecting `records` catalog records, so
+    /// the next start loads it instead of rebuilding it. Call at shutdown, after flushing
+    /// what the catalog holds. The copy is taken under the in-memory directory's lock, so it
+    /// is consistent even while a merge runs (tantivy publishes a segment in `meta.json` only
+    /// once its files are complete, and deletes old ones only after).
+    pub fn seal(&self, records: u64) -> Result<(), IndexError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let mut tiers = lock(&self.tiers);
+        self.fold(&mut tiers)?;
+        snapshot::save(&self.ram, dir, &seal_text(records))?;
+        Ok(())
     }
 
     /// Runs a search.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
         q.check().map_err(IndexError::InvalidQuery)?;
-        let query = self.build_query(q);
-        let searcher = self.reader.searcher();
-        let top = TopDocs::with_limit(q.limit as usize).and_offset(q.offset as usize);
-        let mut facets = FacetCollector::for_field("category_facet");
-        facets.add_facet("/");
-        let sort = match q.sort {
-            SortOrder::Relevance if q.text.trim().is_empty() => SortOrder::Name,
-            other => other,
-        };
-        let (addrs, total, facet_counts): (Vec<DocAddress>, usize, _) = match sort {
-            SortOrder::Relevance => {
-                let (docs, total, facets) =
-                    searcher.search(&query, &(top.order_by_score(), Count, facets))?;
-                (docs.into_iter().map(|(_, a)| a).collect(), total, facets)
-            }
-            SortOrder::Name => {
-                let (docs, total, facets) = searcher.search(
-                    &query,
-                    &(
-                        top.order_by_string_fast_field("name_key", Order::Asc),
-                        Count,
-                        facets,
-                    ),
-                )?;
-                (docs.into_iter().map(|(_, a)| a).collect(), total, facets)
-            }
-            SortOrder::Newest => {
-                let (docs, total, facets) = searcher.search(
-                    &query,
-                    &(
-                        top.order_by_fast_field::<u64>("published_at", Order::Desc),
-                        Count,
-                        facets,
-                    ),
-                )?;
-                (docs.into_iter().map(|(_, a)| a).collect(), total, facets)
-            }
-        };
-        let hits = addrs
-            .into_iter()
-            .map(|a| self.hit(&searcher, a))
-            .collect::<Result<_, _>>()?;
-        let mut categories: Vec<(String, u64)> = facet_counts
-            .top_k("/", MAX_FACETS)
-            .into_iter()
-            .map(|(facet, count)| (facet.to_path().join("/"), count))
-            .collect();
-        categories.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(SearchResults {
-            total: total as u64,
-            hits,
-            categories,
-        })
+        self.current().search(&self.f, q)
     }
-
-    fn build_query(&self, q: &SearchQuery) -> Box<dyn Query> {
-        let f = &self.f;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        let words = tokens(&q.text);
-        if !words.is_empty() {
-            let last = words.len() - 1;
-            let per_word: Vec<(Occur, Box<dyn Query>)> = words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (Occur::Should, self.word_query(w, i == last)))
-                .collect();
-            clauses.push((Occur::Must, Box::new(BooleanQuery::new(per_word))));
-        }
-        for (field, value) in [
-            (f.category, &q.category),
-            (f.tag, &q.tag),
-            (f.author, &q.author),
-            (f.license, &q.license),
-        ] {
-            if let Some(v) = value {
-                clauses.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(field, v),
-                        IndexRecordOption::Basic,
-                    )),
-                ));
-            }
-        }
-        if clauses.is_empty() {
-            Box::new(AllQuery)
-        } else {
-            Box::new(BooleanQuery::new(clauses))
-        }
-    }
-
-    /// One query word: exact in every text field (the name weighs most), within a small edit
-    /// distance in the name and terms, and as a prefix of any of them if it is the last word
-    /// typed.
-    fn word_query(&self, word: &str, last: bool) -> Box<dyn Query> {
-        let f = &self.f;
-        let mut alts: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for (field, boost) in [(f.name, NAME_BOOST), (f.description, 1.0), (f.terms, 1.5)] {
-            let term = Term::from_field_text(field, word);
-            alts.push((
-                Occur::Should,
-                Box::new(BoostQuery::new(
-                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs)),
-                    boost,
-                )),
-            ));
-        }
-        let distance = match word.len() {
-            n if n >= FUZZY_TWO_EDITS_LEN => 2,
-            n if n >= FUZZY_MIN_LEN => 1,
-            _ => 0,
-        };
-        for (field, boost) in [(f.name, NAME_BOOST), (f.terms, 1.0), (f.description, 0.5)] {
-            let term = Term::from_field_text(field, word);
-            if distance > 0 && field != f.description {
-                alts.push((
-                    Occur::Should,
-                    Box::new(BoostQuery::new(
-                        Box::new(FuzzyTermQuery::new(term.clone(), distance, true)),
-                        boost * FUZZY_BOOST,
-                    )),
-                ));
-            }
-            if last {
-                alts.push((
-                    Occur::Should,
-                    Box::new(BoostQuery::new(
-                        Box::new(FuzzyTermQuery::new_prefix(term, 0, true)),
-                        boost * FUZZY_BOOST,
-                    )),
-                ));
-            }
-        }
-        Box::new(BooleanQuery::new(alts))
-    }
-
-    fn hit(&self, searcher: &Searcher, addr: DocAddress) -> Result<SearchHit, IndexError> {
-        let f = &self.f;
-        let doc: TantivyDocument = searcher.doc(addr)?;
-        let text = |field: Field| {
-            doc.get_first(field)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        Ok(SearchHit {
-            name: text(f.name_key).unwrap_or_default(),
-            version: text(f.version).unwrap_or_default(),
-            description: text(f.description).unwrap_or_default(),
-            category: text(f.category),
-            author: text(f.author),
-            license: text(f.license),
-            tags: doc
-                .get_all(f.tag)
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            published_at: doc
-                .get_first(f.published_at)
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0),
-        })
-    }
-}
-
-/// Lowercase alphanumeric runs, as tantivy's default tokenizer makes them.
-fn tokens(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agora_protocol::search::SortOrder;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn doc(name: &str, desc: &str, category: &str, published_at: u64) -> IndexDoc {
         IndexDoc {
@@ -491,6 +454,261 @@ mod tests {
     }
 
     #[test]
+    fn one_flush_commits_every_name_marked_before_it() {
+        let index = SearchIndex::in_memory().unwrap();
+        let first = index.mark(["rust-web".to_string()]);
+        let second = index.mark(["hello-world".to_string(), "rust-web".to_string()]);
+        let mut asked = Vec::new();
+        index
+            .flush(second, |names| {
+                asked.push(names.to_vec());
+                Ok::<_, IndexError>((
+                    vec![
+                        doc("hello-world", "greeting", "starter", 1),
+                        doc("rust-web", "axum", "web", 2),
+                    ],
+                    vec![],
+                ))
+            })
+            .unwrap();
+        assert_eq!(asked, [["hello-world", "rust-web"]]);
+        assert_eq!(index.num_docs(), 2);
+        // The earlier ticket is already covered: nothing is asked, nothing committed.
+        index
+            .flush(first, |_| -> Result<_, IndexError> {
+                panic!("nothing is left to commit")
+            })
+            .unwrap();
+        // A name whose package has no installable release any more leaves the index.
+        let third = index.mark(["rust-web".to_string()]);
+        index
+            .flush(third, |names| Ok::<_, IndexError>((vec![], names.to_vec())))
+            .unwrap();
+        assert_eq!(
+            names(&index.search(&SearchQuery::default()).unwrap()),
+            ["hello-world"]
+        );
+    }
+
+    #[test]
+    fn a_failed_flush_leaves_its_names_for_the_next() {
+        let index = SearchIndex::in_memory().unwrap();
+        let t = index.mark(["hello-world".to_string()]);
+        let failed = index.flush(t, |_| {
+            Err::<(Vec<IndexDoc>, Vec<String>), _>(IndexError::InvalidQuery("disk".into()))
+        });
+        assert!(matches!(failed, Err(IndexError::InvalidQuery(m)) if m == "disk"));
+        let mut asked = Vec::new();
+        index
+            .flush(t, |names| {
+                asked = names.to_vec();
+                Ok::<_, IndexError>((vec![doc("hello-world", "hi", "starter", 1)], vec![]))
+            })
+            .unwrap();
+        assert_eq!(asked, ["hello-world"]);
+        assert_eq!(index.num_docs(), 1);
+    }
+
+    #[test]
+    fn only_an_index_sealed_for_the_same_catalog_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("index");
+        let (index, kept) = SearchIndex::open(&dir, 0).unwrap();
+        assert!(!kept, "a new index has nothing to keep");
+        index
+            .update(&[doc("hello-world", "hi", "starter", 1)], &[])
+            .unwrap();
+        index.seal(7).unwrap();
+        drop(index);
+
+        // Sealed for 7 records: kept when the catalog has 7.
+        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        assert!(kept);
+        assert_eq!(index.num_docs(), 1);
+        // Changes after the start live in memory only: if the node stops without sealing
+        // (a crash), the saved copy is what the next start finds, still sealed for 7.
+        index
+            .update(&[doc("rust-web", "axum", "web", 2)], &[])
+            .unwrap();
+        drop(index);
+        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        assert!(kept);
+        assert_eq!(index.num_docs(), 1);
+        drop(index);
+
+        // A shutdown that stopped while writing the next copy: the old one stands.
+        std::fs::create_dir_all(dir.with_extension("new")).unwrap();
+        std::fs::write(dir.with_extension("new").join("junk"), b"half").unwrap();
+        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        assert!(kept);
+        assert_eq!(index.num_docs(), 1);
+        assert!(!dir.with_extension("new").exists());
+        drop(index);
+
+        // Sealed for another catalog (records were added while it was closed): discarded.
+        let (index, kept) = SearchIndex::open(&dir, 8).unwrap();
+        assert!(!kept);
+        assert_eq!(index.num_docs(), 0);
+    }
+
+    /// Flushes `names` as the registry does: their documents come from `catalog`.
+    fn flush_from(index: &SearchIndex, catalog: &BTreeMap<String, IndexDoc>, names: &[&str]) {
+        let t = index.mark(names.iter().map(|n| n.to_string()));
+        index
+            .flush(t, |names| {
+                let mut docs = Vec::new();
+                let mut removed = Vec::new();
+                for n in names {
+                    match catalog.get(n) {
+                        Some(d) => docs.push(d.clone()),
+                        None => removed.push(n.clone()),
+                    }
+                }
+                Ok::<_, IndexError>((docs, removed))
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_overlay_hides_what_it_replaces_and_merges_into_one_page() {
+        let index = sample(); // hello-world (starter), rust-web (web), react-app (web): base
+        let mut catalog: BTreeMap<String, IndexDoc> = BTreeMap::new();
+        catalog.insert(
+            "rust-web".into(),
+            doc("rust-web", "now with tower", "web", 9),
+        );
+        catalog.insert(
+            "zig-cli".into(),
+            doc("zig-cli", "a tower of flags", "cli", 5),
+        );
+        // react-app has no installable release any more.
+        flush_from(&index, &catalog, &["rust-web", "zig-cli", "react-app"]);
+        assert!(index.current().has_overlay(), "changes went to the overlay");
+        assert_eq!(index.num_docs(), 3);
+
+        let all = index.search(&SearchQuery::default()).unwrap();
+        assert_eq!(names(&all), ["hello-world", "rust-web", "zig-cli"]);
+        assert_eq!(all.total, 3);
+        assert_eq!(
+            all.categories,
+            vec![
+                ("cli".to_string(), 1),
+                ("starter".to_string(), 1),
+                ("web".to_string(), 1)
+            ]
+        );
+        // The replaced document is found by its new text only.
+        assert_eq!(
+            names(&index.search(&SearchQuery::text("axum")).unwrap()),
+            Vec::<&str>::new()
+        );
+        let r = index.search(&SearchQuery::text("tower")).unwrap();
+        assert_eq!(r.total, 2);
+        let mut found = names(&r);
+        found.sort();
+        assert_eq!(found, ["rust-web", "zig-cli"]);
+        assert_eq!(
+            r.hits
+                .iter()
+                .find(|h| h.name == "rust-web")
+                .unwrap()
+                .description,
+            "now with tower"
+        );
+        // Paging runs over the merged list.
+        let q = SearchQuery {
+            sort: SortOrder::Newest,
+            limit: 2,
+            offset: 1,
+            ..SearchQuery::default()
+        };
+        assert_eq!(
+            names(&index.search(&q).unwrap()),
+            ["zig-cli", "hello-world"]
+        );
+
+        // A full overlay is folded into the base: same answers, no overlay left.
+        let more: Vec<String> = (0..OVERLAY_MAX).map(|i| format!("pkg-{i:03}")).collect();
+        for n in &more {
+            catalog.insert(n.clone(), doc(n, "filler", "data", 1));
+        }
+        let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+        flush_from(&index, &catalog, &refs);
+        assert!(!index.current().has_overlay());
+        assert_eq!(index.num_docs(), 3 + OVERLAY_MAX as u64);
+        let r = index.search(&SearchQuery::text("tower")).unwrap();
+        assert_eq!(r.total, 2);
+        assert_eq!(index.search(&SearchQuery::text("axum")).unwrap().total, 0);
+    }
+
+    fn arb_doc() -> impl Strategy<Value = IndexDoc> {
+        let word = prop::sample::select(vec!["tower", "axum", "parser", "hello", "widget"]);
+        (0u8..12, word.clone(), word, 0usize..3, 0u64..20).prop_map(|(n, w1, w2, c, t)| {
+            doc(
+                &format!("pkg-{n}"),
+                &format!("{w1} {w2}"),
+                ["web", "cli", "data"][c],
+                t,
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Whatever mix of base and overlay the changes leave, a search answers exactly as
+        /// an index holding only the final documents (relevance order aside: the tiers share
+        /// statistics that still count hidden documents, so only the set is compared).
+        #[test]
+        fn two_tiers_answer_as_one(
+            rounds in prop::collection::vec(
+                (prop::collection::vec(arb_doc(), 0..6), prop::collection::vec(0u8..12, 0..3), any::<bool>()),
+                1..6,
+            )
+        ) {
+            let index = SearchIndex::in_memory().unwrap();
+            let mut catalog: BTreeMap<String, IndexDoc> = BTreeMap::new();
+            for (docs, gone, fold) in rounds {
+                let mut touched: Vec<String> = docs.iter().map(|d| d.name.clone()).collect();
+                for d in docs {
+                    catalog.insert(d.name.clone(), d);
+                }
+                for g in gone {
+                    let n = format!("pkg-{g}");
+                    catalog.remove(&n);
+                    touched.push(n);
+                }
+                let refs: Vec<&str> = touched.iter().map(String::as_str).collect();
+                flush_from(&index, &catalog, &refs);
+                if fold {
+                    index.update(&[], &[]).unwrap();
+                }
+            }
+            let reference = SearchIndex::in_memory().unwrap();
+            reference.rebuild(catalog.values().cloned()).unwrap();
+            prop_assert_eq!(index.num_docs(), catalog.len() as u64);
+            for text in ["", "tower", "axum parser", "helo", "wid"] {
+                for sort in [SortOrder::Relevance, SortOrder::Name, SortOrder::Newest] {
+                    let q = SearchQuery { text: text.into(), sort, limit: 1000, ..SearchQuery::default() };
+                    let got = index.search(&q).unwrap();
+                    let want = reference.search(&q).unwrap();
+                    prop_assert_eq!(got.total, want.total);
+                    prop_assert_eq!(&got.categories, &want.categories);
+                    if sort == SortOrder::Name || (sort == SortOrder::Relevance && text.is_empty()) {
+                        prop_assert_eq!(got.hits, want.hits);
+                    } else if sort == SortOrder::Newest {
+                        let key = |r: &SearchResults| r.hits.iter().map(|h| h.published_at).collect::<Vec<_>>();
+                        prop_assert_eq!(key(&got), key(&want));
+                    } else {
+                        let set = |r: &SearchResults| r.hits.iter().map(|h| h.name.clone()).collect::<BTreeSet<_>>();
+                        prop_assert_eq!(set(&got), set(&want));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn an_oversized_query_is_refused() {
         let index = sample();
         let q = SearchQuery::text("x".repeat(300));
@@ -498,5 +716,21 @@ mod tests {
             index.search(&q),
             Err(IndexError::InvalidQuery(m)) if m == "query is 300 bytes; the limit is 256"
         ));
+        // A page deep past the result window would make the index hold that many candidates.
+        let deep = SearchQuery {
+            offset: u32::MAX,
+            ..SearchQuery::default()
+        };
+        assert!(matches!(
+            index.search(&deep),
+            Err(IndexError::InvalidQuery(m))
+                if m == "offset 4294967295 + limit 20 goes past result 10000, the deepest a search pages"
+        ));
+        let last_page = SearchQuery {
+            offset: 9_000,
+            limit: 1_000,
+            ..SearchQuery::default()
+        };
+        assert_eq!(index.search(&last_page).unwrap().total, 3);
     }
 }

@@ -13,7 +13,7 @@ use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncReques
 use agora_protocol::records::{CatalogRecord, PackageHead};
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::trust::TrustError;
@@ -30,13 +30,39 @@ pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEven
     }
 }
 
-/// Admits one record on a blocking thread.
+/// Admits one record on a blocking thread, answering as soon as the trust rules have decided:
+/// a gossip verdict (and so the message's forwarding) does not wait for the disk. The durable
+/// write and the index update go on in that thread; a failure there is logged (the record is
+/// not acknowledged to anyone, and sync brings it again).
 async fn admit(registry: &Arc<Registry>, record: CatalogRecord) -> Result<Ingested, RegistryError> {
     let reg = registry.clone();
-    let mut out = tokio::task::spawn_blocking(move || reg.ingest(vec![record], true))
-        .await
-        .map_err(|e| RegistryError::Internal(format!("ingest task: {e}")))??;
-    Ok(out.pop().map_or(Ingested::Duplicate, |(_, i)| i))
+    let (tx, decision) = oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut tx = Some(tx);
+        let result = reg
+            .ingest_durable(vec![record], true, |out| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(out.first().map_or(Ingested::Duplicate, |(_, i)| i.clone()));
+                }
+            })
+            .and_then(|(_, ticket)| reg.flush_index(ticket));
+        match result {
+            Err(e) if tx.is_none() => {
+                warn!(error = %e, "an admitted record was not stored");
+                Ok(())
+            }
+            other => other,
+        }
+    });
+    match decision.await {
+        Ok(ingested) => Ok(ingested),
+        // Dropped undecided: the task failed before the trust rules ruled.
+        Err(_) => match task.await {
+            Ok(Ok(())) => Ok(Ingested::Duplicate),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(RegistryError::Internal(format!("ingest task: {e}"))),
+        },
+    }
 }
 
 /// Admits a head on a blocking thread (it is persisted when accepted).

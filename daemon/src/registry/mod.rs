@@ -35,7 +35,7 @@ use agora_protocol::{
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
-use crate::index::{IndexDoc, IndexError, SearchIndex};
+use crate::index::{IndexDoc, IndexError, SearchIndex, Ticket};
 use crate::network::{NetworkError, NetworkHandle};
 use crate::reputation::{PeerRecord, Reputation};
 use crate::store::{BlobKind, BlobStore, CatalogWrite, Db, StoreError, blobs::BlobCheck};
@@ -271,9 +271,8 @@ impl Registry {
         std::fs::create_dir_all(dir).map_err(crate::store::io_err(dir))?;
         let db = Arc::new(Db::open(&dir.join("catalog.redb"))?);
         let (blobs, blob_check) = BlobStore::open(dir, db.clone(), config.cache_quota)?;
-        let index = SearchIndex::open(&dir.join("index"))?;
-
         let snapshot = db.load_catalog()?;
+        let (index, index_kept) = SearchIndex::open(&dir.join("index"), snapshot.log.len() as u64)?;
         let mut catalog = Catalog {
             trust: Trust::new(config.trust.clone()),
             ids: BTreeSet::new(),
@@ -354,10 +353,12 @@ impl Registry {
             .filter(|(_, s)| s.latest().is_some())
             .count() as u64;
         let mut index_rebuilt = false;
-        if registry.index.num_docs() != names {
+        if !index_kept && names > 0 || registry.index.num_docs() != names {
             info!(
                 indexed = registry.index.num_docs(),
-                names, "search index is out of date; rebuilding it"
+                names,
+                sealed = index_kept,
+                "search index is out of date or was not closed cleanly; rebuilding it"
             );
             let all: Vec<PackageName> = registry
                 .catalog_lock()
@@ -365,7 +366,7 @@ impl Registry {
                 .names()
                 .map(|(n, _)| n.clone())
                 .collect();
-            let (docs, _) = registry.index_docs(&all, &[])?;
+            let (docs, _) = registry.index_docs(&all)?;
             registry.index.rebuild(docs)?;
             index_rebuilt = true;
         }
@@ -415,27 +416,53 @@ impl Registry {
     }
 
     /// Admits records (verifying their signatures unless `verified`), in the order the trust
-    /// rules accept, durably, then updates the search index. Blocking.
+    /// rules accept, durably, and returns once they are searchable too. Blocking.
     pub fn ingest(
+        &self,
+        records: Vec<CatalogRecord>,
+        verified: bool,
+    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        let (out, ticket) = self.ingest_durable(records, verified, |_| {})?;
+        self.flush_index(ticket)?;
+        Ok(out)
+    }
+
+    /// [`ingest`](Self::ingest) up to the durable write: returns the ticket that
+    /// [`flush_index`](Self::flush_index) turns into searchability. `decided` hears what the
+    /// trust rules made of each batch before it is written (a gossip verdict needs no more).
+    pub fn ingest_durable(
         &self,
         mut records: Vec<CatalogRecord>,
         verified: bool,
-    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        mut decided: impl FnMut(&[(RecordId, Ingested)]),
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
         if records.len() > 1 {
             records.sort_by_cached_key(trust::replay_order);
         }
         let mut out = Vec::with_capacity(records.len());
+        let mut ticket = self.index.last_ticket();
         for batch in records.chunks(INGEST_BATCH) {
-            out.extend(self.ingest_batch(batch, verified)?);
+            let (decisions, t) = self.ingest_batch(batch, verified, &mut decided)?;
+            out.extend(decisions);
+            ticket = ticket.max(t);
         }
-        Ok(out)
+        Ok((out, ticket))
+    }
+
+    /// Returns once the index changes marked up to `ticket` are searchable. Blocking.
+    pub fn flush_index(&self, ticket: Ticket) -> Result<(), RegistryError> {
+        self.index.flush(ticket, |names| {
+            let names: Vec<PackageName> = names.iter().filter_map(|n| n.parse().ok()).collect();
+            self.index_docs(&names)
+        })
     }
 
     fn ingest_batch(
         &self,
         records: &[CatalogRecord],
         verified: bool,
-    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        decided: &mut impl FnMut(&[(RecordId, Ingested)]),
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
         let mut out = Vec::with_capacity(records.len());
         let mut write = CatalogWrite::default();
         let mut touched: BTreeSet<PackageName> = BTreeSet::new();
@@ -493,15 +520,15 @@ impl Registry {
         if !write.records.is_empty() {
             cat.summary = None;
         }
+        decided(&out);
         // Written under the lock so the log's order is the order of admission. If the write
         // fails, memory is ahead of disk until the next start (which replays the disk): the
         // caller gets the error, so nothing unwritten is ever acknowledged.
         self.db.write_catalog(&write)?;
+        // Marked under the lock too: a seal taken under it covers every record written.
+        let ticket = self.index.mark(touched.into_iter().map(|n| n.to_string()));
         drop(cat);
-        let touched: Vec<PackageName> = touched.into_iter().collect();
-        let (docs, removed) = self.index_docs(&touched, &write.records)?;
-        self.index.update(&docs, &removed)?;
-        Ok(out)
+        Ok((out, ticket))
     }
 
     /// The index documents of these names (their newest installable release), and the names
@@ -509,7 +536,6 @@ impl Registry {
     fn index_docs(
         &self,
         names: &[PackageName],
-        fresh: &[(RecordId, CatalogRecord)],
     ) -> Result<(Vec<IndexDoc>, Vec<String>), RegistryError> {
         let latest: Vec<(PackageName, Option<RecordId>)> = {
             let cat = self.catalog_lock();
@@ -524,7 +550,6 @@ impl Registry {
                 })
                 .collect()
         };
-        let fresh: HashMap<&RecordId, &CatalogRecord> = fresh.iter().map(|(i, r)| (i, r)).collect();
         let mut docs = Vec::new();
         let mut removed = Vec::new();
         for (name, id) in latest {
@@ -532,13 +557,10 @@ impl Registry {
                 removed.push(name.to_string());
                 continue;
             };
-            let record = match fresh.get(&id) {
-                Some(r) => (*r).clone(),
-                None => self
-                    .db
-                    .record(&id)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("record {id} is missing")))?,
-            };
+            let record = self
+                .db
+                .record(&id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("record {id} is missing")))?;
             if let CatalogRecord::Release(r) = record {
                 docs.push(index_doc(&r.body));
             }
@@ -731,22 +753,26 @@ impl Registry {
         let _authoring = self.authoring.lock().await;
         let reg = self.clone();
         let secret_bytes = secret.to_bytes();
-        let (record, head) =
+        let (record, head, ticket) =
             blocking(move || reg.publish_local(&dir, &PublisherSecret::from_bytes(secret_bytes)))
                 .await?;
         let id = record.body.archive.id;
         // The release is durable here. Gossip first: it reaches the connected peers at once,
         // while each DHT operation is an iterative query of several round trips. Then the
-        // DHT puts and the provider record go out together, not one after another.
+        // DHT puts and the provider record go out together, not one after another, while the
+        // release becomes searchable here (the call returns once it is).
         let gossiped = self.gossip(GossipMessage::Release(record.clone())).await?;
-        let (release, head_put, provide) = tokio::join!(
+        let reg = self.clone();
+        let (release, head_put, provide, indexed) = tokio::join!(
             self.put_dht(DhtValue::Release(record.clone())),
             self.put_dht(DhtValue::Head(head.clone())),
             self.net.start_providing(DhtKey::Content(id).to_bytes()),
+            blocking(move || reg.flush_index(ticket)),
         );
         release?;
         head_put?;
         provide.or_else(tolerate_lonely)?;
+        indexed?;
         info!(name = %record.body.name, version = %record.body.version, gossiped, "published");
         Ok(Published {
             record,
@@ -759,7 +785,7 @@ impl Registry {
         &self,
         dir: &Path,
         secret: &PublisherSecret,
-    ) -> Result<(ReleaseRecord, PackageHead), RegistryError> {
+    ) -> Result<(ReleaseRecord, PackageHead, Ticket), RegistryError> {
         let manifest = archive::read_manifest(dir)?;
         let key = secret.public();
         let previous = {
@@ -810,7 +836,8 @@ impl Registry {
         // The archive first: a record whose archive cannot be served helps nobody.
         self.blobs
             .insert(&data, Some(info.id), BlobKind::Published)?;
-        let result = self.ingest(vec![CatalogRecord::Release(record.clone())], true)?;
+        let (result, ticket) =
+            self.ingest_durable(vec![CatalogRecord::Release(record.clone())], true, |_| {})?;
         match &result[0].1 {
             Ingested::Added(Admission::Release) => {}
             Ingested::Refused(e) => return Err(e.clone().into()),
@@ -821,7 +848,7 @@ impl Registry {
             }
         }
         let head = self.sign_head(&manifest.name, secret)?;
-        Ok((record, head))
+        Ok((record, head, ticket))
     }
 
     /// Signs, admits and stores a new head for a name we own.
@@ -1334,6 +1361,22 @@ impl Registry {
         self.persist_reputation().await?;
         let reg = self.clone();
         blocking(move || Ok(reg.blobs.flush()?)).await
+    }
+
+    /// At shutdown: persists what is only in memory, then makes the search index durable and
+    /// seals it with the number of records it reflects, so the next start need not rebuild it.
+    pub async fn close(self: &Arc<Self>) -> Result<(), RegistryError> {
+        self.persist().await?;
+        let reg = self.clone();
+        blocking(move || {
+            let (records, ticket) = {
+                let cat = reg.catalog_lock();
+                (cat.ids.len() as u64, reg.index.last_ticket())
+            };
+            reg.flush_index(ticket)?;
+            Ok(reg.index.seal(records)?)
+        })
+        .await
     }
 
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a

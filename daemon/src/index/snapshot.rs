@@ -1,0 +1,80 @@
+//! The search index's copy on disk. The live index is in memory (a commit there creates no
+//! files: on this machine's ext4, creating and deleting a dozen files per commit cost more
+//! than the commit itself, and fsyncing them more again). It is derived data, so it is
+//! written out only at a clean shutdown, with a seal naming how many catalog records it
+//! reflects, and read back at the next start if the catalog still has exactly that many.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tantivy::directory::{Directory, MmapDirectory, RamDirectory};
+
+/// Written last, synced, in a snapshot directory: its content says what the snapshot holds.
+pub const SEAL_FILE: &str = "agora-sealed";
+
+/// tantivy's lock files: held by a live writer, never part of a snapshot.
+fn is_lock(name: &str) -> bool {
+    name.starts_with(".tantivy-") && name.ends_with(".lock")
+}
+
+/// Where a snapshot is written before it replaces the previous one.
+fn staging(dir: &Path) -> PathBuf {
+    dir.with_extension("new")
+}
+
+/// The snapshot in `dir`, loaded into memory, if its seal reads exactly `seal`. A staging
+/// directory left by a shutdown that did not finish is removed.
+pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
+    let stale = staging(dir);
+    if stale.exists() {
+        fs::remove_dir_all(&stale)?;
+    }
+    match fs::read_to_string(dir.join(SEAL_FILE)) {
+        Ok(found) if found == seal => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let ram = RamDirectory::create();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !entry.file_type()?.is_file() || name == SEAL_FILE || is_lock(&name) {
+            continue;
+        }
+        ram.atomic_write(Path::new(name.as_ref()), &fs::read(entry.path())?)?;
+    }
+    Ok(Some(ram))
+}
+
+/// Writes `ram` to `dir` durably, sealed with `seal`, replacing what was there: every file
+/// is synced before the seal is written, and the new directory replaces the old by rename.
+pub fn save(ram: &RamDirectory, dir: &Path, seal: &str) -> Result<(), tantivy::TantivyError> {
+    let next = staging(dir);
+    if next.exists() {
+        fs::remove_dir_all(&next)?;
+    }
+    fs::create_dir_all(&next)?;
+    // MmapDirectory syncs each file it writes.
+    ram.persist(&MmapDirectory::open(&next)?)?;
+    for entry in fs::read_dir(&next)? {
+        let entry = entry?;
+        if is_lock(&entry.file_name().to_string_lossy()) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    let mut file = File::create(next.join(SEAL_FILE))?;
+    file.write_all(seal.as_bytes())?;
+    file.sync_all()?;
+    File::open(&next)?.sync_all()?;
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    fs::rename(&next, dir)?;
+    if let Some(parent) = dir.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
