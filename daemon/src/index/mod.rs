@@ -34,7 +34,7 @@ use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
 use schema::Fields;
-use view::{Overlay, View};
+use view::{BaseCounts, Overlay, View};
 
 /// Memory the base index writer may buffer before it flushes a segment (tantivy's minimum).
 const WRITER_MEMORY: usize = 15_000_000;
@@ -89,6 +89,8 @@ struct Queue {
 struct Tiers {
     writer: IndexWriter,
     overlay: Overlay,
+    /// The current base's browse counts (replaced at every base commit).
+    base_counts: BaseCounts,
 }
 
 pub struct SearchIndex {
@@ -180,12 +182,23 @@ impl SearchIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let overlay = Overlay::default();
-        let view = View::new(reader.searcher(), &overlay, &schema, &f)?;
+        let base_counts = BaseCounts::default();
+        let view = View::new(
+            reader.searcher(),
+            base_counts.clone(),
+            &overlay,
+            &schema,
+            &f,
+        )?;
         Ok(Self {
             schema,
             f,
             reader,
-            tiers: Mutex::new(Tiers { writer, overlay }),
+            tiers: Mutex::new(Tiers {
+                writer,
+                overlay,
+                base_counts,
+            }),
             view: RwLock::new(Arc::new(view)),
             queue: Mutex::new(Queue::default()),
             committed: AtomicU64::new(0),
@@ -292,16 +305,24 @@ impl SearchIndex {
                     tiers.writer.add_document(self.f.document(doc))?;
                 }
             }
-            tiers.writer.commit()?;
-            self.reader.reload()?;
+            self.commit(tiers)?;
             tiers.overlay.clear();
         }
         self.publish(tiers)
     }
 
+    /// Commits the base writer and reads the new base from then on.
+    fn commit(&self, tiers: &mut Tiers) -> Result<(), IndexError> {
+        tiers.writer.commit()?;
+        self.reader.reload()?;
+        tiers.base_counts = BaseCounts::default();
+        Ok(())
+    }
+
     fn publish(&self, tiers: &Tiers) -> Result<(), IndexError> {
         let view = View::new(
             self.reader.searcher(),
+            tiers.base_counts.clone(),
             &tiers.overlay,
             &self.schema,
             &self.f,
@@ -318,8 +339,7 @@ impl SearchIndex {
         for doc in docs {
             tiers.writer.add_document(self.f.document(&doc))?;
         }
-        tiers.writer.commit()?;
-        self.reader.reload()?;
+        self.commit(&mut tiers)?;
         self.publish(&tiers)
     }
 
@@ -683,6 +703,22 @@ mod tests {
                 if fold {
                     index.update(&[], &[]).unwrap();
                 }
+            }
+            // Browsing, against the catalog itself: names in order, pages, counts.
+            let names_in_order: Vec<&str> = catalog.keys().map(String::as_str).collect();
+            let mut per_category: BTreeMap<String, u64> = BTreeMap::new();
+            for d in catalog.values() {
+                *per_category.entry(d.meta.category.clone().unwrap()).or_default() += 1;
+            }
+            let mut per_category: Vec<(String, u64)> = per_category.into_iter().collect();
+            per_category.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            for (offset, limit) in [(0, 1000), (0, 1), (3, 4), (11, 5)] {
+                let q = SearchQuery { offset, limit, ..SearchQuery::default() };
+                let page = index.search(&q).unwrap();
+                let want: Vec<&str> = names_in_order.iter().skip(offset as usize).take(limit as usize).copied().collect();
+                prop_assert_eq!(names(&page), want);
+                prop_assert_eq!(page.total, catalog.len() as u64);
+                prop_assert_eq!(&page.categories, &per_category);
             }
             let reference = SearchIndex::in_memory().unwrap();
             reference.rebuild(catalog.values().cloned()).unwrap();

@@ -6,13 +6,16 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use agora_protocol::search::{SearchQuery, SearchResults, SortOrder};
 use tantivy::collector::{Count, FacetCollector, FacetCounts, TopDocs};
 use tantivy::directory::RamDirectory;
-use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, TermQuery, TermSetQuery};
+use tantivy::query::{
+    AllQuery, Bm25StatisticsProvider, BooleanQuery, Occur, Query, TermQuery, TermSetQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption, Schema};
-use tantivy::{DocAddress, Index, Order, ReloadPolicy, Searcher, Term};
+use tantivy::{DocAddress, DocSet, Index, Order, ReloadPolicy, Searcher, TERMINATED, Term};
 
 use super::schema::{CATEGORY_FACET, Fields, NAME_KEY, PUBLISHED_AT, settings};
 use super::{IndexDoc, IndexError};
@@ -77,19 +80,29 @@ impl Overlay {
     }
 }
 
+/// How many packages there are and how many in each category.
+type Counts = (u64, BTreeMap<String, u64>);
+
+/// The base's counts over all its documents, computed by the first browse after a base
+/// commit and shared by every view over that base.
+pub(super) type BaseCounts = Arc<OnceLock<Counts>>;
+
 /// One consistent state of the index for searches.
 pub(super) struct View {
     base: Searcher,
+    base_counts: BaseCounts,
     overlay: Option<Searcher>,
-    /// The names the overlay holds: hidden in the base.
-    hidden: Vec<Term>,
+    /// The names the overlay holds, sorted: hidden in the base.
+    hidden: Vec<String>,
     num_docs: u64,
 }
 
 impl View {
     /// The view of `base` with `overlay` on top (building the overlay's segment).
+    /// `base_counts` must belong to this base (a fresh one after every base commit).
     pub fn new(
         base: Searcher,
+        base_counts: BaseCounts,
         overlay: &Overlay,
         schema: &Schema,
         f: &Fields,
@@ -121,8 +134,9 @@ impl View {
         };
         Ok(Self {
             base,
+            base_counts,
             overlay: segment,
-            hidden: overlay.entries.keys().map(|n| f.name_term(n)).collect(),
+            hidden: overlay.entries.keys().cloned().collect(),
             num_docs,
         })
     }
@@ -139,53 +153,37 @@ impl View {
 
     /// Runs a checked query over both tiers and merges their results into one page.
     pub fn search(&self, f: &Fields, q: &SearchQuery) -> Result<SearchResults, IndexError> {
-        let query = f.query(q);
         let sort = match q.sort {
             SortOrder::Relevance if q.text.trim().is_empty() => SortOrder::Name,
             other => other,
         };
         let wanted = (q.offset + q.limit) as usize;
-        let stats = Statistics {
-            base: &self.base,
-            overlay: self.overlay.as_ref(),
-        };
-        let base_query: Box<dyn Query> = if self.hidden.is_empty() {
-            query.box_clone()
-        } else {
-            Box::new(BooleanQuery::new(vec![
-                (Occur::Must, query.box_clone()),
-                (
-                    Occur::MustNot,
-                    Box::new(TermSetQuery::new(self.hidden.iter().cloned())),
-                ),
-            ]))
-        };
-        let mut tiers: Vec<(&Searcher, &dyn Query)> = vec![(&self.base, &*base_query)];
-        if let Some(overlay) = &self.overlay {
-            tiers.push((overlay, &*query));
-        }
-
-        let mut found: Vec<(Key, usize, DocAddress)> = Vec::new();
-        let mut total = 0;
-        let mut categories: BTreeMap<String, u64> = BTreeMap::new();
-        for (tier, (searcher, query)) in tiers.iter().enumerate() {
-            let (docs, count, facets) = collect(searcher, *query, &stats, sort, wanted)?;
-            found.extend(docs.into_iter().map(|(k, a)| (k, tier, a)));
-            total += count as u64;
-            for (facet, n) in facets.get("/") {
-                *categories.entry(facet.to_path().join("/")).or_default() += n;
+        // Browsing (no text, no filter) answers from what does not depend on the query.
+        let browse = q.text.trim().is_empty()
+            && q.category.is_none()
+            && q.tag.is_none()
+            && q.author.is_none()
+            && q.license.is_none();
+        let (found, (total, categories)) = match (browse, sort) {
+            (true, SortOrder::Name) => (self.first_by_name(f, wanted)?, self.browse_counts(f)?),
+            (true, _) => (
+                self.best(&AllQuery, sort, wanted, false, f)?.0,
+                self.browse_counts(f)?,
+            ),
+            (false, _) => {
+                let (found, counts) = self.best(&*f.query(q), sort, wanted, true, f)?;
+                (found, counts.unwrap_or_default())
             }
-        }
-        found.sort_by(|a, b| {
-            a.0.order(&b.0)
-                .then(a.1.cmp(&b.1))
-                .then_with(|| a.2.cmp(&b.2))
-        });
+        };
+        let searchers = [Some(&self.base), self.overlay.as_ref()];
         let hits = found
             .into_iter()
             .skip(q.offset as usize)
             .take(q.limit as usize)
-            .map(|(_, tier, addr)| f.hit(tiers[tier].0, addr))
+            .map(|(_, tier, addr)| match searchers[tier] {
+                Some(searcher) => f.hit(searcher, addr),
+                None => unreachable!("a result from a tier that does not exist"),
+            })
             .collect::<Result<_, _>>()?;
         let mut categories: Vec<(String, u64)> = categories.into_iter().collect();
         categories.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -195,6 +193,177 @@ impl View {
             hits,
             categories,
         })
+    }
+
+    /// The `wanted` best matches of `query` over both tiers, best first, and if `count`, how
+    /// many matched in all and per category.
+    fn best(
+        &self,
+        query: &dyn Query,
+        sort: SortOrder,
+        wanted: usize,
+        count: bool,
+        f: &Fields,
+    ) -> Result<(Vec<Found>, Option<Counts>), IndexError> {
+        let stats = Statistics {
+            base: &self.base,
+            overlay: self.overlay.as_ref(),
+        };
+        let base_query: Box<dyn Query> = if self.hidden.is_empty() {
+            query.box_clone()
+        } else {
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, query.box_clone()),
+                (Occur::MustNot, Box::new(self.hidden_query(f))),
+            ]))
+        };
+        let mut tiers: Vec<(&Searcher, &dyn Query)> = vec![(&self.base, &*base_query)];
+        if let Some(overlay) = &self.overlay {
+            tiers.push((overlay, query));
+        }
+        let mut found: Vec<Found> = Vec::new();
+        let mut counts = Counts::default();
+        for (tier, (searcher, query)) in tiers.into_iter().enumerate() {
+            let (docs, tier_counts) = collect(searcher, query, &stats, sort, wanted, count)?;
+            found.extend(docs.into_iter().map(|(k, a)| (k, tier, a)));
+            if let Some((n, facets)) = tier_counts {
+                add_counts(&mut counts, n as u64, &facets, 1);
+            }
+        }
+        sort_found(&mut found);
+        Ok((found, count.then_some(counts)))
+    }
+
+    /// The first `wanted` packages by name, merged from the name term dictionaries of every
+    /// segment (each kept sorted by tantivy): a browse reads about a page's worth of terms,
+    /// not every document.
+    fn first_by_name(&self, f: &Fields, wanted: usize) -> Result<Vec<Found>, IndexError> {
+        let tiers = [Some(&self.base), self.overlay.as_ref()];
+        let mut segments = Vec::new();
+        for (tier, searcher) in tiers.into_iter().enumerate() {
+            for (ord, segment) in searcher
+                .into_iter()
+                .flat_map(|s| s.segment_readers())
+                .enumerate()
+            {
+                let index = segment.inverted_index(f.name_key)?;
+                segments.push((tier, ord as u32, segment, index));
+            }
+        }
+        let mut cursors = Vec::new();
+        for (i, (.., index)) in segments.iter().enumerate() {
+            let mut terms = index.terms().stream()?;
+            if terms.advance() {
+                cursors.push((i, terms));
+            }
+        }
+        let mut found: Vec<Found> = Vec::new();
+        while found.len() < wanted {
+            // Segments are few (tantivy merges them): a linear pick of the smallest is enough.
+            let Some(next) = (0..cursors.len()).min_by(|&a, &b| {
+                cursors[a]
+                    .1
+                    .key()
+                    .cmp(cursors[b].1.key())
+                    .then(cursors[a].0.cmp(&cursors[b].0))
+            }) else {
+                break;
+            };
+            let (i, terms) = &mut cursors[next];
+            let (tier, ord, segment, index) = &segments[*i];
+            if let Ok(name) = std::str::from_utf8(terms.key()) {
+                // The base's document of a name the overlay holds is hidden.
+                let hidden = *tier == 0
+                    && self
+                        .hidden
+                        .binary_search_by(|h| h.as_str().cmp(name))
+                        .is_ok();
+                if !hidden {
+                    let mut postings = index
+                        .read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
+                    let mut doc = postings.doc();
+                    // Deleted documents keep their terms until a merge: take the live one.
+                    while doc != TERMINATED {
+                        if segment.alive_bitset().is_none_or(|a| a.is_alive(doc)) {
+                            let addr = DocAddress::new(*ord, doc);
+                            found.push((Key::Name(Some(name.to_owned())), *tier, addr));
+                            break;
+                        }
+                        doc = postings.advance();
+                    }
+                }
+            }
+            if !terms.advance() {
+                cursors.swap_remove(next);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Packages and packages per category over everything: the base's counts (once per
+    /// base), less its hidden documents, plus the overlay's.
+    fn browse_counts(&self, f: &Fields) -> Result<Counts, IndexError> {
+        let base = match self.base_counts.get() {
+            Some(c) => c,
+            None => {
+                let (n, facets) = self.base.search(&AllQuery, &(Count, facet_collector()))?;
+                let mut counts = Counts::default();
+                add_counts(&mut counts, n as u64, &facets, 1);
+                let _ = self.base_counts.set(counts);
+                self.base_counts.get().expect("just set")
+            }
+        };
+        let mut counts = base.clone();
+        if !self.hidden.is_empty() {
+            let (n, facets) = self
+                .base
+                .search(&self.hidden_query(f), &(Count, facet_collector()))?;
+            add_counts(&mut counts, n as u64, &facets, -1);
+        }
+        if let Some(overlay) = &self.overlay {
+            let (n, facets) = overlay.search(&AllQuery, &(Count, facet_collector()))?;
+            add_counts(&mut counts, n as u64, &facets, 1);
+        }
+        counts.1.retain(|_, n| *n > 0);
+        Ok(counts)
+    }
+
+    /// Matches the base's documents of the names the overlay holds.
+    fn hidden_query(&self, f: &Fields) -> TermSetQuery {
+        TermSetQuery::new(self.hidden.iter().map(|n| f.name_term(n)))
+    }
+}
+
+/// A result: its sort key, its tier (0 base, 1 overlay) and its address there.
+type Found = (Key, usize, DocAddress);
+
+/// Best first; ties by tier, then address, so a page is the same every time.
+fn sort_found(found: &mut [Found]) {
+    found.sort_by(|a, b| {
+        a.0.order(&b.0)
+            .then(a.1.cmp(&b.1))
+            .then_with(|| a.2.cmp(&b.2))
+    });
+}
+
+fn facet_collector() -> FacetCollector {
+    let mut facets = FacetCollector::for_field(CATEGORY_FACET);
+    facets.add_facet("/");
+    facets
+}
+
+/// Adds (`sign` 1) or takes away (`sign` -1) one tier's counts.
+fn add_counts(counts: &mut Counts, n: u64, facets: &FacetCounts, sign: i8) {
+    let apply = |total: &mut u64, by: u64| {
+        *total = if sign < 0 {
+            total.saturating_sub(by)
+        } else {
+            *total + by
+        };
+    };
+    apply(&mut counts.0, n);
+    for (facet, k) in facets.get("/") {
+        apply(counts.1.entry(facet.to_path().join("/")).or_default(), k);
     }
 }
 
@@ -229,57 +398,48 @@ impl Key {
     }
 }
 
-/// One tier's answer: its best matches with their keys, how many matched, and their
-/// category counts.
-type TierResult = (Vec<(Key, DocAddress)>, usize, FacetCounts);
-
-/// The best `wanted` matches of `query` in one tier, with the number of matches and their
-/// category counts.
+/// The best `wanted` matches of `query` in one tier with their keys, and if `count`, how
+/// many matched and their category counts.
 fn collect(
     searcher: &Searcher,
     query: &dyn Query,
     stats: &dyn Bm25StatisticsProvider,
     sort: SortOrder,
     wanted: usize,
-) -> Result<TierResult, IndexError> {
+    count: bool,
+) -> Result<(Vec<(Key, DocAddress)>, Option<(usize, FacetCounts)>), IndexError> {
     let top = TopDocs::with_limit(wanted);
-    let mut facets = FacetCollector::for_field(CATEGORY_FACET);
-    facets.add_facet("/");
+    let counts = count.then(|| (Count, facet_collector()));
     Ok(match sort {
         SortOrder::Relevance => {
-            let (docs, count, facets) = searcher.search_with_statistics_provider(
+            let (docs, counts) = searcher.search_with_statistics_provider(
                 query,
-                &(top.order_by_score(), Count, facets),
+                &(top.order_by_score(), counts),
                 stats,
             )?;
             let docs = docs.into_iter().map(|(s, a)| (Key::Score(s), a)).collect();
-            (docs, count, facets)
+            (docs, counts)
         }
         SortOrder::Name => {
-            let (docs, count, facets) = searcher.search_with_statistics_provider(
+            let (docs, counts) = searcher.search_with_statistics_provider(
                 query,
-                &(
-                    top.order_by_string_fast_field(NAME_KEY, Order::Asc),
-                    Count,
-                    facets,
-                ),
+                &(top.order_by_string_fast_field(NAME_KEY, Order::Asc), counts),
                 stats,
             )?;
             let docs = docs.into_iter().map(|(n, a)| (Key::Name(n), a)).collect();
-            (docs, count, facets)
+            (docs, counts)
         }
         SortOrder::Newest => {
-            let (docs, count, facets) = searcher.search_with_statistics_provider(
+            let (docs, counts) = searcher.search_with_statistics_provider(
                 query,
                 &(
                     top.order_by_fast_field::<u64>(PUBLISHED_AT, Order::Desc),
-                    Count,
-                    facets,
+                    counts,
                 ),
                 stats,
             )?;
             let docs = docs.into_iter().map(|(t, a)| (Key::Newest(t), a)).collect();
-            (docs, count, facets)
+            (docs, counts)
         }
     })
 }
