@@ -398,6 +398,10 @@ impl Key {
     }
 }
 
+/// One tier's answer: its best matches with their keys, and if asked, how many matched and
+/// their category counts.
+type TierResult = (Vec<(Key, DocAddress)>, Option<(usize, FacetCounts)>);
+
 /// The best `wanted` matches of `query` in one tier with their keys, and if `count`, how
 /// many matched and their category counts.
 fn collect(
@@ -407,7 +411,7 @@ fn collect(
     sort: SortOrder,
     wanted: usize,
     count: bool,
-) -> Result<(Vec<(Key, DocAddress)>, Option<(usize, FacetCounts)>), IndexError> {
+) -> Result<TierResult, IndexError> {
     let top = TopDocs::with_limit(wanted);
     let counts = count.then(|| (Count, facet_collector()));
     Ok(match sort {
