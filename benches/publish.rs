@@ -15,6 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,18 +24,12 @@ use std::time::{Duration, Instant};
 use agora_daemon::registry::Registry;
 use agora_protocol::PackageName;
 use agora_protocol::search::SearchQuery;
+use support::{cpu_time, env_list, summary};
 
 /// How often the nodes' catalogs are checked while waiting.
 const POLL: Duration = Duration::from_micros(200);
 /// Longest wait for one release to reach every node.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn env_list(var: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
 
 fn write_package(dir: &std::path::Path, name: &str) {
     std::fs::create_dir_all(dir.join("templates")).unwrap();
@@ -46,30 +42,6 @@ fn write_package(dir: &std::path::Path, name: &str) {
     )
     .unwrap();
     std::fs::write(dir.join("templates/a.tmpl"), name).unwrap();
-}
-
-/// CPU time this process has used (every node, every thread), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
-    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // The kernel's clock ticks are 100 Hz on every Linux this runs on (USER_HZ).
-    Duration::from_millis(ticks * 10)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn summary(label: &str, mut v: Vec<Duration>) -> String {
-    v.sort();
-    format!(
-        "{label} p50 {:.1?} p99 {:.1?} max {:.1?}",
-        pct(&v, 0.5),
-        pct(&v, 0.99),
-        v[v.len() - 1]
-    )
 }
 
 async fn wait_visible(

@@ -422,3 +422,84 @@ async fn after_shutdown_every_handle_call_returns_a_clear_error() {
         .await
         .expect("calls after shutdown return at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_peer() {
+    init_tracing();
+    // Queries that may wait on a dead peer much longer than the test's patience.
+    let patient = |dir: &std::path::Path| {
+        let mut c = node_config(dir);
+        c.network.query_timeout = Duration::from_secs(300);
+        c.network.command_timeout = Duration::from_secs(300);
+        c
+    };
+    let (holder, holder_addr) = start_with(patient(&data_dir())).await;
+    let (asker, _) = start_with(patient(&data_dir())).await;
+    join(&asker, &holder_addr).await;
+
+    let content = DhtKey::Content(agora_protocol::ContentId::of(b"archive")).to_bytes();
+    holder
+        .network
+        .start_providing(content.clone())
+        .await
+        .unwrap();
+    let record = release(
+        "graceful",
+        Version::new(1, 0, 0),
+        b"x",
+        64 * 1024,
+        &publisher(5),
+    );
+    let value = DhtValue::Release(record);
+    holder
+        .network
+        .put_record(value.key().to_bytes(), value.encode())
+        .await
+        .unwrap();
+
+    // A "peer" whose address accepts TCP connections and never speaks: every dial to it
+    // hangs in the handshake.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr: libp2p::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}", sink.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = sink.accept().await {
+            open.push(conn);
+        }
+    });
+    for _ in 0..3 {
+        let ghost = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        asker
+            .network
+            .add_address(ghost, sink_addr.clone())
+            .await
+            .unwrap();
+    }
+
+    // Without the grace period both would wait for the ghosts' handshakes to time out.
+    let patience = Duration::from_secs(8);
+    let providers = tokio::time::timeout(patience, asker.network.get_providers(content))
+        .await
+        .expect("providers answered while the ghosts still hang")
+        .unwrap();
+    assert_eq!(providers, [holder.network.peer_id()].into());
+    let records = tokio::time::timeout(
+        patience,
+        asker
+            .network
+            .get_record(value.key().to_bytes(), RecordQuorum::All),
+    )
+    .await
+    .expect("records answered while the ghosts still hang")
+    .unwrap();
+    assert_eq!(records, [value.encode()]);
+
+    held.abort();
+    asker.shutdown().await;
+    holder.shutdown().await;
+}

@@ -14,7 +14,9 @@ use agora_daemon::registry::{Registry, RegistryError};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::messages::GossipMessage;
-use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::records::{
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
+};
 use agora_protocol::search::SearchQuery;
 use agora_protocol::{PackageMeta, PublisherSecret, Version, VersionReq};
 use common::hostile::Hostile;
@@ -339,6 +341,87 @@ fn forged(
         key,
     )
     .unwrap()
+}
+
+/// A signed head of `name` listing `versions`.
+fn head(name: &str, versions: &[&str], seq: u64, key: &PublisherSecret) -> PackageHead {
+    Signed::sign(
+        HeadBody {
+            name: name.parse().unwrap(),
+            owner: key.public(),
+            versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
+            seq,
+            updated_at: 1_700_000_000,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_only_on_the_dht_is_looked_up_and_a_stranger_head_is_ignored() {
+    init_tracing();
+    // The only holder of these records is a bare Kademlia peer: no gossip, no sync, so the
+    // node's catalog has them only if it looks them up.
+    let owner = publisher(21);
+    let stranger = publisher(22);
+    let v1 = forged("dht-only", "1.0.0", None, &owner, 1);
+    let v2 = forged("dht-only", "1.1.0", Some(v1.id()), &owner, 2);
+    let mut holder = Hostile::new();
+    let holder_addr = holder.listen().await;
+    for value in [
+        DhtValue::Head(head("dht-only", &["1.0.0", "1.1.0"], 2, &owner)),
+        DhtValue::Release(v1.clone()),
+        DhtValue::Release(v2.clone()),
+        // A head for a name the node already owns through someone else: to be ignored.
+        DhtValue::Head(head("local-pkg", &["9.0.0"], 99, &stranger)),
+        DhtValue::Release(forged("local-pkg", "9.0.0", None, &stranger, 3)),
+    ] {
+        holder.hold(value.key().to_bytes(), value.encode());
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let holder = holder.drive(stopped);
+
+    let (node, _) = start_node().await;
+    let local = publish(
+        &node,
+        &package_dir("local-pkg", "1.0.0", &[], 100, 4),
+        &publisher(23),
+    )
+    .await;
+    node.network.dial(holder_addr).await.unwrap();
+    let reg = &node.registry;
+    let dht_only = "dht-only".parse().unwrap();
+    assert!(matches!(
+        reg.get(&dht_only, &VersionReq::STAR),
+        Err(RegistryError::NotFound { .. })
+    ));
+
+    // Missing: looked up, the newest listed release admitted with its owner.
+    assert!(reg.look_up(&dht_only, &VersionReq::STAR).await.unwrap());
+    assert_eq!(reg.get(&dht_only, &VersionReq::STAR).unwrap(), v2);
+    assert_eq!(reg.owner(&dht_only), Some(owner.public()));
+    assert_eq!(names(reg, "dht-only"), ["dht-only"]);
+    // An older version asked for by requirement: looked up too, and it fills in the chain.
+    let old: VersionReq = "=1.0.0".parse().unwrap();
+    assert!(reg.look_up(&dht_only, &old).await.unwrap());
+    assert_eq!(reg.get(&dht_only, &old).unwrap(), v1);
+    // Present now: no query at all.
+    assert!(!reg.look_up(&dht_only, &VersionReq::STAR).await.unwrap());
+
+    // A known name keeps its owner: the stranger's newer head is not followed.
+    let local_name = "local-pkg".parse().unwrap();
+    let newer: VersionReq = ">=9".parse().unwrap();
+    assert!(!reg.look_up(&local_name, &newer).await.unwrap());
+    assert_eq!(reg.get(&local_name, &VersionReq::STAR).unwrap(), local);
+    // Nothing anywhere: not found, nothing changed.
+    let ghost = "ghost".parse().unwrap();
+    assert!(!reg.look_up(&ghost, &VersionReq::STAR).await.unwrap());
+    assert_eq!(reg.catalog_len(), 3);
+
+    let _ = stop.send(());
+    holder.await.unwrap();
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

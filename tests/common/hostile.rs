@@ -62,6 +62,27 @@ impl Hostile {
         *self.swarm.local_peer_id()
     }
 
+    /// Listens on an ephemeral loopback port; returns the address to dial (with `/p2p/`).
+    pub async fn listen(&mut self) -> Multiaddr {
+        self.swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = self.swarm.select_next_some().await {
+                return address.with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
+            }
+        }
+    }
+
+    /// Keeps a raw record in this peer's own DHT store, served to whoever asks for its key.
+    pub fn hold(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        kad::store::RecordStore::put(
+            self.swarm.behaviour_mut().kad.store_mut(),
+            kad::Record::new(key, value),
+        )
+        .unwrap();
+    }
+
     /// Dials every address and drives the swarm until all connections are up.
     pub async fn connect(&mut self, addrs: &[Multiaddr]) {
         for a in addrs {

@@ -110,6 +110,33 @@ impl From<RegistryError> for IpcError {
     }
 }
 
+/// Most names one resolution looks up on the DHT (each lookup is two DHT queries).
+const MAX_LOOKUPS_PER_RESOLVE: usize = 64;
+
+/// Runs `local`; if the catalog lacks the package or version it needs, looks `name` up on the
+/// DHT and, if that brought something, runs it again.
+async fn with_lookup<T>(
+    registry: &Arc<Registry>,
+    name: &PackageName,
+    req: &VersionReq,
+    local: impl Fn() -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    match local() {
+        Err(
+            e @ (RegistryError::NotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::NoMatchingVersion { .. }),
+        ) => {
+            if registry.look_up(name, req).await? {
+                local()
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
 fn key_error(e: KeyFileError) -> IpcError {
     match e {
         KeyFileError::NoPublisherKey { .. } => IpcError::NoKey(e.to_string()),
@@ -304,15 +331,18 @@ pub async fn handle(
                 }
                 _ => None,
             };
-            let record = match exact {
-                Some(v) => registry.release(&n, &v)?,
-                None => registry.get(&n, &req)?,
-            };
+            let record = with_lookup(registry, &n, &req, || match &exact {
+                Some(v) => registry.release(&n, v),
+                None => registry.get(&n, &req),
+            })
+            .await?;
             let y = yanked(registry, &record);
             Ok(Response::Release(release_info(&record, y)))
         }
         Request::Versions { name: n } => {
-            let versions = registry.versions(&name(&n)?)?;
+            let n = name(&n)?;
+            let versions =
+                with_lookup(registry, &n, &VersionReq::STAR, || registry.versions(&n)).await?;
             Ok(Response::Versions(
                 versions
                     .into_iter()
@@ -329,7 +359,27 @@ pub async fn handle(
                 .iter()
                 .map(|r| r.parse().map_err(bad))
                 .collect::<Result<_, _>>()?;
-            let resolved = registry.resolve(&roots)?;
+            // Names the catalog lacks are looked up on the DHT, then resolution starts over.
+            let mut lookups = 0;
+            let resolved = loop {
+                let missing = match registry.resolve(&roots) {
+                    Err(RegistryError::Resolve(ResolveError::Missing { name, .. })) => {
+                        (name, VersionReq::STAR)
+                    }
+                    Err(RegistryError::Resolve(ResolveError::Unsatisfiable {
+                        name,
+                        requirements,
+                        ..
+                    })) => (name, requirements[0].1.clone()),
+                    other => break other?,
+                };
+                if lookups == MAX_LOOKUPS_PER_RESOLVE
+                    || !registry.look_up(&missing.0, &missing.1).await?
+                {
+                    break registry.resolve(&roots)?;
+                }
+                lookups += 1;
+            };
             let mut out = Vec::with_capacity(resolved.len());
             for p in resolved {
                 let record = registry.release(&p.name, &p.version)?;
@@ -350,9 +400,10 @@ pub async fn handle(
                     progress: Progress::Bytes { done, total },
                 });
             });
-            let fetched = registry
-                .fetch_with_progress(&name(&n)?, &version(&v)?, Some(on_bytes))
-                .await?;
+            let (n, v) = (name(&n)?, version(&v)?);
+            let pin = VersionReq::parse(&format!("={v}")).map_err(bad)?;
+            with_lookup(registry, &n, &pin, || registry.release(&n, &v)).await?;
+            let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
             Ok(Response::Fetched(FetchedInfo {
                 path: fetched.path.display().to_string(),
                 sha256: ContentId::to_hex(&fetched.content),

@@ -19,6 +19,11 @@ pub struct NetworkConfig {
     pub gossip_heartbeat: Duration,
     /// Kademlia query timeout.
     pub query_timeout: Duration,
+    /// How long a query that collects several answers (providers of an archive, a package's
+    /// heads) keeps collecting after its first answer before it answers. The rest of a
+    /// round usually arrives within one round trip, while the whole query may wait on
+    /// unreachable peers until `query_timeout`.
+    pub query_grace: Duration,
     /// Periodic Kademlia bootstrap (refreshes the routing table); `None` turns it off.
     pub periodic_bootstrap: Option<Duration>,
     /// Timeout of one sync or fetch request.
@@ -47,6 +52,7 @@ impl NetworkConfig {
             idle_connection_timeout: Duration::from_secs(120),
             gossip_heartbeat: Duration::from_secs(1),
             query_timeout: Duration::from_secs(30),
+            query_grace: Duration::from_millis(500),
             periodic_bootstrap: Some(Duration::from_secs(300)),
             request_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(60),
@@ -65,6 +71,7 @@ impl NetworkConfig {
         Self {
             gossip_heartbeat: Duration::from_millis(100),
             query_timeout: Duration::from_secs(10),
+            query_grace: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(20),
             ..Self::new(keypair)

@@ -8,6 +8,7 @@
 //! are normal and only logged. Nothing that came from the network is unwrapped here.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use agora_protocol::dht::{self, DhtKey};
 use agora_protocol::messages::{FetchResponse, KAD_PROTOCOL, Refusal, SyncResponse};
 use agora_protocol::records::PackageHead;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
@@ -49,8 +51,14 @@ struct PendingGet {
     reply: Reply<Vec<Vec<u8>>>,
 }
 
+/// A query's grace period: resolves to its id when the period is over.
+type Grace = Pin<Box<dyn Future<Output = QueryId> + Send>>;
+
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// How long a query that collects several answers keeps collecting after its first one.
+    query_grace: Duration,
+    graces: FuturesUnordered<Grace>,
     commands: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<NetworkEvent>,
     metrics: Arc<Metrics>,
@@ -68,12 +76,15 @@ pub struct EventLoop {
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
+        query_grace: Duration,
         commands: mpsc::Receiver<Envelope>,
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             swarm,
+            query_grace,
+            graces: FuturesUnordered::new(),
             commands,
             events,
             metrics,
@@ -107,6 +118,7 @@ impl EventLoop {
                         break;
                     }
                 },
+                Some(id) = self.graces.next(), if !self.graces.is_empty() => self.grace_over(id),
                 _ = tick.tick() => self.maintain(),
             }
         }
@@ -616,6 +628,25 @@ impl EventLoop {
         }
     }
 
+    /// Ends a collecting query whose grace period is over, answering with what it has: the
+    /// rest of a query can wait on unreachable peers until its timeout, which no caller with
+    /// an answer in hand should.
+    fn grace_over(&mut self, id: QueryId) {
+        let reply = if let Some(p) = self.pending_get.remove(&id) {
+            let _ = p.reply.send(Ok(p.found));
+            true
+        } else if let Some((found, reply)) = self.pending_providers.remove(&id) {
+            let _ = reply.send(Ok(found));
+            true
+        } else {
+            false
+        };
+        if reply && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            debug!(?id, "query answered after its grace period; finishing it");
+            q.finish();
+        }
+    }
+
     /// Answers a query that has one result (bootstrap, put, start providing).
     fn resolve_query<E: std::fmt::Display>(&mut self, id: QueryId, result: Result<(), E>) {
         if let Some(reply) = self.pending_query.remove(&id) {
@@ -640,7 +671,10 @@ impl EventLoop {
                         let record = peer_record.record;
                         match dht::validate(record.key.as_ref(), &record.value) {
                             Ok(_) if !pending.found.contains(&record.value) => {
-                                pending.found.push(record.value)
+                                pending.found.push(record.value);
+                                if pending.found.len() == 1 && pending.quorum == RecordQuorum::All {
+                                    self.graces.push(grace(self.query_grace, id));
+                                }
                             }
                             Ok(_) => {}
                             Err(e) => {
@@ -680,7 +714,11 @@ impl EventLoop {
                 let mut done = last;
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        let first = found.is_empty() && !providers.is_empty();
                         found.extend(providers);
+                        if first {
+                            self.graces.push(grace(self.query_grace, id));
+                        }
                         if found.len() >= MAX_PROVIDERS_PER_GET {
                             if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                                 q.finish();
@@ -701,6 +739,14 @@ impl EventLoop {
             other => trace!(?id, result = ?other, "query we did not start"),
         }
     }
+}
+
+/// The grace period of a query that has just had its first answer.
+fn grace(period: Duration, id: QueryId) -> Grace {
+    Box::pin(async move {
+        tokio::time::sleep(period).await;
+        id
+    })
 }
 
 /// The kind of a query and whether its final step succeeded.

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod fetch;
 pub mod inbound;
+mod lookup;
 pub mod resolve;
 pub mod sync;
 pub mod trust;
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
@@ -33,7 +34,7 @@ use agora_protocol::{
     VersionReq,
 };
 use libp2p::PeerId;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::index::{IndexDoc, IndexError, SearchIndex, Ticket};
 use crate::network::{NetworkError, NetworkHandle};
@@ -48,6 +49,10 @@ use trust::{Admission, Trust, TrustError, TrustPolicy};
 pub const DEFAULT_CACHE_QUOTA: u64 = 1024 * 1024 * 1024;
 /// Records admitted per durable transaction when a big batch (a sync) comes in.
 const INGEST_BATCH: usize = 2048;
+/// Longest a publish waits for its DHT writes once the release is durable, gossiped and
+/// searchable here. A DHT write ends when the closest peers have answered, and on a network
+/// with departed peers that can take until the query timeout; it goes on in the background.
+const PUBLISH_DHT_WAIT: Duration = Duration::from_secs(3);
 
 /// Where a registry keeps its state and how it decides trust.
 #[derive(Clone, Debug)]
@@ -763,16 +768,32 @@ impl Registry {
         // release becomes searchable here (the call returns once it is).
         let gossiped = self.gossip(GossipMessage::Release(record.clone())).await?;
         let reg = self.clone();
-        let (release, head_put, provide, indexed) = tokio::join!(
-            self.put_dht(DhtValue::Release(record.clone())),
-            self.put_dht(DhtValue::Head(head.clone())),
-            self.net.start_providing(DhtKey::Content(id).to_bytes()),
-            blocking(move || reg.flush_index(ticket)),
+        let (r, h) = (record.clone(), head.clone());
+        let mut dht = tokio::spawn(
+            async move {
+                let (release, head_put, provide) = tokio::join!(
+                    reg.put_dht(DhtValue::Release(r)),
+                    reg.put_dht(DhtValue::Head(h)),
+                    reg.net.start_providing(DhtKey::Content(id).to_bytes()),
+                );
+                release?;
+                head_put?;
+                provide.or_else(tolerate_lonely)?;
+                Ok::<(), RegistryError>(())
+            }
+            .in_current_span(),
         );
-        release?;
-        head_put?;
-        provide.or_else(tolerate_lonely)?;
-        indexed?;
+        let reg = self.clone();
+        blocking(move || reg.flush_index(ticket)).await?;
+        match tokio::time::timeout(PUBLISH_DHT_WAIT, &mut dht).await {
+            Ok(joined) => {
+                joined.map_err(|e| RegistryError::Internal(format!("DHT writes: {e}")))??
+            }
+            Err(_) => info!(
+                name = %record.body.name,
+                "DHT writes still running after {PUBLISH_DHT_WAIT:?}; they go on in the background"
+            ),
+        }
         info!(name = %record.body.name, version = %record.body.version, gossiped, "published");
         Ok(Published {
             record,
@@ -1260,10 +1281,21 @@ impl Registry {
         })
         .await?;
         self.stop_providing(&evicted).await?;
-        self.net
-            .start_providing(DhtKey::Content(info.id).to_bytes())
-            .await
-            .or_else(tolerate_lonely)?;
+        // The archive is ours now; telling the DHT is a courtesy to others that may wait on
+        // unreachable peers, so the caller does not wait for it.
+        let net = self.net.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = net
+                    .start_providing(DhtKey::Content(info.id).to_bytes())
+                    .await
+                    .or_else(tolerate_lonely)
+                {
+                    debug!(content = %info.id, error = %e, "could not announce a fetched archive");
+                }
+            }
+            .in_current_span(),
+        );
         Ok(FetchedBlob {
             content: info.id,
             path: self.blobs.blob_path(&info.id),

@@ -1,0 +1,315 @@
+//! Fetch throughput: an archive of 10 MB and of 100 MB (incompressible payload) fetched by a
+//! node that has only its record, from 1 provider and from 3, over each transport a daemon
+//! listens on (TCP + Noise + yamux, and QUIC), through `Registry::fetch` (find
+//! providers on the DHT, chunks in parallel, each chunk verified, written to a partial file,
+//! synced, the whole archive hashed again, moved into the store, then provided). Every run
+//! uses a fresh fetcher. Two baselines in the same run, moving the same number of bytes:
+//!
+//! - a plain loopback TCP connection between two threads, memory to memory;
+//! - libp2p's transport alone, built as Agora's swarm builds it, one substream, memory to
+//!   memory, no swarm: what any protocol over that transport can move here.
+//!
+//! Provider and fetcher share this machine's cores, so every byte is encrypted, decrypted and
+//! hashed on the same two vCPUs.
+//!
+//! Sizes in MB from `AGORA_BENCH_SIZES` (default `10,100`), runs per case from
+//! `AGORA_BENCH_RUNS` (default 3), transports from `AGORA_BENCH_TRANSPORTS` (default
+//! `tcp,quic`). Run: `cargo bench --bench fetch`.
+
+/// The allocator agorad runs with, so the numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use agora_daemon::network::NetworkError;
+use agora_daemon::node::Node;
+use agora_protocol::records::ReleaseRecord;
+use futures::future::poll_fn;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt};
+use libp2p::core::transport::{Boxed, DialOpts, ListenerId, PortUse, Transport, TransportEvent};
+use libp2p::core::{Endpoint, upgrade};
+use libp2p::{Multiaddr, PeerId, identity, noise, tcp, yamux};
+use support::{env_list, pct};
+
+/// Longest wait for a fetcher to learn the release by sync.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn write_package(dir: &std::path::Path, name: &str, bytes: usize) {
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(
+        dir.join("package.toml"),
+        format!("[package]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"bench\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("assets/payload.bin"), common::noise(bytes, 7)).unwrap();
+}
+
+/// MB/s of moving `bytes` in `took`.
+fn rate(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+/// A node with a fresh data directory listening on `kind`.
+async fn start(kind: Kind) -> (Node, Multiaddr) {
+    let config = common::node_config(&common::data_dir());
+    Node::start_listening(config, kind.listen()).await.unwrap()
+}
+
+/// A fresh node joined to `seed` that has the release in its catalog (by sync). Like agorad,
+/// it goes on if its DHT bootstrap does not complete: over QUIC, dialling the earlier
+/// fetchers (gone, but still in the others' routing tables) waits out the handshake timeout
+/// of each, and the bootstrap refreshes bucket after bucket.
+async fn fetcher(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> Node {
+    let (node, _) = start(kind).await;
+    node.network.dial(seed.clone()).await.unwrap();
+    if let Err(e) = node.network.bootstrap().await {
+        assert!(
+            matches!(e, NetworkError::Query(_) | NetworkError::Timeout(_)),
+            "bootstrap: {e}"
+        );
+    }
+    let started = Instant::now();
+    while !node.registry.has_record(&release.id()) {
+        assert!(started.elapsed() < DEADLINE, "release not synced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node
+}
+
+/// Fetches the release on a fresh node; returns the time and the providers that served it.
+async fn timed_fetch(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> (Duration, usize) {
+    let node = fetcher(kind, seed, release).await;
+    let b = &release.body;
+    let started = Instant::now();
+    let fetched = node.registry.fetch(&b.name, &b.version).await.unwrap();
+    let took = started.elapsed();
+    assert!(!fetched.cached);
+    assert_eq!(fetched.size, b.archive.size);
+    let served = fetched.served_by.len();
+    node.shutdown().await;
+    (took, served)
+}
+
+/// Copies `bytes` over a loopback TCP connection, memory to memory, in 1 MiB writes.
+fn tcp_copy(bytes: usize) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < bytes {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed early");
+            got += n;
+        }
+        s.write_all(b"k").unwrap();
+    });
+    let data = common::noise(1 << 20, 3);
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(data.len());
+        s.write_all(&data[..n]).unwrap();
+        sent += n;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).unwrap();
+    let took = started.elapsed();
+    reader.join().unwrap();
+    took
+}
+
+/// The transports a daemon listens on.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tcp,
+    Quic,
+}
+
+impl Kind {
+    fn listen(self) -> Multiaddr {
+        match self {
+            Kind::Tcp => "/ip4/127.0.0.1/tcp/0",
+            Kind::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+        }
+        .parse()
+        .unwrap()
+    }
+
+    /// The transport alone, upgraded as Agora's swarm does it (`agora_daemon::network`).
+    fn transport(self) -> Boxed<(PeerId, StreamMuxerBox)> {
+        let id = identity::Keypair::generate_ed25519();
+        match self {
+            Kind::Tcp => tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(&id).unwrap())
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed(),
+            Kind::Quic => libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(&id))
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed(),
+        }
+    }
+}
+
+/// Keeps a connection's muxer running (it moves frames between the socket and substreams).
+fn drive(mut muxer: StreamMuxerBox) {
+    tokio::spawn(async move { while poll_fn(|cx| muxer.poll_unpin(cx)).await.is_ok() {} });
+}
+
+/// Copies `bytes` over one substream of a libp2p connection on loopback, memory to memory.
+async fn libp2p_copy(kind: Kind, bytes: usize) -> Duration {
+    let mut listener = kind.transport();
+    listener
+        .listen_on(ListenerId::next(), kind.listen())
+        .unwrap();
+    let addr = loop {
+        if let TransportEvent::NewAddress { listen_addr, .. } = listener.select_next_some().await {
+            break listen_addr;
+        }
+    };
+    let reader = tokio::spawn(async move {
+        let upgrade = loop {
+            if let TransportEvent::Incoming { upgrade, .. } = listener.select_next_some().await {
+                break upgrade;
+            }
+        };
+        let (_, mut muxer) = upgrade.await.unwrap();
+        let mut stream = poll_fn(|cx| {
+            let _ = muxer.poll_unpin(cx);
+            muxer.poll_inbound_unpin(cx)
+        })
+        .await
+        .unwrap();
+        drive(muxer);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < bytes {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "substream closed early");
+            got += n;
+        }
+        stream.write_all(b"k").await.unwrap();
+        stream.flush().await.unwrap();
+    });
+    let dial = DialOpts {
+        role: Endpoint::Dialer,
+        port_use: PortUse::New,
+    };
+    let (_, mut muxer) = kind.transport().dial(addr, dial).unwrap().await.unwrap();
+    let mut stream = poll_fn(|cx| muxer.poll_outbound_unpin(cx)).await.unwrap();
+    drive(muxer);
+    let data = common::noise(1 << 20, 5);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < bytes {
+        let n = (bytes - sent).min(data.len());
+        stream.write_all(&data[..n]).await.unwrap();
+        sent += n;
+    }
+    stream.flush().await.unwrap();
+    let mut ack = [0u8; 1];
+    stream.read_exact(&mut ack).await.unwrap();
+    let took = started.elapsed();
+    reader.await.unwrap();
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    pct(&v, 0.5)
+}
+
+async fn run(kind: Kind, mb: usize, runs: usize) {
+    let bytes = mb * 1_000_000;
+    let mut net = vec![start(kind).await];
+    let seed = net[0].1.clone();
+    for _ in 1..3 {
+        let (node, addr) = start(kind).await;
+        common::join(&node, &seed).await;
+        net.push((node, addr));
+    }
+    let src = tempfile::tempdir().unwrap();
+    write_package(src.path(), &format!("fetch-{mb}"), bytes);
+    let release = net[0]
+        .0
+        .registry
+        .publish(src.path().to_owned(), &common::publisher(3))
+        .await
+        .unwrap()
+        .record;
+    let size = release.body.archive.size;
+
+    let mut one = Vec::new();
+    for _ in 0..runs {
+        let (took, served) = timed_fetch(kind, &seed, &release).await;
+        assert_eq!(served, 1);
+        one.push(took);
+    }
+    // Nodes 1 and 2 fetch it too and become providers.
+    for (node, _) in &net[1..] {
+        while !node.registry.has_record(&release.id()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let b = &release.body;
+        node.registry.fetch(&b.name, &b.version).await.unwrap();
+    }
+    let mut three = Vec::new();
+    for _ in 0..runs {
+        let (took, served) = timed_fetch(kind, &seed, &release).await;
+        assert_eq!(served, 3, "every provider served chunks");
+        three.push(took);
+    }
+    let tcp: Vec<Duration> = (0..runs).map(|_| tcp_copy(size as usize)).collect();
+    let mut transport = Vec::new();
+    for _ in 0..runs {
+        transport.push(libp2p_copy(kind, size as usize).await);
+    }
+    let (one, three) = (median(one), median(three));
+    let (tcp, transport) = (median(tcp), median(transport));
+    let best = rate(size, one).max(rate(size, three));
+    println!(
+        "fetch over {kind:?}, {:.1} MB archive, median of {runs}: 1 provider {one:.1?} = {:.0} MB/s; \
+         3 providers {three:.1?} = {:.0} MB/s; plain TCP copy {tcp:.1?} = {:.0} MB/s; \
+         libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; best fetch = {:.0}% of \
+         the TCP copy, {:.0}% of the libp2p transport",
+        size as f64 / 1e6,
+        rate(size, one),
+        rate(size, three),
+        rate(size, tcp),
+        rate(size, transport),
+        100.0 * best / rate(size, tcp),
+        100.0 * best / rate(size, transport),
+    );
+    for (n, _) in net {
+        n.shutdown().await;
+    }
+}
+
+fn main() {
+    common::init_tracing();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runs = env_list("AGORA_BENCH_RUNS", &[3])[0];
+    let kinds = std::env::var("AGORA_BENCH_TRANSPORTS").unwrap_or_else(|_| "tcp,quic".into());
+    for kind in kinds.split(',').map(|k| match k.trim() {
+        "tcp" => Kind::Tcp,
+        "quic" => Kind::Quic,
+        other => panic!("AGORA_BENCH_TRANSPORTS: unknown transport {other:?} (tcp, quic)"),
+    }) {
+        for mb in env_list("AGORA_BENCH_SIZES", &[10, 100]) {
+            rt.block_on(run(kind, mb, runs));
+        }
+    }
+}

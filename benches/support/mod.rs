@@ -1,0 +1,115 @@
+//! What the benches share: percentiles, CPU time and resident memory of a process, sizes from
+//! the environment, and synthetic signed catalogs for bulk loads.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, Signed};
+use agora_protocol::{PackageMeta, PublisherSecret, Version};
+
+/// The `p` quantile (0..=1) of sorted samples.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `label p50 .. p99 .. max ..` of the samples.
+pub fn summary(label: &str, mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "{label} p50 {:.1?} p99 {:.1?} max {:.1?}",
+        pct(&v, 0.5),
+        pct(&v, 0.99),
+        v[v.len() - 1]
+    )
+}
+
+/// A comma-separated list of numbers from `var`, or `default`.
+pub fn env_list(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// CPU time this process has used (every thread), from `/proc/self/stat`.
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Clock ticks are 100 Hz (USER_HZ) on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Resident memory of a process in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Megabytes, for printing.
+pub fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+const WORDS: [&str; 16] = [
+    "quick", "lazy", "bright", "silent", "rapid", "modern", "classic", "tiny", "secure", "async",
+    "simple", "robust", "minimal", "fancy", "solid", "clever",
+];
+const NOUNS: [&str; 16] = [
+    "service",
+    "template",
+    "starter",
+    "widget",
+    "parser",
+    "server",
+    "client",
+    "cache",
+    "router",
+    "logger",
+    "schema",
+    "pipeline",
+    "worker",
+    "gateway",
+    "dashboard",
+    "scaffold",
+];
+const CATEGORIES: [&str; 8] = [
+    "web", "cli", "data", "ml", "devops", "mobile", "game", "starter",
+];
+
+/// `n` signed releases of distinct packages (`seed-<word>-<noun>-<i>`), published by `key`,
+/// with varied metadata, as a node would hold them. Their archives exist nowhere: enough for
+/// the catalog, search and sync, not for fetch.
+pub fn synthetic_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
+    (0..n)
+        .map(|i| {
+            let (word, noun) = (WORDS[i % 16], NOUNS[(i / 16) % 16]);
+            let name = format!("seed-{word}-{noun}-{i}");
+            let body = ReleaseBody {
+                name: name.parse().unwrap(),
+                version: Version::new(1, (i % 10) as u64, 0),
+                meta: PackageMeta {
+                    description: format!("A {word} {noun} generated as package number {i}"),
+                    category: Some(CATEGORIES[i % 8].to_string()),
+                    author: Some(format!("author{}", i % 97)),
+                    license: Some("MIT".into()),
+                    repository: None,
+                    tags: vec![noun.to_string()],
+                    keywords: vec![word.to_string()],
+                },
+                dependencies: vec![],
+                archive: ArchiveInfo::describe(name.as_bytes(), 1 << 20),
+                published_at: 1_700_000_000 + i as u64,
+                publisher: key.public(),
+                previous: None,
+            };
+            CatalogRecord::Release(Signed::sign(body, key).unwrap())
+        })
+        .collect()
+}

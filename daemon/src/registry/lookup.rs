@@ -1,0 +1,130 @@
+//! Looking a package up on the DHT when the catalog lacks it: a node that missed its gossip
+//! and has not synced since still finds it. The package head (`agora/pkg/<name>`) names the
+//! owner and the versions; the release (`agora/rel/<name>/<version>`) is then got by its key
+//! and admitted by the same trust rules as gossip and sync. A name the catalog knows keeps its
+//! owner; for an unknown name the best valid head decides, exactly as the first gossip would
+//! (trust on first use), unless an allowlist says otherwise.
+
+use std::sync::Arc;
+
+use agora_protocol::dht::{self, DhtKey, DhtValue};
+use agora_protocol::records::{CatalogRecord, PackageHead, ReleaseRecord};
+use agora_protocol::{PackageName, Version, VersionReq};
+use tracing::debug;
+
+use super::{Ingested, Registry, RegistryError, blocking};
+use crate::network::{NetworkError, RecordQuorum};
+
+/// A lookup that found nothing: not an error for the caller, who reports the name as unknown.
+fn nothing(e: NetworkError) -> Result<Vec<Vec<u8>>, NetworkError> {
+    match e {
+        NetworkError::NotFound | NetworkError::Query(_) | NetworkError::NoKnownPeers => {
+            Ok(Vec::new())
+        }
+        other => Err(other),
+    }
+}
+
+impl Registry {
+    /// Makes sure the catalog holds a release of `name` matching `req` when one exists on
+    /// the network: if the catalog has none, looks the newest matching one up on the DHT and
+    /// admits it (and its head). Returns whether the catalog changed; a refusal by the trust
+    /// rules is an error, finding nothing is not.
+    #[tracing::instrument(name = "registry.lookup", skip_all, fields(package = %name, %req))]
+    pub async fn look_up(
+        self: &Arc<Self>,
+        name: &PackageName,
+        req: &VersionReq,
+    ) -> Result<bool, RegistryError> {
+        if self.get(name, req).is_ok() {
+            return Ok(false);
+        }
+        let known: Vec<Version> = match self.versions(name) {
+            Ok(v) => v.into_iter().map(|v| v.version).collect(),
+            Err(RegistryError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let Some(head) = self.best_head(name).await? else {
+            debug!(%name, "no head on the DHT");
+            return Ok(false);
+        };
+        let Some(version) = head
+            .body
+            .versions
+            .iter()
+            .rev()
+            .find(|v| req.matches(v) && !known.contains(v))
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let Some(release) = self.owners_release(name, &version, &head).await? else {
+            debug!(%name, %version, "the head's release is not on the DHT");
+            return Ok(false);
+        };
+        let reg = self.clone();
+        let result = blocking(move || {
+            let out = reg.ingest(vec![CatalogRecord::Release(release)], true)?;
+            if let Err(e) = reg.admit_head(&head) {
+                debug!(error = %e, "head found with the release not admitted");
+            }
+            Ok(out)
+        })
+        .await?;
+        match result.into_iter().next().map(|(_, i)| i) {
+            Some(Ingested::Added(_)) => Ok(true),
+            Some(Ingested::Refused(e)) => Err(e.into()),
+            Some(Ingested::Invalid(e)) => Err(e.into()),
+            Some(Ingested::Duplicate) | None => Ok(false),
+        }
+    }
+
+    /// The best valid head of `name` on the DHT; for a name the catalog knows, only its
+    /// owner's heads count.
+    async fn best_head(&self, name: &PackageName) -> Result<Option<PackageHead>, RegistryError> {
+        let key = DhtKey::Head(name.clone()).to_bytes();
+        let values = self
+            .net
+            .get_record(key.clone(), RecordQuorum::All)
+            .await
+            .or_else(nothing)?;
+        let owner = self.owner(name);
+        Ok(values
+            .iter()
+            .filter_map(|v| match dht::validate(&key, v) {
+                Ok(DhtValue::Head(h)) => Some(h),
+                _ => None,
+            })
+            .filter(|h| owner.is_none_or(|o| o == h.body.owner))
+            .max_by(dht::compare_heads))
+    }
+
+    /// The release of `name@version` signed by the head's owner: the first answer usually,
+    /// every answer if the first is someone else's.
+    async fn owners_release(
+        &self,
+        name: &PackageName,
+        version: &Version,
+        head: &PackageHead,
+    ) -> Result<Option<ReleaseRecord>, RegistryError> {
+        let key = DhtKey::Release(name.clone(), version.clone()).to_bytes();
+        for quorum in [RecordQuorum::First, RecordQuorum::All] {
+            let values = self
+                .net
+                .get_record(key.clone(), quorum)
+                .await
+                .or_else(nothing)?;
+            let found = values
+                .iter()
+                .filter_map(|v| match dht::validate(&key, v) {
+                    Ok(DhtValue::Release(r)) => Some(r),
+                    _ => None,
+                })
+                .find(|r| r.body.publisher == head.body.owner);
+            if found.is_some() || values.is_empty() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+}
