@@ -497,6 +497,9 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     assert_eq!(m1[&key("agora_packages")], 1.0);
     assert!(m1[&key("agora_store_bytes")] > 0.0);
     assert_eq!(m1[&key("agora_peers")], 1.0);
+    // B's connection and the publish went through A's event loop.
+    assert!(m1[&key("agora_event_loop_swarm_events_total")] >= 1.0);
+    assert!(m1[&key("agora_event_loop_commands_total")] >= 1.0);
 
     // The JSON API answers what the CLI answers, on the node that has to fetch (B).
     wait_until("the release reaches B", || {

@@ -41,14 +41,15 @@ pub fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Resident memory of a process in bytes (`VmRSS` of `/proc/<pid>/status`).
-pub fn rss_bytes(pid: u32) -> u64 {
+/// A memory figure of a process in bytes: `field` (`VmRSS`, `VmHWM`, ...) of
+/// `/proc/<pid>/status`.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib * 1024
 }
 

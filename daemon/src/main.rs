@@ -21,6 +21,8 @@ use agora_protocol::paths::PathEnv;
 
 /// mimalloc keeps freed pages for reuse: each search-index commit allocates a multi-megabyte
 /// term table, and with the system allocator half of a commit's time went to page faults.
+/// Built without transparent huge pages (the `no_thp` feature): with them its first arena was
+/// committed as 2 MiB pages and an idle daemon held 18 MB more than it used.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

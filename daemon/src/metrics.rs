@@ -13,6 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -48,6 +49,10 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Peers in the Kademlia routing table, kept by the event loop.
     pub routing_table: Gauge,
+    /// Swarm events the event loop has handled.
+    pub swarm_events: Counter,
+    /// Commands from `NetworkHandle`s the event loop has handled.
+    pub commands: Counter,
     search_seconds: Histogram,
     publish_seconds: Histogram,
     fetch_seconds: Histogram,
@@ -88,6 +93,18 @@ impl Metrics {
             "routing_table_peers",
             "Peers in the Kademlia routing table",
             Gauge::default(),
+        );
+        let swarm_events = add(
+            agora,
+            "event_loop_swarm_events",
+            "Swarm events the network event loop has handled",
+            Counter::default(),
+        );
+        let commands = add(
+            agora,
+            "event_loop_commands",
+            "Commands the network event loop has handled",
+            Counter::default(),
         );
         let search_seconds = add(
             agora,
@@ -134,6 +151,8 @@ impl Metrics {
             libp2p,
             peers,
             routing_table,
+            swarm_events,
+            commands,
             search_seconds,
             publish_seconds,
             fetch_seconds,

@@ -2,8 +2,10 @@
 //! libp2p identity. Verification is always `verify_strict` over domain-separated bytes, so a
 //! signature made for one kind of record can never be replayed as another.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -34,12 +36,38 @@ pub enum KeyError {
     BadSignature,
 }
 
+/// Most keys [`checked`] remembers; past it, it starts again from none (a peer sending many
+/// distinct keys costs itself the checks, never memory).
+const CHECKED_KEYS: usize = 1024;
+
+/// Keys already found valid and not weak, with their decompressed point. Every record
+/// carries its publisher's key, and decompressing it costs about as much as decoding the
+/// rest of the record many times over; a catalog has few publishers and many records.
+static CHECKED: LazyLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> =
+    LazyLock::new(|| Mutex::new(HashMap::with_capacity(64)));
+
+/// `bytes` as a valid, non-weak Ed25519 point (the check is a pure function of the bytes,
+/// so an answer once found is reused).
+fn checked(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+    let seen = || CHECKED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(key) = seen().get(bytes) {
+        return Ok(*key);
+    }
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidKey)?;
+    if key.is_weak() {
+        return Err(KeyError::WeakKey);
+    }
+    let mut seen = seen();
+    if seen.len() >= CHECKED_KEYS {
+        seen.clear();
+    }
+    seen.insert(*bytes, key);
+    Ok(key)
+}
+
 impl PublisherKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidKey)?;
-        if key.is_weak() {
-            return Err(KeyError::WeakKey);
-        }
+        checked(&bytes)?;
         Ok(Self(bytes))
     }
 
@@ -56,7 +84,7 @@ impl PublisherKey {
         signature: &Signature,
     ) -> Result<(), KeyError> {
         // The bytes were validated when the key was built.
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::InvalidKey)?;
+        let key = checked(&self.0)?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         let mut signed = Vec::with_capacity(domain.len() + message.len());
         signed.extend_from_slice(domain);
@@ -180,6 +208,38 @@ mod tests {
         identity[0] = 1;
         assert_eq!(PublisherKey::from_bytes(identity), Err(KeyError::WeakKey));
         assert_eq!("zz".parse::<PublisherKey>(), Err(KeyError::BadHex));
+    }
+
+    /// The answer without the cache of checked keys.
+    fn uncached(bytes: [u8; 32]) -> Result<(), KeyError> {
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidKey)?;
+        if key.is_weak() {
+            return Err(KeyError::WeakKey);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn remembered_key_checks_answer_as_fresh_ones() {
+        // Valid, weak and invalid keys, and more distinct valid ones than the cache holds,
+        // each asked twice (the second answer comes from the cache while it holds it).
+        let mut candidates: Vec<[u8; 32]> = (0..=255u8).map(|b| [b; 32]).collect();
+        candidates.extend((0..CHECKED_KEYS as u32 + 100).map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            *PublisherSecret::from_bytes(seed).public().as_bytes()
+        }));
+        let mut kinds = HashMap::new();
+        for bytes in candidates {
+            let want = uncached(bytes);
+            for _ in 0..2 {
+                assert_eq!(PublisherKey::from_bytes(bytes).map(|_| ()), want);
+            }
+            *kinds.entry(format!("{want:?}")).or_insert(0) += 1;
+        }
+        // The candidates cover all three answers.
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        assert!(CHECKED.lock().unwrap().len() <= CHECKED_KEYS);
     }
 
     #[test]

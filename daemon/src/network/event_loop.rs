@@ -44,6 +44,8 @@ const MAX_RECORDS_PER_GET: usize = 16;
 const MAX_PROVIDERS_PER_GET: usize = 20;
 /// How often the loop does housekeeping (dropping dead inbound response channels).
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+/// Most commands handled between two polls of the swarm.
+const COMMAND_BATCH: usize = 64;
 
 struct PendingGet {
     quorum: RecordQuorum,
@@ -103,26 +105,38 @@ impl EventLoop {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(COMMAND_BATCH);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                command = self.commands.recv() => match command {
-                    Some(Envelope { command: Command::Shutdown { reply }, .. }) => {
-                        self.shutdown();
-                        let _ = reply.send(Ok(()));
-                        break;
-                    }
-                    Some(Envelope { command, span }) => self.on_command(command, &span),
-                    None => {
+                n = self.commands.recv_many(&mut batch, COMMAND_BATCH) => {
+                    if n == 0 {
                         self.shutdown();
                         break;
                     }
-                },
+                    if self.on_commands(&mut batch) {
+                        break;
+                    }
+                }
                 Some(id) = self.graces.next(), if !self.graces.is_empty() => self.grace_over(id),
                 _ = tick.tick() => self.maintain(),
             }
         }
         info!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
+    }
+
+    /// Handles the commands that were waiting (taken in one go, so a burst costs one swarm
+    /// poll rather than one each); true once a `Shutdown` has been handled.
+    fn on_commands(&mut self, batch: &mut Vec<Envelope>) -> bool {
+        for Envelope { command, span } in batch.drain(..) {
+            if let Command::Shutdown { reply } = command {
+                self.shutdown();
+                let _ = reply.send(Ok(()));
+                return true;
+            }
+            self.on_command(command, &span);
+        }
+        false
     }
 
     fn shutdown(&mut self) {
@@ -180,6 +194,7 @@ impl EventLoop {
     }
 
     fn on_command(&mut self, command: Command, span: &Span) {
+        self.metrics.commands.inc();
         let behaviour = self.swarm.behaviour_mut();
         match command {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
@@ -393,6 +408,7 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.swarm_events.inc();
         let m = &self.metrics.libp2p;
         m.record(&event);
         if let SwarmEvent::Behaviour(b) = &event {

@@ -276,22 +276,19 @@ impl Registry {
         std::fs::create_dir_all(dir).map_err(crate::store::io_err(dir))?;
         let db = Arc::new(Db::open(&dir.join("catalog.redb"))?);
         let (blobs, blob_check) = BlobStore::open(dir, db.clone(), config.cache_quota)?;
-        let snapshot = db.load_catalog()?;
-        let (index, index_kept) = SearchIndex::open(&dir.join("index"), snapshot.log.len() as u64)?;
         let mut catalog = Catalog {
             trust: Trust::new(config.trust.clone()),
             ids: BTreeSet::new(),
             archives: HashMap::new(),
             summary: None,
         };
-        let records = snapshot.log.len();
         // What this node put on the DHT itself (its heads and the releases it published),
         // collected during the replay so the log is read once.
         let mut restore: Vec<DhtValue> = Vec::new();
-        for (id, record) in snapshot.log {
+        let snapshot = db.load_catalog(|id, record| {
             if let Err(e) = catalog.trust.admit(&record, id) {
                 // The log only holds admitted records, in order: this is a corrupt store.
-                return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")).into());
+                return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")));
             }
             catalog.ids.insert(id);
             if let CatalogRecord::Release(r) = record {
@@ -305,7 +302,12 @@ impl Registry {
                     restore.push(DhtValue::Release(r));
                 }
             }
-        }
+            Ok(())
+        })?;
+        let load_ms = started.elapsed().as_millis();
+        let records = snapshot.records as usize;
+        let (index, index_kept) = SearchIndex::open(&dir.join("index"), snapshot.records)?;
+        let index_ms = started.elapsed().as_millis() - load_ms;
         for (name, owner) in &snapshot.owners {
             let replayed = catalog.trust.name(name).map(|s| s.owner);
             if replayed != Some(*owner) {
@@ -385,6 +387,9 @@ impl Registry {
         info!(
             records = registry.startup.records,
             ms = registry.startup.millis,
+            load_ms,
+            index_ms,
+            index_rebuilt,
             "catalog loaded"
         );
         Ok(Arc::new(registry))

@@ -45,6 +45,10 @@ const DB_LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Largest reputation or blob metadata entry we decode from our own database.
 const MAX_META_BYTES: usize = 1024;
+/// Records decoded per batch while the catalog loads.
+const LOAD_BATCH: usize = 512;
+/// Decoded batches that may wait for the replay.
+const LOAD_BATCHES_AHEAD: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,8 +125,8 @@ impl CatalogWrite {
 
 /// What the catalog tables held at start-up.
 pub struct CatalogSnapshot {
-    /// Every record, in admission order.
-    pub log: Vec<(RecordId, CatalogRecord)>,
+    /// How many records the log holds (each went to the replay, in admission order).
+    pub records: u64,
     pub owners: Vec<(PackageName, PublisherKey)>,
     pub highest: Vec<(PackageName, Version)>,
     pub heads: Vec<PackageHead>,
@@ -217,21 +221,56 @@ impl Db {
         Ok(())
     }
 
-    /// Reads every catalog table back, checking each entry decodes.
-    pub fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
+    /// Reads every catalog table back, checking each entry decodes; the log's records go to
+    /// `replay` one by one, in admission order, as they are decoded (never all in memory).
+    pub fn load_catalog(
+        &self,
+        mut replay: impl FnMut(RecordId, CatalogRecord) -> Result<(), StoreError>,
+    ) -> Result<CatalogSnapshot, StoreError> {
         let txn = self.db.begin_read()?;
-        let mut log = Vec::new();
-        for entry in txn.open_table(LOG)?.iter()? {
-            let (_, bytes) = entry?;
-            let record: CatalogRecord =
-                codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?;
-            log.push((record.id(), record));
-        }
+        // Decoding a record (and hashing it for its id) costs about twice what replaying it
+        // does: a second thread decodes while this one replays, in batches.
+        let records = std::thread::scope(|scope| -> Result<u64, StoreError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(LOAD_BATCHES_AHEAD);
+            let txn = &txn;
+            scope.spawn(move || {
+                let decode_all = || -> Result<(), StoreError> {
+                    let mut batch = Vec::with_capacity(LOAD_BATCH);
+                    for entry in txn.open_table(LOG)?.iter()? {
+                        let (_, bytes) = entry?;
+                        let record: CatalogRecord = codec::decode::<
+                            CatalogRecord,
+                            { MAX_RECORD_BYTES + 64 },
+                        >(bytes.value())?;
+                        batch.push((record.id(), record));
+                        if batch.len() == LOAD_BATCH {
+                            let full =
+                                std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                            if tx.send(Ok(full)).is_err() {
+                                return Ok(()); // the replay stopped
+                            }
+                        }
+                    }
+                    let _ = tx.send(Ok(batch));
+                    Ok(())
+                };
+                if let Err(e) = decode_all() {
+                    let _ = tx.send(Err(e));
+                }
+            });
+            let mut n = 0;
+            for batch in rx {
+                for (id, record) in batch? {
+                    replay(id, record)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
         let ids = txn.open_table(IDS)?.len()?;
-        if ids != log.len() as u64 {
+        if ids != records {
             return Err(StoreError::Corrupt(format!(
-                "the catalog log has {} records but its id index has {ids}",
-                log.len()
+                "the catalog log has {records} records but its id index has {ids}"
             )));
         }
         let mut owners = Vec::new();
@@ -267,7 +306,7 @@ impl Db {
             );
         }
         Ok(CatalogSnapshot {
-            log,
+            records,
             owners,
             highest,
             heads,

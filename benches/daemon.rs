@@ -1,0 +1,260 @@
+//! The daemon as people run it: the real `agorad` and `agora` binaries.
+//!
+//! - start-up to ready (the first `status` answered on the socket) and resident memory, for
+//!   an empty node and for one holding `AGORA_BENCH_RELEASES` (default 100,000) releases:
+//!   once with the search index sealed at the last clean shutdown, once with it gone (as
+//!   after a crash that changed the catalog: rebuilt from the catalog at start);
+//! - `agora search` end to end (a process started, connected, answered, printed), against
+//!   `agora --version` (the same process doing nothing) and the in-process client's search.
+//!
+//! The catalog is loaded by a node in this process (synthetic signed releases, ingested the
+//! way a sync ingests them), which then shuts down cleanly, leaving the directory agorad
+//! opens. Needs release binaries: `cargo build --release --workspace && cargo bench --bench daemon`.
+
+/// The allocator agorad runs with, so the numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agora_client::Client;
+use agora_daemon::config::Config;
+use agora_daemon::network::NetworkConfig;
+use agora_daemon::node::{Node, NodeConfig};
+use agora_daemon::registry::RegistryConfig;
+use agora_protocol::search::SearchQuery;
+use support::{env_list, mb, pct, proc_status_bytes, synthetic_releases};
+
+/// Longest a daemon may take to answer its first `status`.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a daemon is left alone before its idle memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Runs of each command in the end-to-end pass.
+const RUNS: usize = 40;
+
+/// `target/release/NAME`, which `cargo build --release` makes.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run 'cargo build --release --workspace' first",
+        path.display()
+    );
+    path
+}
+
+struct Running {
+    child: Child,
+    socket: PathBuf,
+    ready_in: Duration,
+}
+
+impl Running {
+    fn start(home: &Path) -> Self {
+        let socket = Config::local(home).unwrap().paths.socket;
+        let started = Instant::now();
+        let child = Command::new(bin("agorad"))
+            .env("AGORA_HOME", home)
+            .env_remove("AGORA_SOCKET")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Polled: the daemon binds its socket before it opens the catalog, so "ready" is the
+        // first answered request, not the socket's existence.
+        let ready_in = loop {
+            if let Ok(mut c) = Client::connect(&socket)
+                && c.status().is_ok()
+            {
+                break started.elapsed();
+            }
+            assert!(started.elapsed() < READY_DEADLINE, "agorad never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        Self {
+            child,
+            socket,
+            ready_in,
+        }
+    }
+
+    fn rss(&self) -> (u64, u64) {
+        let pid = self.child.id();
+        (
+            proc_status_bytes(pid, "VmRSS"),
+            proc_status_bytes(pid, "VmHWM"),
+        )
+    }
+
+    /// Stops the daemon with SIGTERM and waits for its clean exit.
+    fn stop(mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        assert!(self.child.wait().unwrap().success(), "agorad exits cleanly");
+    }
+}
+
+/// A home whose node holds `n` releases, left by a clean shutdown (index sealed).
+fn loaded_home(rt: &tokio::runtime::Runtime, n: usize) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let config = Config::local(home.path()).unwrap();
+    let key = agora_protocol::PublisherSecret::from_bytes([7; 32]);
+    let started = Instant::now();
+    let records = synthetic_releases(n, &key);
+    let signed = started.elapsed();
+    rt.block_on(async {
+        let node =
+            Node::start(NodeConfig {
+                network: NetworkConfig::for_local_testnet(
+                    libp2p::identity::Keypair::generate_ed25519(),
+                ),
+                registry: RegistryConfig::new(&config.paths.data_dir),
+            })
+            .await
+            .unwrap();
+        let reg = node.registry.clone();
+        tokio::task::spawn_blocking(move || reg.ingest(records, false).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(node.registry.indexed_count(), n as u64);
+        node.shutdown().await;
+    });
+    println!(
+        "setup: {n} releases signed in {signed:.1?}, verified and ingested in {:.1?}",
+        started.elapsed() - signed
+    );
+    home
+}
+
+/// Removes the sealed search index under `dir`, as a crash that changed the catalog would
+/// leave it useless: the next start rebuilds it from the catalog.
+fn unseal(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            unseal(&path);
+        } else if entry.file_name() == "agora-sealed" {
+            std::fs::remove_file(&path).unwrap();
+            return;
+        }
+    }
+}
+
+/// Starts a daemon on `home` `times` times; prints the start-up times and the memory of the
+/// last start, and returns that daemon, running.
+fn starts(label: &str, home: &Path, times: usize, before_each: impl Fn()) -> Running {
+    let mut ready = Vec::new();
+    let mut last = None;
+    for i in 0..times {
+        before_each();
+        let d = Running::start(home);
+        ready.push(d.ready_in);
+        if i + 1 < times {
+            d.stop();
+        } else {
+            last = Some(d);
+        }
+    }
+    let d = last.unwrap();
+    let (rss_ready, _) = d.rss();
+    std::thread::sleep(SETTLE);
+    let (rss, peak) = d.rss();
+    ready.sort();
+    println!(
+        "{label}: ready in p50 {:.1?} (min {:.1?}, max {:.1?}, {times} starts); RSS {:.1} MB \
+         when ready, {:.1} MB after {SETTLE:?} idle, peak {:.1} MB",
+        pct(&ready, 0.5),
+        ready[0],
+        ready[times - 1],
+        mb(rss_ready),
+        mb(rss),
+        mb(peak)
+    );
+    d
+}
+
+/// Wall time of `agora ARGS` against `socket`, `RUNS` times.
+fn cli(socket: &Path, args: &[&str]) -> Vec<Duration> {
+    (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            let out = Command::new(bin("agora"))
+                .env("AGORA_SOCKET", socket)
+                .env("NO_COLOR", "1")
+                .args(args)
+                .output()
+                .unwrap();
+            let took = started.elapsed();
+            assert!(
+                out.status.success(),
+                "agora {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            took
+        })
+        .collect()
+}
+
+fn end_to_end(d: &Running) {
+    let search = cli(&d.socket, &["--json", "search", "quick"]);
+    let version = cli(&d.socket, &["--version"]);
+    let mut client = Client::connect(&d.socket).unwrap();
+    let inproc: Vec<Duration> = (0..RUNS * 10)
+        .map(|_| {
+            let started = Instant::now();
+            let r = client.search(SearchQuery::text("quick")).unwrap();
+            assert!(r.total > 0);
+            started.elapsed()
+        })
+        .collect();
+    let (s, v, c) = (sorted(search), sorted(version), sorted(inproc));
+    println!(
+        "`agora --json search quick`: p50 {:.2?} p99 {:.2?}; `agora --version` p50 {:.2?}; \
+         client search (no process) p50 {:.0?}; the search adds {:.2?} to starting the CLI",
+        pct(&s, 0.5),
+        pct(&s, 0.99),
+        pct(&v, 0.5),
+        pct(&c, 0.5),
+        pct(&s, 0.5).saturating_sub(pct(&v, 0.5))
+    );
+}
+
+fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+    v.sort();
+    v
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    starts("empty node", empty.path(), 5, || {}).stop();
+    for n in env_list("AGORA_BENCH_RELEASES", &[100_000]) {
+        let home = loaded_home(&rt, n);
+        let sealed = starts(
+            &format!("{n} releases, sealed index"),
+            home.path(),
+            3,
+            || {},
+        );
+        end_to_end(&sealed);
+        sealed.stop();
+        starts(
+            &format!("{n} releases, index rebuilt"),
+            home.path(),
+            3,
+            || unseal(home.path()),
+        )
+        .stop();
+        if std::env::var_os("AGORA_BENCH_KEEP").is_some() {
+            println!("kept {}", home.keep().display());
+        }
+    }
+}
