@@ -33,8 +33,29 @@ const KEYS: usize = 100;
 /// Round trips in the baseline pass.
 const ROUND_TRIPS: usize = 200;
 
+/// `common::testnet`, telling how long each tenth of the joins took.
+async fn testnet(n: usize) -> Vec<(agora_daemon::node::Node, libp2p::Multiaddr)> {
+    let mut net = vec![common::start_node().await];
+    let seed = net[0].1.clone();
+    let mut started = Instant::now();
+    for i in 1..n {
+        let (node, addr) = common::start_node().await;
+        node.network.dial(seed.clone()).await.expect("dial seed");
+        let t = Instant::now();
+        if let Err(e) = node.network.bootstrap().await {
+            panic!("node {i} of {n}: bootstrap: {e} after {:.1?}", t.elapsed());
+        }
+        net.push((node, addr));
+        if i % (n / 10).max(1) == 0 {
+            eprintln!("{i} of {n} nodes joined ({:.1?})", started.elapsed());
+            started = Instant::now();
+        }
+    }
+    net
+}
+
 async fn run(nodes: usize) {
-    let net = common::testnet(nodes).await;
+    let net = testnet(nodes).await;
     let seed = net[0].1.clone();
     let keys: Vec<(Vec<u8>, Vec<u8>)> = synthetic_releases(KEYS, &common::publisher(9))
         .into_iter()
@@ -58,7 +79,12 @@ async fn run(nodes: usize) {
     let put_each = started.elapsed() / KEYS as u32;
 
     let (asker, _) = common::start_node().await;
-    common::join(&asker, &seed).await;
+    asker.network.dial(seed.clone()).await.expect("dial seed");
+    let t = Instant::now();
+    if let Err(e) = asker.network.bootstrap().await {
+        // Reported, not fatal: what the bootstrap found so far is in the routing table.
+        eprintln!("the asker's bootstrap: {e} after {:.1?}", t.elapsed());
+    }
     let table = asker.network.info().await.unwrap().routing_table_size;
 
     let (mut first, mut all) = (Vec::new(), Vec::new());

@@ -1,4 +1,4 @@
-//! Search latency over a synthetic catalog, on the on-disk index the daemon uses.
+//! Search latency over a synthetic catalog, on the index the daemon uses (in memory).
 //!
 //! Criterion reports the mean per query kind; after it, a percentile pass runs every query
 //! `PERCENTILE_ROUNDS` times and prints p50 / p99 over all of them (criterion does not report
