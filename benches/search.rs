@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench search` (add `AGORA_BENCH_SIZES=1000,10000,100000` for 100k).
 
+#[path = "support/mod.rs"]
+mod support;
+
 /// The allocator agorad runs with, so the numbers are the daemon's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -16,32 +19,8 @@ use agora_daemon::index::{IndexDoc, SearchIndex};
 use agora_protocol::PackageMeta;
 use agora_protocol::search::{SearchQuery, SortOrder};
 use criterion::{BenchmarkId, Criterion, criterion_group};
+use support::{CATEGORIES, NOUNS, WORDS};
 
-const ADJECTIVES: [&str; 16] = [
-    "quick", "lazy", "bright", "silent", "rapid", "modern", "classic", "tiny", "secure", "async",
-    "simple", "robust", "minimal", "fancy", "solid", "clever",
-];
-const NOUNS: [&str; 16] = [
-    "service",
-    "template",
-    "starter",
-    "widget",
-    "parser",
-    "server",
-    "client",
-    "cache",
-    "router",
-    "logger",
-    "schema",
-    "pipeline",
-    "worker",
-    "gateway",
-    "dashboard",
-    "scaffold",
-];
-const CATEGORIES: [&str; 8] = [
-    "web", "cli", "data", "ml", "devops", "mobile", "game", "starter",
-];
 const TAGS: [&str; 12] = [
     "rust",
     "python",
@@ -60,7 +39,7 @@ const TAGS: [&str; 12] = [
 const PERCENTILE_ROUNDS: usize = 400;
 
 fn synthetic(i: usize) -> IndexDoc {
-    let adj = ADJECTIVES[i % 16];
+    let adj = WORDS[i % 16];
     let noun = NOUNS[(i / 16) % 16];
     IndexDoc {
         name: format!("{adj}-{noun}-{i}"),

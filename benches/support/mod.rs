@@ -58,11 +58,12 @@ pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-const WORDS: [&str; 16] = [
+/// Words synthetic package names and descriptions are made of.
+pub const WORDS: [&str; 16] = [
     "quick", "lazy", "bright", "silent", "rapid", "modern", "classic", "tiny", "secure", "async",
     "simple", "robust", "minimal", "fancy", "solid", "clever",
 ];
-const NOUNS: [&str; 16] = [
+pub const NOUNS: [&str; 16] = [
     "service",
     "template",
     "starter",
@@ -80,7 +81,7 @@ const NOUNS: [&str; 16] = [
     "dashboard",
     "scaffold",
 ];
-const CATEGORIES: [&str; 8] = [
+pub const CATEGORIES: [&str; 8] = [
     "web", "cli", "data", "ml", "devops", "mobile", "game", "starter",
 ];
 
