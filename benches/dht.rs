@@ -33,29 +33,8 @@ const KEYS: usize = 100;
 /// Round trips in the baseline pass.
 const ROUND_TRIPS: usize = 200;
 
-/// `common::testnet`, telling how long each tenth of the joins took.
-async fn testnet(n: usize) -> Vec<(agora_daemon::node::Node, libp2p::Multiaddr)> {
-    let mut net = vec![common::start_node().await];
-    let seed = net[0].1.clone();
-    let mut started = Instant::now();
-    for i in 1..n {
-        let (node, addr) = common::start_node().await;
-        node.network.dial(seed.clone()).await.expect("dial seed");
-        let t = Instant::now();
-        if let Err(e) = node.network.bootstrap().await {
-            panic!("node {i} of {n}: bootstrap: {e} after {:.1?}", t.elapsed());
-        }
-        net.push((node, addr));
-        if i % (n / 10).max(1) == 0 {
-            eprintln!("{i} of {n} nodes joined ({:.1?})", started.elapsed());
-            started = Instant::now();
-        }
-    }
-    net
-}
-
 async fn run(nodes: usize) {
-    let net = testnet(nodes).await;
+    let net = common::testnet(nodes).await;
     let seed = net[0].1.clone();
     let keys: Vec<(Vec<u8>, Vec<u8>)> = synthetic_releases(KEYS, &common::publisher(9))
         .into_iter()
@@ -89,26 +68,19 @@ async fn run(nodes: usize) {
 
     let (mut first, mut all) = (Vec::new(), Vec::new());
     for (key, value) in &keys {
-        let t = Instant::now();
-        let got = asker
-            .network
-            .get_record(key.clone(), RecordQuorum::First)
-            .await
-            .unwrap();
-        first.push(t.elapsed());
-        assert_eq!(
-            &got,
-            std::slice::from_ref(value),
-            "the record put is the record got"
-        );
-        let t = Instant::now();
-        let got = asker
-            .network
-            .get_record(key.clone(), RecordQuorum::All)
-            .await
-            .unwrap();
-        all.push(t.elapsed());
-        assert_eq!(&got, std::slice::from_ref(value));
+        for (quorum, times) in [
+            (RecordQuorum::First, &mut first),
+            (RecordQuorum::All, &mut all),
+        ] {
+            let t = Instant::now();
+            let got = asker.network.get_record(key.clone(), quorum).await.unwrap();
+            times.push(t.elapsed());
+            assert_eq!(
+                &got,
+                std::slice::from_ref(value),
+                "the record put is the record got ({quorum:?})"
+            );
+        }
     }
 
     let peer = net[0].0.network.peer_id();

@@ -77,12 +77,17 @@ async fn fetcher(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> Node 
             "bootstrap: {e}"
         );
     }
+    synced(&node, release).await;
+    node
+}
+
+/// Waits until `node`'s catalog holds `release` (it arrives by sync or gossip).
+async fn synced(node: &Node, release: &ReleaseRecord) {
     let started = Instant::now();
     while !node.registry.has_record(&release.id()) {
         assert!(started.elapsed() < DEADLINE, "release not synced");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    node
 }
 
 /// Fetches the release on a fresh node; returns the time and the providers that served it.
@@ -260,9 +265,7 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     }
     // Nodes 1 and 2 fetch it too and become providers.
     for (node, _) in &net[1..] {
-        while !node.registry.has_record(&release.id()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        synced(node, &release).await;
         let b = &release.body;
         node.registry.fetch(&b.name, &b.version).await.unwrap();
     }

@@ -108,6 +108,9 @@ pub struct SearchIndex {
     ram: RamDirectory,
     /// Where it is saved at shutdown (`None`: never saved).
     dir: Option<PathBuf>,
+    /// While the saved copy holds exactly this index: the records its seal names (a seal
+    /// then has nothing to write). Locked after `tiers`, never before.
+    saved: Mutex<Option<u64>>,
 }
 
 /// The seal's content for an index reflecting `records` catalog records.
@@ -147,10 +150,11 @@ impl SearchIndex {
                 (builder().open_or_create(ram.clone())?, ram)
             }
         };
-        Ok((
-            Self::with_index(index, ram, Some(dir.to_path_buf()))?,
-            loaded,
-        ))
+        let index = Self::with_index(index, ram, Some(dir.to_path_buf()))?;
+        if loaded {
+            *lock(&index.saved) = Some(records);
+        }
+        Ok((index, loaded))
     }
 
     /// An index in memory that is never saved (benchmarks and tests).
@@ -204,6 +208,7 @@ impl SearchIndex {
             committed: AtomicU64::new(0),
             ram,
             dir,
+            saved: Mutex::new(None),
         })
     }
 
@@ -280,6 +285,7 @@ impl SearchIndex {
         removed: Vec<String>,
         fold: bool,
     ) -> Result<(), IndexError> {
+        *lock(&self.saved) = None;
         let base = self.reader.searcher();
         for doc in docs {
             tiers
@@ -334,6 +340,7 @@ impl SearchIndex {
     /// Drops everything and indexes `docs`.
     pub fn rebuild(&self, docs: impl IntoIterator<Item = IndexDoc>) -> Result<(), IndexError> {
         let mut tiers = lock(&self.tiers);
+        *lock(&self.saved) = None;
         tiers.overlay.clear();
         tiers.writer.delete_all_documents()?;
         for doc in docs {
@@ -353,8 +360,13 @@ impl SearchIndex {
             return Ok(());
         };
         let mut tiers = lock(&self.tiers);
+        let mut saved = lock(&self.saved);
+        if *saved == Some(records) {
+            return Ok(()); // loaded from that copy and unchanged since
+        }
         self.fold(&mut tiers)?;
         snapshot::save(&self.ram, dir, &seal_text(records))?;
+        *saved = Some(records);
         Ok(())
     }
 
@@ -527,6 +539,38 @@ mod tests {
             .unwrap();
         assert_eq!(asked, ["hello-world"]);
         assert_eq!(index.num_docs(), 1);
+    }
+
+    #[test]
+    fn a_seal_writes_only_when_the_saved_copy_differs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("index");
+        let (index, _) = SearchIndex::open(&dir, 0).unwrap();
+        index
+            .update(&[doc("hello-world", "hi", "starter", 1)], &[])
+            .unwrap();
+        index.seal(3).unwrap();
+        drop(index);
+        let (index, kept) = SearchIndex::open(&dir, 3).unwrap();
+        assert!(kept);
+        // A file in the saved copy that the index in memory does not have: a save replaces
+        // the whole directory, so the file tells whether one happened.
+        let marker = dir.join("marker");
+        std::fs::write(&marker, b"x").unwrap();
+        index.seal(3).unwrap();
+        assert!(marker.exists(), "loaded and unchanged: nothing written");
+        index.seal(4).unwrap();
+        assert!(!marker.exists(), "sealed for another catalog: written");
+        std::fs::write(&marker, b"x").unwrap();
+        index
+            .update(&[doc("rust-web", "axum", "web", 2)], &[])
+            .unwrap();
+        index.seal(4).unwrap();
+        assert!(!marker.exists(), "changed since: written");
+        drop(index);
+        let (index, kept) = SearchIndex::open(&dir, 4).unwrap();
+        assert!(kept);
+        assert_eq!(index.num_docs(), 2);
     }
 
     #[test]

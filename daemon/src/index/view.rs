@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use agora_protocol::search::{SearchQuery, SearchResults, SortOrder};
-use tantivy::collector::{Count, FacetCollector, FacetCounts, TopDocs};
+use tantivy::collector::{Collector, Count, FacetCollector, FacetCounts, TopDocs};
 use tantivy::directory::RamDirectory;
 use tantivy::query::{
     AllQuery, Bm25StatisticsProvider, BooleanQuery, Occur, Query, TermQuery, TermSetQuery,
@@ -414,38 +414,48 @@ fn collect(
 ) -> Result<TierResult, IndexError> {
     let top = TopDocs::with_limit(wanted);
     let counts = count.then(|| (Count, facet_collector()));
-    Ok(match sort {
-        SortOrder::Relevance => {
-            let (docs, counts) = searcher.search_with_statistics_provider(
-                query,
-                &(top.order_by_score(), counts),
-                stats,
-            )?;
-            let docs = docs.into_iter().map(|(s, a)| (Key::Score(s), a)).collect();
-            (docs, counts)
-        }
-        SortOrder::Name => {
-            let (docs, counts) = searcher.search_with_statistics_provider(
-                query,
-                &(top.order_by_string_fast_field(NAME_KEY, Order::Asc), counts),
-                stats,
-            )?;
-            let docs = docs.into_iter().map(|(n, a)| (Key::Name(n), a)).collect();
-            (docs, counts)
-        }
-        SortOrder::Newest => {
-            let (docs, counts) = searcher.search_with_statistics_provider(
-                query,
-                &(
-                    top.order_by_fast_field::<u64>(PUBLISHED_AT, Order::Desc),
-                    counts,
-                ),
-                stats,
-            )?;
-            let docs = docs.into_iter().map(|(t, a)| (Key::Newest(t), a)).collect();
-            (docs, counts)
-        }
-    })
+    /// Runs one sort's collector with the counts and keys its matches with `key`.
+    fn keyed<T, C>(
+        searcher: &Searcher,
+        query: &dyn Query,
+        stats: &dyn Bm25StatisticsProvider,
+        top: C,
+        counts: Option<(Count, FacetCollector)>,
+        key: fn(T) -> Key,
+    ) -> Result<TierResult, IndexError>
+    where
+        C: Collector<Fruit = Vec<(T, DocAddress)>>,
+    {
+        let (docs, counts) =
+            searcher.search_with_statistics_provider(query, &(top, counts), stats)?;
+        Ok((docs.into_iter().map(|(t, a)| (key(t), a)).collect(), counts))
+    }
+    match sort {
+        SortOrder::Relevance => keyed(
+            searcher,
+            query,
+            stats,
+            top.order_by_score(),
+            counts,
+            Key::Score,
+        ),
+        SortOrder::Name => keyed(
+            searcher,
+            query,
+            stats,
+            top.order_by_string_fast_field(NAME_KEY, Order::Asc),
+            counts,
+            Key::Name,
+        ),
+        SortOrder::Newest => keyed(
+            searcher,
+            query,
+            stats,
+            top.order_by_fast_field::<u64>(PUBLISHED_AT, Order::Desc),
+            counts,
+            Key::Newest,
+        ),
+    }
 }
 
 /// BM25 statistics of both tiers together, so a term's weight is the same in each.

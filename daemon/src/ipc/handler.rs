@@ -362,21 +362,24 @@ pub async fn handle(
             // Names the catalog lacks are looked up on the DHT, then resolution starts over.
             let mut lookups = 0;
             let resolved = loop {
-                let missing = match registry.resolve(&roots) {
-                    Err(RegistryError::Resolve(ResolveError::Missing { name, .. })) => {
+                let failed = match registry.resolve(&roots) {
+                    Ok(resolved) => break resolved,
+                    Err(e) => e,
+                };
+                let (missing, req) = match &failed {
+                    RegistryError::Resolve(ResolveError::Missing { name, .. }) => {
                         (name, VersionReq::STAR)
                     }
-                    Err(RegistryError::Resolve(ResolveError::Unsatisfiable {
+                    RegistryError::Resolve(ResolveError::Unsatisfiable {
                         name,
                         requirements,
                         ..
-                    })) => (name, requirements[0].1.clone()),
-                    other => break other?,
+                    }) => (name, requirements[0].1.clone()),
+                    _ => return Err(failed.into()),
                 };
-                if lookups == MAX_LOOKUPS_PER_RESOLVE
-                    || !registry.look_up(&missing.0, &missing.1).await?
-                {
-                    break registry.resolve(&roots)?;
+                // Nothing new found: the resolution would fail the same way again.
+                if lookups == MAX_LOOKUPS_PER_RESOLVE || !registry.look_up(missing, &req).await? {
+                    return Err(failed.into());
                 }
                 lookups += 1;
             };

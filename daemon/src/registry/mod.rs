@@ -560,21 +560,31 @@ impl Registry {
                 })
                 .collect()
         };
-        let mut docs = Vec::new();
+        let mut ids = Vec::with_capacity(latest.len());
         let mut removed = Vec::new();
         for (name, id) in latest {
-            let Some(id) = id else {
-                removed.push(name.to_string());
-                continue;
-            };
-            let record = self
-                .db
-                .record(&id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("record {id} is missing")))?;
-            if let CatalogRecord::Release(r) = record {
-                docs.push(index_doc(&r.body));
+            match id {
+                Some(id) => ids.push(id),
+                None => removed.push(name.to_string()),
             }
         }
+        // One read transaction for all of them (a rebuild asks for every name).
+        let records = self.db.records(&ids)?;
+        if records.len() != ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} newest releases are missing from the catalog log",
+                ids.len() - records.len(),
+                ids.len()
+            ))
+            .into());
+        }
+        let docs = records
+            .iter()
+            .filter_map(|r| match r {
+                CatalogRecord::Release(r) => Some(index_doc(&r.body)),
+                _ => None,
+            })
+            .collect();
         Ok((docs, removed))
     }
 
