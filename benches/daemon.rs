@@ -52,20 +52,25 @@ fn bin(name: &str) -> PathBuf {
 struct Running {
     child: Child,
     socket: PathBuf,
+    log: PathBuf,
     ready_in: Duration,
 }
 
 impl Running {
     fn start(home: &Path) -> Self {
         let socket = Config::local(home).unwrap().paths.socket;
+        // The daemon's log, kept beside its home so a failed stop can say why.
+        let log = home.with_extension("agorad.log");
+        let stderr = std::fs::File::create(&log).unwrap();
         let started = Instant::now();
         let child = Command::new(bin("agorad"))
             .env("AGORA_HOME", home)
             .env_remove("AGORA_SOCKET")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         // Polled: the daemon binds its socket before it opens the catalog, so "ready" is the
@@ -82,6 +87,7 @@ impl Running {
         Self {
             child,
             socket,
+            log,
             ready_in,
         }
     }
@@ -98,7 +104,15 @@ impl Running {
     fn stop(mut self) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        assert!(self.child.wait().unwrap().success(), "agorad exits cleanly");
+        let status = self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        assert!(
+            status.success(),
+            "agorad did not exit cleanly ({status}); the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -15,7 +15,7 @@ use tracing::info;
 
 use agora_daemon::config::{Config, Flags};
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::Service;
+use agora_daemon::service::{Service, StopSignals};
 use agora_daemon::telemetry::Telemetry;
 use agora_protocol::paths::PathEnv;
 
@@ -117,6 +117,7 @@ fn fail(e: &anyhow::Error) -> ! {
 }
 
 async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install().context("while installing the signal handlers")?;
     let service = Service::start(
         &config,
         NetworkConfig::new(keypair),
@@ -141,7 +142,7 @@ async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow:
     );
     let stop = service.stop_requested();
     tokio::select! {
-        r = agora_daemon::service::wait_for_signal() => r.context("while waiting for SIGINT or SIGTERM")?,
+        () = signals.wait() => {}
         _ = stop.notified() => info!("stop requested over IPC"),
     }
     info!("shutting down");

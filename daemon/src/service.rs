@@ -211,12 +211,29 @@ async fn rejoin(net: NetworkHandle, peers: Vec<Multiaddr>) {
     }
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM: how a daemon, or a testnet of them, is told to stop.
-pub async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made: how a daemon, or a
+/// testnet of them, is told to stop. Made before the socket answers, so a stop sent as soon
+/// as the daemon is ready is a clean shutdown, not the default action of the signal.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs a running tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal (one already received since `install` counts).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

@@ -115,3 +115,28 @@ fn a_symlink_at_the_socket_path_stops_start_up_and_a_stale_socket_is_replaced() 
     wait_for_socket(&socket, &mut child);
     assert!(stop(child).success());
 }
+
+#[test]
+fn sigterm_the_moment_the_socket_answers_is_a_clean_shutdown() {
+    // The socket is bound before the node starts: a stop sent the instant it accepts (as a
+    // service manager may) must be caught, not left to the signal's default action.
+    let home = tempfile::tempdir().unwrap();
+    let socket = home.path().join("agorad.sock");
+    for round in 0..5 {
+        let mut child = agorad(home.path()).stderr(Stdio::null()).spawn().unwrap();
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("round {round}: agorad exited early: {status}");
+            }
+            assert!(started.elapsed() < DEADLINE, "no socket after {DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let status = stop(child);
+        assert!(status.success(), "round {round}: {status}");
+        assert!(
+            !socket.exists(),
+            "round {round}: the socket outlived the daemon"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use agora_daemon::config::Config;
 use agora_daemon::keys;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::Service;
+use agora_daemon::service::{Service, StopSignals};
 use agora_protocol::search::SearchQuery;
 
 /// How long seeding waits for every node to hold every release.
@@ -99,6 +99,9 @@ impl Home {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Caught from here on: a Ctrl-C while the nodes start is acted on once they have started,
+    // so it stops them cleanly and removes the directory.
+    let mut signals = StopSignals::install().context("installing the signal handlers")?;
     let home = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -141,9 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     print(&nodes, home.path(), &args, started_in, seeded_in);
 
-    agora_daemon::service::wait_for_signal()
-        .await
-        .context("waiting for SIGINT or SIGTERM")?;
+    signals.wait().await;
     eprintln!("stopping {} nodes", nodes.len());
     for n in nodes {
         n.stop().await;
