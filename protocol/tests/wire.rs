@@ -156,6 +156,9 @@ proptest! {
         let key = DhtKey::Release(r.body.name.clone(), r.body.version.clone());
         prop_assert_eq!(dht::validate(&key.to_bytes(), &bytes).unwrap(), DhtValue::Release(r.clone()));
         round_trip(&GossipMessage::Release(r.clone()));
+        let stored = CatalogRecord::Release(r.clone());
+        let id = r.id();
+        prop_assert_eq!(CatalogRecord::decode_stored::<MAX_RECORD_BYTES>(&codec::encode(&stored)).unwrap(), (stored, id));
         round_trip(&SyncResponse::Records { records: vec![CatalogRecord::Release(r)] });
     }
 
@@ -169,6 +172,9 @@ proptest! {
         for m in [GossipMessage::Head(h), GossipMessage::Yank(y.clone()), GossipMessage::Rotation(k.clone())] {
             round_trip(&m);
             prop_assert_eq!(GossipMessage::decode_verified(&m.to_wire()).unwrap(), m);
+        }
+        for (record, id) in [(CatalogRecord::Yank(y.clone()), y.id()), (CatalogRecord::Rotation(k.clone()), k.id())] {
+            prop_assert_eq!(CatalogRecord::decode_stored::<MAX_RECORD_BYTES>(&codec::encode(&record)).unwrap(), (record, id));
         }
         round_trip(&SyncResponse::Records { records: vec![CatalogRecord::Yank(y), CatalogRecord::Rotation(k)] });
     }

@@ -145,6 +145,16 @@ impl Trust {
         }
     }
 
+    /// Room for `records` releases without growing the version map (names grow as found:
+    /// how many versions a name has is not known before the replay).
+    pub fn with_capacity(policy: TrustPolicy, records: usize) -> Self {
+        Self {
+            policy,
+            names: HashMap::new(),
+            versions: HashMap::with_capacity(records),
+        }
+    }
+
     pub fn name(&self, name: &PackageName) -> Option<&NameState> {
         self.names.get(name)
     }

@@ -221,6 +221,11 @@ impl Db {
         Ok(())
     }
 
+    /// How many records the catalog log holds (its id index's length).
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        Ok(self.db.begin_read()?.open_table(IDS)?.len()?)
+    }
+
     /// Reads every catalog table back, checking each entry decodes; the log's records go to
     /// `replay` one by one, in admission order, as they are decoded (never all in memory).
     pub fn load_catalog(
@@ -238,11 +243,9 @@ impl Db {
                     let mut batch = Vec::with_capacity(LOAD_BATCH);
                     for entry in txn.open_table(LOG)?.iter()? {
                         let (_, bytes) = entry?;
-                        let record: CatalogRecord = codec::decode::<
-                            CatalogRecord,
-                            { MAX_RECORD_BYTES + 64 },
-                        >(bytes.value())?;
-                        batch.push((record.id(), record));
+                        batch.push(CatalogRecord::decode_stored::<{ MAX_RECORD_BYTES + 64 }>(
+                            bytes.value(),
+                        )?);
                         if batch.len() == LOAD_BATCH {
                             let full =
                                 std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
@@ -260,7 +263,7 @@ impl Db {
             });
             let mut n = 0;
             for batch in rx {
-                for (id, record) in batch? {
+                for (record, id) in batch? {
                     replay(id, record)?;
                     n += 1;
                 }
