@@ -110,29 +110,6 @@ async fn a_package_published_on_node_a_is_found_by_a_typo_search_on_node_e() {
     shutdown(nodes).await;
 }
 
-/// `n` signed releases of distinct names by one key.
-fn many_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
-    (0..n)
-        .map(|i| {
-            let body = ReleaseBody {
-                name: format!("synthetic-{i:05}").parse().unwrap(),
-                version: Version::new(1, 0, 0),
-                meta: PackageMeta {
-                    description: format!("synthetic package number {i}"),
-                    category: Some(["web", "cli", "data"][i % 3].into()),
-                    ..Default::default()
-                },
-                dependencies: vec![],
-                archive: ArchiveInfo::describe(&(i as u64).to_le_bytes(), 16 * 1024),
-                published_at: 1_700_000_000 + i as u64,
-                publisher: key.public(),
-                previous: None,
-            };
-            CatalogRecord::Release(Signed::sign(body, key).unwrap())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_sync() {
     init_tracing();

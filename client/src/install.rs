@@ -1,8 +1,9 @@
 //! Project commands: install, update, remove, list, verify. A project is a directory with
 //! `agora.lock` and `.agora/packages/<name>/`. Install resolves through the daemon, has it
 //! fetch and verify every archive, unpacks each into a temporary directory (refusing anything
-//! unsafe), checks the unpacked `package.toml` is the release it claims to be, swaps it into
-//! place with a rename, and writes the lockfile atomically at the end.
+//! unsafe) and checks the unpacked `package.toml` is the release it claims to be; only when
+//! every package is staged (the daemon is not needed after that) does it swap each into place
+//! with a rename and write the lockfile atomically.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,13 +45,20 @@ fn write_lock(project: &Path, lock: &Lockfile) -> Result<(), Failure> {
     })
 }
 
-/// Fetches, verifies and unpacks one release; returns its lock entry.
-fn install_one(
+/// A release fetched, verified and unpacked beside its place, not yet swapped in.
+struct Staged<'a> {
+    release: &'a ReleaseInfo,
+    dir: PathBuf,
+    files: FileHashes,
+}
+
+/// Fetches, verifies and unpacks one release into `.agora/packages/.new-NAME`.
+fn stage<'a>(
     client: &mut Client,
     project: &Path,
-    r: &ReleaseInfo,
+    r: &'a ReleaseInfo,
     json: bool,
-) -> Result<LockedPackage, Failure> {
+) -> Result<Staged<'a>, Failure> {
     let fetched = client
         .fetch(&r.name, &r.version, on_progress(json))
         .map_err(crate::explain)?;
@@ -74,8 +82,7 @@ fn install_one(
             "the daemon's store may be damaged; see 'agora node logs'",
         ));
     }
-    let dir = packages_dir(project);
-    let staging = dir.join(format!(".new-{}", r.name));
+    let staging = packages_dir(project).join(format!(".new-{}", r.name));
     let _ = std::fs::remove_dir_all(&staging);
     let files = unpack::unpack(data.as_slice(), &staging).map_err(|e| {
         Failure::new(
@@ -88,6 +95,17 @@ fn install_one(
         let _ = std::fs::remove_dir_all(&staging);
         return Err(f);
     }
+    Ok(Staged {
+        release: r,
+        dir: staging,
+        files,
+    })
+}
+
+/// Swaps a staged release into place; returns its lock entry.
+fn swap_in(project: &Path, staged: Staged<'_>) -> Result<LockedPackage, Failure> {
+    let r = staged.release;
+    let dir = packages_dir(project);
     let target = dir.join(&r.name);
     let old = dir.join(format!(".old-{}", r.name));
     let _ = std::fs::remove_dir_all(&old);
@@ -95,7 +113,7 @@ fn install_one(
         if target.exists() {
             std::fs::rename(&target, &old)?;
         }
-        std::fs::rename(&staging, &target)?;
+        std::fs::rename(&staged.dir, &target)?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     };
@@ -107,7 +125,7 @@ fn install_one(
         sha256: r.sha256.clone(),
         publisher: r.publisher.clone(),
         dependencies: r.dependencies.clone(),
-        files: hex_files(&files),
+        files: hex_files(&staged.files),
     })
 }
 
@@ -192,9 +210,23 @@ pub fn install(
     } else {
         client.resolve(names).map_err(explain)?
     };
-    let mut installed = Vec::new();
+    // Everything that needs the daemon first: if it stops (or an archive is refused) part
+    // way, the staged directories go and the project is as it was.
+    let mut staged = Vec::with_capacity(releases.len());
     for r in &releases {
-        let entry = install_one(client, project, r, json)?;
+        match stage(client, project, r, json) {
+            Ok(s) => staged.push(s),
+            Err(f) => {
+                for s in &staged {
+                    let _ = std::fs::remove_dir_all(&s.dir);
+                }
+                return Err(f);
+            }
+        }
+    }
+    let mut installed = Vec::new();
+    for s in staged {
+        let entry = swap_in(project, s)?;
         lock.upsert(entry.clone());
         installed.push(entry);
     }

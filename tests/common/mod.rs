@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agora_daemon::network::NetworkConfig;
 use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::RegistryConfig;
-use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
 use agora_protocol::{PackageMeta, PublisherSecret, Version};
 use libp2p::{Multiaddr, identity};
 
@@ -172,4 +172,27 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `n` signed releases of distinct names by one key.
+pub fn many_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
+    (0..n)
+        .map(|i| {
+            let body = ReleaseBody {
+                name: format!("synthetic-{i:05}").parse().unwrap(),
+                version: Version::new(1, 0, 0),
+                meta: PackageMeta {
+                    description: format!("synthetic package number {i}"),
+                    category: Some(["web", "cli", "data"][i % 3].into()),
+                    ..Default::default()
+                },
+                dependencies: vec![],
+                archive: ArchiveInfo::describe(&(i as u64).to_le_bytes(), 16 * 1024),
+                published_at: 1_700_000_000 + i as u64,
+                publisher: key.public(),
+                previous: None,
+            };
+            CatalogRecord::Release(Signed::sign(body, key).unwrap())
+        })
+        .collect()
 }

@@ -121,6 +121,38 @@ impl Daemon {
         )
     }
 
+    /// Starts `agora ARGS` against this daemon without waiting for it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The daemon's data directory (catalog, blobs, temp files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.path().join("data")
+    }
+
+    /// Kills agorad with SIGKILL (no shutdown of any kind) and waits until its socket
+    /// refuses connections, which the kernel does once the process is gone.
+    pub fn kill(&mut self) {
+        let pid = self.pid.take().expect("the daemon is running");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        let socket = self.home.path().join("agorad.sock");
+        wait_until("the killed daemon's socket refuses connections", || {
+            match std::os::unix::net::UnixStream::connect(&socket) {
+                Err(_) => Ok(()),
+                Ok(_) => Err("it still accepts".into()),
+            }
+        });
+    }
+
     pub fn stop(&mut self) {
         self.json(&["node", "stop"]);
         self.pid = None;
