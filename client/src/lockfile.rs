@@ -187,4 +187,26 @@ mod tests {
             Err(LockError::Version { found: 2, .. })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The CI smoke of the `lockfile` fuzz target: any bytes are read or refused, and
+        /// what is read writes back to the same lockfile.
+        #[test]
+        fn arbitrary_bytes_are_read_or_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            tail in "[a-z0-9_=\\[\\]\"{}., \n-]{0,200}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(LOCKFILE);
+            for input in [bytes, format!("version = 1\n{tail}").into_bytes()] {
+                std::fs::write(&path, &input).unwrap();
+                if let Ok(Some(lock)) = Lockfile::read(&path) {
+                    lock.write(&path).unwrap();
+                    proptest::prop_assert_eq!(Lockfile::read(&path).unwrap(), Some(lock));
+                }
+            }
+        }
+    }
 }

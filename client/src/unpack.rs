@@ -324,4 +324,75 @@ mod tests {
         let err = unpack(bytes.as_slice(), &dir.path().join("pkg")).unwrap_err();
         assert!(matches!(err, UnpackError::TooLarge), "{err}");
     }
+
+    /// Unpacks `bytes` beside nothing else: whatever they are, the result is the destination
+    /// whole (and every file in it hashed) or nothing at all.
+    fn contained(bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("pkg");
+        let result = unpack(bytes, &dest);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        match result {
+            Ok(files) => {
+                proptest::prop_assert_eq!(left, vec![std::ffi::OsString::from("pkg")]);
+                proptest::prop_assert_eq!(hash_tree(&dest).unwrap(), files);
+            }
+            Err(_) => proptest::prop_assert!(left.is_empty(), "left behind: {:?}", left),
+        }
+        Ok(())
+    }
+
+    fn arb_entry() -> impl proptest::strategy::Strategy<Value = (String, T, Vec<u8>)> {
+        use proptest::prelude::*;
+        let segment = prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just(String::new()),
+            "[a-c]{1,3}",
+        ];
+        let path = (any::<bool>(), proptest::collection::vec(segment, 1..4))
+            .prop_map(|(absolute, segs)| {
+                let p = segs.join("/");
+                if absolute { format!("/{p}") } else { p }
+            })
+            .prop_filter("fits the old tar name field", |p| {
+                !p.is_empty() && p.len() < 100
+            });
+        let kind = prop_oneof![
+            4 => Just(T::Regular),
+            2 => Just(T::Directory),
+            1 => Just(T::Symlink),
+            1 => Just(T::Link),
+            1 => Just(T::Char),
+            1 => Just(T::Fifo),
+        ];
+        (path, kind, proptest::collection::vec(any::<u8>(), 0..64))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// The CI smoke of the `archive_unpack` fuzz target: random bytes.
+        #[test]
+        fn arbitrary_bytes_unpack_whole_or_not_at_all(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)
+        ) {
+            contained(&bytes)?;
+        }
+
+        /// Random well-formed archives of hostile and ordinary entries.
+        #[test]
+        fn arbitrary_entries_unpack_whole_or_not_at_all(
+            entries in proptest::collection::vec(arb_entry(), 0..6)
+        ) {
+            let entries: Vec<Entry> = entries
+                .iter()
+                .map(|(p, k, d)| (p.as_str(), *k, d.as_slice()))
+                .collect();
+            contained(&archive(&entries))?;
+        }
+    }
 }

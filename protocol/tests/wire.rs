@@ -236,6 +236,27 @@ proptest! {
         let _ = ClientMessage::from_wire(&bytes);
         let _ = ServerMessage::from_wire(&bytes);
         let _ = dht::validate(b"agora/pkg/x", &bytes);
+        let _ = dht::validate(&bytes, &bytes);
+    }
+
+    /// The CI smoke of the `package_toml` fuzz target: any text, and text that starts as a
+    /// manifest, is parsed or refused with an error that says where.
+    #[test]
+    fn arbitrary_text_is_parsed_or_refused_with_a_place(
+        text in "\\PC{0,300}",
+        tail in "[a-z_=\\[\\]\"{}. 0-9,\n-]{0,200}",
+    ) {
+        let shaped = format!("[package]\nname = \"x\"\nversion = \"1.0.0\"\n{tail}");
+        for input in [&text, &shaped] {
+            if let Err(e) = Manifest::parse(input) {
+                // A place inside the text (a 1-based line and column; one past the end of the
+                // last line for "missing" errors).
+                let lines: Vec<&str> = input.split('\n').collect();
+                prop_assert!(e.line >= 1 && e.line <= lines.len(), "{e} in {input:?}");
+                prop_assert!(e.column >= 1 && e.column <= lines[e.line - 1].chars().count() + 1, "{e} in {input:?}");
+                prop_assert!(!e.message.is_empty());
+            }
+        }
     }
 }
 
