@@ -54,17 +54,16 @@ fn kill_point(rng: &mut StdRng, window: Duration) -> Duration {
 }
 
 /// Waits for an `agora` command whose daemon was killed under it: it must end, with an
-/// answer or an error, not hang.
-fn finish(mut child: Child, what: &str) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{what}: agora still runs {DEADLINE:?} after its daemon was killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
+/// answer or an error, not hang. Its output is drained while it runs (a thread waits), so a
+/// full pipe cannot pass for a hang.
+fn finish(child: Child, what: &str) -> Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| {
+            panic!("{what}: agora still runs {DEADLINE:?} after its daemon was killed")
+        })
+        .unwrap()
 }
 
 fn json(out: &Output) -> Value {
@@ -81,6 +80,14 @@ fn temp_files(daemon: &Daemon) -> Vec<String> {
 
 fn catalog_size(daemon: &Daemon) -> u64 {
     daemon.json(&["status"])["catalog_size"].as_u64().unwrap()
+}
+
+/// Waits until `daemon` holds `want` records.
+fn wait_for_catalog(daemon: &Daemon, want: u64, what: &str) {
+    wait_until(what, || match catalog_size(daemon) {
+        n if n == want => Ok(()),
+        n => Err(format!("{n} of {want} records")),
+    });
 }
 
 /// Entries of a project's package directory, and the names its lockfile lists.
@@ -187,7 +194,8 @@ impl PublishChaos {
         };
         // One clean publish, timed: the kill points fall within one and a half of it.
         let started = Instant::now();
-        let out = me.publish("0.0.1");
+        let child = me.spawn_publish("0.0.1", 7);
+        let out = finish(child, "publish");
         assert!(
             out.status.success(),
             "{}",
@@ -198,23 +206,17 @@ impl PublishChaos {
         me
     }
 
-    fn publish(&mut self, version: &str) -> Output {
-        let dir = payload_package(self.src.path(), "chaos-app", version, 7);
+    /// Starts `agora publish` of `chaos-app@VERSION`.
+    fn spawn_publish(&mut self, version: &str, seed: u64) -> Child {
+        let dir = payload_package(self.src.path(), "chaos-app", version, seed);
         self.attempted.insert(version.into());
-        finish(
-            self.daemon
-                .spawn(&["--json", "publish", dir.to_str().unwrap()]),
-            "publish",
-        )
+        self.daemon
+            .spawn(&["--json", "publish", dir.to_str().unwrap()])
     }
 
     fn round(&mut self, round: usize, rng: &mut StdRng, ctx: &str) {
         let version = format!("1.0.{round}");
-        let dir = payload_package(self.src.path(), "chaos-app", &version, round as u64);
-        self.attempted.insert(version.clone());
-        let child = self
-            .daemon
-            .spawn(&["--json", "publish", dir.to_str().unwrap()]);
+        let child = self.spawn_publish(&version, round as u64);
         std::thread::sleep(kill_point(rng, self.window));
         self.daemon.kill();
         let out = finish(child, ctx);
@@ -276,13 +278,10 @@ struct InstallChaos {
 impl InstallChaos {
     fn new(provider: &Provider) -> Self {
         let daemon = Daemon::start(Some(&provider.addr));
-        let want = provider.catalog_len();
-        wait_until(
+        wait_for_catalog(
+            &daemon,
+            provider.catalog_len(),
             "the installer has the provider's catalog",
-            || match catalog_size(&daemon) {
-                n if n == want => Ok(()),
-                n => Err(format!("{n} of {want} records")),
-            },
         );
         let mut me = Self {
             daemon,
@@ -384,7 +383,7 @@ struct SyncChaos {
     want: u64,
     window: Duration,
     /// Kills that left a node with part of the catalog.
-    partial: std::cell::Cell<usize>,
+    partial: usize,
 }
 
 impl SyncChaos {
@@ -392,21 +391,16 @@ impl SyncChaos {
         let want = provider.catalog_len();
         let started = Instant::now();
         let daemon = Daemon::start(Some(&provider.addr));
-        wait_until("a new node syncs the catalog", || {
-            match catalog_size(&daemon) {
-                n if n == want => Ok(()),
-                n => Err(format!("{n} of {want} records")),
-            }
-        });
+        wait_for_catalog(&daemon, want, "a new node syncs the catalog");
         Self {
             provider_addr: provider.addr.clone(),
             want,
             window: started.elapsed() * 3 / 2,
-            partial: 0.into(),
+            partial: 0,
         }
     }
 
-    fn round(&self, rng: &mut StdRng, ctx: &str) {
+    fn round(&mut self, rng: &mut StdRng, ctx: &str) {
         let mut daemon = Daemon::start(Some(&self.provider_addr));
         std::thread::sleep(kill_point(rng, self.window));
         daemon.kill();
@@ -415,14 +409,12 @@ impl SyncChaos {
         let kept = catalog_size(&daemon);
         assert!(kept <= self.want, "{ctx}: {kept} records of {}", self.want);
         if kept < self.want {
-            self.partial.set(self.partial.get() + 1);
+            self.partial += 1;
         }
-        wait_until(
+        wait_for_catalog(
+            &daemon,
+            self.want,
             &format!("{ctx}: the restarted node finishes the sync"),
-            || match catalog_size(&daemon) {
-                n if n == self.want => Ok(()),
-                n => Err(format!("{n} of {} records", self.want)),
-            },
         );
         // Everything it holds becomes searchable: the index was rebuilt or kept, not lost.
         wait_until(
@@ -447,7 +439,7 @@ fn sigkill_during_publish_install_and_sync_loses_nothing_acknowledged() {
     let provider = Provider::start(2 * install_rounds + 2, src.path());
     let mut publish = PublishChaos::new();
     let mut install = InstallChaos::new(&provider);
-    let sync = SyncChaos::new(&provider);
+    let mut sync = SyncChaos::new(&provider);
     eprintln!(
         "kill windows: publish {:?}, install {:?}, sync {:?}",
         publish.window, install.window, sync.window
@@ -469,6 +461,6 @@ fn sigkill_during_publish_install_and_sync_loses_nothing_acknowledged() {
         publish.attempted.len(),
         install.interrupted,
         install.installed.len(),
-        sync.partial.get()
+        sync.partial
     );
 }

@@ -225,10 +225,22 @@ pub fn install(
         }
     }
     let mut installed = Vec::new();
-    for s in staged {
-        let entry = swap_in(project, s)?;
-        lock.upsert(entry.clone());
-        installed.push(entry);
+    let mut staged = staged.into_iter();
+    while let Some(s) = staged.next() {
+        match swap_in(project, s) {
+            Ok(entry) => {
+                lock.upsert(entry.clone());
+                installed.push(entry);
+            }
+            Err(f) => {
+                // The ones already in place are locked; the rest go.
+                for s in staged {
+                    let _ = std::fs::remove_dir_all(&s.dir);
+                }
+                write_lock(project, &lock)?;
+                return Err(f);
+            }
+        }
     }
     write_lock(project, &lock)?;
     report(&installed, project, json);
