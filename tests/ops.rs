@@ -651,3 +651,68 @@ fn the_systemd_user_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr, "", "verify warns about nothing");
 }
+
+#[test]
+fn another_user_on_the_socket_is_refused_with_the_reason_and_the_daemon_keeps_serving() {
+    // Acting as a second user needs root (this test's thread drops to `nobody`).
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: the second-user check is not exercised here");
+        return;
+    }
+    let node = Daemon::start(None);
+    let socket = node.home.path().join("agorad.sock");
+    // Open the way for the stranger: only the daemon's own uid check is left to refuse it.
+    for (path, mode) in [(node.home.path(), 0o711), (socket.as_path(), 0o666)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+    }
+    const NOBODY: u32 = 65534;
+    let stranger = {
+        let socket = socket.clone();
+        // Linux keeps credentials per thread; rustix changes only this thread's.
+        std::thread::spawn(move || {
+            rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(NOBODY)).unwrap();
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)).unwrap();
+            agora_client::Client::connect(&socket).map(|_| ())
+        })
+        .join()
+        .unwrap()
+    };
+    match stranger {
+        Err(agora_client::ClientError::Daemon(agora_client::ipc::IpcError::Refused(why))) => {
+            assert_eq!(
+                why,
+                format!("this agorad belongs to uid 0; connections from uid {NOBODY} are refused")
+            )
+        }
+        other => panic!("the stranger got {other:?}"),
+    }
+    // The refusal is logged with the uid, and the daemon goes on serving its own user.
+    wait_until("the refusal is in the daemon's log", || {
+        let log = logs(&node.data_dir());
+        let line = log
+            .lines()
+            .find(|l| l.contains("refusing an IPC connection from another user"))
+            .ok_or("not logged yet")?;
+        assert!(line.contains(&format!("uid={NOBODY}")), "{line}");
+        Ok(())
+    });
+    let status = node.json(&["status"]);
+    assert_eq!(status["peer_id"].as_str().unwrap().len(), 52);
+}
+
+/// Everything the daemon has logged to files in `data_dir`.
+fn logs(data_dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("agorad") && n.ends_with(".log"))
+        {
+            all.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    all
+}

@@ -55,10 +55,21 @@ impl Client {
             next_id: 1,
             daemon_version: String::new(),
         };
-        client.send(&ClientMessage::Hello {
+        if let Err(e) = client.send(&ClientMessage::Hello {
             protocol: IPC_PROTOCOL_VERSION,
             client: format!("agora {}", env!("CARGO_PKG_VERSION")),
-        })?;
+        }) {
+            // A daemon that refuses us (another user's) writes why and closes at once,
+            // perhaps before our hello arrives: its reason is still there to read.
+            let closed = matches!(&e, ClientError::Io(io)
+                if matches!(io.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset));
+            if closed
+                && let Ok(ServerMessage::Response { result: Err(why), .. }) = client.receive()
+            {
+                return Err(ClientError::Daemon(why));
+            }
+            return Err(e);
+        }
         match client.receive()? {
             ServerMessage::Hello { protocol, daemon } if protocol == IPC_PROTOCOL_VERSION => {
                 client.daemon_version = daemon;

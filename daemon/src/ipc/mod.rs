@@ -125,6 +125,7 @@ impl IpcListener {
                         uid = cred.uid(),
                         "refusing an IPC connection from another user"
                     );
+                    refuse_stranger(stream, me, cred.uid());
                     continue;
                 }
                 Err(e) => {
@@ -284,6 +285,19 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
 }
 
 /// An error answer that ends a connection (id 0: it answers no particular request).
+/// Tells a client of another user why it is refused, and closes. One small frame on a fresh
+/// socket fits its send buffer, so it is written at once without waiting: a stranger cannot
+/// hold the accept loop. (The write goes straight to the socket: tokio's `try_write` would
+/// refuse until the reactor has seen the socket writable.)
+fn refuse_stranger(stream: UnixStream, me: u32, uid: u32) {
+    let msg = refusal(IpcError::Refused(format!(
+        "this agorad belongs to uid {me}; connections from uid {uid} are refused"
+    )));
+    if let (Ok(bytes), Ok(stream)) = (ipc::frame(&msg.to_wire()), stream.into_std()) {
+        let _ = std::io::Write::write(&mut &stream, &bytes);
+    }
+}
+
 fn refusal(e: IpcError) -> ServerMessage {
     ServerMessage::Response {
         id: 0,
