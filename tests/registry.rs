@@ -935,6 +935,94 @@ async fn a_bad_package_is_refused_with_a_precise_error_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
+    init_tracing();
+    let nodes = testnet(3).await;
+    let key = publisher(15);
+    let big = publish(
+        &nodes[0].0,
+        &package_dir("big", "1.0.0", &[], 20 * 1024 * 1024, 5),
+        &key,
+    )
+    .await;
+    let chunks = big.body.archive.chunks.len() as u32;
+    assert_eq!(chunks, 21);
+    // Node 1 fetches the archive and becomes the second provider.
+    let (lost, kept) = (&nodes[0].0, &nodes[1].0);
+    converge("node 1 has the record", DEADLINE, || async {
+        if kept.registry.exists(&big.body.name) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    kept.registry
+        .fetch(&big.body.name, &big.body.version)
+        .await
+        .unwrap();
+    let fetcher = &nodes[2].0;
+    let (lost_id, kept_id) = (lost.network.peer_id(), kept.network.peer_id());
+    converge("the fetcher knows both providers", DEADLINE, || async {
+        let p = fetcher
+            .network
+            .get_providers(agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        if p.contains(&lost_id) && p.contains(&kept_id) {
+            Ok(())
+        } else {
+            Err(format!("{} providers", p.len()))
+        }
+    })
+    .await;
+
+    // Node 0 crashes the moment a quarter of the archive has arrived: its connections drop
+    // with requests in flight and chunks still to ask for.
+    let crash = lost.crash_handle();
+    let chunk = u64::from(big.body.archive.chunk_size);
+    let mut crashed_at = None;
+    let on_progress = Box::new(move |done: u64, _total: u64| {
+        if crashed_at.is_none() && done >= 5 * chunk {
+            crash.abort();
+            crashed_at = Some(done);
+        }
+    });
+    let got = fetcher
+        .registry
+        .fetch_with_progress(&big.body.name, &big.body.version, Some(on_progress))
+        .await
+        .expect("the fetch finishes from the provider left");
+    assert!(!got.cached);
+    assert_eq!(got.resumed_chunks, 0);
+    let data = std::fs::read(&got.path).unwrap();
+    assert_eq!(agora_protocol::ContentId::of(&data), big.body.archive.id);
+    let served = |peer| {
+        got.served_by
+            .iter()
+            .find(|(p, _)| *p == peer)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(served(lost_id) + served(kept_id), chunks);
+    // At most the chunks received or in flight when it crashed came from node 0.
+    assert!(served(lost_id) <= 5 + 8, "{:?}", got.served_by);
+    assert!(served(kept_id) >= chunks - 5 - 8, "{:?}", got.served_by);
+    // Its failed requests count against node 0, and not as bad data.
+    let (record, _) = fetcher.registry.reputation_of(&lost_id);
+    let record = record.expect("node 0 has a reputation record");
+    assert!(record.failures >= 1, "{record:?}");
+    assert_eq!(record.bad_data, 0);
+    assert!(
+        !fetcher
+            .registry
+            .blobs
+            .partial_path(&big.body.archive.id)
+            .exists()
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_between_nearly_equal_catalogs_costs_one_bucket_not_the_catalog() {
     init_tracing();
     let (a, a_addr) = start_node().await;

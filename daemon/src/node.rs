@@ -70,6 +70,12 @@ impl Node {
         Ok((node, full))
     }
 
+    /// A handle that stops the event loop at once, as a crash would: every connection drops
+    /// and nothing is persisted. For tests that lose a node at an exact moment.
+    pub fn crash_handle(&self) -> tokio::task::AbortHandle {
+        self.network_task.abort_handle()
+    }
+
     /// Stops the duties and the event loop, waits for the tasks, persists what is only in
     /// memory and seals the search index.
     pub async fn shutdown(self) {
