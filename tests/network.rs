@@ -503,3 +503,58 @@ async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_pe
     asker.shutdown().await;
     holder.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_connects_to_the_peers_its_routing_table_knows_and_again_after_losing_one() {
+    init_tracing();
+    let (b, b_addr) = start_node().await;
+    let (c, c_addr) = start_node().await;
+    let dir = data_dir();
+    let mut config = node_config(&dir);
+    config.network.target_peers = 2;
+    let (a, _) = start_with(config).await;
+    // A only learns where B and C are. Its routing table now knows them and it has fewer
+    // connections than it wants: it dials them (the DHT's bootstrap on a new routing-table
+    // entry does too; the top-up is what also covers a node whose table did not change).
+    for (node, addr) in [(&b, &b_addr), (&c, &c_addr)] {
+        let mut plain = addr.clone();
+        plain.pop();
+        a.network
+            .add_address(node.network.peer_id(), plain)
+            .await
+            .unwrap();
+    }
+    let wanted = [b.network.peer_id(), c.network.peer_id()];
+    converge("A connects to B and C", DEADLINE, || async {
+        let peers = a.network.peers().await.map_err(|e| e.to_string())?;
+        if wanted.iter().all(|p| peers.contains(p)) {
+            Ok(())
+        } else {
+            Err(format!("connected to {peers:?}"))
+        }
+    })
+    .await;
+    // Cut off and let back in, B is dialed again.
+    a.network.block_peer(wanted[0]).await.unwrap();
+    converge("A's connection to B is closed", DEADLINE, || async {
+        let peers = a.network.peers().await.map_err(|e| e.to_string())?;
+        match peers.as_slice() {
+            [only] if *only == wanted[1] => Ok(()),
+            other => Err(format!("connected to {other:?}")),
+        }
+    })
+    .await;
+    a.network.unblock_peer(wanted[0]).await.unwrap();
+    converge("A reconnects to B", DEADLINE, || async {
+        let peers = a.network.peers().await.map_err(|e| e.to_string())?;
+        if peers.contains(&wanted[0]) {
+            Ok(())
+        } else {
+            Err(format!("connected to {peers:?}"))
+        }
+    })
+    .await;
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}

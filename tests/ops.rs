@@ -663,8 +663,7 @@ fn another_user_on_the_socket_is_refused_with_the_reason_and_the_daemon_keeps_se
     let socket = node.home.path().join("agorad.sock");
     // Open the way for the stranger: only the daemon's own uid check is left to refuse it.
     for (path, mode) in [(node.home.path(), 0o711), (socket.as_path(), 0o666)] {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     }
     const NOBODY: u32 = 65534;
     let stranger = {

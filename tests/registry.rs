@@ -761,6 +761,171 @@ async fn two_separate_networks_converge_when_they_connect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
+    init_tracing();
+    let nodes = testnet(10).await;
+    let (left, right) = nodes.split_at(5);
+    let ids = |half: &[(Node, Multiaddr)]| -> Vec<libp2p::PeerId> {
+        half.iter().map(|(n, _)| n.network.peer_id()).collect()
+    };
+    let (left_ids, right_ids) = (ids(left), ids(right));
+    let shared_key = publisher(20);
+    let shared = publish(
+        &left[0].0,
+        &package_dir("shared", "1.0.0", &[], 100, 50),
+        &shared_key,
+    )
+    .await;
+    converge_nodes("shared@1.0.0 everywhere", DEADLINE, &nodes, |_, n| {
+        let id = shared.id();
+        async move {
+            n.registry
+                .has_record(&id)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+
+    // The cut: every node blocks every node of the other half, either way.
+    let cut = |blocked: bool| {
+        let (left_ids, right_ids) = (&left_ids, &right_ids);
+        async move {
+            for (half, others) in [(left, right_ids), (right, left_ids)] {
+                for (node, _) in half {
+                    for peer in others {
+                        let net = &node.network;
+                        let done = if blocked {
+                            net.block_peer(*peer).await
+                        } else {
+                            net.unblock_peer(*peer).await
+                        };
+                        done.unwrap();
+                    }
+                }
+            }
+        }
+    };
+    cut(true).await;
+    converge_nodes("no connection crosses the cut", DEADLINE, &nodes, |i, n| {
+        let others = if i < 5 { &right_ids } else { &left_ids };
+        async move {
+            let peers = n.network.peers().await.map_err(|e| e.to_string())?;
+            match peers.iter().filter(|p| others.contains(p)).count() {
+                0 if !peers.is_empty() => Ok(()),
+                0 => Err("no peer on its own side yet".into()),
+                n => Err(format!("{n} peers across the cut")),
+            }
+        }
+    })
+    .await;
+
+    // Each side publishes while apart; the right side also updates the shared package.
+    let (left_key, right_key) = (publisher(21), publisher(22));
+    let mut left_records = Vec::new();
+    let mut right_records = Vec::new();
+    for i in 0..3 {
+        let (l, r) = (&left[1 + i].0, &right[1 + i].0);
+        let name = format!("left-{i}");
+        left_records.push(
+            publish(
+                l,
+                &package_dir(&name, "1.0.0", &[], 100, 60 + i as u64),
+                &left_key,
+            )
+            .await,
+        );
+        let name = format!("right-{i}");
+        right_records.push(
+            publish(
+                r,
+                &package_dir(&name, "1.0.0", &[], 100, 70 + i as u64),
+                &right_key,
+            )
+            .await,
+        );
+    }
+    let update = publish(
+        &right[4].0,
+        &package_dir("shared", "1.1.0", &[], 100, 51),
+        &shared_key,
+    )
+    .await;
+    right_records.push(update.clone());
+    let has_all = |n: &Node, records: &[ReleaseRecord]| {
+        records.iter().all(|r| n.registry.has_record(&r.id()))
+    };
+    converge_nodes(
+        "each side has its own releases",
+        DEADLINE,
+        &nodes,
+        |i, n| {
+            let own = if i < 5 { &left_records } else { &right_records };
+            async move {
+                has_all(n, own)
+                    .then_some(())
+                    .ok_or_else(|| format!("catalog of {}", n.registry.catalog_len()))
+            }
+        },
+    )
+    .await;
+    // Nothing crossed the cut.
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        let other = if i < 5 { &right_records } else { &left_records };
+        for r in other {
+            assert!(
+                !n.registry.has_record(&r.id()),
+                "node {i} has {}",
+                r.body.name
+            );
+        }
+        assert_eq!(
+            n.registry.catalog_len(),
+            1 + 4 - usize::from(i < 5),
+            "node {i}"
+        );
+    }
+
+    // Healed: every node learns the other side's releases by itself (connections topped up
+    // from the routing table, catalog sync on connect, news relayed on gossip).
+    let healed = std::time::Instant::now();
+    cut(false).await;
+    let all: Vec<ReleaseRecord> = left_records.iter().chain(&right_records).cloned().collect();
+    converge_nodes(
+        "all releases on all ten nodes, searchable",
+        DEADLINE,
+        &nodes,
+        |_, n| {
+            let all = &all;
+            async move {
+                if !has_all(n, all) {
+                    return Err(format!("catalog of {}", n.registry.catalog_len()));
+                }
+                for r in all {
+                    let hits = names(&n.registry, r.body.name.as_str());
+                    if hits.first().map(String::as_str) != Some(r.body.name.as_str()) {
+                        return Err(format!("search for {} finds {hits:?}", r.body.name));
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let took = healed.elapsed();
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        assert_eq!(n.registry.catalog_len(), 8, "node {i}");
+        let shared_now = n
+            .registry
+            .get(&"shared".parse().unwrap(), &VersionReq::STAR)
+            .unwrap();
+        assert_eq!(shared_now, update, "node {i}");
+    }
+    eprintln!("converged {took:?} after the cut was healed");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_key_publishes() {
     init_tracing();
     let nodes = testnet(3).await;

@@ -64,7 +64,9 @@ impl Client {
             let closed = matches!(&e, ClientError::Io(io)
                 if matches!(io.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset));
             if closed
-                && let Ok(ServerMessage::Response { result: Err(why), .. }) = client.receive()
+                && let Ok(ServerMessage::Response {
+                    result: Err(why), ..
+                }) = client.receive()
             {
                 return Err(ClientError::Daemon(why));
             }

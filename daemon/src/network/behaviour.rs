@@ -1,5 +1,5 @@
 //! The composed libp2p behaviour: Kademlia, Gossipsub, Identify, Ping, the sync and fetch
-//! request-response protocols, connection limits and optional mDNS.
+//! request-response protocols, connection limits, a list of blocked peers and optional mDNS.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -11,7 +11,8 @@ use agora_protocol::messages::{
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, connection_limits, gossipsub, identify, kad, mdns, ping, request_response,
+    StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping,
+    request_response,
 };
 
 use super::codec::WireCodec;
@@ -34,6 +35,8 @@ pub type FetchBehaviour = request_response::Behaviour<WireCodec<FetchRequest, Fe
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers no connection is allowed with, either way (existing ones are closed).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
@@ -145,6 +148,7 @@ impl Behaviour {
             None
         };
         Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
             limits,
             kad,
             gossipsub,

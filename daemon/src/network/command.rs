@@ -148,6 +148,12 @@ pub enum Command {
         peer: PeerId,
         reply: Reply<Option<f64>>,
     },
+    /// Blocks (closing its connections) or unblocks a peer.
+    Block {
+        peer: PeerId,
+        blocked: bool,
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: Reply<()>,
     },

@@ -42,6 +42,12 @@ pub struct NetworkConfig {
     pub max_pending_incoming: u32,
     /// Concurrent inbound and outbound request streams per connection and protocol.
     pub max_concurrent_streams: usize,
+    /// With fewer connections than this, the node dials peers from its routing table (at
+    /// most the shortfall at each maintenance tick) until it has them again: how it finds
+    /// its way back after a partition heals or its peers restart.
+    pub target_peers: usize,
+    /// How often the event loop does its housekeeping and tops up its connections.
+    pub maintenance_interval: Duration,
 }
 
 impl NetworkConfig {
@@ -63,6 +69,8 @@ impl NetworkConfig {
             max_established_total: 512,
             max_pending_incoming: 64,
             max_concurrent_streams: 64,
+            target_peers: 8,
+            maintenance_interval: Duration::from_secs(5),
         }
     }
 
@@ -74,6 +82,7 @@ impl NetworkConfig {
             query_grace: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(20),
+            maintenance_interval: Duration::from_millis(500),
             ..Self::new(keypair)
         }
     }

@@ -24,7 +24,7 @@ use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult};
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, ping};
 use tokio::sync::mpsc;
@@ -36,14 +36,14 @@ use super::codec::WireCodec;
 use super::command::{
     Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
 };
+use super::config::NetworkConfig;
 use crate::metrics::Metrics;
+use rand::seq::SliceRandom;
 
 /// Most distinct valid records one `get_record` collects before it stops the query.
 const MAX_RECORDS_PER_GET: usize = 16;
 /// Most providers one `get_providers` collects before it stops the query.
 const MAX_PROVIDERS_PER_GET: usize = 20;
-/// How often the loop does housekeeping (dropping dead inbound response channels).
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 /// Most commands handled between two polls of the swarm.
 const COMMAND_BATCH: usize = 64;
 
@@ -60,6 +60,10 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     /// How long a query that collects several answers keeps collecting after its first one.
     query_grace: Duration,
+    /// How often housekeeping runs (dead response channels, gauges, topping up peers).
+    maintenance_interval: Duration,
+    /// Connections the loop keeps up by dialing peers from the routing table.
+    target_peers: usize,
     graces: FuturesUnordered<Grace>,
     commands: mpsc::Receiver<Envelope>,
     events: mpsc::Sender<NetworkEvent>,
@@ -78,14 +82,16 @@ pub struct EventLoop {
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
-        query_grace: Duration,
+        config: &NetworkConfig,
         commands: mpsc::Receiver<Envelope>,
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             swarm,
-            query_grace,
+            query_grace: config.query_grace,
+            maintenance_interval: config.maintenance_interval,
+            target_peers: config.target_peers,
             graces: FuturesUnordered::new(),
             commands,
             events,
@@ -103,7 +109,7 @@ impl EventLoop {
 
     /// Runs until a `Shutdown` command arrives or every handle is dropped.
     pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        let mut tick = tokio::time::interval(self.maintenance_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
         loop {
@@ -153,12 +159,55 @@ impl EventLoop {
         self.sync.inbound.retain(|_, ch| ch.is_open());
         self.fetch.inbound.retain(|_, ch| ch.is_open());
         self.update_gauges();
+        self.keep_peers();
         trace!(
             peers = self.swarm.connected_peers().count(),
             queries =
                 self.pending_query.len() + self.pending_get.len() + self.pending_providers.len(),
             "network maintenance"
         );
+    }
+
+    /// Below `target_peers` connections, dials routing-table peers it is not connected to
+    /// (a random few, at most the shortfall). Dials of blocked or unreachable peers fail on
+    /// their own; the next tick tries others.
+    fn keep_peers(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        let Some(shortfall) = self.target_peers.checked_sub(connected).filter(|n| *n > 0) else {
+            return;
+        };
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key.preimage())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut unconnected: Vec<PeerId> = known
+            .into_iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .collect();
+        if unconnected.is_empty() {
+            return;
+        }
+        let picked: Vec<PeerId> = unconnected
+            .partial_shuffle(&mut rand::rng(), shortfall)
+            .0
+            .to_vec();
+        debug!(connected, dialing = picked.len(), "topping up connections");
+        for peer in picked {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                trace!(%peer, error = %e, "not dialing a routing-table peer");
+            }
+        }
     }
 
     /// Offers an event to the registry without waiting; false if the channel is full.
@@ -337,6 +386,18 @@ impl EventLoop {
             }
             Command::GossipScore { peer, reply } => {
                 let _ = reply.send(Ok(behaviour.gossipsub.peer_score(&peer)));
+            }
+            Command::Block {
+                peer,
+                blocked,
+                reply,
+            } => {
+                if blocked {
+                    behaviour.blocked.block_peer(peer);
+                } else {
+                    behaviour.blocked.unblock_peer(peer);
+                }
+                let _ = reply.send(Ok(()));
             }
             Command::Shutdown { reply } => {
                 // Handled in `run`; unreachable here, answered anyway.

@@ -212,6 +212,27 @@ impl NetworkHandle {
             .await
     }
 
+    /// Blocks `peer`: its connections are closed and no new one is allowed, either way,
+    /// until it is unblocked.
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.call(|reply| Command::Block {
+            peer,
+            blocked: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Allows connections with `peer` again.
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.call(|reply| Command::Block {
+            peer,
+            blocked: false,
+            reply,
+        })
+        .await
+    }
+
     /// Stops the event loop; later calls return `NetworkError::Shutdown`.
     pub async fn shutdown(&self) -> Result<(), NetworkError> {
         match self.call(|reply| Command::Shutdown { reply }).await {

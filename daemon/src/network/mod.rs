@@ -60,14 +60,7 @@ pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
     let task = tokio::spawn(
-        event_loop::EventLoop::new(
-            swarm,
-            config.query_grace,
-            command_rx,
-            event_tx,
-            metrics.clone(),
-        )
-        .run(),
+        event_loop::EventLoop::new(swarm, &config, command_rx, event_tx, metrics.clone()).run(),
     );
     Ok(Network {
         handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout, metrics),
