@@ -136,6 +136,39 @@ impl Hostile {
         }
     }
 
+    /// Publishes `messages` at `per_second`, driving the swarm in between (so they go out as
+    /// they are made); returns how many gossipsub took to send. The first waits for a
+    /// subscriber; publish errors afterwards (queues full) are counted, not fatal.
+    pub async fn flood(&mut self, messages: Vec<Vec<u8>>, per_second: u32) -> usize {
+        let topic = gossipsub::IdentTopic::new(GOSSIP_TOPIC);
+        let mut messages = messages.into_iter();
+        let Some(first) = messages.next() else {
+            return 0;
+        };
+        self.publish_raw(first).await;
+        let mut sent = 1;
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for data in messages {
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => break,
+                    _ = self.swarm.select_next_some() => {}
+                }
+            }
+            if self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), data)
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// Keeps the swarm running in the background (so queued messages go out and the
     /// connections stay up) and returns it when `stop` fires.
     pub fn drive(
