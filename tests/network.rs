@@ -12,7 +12,7 @@ use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
 use agora_protocol::messages::{FetchRequest, FetchResponse, GossipMessage};
 use agora_protocol::records::ReleaseRecord;
-use common::hostile::Hostile;
+use common::hostile::{ConnectionFlood, Hostile};
 use common::*;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -684,6 +684,94 @@ async fn a_flood_of_invalid_gossip_graylists_its_sender_while_honest_releases_st
     let _ = stop.send(());
     driver.await.unwrap();
     for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_held_to_the_limits_and_the_node_keeps_serving() {
+    init_tracing();
+    let (honest, honest_addr) = start_node().await;
+    let mut config = node_config(&data_dir());
+    // The defaults (2 per peer, 256 incoming) with fewer incoming, so the flood is quick.
+    const INCOMING: u32 = 16;
+    config.network.max_established_incoming = INCOMING;
+    let (victim, victim_addr) = start_with(config).await;
+    join(&victim, &honest_addr).await;
+
+    // 40 identities open 3 connections each: 120 attempts against room for 16.
+    const IDENTITIES: usize = 40;
+    const EACH: usize = 3;
+    let flood = ConnectionFlood::start(&victim_addr, IDENTITIES, EACH);
+    converge("every flood dial has ended", DEADLINE, || async {
+        let dials = flood.dials();
+        let resolved: usize = dials.iter().map(|d| d.resolved).sum();
+        let live: usize = dials.iter().map(|d| d.live).sum();
+        let incoming = victim
+            .network
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .incoming_connections;
+        // Settled: every dial ended and the flood holds what the victim kept.
+        if resolved == IDENTITIES * EACH && live == incoming as usize {
+            Ok(())
+        } else {
+            Err(format!(
+                "{resolved} dials ended, {live} open, victim has {incoming}"
+            ))
+        }
+    })
+    .await;
+    let dials = flood.dials();
+    let live: usize = dials.iter().map(|d| d.live).sum();
+    assert_eq!(
+        live, INCOMING as usize,
+        "the incoming limit holds: {dials:?}"
+    );
+    assert!(
+        dials.iter().all(|d| d.live <= 2),
+        "two connections per peer at most: {dials:?}"
+    );
+    let info = victim.network.info().await.unwrap();
+    assert_eq!(info.incoming_connections, INCOMING);
+    assert!(info.connected_peers.contains(&honest.network.peer_id()));
+
+    // The node keeps serving: a release published on the honest node reaches it, and a
+    // newcomer it dials itself (outgoing connections are not the flood's) syncs from it.
+    let record = release(
+        "still-served",
+        Version::new(1, 0, 0),
+        &noise(1000, 9),
+        16 * 1024,
+        &publisher(9),
+    );
+    honest.registry.announce(record.clone()).await.unwrap();
+    converge("the release reaches the flooded node", DEADLINE, || async {
+        victim
+            .registry
+            .has_record(&record.id())
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let (newcomer, newcomer_addr) = start_node().await;
+    victim.network.dial(newcomer_addr).await.unwrap();
+    converge(
+        "the newcomer syncs from the flooded node",
+        DEADLINE,
+        || async {
+            newcomer
+                .registry
+                .has_record(&record.id())
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+
+    flood.stop().await;
+    for node in [victim, honest, newcomer] {
         node.shutdown().await;
     }
 }

@@ -185,3 +185,84 @@ impl Hostile {
         })
     }
 }
+
+/// How one identity's connections in a [`connection_flood`] turned out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dials {
+    /// Dials that ended, in a connection or an error.
+    pub resolved: usize,
+    /// Connections open now.
+    pub live: usize,
+}
+
+/// A running flood of bare connections (no protocol spoken on them).
+pub struct ConnectionFlood {
+    pub dials: std::sync::Arc<std::sync::Mutex<Vec<Dials>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ConnectionFlood {
+    /// Opens `per_identity` connections from each of `identities` fresh identities to
+    /// `target` and keeps whatever it accepts open until [`ConnectionFlood::stop`].
+    pub fn start(target: &Multiaddr, identities: usize, per_identity: usize) -> Self {
+        let dials = std::sync::Arc::new(std::sync::Mutex::new(vec![Dials::default(); identities]));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = (0..identities)
+            .map(|i| {
+                let (target, dials, mut stopped) = (target.clone(), dials.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let mut swarm = SwarmBuilder::with_new_identity()
+                        .with_tokio()
+                        .with_tcp(
+                            tcp::Config::default(),
+                            noise::Config::new,
+                            yamux::Config::default,
+                        )
+                        .unwrap()
+                        .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+                        .unwrap()
+                        .with_swarm_config(|c| {
+                            c.with_idle_connection_timeout(Duration::from_secs(300))
+                        })
+                        .build();
+                    for _ in 0..per_identity {
+                        swarm.dial(target.clone()).unwrap();
+                    }
+                    loop {
+                        tokio::select! {
+                            event = swarm.select_next_some() => {
+                                let mut all = dials.lock().unwrap();
+                                let d = &mut all[i];
+                                match event {
+                                    SwarmEvent::ConnectionEstablished { .. } => {
+                                        d.resolved += 1;
+                                        d.live += 1;
+                                    }
+                                    SwarmEvent::ConnectionClosed { .. } => d.live -= 1,
+                                    SwarmEvent::OutgoingConnectionError { .. } => d.resolved += 1,
+                                    _ => {}
+                                }
+                            }
+                            _ = stopped.changed() => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { dials, stop, tasks }
+    }
+
+    /// The flood's state now.
+    pub fn dials(&self) -> Vec<Dials> {
+        self.dials.lock().unwrap().clone()
+    }
+
+    /// Closes every connection.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}

@@ -53,6 +53,8 @@ pub struct NetworkInfo {
     pub listen_addrs: Vec<Multiaddr>,
     pub external_addrs: Vec<Multiaddr>,
     pub connected_peers: Vec<PeerId>,
+    /// Established connections others opened to us (bounded by `max_established_incoming`).
+    pub incoming_connections: u32,
     pub routing_table_size: usize,
     pub gossip_mesh_peers: usize,
     pub gossip_topic_peers: usize,

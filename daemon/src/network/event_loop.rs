@@ -421,6 +421,10 @@ impl EventLoop {
             listen_addrs: swarm.listeners().cloned().collect(),
             external_addrs: swarm.external_addresses().cloned().collect(),
             connected_peers: swarm.connected_peers().copied().collect(),
+            incoming_connections: swarm
+                .network_info()
+                .connection_counters()
+                .num_established_incoming(),
             routing_table_size,
             gossip_mesh_peers: gossip.mesh_peers(&topic_hash).count(),
             gossip_topic_peers: gossip
