@@ -4,6 +4,7 @@
 //! The binaries are the workspace's own (`target/<profile>/agora` and `agorad`), built by
 //! `cargo test --workspace` because their packages have process tests of their own.
 
+mod common;
 mod process;
 
 use agora_client::ipc::Progress;
@@ -180,4 +181,65 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
     assert_eq!(std::fs::read_to_string(&app_file).unwrap(), "app uses lib");
     assert_eq!(n3.json(&["verify", "--dir", dir])["ok"], true);
     drop(n2);
+}
+
+#[test]
+fn a_new_release_record_paired_with_an_old_archive_is_refused_at_install_and_changes_nothing() {
+    // A publisher's node signs twin@1.1.0 over the very archive of twin@1.0.0 (whose
+    // package.toml says 1.0.0): the record verifies and its archive hashes right, only the
+    // archive's own manifest can tell.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("twin");
+    package(&dir, "twin", "1.0.0", "", "twin body");
+    let (node, addr) = rt.block_on(async {
+        let (node, addr) = common::start_node().await;
+        let key = common::publisher(42);
+        let old = node.registry.publish(dir, &key).await.unwrap().record;
+        let mut body = old.body.clone();
+        body.version = agora_protocol::Version::new(1, 1, 0);
+        body.previous = Some(old.id());
+        body.published_at += 1;
+        let forged = agora_protocol::records::Signed::sign(body, &key).unwrap();
+        let reg = node.registry.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            reg.ingest(
+                vec![agora_protocol::records::CatalogRecord::Release(forged)],
+                false,
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            matches!(result[0].1, agora_daemon::registry::Ingested::Added(_)),
+            "the record itself is valid"
+        );
+        (node, addr)
+    });
+    let daemon = Daemon::start(Some(&addr.to_string()));
+    wait_until("both versions synced", || {
+        let v = daemon.json(&["versions", "twin"]);
+        match v.as_array().map(Vec::len) {
+            Some(2) => Ok(()),
+            other => Err(format!("{other:?} versions")),
+        }
+    });
+
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path().to_str().unwrap();
+    let out = daemon.agora(&["install", "twin@1.1.0", "--dir", dir]);
+    assert_eq!(out.status.code(), Some(6));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("twin@1.1.0: the archive holds twin@1.0.0"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(project.path()).unwrap().collect();
+    assert!(left.is_empty(), "the project was changed: {left:?}");
+    // The honest release installs from the same archive.
+    let ok = daemon.json(&["install", "twin@=1.0.0", "--dir", dir]);
+    assert_eq!(ok["installed"][0]["version"], "1.0.0");
+    drop(daemon);
+    rt.block_on(node.shutdown());
 }

@@ -212,6 +212,7 @@ pub fn install(
     };
     // Everything that needs the daemon first: if it stops (or an archive is refused) part
     // way, the staged directories go and the project is as it was.
+    let fresh = !project.join(".agora").exists();
     let mut staged = Vec::with_capacity(releases.len());
     for r in &releases {
         match stage(client, project, r, json) {
@@ -219,6 +220,11 @@ pub fn install(
             Err(f) => {
                 for s in &staged {
                     let _ = std::fs::remove_dir_all(&s.dir);
+                }
+                if fresh {
+                    // The directories staging made, if nothing else is in them.
+                    let _ = std::fs::remove_dir(packages_dir(project));
+                    let _ = std::fs::remove_dir(project.join(".agora"));
                 }
                 return Err(f);
             }
