@@ -2,7 +2,9 @@
 //! against a bare Unix-socket echo of the same frames, measured in the same run.
 //!
 //! - round trip, one client: criterion, then a percentile pass of `ROUNDS` requests;
-//! - throughput with 1 and 8 concurrent clients (one connection each), requests per second.
+//! - throughput with 1 and 8 concurrent clients (one connection each), requests per second;
+//! - a huge length prefix (a 4 GiB frame claimed): connect, send the header, until the daemon
+//!   has closed the connection.
 //!
 //! The baseline is a tokio Unix-socket server that reads one frame (4-byte length + payload)
 //! and writes it back, driven by the same blocking client code path: what any IPC over this
@@ -202,6 +204,20 @@ fn bench_ipc(c: &mut Criterion) {
          tokio echo p50 {e50:?} p99 {e99:?}; thread echo p50 {t50:?} p99 {t99:?}; \
          status / tokio echo at p50 = {:.2}x",
         s50.as_secs_f64() / e50.as_secs_f64()
+    );
+    // A client claiming a 4 GiB frame: from sending the header to the daemon closing the
+    // connection (it reads 4 bytes and refuses before allocating anything).
+    let (h50, h99) = percentiles(|| {
+        let mut s = UnixStream::connect(&daemon.socket).unwrap();
+        s.write_all(&[0xff; FRAME_HEADER_LEN]).unwrap();
+        let mut rest = Vec::new();
+        // Closed: end of stream, or a reset if our bytes were still unread.
+        let _ = s.read_to_end(&mut rest);
+    });
+    client.status().expect("the daemon still answers");
+    println!(
+        "ipc huge length prefix over {ROUNDS} connections: connect, send, closed by the daemon \
+         p50 {h50:?} p99 {h99:?}"
     );
     for clients in [1, 8] {
         let status = throughput(
