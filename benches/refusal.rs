@@ -113,18 +113,16 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     println!("\nmost bytes allocated while refusing (beyond what was live before):");
-    let cases: [(&str, Box<dyn Fn()>); 5] = [
-        ("ipc_frame_header", Box::new(refuse_ipc_header)),
-        (
-            "sync_stream",
-            Box::new(|| refuse_stream::<SyncRequest, SyncResponse>(SYNC_PROTOCOL)),
-        ),
-        (
-            "fetch_stream",
-            Box::new(|| refuse_stream::<FetchRequest, FetchResponse>(FETCH_PROTOCOL)),
-        ),
-        ("gossip_message", Box::new(|| refuse_gossip(&gossip))),
-        ("dht_value", Box::new(|| refuse_dht(&dht_key, &dht_value))),
+    let sync = || refuse_stream::<SyncRequest, SyncResponse>(SYNC_PROTOCOL);
+    let fetch = || refuse_stream::<FetchRequest, FetchResponse>(FETCH_PROTOCOL);
+    let gossip_case = || refuse_gossip(&gossip);
+    let dht_case = || refuse_dht(&dht_key, &dht_value);
+    let cases: [(&str, &dyn Fn()); 5] = [
+        ("ipc_frame_header", &refuse_ipc_header),
+        ("sync_stream", &sync),
+        ("fetch_stream", &fetch),
+        ("gossip_message", &gossip_case),
+        ("dht_value", &dht_case),
     ];
     for (name, f) in cases {
         println!("  {name:<18} {:>6} bytes", peak_extra(f));
