@@ -165,7 +165,11 @@ fn main() {
                 // After the first 100, one in five is 1.1.0 of the package published 100
                 // before (by the same node, so the same key owns it).
                 let bump = i >= 100 && i % 5 == 0;
-                let (n, version) = if bump { (i - 100, "1.1.0") } else { (i, "1.0.0") };
+                let (n, version) = if bump {
+                    (i - 100, "1.1.0")
+                } else {
+                    (i, "1.0.0")
+                };
                 let name = format!("soak-{n}");
                 let dir = src.join(format!("{name}-{version}"));
                 write_package(&dir, &name, version, n);
@@ -180,7 +184,9 @@ fn main() {
                             published.at.lock().unwrap().push((name, Instant::now()));
                         }
                     }
-                    Err(e) => errors.record(format!("publish {name}@{version} on node {node}: {e}")),
+                    Err(e) => {
+                        errors.record(format!("publish {name}@{version} on node {node}: {e}"))
+                    }
                 }
             }
             (times, versions)
@@ -331,5 +337,9 @@ fn main() {
         rt.block_on(s.stop());
     }
     let failed = errors.count.load(Ordering::Relaxed);
-    assert_eq!(failed, 0, "the soak had {failed} errors: {:?}", errors.first);
+    assert_eq!(
+        failed, 0,
+        "the soak had {failed} errors: {:?}",
+        errors.first
+    );
 }
