@@ -7,20 +7,58 @@
 //! is a new version of an earlier package), `AGORA_SOAK_SEARCHES` searches (10,000) and
 //! `AGORA_SOAK_INSTALLS` installs (200, each of a package published at least 5 s before,
 //! into a fresh project), each on a node picked in turn. Every failure is counted and its
-//! first few printed. The process's resident memory is sampled every 10 s. At the end every
-//! node must hold every release. Needs release binaries:
+//! first few printed. Once every node holds every release, a quiet phase
+//! (`AGORA_SOAK_QUIET_SECS`, default 120) goes on searching and installing at the same rates
+//! without publishing: with nothing new to hold, memory must stay flat. Resident memory and
+//! the bytes live on the heap are sampled every 10 s. Needs release binaries:
 //! `cargo build --release --workspace && cargo bench --bench soak`.
 
-/// The allocator agorad runs with, so the memory figures are the daemon's.
+/// The allocator agorad runs with, so the memory figures are the daemon's; it counts the
+/// bytes live on the heap, to tell data the nodes hold from memory the allocator keeps.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting(mimalloc::MiMalloc);
+
+struct Counting(mimalloc::MiMalloc);
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to mimalloc unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { self.0.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
 
 #[path = "support/mod.rs"]
 mod support;
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_client::Client;
@@ -108,54 +146,51 @@ fn pace(start: Instant, at: Duration) {
     }
 }
 
-fn main() {
-    let secs = env_or("AGORA_SOAK_SECS", 600);
-    let publishes = env_or("AGORA_SOAK_PUBLISHES", 1000);
-    let searches = env_or("AGORA_SOAK_SEARCHES", 10_000);
-    let installs = env_or("AGORA_SOAK_INSTALLS", 200);
-    let duration = Duration::from_secs(secs);
-    let agora = bin("agora");
+/// What every phase of load shares.
+struct Ctx {
+    sockets: Vec<PathBuf>,
+    src: PathBuf,
+    agora: PathBuf,
+    errors: Errors,
+    published: Published,
+    /// When the soak started: memory samples are timed from it.
+    t0: Instant,
+}
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let mut services = Vec::with_capacity(NODES);
-    let mut sockets = Vec::with_capacity(NODES);
-    let started = Instant::now();
-    for i in 0..NODES {
-        let mut config = Config::local(&home.path().join(format!("node-{i}"))).unwrap();
-        std::fs::create_dir_all(&config.paths.data_dir).unwrap();
-        config.bootstrap = services
-            .first()
-            .map(|s: &Service| s.addresses[0].clone())
-            .into_iter()
-            .collect();
-        let keypair = keys::node_identity(&config.paths.keys_dir).unwrap();
-        let service = rt
-            .block_on(Service::start(
-                &config,
-                NetworkConfig::for_local_testnet(keypair),
-                None,
-            ))
-            .unwrap();
-        sockets.push(config.paths.socket.clone());
-        services.push(service);
-    }
-    for socket in &sockets {
-        Client::connect(socket).unwrap().keygen().unwrap();
-    }
-    println!(
-        "soak: {NODES} nodes up in {:?}; {secs} s of load: {publishes} publishes, \
-         {searches} searches, {installs} installs",
-        started.elapsed()
-    );
+/// Resident memory and bytes live on the heap.
+fn memory() -> (u64, u64) {
+    (
+        proc_status_bytes(std::process::id(), "VmRSS"),
+        LIVE.load(Ordering::Relaxed) as u64,
+    )
+}
 
-    let errors = Arc::new(Errors::default());
-    let published = Arc::new(Published::default());
-    let src = home.path().join("src");
-    let rss = || proc_status_bytes(std::process::id(), "VmRSS");
-    let mut samples = vec![(Duration::ZERO, rss())];
+/// Latencies of one phase, and the versions it published.
+struct PhaseTimes {
+    publishes: Vec<Duration>,
+    searches: Vec<Duration>,
+    installs: Vec<Duration>,
+    versions: u64,
+}
+
+/// Runs `publishes`, `searches` and `installs` spread evenly over `duration`, each on a node
+/// picked in turn, sampling memory into `samples` as it goes.
+fn phase(
+    ctx: &Ctx,
+    duration: Duration,
+    (publishes, searches, installs): (u64, u64, u64),
+    samples: &mut Vec<(Duration, (u64, u64))>,
+) -> PhaseTimes {
+    let Ctx {
+        sockets,
+        src,
+        agora,
+        errors,
+        published,
+        ..
+    } = ctx;
     let start = Instant::now();
-    let (pub_times, search_times, install_times, versions) = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let publisher = s.spawn(|| {
             let mut times = Vec::new();
             let mut versions = 0u64;
@@ -216,26 +251,30 @@ fn main() {
         });
         let installer = s.spawn(|| {
             let mut times = Vec::new();
-            let mut skipped = 0;
             for i in 0..installs {
                 pace(start, duration * i as u32 / installs as u32);
                 let node = i as usize % NODES;
-                let pick = {
-                    let at = published.at.lock().unwrap();
-                    let ripe: Vec<&String> = at
-                        .iter()
-                        .filter(|(_, t)| t.elapsed() >= INSTALL_AGE)
-                        .map(|(n, _)| n)
-                        .collect();
-                    (!ripe.is_empty()).then(|| ripe[(i as usize * 7919) % ripe.len()].clone())
-                };
-                let Some(name) = pick else {
-                    skipped += 1;
-                    continue;
+                // The first installs wait for the first packages to be old enough.
+                let name = loop {
+                    let wait = {
+                        let at = published.at.lock().unwrap();
+                        let ripe: Vec<&String> = at
+                            .iter()
+                            .filter(|(_, t)| t.elapsed() >= INSTALL_AGE)
+                            .map(|(n, _)| n)
+                            .collect();
+                        if !ripe.is_empty() {
+                            break ripe[(i as usize * 7919) % ripe.len()].clone();
+                        }
+                        at.first().map_or(Duration::from_millis(100), |(_, t)| {
+                            INSTALL_AGE.saturating_sub(t.elapsed())
+                        })
+                    };
+                    std::thread::sleep(wait);
                 };
                 let project = tempfile::tempdir().unwrap();
                 let t = Instant::now();
-                let out = std::process::Command::new(&agora)
+                let out = std::process::Command::new(agora)
                     .env("AGORA_SOCKET", &sockets[node])
                     .env("NO_COLOR", "1")
                     .args(["install", &name, "--dir"])
@@ -251,27 +290,87 @@ fn main() {
                     ));
                 }
             }
-            (times, skipped)
+            times
         });
         while !(publisher.is_finished() && searcher.is_finished() && installer.is_finished()) {
             std::thread::sleep(Duration::from_millis(200));
-            let now = start.elapsed();
-            if now >= samples.last().unwrap().0 + SAMPLE_EVERY {
-                samples.push((now, rss()));
+            let now = ctx.t0.elapsed();
+            if now >= samples.last().map_or(Duration::ZERO, |m| m.0) + SAMPLE_EVERY {
+                samples.push((now, memory()));
             }
         }
-        let (pub_times, versions) = publisher.join().unwrap();
-        (
-            pub_times,
-            searcher.join().unwrap(),
-            installer.join().unwrap(),
+        let (publishes, versions) = publisher.join().unwrap();
+        PhaseTimes {
+            publishes,
+            searches: searcher.join().unwrap(),
+            installs: installer.join().unwrap(),
             versions,
-        )
-    });
-    let load_time = start.elapsed();
-    samples.push((load_time, rss()));
+        }
+    })
+}
+
+fn main() {
+    let secs = env_or("AGORA_SOAK_SECS", 600);
+    let publishes = env_or("AGORA_SOAK_PUBLISHES", 1000);
+    let searches = env_or("AGORA_SOAK_SEARCHES", 10_000);
+    let installs = env_or("AGORA_SOAK_INSTALLS", 200);
+    let quiet = env_or("AGORA_SOAK_QUIET_SECS", 120);
+    let duration = Duration::from_secs(secs);
+    let agora = bin("agora");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut services = Vec::with_capacity(NODES);
+    let mut sockets = Vec::with_capacity(NODES);
+    let started = Instant::now();
+    for i in 0..NODES {
+        let mut config = Config::local(&home.path().join(format!("node-{i}"))).unwrap();
+        std::fs::create_dir_all(&config.paths.data_dir).unwrap();
+        config.bootstrap = services
+            .first()
+            .map(|s: &Service| s.addresses[0].clone())
+            .into_iter()
+            .collect();
+        let keypair = keys::node_identity(&config.paths.keys_dir).unwrap();
+        let service = rt
+            .block_on(Service::start(
+                &config,
+                NetworkConfig::for_local_testnet(keypair),
+                None,
+            ))
+            .unwrap();
+        sockets.push(config.paths.socket.clone());
+        services.push(service);
+    }
+    for socket in &sockets {
+        Client::connect(socket).unwrap().keygen().unwrap();
+    }
+    println!(
+        "soak: {NODES} nodes up in {:?}; {secs} s of load: {publishes} publishes, \
+         {searches} searches, {installs} installs",
+        started.elapsed()
+    );
+
+    let ctx = Ctx {
+        sockets,
+        src: home.path().join("src"),
+        agora,
+        errors: Errors::default(),
+        published: Published::default(),
+        t0: Instant::now(),
+    };
+    let mut samples = vec![(Duration::ZERO, memory())];
+    let load = phase(
+        &ctx,
+        duration,
+        (publishes, searches, installs),
+        &mut samples,
+    );
+    let load_end = ctx.t0.elapsed();
+    samples.push((load_end, memory()));
 
     // Every node holds every release.
+    let versions = load.versions;
     let settle = Instant::now();
     loop {
         let behind: Vec<usize> = services
@@ -283,7 +382,7 @@ fn main() {
             break;
         }
         if settle.elapsed() > SETTLE_DEADLINE {
-            errors.record(format!(
+            ctx.errors.record(format!(
                 "{} nodes do not hold all {versions} releases after {SETTLE_DEADLINE:?}: {behind:?}",
                 behind.len()
             ));
@@ -292,54 +391,85 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let settled_in = settle.elapsed();
-    samples.push((start.elapsed(), rss()));
 
-    let (install_times, skipped) = install_times;
+    // The same searches and installs with nothing new to hold: memory must stay flat.
+    let quiet_start = ctx.t0.elapsed();
+    samples.push((quiet_start, memory()));
+    let quiet_counts = (0, searches * quiet / secs, installs * quiet / secs);
+    let calm = phase(&ctx, Duration::from_secs(quiet), quiet_counts, &mut samples);
+    samples.push((ctx.t0.elapsed(), memory()));
+
     println!(
-        "soak: load ran {load_time:.1?}; {} publishes ({versions} versions acknowledged), \
-         {} searches, {} installs ({skipped} skipped: nothing published {INSTALL_AGE:?} \
-         before yet); errors: {}",
-        pub_times.len(),
-        search_times.len(),
-        install_times.len(),
-        errors.count.load(Ordering::Relaxed)
+        "soak: load ran {:.1?}; {} publishes ({versions} versions acknowledged), {} searches, \
+         {} installs; then {quiet} s of {} searches and {} installs without publishing; \
+         errors: {}",
+        load_end,
+        load.publishes.len(),
+        load.searches.len(),
+        load.installs.len(),
+        calm.searches.len(),
+        calm.installs.len(),
+        ctx.errors.count.load(Ordering::Relaxed)
     );
-    println!("{}", summary("publish (IPC, acknowledged)", pub_times));
-    println!("{}", summary("search (IPC)", search_times));
-    println!("{}", summary("install (agora process)", install_times));
+    println!("{}", summary("publish (IPC, acknowledged)", load.publishes));
+    println!("{}", summary("search (IPC)", load.searches));
+    println!("{}", summary("install (agora process)", load.installs));
+    println!("{}", summary("quiet phase: search (IPC)", calm.searches));
+    println!("{}", summary("quiet phase: install", calm.installs));
     println!("every node held every release {settled_in:.1?} after the load stopped");
-    let first_minute: Vec<u64> = samples
-        .iter()
-        .filter(|(t, _)| *t <= Duration::from_secs(60))
-        .map(|(_, r)| *r)
-        .collect();
-    let last_minute: Vec<u64> = samples
-        .iter()
-        .filter(|(t, _)| *t + Duration::from_secs(60) >= load_time)
-        .map(|(_, r)| *r)
-        .collect();
-    let peak = samples.iter().map(|(_, r)| *r).max().unwrap();
-    let avg = |v: &[u64]| mb(v.iter().sum::<u64>() / v.len().max(1) as u64);
-    println!(
-        "resident memory of the process (20 nodes): start {:.1} MB, first minute avg {:.1} MB, \
-         last minute avg {:.1} MB, peak {:.1} MB",
-        mb(samples[0].1),
-        avg(&first_minute),
-        avg(&last_minute),
-        mb(peak)
+
+    let at = |t: Duration| samples.iter().find(|(s, _)| *s >= t).unwrap().1;
+    let (start_mem, load_mem, quiet_mem, end_mem) = (
+        samples[0].1,
+        at(load_end),
+        at(quiet_start),
+        samples.last().unwrap().1,
     );
-    let mut line = String::from("rss samples (s, MB):");
-    for (t, r) in &samples {
-        line.push_str(&format!(" {}:{:.0}", t.as_secs(), mb(*r)));
+    let quiet_samples: Vec<(u64, u64)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= quiet_start)
+        .map(|(_, m)| *m)
+        .collect();
+    let held = versions * NODES as u64;
+    println!(
+        "live heap: {:.1} MB at the start, {:.1} MB when the load stopped ({:.1} KB more for \
+         each of the {held} releases the nodes hold), {:.1} MB .. {:.1} MB over the quiet \
+         phase (max {:.1} MB)",
+        mb(start_mem.1),
+        mb(load_mem.1),
+        (load_mem.1 - start_mem.1) as f64 / held.max(1) as f64 / 1024.0,
+        mb(quiet_mem.1),
+        mb(end_mem.1),
+        mb(quiet_samples.iter().map(|m| m.1).max().unwrap()),
+    );
+    println!(
+        "resident memory: {:.1} MB at the start, {:.1} MB when the load stopped, {:.1} MB .. \
+         {:.1} MB over the quiet phase (min {:.1} MB, max {:.1} MB)",
+        mb(start_mem.0),
+        mb(load_mem.0),
+        mb(quiet_mem.0),
+        mb(end_mem.0),
+        mb(quiet_samples.iter().map(|m| m.0).min().unwrap()),
+        mb(quiet_samples.iter().map(|m| m.0).max().unwrap()),
+    );
+    let mut line = String::from("samples (s: resident/live MB):");
+    for (t, (rss, live)) in &samples {
+        line.push_str(&format!(
+            " {}:{:.0}/{:.0}",
+            t.as_secs(),
+            mb(*rss),
+            mb(*live)
+        ));
     }
     println!("{line}");
     for s in services {
         rt.block_on(s.stop());
     }
-    let failed = errors.count.load(Ordering::Relaxed);
+    let failed = ctx.errors.count.load(Ordering::Relaxed);
     assert_eq!(
-        failed, 0,
+        failed,
+        0,
         "the soak had {failed} errors: {:?}",
-        errors.first
+        ctx.errors.first.lock().unwrap()
     );
 }

@@ -87,10 +87,70 @@ struct Queue {
 
 /// The base's writer and the overlay: changed together, under one lock.
 struct Tiers {
-    writer: IndexWriter,
+    index: Index,
+    /// Made when the base changes, retired after its commit: a tantivy writer holds a
+    /// 10,000-document queue (2.5 MB), a lock and threads whose multi-megabyte term tables
+    /// stay resident while they sit idle (mimalloc purges a thread's freed pages only when
+    /// it runs again), so a quiet node keeps none of that.
+    writer: Option<IndexWriter>,
+    /// The last writer, finishing its merges on a thread of its own; joined before the
+    /// next writer is made (it holds the index's lock until it ends).
+    retiring: Option<std::thread::JoinHandle<()>>,
     overlay: Overlay,
     /// The current base's browse counts (replaced at every base commit).
     base_counts: BaseCounts,
+}
+
+impl Tiers {
+    fn writer(&mut self) -> Result<&mut IndexWriter, IndexError> {
+        if self.writer.is_none() {
+            self.settle();
+            self.writer = Some(
+                self.index.writer_with_options(
+                    IndexWriterOptions::builder()
+                        .num_worker_threads(1)
+                        .num_merge_threads(MERGE_THREADS)
+                        .memory_budget_per_thread(WRITER_MEMORY)
+                        .build(),
+                )?,
+            );
+        }
+        Ok(self.writer.as_mut().expect("made just above"))
+    }
+
+    /// Lets the writer finish its merges and end, in the background.
+    fn retire(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        let finish = |writer: IndexWriter| {
+            if let Err(e) = writer.wait_merging_threads() {
+                tracing::warn!(error = %e, "search index merge failed; the segments stay as they are");
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("index-retire".into())
+            .spawn(move || {
+                if let Ok(writer) = rx.recv() {
+                    finish(writer);
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                let _ = tx.send(writer);
+                self.retiring = Some(handle);
+            }
+            Err(_) => finish(writer),
+        }
+    }
+
+    /// Waits for the retiring writer, if any, to end.
+    fn settle(&mut self) {
+        if let Some(handle) = self.retiring.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 pub struct SearchIndex {
@@ -174,13 +234,6 @@ impl SearchIndex {
         dir: Option<PathBuf>,
     ) -> Result<Self, IndexError> {
         let (schema, f) = schema::schema();
-        let writer = index.writer_with_options(
-            IndexWriterOptions::builder()
-                .num_worker_threads(1)
-                .num_merge_threads(MERGE_THREADS)
-                .memory_budget_per_thread(WRITER_MEMORY)
-                .build(),
-        )?;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -199,7 +252,9 @@ impl SearchIndex {
             f,
             reader,
             tiers: Mutex::new(Tiers {
-                writer,
+                index,
+                writer: None,
+                retiring: None,
                 overlay,
                 base_counts,
             }),
@@ -305,10 +360,16 @@ impl SearchIndex {
     /// Commits the overlay's changes to the base and empties it.
     fn fold(&self, tiers: &mut Tiers) -> Result<(), IndexError> {
         if !tiers.overlay.is_empty() {
-            for (name, doc) in tiers.overlay.changes() {
-                tiers.writer.delete_term(self.f.name_term(name));
+            let changes: Vec<_> = tiers
+                .overlay
+                .changes()
+                .map(|(name, doc)| (self.f.name_term(name), doc.map(|d| self.f.document(d))))
+                .collect();
+            let writer = tiers.writer()?;
+            for (term, doc) in changes {
+                writer.delete_term(term);
                 if let Some(doc) = doc {
-                    tiers.writer.add_document(self.f.document(doc))?;
+                    writer.add_document(doc)?;
                 }
             }
             self.commit(tiers)?;
@@ -319,7 +380,8 @@ impl SearchIndex {
 
     /// Commits the base writer and reads the new base from then on.
     fn commit(&self, tiers: &mut Tiers) -> Result<(), IndexError> {
-        tiers.writer.commit()?;
+        tiers.writer()?.commit()?;
+        tiers.retire();
         self.reader.reload()?;
         tiers.base_counts = BaseCounts::default();
         Ok(())
@@ -342,9 +404,10 @@ impl SearchIndex {
         let mut tiers = lock(&self.tiers);
         *lock(&self.saved) = None;
         tiers.overlay.clear();
-        tiers.writer.delete_all_documents()?;
+        let writer = tiers.writer()?;
+        writer.delete_all_documents()?;
         for doc in docs {
-            tiers.writer.add_document(self.f.document(&doc))?;
+            writer.add_document(self.f.document(&doc))?;
         }
         self.commit(&mut tiers)?;
         self.publish(&tiers)

@@ -42,6 +42,10 @@ pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new
 /// restarted right after a stop may find the old one still exiting.
 pub const DB_LOCK_WAIT: Duration = Duration::from_secs(10);
 const DB_LOCK_POLL: Duration = Duration::from_millis(50);
+/// redb's page cache. Its default (1 GiB) keeps every page read or written on the heap until
+/// it is full, so a daemon's memory grew with its catalog; the catalog is replayed into
+/// memory at start-up and the tables are read by key, which the OS page cache serves well.
+const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest reputation or blob metadata entry we decode from our own database.
 const MAX_META_BYTES: usize = 1024;
@@ -143,7 +147,10 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let started = Instant::now();
         let db = loop {
-            match Database::create(path) {
+            match Database::builder()
+                .set_cache_size(DB_CACHE_BYTES)
+                .create(path)
+            {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if started.elapsed() < DB_LOCK_WAIT =>
