@@ -436,6 +436,22 @@ async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_pe
     let (holder, holder_addr) = start_with(patient(&data_dir())).await;
     let (asker, _) = start_with(patient(&data_dir())).await;
     join(&asker, &holder_addr).await;
+    // The holder stores its record on the asker: it must know the asker first (it learns
+    // it from the asker's identify, which can come after the asker's bootstrap ends).
+    converge("the holder's routing table", DEADLINE, || async {
+        let size = holder
+            .network
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .routing_table_size;
+        if size == 1 {
+            Ok(())
+        } else {
+            Err(format!("{size} peers in its routing table, wants 1"))
+        }
+    })
+    .await;
 
     let content = DhtKey::Content(agora_protocol::ContentId::of(b"archive")).to_bytes();
     holder

@@ -656,7 +656,10 @@ fn the_systemd_user_unit_passes_systemd_analyze_verify() {
 fn another_user_on_the_socket_is_refused_with_the_reason_and_the_daemon_keeps_serving() {
     // Acting as a second user needs root (this test's thread drops to `nobody`).
     if !rustix::process::geteuid().is_root() {
-        eprintln!("not root: the second-user check is not exercised here");
+        eprintln!(
+            "not root: no second user here; the uid check itself is unit-tested \
+             (ipc::tests::only_the_daemons_own_uid_is_let_in)"
+        );
         return;
     }
     let node = Daemon::start(None);

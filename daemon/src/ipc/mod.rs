@@ -118,14 +118,11 @@ impl IpcListener {
                     continue;
                 }
             };
-            match stream.peer_cred() {
-                Ok(cred) if cred.uid() == me => {}
-                Ok(cred) => {
-                    warn!(
-                        uid = cred.uid(),
-                        "refusing an IPC connection from another user"
-                    );
-                    refuse_stranger(stream, me, cred.uid());
+            match stream.peer_cred().map(|cred| check_peer(me, cred.uid())) {
+                Ok(Ok(())) => {}
+                Ok(Err((uid, refused))) => {
+                    warn!(uid, "refusing an IPC connection from another user");
+                    refuse_stranger(stream, refused);
                     continue;
                 }
                 Err(e) => {
@@ -284,23 +281,65 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
     result.map(drop)
 }
 
-/// An error answer that ends a connection (id 0: it answers no particular request).
+/// Only the daemon's own user may use its socket (root included: a root client of another
+/// user's daemon is refused too). On refusal, the peer's uid and the error to tell it.
+fn check_peer(me: u32, peer: u32) -> Result<(), (u32, IpcError)> {
+    if peer == me {
+        return Ok(());
+    }
+    Err((
+        peer,
+        IpcError::Refused(format!(
+            "this agorad belongs to uid {me}; connections from uid {peer} are refused"
+        )),
+    ))
+}
+
 /// Tells a client of another user why it is refused, and closes. One small frame on a fresh
 /// socket fits its send buffer, so it is written at once without waiting: a stranger cannot
 /// hold the accept loop. (The write goes straight to the socket: tokio's `try_write` would
 /// refuse until the reactor has seen the socket writable.)
-fn refuse_stranger(stream: UnixStream, me: u32, uid: u32) {
-    let msg = refusal(IpcError::Refused(format!(
-        "this agorad belongs to uid {me}; connections from uid {uid} are refused"
-    )));
+fn refuse_stranger(stream: UnixStream, refused: IpcError) {
+    let msg = refusal(refused);
     if let (Ok(bytes), Ok(stream)) = (ipc::frame(&msg.to_wire()), stream.into_std()) {
         let _ = std::io::Write::write(&mut &stream, &bytes);
     }
 }
 
+/// An error answer that ends a connection (id 0: it answers no particular request).
 fn refusal(e: IpcError) -> ServerMessage {
     ServerMessage::Response {
         id: 0,
         result: Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_daemons_own_uid_is_let_in() {
+        assert_eq!(check_peer(1000, 1000), Ok(()));
+        assert_eq!(check_peer(0, 0), Ok(()));
+        assert_eq!(
+            check_peer(1000, 1001),
+            Err((
+                1001,
+                IpcError::Refused(
+                    "this agorad belongs to uid 1000; connections from uid 1001 are refused".into()
+                )
+            ))
+        );
+        // Root is another user too.
+        assert_eq!(
+            check_peer(1000, 0),
+            Err((
+                0,
+                IpcError::Refused(
+                    "this agorad belongs to uid 1000; connections from uid 0 are refused".into()
+                )
+            ))
+        );
     }
 }
