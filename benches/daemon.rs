@@ -28,7 +28,7 @@ use agora_daemon::network::NetworkConfig;
 use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::RegistryConfig;
 use agora_protocol::search::SearchQuery;
-use support::{env_list, mb, pct, proc_status_bytes, synthetic_releases};
+use support::{bin, env_list, mb, pct, proc_status_bytes, synthetic_releases};
 
 /// Longest a daemon may take to answer its first `status`.
 const READY_DEADLINE: Duration = Duration::from_secs(120);
@@ -36,18 +36,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(3);
 /// Runs of each command in the end-to-end pass.
 const RUNS: usize = 40;
-
-/// `target/release/NAME`, which `cargo build --release` makes.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run 'cargo build --release --workspace' first",
-        path.display()
-    );
-    path
-}
 
 struct Running {
     child: Child,

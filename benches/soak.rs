@@ -67,7 +67,7 @@ use agora_daemon::keys;
 use agora_daemon::network::NetworkConfig;
 use agora_daemon::service::Service;
 use agora_protocol::search::SearchQuery;
-use support::{mb, proc_status_bytes, summary};
+use support::{bin, mb, proc_status_bytes, summary};
 
 const NODES: usize = 20;
 /// How often resident memory is sampled.
@@ -82,18 +82,6 @@ fn env_or(var: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `target/release/NAME`, which `cargo build --release` makes.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run 'cargo build --release --workspace' first",
-        path.display()
-    );
-    path
 }
 
 /// Failures by kind, with the first few messages kept.
@@ -191,65 +179,75 @@ fn phase(
     } = ctx;
     let start = Instant::now();
     std::thread::scope(|s| {
-        let publisher = s.spawn(|| {
-            let mut times = Vec::new();
-            let mut versions = 0u64;
-            for i in 0..publishes {
-                pace(start, duration * i as u32 / publishes as u32);
-                let node = i as usize % NODES;
-                // After the first 100, one in five is 1.1.0 of the package published 100
-                // before (by the same node, so the same key owns it).
-                let bump = i >= 100 && i % 5 == 0;
-                let (n, version) = if bump {
-                    (i - 100, "1.1.0")
-                } else {
-                    (i, "1.0.0")
-                };
-                let name = format!("soak-{n}");
-                let dir = src.join(format!("{name}-{version}"));
-                write_package(&dir, &name, version, n);
-                let t = Instant::now();
-                match Client::connect(&sockets[node])
-                    .and_then(|mut c| c.publish(&dir, false, |_| {}))
-                {
-                    Ok(_) => {
-                        times.push(t.elapsed());
-                        versions += 1;
-                        if !bump {
-                            published.at.lock().unwrap().push((name, Instant::now()));
+        // Each worker says when it is done; memory is sampled while waiting for them.
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let publisher = s.spawn({
+            let done = done.clone();
+            move || {
+                let mut times = Vec::new();
+                let mut versions = 0u64;
+                for i in 0..publishes {
+                    pace(start, duration * i as u32 / publishes as u32);
+                    let node = i as usize % NODES;
+                    // After the first 100, one in five is 1.1.0 of the package published 100
+                    // before (by the same node, so the same key owns it).
+                    let bump = i >= 100 && i % 5 == 0;
+                    let (n, version) = if bump {
+                        (i - 100, "1.1.0")
+                    } else {
+                        (i, "1.0.0")
+                    };
+                    let name = format!("soak-{n}");
+                    let dir = src.join(format!("{name}-{version}"));
+                    write_package(&dir, &name, version, n);
+                    let t = Instant::now();
+                    match Client::connect(&sockets[node])
+                        .and_then(|mut c| c.publish(&dir, false, |_| {}))
+                    {
+                        Ok(_) => {
+                            times.push(t.elapsed());
+                            versions += 1;
+                            if !bump {
+                                published.at.lock().unwrap().push((name, Instant::now()));
+                            }
+                        }
+                        Err(e) => {
+                            errors.record(format!("publish {name}@{version} on node {node}: {e}"))
                         }
                     }
-                    Err(e) => {
-                        errors.record(format!("publish {name}@{version} on node {node}: {e}"))
+                }
+                let _ = done.send(());
+                (times, versions)
+            }
+        });
+        let searcher = s.spawn({
+            let done = done.clone();
+            move || {
+                let mut times = Vec::new();
+                let mut clients: Vec<Client> = sockets
+                    .iter()
+                    .map(|p| Client::connect(p).unwrap())
+                    .collect();
+                for i in 0..searches {
+                    pace(start, duration * i as u32 / searches as u32);
+                    let node = i as usize % NODES;
+                    let text = match i % 4 {
+                        0 => "soak".to_string(),
+                        1 => format!("service number {}", i % 997),
+                        2 => format!("soak-{}", i % 1000),
+                        _ => "templats".to_string(),
+                    };
+                    let t = Instant::now();
+                    match clients[node].search(SearchQuery::text(&text)) {
+                        Ok(_) => times.push(t.elapsed()),
+                        Err(e) => errors.record(format!("search {text:?} on node {node}: {e}")),
                     }
                 }
+                let _ = done.send(());
+                times
             }
-            (times, versions)
         });
-        let searcher = s.spawn(|| {
-            let mut times = Vec::new();
-            let mut clients: Vec<Client> = sockets
-                .iter()
-                .map(|p| Client::connect(p).unwrap())
-                .collect();
-            for i in 0..searches {
-                pace(start, duration * i as u32 / searches as u32);
-                let node = i as usize % NODES;
-                let text = match i % 4 {
-                    0 => "soak".to_string(),
-                    1 => format!("service number {}", i % 997),
-                    2 => format!("soak-{}", i % 1000),
-                    _ => "templats".to_string(),
-                };
-                let t = Instant::now();
-                match clients[node].search(SearchQuery::text(&text)) {
-                    Ok(_) => times.push(t.elapsed()),
-                    Err(e) => errors.record(format!("search {text:?} on node {node}: {e}")),
-                }
-            }
-            times
-        });
-        let installer = s.spawn(|| {
+        let installer = s.spawn(move || {
             let mut times = Vec::new();
             for i in 0..installs {
                 pace(start, duration * i as u32 / installs as u32);
@@ -290,13 +288,18 @@ fn phase(
                     ));
                 }
             }
+            let _ = done.send(());
             times
         });
-        while !(publisher.is_finished() && searcher.is_finished() && installer.is_finished()) {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = ctx.t0.elapsed();
-            if now >= samples.last().map_or(Duration::ZERO, |m| m.0) + SAMPLE_EVERY {
-                samples.push((now, memory()));
+        let mut running = 3;
+        while running > 0 {
+            let next = samples.last().map_or(Duration::ZERO, |m| m.0) + SAMPLE_EVERY;
+            match finished.recv_timeout(next.saturating_sub(ctx.t0.elapsed())) {
+                Ok(()) => running -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    samples.push((ctx.t0.elapsed(), memory()))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         let (publishes, versions) = publisher.join().unwrap();

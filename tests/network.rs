@@ -22,17 +22,7 @@ async fn five_nodes_bootstrapped_from_one_seed_discover_each_other() {
     init_tracing();
     let nodes = testnet(5).await;
     converge_nodes("routing tables", DEADLINE, &nodes, |_, node| async move {
-        let size = node
-            .network
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .routing_table_size;
-        if size == 4 {
-            Ok(())
-        } else {
-            Err(format!("{size} peers in its routing table, wants 4"))
-        }
+        routing_table_holds(node, 4).await
     })
     .await;
     for (node, _) in nodes {
@@ -438,18 +428,8 @@ async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_pe
     join(&asker, &holder_addr).await;
     // The holder stores its record on the asker: it must know the asker first (it learns
     // it from the asker's identify, which can come after the asker's bootstrap ends).
-    converge("the holder's routing table", DEADLINE, || async {
-        let size = holder
-            .network
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .routing_table_size;
-        if size == 1 {
-            Ok(())
-        } else {
-            Err(format!("{size} peers in its routing table, wants 1"))
-        }
+    converge("the holder's routing table", DEADLINE, || {
+        routing_table_holds(&holder, 1)
     })
     .await;
 

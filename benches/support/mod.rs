@@ -2,10 +2,23 @@
 //! the environment, and synthetic signed catalogs for bulk loads.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, Signed};
 use agora_protocol::{PackageMeta, PublisherSecret, Version};
+
+/// `target/release/NAME`, which `cargo build --release` makes.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run 'cargo build --release --workspace' first",
+        path.display()
+    );
+    path
+}
 
 /// The `p` quantile (0..=1) of sorted samples.
 pub fn pct(sorted: &[Duration], p: f64) -> Duration {

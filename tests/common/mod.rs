@@ -79,6 +79,21 @@ pub async fn join(node: &Node, seed: &Multiaddr) {
     node.network.bootstrap().await.expect("bootstrap");
 }
 
+/// `Ok` once `node`'s routing table holds exactly `want` peers; otherwise how many it holds.
+pub async fn routing_table_holds(node: &Node, want: usize) -> Result<(), String> {
+    let size = node
+        .network
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .routing_table_size;
+    if size == want {
+        Ok(())
+    } else {
+        Err(format!("{size} peers in its routing table, wants {want}"))
+    }
+}
+
 /// Starts `n` nodes; every node but the first dials the first (the seed) and bootstraps.
 pub async fn testnet(n: usize) -> Vec<(Node, Multiaddr)> {
     let mut nodes = vec![start_node().await];

@@ -360,16 +360,15 @@ impl SearchIndex {
     /// Commits the overlay's changes to the base and empties it.
     fn fold(&self, tiers: &mut Tiers) -> Result<(), IndexError> {
         if !tiers.overlay.is_empty() {
-            let changes: Vec<_> = tiers
-                .overlay
-                .changes()
-                .map(|(name, doc)| (self.f.name_term(name), doc.map(|d| self.f.document(d))))
-                .collect();
-            let writer = tiers.writer()?;
-            for (term, doc) in changes {
-                writer.delete_term(term);
+            tiers.writer()?;
+            let Tiers {
+                writer, overlay, ..
+            } = &mut *tiers;
+            let writer = writer.as_mut().expect("made just above");
+            for (name, doc) in overlay.changes() {
+                writer.delete_term(self.f.name_term(name));
                 if let Some(doc) = doc {
-                    writer.add_document(doc)?;
+                    writer.add_document(self.f.document(doc))?;
                 }
             }
             self.commit(tiers)?;
