@@ -255,12 +255,33 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
         2,
         "the corrupt peer is left out of the ranking while banned"
     );
-    // The next fetch (whose archive node 2 holds intact) does not ask node 2 at all.
-    let next = fetcher
-        .registry
-        .fetch(&small.body.name, &small.body.version)
-        .await
-        .unwrap();
+    // The next fetch (whose archive node 2 holds intact) does not ask node 2 at all. Two
+    // fetches of it at once: one goes to the network, the other waits for it and finds the
+    // archive in the cache.
+    let fetches_before = fetcher.registry.stats.fetches.load(Ordering::Relaxed);
+    let (next, twin) = tokio::join!(
+        fetcher
+            .registry
+            .fetch(&small.body.name, &small.body.version),
+        fetcher
+            .registry
+            .fetch(&small.body.name, &small.body.version)
+    );
+    let (next, twin) = (next.unwrap(), twin.unwrap());
+    let (next, twin) = if next.cached {
+        (twin, next)
+    } else {
+        (next, twin)
+    };
+    assert!(
+        !next.cached && twin.cached,
+        "exactly one fetch went to the network"
+    );
+    assert_eq!(twin.path, next.path);
+    assert_eq!(
+        fetcher.registry.stats.fetches.load(Ordering::Relaxed),
+        fetches_before + 1
+    );
     assert_eq!(
         next.served_by
             .iter()

@@ -83,11 +83,48 @@ pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("agora-protocol types always encode")
 }
 
-/// Encodes `value` as a versioned wire message.
+/// Encodes `value` as a versioned wire message (one allocation of the exact size, one pass).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![WIRE_VERSION];
-    out.extend_from_slice(&encode_body(value));
+    let mut size = SizeOnly(0);
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .expect("agora-protocol types always encode");
+    let mut out = Vec::with_capacity(1 + size.0);
+    out.push(WIRE_VERSION);
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .expect("agora-protocol types always encode");
     out
+}
+
+/// Counts the bytes an encoding would write.
+struct SizeOnly(usize);
+
+impl bincode::enc::write::Writer for SizeOnly {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+}
+
+/// Checks an encoding against bytes as it is written, instead of writing it anywhere: the
+/// canonical-encoding check of a decoded message, without a copy of it.
+struct SameAs<'a>(&'a [u8]);
+
+impl bincode::enc::write::Writer for SameAs<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        match self.0.split_at_checked(bytes.len()) {
+            Some((head, rest)) if head == bytes => {
+                self.0 = rest;
+                Ok(())
+            }
+            _ => Err(bincode::error::EncodeError::UnexpectedEnd),
+        }
+    }
+}
+
+/// Whether `value` encodes to exactly `bytes`.
+fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
+    let mut same = SameAs(bytes);
+    bincode::serde::encode_into_writer(value, &mut same, config()).is_ok() && same.0.is_empty()
 }
 
 /// Decodes a versioned wire message of at most `LIMIT` bytes.
@@ -131,7 +168,7 @@ pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(
             trailing: bytes.len() - consumed,
         });
     }
-    if encode_body(&value) != bytes {
+    if !encodes_to(&value, bytes) {
         return Err(DecodeError::NonCanonical);
     }
     Ok(value)
@@ -174,6 +211,22 @@ mod tests {
             decode::<u32, 64>(&[WIRE_VERSION, 251, 7, 0]),
             Err(DecodeError::NonCanonical)
         );
+    }
+
+    #[test]
+    fn a_message_is_the_version_byte_then_the_body() {
+        let big = serde_bytes::ByteBuf::from(vec![9u8; 70_000]);
+        let mut expected = vec![WIRE_VERSION];
+        expected.extend_from_slice(&encode_body(&big));
+        assert_eq!(encode(&big), expected);
+        assert_eq!(
+            expected.len(),
+            1 + 5 + 70_000,
+            "u32 varint length, then the bytes"
+        );
+        assert_eq!(decode::<serde_bytes::ByteBuf, 80_000>(&expected), Ok(big));
+        let small = (7u32, String::from("hi"));
+        assert_eq!(encode(&small), [WIRE_VERSION, 7, 2, b'h', b'i']);
     }
 
     #[test]

@@ -6,16 +6,21 @@
 //! more requests in this fetch, and the chunk is asked of another provider. Chunks go to a
 //! [`ChunkSink`]: memory, or a partial file on disk so that an interrupted fetch resumes with
 //! the chunks it already has. What each peer did is reported for reputation.
+//!
+//! Checking and writing a chunk happen on the blocking pool, several chunks at once, while the
+//! network goes on receiving; the file sink also hashes the whole archive as chunks come in,
+//! in order, so adopting it needs no second read of the file.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::Instant;
 
-use agora_protocol::ContentId;
-use agora_protocol::messages::{FetchRequest, FetchResponse};
+use agora_protocol::messages::{FetchRequest, FetchResponse, Refusal};
 use agora_protocol::records::ArchiveInfo;
+use agora_protocol::{ContentHasher, ContentId};
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, warn};
@@ -81,24 +86,37 @@ impl FetchReport {
     }
 }
 
-/// Where verified chunks go.
-pub trait ChunkSink {
-    /// Whether chunk `index` is already there (verified).
+/// Where verified chunks go. `put` runs on the blocking pool, for several chunks at once.
+pub trait ChunkSink: Send + Sync + 'static {
+    /// Whether chunk `index` was already there (verified) when the fetch started.
     fn has(&self, index: u32) -> bool;
-    fn put(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), FetchError>;
+    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<(), FetchError>;
 }
 
 /// Chunks kept in memory.
 pub struct MemorySink {
-    pub chunks: Vec<Option<Vec<u8>>>,
+    chunks: Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+impl MemorySink {
+    pub fn new(count: usize) -> Self {
+        Self {
+            chunks: Mutex::new(vec![None; count]),
+        }
+    }
+
+    /// Takes the chunks received, in order (`None` where one is missing).
+    pub fn take_chunks(&self) -> Vec<Option<Vec<u8>>> {
+        std::mem::take(&mut *lock(&self.chunks))
+    }
 }
 
 impl ChunkSink for MemorySink {
-    fn has(&self, index: u32) -> bool {
-        self.chunks[index as usize].is_some()
+    fn has(&self, _index: u32) -> bool {
+        false
     }
-    fn put(&mut self, index: u32, _offset: u64, data: &[u8]) -> Result<(), FetchError> {
-        self.chunks[index as usize] = Some(data.to_vec());
+    fn put(&self, index: u32, _offset: u64, data: Vec<u8>) -> Result<(), FetchError> {
+        lock(&self.chunks)[index as usize] = Some(data);
         Ok(())
     }
 }
@@ -106,14 +124,44 @@ impl ChunkSink for MemorySink {
 /// Called with (bytes verified so far, archive size) as chunks arrive.
 pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
 
+/// Chunks that may wait in memory for their turn to be hashed, in bytes. A fetch whose early
+/// chunks are this far behind its later ones gives up hashing as it goes; the archive is then
+/// hashed from the file when it is adopted.
+pub const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+
 /// Chunks written at their offsets in a partial file; chunks already in it (from an earlier,
-/// interrupted attempt) are found by checking their hashes.
+/// interrupted attempt) are found by checking their hashes. The whole archive is hashed as the
+/// chunks come in, in order.
+///
+/// Once [`close`](Self::close) has returned, nothing more is written to the file, even by a
+/// chunk whose check was still running when its fetch failed.
 pub struct FileSink {
     file: File,
-    have: Vec<bool>,
-    done: u64,
-    total: u64,
-    on_progress: Option<ProgressFn>,
+    info: ArchiveInfo,
+    /// Chunks found in the file when it was opened.
+    had: Vec<bool>,
+    progress: Mutex<(u64, Option<ProgressFn>)>,
+    /// True once closed; `put` writes while holding it for reading.
+    closed: RwLock<bool>,
+    /// Bytes of chunks that may wait for their turn to be hashed.
+    waiting_limit: usize,
+    waiting: Mutex<Waiting>,
+    hashing: Mutex<InOrder>,
+}
+
+/// Verified chunks written but not yet hashed, because an earlier one is missing.
+#[derive(Default)]
+struct Waiting {
+    chunks: BTreeMap<u32, Vec<u8>>,
+    bytes: usize,
+    gave_up: bool,
+}
+
+/// The whole-archive hash over chunks `0..next`.
+#[derive(Default)]
+struct InOrder {
+    hasher: ContentHasher,
+    next: u32,
 }
 
 impl FileSink {
@@ -130,7 +178,7 @@ impl FileSink {
         if len > info.size {
             file.set_len(0).map_err(|e| FetchError::Io(e.to_string()))?;
         }
-        let mut have = vec![false; info.chunks.len()];
+        let mut had = vec![false; info.chunks.len()];
         let mut done = 0;
         let mut buf = Vec::new();
         for (index, expected) in info.chunks.iter().enumerate() {
@@ -142,47 +190,128 @@ impl FileSink {
             }
             buf.resize(size, 0);
             if file.read_exact_at(&mut buf, start).is_ok() && ContentId::of(&buf) == *expected {
-                have[index] = true;
+                had[index] = true;
                 done += size as u64;
             }
         }
-        let mut sink = Self {
+        let sink = Self {
             file,
-            have,
-            done,
-            total: info.size,
-            on_progress,
+            info: info.clone(),
+            had,
+            progress: Mutex::new((done, on_progress)),
+            closed: RwLock::new(false),
+            waiting_limit: MAX_WAITING_BYTES,
+            waiting: Mutex::default(),
+            hashing: Mutex::default(),
         };
-        sink.report();
+        sink.advance(0);
         Ok(sink)
     }
 
-    fn report(&mut self) {
-        if let Some(f) = &mut self.on_progress {
-            f(self.done, self.total);
+    /// Adds `bytes` to the progress and reports it.
+    fn advance(&self, bytes: u64) {
+        let mut progress = lock(&self.progress);
+        progress.0 += bytes;
+        let done = progress.0;
+        if let Some(f) = &mut progress.1 {
+            f(done, self.info.size);
         }
     }
 
-    pub fn finish(self) -> Result<(), FetchError> {
+    /// Hashes the chunks whose turn has come. With `wait` false it leaves the work to whoever
+    /// is hashing already; [`close`](Self::close) waits, so nothing is left behind.
+    fn hash_in_order(&self, wait: bool) -> Result<(), FetchError> {
+        let mut state = if wait {
+            lock(&self.hashing)
+        } else {
+            match self.hashing.try_lock() {
+                Ok(state) => state,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return Ok(()),
+            }
+        };
+        while (state.next as usize) < self.info.chunks.len() {
+            let index = state.next;
+            if self.had[index as usize] {
+                let (start, size) = self
+                    .info
+                    .chunk_range(index)
+                    .ok_or(FetchError::ChunkUnavailable { index })?;
+                let mut buf = vec![0; size];
+                self.file
+                    .read_exact_at(&mut buf, start)
+                    .map_err(|e| FetchError::Io(e.to_string()))?;
+                state.hasher.update(&buf);
+            } else {
+                let data = {
+                    let mut waiting = lock(&self.waiting);
+                    let Some(data) = waiting.chunks.remove(&index) else {
+                        return Ok(());
+                    };
+                    waiting.bytes -= data.len();
+                    data
+                };
+                state.hasher.update(&data);
+            }
+            state.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Syncs the file and stops all writing to it. Returns the whole-archive hash if every
+    /// chunk was hashed as it came in, `None` if the file must be hashed again.
+    pub fn close(&self) -> Result<Option<ContentId>, FetchError> {
+        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
         self.file
             .sync_all()
-            .map_err(|e| FetchError::Io(e.to_string()))
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        self.hash_in_order(true)?;
+        let state = std::mem::take(&mut *lock(&self.hashing));
+        let whole = !lock(&self.waiting).gave_up && state.next as usize == self.info.chunks.len();
+        Ok(whole.then(|| state.hasher.finish()))
     }
 }
 
 impl ChunkSink for FileSink {
     fn has(&self, index: u32) -> bool {
-        self.have[index as usize]
+        self.had[index as usize]
     }
-    fn put(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), FetchError> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        self.have[index as usize] = true;
-        self.done += data.len() as u64;
-        self.report();
+
+    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<(), FetchError> {
+        {
+            let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+            if *closed {
+                return Err(FetchError::Io("the download was closed".into()));
+            }
+            self.file
+                .write_all_at(&data, offset)
+                .map_err(|e| FetchError::Io(e.to_string()))?;
+        }
+        let len = data.len();
+        {
+            let mut waiting = lock(&self.waiting);
+            if !waiting.gave_up {
+                waiting.bytes += len;
+                waiting.chunks.insert(index, data);
+                if waiting.bytes > self.waiting_limit {
+                    debug!(
+                        index,
+                        "chunks far out of order; the archive will be hashed at the end"
+                    );
+                    waiting.gave_up = true;
+                    waiting.chunks.clear();
+                    waiting.bytes = 0;
+                }
+            }
+        }
+        self.hash_in_order(false)?;
+        self.advance(len as u64);
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Fetches into memory and checks the whole-archive hash; returns the bytes.
@@ -192,14 +321,12 @@ pub async fn fetch_archive(
     providers: &[PeerId],
     parallel: usize,
 ) -> Result<(Vec<u8>, FetchReport), FetchError> {
-    let mut sink = MemorySink {
-        chunks: vec![None; info.chunks.len()],
-    };
-    let report = fetch_chunks(net, info, providers, parallel, &mut sink)
+    let sink = Arc::new(MemorySink::new(info.chunks.len()));
+    let report = fetch_chunks(net, info, providers, parallel, sink.clone())
         .await
         .map_err(|(e, _)| e)?;
     let mut data = Vec::with_capacity(info.size as usize);
-    for (index, chunk) in sink.chunks.into_iter().enumerate() {
+    for (index, chunk) in sink.take_chunks().into_iter().enumerate() {
         data.extend(chunk.ok_or(FetchError::ChunkUnavailable {
             index: index as u32,
         })?);
@@ -214,9 +341,10 @@ pub async fn fetch_archive(
     Ok((data, report))
 }
 
-/// Fetches into the partial file at `path`, resuming what is there. The caller checks the
-/// whole-archive hash when it adopts the file. On failure the outcomes so far are returned
-/// too, so that reputation still learns from them.
+/// Fetches into the partial file at `path`, resuming what is there. Returns the report and
+/// the whole-archive hash of what the file now holds, if it could be computed on the way (the
+/// caller checks it, or hashes the file, when it adopts the file). On failure the outcomes so
+/// far are returned too, so that reputation still learns from them.
 pub async fn fetch_to_file(
     net: &NetworkHandle,
     info: &ArchiveInfo,
@@ -224,11 +352,71 @@ pub async fn fetch_to_file(
     parallel: usize,
     path: &Path,
     on_progress: Option<ProgressFn>,
-) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
-    let mut sink = FileSink::open(path, info, on_progress).map_err(|e| (e, Vec::new()))?;
-    let report = fetch_chunks(net, info, providers, parallel, &mut sink).await?;
-    sink.finish().map_err(|e| (e, report.outcomes.clone()))?;
-    Ok(report)
+) -> Result<(FetchReport, Option<ContentId>), (FetchError, Vec<PeerOutcome>)> {
+    let sink = Arc::new(FileSink::open(path, info, on_progress).map_err(|e| (e, Vec::new()))?);
+    let result = fetch_chunks(net, info, providers, parallel, sink.clone()).await;
+    let closing = sink.clone();
+    let closed = tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .map_err(|e| FetchError::Io(format!("closing the download: {e}")));
+    let report = result?;
+    match closed {
+        Ok(Ok(hash)) => Ok((report, hash)),
+        Ok(Err(e)) | Err(e) => Err((e, report.outcomes)),
+    }
+}
+
+/// How a chunk request ended, once its data (if any) was checked and stored.
+enum Arrival {
+    Stored(usize),
+    BadData,
+    Refused(Refusal),
+    Failed(String),
+    /// The sink could not store a good chunk: the fetch stops.
+    SinkFailed(FetchError),
+}
+
+/// Asks `peer` for chunk `index`; a chunk that comes is checked against its hash and handed to
+/// the sink on the blocking pool. Returns how it ended and the network round trip.
+async fn request_chunk<S: ChunkSink>(
+    net: &NetworkHandle,
+    info: &ArchiveInfo,
+    peer: PeerId,
+    index: u32,
+    sink: Arc<S>,
+) -> (Arrival, std::time::Duration) {
+    let started = Instant::now();
+    let request = FetchRequest {
+        content: info.id,
+        index,
+    };
+    let result = net.send_fetch(peer, request).await;
+    let elapsed = started.elapsed();
+    let data = match result {
+        Ok(FetchResponse::Chunk(data)) => data.into_vec(),
+        Ok(FetchResponse::Refused(why)) => return (Arrival::Refused(why), elapsed),
+        Err(e) => return (Arrival::Failed(e.to_string()), elapsed),
+    };
+    let (Some((offset, size)), Some(expected)) = (
+        info.chunk_range(index),
+        info.chunks.get(index as usize).copied(),
+    ) else {
+        return (Arrival::BadData, elapsed);
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        if data.len() != size || ContentId::of(&data) != expected {
+            return Arrival::BadData;
+        }
+        match sink.put(index, offset, data) {
+            Ok(()) => Arrival::Stored(size),
+            Err(e) => Arrival::SinkFailed(e),
+        }
+    })
+    .await;
+    let arrival = checked.unwrap_or_else(|e| {
+        Arrival::SinkFailed(FetchError::Io(format!("checking chunk {index}: {e}")))
+    });
+    (arrival, elapsed)
 }
 
 /// The fetch loop shared by every sink.
@@ -237,7 +425,7 @@ pub async fn fetch_chunks<S: ChunkSink>(
     info: &ArchiveInfo,
     providers: &[PeerId],
     parallel: usize,
-    sink: &mut S,
+    sink: Arc<S>,
 ) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
     let count = info.chunks.len() as u32;
     let mut report = FetchReport::default();
@@ -277,46 +465,35 @@ pub async fn fetch_chunks<S: ChunkSink>(
             let peer = candidates[next_provider % candidates.len()];
             next_provider = next_provider.wrapping_add(1);
             tried[index as usize].insert(peer);
-            let request = FetchRequest {
-                content: info.id,
-                index,
-            };
             let span = traces
                 .entry(peer)
                 .or_insert_with(|| ProviderTrace::new(peer))
                 .span
                 .clone();
+            let sink = sink.clone();
             in_flight.push(
                 async move {
-                    let started = Instant::now();
-                    let result = net.send_fetch(peer, request).await;
-                    (index, peer, result, started.elapsed())
+                    let (arrival, elapsed) = request_chunk(net, info, peer, index, sink).await;
+                    (index, peer, arrival, elapsed)
                 }
                 .instrument(span),
             );
         }
-        let Some((index, peer, result, elapsed)) = in_flight.next().await else {
+        let Some((index, peer, arrival, elapsed)) = in_flight.next().await else {
             break;
         };
-        let range = info.chunk_range(index);
         let trace = traces
             .entry(peer)
             .or_insert_with(|| ProviderTrace::new(peer));
-        match result {
-            Ok(FetchResponse::Chunk(data))
-                if range.map(|r| r.1) == Some(data.len())
-                    && ContentId::of(&data) == info.chunks[index as usize] =>
-            {
-                let offset = range.map_or(0, |r| r.0);
-                if let Err(e) = sink.put(index, offset, &data) {
-                    return Err((e, report.outcomes));
-                }
-                report.bytes_fetched += data.len() as u64;
+        match arrival {
+            Arrival::Stored(size) => {
+                let size = size as u64;
+                report.bytes_fetched += size;
                 trace.chunks += 1;
-                trace.bytes += data.len() as u64;
+                trace.bytes += size;
                 report.outcomes.push(PeerOutcome::Served {
                     peer,
-                    bytes: data.len() as u64,
+                    bytes: size,
                     latency_ms: elapsed.as_secs_f64() * 1000.0,
                 });
                 match report.served_by.iter_mut().find(|(p, _)| *p == peer) {
@@ -324,21 +501,22 @@ pub async fn fetch_chunks<S: ChunkSink>(
                     None => report.served_by.push((peer, 1)),
                 }
             }
-            Ok(FetchResponse::Chunk(_)) => {
+            Arrival::SinkFailed(e) => return Err((e, report.outcomes)),
+            Arrival::BadData => {
                 warn!(%peer, index, "chunk failed verification; blaming the sender");
                 blamed.insert(peer);
                 trace.bad_data = true;
                 report.outcomes.push(PeerOutcome::BadData { peer });
                 queue.push_back(index);
             }
-            Ok(FetchResponse::Refused(why)) => {
+            Arrival::Refused(why) => {
                 debug!(%peer, index, ?why, "provider refused a chunk");
                 trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
-            Err(e) => {
-                debug!(%peer, index, error = %e, "chunk request failed");
+            Arrival::Failed(error) => {
+                debug!(%peer, index, %error, "chunk request failed");
                 trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
@@ -387,5 +565,114 @@ impl Drop for ProviderTrace {
             (false, _) => "served",
         };
         self.span.record("outcome", outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10 chunks of 16 KiB and a short last one.
+    fn archive() -> (Vec<u8>, ArchiveInfo) {
+        let data: Vec<u8> = (0..10 * 16 * 1024 + 100u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let info = ArchiveInfo::describe(&data, 16 * 1024);
+        assert_eq!(info.chunks.len(), 11);
+        (data, info)
+    }
+
+    fn chunk(data: &[u8], info: &ArchiveInfo, index: u32) -> (u64, Vec<u8>) {
+        let (start, size) = info.chunk_range(index).unwrap();
+        (start, data[start as usize..start as usize + size].to_vec())
+    }
+
+    #[test]
+    fn chunks_in_any_order_from_many_threads_give_the_whole_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let seen = reported.clone();
+        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
+        let sink = Arc::new(FileSink::open(&path, &info, Some(progress)).unwrap());
+        // Last chunk first, then the rest from four threads at once.
+        let (offset, last) = chunk(&data, &info, 10);
+        sink.put(10, offset, last).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (sink, data, info) = (&sink, &data, &info);
+                s.spawn(move || {
+                    for index in (0..10).rev().filter(|i| i % 4 == t) {
+                        let (offset, bytes) = chunk(data, info, index);
+                        sink.put(index, offset, bytes).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(sink.close().unwrap(), Some(info.id));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let reported = lock(&reported).clone();
+        assert_eq!(reported.first(), Some(&(0, info.size)));
+        assert_eq!(reported.last(), Some(&(info.size, info.size)));
+        assert_eq!(reported.len(), 12, "once at open, once per chunk");
+        assert!(reported.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn chunks_resumed_from_the_file_are_hashed_in_their_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        // An earlier try left chunks 0..4, chunk 2 damaged.
+        let mut earlier = data[..4 * 16 * 1024].to_vec();
+        earlier[2 * 16 * 1024 + 7] ^= 1;
+        std::fs::write(&path, earlier).unwrap();
+        let sink = FileSink::open(&path, &info, None).unwrap();
+        let had: Vec<u32> = (0..11).filter(|i| sink.has(*i)).collect();
+        assert_eq!(had, [0, 1, 3]);
+        for index in (0..11).filter(|i| !had.contains(i)) {
+            let (offset, bytes) = chunk(&data, &info, index);
+            sink.put(index, offset, bytes).unwrap();
+        }
+        assert_eq!(sink.close().unwrap(), Some(info.id));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn too_many_chunks_waiting_leaves_the_hash_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        let mut sink = FileSink::open(&path, &info, None).unwrap();
+        sink.waiting_limit = 3 * 16 * 1024;
+        // Chunk 0 comes last: chunks 1..=3 fit in the limit, chunk 4 does not.
+        for index in (1..11).chain([0]) {
+            let (offset, bytes) = chunk(&data, &info, index);
+            sink.put(index, offset, bytes).unwrap();
+        }
+        assert_eq!(sink.close().unwrap(), None, "the file must be hashed again");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            data,
+            "every chunk was still written"
+        );
+    }
+
+    #[test]
+    fn nothing_is_written_once_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        let sink = FileSink::open(&path, &info, None).unwrap();
+        let (offset, bytes) = chunk(&data, &info, 0);
+        sink.put(0, offset, bytes.clone()).unwrap();
+        assert_eq!(sink.close().unwrap(), None, "ten chunks are missing");
+        let (offset, late) = chunk(&data, &info, 1);
+        assert_eq!(
+            sink.put(1, offset, late),
+            Err(FetchError::Io("the download was closed".into()))
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 }

@@ -234,6 +234,8 @@ pub struct Registry {
     authoring: tokio::sync::Mutex<()>,
     /// Peers a sync is running with (one at a time per peer).
     syncing: Mutex<HashSet<PeerId>>,
+    /// Archives being fetched, each with the gate that lets one fetch of it run at a time.
+    fetching: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: RegistryStats,
     pub startup: StartupReport,
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
@@ -254,6 +256,31 @@ pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A turn to fetch one archive (see `Registry::fetch_turn`).
+struct FetchTurn<'a> {
+    registry: &'a Registry,
+    id: ContentId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        let mut fetching = lock_map(&self.registry.fetching);
+        drop(self.guard.take());
+        // Nobody waits on the gate if the map holds its only handle.
+        if fetching
+            .get(&self.id)
+            .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            fetching.remove(&self.id);
+        }
+    }
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs disk work on a blocking thread.
@@ -338,6 +365,7 @@ impl Registry {
             reputation: Mutex::new(Reputation::default()),
             authoring: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
             stats: RegistryStats::default(),
             startup: StartupReport::default(),
             to_restore: Mutex::new(restore),
@@ -1240,19 +1268,14 @@ impl Registry {
     ) -> Result<FetchedBlob, RegistryError> {
         let record = self.release(name, version)?;
         let info = record.body.archive.clone();
-        if self.blobs.has(&info.id) {
-            let reg = self.clone();
-            let id = info.id;
-            // A use: moves it to the back of the eviction queue.
-            blocking(move || Ok(reg.blobs.read_range(&id, 0, 0)?)).await?;
-            return Ok(FetchedBlob {
-                content: info.id,
-                path: self.blobs.blob_path(&info.id),
-                size: info.size,
-                cached: true,
-                served_by: Vec::new(),
-                resumed_chunks: 0,
-            });
+        if let Some(hit) = self.cached_blob(&info).await? {
+            return Ok(hit);
+        }
+        // One fetch of an archive at a time: one that waited finds the archive in the cache,
+        // and no two fetches ever write the same partial file.
+        let _turn = self.fetch_turn(info.id).await;
+        if let Some(hit) = self.cached_blob(&info).await? {
+            return Ok(hit);
         }
         let providers = self
             .net
@@ -1278,7 +1301,7 @@ impl Registry {
             on_progress,
         )
         .await;
-        let report = match report {
+        let (report, hashed) = match report {
             Ok(r) => r,
             Err((e, outcomes)) => {
                 self.record_outcomes(&outcomes).await?;
@@ -1293,7 +1316,7 @@ impl Registry {
         let id = info.id;
         let info2 = info.clone();
         let evicted = blocking(move || {
-            let evicted = reg.blobs.adopt_partial(id, BlobKind::Fetched)?;
+            let evicted = reg.blobs.adopt_partial(id, BlobKind::Fetched, hashed)?;
             reg.catalog_lock().archives.insert(id, info2);
             Ok(evicted)
         })
@@ -1322,6 +1345,39 @@ impl Registry {
             served_by: report.served_by,
             resumed_chunks: report.resumed_chunks,
         })
+    }
+
+    /// The archive as a cache hit, if the store has it (the read marks it used).
+    async fn cached_blob(
+        self: &Arc<Self>,
+        info: &ArchiveInfo,
+    ) -> Result<Option<FetchedBlob>, RegistryError> {
+        if !self.blobs.has(&info.id) {
+            return Ok(None);
+        }
+        let reg = self.clone();
+        let id = info.id;
+        // A use: moves it to the back of the eviction queue.
+        blocking(move || Ok(reg.blobs.read_range(&id, 0, 0)?)).await?;
+        Ok(Some(FetchedBlob {
+            content: info.id,
+            path: self.blobs.blob_path(&info.id),
+            size: info.size,
+            cached: true,
+            served_by: Vec::new(),
+            resumed_chunks: 0,
+        }))
+    }
+
+    /// Waits until no other fetch of archive `id` runs; the turn lasts until it is dropped.
+    async fn fetch_turn(&self, id: ContentId) -> FetchTurn<'_> {
+        let gate = lock_map(&self.fetching).entry(id).or_default().clone();
+        let guard = gate.lock_owned().await;
+        FetchTurn {
+            registry: self,
+            id,
+            guard: Some(guard),
+        }
     }
 
     /// Withdraws provider records of evicted blobs.

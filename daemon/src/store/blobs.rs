@@ -213,14 +213,20 @@ impl BlobStore {
         Ok((id, evicted))
     }
 
-    /// Moves a finished partial download into the store after checking its hash.
+    /// Moves a finished partial download into the store after checking its hash: `hashed`,
+    /// the hash of exactly what was written to the file (computed as it was written, by the
+    /// only writer the file had), or, if that is `None`, the file's hash read again.
     pub fn adopt_partial(
         &self,
         expected: ContentId,
         kind: BlobKind,
+        hashed: Option<ContentId>,
     ) -> Result<Vec<ContentId>, StoreError> {
         let partial = self.partial_path(&expected);
-        let got = hash_file(&partial)?;
+        let got = match hashed {
+            Some(got) => got,
+            None => hash_file(&partial)?,
+        };
         if got != expected {
             let _ = fs::remove_file(&partial);
             return Err(StoreError::HashMismatch { expected, got });
