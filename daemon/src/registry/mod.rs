@@ -305,9 +305,10 @@ impl Registry {
         let (blobs, blob_check) = BlobStore::open(dir, db.clone(), config.cache_quota)?;
         // Sized for the stored records up front: growing the maps during the replay was 7 %
         // of start-up.
-        let stored = usize::try_from(db.record_count()?).unwrap_or(usize::MAX);
+        let (stored, names) = db.counts()?;
+        let (stored, names) = (stored as usize, names as usize);
         let mut catalog = Catalog {
-            trust: Trust::with_capacity(config.trust.clone(), stored),
+            trust: Trust::with_capacity(config.trust.clone(), stored, names),
             ids: BTreeSet::new(),
             archives: HashMap::with_capacity(stored),
             summary: None,
@@ -315,6 +316,7 @@ impl Registry {
         // What this node put on the DHT itself (its heads and the releases it published),
         // collected during the replay so the log is read once.
         let mut restore: Vec<DhtValue> = Vec::new();
+        let published = blobs.published();
         let snapshot = db.load_catalog(|id, record| {
             if let Err(e) = catalog.trust.admit(&record, id) {
                 // The log only holds admitted records, in order: this is a corrupt store.
@@ -322,14 +324,13 @@ impl Registry {
             }
             catalog.ids.insert(id);
             if let CatalogRecord::Release(r) = record {
-                catalog
-                    .archives
-                    .insert(r.body.archive.id, r.body.archive.clone());
-                if blobs
-                    .meta(&r.body.archive.id)
-                    .is_some_and(|m| m.kind == BlobKind::Published)
-                {
+                if published.contains(&r.body.archive.id) {
+                    catalog
+                        .archives
+                        .insert(r.body.archive.id, r.body.archive.clone());
                     restore.push(DhtValue::Release(r));
+                } else {
+                    catalog.archives.insert(r.body.archive.id, r.body.archive);
                 }
             }
             Ok(())

@@ -145,12 +145,12 @@ impl Trust {
         }
     }
 
-    /// Room for `records` releases without growing the version map (names grow as found:
-    /// how many versions a name has is not known before the replay).
-    pub fn with_capacity(policy: TrustPolicy, records: usize) -> Self {
+    /// Room for `records` releases of `names` names without growing either map (what each
+    /// name holds grows as found: how many versions a name has is not known before the replay).
+    pub fn with_capacity(policy: TrustPolicy, records: usize, names: usize) -> Self {
         Self {
             policy,
-            names: HashMap::new(),
+            names: HashMap::with_capacity(names),
             versions: HashMap::with_capacity(records),
         }
     }

@@ -177,6 +177,16 @@ impl BlobStore {
         self.lock().metas.contains_key(id)
     }
 
+    /// The blobs published from this node.
+    pub fn published(&self) -> HashSet<ContentId> {
+        self.lock()
+            .metas
+            .iter()
+            .filter(|(_, m)| m.kind == BlobKind::Published)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn meta(&self, id: &ContentId) -> Option<BlobMeta> {
         self.lock().metas.get(id).cloned()
     }

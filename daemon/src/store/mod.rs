@@ -228,9 +228,11 @@ impl Db {
         Ok(())
     }
 
-    /// How many records the catalog log holds (its id index's length).
-    pub fn record_count(&self) -> Result<u64, StoreError> {
-        Ok(self.db.begin_read()?.open_table(IDS)?.len()?)
+    /// How many records the log holds, and how many names have their owner pinned (every
+    /// name a release was admitted for).
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok((txn.open_table(IDS)?.len()?, txn.open_table(OWNERS)?.len()?))
     }
 
     /// Reads every catalog table back, checking each entry decodes; the log's records go to
