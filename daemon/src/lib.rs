@@ -15,3 +15,11 @@ pub mod reputation;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `m`; a lock poisoned by a panicking holder is taken as it is (every structure behind
+/// these locks stays consistent between statements that could panic).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

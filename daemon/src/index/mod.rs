@@ -24,7 +24,7 @@ mod view;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use agora_protocol::PackageMeta;
 use agora_protocol::search::{SearchQuery, SearchResults};
@@ -33,6 +33,7 @@ use tantivy::indexer::IndexWriterOptions;
 use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
+use crate::lock;
 use schema::Fields;
 use view::{BaseCounts, Overlay, View};
 
@@ -176,10 +177,6 @@ pub struct SearchIndex {
 /// The seal's content for an index reflecting `records` catalog records.
 fn seal_text(records: u64) -> String {
     format!("format={FORMAT} records={records}\n")
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SearchIndex {

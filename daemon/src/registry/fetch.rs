@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::Instant;
 
 use agora_protocol::messages::{FetchRequest, FetchResponse, Refusal};
@@ -25,6 +25,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, warn};
 
+use crate::lock;
 use crate::network::NetworkHandle;
 use crate::store::blobs::open_partial;
 
@@ -258,13 +259,12 @@ impl FileSink {
         Ok(())
     }
 
-    /// Syncs the file and stops all writing to it. Returns the whole-archive hash if every
-    /// chunk was hashed as it came in, `None` if the file must be hashed again.
+    /// Stops all writing to the file. Returns the whole-archive hash if every chunk was hashed
+    /// as it came in, `None` if the file must be hashed again. The file is not synced here:
+    /// a partial download needs no durability (a resume checks every chunk it finds), and
+    /// adopting it syncs it before it enters the store.
     pub fn close(&self) -> Result<Option<ContentId>, FetchError> {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
-        self.file
-            .sync_all()
-            .map_err(|e| FetchError::Io(e.to_string()))?;
         self.hash_in_order(true)?;
         let state = std::mem::take(&mut *lock(&self.hashing));
         let whole = !lock(&self.waiting).gave_up && state.next as usize == self.info.chunks.len();
@@ -308,10 +308,6 @@ impl ChunkSink for FileSink {
         self.advance(len as u64);
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Fetches into memory and checks the whole-archive hash; returns the bytes.

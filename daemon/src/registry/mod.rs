@@ -37,6 +37,7 @@ use libp2p::PeerId;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::index::{IndexDoc, IndexError, SearchIndex, Ticket};
+use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
 use crate::reputation::{PeerRecord, Reputation};
 use crate::store::{BlobKind, BlobStore, CatalogWrite, Db, StoreError, blobs::BlobCheck};
@@ -267,7 +268,7 @@ struct FetchTurn<'a> {
 
 impl Drop for FetchTurn<'_> {
     fn drop(&mut self) {
-        let mut fetching = lock_map(&self.registry.fetching);
+        let mut fetching = lock(&self.registry.fetching);
         drop(self.guard.take());
         // Nobody waits on the gate if the map holds its only handle.
         if fetching
@@ -277,10 +278,6 @@ impl Drop for FetchTurn<'_> {
             fetching.remove(&self.id);
         }
     }
-}
-
-fn lock_map<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs disk work on a blocking thread.
@@ -428,11 +425,11 @@ impl Registry {
     }
 
     fn catalog_lock(&self) -> MutexGuard<'_, Catalog> {
-        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.catalog)
     }
 
     fn reputation_lock(&self) -> MutexGuard<'_, Reputation> {
-        self.reputation.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.reputation)
     }
 
     pub fn network(&self) -> &NetworkHandle {
@@ -1372,7 +1369,7 @@ impl Registry {
 
     /// Waits until no other fetch of archive `id` runs; the turn lasts until it is dropped.
     async fn fetch_turn(&self, id: ContentId) -> FetchTurn<'_> {
-        let gate = lock_map(&self.fetching).entry(id).or_default().clone();
+        let gate = lock(&self.fetching).entry(id).or_default().clone();
         let guard = gate.lock_owned().await;
         FetchTurn {
             registry: self,
@@ -1489,8 +1486,7 @@ impl Registry {
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
     /// restarted node serves them again before any peer re-publishes them).
     pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
-        let values =
-            std::mem::take(&mut *self.to_restore.lock().unwrap_or_else(|p| p.into_inner()));
+        let values = std::mem::take(&mut *lock(&self.to_restore));
         for value in values {
             let key = value.key();
             let record = libp2p::kad::Record::new(key.to_bytes(), value.encode());
@@ -1512,17 +1508,11 @@ impl Registry {
 
     /// Marks the start of a sync with `peer`; false if one is already running.
     pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
-        self.syncing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(peer)
+        lock(&self.syncing).insert(peer)
     }
 
     pub(crate) fn end_sync(&self, peer: &PeerId) {
-        self.syncing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(peer);
+        lock(&self.syncing).remove(peer);
     }
 
     /// Mark a count.
