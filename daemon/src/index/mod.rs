@@ -4,10 +4,13 @@
 //! It is derived data: the catalog in redb is the truth. Writers mark the names whose
 //! document changed ([`SearchIndex::mark`]); [`SearchIndex::flush`] makes them searchable,
 //! one flush serving every writer waiting behind it. A change goes into the overlay (see
-//! [`view`]), a small segment rebuilt in about a millisecond, instead of a commit of the
-//! base index (several milliseconds whatever it holds: tantivy sizes a writer's term table
-//! from its 15 MB minimum budget); the overlay is folded into the base once it holds
-//! [`OVERLAY_MAX`] packages. Everything is in memory (see [`snapshot`]): at a clean shutdown
+//! [`view`]) instead of a commit of the base index (several milliseconds whatever it holds:
+//! tantivy sizes a writer's term table from its 15 MB minimum budget); the overlay is folded
+//! into the base once it holds [`OVERLAY_MAX`] packages. The overlay's segment is built by
+//! the first search after a change, not by the change: building one costs 8-10 ms whatever
+//! it holds (tantivy clears about 16 MB of arenas and term-dictionary tables for any
+//! segment), and most nodes ingest every release the network publishes while few of them
+//! are searched between two releases. Everything is in memory (see [`snapshot`]): at a clean shutdown
 //! [`SearchIndex::seal`] writes it to disk with the number of catalog records it reflects,
 //! and the next start loads it if the catalog still has that many, or rebuilds it.
 //!
@@ -23,7 +26,7 @@ mod view;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use agora_protocol::PackageMeta;
@@ -160,8 +163,12 @@ pub struct SearchIndex {
     /// The base index's reader (reloaded only under the `tiers` lock).
     reader: IndexReader,
     tiers: Mutex<Tiers>,
-    /// What searches read; replaced whole after every change.
+    /// What searches read; replaced whole by the first search after a change.
     view: RwLock<Arc<View>>,
+    /// The overlay changed since `view` was built. Set and cleared under the `tiers` lock.
+    stale: AtomicBool,
+    /// Packages a search can find, kept by every change (`view` may not be built yet).
+    num_docs: AtomicU64,
     queue: Mutex<Queue>,
     /// Every ticket up to this one is searchable.
     committed: AtomicU64,
@@ -244,6 +251,7 @@ impl SearchIndex {
             &schema,
             &f,
         )?;
+        let num_docs = AtomicU64::new(view.num_docs());
         Ok(Self {
             schema,
             f,
@@ -256,6 +264,8 @@ impl SearchIndex {
                 base_counts,
             }),
             view: RwLock::new(Arc::new(view)),
+            stale: AtomicBool::new(false),
+            num_docs,
             queue: Mutex::new(Queue::default()),
             committed: AtomicU64::new(0),
             ram,
@@ -266,10 +276,23 @@ impl SearchIndex {
 
     /// Packages a search can find.
     pub fn num_docs(&self) -> u64 {
-        self.current().num_docs()
+        self.num_docs.load(Ordering::Acquire)
     }
 
-    fn current(&self) -> Arc<View> {
+    /// The view searches read, built first if the overlay changed since the last one.
+    fn current(&self) -> Result<Arc<View>, IndexError> {
+        if self.stale.load(Ordering::Acquire) {
+            let tiers = lock(&self.tiers);
+            // Whoever waited for the lock behind a build finds it done.
+            if self.stale.load(Ordering::Acquire) {
+                self.publish(&tiers)?;
+            }
+        }
+        Ok(self.built())
+    }
+
+    /// The last view built (stale if a change came after it).
+    fn built(&self) -> Arc<View> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -350,7 +373,11 @@ impl SearchIndex {
         if fold || tiers.overlay.len() > OVERLAY_MAX {
             self.fold(tiers)
         } else {
-            self.publish(tiers)
+            // Searchable from now on: the next search builds the view.
+            let docs = tiers.overlay.num_docs(&self.reader.searcher());
+            self.num_docs.store(docs, Ordering::Release);
+            self.stale.store(true, Ordering::Release);
+            Ok(())
         }
     }
 
@@ -383,6 +410,7 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Builds the view of the base and overlay as they are and has searches read it.
     fn publish(&self, tiers: &Tiers) -> Result<(), IndexError> {
         let view = View::new(
             self.reader.searcher(),
@@ -391,7 +419,9 @@ impl SearchIndex {
             &self.schema,
             &self.f,
         )?;
+        self.num_docs.store(view.num_docs(), Ordering::Release);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.stale.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -432,7 +462,7 @@ impl SearchIndex {
     /// Runs a search.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
         q.check().map_err(IndexError::InvalidQuery)?;
-        self.current().search(&self.f, q)
+        self.current()?.search(&self.f, q)
     }
 }
 
@@ -706,7 +736,10 @@ mod tests {
         );
         // react-app has no installable release any more.
         flush_from(&index, &catalog, &["rust-web", "zig-cli", "react-app"]);
-        assert!(index.current().has_overlay(), "changes went to the overlay");
+        assert!(
+            index.current().unwrap().has_overlay(),
+            "changes went to the overlay"
+        );
         assert_eq!(index.num_docs(), 3);
 
         let all = index.search(&SearchQuery::default()).unwrap();
@@ -757,11 +790,43 @@ mod tests {
         }
         let refs: Vec<&str> = more.iter().map(String::as_str).collect();
         flush_from(&index, &catalog, &refs);
-        assert!(!index.current().has_overlay());
+        assert!(!index.current().unwrap().has_overlay());
         assert_eq!(index.num_docs(), 3 + OVERLAY_MAX as u64);
         let r = index.search(&SearchQuery::text("tower")).unwrap();
         assert_eq!(r.total, 2);
         assert_eq!(index.search(&SearchQuery::text("axum")).unwrap().total, 0);
+    }
+
+    #[test]
+    fn a_change_is_built_into_a_view_by_the_first_search_after_it() {
+        let index = sample();
+        let mut catalog: BTreeMap<String, IndexDoc> = BTreeMap::new();
+        catalog.insert(
+            "zig-cli".into(),
+            doc("zig-cli", "a tower of flags", "cli", 5),
+        );
+        flush_from(&index, &catalog, &["zig-cli"]);
+        // Flushed: counted at once, but no segment is built until a search needs one.
+        assert_eq!(index.num_docs(), 4);
+        assert!(!index.built().has_overlay(), "the flush built no segment");
+
+        let r = index.search(&SearchQuery::text("tower")).unwrap();
+        assert_eq!(names(&r), ["zig-cli"]);
+        let built = index.built();
+        assert!(built.has_overlay(), "the search built the overlay");
+        // Searches after it read that view; nothing is built again.
+        index.search(&SearchQuery::text("flags")).unwrap();
+        assert!(Arc::ptr_eq(&built, &index.built()));
+
+        // A removal is also counted at once and seen by the next search.
+        catalog.remove("zig-cli");
+        flush_from(&index, &catalog, &["zig-cli"]);
+        assert_eq!(index.num_docs(), 3);
+        assert!(
+            Arc::ptr_eq(&built, &index.built()),
+            "not rebuilt by the flush"
+        );
+        assert_eq!(index.search(&SearchQuery::text("tower")).unwrap().total, 0);
     }
 
     fn arb_doc() -> impl Strategy<Value = IndexDoc> {

@@ -78,6 +78,14 @@ impl Overlay {
     pub fn clear(&mut self) {
         self.entries.clear();
     }
+
+    /// Packages a search finds over `base` with this overlay on top: the base's documents
+    /// less those the overlay hides, plus the overlay's.
+    pub fn num_docs(&self, base: &Searcher) -> u64 {
+        let shadowed = self.entries.values().filter(|e| e.in_base).count() as u64;
+        let docs = self.entries.values().filter(|e| e.doc.is_some()).count() as u64;
+        base.num_docs() - shadowed + docs
+    }
 }
 
 /// How many packages there are and how many in each category.
@@ -112,8 +120,7 @@ impl View {
             .values()
             .filter_map(|e| e.doc.as_ref())
             .collect();
-        let shadowed = overlay.entries.values().filter(|e| e.in_base).count() as u64;
-        let num_docs = base.num_docs() - shadowed + docs.len() as u64;
+        let num_docs = overlay.num_docs(&base);
         let segment = if docs.is_empty() {
             None
         } else {
