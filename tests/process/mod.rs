@@ -160,12 +160,35 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stops a daemon still running with SIGTERM and waits until it has exited (SIGKILL
+    /// after [`DEADLINE`]): its shutdown writes into its home (the sealed search index), and
+    /// the home is removed right after this, so a daemon still shutting down would create
+    /// it again and leave it behind.
     fn drop(&mut self) {
-        if let Some(pid) = self.pid.take()
-            && let Some(pid) = rustix::process::Pid::from_raw(pid)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let Some(pid) = self.pid.take().and_then(rustix::process::Pid::from_raw) else {
+            return;
+        };
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let started = Instant::now();
+        while !exited(pid.as_raw_nonzero().get()) {
+            if started.elapsed() > DEADLINE {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The process has exited: it is gone, or a zombie nobody has reaped yet (the daemon is not
+/// our child: `agora node start` started it and exited).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
