@@ -503,15 +503,20 @@ async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_pe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_connects_to_the_peers_its_routing_table_knows_and_again_after_losing_one() {
     init_tracing();
-    let (b, b_addr) = start_node().await;
-    let (c, c_addr) = start_node().await;
-    let dir = data_dir();
-    let mut config = node_config(&dir);
+    // B and C want no connections of their own: they never top up, so they never dial A.
+    let wants_none = || {
+        let mut config = node_config(&data_dir());
+        config.network.target_peers = 0;
+        config
+    };
+    let (b, b_addr) = start_with(wants_none()).await;
+    let (c, c_addr) = start_with(wants_none()).await;
+    let mut config = node_config(&data_dir());
     config.network.target_peers = 2;
     let (a, _) = start_with(config).await;
     // A only learns where B and C are. Its routing table now knows them and it has fewer
-    // connections than it wants: it dials them (the DHT's bootstrap on a new routing-table
-    // entry does too; the top-up is what also covers a node whose table did not change).
+    // connections than it wants: it dials them (the DHT's own bootstrap on a new
+    // routing-table entry does too here).
     for (node, addr) in [(&b, &b_addr), (&c, &c_addr)] {
         let mut plain = addr.clone();
         plain.pop();
@@ -530,6 +535,18 @@ async fn a_node_connects_to_the_peers_its_routing_table_knows_and_again_after_lo
         }
     })
     .await;
+    // The DHT bootstraps by itself 500 ms after a new peer enters the routing table, and B's
+    // and C's bootstraps would dial A. Once every table holds the other two, a bootstrap run
+    // now cancels that (and finds nobody new), so from here only A's top-up dials anyone.
+    for node in [&a, &b, &c] {
+        converge("every routing table holds the other two", DEADLINE, || {
+            routing_table_holds(node, 2)
+        })
+        .await;
+    }
+    for node in [&b, &c] {
+        node.network.bootstrap().await.unwrap();
+    }
     // Cut off and let back in, B is dialed again.
     a.network.block_peer(wanted[0]).await.unwrap();
     converge("A's connection to B is closed", DEADLINE, || async {
