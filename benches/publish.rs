@@ -1,10 +1,11 @@
 //! Publish until visible in search on every node: N real in-process nodes on loopback TCP
 //! (the testnet settings: 100 ms gossip heartbeat), joined to the first; node 0 publishes a
 //! package directory again and again (a new name each time) and the clock runs from the call
-//! until a search on every node finds the new package (one poller per node). Also reported: how long `publish` itself takes (pack,
-//! sign, store durably, index, gossip, DHT puts, provide), and the time until the first other
-//! node can find it. Sizes from `AGORA_BENCH_NODES` (default `10,20,50`), publishes per size
-//! from `AGORA_BENCH_PUBLISHES` (default 40).
+//! until a search on every node finds the new package (one poller per node). Also reported:
+//! how long `publish` itself takes (pack, sign, store durably, index, gossip, DHT puts,
+//! provide), and the time until the first other node can find it. Sizes from
+//! `AGORA_BENCH_NODES` (default `10,20,50`), publishes per size from `AGORA_BENCH_PUBLISHES`
+//! (default 40).
 //!
 //! Run: `cargo bench --bench publish`.
 

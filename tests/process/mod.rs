@@ -165,30 +165,31 @@ impl Drop for Daemon {
     /// the home is removed right after this, so a daemon still shutting down would create
     /// it again and leave it behind.
     fn drop(&mut self) {
-        let Some(pid) = self.pid.take().and_then(rustix::process::Pid::from_raw) else {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
+        let Some(pid) = self.pid.take().and_then(Pid::from_raw) else {
             return;
         };
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let started = Instant::now();
-        while !exited(pid.as_raw_nonzero().get()) {
-            if started.elapsed() > DEADLINE {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                return;
+        // Opened before the signal: it names this process even if its pid is reused later,
+        // and becomes readable when the process exits (the daemon is not our child: `agora
+        // node start` started it and exited, so there is nothing to `wait` for).
+        let Ok(exit) = pidfd_open(pid, PidfdFlags::empty()) else {
+            return; // already gone
+        };
+        let _ = kill_process(pid, Signal::TERM);
+        let timeout = Timespec {
+            tv_sec: DEADLINE.as_secs() as i64,
+            tv_nsec: 0,
+        };
+        let exited = loop {
+            match poll(&mut [PollFd::new(&exit, PollFlags::IN)], Some(&timeout)) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break matches!(other, Ok(n) if n > 0),
             }
-            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !exited {
+            let _ = kill_process(pid, Signal::KILL);
         }
-    }
-}
-
-/// The process has exited: it is gone, or a zombie nobody has reaped yet (the daemon is not
-/// our child: `agora node start` started it and exited).
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command name, which is in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 

@@ -10,9 +10,9 @@
 //! the first search after a change, not by the change: building one costs 8-10 ms whatever
 //! it holds (tantivy clears about 16 MB of arenas and term-dictionary tables for any
 //! segment), and most nodes ingest every release the network publishes while few of them
-//! are searched between two releases. Everything is in memory (see [`snapshot`]): at a clean shutdown
-//! [`SearchIndex::seal`] writes it to disk with the number of catalog records it reflects,
-//! and the next start loads it if the catalog still has that many, or rebuilds it.
+//! are searched between two releases. Everything is in memory (see [`snapshot`]): at a clean
+//! shutdown [`SearchIndex::seal`] writes it to disk with the number of catalog records it
+//! reflects, and the next start loads it if the catalog still has that many, or rebuilds it.
 //!
 //! Text fields use tantivy's default tokenizer (split on non-alphanumerics, lowercase), so
 //! `hello-world` is the terms `hello` and `world`; each query term also matches within edit
@@ -251,7 +251,7 @@ impl SearchIndex {
             &schema,
             &f,
         )?;
-        let num_docs = AtomicU64::new(view.num_docs());
+        let num_docs = AtomicU64::new(overlay.num_docs(&reader.searcher()));
         Ok(Self {
             schema,
             f,
@@ -374,8 +374,7 @@ impl SearchIndex {
             self.fold(tiers)
         } else {
             // Searchable from now on: the next search builds the view.
-            let docs = tiers.overlay.num_docs(&self.reader.searcher());
-            self.num_docs.store(docs, Ordering::Release);
+            self.recount(tiers);
             self.stale.store(true, Ordering::Release);
             Ok(())
         }
@@ -410,6 +409,12 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Counts what a search finds in the base and overlay as they are.
+    fn recount(&self, tiers: &Tiers) {
+        let docs = tiers.overlay.num_docs(&self.reader.searcher());
+        self.num_docs.store(docs, Ordering::Release);
+    }
+
     /// Builds the view of the base and overlay as they are and has searches read it.
     fn publish(&self, tiers: &Tiers) -> Result<(), IndexError> {
         let view = View::new(
@@ -419,7 +424,7 @@ impl SearchIndex {
             &self.schema,
             &self.f,
         )?;
-        self.num_docs.store(view.num_docs(), Ordering::Release);
+        self.recount(tiers);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
         self.stale.store(false, Ordering::Release);
         Ok(())

@@ -1,8 +1,7 @@
 //! What a search reads: the base index (large, committed rarely) and the overlay (packages
 //! changed since the base's last commit, as one small segment built by the first search
-//! after a change),
-//! swapped together as one [`View`]. A package in the overlay is hidden in the base, where
-//! its document is older or was removed. Both tiers are scored with the statistics of both,
+//! after a change), swapped together as one [`View`]. A package in the overlay is hidden in
+//! the base, where its document is older or was removed. Both tiers are scored with the statistics of both,
 //! so their BM25 scores compare and the two result lists merge into one page.
 
 use std::cmp::Ordering;
@@ -103,7 +102,6 @@ pub(super) struct View {
     overlay: Option<Searcher>,
     /// The names the overlay holds, sorted: hidden in the base.
     hidden: Vec<String>,
-    num_docs: u64,
 }
 
 impl View {
@@ -121,7 +119,6 @@ impl View {
             .values()
             .filter_map(|e| e.doc.as_ref())
             .collect();
-        let num_docs = overlay.num_docs(&base);
         let segment = if docs.is_empty() {
             None
         } else {
@@ -145,12 +142,7 @@ impl View {
             base_counts,
             overlay: segment,
             hidden: overlay.entries.keys().cloned().collect(),
-            num_docs,
         })
-    }
-
-    pub fn num_docs(&self) -> u64 {
-        self.num_docs
     }
 
     /// Whether an overlay segment is searched besides the base.
