@@ -269,11 +269,15 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
         let b = &release.body;
         node.registry.fetch(&b.name, &b.version).await.unwrap();
     }
+    // The fetch starts on the providers in the DHT search's first answer; one found later
+    // serves only chunks not yet asked for, so not every provider may serve.
     let mut three = Vec::new();
+    let mut served_by = Vec::new();
     for _ in 0..runs {
         let (took, served) = timed_fetch(kind, &seed, &release).await;
-        assert_eq!(served, 3, "every provider served chunks");
+        assert!((1..=3).contains(&served), "{served} providers served");
         three.push(took);
+        served_by.push(served);
     }
     let tcp: Vec<Duration> = (0..runs).map(|_| tcp_copy(size as usize)).collect();
     let mut transport = Vec::new();
@@ -285,7 +289,7 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     let best = rate(size, one).max(rate(size, three));
     println!(
         "fetch over {kind:?}, {:.1} MB archive, median of {runs}: 1 provider {one:.1?} = {:.0} MB/s; \
-         3 providers {three:.1?} = {:.0} MB/s; plain TCP copy {tcp:.1?} = {:.0} MB/s; \
+         3 providers {three:.1?} = {:.0} MB/s (providers that served, per run: {served_by:?}); plain TCP copy {tcp:.1?} = {:.0} MB/s; \
          libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; best fetch = {:.0}% of \
          the TCP copy, {:.0}% of the libp2p transport",
         size as f64 / 1e6,

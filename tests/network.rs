@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::network::{NetworkError, RecordQuorum};
-use agora_daemon::registry::fetch::fetch_archive;
+use agora_daemon::registry::fetch::{FetchError, Providers, fetch_archive};
 use agora_protocol::Version;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
@@ -14,6 +14,7 @@ use agora_protocol::messages::{FetchRequest, FetchResponse, GossipMessage};
 use agora_protocol::records::ReleaseRecord;
 use common::hostile::{ConnectionFlood, Hostile};
 use common::*;
+use futures::StreamExt;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -248,19 +249,16 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
     let info = ReleaseRecord::decode(&values[0]).unwrap().body.archive;
     assert_eq!(info.chunks.len(), 20);
 
-    let providers = fetcher
-        .network
-        .get_providers(DhtKey::Content(info.id).to_bytes())
-        .await
-        .unwrap();
-    assert_eq!(
-        providers.into_iter().collect::<Vec<_>>(),
-        vec![provider.network.peer_id()]
-    );
-    let (fetched_data, fetched) =
-        fetch_archive(&fetcher.network, &info, &[provider.network.peer_id()], 4)
-            .await
-            .unwrap();
+    let providers = all_providers(fetcher, DhtKey::Content(info.id).to_bytes()).await;
+    assert_eq!(providers, vec![provider.network.peer_id()]);
+    let (fetched_data, fetched) = fetch_archive(
+        &fetcher.network,
+        &info,
+        Providers::fixed(vec![provider.network.peer_id()]),
+        4,
+    )
+    .await
+    .unwrap();
     assert!(
         fetched_data == data,
         "fetched bytes differ from the published blob"
@@ -300,6 +298,42 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
             .await
             .unwrap(),
         FetchResponse::Refused(agora_protocol::messages::Refusal::NotFound)
+    );
+
+    // A fetch that knows no provider yet waits for the search to find one.
+    let found_later = futures::stream::iter([provider.network.peer_id()]).boxed();
+    let waiting = Providers {
+        known: Vec::new(),
+        later: Some(found_later),
+    };
+    let (late_data, late) = fetch_archive(&fetcher.network, &info, waiting, 4)
+        .await
+        .unwrap();
+    assert!(
+        late_data == data,
+        "bytes fetched from a later provider differ"
+    );
+    assert_eq!(late.served_by, vec![(provider.network.peer_id(), 20)]);
+    // Providers that refuse every chunk, and a search that ends finding no other.
+    let (empty, _) = &nodes[1];
+    let refusing = Providers {
+        known: vec![empty.network.peer_id()],
+        later: Some(futures::stream::empty().boxed()),
+    };
+    let refused = fetch_archive(&fetcher.network, &info, refusing, 4).await;
+    assert!(
+        matches!(refused, Err(FetchError::ChunkUnavailable { .. })),
+        "{refused:?}"
+    );
+    let nobody = Providers {
+        known: Vec::new(),
+        later: Some(futures::stream::empty().boxed()),
+    };
+    assert_eq!(
+        fetch_archive(&fetcher.network, &info, nobody, 4)
+            .await
+            .err(),
+        Some(FetchError::NoProviders(info.id))
     );
     for (node, _) in nodes {
         node.shutdown().await;
@@ -356,11 +390,11 @@ async fn two_hundred_tasks_share_one_handle_and_every_reply_arrives() {
                     assert_eq!(&chunk[..], &data[start..start + 16 * 1024]);
                 }
                 _ => {
-                    let providers = handle
-                        .get_providers(DhtKey::Content(record.body.archive.id).to_bytes())
+                    let mut providers = handle
+                        .find_providers(DhtKey::Content(record.body.archive.id).to_bytes())
                         .await
                         .unwrap();
-                    assert!(providers.contains(&b_id));
+                    assert_eq!(providers.recv().await, Some(b_id));
                 }
             }
             i
@@ -398,8 +432,8 @@ async fn after_shutdown_every_handle_call_returns_a_clear_error() {
             Err(NetworkError::Shutdown)
         );
         assert_eq!(
-            handle.get_providers(b"k".to_vec()).await,
-            Err(NetworkError::Shutdown)
+            handle.find_providers(b"k".to_vec()).await.err(),
+            Some(NetworkError::Shutdown)
         );
         assert_eq!(
             handle.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await,
@@ -414,7 +448,7 @@ async fn after_shutdown_every_handle_call_returns_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_peer() {
+async fn dht_lookups_answer_without_waiting_on_an_unreachable_peer() {
     init_tracing();
     // Queries that may wait on a dead peer much longer than the test's patience.
     let patient = |dir: &std::path::Path| {
@@ -477,13 +511,20 @@ async fn collecting_queries_answer_after_their_grace_not_after_an_unreachable_pe
             .unwrap();
     }
 
-    // Without the grace period both would wait for the ghosts' handshakes to time out.
+    // The provider comes as soon as the search meets it, while the search still waits on
+    // the ghosts; a record lookup with quorum All answers after its grace period.
     let patience = Duration::from_secs(8);
-    let providers = tokio::time::timeout(patience, asker.network.get_providers(content))
+    let mut providers = asker.network.find_providers(content).await.unwrap();
+    let first = tokio::time::timeout(patience, providers.recv())
         .await
-        .expect("providers answered while the ghosts still hang")
-        .unwrap();
-    assert_eq!(providers, [holder.network.peer_id()].into());
+        .expect("a provider came while the ghosts still hang");
+    assert_eq!(first, Some(holder.network.peer_id()));
+    assert_eq!(
+        providers.try_recv(),
+        Err(tokio::sync::mpsc::error::TryRecvError::Empty),
+        "the search is still running"
+    );
+    drop(providers);
     let records = tokio::time::timeout(
         patience,
         asker

@@ -221,11 +221,11 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
     let bad_peer = nodes[2].0.network.peer_id();
     let providers: Vec<_> = (0..3).map(|i| nodes[i].0.network.peer_id()).collect();
     converge("three providers are known", DEADLINE, || async {
-        let p = fetcher
-            .network
-            .get_providers(agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        let p = all_providers(
+            fetcher,
+            agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes(),
+        )
+        .await;
         if providers.iter().all(|x| p.contains(x)) {
             Ok(())
         } else {
@@ -1150,11 +1150,11 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     let fetcher = &nodes[2].0;
     let (lost_id, kept_id) = (lost.network.peer_id(), kept.network.peer_id());
     converge("the fetcher knows both providers", DEADLINE, || async {
-        let p = fetcher
-            .network
-            .get_providers(agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        let p = all_providers(
+            fetcher,
+            agora_protocol::dht::DhtKey::Content(big.body.archive.id).to_bytes(),
+        )
+        .await;
         if p.contains(&lost_id) && p.contains(&kept_id) {
             Ok(())
         } else {

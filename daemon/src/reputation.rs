@@ -122,6 +122,11 @@ impl Reputation {
             .map_or_else(|| PeerRecord::default().score(now), |r| r.score(now))
     }
 
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId, now: u64) -> bool {
+        self.peers.get(peer).is_some_and(|r| r.banned(now))
+    }
+
     /// `peers` best first, banned peers left out. Ties keep a stable, deterministic order.
     pub fn rank(&self, peers: impl IntoIterator<Item = PeerId>, now: u64) -> Vec<PeerId> {
         let mut scored: Vec<(f64, PeerId)> = peers

@@ -32,6 +32,17 @@ pub fn node_config(dir: &std::path::Path) -> NodeConfig {
     }
 }
 
+/// Every provider of `key` a DHT search from `node` finds, sorted: the search runs to its end.
+pub async fn all_providers(node: &Node, key: Vec<u8>) -> Vec<libp2p::PeerId> {
+    let mut found = node.network.find_providers(key).await.unwrap();
+    let mut all = Vec::new();
+    while let Some(peer) = found.recv().await {
+        all.push(peer);
+    }
+    all.sort();
+    all
+}
+
 /// Starts a node with `config`, listening on an ephemeral loopback TCP port.
 pub async fn start_with(config: NodeConfig) -> (Node, Multiaddr) {
     Node::start_listening(config, "/ip4/127.0.0.1/tcp/0".parse().unwrap())

@@ -1,14 +1,13 @@
 //! What flows between the event loop and the rest of the daemon: commands in (each with a
 //! oneshot reply), inbound events out, and the typed errors a handle call can return.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::InboundRequestId;
 use libp2p::{Multiaddr, PeerId, kad};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A failure of a network operation. Each variant is something a caller can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,9 +111,11 @@ pub enum Command {
         key: Vec<u8>,
         reply: Reply<()>,
     },
-    GetProviders {
+    /// Search the DHT for providers of `key`, sending each on `to` as it is found (at most
+    /// `MAX_PROVIDERS_PER_GET`, the channel's capacity); `to` closes when the search ends.
+    FindProviders {
         key: Vec<u8>,
-        reply: Reply<HashSet<PeerId>>,
+        to: mpsc::Sender<PeerId>,
     },
     Publish {
         data: Vec<u8>,

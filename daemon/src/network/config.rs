@@ -19,10 +19,11 @@ pub struct NetworkConfig {
     pub gossip_heartbeat: Duration,
     /// Kademlia query timeout.
     pub query_timeout: Duration,
-    /// How long a query that collects several answers (providers of an archive, a package's
-    /// heads) keeps collecting after its first answer before it answers. The rest of a
-    /// round usually arrives within one round trip, while the whole query may wait on
-    /// unreachable peers until `query_timeout`.
+    /// How long a record lookup that collects several answers (a package's heads) keeps
+    /// collecting after its first answer before it answers. The rest of a round usually
+    /// arrives within one round trip, while the whole query may wait on unreachable peers
+    /// until `query_timeout`. (A provider search needs none: it hands over each provider as
+    /// it is found.)
     pub query_grace: Duration,
     /// Periodic Kademlia bootstrap (refreshes the routing table); `None` turns it off.
     pub periodic_bootstrap: Option<Duration>,

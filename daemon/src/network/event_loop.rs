@@ -42,8 +42,8 @@ use rand::seq::SliceRandom;
 
 /// Most distinct valid records one `get_record` collects before it stops the query.
 const MAX_RECORDS_PER_GET: usize = 16;
-/// Most providers one `get_providers` collects before it stops the query.
-const MAX_PROVIDERS_PER_GET: usize = 20;
+/// Most providers one provider search sends before it stops the query.
+pub(crate) const MAX_PROVIDERS_PER_GET: usize = 20;
 /// Most commands handled between two polls of the swarm.
 const COMMAND_BATCH: usize = 64;
 
@@ -51,6 +51,12 @@ struct PendingGet {
     quorum: RecordQuorum,
     found: Vec<Vec<u8>>,
     reply: Reply<Vec<Vec<u8>>>,
+}
+
+/// A running provider search: the providers it has sent, and where it sends them.
+struct ProviderSearch {
+    sent: HashSet<PeerId>,
+    to: mpsc::Sender<PeerId>,
 }
 
 /// A query's grace period: resolves to its id when the period is over.
@@ -74,7 +80,7 @@ pub struct EventLoop {
     pending_dial: HashMap<ConnectionId, (Multiaddr, Reply<PeerId>)>,
     pending_query: HashMap<QueryId, Reply<()>>,
     pending_get: HashMap<QueryId, PendingGet>,
-    pending_providers: HashMap<QueryId, (HashSet<PeerId>, Reply<HashSet<PeerId>>)>,
+    pending_providers: HashMap<QueryId, ProviderSearch>,
     sync: Exchanges<SyncResponse>,
     fetch: Exchanges<FetchResponse>,
 }
@@ -158,6 +164,15 @@ impl EventLoop {
     fn maintain(&mut self) {
         self.sync.inbound.retain(|_, ch| ch.is_open());
         self.fetch.inbound.retain(|_, ch| ch.is_open());
+        let abandoned: Vec<QueryId> = self
+            .pending_providers
+            .iter()
+            .filter(|(_, search)| search.to.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            self.end_provider_search(id);
+        }
         self.update_gauges();
         self.keep_peers();
         trace!(
@@ -327,10 +342,16 @@ impl EventLoop {
                 behaviour.kad.stop_providing(&kad::RecordKey::new(&key));
                 let _ = reply.send(Ok(()));
             }
-            Command::GetProviders { key, reply } => {
+            Command::FindProviders { key, to } => {
                 let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
                 self.trace_query(id, "get_providers", &key, span);
-                self.pending_providers.insert(id, (HashSet::new(), reply));
+                self.pending_providers.insert(
+                    id,
+                    ProviderSearch {
+                        sent: HashSet::new(),
+                        to,
+                    },
+                );
             }
             Command::Publish { data, reply } => {
                 let result = match behaviour.gossipsub.publish(topic(), data) {
@@ -713,17 +734,20 @@ impl EventLoop {
     /// rest of a query can wait on unreachable peers until its timeout, which no caller with
     /// an answer in hand should.
     fn grace_over(&mut self, id: QueryId) {
-        let reply = if let Some(p) = self.pending_get.remove(&id) {
+        if let Some(p) = self.pending_get.remove(&id) {
             let _ = p.reply.send(Ok(p.found));
-            true
-        } else if let Some((found, reply)) = self.pending_providers.remove(&id) {
-            let _ = reply.send(Ok(found));
-            true
-        } else {
-            false
-        };
-        if reply && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-            debug!(?id, "query answered after its grace period; finishing it");
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                debug!(?id, "query answered after its grace period; finishing it");
+                q.finish();
+            }
+        }
+    }
+
+    /// Ends a provider search: its channel closes, and its query stops if it still runs.
+    fn end_provider_search(&mut self, id: QueryId) {
+        if self.pending_providers.remove(&id).is_some()
+            && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id)
+        {
             q.finish();
         }
     }
@@ -789,23 +813,24 @@ impl EventLoop {
                 }
             }
             QueryResult::GetProviders(r) => {
-                let Some((found, _)) = self.pending_providers.get_mut(&id) else {
+                let Some(search) = self.pending_providers.get_mut(&id) else {
                     return;
                 };
                 let mut done = last;
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        let first = found.is_empty() && !providers.is_empty();
-                        found.extend(providers);
-                        if first {
-                            self.graces.push(grace(self.query_grace, id));
-                        }
-                        if found.len() >= MAX_PROVIDERS_PER_GET {
-                            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                                q.finish();
+                        for peer in providers {
+                            if search.sent.len() >= MAX_PROVIDERS_PER_GET {
+                                break;
                             }
-                            done = true;
+                            // The channel holds `MAX_PROVIDERS_PER_GET`: it is never full, so
+                            // a failure means the searcher has gone.
+                            if search.sent.insert(peer) && search.to.try_send(peer).is_err() {
+                                done = true;
+                                break;
+                            }
                         }
+                        done |= search.sent.len() >= MAX_PROVIDERS_PER_GET;
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
                     Err(e) => {
@@ -813,8 +838,8 @@ impl EventLoop {
                         done = true;
                     }
                 }
-                if done && let Some((found, reply)) = self.pending_providers.remove(&id) {
-                    let _ = reply.send(Ok(found));
+                if done {
+                    self.end_provider_search(id);
                 }
             }
             other => trace!(?id, result = ?other, "query we did not start"),

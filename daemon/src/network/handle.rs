@@ -1,7 +1,6 @@
 //! `NetworkHandle`: the cloneable, Send + Sync way to talk to the event loop. Every call
 //! sends a command with a oneshot reply and waits at most `command_timeout` for the answer.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use libp2p::{Multiaddr, PeerId, kad};
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Command, Envelope, NetworkError, NetworkInfo, RecordQuorum, Reply};
+use super::event_loop::MAX_PROVIDERS_PER_GET;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]
@@ -129,10 +129,18 @@ impl NetworkHandle {
             .await
     }
 
-    /// Finds providers of `key`.
-    pub async fn get_providers(&self, key: Vec<u8>) -> Result<HashSet<PeerId>, NetworkError> {
-        self.call(|reply| Command::GetProviders { key, reply })
-            .await
+    /// Searches the DHT for providers of `key`. Each provider comes on the returned channel
+    /// as soon as the search meets it (each once, at most `MAX_PROVIDERS_PER_GET`); it closes when the
+    /// search ends: every closest peer asked, the most providers found, or the query timeout.
+    /// A caller can start on the first provider while the search goes on waiting for slow or
+    /// unreachable peers. Dropping the receiver stops the search.
+    pub async fn find_providers(
+        &self,
+        key: Vec<u8>,
+    ) -> Result<mpsc::Receiver<PeerId>, NetworkError> {
+        let (to, found) = mpsc::channel(MAX_PROVIDERS_PER_GET);
+        self.tell(Command::FindProviders { key, to }).await?;
+        Ok(found)
     }
 
     /// Publishes on the release topic.

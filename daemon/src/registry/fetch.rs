@@ -9,7 +9,8 @@
 //!
 //! Checking and writing a chunk happen on the blocking pool, several chunks at once, while the
 //! network goes on receiving; the file sink also hashes the whole archive as chunks come in,
-//! in order, so adopting it needs no second read of the file.
+//! in order, so adopting it needs no second read of the file, and syncs the file every few
+//! MiB, so the disk writes overlap the transfer instead of all waiting for the final sync.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -21,7 +22,7 @@ use std::time::Instant;
 use agora_protocol::messages::{FetchRequest, FetchResponse, Refusal};
 use agora_protocol::records::ArchiveInfo;
 use agora_protocol::{ContentHasher, ContentId};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, warn};
 
@@ -130,6 +131,11 @@ pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
 /// hashed from the file when it is adopted.
 pub const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 
+/// Bytes written to a download after which they are synced to disk while the fetch goes on,
+/// so that the sync making the finished archive durable has only the last of them to wait
+/// for instead of the whole archive.
+const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+
 /// Chunks written at their offsets in a partial file; chunks already in it (from an earlier,
 /// interrupted attempt) are found by checking their hashes. The whole archive is hashed as the
 /// chunks come in, in order.
@@ -148,6 +154,19 @@ pub struct FileSink {
     waiting_limit: usize,
     waiting: Mutex<Waiting>,
     hashing: Mutex<InOrder>,
+    /// Bytes written after which they are synced while the fetch goes on.
+    sync_every: u64,
+    sync_behind: Mutex<SyncBehind>,
+}
+
+/// Syncs of a download made while it is being written.
+#[derive(Default)]
+struct SyncBehind {
+    /// Bytes written since the last sync started.
+    unsynced: u64,
+    running: bool,
+    /// Syncs made so far.
+    done: u32,
 }
 
 /// Verified chunks written but not yet hashed, because an earlier one is missing.
@@ -204,6 +223,11 @@ impl FileSink {
             waiting_limit: MAX_WAITING_BYTES,
             waiting: Mutex::default(),
             hashing: Mutex::default(),
+            sync_every: std::env::var("XSYNC")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SYNC_EVERY),
+            sync_behind: Mutex::default(),
         };
         sink.advance(0);
         Ok(sink)
@@ -259,12 +283,37 @@ impl FileSink {
         Ok(())
     }
 
+    /// Syncs what was written so far once `sync_every` bytes are waiting, one sync at a
+    /// time. A failure fails the chunk: after a failed sync the kernel may forget the error,
+    /// so a later sync could succeed over lost pages.
+    fn sync_behind(&self, written: usize) -> Result<(), FetchError> {
+        {
+            let mut state = lock(&self.sync_behind);
+            state.unsynced += written as u64;
+            if state.running || state.unsynced < self.sync_every {
+                return Ok(());
+            }
+            state.unsynced = 0;
+            state.running = true;
+        }
+        let synced = self.file.sync_data();
+        let mut state = lock(&self.sync_behind);
+        state.running = false;
+        state.done += 1;
+        synced.map_err(|e| FetchError::Io(format!("syncing the download: {e}")))
+    }
+
     /// Stops all writing to the file. Returns the whole-archive hash if every chunk was hashed
     /// as it came in, `None` if the file must be hashed again. The file is not synced here:
     /// a partial download needs no durability (a resume checks every chunk it finds), and
-    /// adopting it syncs it before it enters the store.
+    /// adopting it syncs it before it enters the store (most of it already synced behind the
+    /// writes, so that sync is short).
     pub fn close(&self) -> Result<Option<ContentId>, FetchError> {
         *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+        debug!(
+            early_syncs = lock(&self.sync_behind).done,
+            "download closed"
+        );
         self.hash_in_order(true)?;
         let state = std::mem::take(&mut *lock(&self.hashing));
         let whole = !lock(&self.waiting).gave_up && state.next as usize == self.info.chunks.len();
@@ -305,6 +354,7 @@ impl ChunkSink for FileSink {
             }
         }
         self.hash_in_order(false)?;
+        self.sync_behind(len)?;
         self.advance(len as u64);
         Ok(())
     }
@@ -314,7 +364,7 @@ impl ChunkSink for FileSink {
 pub async fn fetch_archive(
     net: &NetworkHandle,
     info: &ArchiveInfo,
-    providers: &[PeerId],
+    providers: Providers,
     parallel: usize,
 ) -> Result<(Vec<u8>, FetchReport), FetchError> {
     let sink = Arc::new(MemorySink::new(info.chunks.len()));
@@ -344,7 +394,7 @@ pub async fn fetch_archive(
 pub async fn fetch_to_file(
     net: &NetworkHandle,
     info: &ArchiveInfo,
-    providers: &[PeerId],
+    providers: Providers,
     parallel: usize,
     path: &Path,
     on_progress: Option<ProgressFn>,
@@ -415,11 +465,36 @@ async fn request_chunk<S: ChunkSink>(
     (arrival, elapsed)
 }
 
-/// The fetch loop shared by every sink.
+/// The providers a fetch asks: those known when it starts, best first, and those a search
+/// that is still running finds later.
+pub struct Providers {
+    pub known: Vec<PeerId>,
+    /// Providers found later, each once, ending when the search does.
+    pub later: Option<BoxStream<'static, PeerId>>,
+}
+
+impl Providers {
+    /// Just these providers, best first.
+    pub fn fixed(known: Vec<PeerId>) -> Self {
+        Self { known, later: None }
+    }
+}
+
+/// What the fetch loop waits for.
+enum Next<T> {
+    Arrived(T),
+    /// A provider found by the search, or `None` when it has ended.
+    Found(Option<PeerId>),
+}
+
+/// The fetch loop shared by every sink. Chunks go out round-robin over the providers not
+/// blamed and not yet tried for that chunk; a provider found later joins the rotation. A
+/// chunk every known provider has failed waits for one found later, and is unavailable once
+/// the search has ended.
 pub async fn fetch_chunks<S: ChunkSink>(
     net: &NetworkHandle,
     info: &ArchiveInfo,
-    providers: &[PeerId],
+    providers: Providers,
     parallel: usize,
     sink: Arc<S>,
 ) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
@@ -436,14 +511,17 @@ pub async fn fetch_chunks<S: ChunkSink>(
     if queue.is_empty() {
         return Ok(report);
     }
-    if providers.is_empty() {
-        return Err((FetchError::NoProviders(info.id), report.outcomes));
-    }
+    let Providers {
+        known: mut providers,
+        mut later,
+    } = providers;
     let mut tried: Vec<HashSet<PeerId>> = vec![HashSet::new(); count as usize];
     let mut blamed: HashSet<PeerId> = HashSet::new();
     let mut next_provider = 0usize;
     let mut traces: HashMap<PeerId, ProviderTrace> = HashMap::new();
     let mut in_flight = FuturesUnordered::new();
+    // Chunks waiting for a provider that has not failed them.
+    let mut parked: Vec<u32> = Vec::new();
 
     loop {
         while in_flight.len() < parallel.max(1) {
@@ -456,7 +534,16 @@ pub async fn fetch_chunks<S: ChunkSink>(
                 .copied()
                 .collect();
             if candidates.is_empty() {
-                return Err((FetchError::ChunkUnavailable { index }, report.outcomes));
+                if later.is_some() {
+                    parked.push(index);
+                    continue;
+                }
+                let error = if providers.is_empty() {
+                    FetchError::NoProviders(info.id)
+                } else {
+                    FetchError::ChunkUnavailable { index }
+                };
+                return Err((error, report.outcomes));
             }
             let peer = candidates[next_provider % candidates.len()];
             next_provider = next_provider.wrapping_add(1);
@@ -475,8 +562,34 @@ pub async fn fetch_chunks<S: ChunkSink>(
                 .instrument(span),
             );
         }
-        let Some((index, peer, arrival, elapsed)) = in_flight.next().await else {
+        if in_flight.is_empty() && queue.is_empty() && parked.is_empty() {
             break;
+        }
+        // Without a search, a chunk with no provider left has failed the fetch above, so
+        // something is in flight.
+        let next = match later.as_mut() {
+            None => Next::Arrived(in_flight.next().await),
+            Some(found) if in_flight.is_empty() => Next::Found(found.next().await),
+            Some(found) => tokio::select! {
+                arrived = in_flight.next() => Next::Arrived(arrived),
+                found = found.next() => Next::Found(found),
+            },
+        };
+        let (index, peer, arrival, elapsed) = match next {
+            Next::Arrived(Some(arrived)) => arrived,
+            Next::Arrived(None) => unreachable!("a request was in flight"),
+            Next::Found(found) => {
+                match found {
+                    Some(peer) if !providers.contains(&peer) => {
+                        debug!(%peer, "another provider found");
+                        providers.push(peer);
+                    }
+                    Some(_) => continue,
+                    None => later = None,
+                }
+                queue.extend(parked.drain(..));
+                continue;
+            }
         };
         let trace = traces
             .entry(peer)
@@ -653,6 +766,24 @@ mod tests {
             data,
             "every chunk was still written"
         );
+    }
+
+    #[test]
+    fn the_download_is_synced_behind_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        let mut sink = FileSink::open(&path, &info, None).unwrap();
+        sink.sync_every = 3 * 16 * 1024;
+        for index in 0..11 {
+            let (offset, bytes) = chunk(&data, &info, index);
+            sink.put(index, offset, bytes).unwrap();
+        }
+        // After chunks 2, 5 and 8; chunks 9 and 10 wait for the sync that adopts the file.
+        assert_eq!(lock(&sink.sync_behind).done, 3);
+        assert_eq!(lock(&sink.sync_behind).unsynced, 16 * 1024 + 100);
+        assert_eq!(sink.close().unwrap(), Some(info.id));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]

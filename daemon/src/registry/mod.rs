@@ -33,6 +33,7 @@ use agora_protocol::{
     ContentHasher, ContentId, Dependency, PackageName, PublisherKey, PublisherSecret, Version,
     VersionReq,
 };
+use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, info, warn};
 
@@ -1275,25 +1276,14 @@ impl Registry {
         if let Some(hit) = self.cached_blob(&info).await? {
             return Ok(hit);
         }
-        let providers = self
-            .net
-            .get_providers(DhtKey::Content(info.id).to_bytes())
-            .await
-            .or_else(|e| match e {
-                NetworkError::Query(_) | NetworkError::NotFound => Ok(HashSet::new()),
-                other => Err(other),
-            })?;
+        let providers = self.find_providers(&info.id).await?;
         Self::count(&self.stats.cache_misses);
-        let me = self.net.peer_id();
-        let ranked = self
-            .reputation_lock()
-            .rank(providers.into_iter().filter(|p| *p != me), now());
-        tracing::Span::current().record("providers", ranked.len());
+        tracing::Span::current().record("providers", providers.known.len());
         let partial = self.blobs.partial_path(&info.id);
         let report = fetch::fetch_to_file(
             &self.net,
             &info,
-            &ranked,
+            providers,
             fetch::DEFAULT_PARALLEL_CHUNKS,
             &partial,
             on_progress,
@@ -1342,6 +1332,39 @@ impl Registry {
             cached: false,
             served_by: report.served_by,
             resumed_chunks: report.resumed_chunks,
+        })
+    }
+
+    /// Providers of archive `id` for a fetch: the first the DHT search finds (with any that
+    /// came in the same answer), best first, and the rest as the search goes on, so that the
+    /// fetch starts at once instead of waiting on the search's slow or unreachable peers.
+    /// This node and banned peers are left out.
+    async fn find_providers(
+        self: &Arc<Self>,
+        id: &ContentId,
+    ) -> Result<fetch::Providers, RegistryError> {
+        let mut found = self
+            .net
+            .find_providers(DhtKey::Content(*id).to_bytes())
+            .await?;
+        let me = self.net.peer_id();
+        let reg = self.clone();
+        let mut found = futures::stream::poll_fn(move |cx| found.poll_recv(cx))
+            .filter(move |peer| {
+                let usable = *peer != me && !reg.reputation_lock().is_banned(peer, now());
+                std::future::ready(usable)
+            })
+            .boxed();
+        let mut known = Vec::new();
+        if let Some(first) = found.next().await {
+            known.push(first);
+            while let Some(Some(peer)) = found.next().now_or_never() {
+                known.push(peer);
+            }
+        }
+        Ok(fetch::Providers {
+            known: self.reputation_lock().rank(known, now()),
+            later: Some(found),
         })
     }
 
