@@ -289,8 +289,8 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     let best = rate(size, one).max(rate(size, three));
     println!(
         "fetch over {kind:?}, {:.1} MB archive, median of {runs}: 1 provider {one:.1?} = {:.0} MB/s; \
-         3 providers {three:.1?} = {:.0} MB/s (providers that served, per run: {served_by:?}); plain TCP copy {tcp:.1?} = {:.0} MB/s; \
-         libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; best fetch = {:.0}% of \
+         3 providers {three:.1?} = {:.0} MB/s (providers that served, per run: {served_by:?}); \
+         plain TCP copy {tcp:.1?} = {:.0} MB/s; libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; best fetch = {:.0}% of \
          the TCP copy, {:.0}% of the libp2p transport",
         size as f64 / 1e6,
         rate(size, one),

@@ -1,8 +1,9 @@
 //! What a search reads: the base index (large, committed rarely) and the overlay (packages
 //! changed since the base's last commit, as one small segment built by the first search
 //! after a change), swapped together as one [`View`]. A package in the overlay is hidden in
-//! the base, where its document is older or was removed. Both tiers are scored with the statistics of both,
-//! so their BM25 scores compare and the two result lists merge into one page.
+//! the base, where its document is older or was removed. Both tiers are scored with the
+//! statistics of both, so their BM25 scores compare and the two result lists merge into one
+//! page.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};

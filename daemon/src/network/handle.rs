@@ -130,10 +130,10 @@ impl NetworkHandle {
     }
 
     /// Searches the DHT for providers of `key`. Each provider comes on the returned channel
-    /// as soon as the search meets it (each once, at most `MAX_PROVIDERS_PER_GET`); it closes when the
-    /// search ends: every closest peer asked, the most providers found, or the query timeout.
-    /// A caller can start on the first provider while the search goes on waiting for slow or
-    /// unreachable peers. Dropping the receiver stops the search.
+    /// as soon as the search meets it (each once, at most `MAX_PROVIDERS_PER_GET`); the
+    /// channel closes when the search ends: every closest peer asked, the most providers
+    /// found, or the query timeout. A caller can start on the first provider while the search
+    /// goes on waiting for slow or unreachable peers. Dropping the receiver stops the search.
     pub async fn find_providers(
         &self,
         key: Vec<u8>,
