@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use agora_daemon::network::NetworkError;
 use agora_daemon::node::Node;
+use agora_protocol::dht::DhtKey;
 use agora_protocol::records::ReleaseRecord;
 use futures::future::poll_fn;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -263,11 +264,22 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
         assert_eq!(served, 1);
         one.push(took);
     }
-    // Nodes 1 and 2 fetch it too and become providers.
+    // Nodes 1 and 2 fetch it too and become providers (a fetch announces its archive in the
+    // background: wait until the DHT lists all three).
     for (node, _) in &net[1..] {
         synced(node, &release).await;
         let b = &release.body;
         node.registry.fetch(&b.name, &b.version).await.unwrap();
+    }
+    let content = DhtKey::Content(release.body.archive.id).to_bytes();
+    let started = Instant::now();
+    while common::all_providers(&net[0].0, content.clone())
+        .await
+        .len()
+        < 3
+    {
+        assert!(started.elapsed() < DEADLINE, "three providers not listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The fetch starts on the providers in the DHT search's first answer; one found later
     // serves only chunks not yet asked for, so not every provider may serve.
