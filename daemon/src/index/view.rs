@@ -106,9 +106,8 @@ pub(super) struct View {
     base: Searcher,
     base_counts: BaseCounts,
     overlay: Option<Searcher>,
-    /// The names the overlay holds, sorted: hidden in the base.
-    hidden: Vec<String>,
-    /// The base's documents of those names, found once for every search of this view.
+    /// The base's documents of the names the overlay holds, found once for every search of
+    /// this view.
     hidden_docs: HiddenDocs,
 }
 
@@ -151,7 +150,6 @@ impl View {
             base_counts,
             overlay: segment,
             hidden_docs,
-            hidden: overlay.entries.keys().cloned().collect(),
         })
     }
 
@@ -281,25 +279,21 @@ impl View {
             let (i, terms) = &mut cursors[next];
             let (tier, ord, segment, index) = &segments[*i];
             if let Ok(name) = std::str::from_utf8(terms.key()) {
-                // The base's document of a name the overlay holds is hidden.
-                let hidden = *tier == 0
-                    && self
-                        .hidden
-                        .binary_search_by(|h| h.as_str().cmp(name))
-                        .is_ok();
-                if !hidden {
-                    let mut postings = index
-                        .read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
-                    let mut doc = postings.doc();
-                    // Deleted documents keep their terms until a merge: take the live one.
-                    while doc != TERMINATED {
-                        if segment.alive_bitset().is_none_or(|a| a.is_alive(doc)) {
+                let mut postings =
+                    index.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
+                let mut doc = postings.doc();
+                // Deleted documents keep their terms until a merge: take the live one, unless
+                // the overlay hides it (the base's document of a name the overlay holds).
+                while doc != TERMINATED {
+                    if segment.alive_bitset().is_none_or(|a| a.is_alive(doc)) {
+                        let hidden = *tier == 0 && self.hidden_docs.contains(segment, doc);
+                        if !hidden {
                             let addr = DocAddress::new(*ord, doc);
                             found.push((Key::Name(Some(name.to_owned())), *tier, addr));
-                            break;
                         }
-                        doc = postings.advance();
+                        break;
                     }
+                    doc = postings.advance();
                 }
             }
             if !terms.advance() {
@@ -378,6 +372,13 @@ impl HiddenDocs {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether document `doc` of base segment `segment` is hidden.
+    fn contains(&self, segment: &SegmentReader, doc: DocId) -> bool {
+        self.0
+            .get(&segment.segment_id())
+            .is_some_and(|docs| docs.binary_search(&doc).is_ok())
+    }
 }
 
 /// Sorted documents as a [`DocSet`], positioned on the first.
@@ -422,11 +423,7 @@ impl Weight for HiddenDocs {
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let hidden = self
-            .0
-            .get(&reader.segment_id())
-            .is_some_and(|docs| docs.binary_search(&doc).is_ok());
-        if hidden {
+        if self.contains(reader, doc) {
             Ok(Explanation::new("hidden by the overlay", 1.0))
         } else {
             Err(tantivy::TantivyError::InvalidArgument(format!(

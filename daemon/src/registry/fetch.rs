@@ -223,10 +223,7 @@ impl FileSink {
             waiting_limit: MAX_WAITING_BYTES,
             waiting: Mutex::default(),
             hashing: Mutex::default(),
-            sync_every: std::env::var("XSYNC")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(SYNC_EVERY),
+            sync_every: SYNC_EVERY,
             sync_behind: Mutex::default(),
         };
         sink.advance(0);
