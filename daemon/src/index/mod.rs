@@ -6,13 +6,14 @@
 //! one flush serving every writer waiting behind it. A change goes into the overlay (see
 //! [`view`]) instead of a commit of the base index (several milliseconds whatever it holds:
 //! tantivy sizes a writer's term table from its 15 MB minimum budget); the overlay is folded
-//! into the base once it holds [`OVERLAY_MAX`] packages. The overlay's segment is built by
-//! the first search after a change, not by the change: building one costs 8-10 ms whatever
-//! it holds (tantivy clears about 16 MB of arenas and term-dictionary tables for any
-//! segment), and most nodes ingest every release the network publishes while few of them
-//! are searched between two releases. Everything is in memory (see [`snapshot`]): at a clean
-//! shutdown [`SearchIndex::seal`] writes it to disk with the number of catalog records it
-//! reflects, and the next start loads it if the catalog still has that many, or rebuilds it.
+//! into the base once it holds [`OVERLAY_MAX`] packages. The overlay is not a tantivy
+//! segment but a small in-memory index (see [`tier`]) scored as tantivy scores: a segment
+//! costs about 2 ms to build whatever it holds, paid on every node for every release. It is
+//! built by the first search after a change, not by the change: most nodes ingest every
+//! release the network publishes while few of them are searched between two. Everything is
+//! in memory (see [`snapshot`]): at a clean shutdown [`SearchIndex::seal`] writes it to disk
+//! with the number of catalog records it reflects, and the next start loads it if the
+//! catalog still has that many, or rebuilds it.
 //!
 //! Text fields use tantivy's default tokenizer (split on non-alphanumerics, lowercase), so
 //! `hello-world` is the terms `hello` and `world`; each query term also matches within edit
@@ -22,6 +23,7 @@
 mod query;
 mod schema;
 pub mod snapshot;
+mod tier;
 mod view;
 
 use std::collections::BTreeSet;
@@ -33,7 +35,6 @@ use agora_protocol::PackageMeta;
 use agora_protocol::search::{SearchQuery, SearchResults};
 use tantivy::directory::RamDirectory;
 use tantivy::indexer::IndexWriterOptions;
-use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::lock;
@@ -45,8 +46,9 @@ const WRITER_MEMORY: usize = 15_000_000;
 /// Background merge threads per index: merges of small segments are short, and a machine
 /// may run dozens of nodes (tantivy's default of 4 each adds up).
 const MERGE_THREADS: usize = 1;
-/// Packages the overlay holds before it is folded into the base: rebuilding an overlay this
-/// full costs about as much as one base commit.
+/// Packages the overlay holds before it is folded into the base: the first search after a
+/// change indexes the whole overlay again (about a millisecond when it is this full), and
+/// every search reads all of it.
 pub const OVERLAY_MAX: usize = 256;
 /// Version of the schema and of how documents are built: an index sealed under another is
 /// rebuilt.
@@ -158,7 +160,6 @@ impl Tiers {
 }
 
 pub struct SearchIndex {
-    schema: Schema,
     f: Fields,
     /// The base index's reader (reloaded only under the `tiers` lock).
     reader: IndexReader,
@@ -237,23 +238,16 @@ impl SearchIndex {
         ram: RamDirectory,
         dir: Option<PathBuf>,
     ) -> Result<Self, IndexError> {
-        let (schema, f) = schema::schema();
+        let (_, f) = schema::schema();
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let overlay = Overlay::default();
         let base_counts = BaseCounts::default();
-        let view = View::new(
-            reader.searcher(),
-            base_counts.clone(),
-            &overlay,
-            &schema,
-            &f,
-        )?;
+        let view = View::new(reader.searcher(), base_counts.clone(), &overlay, &f)?;
         let num_docs = AtomicU64::new(overlay.num_docs(&reader.searcher()));
         Ok(Self {
-            schema,
             f,
             reader,
             tiers: Mutex::new(Tiers {
@@ -421,7 +415,6 @@ impl SearchIndex {
             self.reader.searcher(),
             tiers.base_counts.clone(),
             &tiers.overlay,
-            &self.schema,
             &self.f,
         )?;
         self.recount(tiers);
@@ -811,9 +804,9 @@ mod tests {
             doc("zig-cli", "a tower of flags", "cli", 5),
         );
         flush_from(&index, &catalog, &["zig-cli"]);
-        // Flushed: counted at once, but no segment is built until a search needs one.
+        // Flushed: counted at once, but the overlay is not indexed until a search needs it.
         assert_eq!(index.num_docs(), 4);
-        assert!(!index.built().has_overlay(), "the flush built no segment");
+        assert!(!index.built().has_overlay(), "the flush indexed no overlay");
 
         let r = index.search(&SearchQuery::text("tower")).unwrap();
         assert_eq!(names(&r), ["zig-cli"]);

@@ -126,12 +126,17 @@ impl Fields {
 
     pub fn hit(&self, searcher: &Searcher, addr: DocAddress) -> Result<SearchHit, IndexError> {
         let doc: TantivyDocument = searcher.doc(addr)?;
+        Ok(self.hit_of(&doc))
+    }
+
+    /// The result a stored document shows.
+    pub fn hit_of(&self, doc: &TantivyDocument) -> SearchHit {
         let text = |field: Field| {
             doc.get_first(field)
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         };
-        Ok(SearchHit {
+        SearchHit {
             name: text(self.name_key).unwrap_or_default(),
             version: text(self.version).unwrap_or_default(),
             description: text(self.description).unwrap_or_default(),
@@ -146,7 +151,7 @@ impl Fields {
                 .get_first(self.published_at)
                 .and_then(|v| v.as_u64())
                 .unwrap_or(0),
-        })
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! What a search reads: the base index (large, committed rarely) and the overlay (packages
-//! changed since the base's last commit, as one small segment built by the first search
-//! after a change), swapped together as one [`View`]. A package in the overlay is hidden in
-//! the base, where its document is older or was removed. Both tiers are scored with the
-//! statistics of both, so their BM25 scores compare and the two result lists merge into one
-//! page.
+//! changed since the base's last commit, as a small in-memory [`Tier`] built by the first
+//! search after a change), swapped together as one [`View`]. A package in the overlay is
+//! hidden in the base, where its document is older or was removed. Both tiers are scored
+//! with the statistics of both, so their BM25 scores compare and the two result lists merge
+//! into one page.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -11,25 +11,18 @@ use std::sync::{Arc, OnceLock};
 
 use agora_protocol::search::{SearchQuery, SearchResults, SortOrder};
 use tantivy::collector::{Collector, Count, FacetCollector, FacetCounts, TopDocs};
-use tantivy::directory::RamDirectory;
 use tantivy::index::SegmentId;
 use tantivy::query::{
     AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScorer, EmptyScorer, EnableScoring,
     Explanation, Occur, Query, Scorer, TermQuery, Weight,
 };
-use tantivy::schema::{Field, IndexRecordOption, Schema};
-use tantivy::{
-    DocAddress, DocId, DocSet, Index, Order, ReloadPolicy, Score, Searcher, SegmentReader,
-    TERMINATED, Term,
-};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{DocAddress, DocId, DocSet, Order, Score, Searcher, SegmentReader, TERMINATED, Term};
 
-use super::schema::{CATEGORY_FACET, Fields, NAME_KEY, PUBLISHED_AT, settings};
+use super::query::Plan;
+use super::schema::{CATEGORY_FACET, Fields, NAME_KEY, PUBLISHED_AT};
+use super::tier::Tier;
 use super::{IndexDoc, IndexError};
-
-/// Memory budget for building an overlay segment. tantivy sizes the term table from it (a
-/// third of it, here 4,096 slots, grown when needed): a full overlay has a few thousand
-/// distinct terms, and a bigger table is memory to clear on every rebuild.
-const OVERLAY_MEMORY: usize = 100_000;
 /// Most categories reported in facet counts.
 const MAX_FACETS: usize = 50;
 
@@ -105,55 +98,40 @@ pub(super) type BaseCounts = Arc<OnceLock<Counts>>;
 pub(super) struct View {
     base: Searcher,
     base_counts: BaseCounts,
-    overlay: Option<Searcher>,
+    overlay: Option<Tier>,
     /// The base's documents of the names the overlay holds, found once for every search of
     /// this view.
     hidden_docs: HiddenDocs,
 }
 
 impl View {
-    /// The view of `base` with `overlay` on top (building the overlay's segment).
+    /// The view of `base` with `overlay` on top (indexing the overlay's documents).
     /// `base_counts` must belong to this base (a fresh one after every base commit).
     pub fn new(
         base: Searcher,
         base_counts: BaseCounts,
         overlay: &Overlay,
-        schema: &Schema,
         f: &Fields,
     ) -> Result<Self, IndexError> {
-        let docs: Vec<&IndexDoc> = overlay
+        let mut docs = overlay
             .entries
             .values()
             .filter_map(|e| e.doc.as_ref())
-            .collect();
-        let segment = if docs.is_empty() {
-            None
-        } else {
-            let mut writer = Index::builder()
-                .schema(schema.clone())
-                .settings(settings())
-                .single_segment_index_writer(RamDirectory::create(), OVERLAY_MEMORY)?;
-            for doc in docs {
-                writer.add_document(f.document(doc))?;
-            }
-            let reader = writer
-                .finalize()?
-                .reader_builder()
-                .reload_policy(ReloadPolicy::Manual)
-                .num_warming_threads(0)
-                .try_into()?;
-            Some(reader.searcher())
+            .peekable();
+        let tier = match docs.peek() {
+            None => None,
+            Some(_) => Some(Tier::new(docs, base.index(), f)?),
         };
         let hidden_docs = HiddenDocs::find(&base, overlay, f)?;
         Ok(Self {
             base,
             base_counts,
-            overlay: segment,
+            overlay: tier,
             hidden_docs,
         })
     }
 
-    /// Whether an overlay segment is searched besides the base.
+    /// Whether an overlay is searched besides the base.
     #[cfg(test)]
     pub fn has_overlay(&self) -> bool {
         self.overlay.is_some()
@@ -175,22 +153,22 @@ impl View {
         let (found, (total, categories)) = match (browse, sort) {
             (true, SortOrder::Name) => (self.first_by_name(f, wanted)?, self.browse_counts()?),
             (true, _) => (
-                self.best(&AllQuery, sort, wanted, false)?.0,
+                self.best(&Plan::default(), sort, wanted, false)?.0,
                 self.browse_counts()?,
             ),
             (false, _) => {
-                let (found, counts) = self.best(&*f.query(q), sort, wanted, true)?;
+                let (found, counts) = self.best(&f.plan(q), sort, wanted, true)?;
                 (found, counts.unwrap_or_default())
             }
         };
-        let searchers = [Some(&self.base), self.overlay.as_ref()];
         let hits = found
             .into_iter()
             .skip(q.offset as usize)
             .take(q.limit as usize)
-            .map(|(_, tier, addr)| match searchers[tier] {
-                Some(searcher) => f.hit(searcher, addr),
-                None => unreachable!("a result from a tier that does not exist"),
+            .map(|(_, tier, addr)| match (tier, &self.overlay) {
+                (BASE, _) => f.hit(&self.base, addr),
+                (_, Some(overlay)) => Ok(overlay.hit(f, addr.doc_id)),
+                (_, None) => unreachable!("a result from an overlay that does not exist"),
             })
             .collect::<Result<_, _>>()?;
         let mut categories: Vec<(String, u64)> = categories.into_iter().collect();
@@ -203,11 +181,11 @@ impl View {
         })
     }
 
-    /// The `wanted` best matches of `query` over both tiers, best first, and if `count`, how
+    /// The `wanted` best matches of `plan` over both tiers, best first, and if `count`, how
     /// many matched in all and per category.
     fn best(
         &self,
-        query: &dyn Query,
+        plan: &Plan,
         sort: SortOrder,
         wanted: usize,
         count: bool,
@@ -216,46 +194,53 @@ impl View {
             base: &self.base,
             overlay: self.overlay.as_ref(),
         };
+        let query = plan.query();
         let base_query: Box<dyn Query> = if self.hidden_docs.is_empty() {
-            query.box_clone()
+            query
         } else {
             Box::new(BooleanQuery::new(vec![
-                (Occur::Must, query.box_clone()),
+                (Occur::Must, query),
                 (Occur::MustNot, Box::new(self.hidden_docs.clone())),
             ]))
         };
-        let mut tiers: Vec<(&Searcher, &dyn Query)> = vec![(&self.base, &*base_query)];
-        if let Some(overlay) = &self.overlay {
-            tiers.push((overlay, query));
-        }
-        let mut found: Vec<Found> = Vec::new();
+        let (docs, base_counts) = collect(&self.base, &*base_query, &stats, sort, wanted, count)?;
+        let mut found: Vec<Found> = docs.into_iter().map(|(k, a)| (k, BASE, a)).collect();
         let mut counts = Counts::default();
-        for (tier, (searcher, query)) in tiers.into_iter().enumerate() {
-            let (docs, tier_counts) = collect(searcher, query, &stats, sort, wanted, count)?;
-            found.extend(docs.into_iter().map(|(k, a)| (k, tier, a)));
-            if let Some((n, facets)) = tier_counts {
-                add_counts(&mut counts, n as u64, &facets, 1);
+        if let Some((n, facets)) = base_counts {
+            add_counts(&mut counts, n as u64, &facets, 1);
+        }
+        if let Some(overlay) = &self.overlay {
+            let matches = overlay.matches(plan, &stats)?;
+            if count {
+                add_overlay_counts(&mut counts, overlay, matches.iter().map(|&(doc, _)| doc));
             }
+            let mut keyed: Vec<Found> = matches
+                .into_iter()
+                .map(|(doc, score)| {
+                    let key = match sort {
+                        SortOrder::Relevance => Key::Score(score),
+                        SortOrder::Name => Key::Name(Some(overlay.name(doc).to_owned())),
+                        SortOrder::Newest => Key::Newest(Some(overlay.published_at(doc))),
+                    };
+                    (key, OVERLAY, DocAddress::new(0, doc))
+                })
+                .collect();
+            sort_found(&mut keyed);
+            keyed.truncate(wanted);
+            found.extend(keyed);
         }
         sort_found(&mut found);
         Ok((found, count.then_some(counts)))
     }
 
     /// The first `wanted` packages by name, merged from the name term dictionaries of every
-    /// segment (each kept sorted by tantivy): a browse reads about a page's worth of terms,
-    /// not every document.
+    /// base segment (each kept sorted by tantivy) and the overlay's names (in order too): a
+    /// browse reads about a page's worth of terms, not every document.
     fn first_by_name(&self, f: &Fields, wanted: usize) -> Result<Vec<Found>, IndexError> {
-        let tiers = [Some(&self.base), self.overlay.as_ref()];
         let mut segments = Vec::new();
-        for (tier, searcher) in tiers.into_iter().enumerate() {
-            for (ord, segment) in searcher
-                .into_iter()
-                .flat_map(|s| s.segment_readers())
-                .enumerate()
-            {
-                let index = segment.inverted_index(f.name_key)?;
-                segments.push((tier, ord as u32, segment, index));
-            }
+        for (ord, segment) in self.base.segment_readers().iter().enumerate() {
+            let index = segment.inverted_index(f.name_key)?;
+            segments.push((ord as u32, segment, index));
         }
         let mut cursors = Vec::new();
         for (i, (.., index)) in segments.iter().enumerate() {
@@ -277,7 +262,7 @@ impl View {
                 break;
             };
             let (i, terms) = &mut cursors[next];
-            let (tier, ord, segment, index) = &segments[*i];
+            let (ord, segment, index) = &segments[*i];
             if let Ok(name) = std::str::from_utf8(terms.key()) {
                 let mut postings =
                     index.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
@@ -286,10 +271,9 @@ impl View {
                 // the overlay hides it (the base's document of a name the overlay holds).
                 while doc != TERMINATED {
                     if segment.alive_bitset().is_none_or(|a| a.is_alive(doc)) {
-                        let hidden = *tier == 0 && self.hidden_docs.contains(segment, doc);
-                        if !hidden {
+                        if !self.hidden_docs.contains(segment, doc) {
                             let addr = DocAddress::new(*ord, doc);
-                            found.push((Key::Name(Some(name.to_owned())), *tier, addr));
+                            found.push((Key::Name(Some(name.to_owned())), BASE, addr));
                         }
                         break;
                     }
@@ -299,6 +283,15 @@ impl View {
             if !terms.advance() {
                 cursors.swap_remove(next);
             }
+        }
+        if let Some(overlay) = &self.overlay {
+            let names = (0..overlay.num_docs() as DocId).take(wanted).map(|doc| {
+                let key = Key::Name(Some(overlay.name(doc).to_owned()));
+                (key, OVERLAY, DocAddress::new(0, doc))
+            });
+            found.extend(names);
+            sort_found(&mut found);
+            found.truncate(wanted);
         }
         Ok(found)
     }
@@ -324,8 +317,7 @@ impl View {
             add_counts(&mut counts, n as u64, &facets, -1);
         }
         if let Some(overlay) = &self.overlay {
-            let (n, facets) = overlay.search(&AllQuery, &(Count, facet_collector()))?;
-            add_counts(&mut counts, n as u64, &facets, 1);
+            add_overlay_counts(&mut counts, overlay, 0..overlay.num_docs() as DocId);
         }
         counts.1.retain(|_, n| *n > 0);
         Ok(counts)
@@ -433,8 +425,12 @@ impl Weight for HiddenDocs {
     }
 }
 
-/// A result: its sort key, its tier (0 base, 1 overlay) and its address there.
+/// A result: its sort key, its tier ([`BASE`] or [`OVERLAY`]) and its address there (in the
+/// overlay, its document id in segment 0).
 type Found = (Key, usize, DocAddress);
+
+const BASE: usize = 0;
+const OVERLAY: usize = 1;
 
 /// Best first; ties by tier, then address, so a page is the same every time.
 fn sort_found(found: &mut [Found]) {
@@ -463,6 +459,16 @@ fn add_counts(counts: &mut Counts, n: u64, facets: &FacetCounts, sign: i8) {
     apply(&mut counts.0, n);
     for (facet, k) in facets.get("/") {
         apply(counts.1.entry(facet.to_path().join("/")).or_default(), k);
+    }
+}
+
+/// Adds the overlay documents `docs` to the counts.
+fn add_overlay_counts(counts: &mut Counts, overlay: &Tier, docs: impl Iterator<Item = DocId>) {
+    for doc in docs {
+        counts.0 += 1;
+        if let Some(category) = overlay.category(doc) {
+            *counts.1.entry(category.to_owned()).or_default() += 1;
+        }
     }
 }
 
@@ -560,25 +566,28 @@ fn collect(
 /// BM25 statistics of both tiers together, so a term's weight is the same in each.
 struct Statistics<'a> {
     base: &'a Searcher,
-    overlay: Option<&'a Searcher>,
+    overlay: Option<&'a Tier>,
 }
 
 impl Statistics<'_> {
-    fn sum(&self, of: impl Fn(&Searcher) -> tantivy::Result<u64>) -> tantivy::Result<u64> {
-        Ok(of(self.base)? + self.overlay.map(&of).transpose()?.unwrap_or(0))
+    fn sum(&self, base: u64, overlay: impl Fn(&Tier) -> u64) -> u64 {
+        base + self.overlay.map_or(0, overlay)
     }
 }
 
 impl Bm25StatisticsProvider for Statistics<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
-        self.sum(|s| s.total_num_tokens(field))
+        let base = self.base.total_num_tokens(field)?;
+        Ok(self.sum(base, |o| o.total_num_tokens(field)))
     }
 
     fn total_num_docs(&self) -> tantivy::Result<u64> {
-        self.sum(Bm25StatisticsProvider::total_num_docs)
+        let base = Bm25StatisticsProvider::total_num_docs(self.base)?;
+        Ok(self.sum(base, Tier::num_docs))
     }
 
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
-        self.sum(|s| s.doc_freq(term))
+        let base = self.base.doc_freq(term)?;
+        Ok(self.sum(base, |o| o.doc_freq(term)))
     }
 }
