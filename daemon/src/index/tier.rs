@@ -20,7 +20,7 @@ use tantivy::fieldnorm::FieldNormReader;
 use tantivy::query::{Bm25StatisticsProvider, Bm25Weight};
 use tantivy::schema::{Facet, Field, Value};
 use tantivy::tokenizer::MAX_TOKEN_LEN;
-use tantivy::{DocId, Index, Score, TantivyDocument, Term};
+use tantivy::{DocId, Index, Score, Term};
 use tantivy_fst::Automaton;
 
 use super::query::{Alternative, Plan};
@@ -29,11 +29,10 @@ use super::{IndexDoc, IndexError};
 
 /// The overlay's documents, searchable. A document's id is its place in name order.
 pub(super) struct Tier {
-    docs: Vec<TantivyDocument>,
-    /// Each document's name, category (as category counts name it) and publication time.
-    names: Vec<String>,
+    docs: Vec<IndexDoc>,
+    /// Each document's category as the base's facet counts name it (from the facet the
+    /// base's document holds, so the two agree).
     categories: Vec<Option<String>>,
-    published: Vec<u64>,
     /// The fields a [`Plan`] reads (the text fields and the filters).
     fields: HashMap<Field, Postings>,
 }
@@ -58,9 +57,7 @@ impl Tier {
     ) -> Result<Self, IndexError> {
         let mut tier = Self {
             docs: Vec::new(),
-            names: Vec::new(),
             categories: Vec::new(),
-            published: Vec::new(),
             fields: HashMap::new(),
         };
         let mut analyzers = Vec::new();
@@ -98,10 +95,8 @@ impl Tier {
                 .and_then(|v| v.as_facet())
                 .and_then(|encoded| Facet::from_encoded(encoded.as_bytes().to_vec()).ok())
                 .map(|facet| facet.to_path().join("/"));
-            tier.names.push(doc.name.clone());
             tier.categories.push(category);
-            tier.published.push(doc.published_at);
-            tier.docs.push(stored);
+            tier.docs.push(doc.clone());
         }
         Ok(tier)
     }
@@ -112,11 +107,11 @@ impl Tier {
 
     /// The name of document `doc`.
     pub fn name(&self, doc: DocId) -> &str {
-        &self.names[doc as usize]
+        &self.docs[doc as usize].name
     }
 
     pub fn published_at(&self, doc: DocId) -> u64 {
-        self.published[doc as usize]
+        self.docs[doc as usize].published_at
     }
 
     /// The category of document `doc`, named as category counts name it.
@@ -124,8 +119,9 @@ impl Tier {
         self.categories[doc as usize].as_deref()
     }
 
+    /// The result document `doc` shows: the one its stored form in the base would show.
     pub fn hit(&self, f: &Fields, doc: DocId) -> SearchHit {
-        f.hit_of(&self.docs[doc as usize])
+        f.hit_of(&f.document(&self.docs[doc as usize]))
     }
 
     /// Tokens of `field` in all documents.
