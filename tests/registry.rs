@@ -11,6 +11,7 @@ use std::time::Duration;
 use agora_daemon::node::Node;
 use agora_daemon::registry::trust::TrustError;
 use agora_daemon::registry::{Registry, RegistryError};
+use agora_daemon::store::{CatalogWrite, Db};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::messages::GossipMessage;
@@ -18,7 +19,7 @@ use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
 };
 use agora_protocol::search::SearchQuery;
-use agora_protocol::{PackageMeta, PublisherSecret, Version, VersionReq};
+use agora_protocol::{PackageMeta, PackageName, PublisherSecret, Version, VersionReq};
 use common::hostile::Hostile;
 use common::*;
 use libp2p::Multiaddr;
@@ -578,7 +579,7 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
             let (v2, twin) = (v2.id(), twin.id());
             async move {
                 let ev = n.registry.equivocations();
-                match ev.get(&"pkg".parse().unwrap()) {
+                match ev.get("pkg") {
                     Some(versions) if versions[&Version::new(2, 0, 0)] == vec![v2, twin] => Ok(()),
                     other => Err(format!("evidence {other:?}")),
                 }
@@ -693,6 +694,99 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "mine@1.0.0 is already published");
+    node.shutdown().await;
+}
+
+/// The owner and highest-version pins are written with the records, in the same transactions:
+/// a store where they disagree with the log is corrupt, and the node refuses to start on it,
+/// naming the pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_pins_disagree_with_its_log_is_refused_at_start() {
+    init_tracing();
+    let dir = data_dir();
+    let config = node_config(&dir);
+    let key = publisher(8);
+    let records = many_releases(4, &key);
+    let node = Node::start(config.clone()).await.unwrap();
+    let registry = node.registry.clone();
+    let first = records[..3].to_vec();
+    tokio::task::spawn_blocking(move || registry.ingest(first, false))
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown().await;
+
+    let db_path = dir.join("catalog.redb");
+    let pristine = dir.join("catalog.redb.pristine");
+    std::fs::copy(&db_path, &pristine).unwrap();
+    let name = |s: &str| s.parse::<PackageName>().unwrap();
+    let stranger = publisher(9).public();
+    let unpinned = records[3].clone();
+    let cases = [
+        (
+            CatalogWrite {
+                owners: vec![(name("synthetic-00001"), stranger)],
+                ..Default::default()
+            },
+            format!(
+                "owner pin of 'synthetic-00001' is {stranger} but the catalog says {}",
+                key.public()
+            ),
+        ),
+        (
+            CatalogWrite {
+                highest: vec![(name("synthetic-00002"), Version::new(9, 9, 9))],
+                ..Default::default()
+            },
+            "highest version pinned for 'synthetic-00002' is 9.9.9 but the catalog says 1.0.0"
+                .to_owned(),
+        ),
+        (
+            CatalogWrite {
+                owners: vec![(name("not-in-the-catalog"), key.public())],
+                ..Default::default()
+            },
+            "owner pin for 'not-in-the-catalog', which the catalog does not have".to_owned(),
+        ),
+        (
+            CatalogWrite {
+                highest: vec![(name("a-first-name"), Version::new(1, 0, 0))],
+                ..Default::default()
+            },
+            "highest version pinned for 'a-first-name', which has no owner pin".to_owned(),
+        ),
+        (
+            CatalogWrite {
+                highest: vec![(name("zz-last-name"), Version::new(1, 0, 0))],
+                ..Default::default()
+            },
+            "highest version pinned for 'zz-last-name', which has no owner pin".to_owned(),
+        ),
+        (
+            CatalogWrite {
+                records: vec![(unpinned.id(), unpinned)],
+                ..Default::default()
+            },
+            "the catalog has 4 names but 3 owner pins".to_owned(),
+        ),
+    ];
+    for (write, expected) in cases {
+        Db::open(&db_path).unwrap().write_catalog(&write).unwrap();
+        // Refused the same way twice: the refusal repaired or dropped nothing.
+        for _ in 0..2 {
+            let err = Node::start(config.clone()).await.err().expect("refused");
+            assert_eq!(err.to_string(), format!("the store is corrupt: {expected}"));
+        }
+        std::fs::copy(&pristine, &db_path).unwrap();
+    }
+
+    let node = Node::start(config).await.unwrap();
+    assert_eq!(node.registry.startup.records, 3);
+    assert!(!node.registry.startup.index_rebuilt);
+    assert_eq!(
+        names(&node.registry, "synthetic"),
+        ["synthetic-00000", "synthetic-00001", "synthetic-00002"]
+    );
     node.shutdown().await;
 }
 

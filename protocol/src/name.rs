@@ -56,6 +56,13 @@ impl PackageName {
     }
 }
 
+/// A name is looked up by its text: it hashes and compares exactly as its `String` does.
+impl std::borrow::Borrow<str> for PackageName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for PackageName {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

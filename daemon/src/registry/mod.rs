@@ -281,6 +281,57 @@ impl Drop for FetchTurn<'_> {
     }
 }
 
+/// Checks the stored owner and highest-version pins against the replayed catalog (they are
+/// written with the records, in the same transactions, so any difference is a corrupt store)
+/// and returns how many names have an installable release.
+fn check_pins(db: &Db, trust: &Trust) -> Result<u64, StoreError> {
+    let mut installable = 0;
+    let pins = db.each_pin(|name, owner, highest| {
+        let state = trust.name(name).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "owner pin for '{name}', which the catalog does not have"
+            ))
+        })?;
+        if state.owner.as_bytes() != owner {
+            return Err(StoreError::Corrupt(format!(
+                "owner pin of '{name}' is {} but the catalog says {}",
+                hex::encode(owner),
+                state.owner
+            )));
+        }
+        let pinned = highest
+            .map(|v| {
+                Version::parse(v).map_err(|e| {
+                    StoreError::Corrupt(format!("highest version pinned for '{name}': {e}"))
+                })
+            })
+            .transpose()?;
+        if pinned != state.highest {
+            return Err(StoreError::Corrupt(format!(
+                "highest version pinned for '{name}' is {} but the catalog says {}",
+                shown(pinned.as_ref()),
+                shown(state.highest.as_ref())
+            )));
+        }
+        if state.latest().is_some() {
+            installable += 1;
+        }
+        Ok(())
+    })?;
+    let names = trust.name_count() as u64;
+    if pins != names {
+        return Err(StoreError::Corrupt(format!(
+            "the catalog has {names} names but {pins} owner pins"
+        )));
+    }
+    Ok(installable)
+}
+
+/// A version, or "none".
+fn shown(version: Option<&Version>) -> String {
+    version.map_or_else(|| "none".to_owned(), Version::to_string)
+}
+
 /// Runs disk work on a blocking thread.
 async fn blocking<T, F>(f: F) -> Result<T, RegistryError>
 where
@@ -335,17 +386,16 @@ impl Registry {
         })?;
         let load_ms = started.elapsed().as_millis();
         let records = snapshot.records as usize;
-        let (index, index_kept) = SearchIndex::open(&dir.join("index"), snapshot.records)?;
-        let index_ms = started.elapsed().as_millis() - load_ms;
-        for (name, owner) in &snapshot.owners {
-            let replayed = catalog.trust.name(name).map(|s| s.owner);
-            if replayed != Some(*owner) {
-                return Err(StoreError::Corrupt(format!(
-                    "owner pin of '{name}' is {owner} but the catalog says {replayed:?}"
-                ))
-                .into());
-            }
-        }
+        // The search index is opened on a second thread while this one checks the pins
+        // (`checks_ms` in the log covers both).
+        let (index, installable) = std::thread::scope(|scope| {
+            let index = scope.spawn(|| SearchIndex::open(&dir.join("index"), snapshot.records));
+            let installable = check_pins(&db, &catalog.trust);
+            (index.join(), installable)
+        });
+        let (index, index_kept) = index.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let installable = installable?;
+        let checks_ms = started.elapsed().as_millis() - load_ms;
         for head in snapshot.heads {
             match catalog.trust.admit_head(&head) {
                 Ok(_) => restore.push(DhtValue::Head(head)),
@@ -382,18 +432,12 @@ impl Registry {
             .collect();
         *registry.reputation_lock() = Reputation::from_records(rep);
 
-        // One document per name that has an installable release.
-        let names = registry
-            .catalog_lock()
-            .trust
-            .names()
-            .filter(|(_, s)| s.latest().is_some())
-            .count() as u64;
         let mut index_rebuilt = false;
-        if !index_kept && names > 0 || registry.index.num_docs() != names {
+        // One document per name that has an installable release.
+        if !index_kept && installable > 0 || registry.index.num_docs() != installable {
             info!(
                 indexed = registry.index.num_docs(),
-                names,
+                names = installable,
                 sealed = index_kept,
                 "search index is out of date or was not closed cleanly; rebuilding it"
             );
@@ -418,7 +462,7 @@ impl Registry {
             records = registry.startup.records,
             ms = registry.startup.millis,
             load_ms,
-            index_ms,
+            checks_ms,
             index_rebuilt,
             "catalog loaded"
         );

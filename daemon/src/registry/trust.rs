@@ -155,7 +155,11 @@ impl Trust {
         }
     }
 
-    pub fn name(&self, name: &PackageName) -> Option<&NameState> {
+    pub fn name<Q>(&self, name: &Q) -> Option<&NameState>
+    where
+        PackageName: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.names.get(name)
     }
 
@@ -443,7 +447,7 @@ mod tests {
             admit(&mut t, &a3),
             Err(TrustError::NotOwner { .. })
         ));
-        assert_eq!(t.name(&"pkg".parse().unwrap()).unwrap().owner, b.public());
+        assert_eq!(t.name("pkg").unwrap().owner, b.public());
     }
 
     #[test]
@@ -462,7 +466,7 @@ mod tests {
             err.to_string(),
             "pkg@1.5.0 is older than 2.0.0, the highest version seen, and no known release chains to it"
         );
-        let state = t.name(&"pkg".parse().unwrap()).unwrap();
+        let state = t.name("pkg").unwrap();
         assert_eq!(state.releases.len(), 2);
         assert_eq!(state.highest, Some("2.0.0".parse().unwrap()));
 
@@ -490,7 +494,7 @@ mod tests {
                 first: first.1
             })
         );
-        let state = t.name(&"pkg".parse().unwrap()).unwrap();
+        let state = t.name("pkg").unwrap();
         let v: Version = "1.0.0".parse().unwrap();
         assert!(!state.installable(&v));
         assert_eq!(state.equivocations[&v], vec![first.1, second.1]);

@@ -131,8 +131,6 @@ impl CatalogWrite {
 pub struct CatalogSnapshot {
     /// How many records the log holds (each went to the replay, in admission order).
     pub records: u64,
-    pub owners: Vec<(PackageName, PublisherKey)>,
-    pub highest: Vec<(PackageName, Version)>,
     pub heads: Vec<PackageHead>,
 }
 
@@ -285,30 +283,6 @@ impl Db {
                 "the catalog log has {records} records but its id index has {ids}"
             )));
         }
-        let mut owners = Vec::new();
-        for entry in txn.open_table(OWNERS)?.iter()? {
-            let (name, key) = entry?;
-            owners.push((
-                name.value()
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("owner pin name: {e}")))?,
-                PublisherKey::from_bytes(*key.value())
-                    .map_err(|e| StoreError::Corrupt(format!("owner pin key: {e}")))?,
-            ));
-        }
-        let mut highest = Vec::new();
-        for entry in txn.open_table(HIGHEST)?.iter()? {
-            let (name, version) = entry?;
-            highest.push((
-                name.value()
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("highest name: {e}")))?,
-                version
-                    .value()
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("highest version: {e}")))?,
-            ));
-        }
         let mut heads = Vec::new();
         for entry in txn.open_table(HEADS)?.iter()? {
             let (_, bytes) = entry?;
@@ -317,12 +291,46 @@ impl Db {
                     .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?,
             );
         }
-        Ok(CatalogSnapshot {
-            records,
-            owners,
-            highest,
-            heads,
-        })
+        Ok(CatalogSnapshot { records, heads })
+    }
+
+    /// Calls `check` with each name's owner pin and the highest version pinned for it, as
+    /// stored (the caller compares them with the replayed catalog), and returns how many names
+    /// have an owner pin. Both tables are sorted by name and read side by side: one call per
+    /// name. A highest version pinned for a name without an owner pin is a corrupt store.
+    pub fn each_pin(
+        &self,
+        mut check: impl FnMut(&str, &[u8; 32], Option<&str>) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let highest = txn.open_table(HIGHEST)?;
+        let mut highest = highest.iter()?;
+        let unpinned = |name: &str| {
+            StoreError::Corrupt(format!(
+                "highest version pinned for '{name}', which has no owner pin"
+            ))
+        };
+        let mut next_highest = highest.next().transpose()?;
+        let mut pins = 0;
+        for entry in txn.open_table(OWNERS)?.iter()? {
+            let (name, owner) = entry?;
+            let name = name.value();
+            let pinned = match &next_highest {
+                Some((other, _)) if other.value() < name => return Err(unpinned(other.value())),
+                Some((other, version)) if other.value() == name => Some(version.value()),
+                _ => None,
+            };
+            let matched = pinned.is_some();
+            check(name, owner.value(), pinned)?;
+            if matched {
+                next_highest = highest.next().transpose()?;
+            }
+            pins += 1;
+        }
+        match next_highest {
+            Some((other, _)) => Err(unpinned(other.value())),
+            None => Ok(pins),
+        }
     }
 
     /// The record with this id, if the catalog has it.
