@@ -15,6 +15,7 @@ use agora_protocol::records::{
     CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Yank,
 };
 use agora_protocol::{PackageName, PublisherKey, Version};
+use litemap::LiteMap;
 
 /// Who may own a name.
 #[derive(Clone, Debug, Default)]
@@ -83,8 +84,9 @@ pub struct NameState {
     pub owner: PublisherKey,
     /// Keys that owned the name before, oldest first.
     pub past_owners: Vec<PublisherKey>,
-    /// The first record seen for each version.
-    pub releases: BTreeMap<Version, RecordId>,
+    /// The first record seen for each version (a sorted vector: most names have a few
+    /// versions, and a tree's node would be 800 bytes for one).
+    pub releases: LiteMap<Version, RecordId>,
     /// The highest version ever admitted; it never goes down.
     pub highest: Option<Version>,
     /// Ids that admitted releases name as their predecessor but that we have not seen.
@@ -101,7 +103,7 @@ impl NameState {
         Self {
             owner,
             past_owners: Vec::new(),
-            releases: BTreeMap::new(),
+            releases: LiteMap::with_capacity(1),
             highest: None,
             expected: HashSet::new(),
             yanked: BTreeSet::new(),
