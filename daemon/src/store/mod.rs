@@ -10,13 +10,17 @@
 pub mod blobs;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_protocol::codec::{self, DecodeError};
 use agora_protocol::limits::MAX_RECORD_BYTES;
 use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
 use agora_protocol::{PackageName, PublisherKey, Version};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
 pub use blobs::{BlobKind, BlobMeta, BlobStore};
 
@@ -49,10 +53,100 @@ const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest reputation or blob metadata entry we decode from our own database.
 const MAX_META_BYTES: usize = 1024;
-/// Records decoded per batch while the catalog loads.
+/// Records per batch while the catalog loads.
 const LOAD_BATCH: usize = 512;
-/// Decoded batches that may wait for the replay.
+/// Batches that may wait for the replay.
 const LOAD_BATCHES_AHEAD: usize = 4;
+
+/// Records read from the log at start-up, on their way to the replay.
+enum LoadBatch {
+    Decoded(Vec<(CatalogRecord, RecordId)>),
+    /// Encoded records one after another, and where each ends.
+    Encoded {
+        bytes: Vec<u8>,
+        ends: Vec<usize>,
+    },
+}
+
+/// Decodes a record of the log, with its id.
+fn decode_logged(bytes: &[u8]) -> Result<(CatalogRecord, RecordId), StoreError> {
+    Ok(CatalogRecord::decode_stored::<{ MAX_RECORD_BYTES + 64 }>(
+        bytes,
+    )?)
+}
+
+/// Replays the log of `txn` in order. A second thread reads the log while this one replays
+/// it, in batches. Decoding a record (and hashing it for its id) costs more than replaying it,
+/// so the reader decodes a batch only while `reader_decodes(batches waiting)` says the replay
+/// is behind; otherwise the replay gets the batch undecoded and decodes it itself. The two
+/// threads share the work without a fixed split, whatever the machine (at 100k releases here,
+/// about a quarter of the batches go undecoded, and the replay waits about 1 ms in all
+/// instead of 115 ms).
+fn replay_log(
+    txn: &ReadTransaction,
+    reader_decodes: impl Fn(usize) -> bool + Sync,
+    replay: &mut impl FnMut(RecordId, CatalogRecord) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    // Batches sent and not yet taken by the replay.
+    let waiting = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(LOAD_BATCHES_AHEAD);
+        let (waiting_ref, reader_decodes) = (&waiting, &reader_decodes);
+        scope.spawn(move || {
+            let read_all = || -> Result<(), StoreError> {
+                let table = txn.open_table(LOG)?;
+                let mut log = table.iter()?.peekable();
+                while log.peek().is_some() {
+                    let batch = if reader_decodes(waiting_ref.load(Ordering::Acquire)) {
+                        let mut decoded = Vec::with_capacity(LOAD_BATCH);
+                        for entry in log.by_ref().take(LOAD_BATCH) {
+                            decoded.push(decode_logged(entry?.1.value())?);
+                        }
+                        LoadBatch::Decoded(decoded)
+                    } else {
+                        let (mut bytes, mut ends) = (Vec::new(), Vec::with_capacity(LOAD_BATCH));
+                        for entry in log.by_ref().take(LOAD_BATCH) {
+                            bytes.extend_from_slice(entry?.1.value());
+                            ends.push(bytes.len());
+                        }
+                        LoadBatch::Encoded { bytes, ends }
+                    };
+                    waiting_ref.fetch_add(1, Ordering::AcqRel);
+                    if tx.send(Ok(batch)).is_err() {
+                        return Ok(()); // the replay stopped
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = read_all() {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let mut n = 0;
+        for batch in rx {
+            let batch = batch?;
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            match batch {
+                LoadBatch::Decoded(records) => {
+                    for (record, id) in records {
+                        replay(id, record)?;
+                        n += 1;
+                    }
+                }
+                LoadBatch::Encoded { bytes, ends } => {
+                    let mut start = 0;
+                    for end in ends {
+                        let (record, id) = decode_logged(&bytes[start..end])?;
+                        replay(id, record)?;
+                        start = end;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -240,43 +334,9 @@ impl Db {
         mut replay: impl FnMut(RecordId, CatalogRecord) -> Result<(), StoreError>,
     ) -> Result<CatalogSnapshot, StoreError> {
         let txn = self.db.begin_read()?;
-        // Decoding a record (and hashing it for its id) costs about twice what replaying it
-        // does: a second thread decodes while this one replays, in batches.
-        let records = std::thread::scope(|scope| -> Result<u64, StoreError> {
-            let (tx, rx) = std::sync::mpsc::sync_channel(LOAD_BATCHES_AHEAD);
-            let txn = &txn;
-            scope.spawn(move || {
-                let decode_all = || -> Result<(), StoreError> {
-                    let mut batch = Vec::with_capacity(LOAD_BATCH);
-                    for entry in txn.open_table(LOG)?.iter()? {
-                        let (_, bytes) = entry?;
-                        batch.push(CatalogRecord::decode_stored::<{ MAX_RECORD_BYTES + 64 }>(
-                            bytes.value(),
-                        )?);
-                        if batch.len() == LOAD_BATCH {
-                            let full =
-                                std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                            if tx.send(Ok(full)).is_err() {
-                                return Ok(()); // the replay stopped
-                            }
-                        }
-                    }
-                    let _ = tx.send(Ok(batch));
-                    Ok(())
-                };
-                if let Err(e) = decode_all() {
-                    let _ = tx.send(Err(e));
-                }
-            });
-            let mut n = 0;
-            for batch in rx {
-                for (record, id) in batch? {
-                    replay(id, record)?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })?;
+        // The batch sent last counts until the replay takes it: more than one waiting means
+        // the replay is behind.
+        let records = replay_log(&txn, |waiting| waiting > 1, &mut replay)?;
         let ids = txn.open_table(IDS)?.len()?;
         if ids != records {
             return Err(StoreError::Corrupt(format!(
@@ -406,4 +466,86 @@ pub(crate) fn decode_meta<T: serde::Serialize + serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, StoreError> {
     Ok(codec::decode::<T, MAX_META_BYTES>(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use agora_protocol::PublisherSecret;
+    use agora_protocol::records::{ArchiveInfo, ReleaseBody, Signed};
+
+    use super::*;
+
+    /// `n` releases of distinct names, in the log's order.
+    fn releases(n: usize) -> Vec<(RecordId, CatalogRecord)> {
+        let key = PublisherSecret::from_bytes([7; 32]);
+        (0..n)
+            .map(|i| {
+                let body = ReleaseBody {
+                    name: format!("pkg-{i}").parse().unwrap(),
+                    version: Version::new(1, 0, i as u64),
+                    meta: Default::default(),
+                    dependencies: vec![],
+                    archive: ArchiveInfo::describe(&(i as u64).to_le_bytes(), 16 * 1024),
+                    published_at: i as u64,
+                    publisher: key.public(),
+                    previous: None,
+                };
+                let record = CatalogRecord::Release(Signed::sign(body, &key).unwrap());
+                (record.id(), record)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_log_replays_in_order_whichever_thread_decodes_each_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
+        let written = releases(3 * LOAD_BATCH + 7);
+        db.write_catalog(&CatalogWrite {
+            records: written.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let txn = db.db.begin_read().unwrap();
+        let sent = AtomicUsize::new(0);
+        let policies: [(&str, &(dyn Fn(usize) -> bool + Sync)); 4] = [
+            ("the reader decodes all", &|_| true),
+            ("the replay decodes all", &|_| false),
+            ("alternately", &|_| {
+                sent.fetch_add(1, Ordering::Relaxed).is_multiple_of(2)
+            }),
+            ("as at start-up", &|waiting| waiting > 1),
+        ];
+        for (how, reader_decodes) in policies {
+            let mut replayed = Vec::new();
+            let n = replay_log(&txn, reader_decodes, &mut |id, record| {
+                replayed.push((id, record));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, written.len() as u64, "{how}");
+            assert!(
+                replayed == written,
+                "{how}: the replay differs from the log"
+            );
+        }
+        // A record that no longer decodes fails the load, on either thread.
+        drop(txn);
+        let txn = db.db.begin_write().unwrap();
+        txn.open_table(LOG)
+            .unwrap()
+            .insert(2 * LOAD_BATCH as u64 + 1, [1u8, 9, 9].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let txn = db.db.begin_read().unwrap();
+        for reader_decodes in [true, false] {
+            let err = replay_log(&txn, |_| reader_decodes, &mut |_, _| Ok(())).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "the store is corrupt: malformed message: OtherString(\"invalid value: integer \
+                 `9`, expected variant index 0 <= i < 3\")",
+                "reader decodes {reader_decodes}"
+            );
+        }
+    }
 }
