@@ -15,6 +15,7 @@ pub mod sync;
 pub mod trust;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -283,10 +284,75 @@ impl Drop for FetchTurn<'_> {
 
 /// Checks the stored owner and highest-version pins against the replayed catalog (they are
 /// written with the records, in the same transactions, so any difference is a corrupt store)
-/// and returns how many names have an installable release.
-fn check_pins(db: &Db, trust: &Trust) -> Result<u64, StoreError> {
+/// and returns how many names have an installable release. Two threads check half the names
+/// each while a third opens the search index, which is returned too.
+fn check_pins_and_open_index(
+    db: &Db,
+    trust: &Trust,
+    index_dir: &Path,
+    records: u64,
+) -> Result<((SearchIndex, bool), u64), RegistryError> {
+    // The names come out of their hash map in hash order: a sample's middle name splits the
+    // sorted pin tables near their middle.
+    let mut sample: Vec<&str> = trust.names().take(255).map(|(n, _)| n.as_str()).collect();
+    sample.sort_unstable();
+    let Some(&middle) = sample.get(sample.len() / 2) else {
+        let pins = check_pin_range(db, trust, (Bound::Unbounded, Bound::Unbounded))?;
+        return Ok((
+            SearchIndex::open(index_dir, records)?,
+            pins_agree(trust, pins)?,
+        ));
+    };
+    let (index, upper, lower) = std::thread::scope(|scope| {
+        let index = scope.spawn(|| SearchIndex::open(index_dir, records));
+        let upper =
+            scope.spawn(|| check_pin_range(db, trust, (Bound::Included(middle), Bound::Unbounded)));
+        let lower = check_pin_range(db, trust, (Bound::Unbounded, Bound::Excluded(middle)));
+        (joined(index.join()), joined(upper.join()), lower)
+    });
+    let (lower, upper) = (lower?, upper?);
+    let installable = pins_agree(
+        trust,
+        PinCount {
+            pins: lower.pins + upper.pins,
+            installable: lower.installable + upper.installable,
+        },
+    )?;
+    Ok((index?, installable))
+}
+
+/// A thread's result, or its panic passed on.
+fn joined<T>(result: std::thread::Result<T>) -> T {
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// What a range of the pin tables held.
+struct PinCount {
+    pins: u64,
+    installable: u64,
+}
+
+/// Checks that every name had its owner pin; returns how many names have an installable
+/// release.
+fn pins_agree(trust: &Trust, count: PinCount) -> Result<u64, StoreError> {
+    let names = trust.name_count() as u64;
+    if count.pins != names {
+        return Err(StoreError::Corrupt(format!(
+            "the catalog has {names} names but {} owner pins",
+            count.pins
+        )));
+    }
+    Ok(count.installable)
+}
+
+/// Checks the pins of the names in a range against the replayed catalog.
+fn check_pin_range(
+    db: &Db,
+    trust: &Trust,
+    names: (Bound<&str>, Bound<&str>),
+) -> Result<PinCount, StoreError> {
     let mut installable = 0;
-    let pins = db.each_pin(|name, owner, highest| {
+    let pins = db.each_pin(names, |name, owner, highest| {
         let state = trust.name(name).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "owner pin for '{name}', which the catalog does not have"
@@ -318,13 +384,7 @@ fn check_pins(db: &Db, trust: &Trust) -> Result<u64, StoreError> {
         }
         Ok(())
     })?;
-    let names = trust.name_count() as u64;
-    if pins != names {
-        return Err(StoreError::Corrupt(format!(
-            "the catalog has {names} names but {pins} owner pins"
-        )));
-    }
-    Ok(installable)
+    Ok(PinCount { pins, installable })
 }
 
 /// A version, or "none".
@@ -386,15 +446,8 @@ impl Registry {
         })?;
         let load_ms = started.elapsed().as_millis();
         let records = snapshot.records as usize;
-        // The search index is opened on a second thread while this one checks the pins
-        // (`checks_ms` in the log covers both).
-        let (index, installable) = std::thread::scope(|scope| {
-            let index = scope.spawn(|| SearchIndex::open(&dir.join("index"), snapshot.records));
-            let installable = check_pins(&db, &catalog.trust);
-            (index.join(), installable)
-        });
-        let (index, index_kept) = index.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        let installable = installable?;
+        let ((index, index_kept), installable) =
+            check_pins_and_open_index(&db, &catalog.trust, &dir.join("index"), snapshot.records)?;
         let checks_ms = started.elapsed().as_millis() - load_ms;
         for head in snapshot.heads {
             match catalog.trust.admit_head(&head) {

@@ -9,6 +9,7 @@
 
 pub mod blobs;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -354,17 +355,19 @@ impl Db {
         Ok(CatalogSnapshot { records, heads })
     }
 
-    /// Calls `check` with each name's owner pin and the highest version pinned for it, as
-    /// stored (the caller compares them with the replayed catalog), and returns how many names
-    /// have an owner pin. Both tables are sorted by name and read side by side: one call per
-    /// name. A highest version pinned for a name without an owner pin is a corrupt store.
-    pub fn each_pin(
+    /// Calls `check` with the owner pin of each name in `names` and the highest version pinned
+    /// for it, as stored (the caller compares them with the replayed catalog), and returns how
+    /// many names in the range have an owner pin. Both tables are sorted by name and read side
+    /// by side: one call per name. A highest version pinned for a name without an owner pin is
+    /// a corrupt store.
+    pub fn each_pin<'a>(
         &self,
+        names: (Bound<&'a str>, Bound<&'a str>),
         mut check: impl FnMut(&str, &[u8; 32], Option<&str>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let highest = txn.open_table(HIGHEST)?;
-        let mut highest = highest.iter()?;
+        let mut highest = highest.range::<&str>(names)?;
         let unpinned = |name: &str| {
             StoreError::Corrupt(format!(
                 "highest version pinned for '{name}', which has no owner pin"
@@ -372,7 +375,7 @@ impl Db {
         };
         let mut next_highest = highest.next().transpose()?;
         let mut pins = 0;
-        for entry in txn.open_table(OWNERS)?.iter()? {
+        for entry in txn.open_table(OWNERS)?.range::<&str>(names)? {
             let (name, owner) = entry?;
             let name = name.value();
             let pinned = match &next_highest {
