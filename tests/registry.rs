@@ -790,6 +790,49 @@ async fn a_store_whose_pins_disagree_with_its_log_is_refused_at_start() {
     node.shutdown().await;
 }
 
+/// A node whose search index is gone (a crash before it was sealed) rebuilds it from the
+/// catalog at start, every name of several chunks of names searchable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
+    init_tracing();
+    let dir = data_dir();
+    let config = node_config(&dir);
+    const N: usize = 2 * 4096 + 5;
+    let node = Node::start(config.clone()).await.unwrap();
+    let registry = node.registry.clone();
+    let records = many_releases(N, &publisher(10));
+    tokio::task::spawn_blocking(move || registry.ingest(records, true))
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown().await;
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+
+    let node = Node::start(config).await.unwrap();
+    assert!(node.registry.startup.index_rebuilt);
+    let all = node
+        .registry
+        .search(&SearchQuery::text("synthetic"))
+        .unwrap();
+    assert_eq!(all.total, N as u64);
+    let per_category = |i: usize| (0..N).filter(|k| k % 3 == i).count() as u64;
+    let mut categories = all.categories;
+    categories.sort();
+    assert_eq!(
+        categories,
+        [
+            ("cli".to_owned(), per_category(1)),
+            ("data".to_owned(), per_category(2)),
+            ("web".to_owned(), per_category(0)),
+        ]
+    );
+    for i in [0, 4095, 4096, 8191, 8192, N - 1] {
+        let name = format!("synthetic-{i:05}");
+        assert_eq!(names(&node.registry, &name).first(), Some(&name));
+    }
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_quota_holds_and_pinned_blobs_survive_eviction() {
     init_tracing();

@@ -57,6 +57,11 @@ const INGEST_BATCH: usize = 2048;
 /// with departed peers that can take until the query timeout; it goes on in the background.
 const PUBLISH_DHT_WAIT: Duration = Duration::from_secs(3);
 
+/// Names whose documents are read at a time while the search index is rebuilt.
+const REBUILD_CHUNK: usize = 4096;
+/// Chunks of documents that may wait for the index writer.
+const REBUILD_CHUNKS_AHEAD: usize = 2;
+
 /// Where a registry keeps its state and how it decides trust.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
@@ -494,14 +499,7 @@ impl Registry {
                 sealed = index_kept,
                 "search index is out of date or was not closed cleanly; rebuilding it"
             );
-            let all: Vec<PackageName> = registry
-                .catalog_lock()
-                .trust
-                .names()
-                .map(|(n, _)| n.clone())
-                .collect();
-            let (docs, _) = registry.index_docs(&all)?;
-            registry.index.rebuild(docs)?;
+            registry.rebuild_index()?;
             index_rebuilt = true;
         }
         let mut registry = registry;
@@ -520,6 +518,39 @@ impl Registry {
             "catalog loaded"
         );
         Ok(Arc::new(registry))
+    }
+
+    /// Rebuilds the search index from the catalog: a second thread reads the newest release
+    /// of each name from the log, a chunk of names at a time, while this one feeds them to the
+    /// index writer (whose own thread indexes them).
+    fn rebuild_index(&self) -> Result<(), RegistryError> {
+        let names: Vec<PackageName> = self
+            .catalog_lock()
+            .trust
+            .names()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut failed = None;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(REBUILD_CHUNKS_AHEAD);
+            let reader = scope.spawn(move || {
+                for chunk in names.chunks(REBUILD_CHUNK) {
+                    let docs = self.index_docs(chunk).map(|(docs, _)| docs);
+                    let stop = docs.is_err();
+                    if tx.send(docs).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let docs = rx
+                .into_iter()
+                .map_while(|docs| docs.map_err(|e| failed = Some(e)).ok())
+                .flatten();
+            let rebuilt = self.index.rebuild(docs);
+            joined(reader.join());
+            rebuilt
+        })?;
+        failed.map_or(Ok(()), Err)
     }
 
     fn catalog_lock(&self) -> MutexGuard<'_, Catalog> {
