@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agora_daemon::node::Node;
+use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::trust::TrustError;
 use agora_daemon::registry::{Registry, RegistryError};
 use agora_daemon::store::{CatalogWrite, Db};
@@ -697,6 +697,17 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
     node.shutdown().await;
 }
 
+/// Starts a node on `config`, admits `records` and stops it cleanly (its index sealed).
+async fn store_and_stop(config: &NodeConfig, records: Vec<CatalogRecord>) {
+    let node = Node::start(config.clone()).await.unwrap();
+    let registry = node.registry.clone();
+    tokio::task::spawn_blocking(move || registry.ingest(records, false))
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown().await;
+}
+
 /// The owner and highest-version pins are written with the records, in the same transactions:
 /// a store where they disagree with the log is corrupt, and the node refuses to start on it,
 /// naming the pin.
@@ -707,14 +718,7 @@ async fn a_store_whose_pins_disagree_with_its_log_is_refused_at_start() {
     let config = node_config(&dir);
     let key = publisher(8);
     let records = many_releases(4, &key);
-    let node = Node::start(config.clone()).await.unwrap();
-    let registry = node.registry.clone();
-    let first = records[..3].to_vec();
-    tokio::task::spawn_blocking(move || registry.ingest(first, false))
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown().await;
+    store_and_stop(&config, records[..3].to_vec()).await;
 
     let db_path = dir.join("catalog.redb");
     let pristine = dir.join("catalog.redb.pristine");
@@ -798,14 +802,7 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
     let dir = data_dir();
     let config = node_config(&dir);
     const N: usize = 2 * 4096 + 5;
-    let node = Node::start(config.clone()).await.unwrap();
-    let registry = node.registry.clone();
-    let records = many_releases(N, &publisher(10));
-    tokio::task::spawn_blocking(move || registry.ingest(records, true))
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown().await;
+    store_and_stop(&config, many_releases(N, &publisher(10))).await;
     std::fs::remove_dir_all(dir.join("index")).unwrap();
 
     let node = Node::start(config).await.unwrap();
