@@ -3,18 +3,23 @@
 //! listens on (TCP + Noise + yamux, and QUIC), through `Registry::fetch` (find
 //! providers on the DHT, chunks in parallel, each chunk verified, written to a partial file,
 //! synced, the whole archive hashed again, moved into the store, then provided). Every run
-//! uses a fresh fetcher. Two baselines in the same run, moving the same number of bytes:
+//! uses a fresh fetcher. Three baselines in the same run, moving the same number of bytes:
 //!
 //! - a plain loopback TCP connection between two threads, memory to memory;
 //! - libp2p's transport alone, built as Agora's swarm builds it, one substream, memory to
-//!   memory, no swarm: what any protocol over that transport can move here.
+//!   memory, no swarm: what any protocol over that transport can move here;
+//! - a durable write of the bytes to a new file where the fetchers keep their data, 1 MiB at a
+//!   time, then `fdatasync`: what the disk takes in, since a fetch is done only once its
+//!   archive is on disk. One such write follows each fetch, so both meet the disk in the same
+//!   state (a VM's disk may run fast for a burst and then at its sustained rate).
 //!
 //! Provider and fetcher share this machine's cores, so every byte is encrypted, decrypted and
 //! hashed on the same two vCPUs.
 //!
 //! Sizes in MB from `AGORA_BENCH_SIZES` (default `10,100`), runs per case from
 //! `AGORA_BENCH_RUNS` (default 3), transports from `AGORA_BENCH_TRANSPORTS` (default
-//! `tcp,quic`). Run: `cargo bench --bench fetch`.
+//! `tcp,quic`); `AGORA_BENCH_FETCH_DIR` is where fetchers keep their data (default: under
+//! `target/`; `/dev/shm` takes the disk out of the measure). Run: `cargo bench --bench fetch`.
 
 /// The allocator agorad runs with, so the numbers are the daemon's.
 #[global_allocator]
@@ -27,6 +32,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agora_daemon::network::NetworkError;
@@ -65,12 +71,22 @@ async fn start(kind: Kind) -> (Node, Multiaddr) {
     Node::start_listening(config, kind.listen()).await.unwrap()
 }
 
-/// A fresh node joined to `seed` that has the release in its catalog (by sync). Like agorad,
-/// it goes on if its DHT bootstrap does not complete: over QUIC, dialling the earlier
-/// fetchers (gone, but still in the others' routing tables) waits out the handshake timeout
-/// of each, and the bootstrap refreshes bucket after bucket.
-async fn fetcher(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> Node {
-    let (node, _) = start(kind).await;
+/// Where fetchers keep their data: `AGORA_BENCH_FETCH_DIR`, else a fresh directory under
+/// `target/`.
+fn fetch_root() -> PathBuf {
+    std::env::var_os("AGORA_BENCH_FETCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(common::data_dir)
+}
+
+/// A fresh node joined to `seed` that has the release in its catalog (by sync), its data in
+/// `dir`. Like agorad, it goes on if its DHT bootstrap does not complete: over QUIC, dialling
+/// the earlier fetchers (gone, but still in the others' routing tables) waits out the
+/// handshake timeout of each, and the bootstrap refreshes bucket after bucket.
+async fn fetcher(kind: Kind, dir: &Path, seed: &Multiaddr, release: &ReleaseRecord) -> Node {
+    let (node, _) = Node::start_listening(common::node_config(dir), kind.listen())
+        .await
+        .unwrap();
     node.network.dial(seed.clone()).await.unwrap();
     if let Err(e) = node.network.bootstrap().await {
         assert!(
@@ -91,9 +107,16 @@ async fn synced(node: &Node, release: &ReleaseRecord) {
     }
 }
 
-/// Fetches the release on a fresh node; returns the time and the providers that served it.
-async fn timed_fetch(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> (Duration, usize) {
-    let node = fetcher(kind, seed, release).await;
+/// Fetches the release on a fresh node whose data is in a new directory in `root` (removed
+/// afterwards); returns the time and the providers that served it.
+async fn timed_fetch(
+    kind: Kind,
+    root: &Path,
+    seed: &Multiaddr,
+    release: &ReleaseRecord,
+) -> (Duration, usize) {
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let node = fetcher(kind, dir.path(), seed, release).await;
     let b = &release.body;
     let started = Instant::now();
     let fetched = node.registry.fetch(&b.name, &b.version).await.unwrap();
@@ -103,6 +126,21 @@ async fn timed_fetch(kind: Kind, seed: &Multiaddr, release: &ReleaseRecord) -> (
     let served = fetched.served_by.len();
     node.shutdown().await;
     (took, served)
+}
+
+/// Writes `bytes` to a new file in `root`, 1 MiB at a time, and syncs it (removed afterwards).
+fn disk_write(root: &Path, bytes: usize) -> Duration {
+    let data = common::noise(1 << 20, 11);
+    let mut file = tempfile::NamedTempFile::new_in(root).unwrap();
+    let started = Instant::now();
+    let mut written = 0;
+    while written < bytes {
+        let n = (bytes - written).min(data.len());
+        file.write_all(&data[..n]).unwrap();
+        written += n;
+    }
+    file.as_file().sync_data().unwrap();
+    started.elapsed()
 }
 
 /// Copies `bytes` over a loopback TCP connection, memory to memory, in 1 MiB writes.
@@ -257,12 +295,15 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
         .unwrap()
         .record;
     let size = release.body.archive.size;
+    let root = fetch_root();
+    let mut disk = Vec::new();
 
     let mut one = Vec::new();
     for _ in 0..runs {
-        let (took, served) = timed_fetch(kind, &seed, &release).await;
+        let (took, served) = timed_fetch(kind, &root, &seed, &release).await;
         assert_eq!(served, 1);
         one.push(took);
+        disk.push(disk_write(&root, size as usize));
     }
     // Nodes 1 and 2 fetch it too and become providers (a fetch announces its archive in the
     // background: wait until the DHT lists all three).
@@ -286,10 +327,11 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     let mut three = Vec::new();
     let mut served_by = Vec::new();
     for _ in 0..runs {
-        let (took, served) = timed_fetch(kind, &seed, &release).await;
+        let (took, served) = timed_fetch(kind, &root, &seed, &release).await;
         assert!((1..=3).contains(&served), "{served} providers served");
         three.push(took);
         served_by.push(served);
+        disk.push(disk_write(&root, size as usize));
     }
     let tcp: Vec<Duration> = (0..runs).map(|_| tcp_copy(size as usize)).collect();
     let mut transport = Vec::new();
@@ -297,20 +339,25 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
         transport.push(libp2p_copy(kind, size as usize).await);
     }
     let (one, three) = (median(one), median(three));
-    let (tcp, transport) = (median(tcp), median(transport));
+    let (tcp, transport, disk) = (median(tcp), median(transport), median(disk));
     let best = rate(size, one).max(rate(size, three));
     println!(
         "fetch over {kind:?}, {:.1} MB archive, median of {runs}: 1 provider {one:.1?} = {:.0} MB/s; \
          3 providers {three:.1?} = {:.0} MB/s (providers that served, per run: {served_by:?}); \
-         plain TCP copy {tcp:.1?} = {:.0} MB/s; libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; best fetch = {:.0}% of \
-         the TCP copy, {:.0}% of the libp2p transport",
+         plain TCP copy {tcp:.1?} = {:.0} MB/s; libp2p {kind:?} transport copy {transport:.1?} = {:.0} MB/s; \
+         durable write to {} {disk:.1?} = {:.0} MB/s (median of {}); best fetch = {:.0}% of \
+         the TCP copy, {:.0}% of the libp2p transport, {:.0}% of the disk write",
         size as f64 / 1e6,
         rate(size, one),
         rate(size, three),
         rate(size, tcp),
         rate(size, transport),
+        root.display(),
+        rate(size, disk),
+        2 * runs,
         100.0 * best / rate(size, tcp),
         100.0 * best / rate(size, transport),
+        100.0 * best / rate(size, disk),
     );
     for (n, _) in net {
         n.shutdown().await;
