@@ -8,10 +8,11 @@
 //! - a plain loopback TCP connection between two threads, memory to memory;
 //! - libp2p's transport alone, built as Agora's swarm builds it, one substream, memory to
 //!   memory, no swarm: what any protocol over that transport can move here;
-//! - a durable write of the bytes to a new file where the fetchers keep their data, 1 MiB at a
-//!   time, then `fdatasync`: what the disk takes in, since a fetch is done only once its
-//!   archive is on disk. One such write follows each fetch, so both meet the disk in the same
-//!   state (a VM's disk may run fast for a burst and then at its sustained rate).
+//! - a durable write of the archive's bytes to a new file where the fetchers keep their data,
+//!   1 MiB at a time, then `fdatasync`: what the disk takes in, since a fetch is done only once
+//!   its archive is on disk. One such write follows each fetch, so both meet the disk in the
+//!   same state (a VM's disk may run fast for a burst and then at its sustained rate, and may
+//!   write data it has seen before faster: both write the same bytes).
 //!
 //! Provider and fetcher share this machine's cores, so every byte is encrypted, decrypted and
 //! hashed on the same two vCPUs.
@@ -108,12 +109,14 @@ async fn synced(node: &Node, release: &ReleaseRecord) {
 }
 
 /// Fetches the release on a fresh node whose data is in a new directory in `root` (removed
-/// afterwards); returns the time and the providers that served it.
+/// afterwards); returns the time and the providers that served it. Reads the fetched archive
+/// into `archive` if that is empty.
 async fn timed_fetch(
     kind: Kind,
     root: &Path,
     seed: &Multiaddr,
     release: &ReleaseRecord,
+    archive: &mut Vec<u8>,
 ) -> (Duration, usize) {
     let dir = tempfile::tempdir_in(root).unwrap();
     let node = fetcher(kind, dir.path(), seed, release).await;
@@ -124,20 +127,19 @@ async fn timed_fetch(
     assert!(!fetched.cached);
     assert_eq!(fetched.size, b.archive.size);
     let served = fetched.served_by.len();
+    if archive.is_empty() {
+        *archive = std::fs::read(&fetched.path).unwrap();
+    }
     node.shutdown().await;
     (took, served)
 }
 
-/// Writes `bytes` to a new file in `root`, 1 MiB at a time, and syncs it (removed afterwards).
-fn disk_write(root: &Path, bytes: usize) -> Duration {
-    let data = common::noise(1 << 20, 11);
+/// Writes `data` to a new file in `root`, 1 MiB at a time, and syncs it (removed afterwards).
+fn disk_write(root: &Path, data: &[u8]) -> Duration {
     let mut file = tempfile::NamedTempFile::new_in(root).unwrap();
     let started = Instant::now();
-    let mut written = 0;
-    while written < bytes {
-        let n = (bytes - written).min(data.len());
-        file.write_all(&data[..n]).unwrap();
-        written += n;
+    for piece in data.chunks(1 << 20) {
+        file.write_all(piece).unwrap();
     }
     file.as_file().sync_data().unwrap();
     started.elapsed()
@@ -297,13 +299,14 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     let size = release.body.archive.size;
     let root = fetch_root();
     let mut disk = Vec::new();
+    let mut archive = Vec::new();
 
     let mut one = Vec::new();
     for _ in 0..runs {
-        let (took, served) = timed_fetch(kind, &root, &seed, &release).await;
+        let (took, served) = timed_fetch(kind, &root, &seed, &release, &mut archive).await;
         assert_eq!(served, 1);
         one.push(took);
-        disk.push(disk_write(&root, size as usize));
+        disk.push(disk_write(&root, &archive));
     }
     // Nodes 1 and 2 fetch it too and become providers (a fetch announces its archive in the
     // background: wait until the DHT lists all three).
@@ -327,11 +330,11 @@ async fn run(kind: Kind, mb: usize, runs: usize) {
     let mut three = Vec::new();
     let mut served_by = Vec::new();
     for _ in 0..runs {
-        let (took, served) = timed_fetch(kind, &root, &seed, &release).await;
+        let (took, served) = timed_fetch(kind, &root, &seed, &release, &mut archive).await;
         assert!((1..=3).contains(&served), "{served} providers served");
         three.push(took);
         served_by.push(served);
-        disk.push(disk_write(&root, size as usize));
+        disk.push(disk_write(&root, &archive));
     }
     let tcp: Vec<Duration> = (0..runs).map(|_| tcp_copy(size as usize)).collect();
     let mut transport = Vec::new();
