@@ -7,6 +7,11 @@
 //! `AGORA_BENCH_NODES` (default `10,20,50`), publishes per size from `AGORA_BENCH_PUBLISHES`
 //! (default 40).
 //!
+//! The disk's baseline in the same run: a thread writes 4 KiB and `fdatasync`s it every
+//! 10 ms next to the nodes' data, for as long as the publishes run; its latencies are
+//! reported, and, for the slowest publish, the slowest of those syncs that overlapped it (a
+//! publish is gossiped only once it is durable, so a disk that stalls holds it up).
+//!
 //! Run: `cargo bench --bench publish`.
 
 /// The allocator agorad runs with, so the numbers are the daemon's.
@@ -18,7 +23,9 @@ mod common;
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_daemon::registry::Registry;
@@ -91,6 +98,22 @@ async fn wait_visible(
     (first, all)
 }
 
+/// Syncs 4 KiB to a file in `dir` every 10 ms until `stop`; returns when each sync started
+/// and how long it took.
+fn probe_disk(dir: std::path::PathBuf, stop: Arc<AtomicBool>) -> Vec<(Instant, Duration)> {
+    let mut file = tempfile::tempfile_in(dir).unwrap();
+    let page = [7u8; 4096];
+    let mut syncs = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        file.write_all(&page).unwrap();
+        file.sync_data().unwrap();
+        syncs.push((started, started.elapsed()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    syncs
+}
+
 async fn run(nodes: usize, publishes: usize) {
     let net = common::testnet(nodes).await;
     let registries: Vec<Arc<Registry>> = net.iter().map(|(n, _)| n.registry.clone()).collect();
@@ -108,6 +131,12 @@ async fn run(nodes: usize, publishes: usize) {
     let key = common::publisher(7);
     let src = tempfile::tempdir().unwrap();
     let (mut call, mut first, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    let mut windows = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (dir, stop) = (common::data_dir(), stop.clone());
+        std::thread::spawn(move || probe_disk(dir, stop))
+    };
     let cpu_before = cpu_time();
     for i in 0..publishes {
         let dir = src.path().join(format!("p{i}"));
@@ -128,13 +157,26 @@ async fn run(nodes: usize, publishes: usize) {
         call.push(took);
         first.push(f);
         all.push(a);
+        windows.push((started, a));
     }
     let cpu = (cpu_time() - cpu_before) / publishes as u32;
+    stop.store(true, Ordering::Relaxed);
+    let syncs = probe.join().unwrap();
+    let (slow_start, slowest) = *windows.iter().max_by_key(|w| w.1).unwrap();
+    let during = syncs
+        .iter()
+        .filter(|(at, took)| *at < slow_start + slowest && *at + *took > slow_start)
+        .map(|s| s.1)
+        .max()
+        .unwrap_or_default();
     println!(
-        "publish, {nodes} nodes, {publishes} releases: {}; {}; {}; CPU per publish (all nodes) {cpu:.1?}",
+        "publish, {nodes} nodes, {publishes} releases: {}; {}; {}; CPU per publish (all nodes) {cpu:.1?}; \
+         disk {} ({} syncs), slowest during the slowest publish {during:.1?}",
         summary("publish call", call),
         summary("first other node", first),
         summary("visible on all", all),
+        summary("4 KiB fdatasync", syncs.iter().map(|s| s.1).collect()),
+        syncs.len(),
     );
     for (n, _) in net {
         n.shutdown().await;
