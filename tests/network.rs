@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::network::{NetworkError, RecordQuorum};
-use agora_daemon::registry::fetch::{FetchError, Providers, fetch_archive};
+use agora_daemon::registry::fetch::{FetchError, PeerOutcome, Providers, fetch_archive};
 use agora_protocol::Version;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
@@ -335,6 +335,83 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
             .err(),
         Some(FetchError::NoProviders(info.id))
     );
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A provider record outlives its node: the best-ranked provider is a peer whose address
+/// accepts TCP and never speaks. It is asked for one chunk (not a share of them), and once
+/// the connected provider has sent the rest, that chunk is asked of it too: the fetch ends
+/// without waiting for the dial that hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_never_answers_holds_up_no_fetch() {
+    init_tracing();
+    let nodes = testnet(2).await;
+    let (provider, _) = &nodes[0];
+    let (fetcher, _) = &nodes[1];
+    let data = noise(2 * 1024 * 1024, 9);
+    let record = release(
+        "ghosted",
+        Version::new(1, 0, 0),
+        &data,
+        256 * 1024,
+        &publisher(9),
+    );
+    let info = record.body.archive.clone();
+    assert_eq!(info.chunks.len(), 8);
+    provider
+        .registry
+        .add_blob_with(info.clone(), data.clone())
+        .await
+        .unwrap();
+
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr: libp2p::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let ghost = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    fetcher
+        .network
+        .add_address(ghost, silent_addr)
+        .await
+        .unwrap();
+
+    let live = provider.network.peer_id();
+    let (fetched, report) = tokio::time::timeout(
+        Duration::from_secs(8),
+        fetch_archive(
+            &fetcher.network,
+            &info,
+            Providers::fixed(vec![ghost, live]),
+            4,
+        ),
+    )
+    .await
+    .expect("the fetch waited on the silent peer")
+    .unwrap();
+    assert!(fetched == data, "fetched bytes differ from the blob");
+    assert_eq!(report.served_by, vec![(live, 8)]);
+    // The silent peer's one request was still out when the fetch ended: no outcome for it.
+    assert_eq!(report.outcomes.len(), 8);
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, PeerOutcome::Served { peer, .. } if *peer == live)),
+        "{:?}",
+        report.outcomes
+    );
+    held.abort();
     for (node, _) in nodes {
         node.shutdown().await;
     }

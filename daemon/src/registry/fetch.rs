@@ -1,9 +1,10 @@
 //! Chunked, verified fetch of an archive from several providers.
 //!
 //! Chunks are requested several at a time, spread round-robin over the providers in the order
-//! given (best first). Each chunk is checked against its SHA-256 from the signed release record
-//! the moment it arrives; a bad chunk is blamed on the peer that sent it, that peer gets no
-//! more requests in this fetch, and the chunk is asked of another provider. Chunks go to a
+//! given (best first); see `Schedule` for who is asked what. Each chunk is checked against
+//! its SHA-256 from the signed release record the moment it arrives; a bad chunk is blamed on
+//! the peer that sent it, that peer gets no more requests in this fetch, and the chunk is asked
+//! of another provider. Chunks go to a
 //! [`ChunkSink`]: memory, or a partial file on disk so that an interrupted fetch resumes with
 //! the chunks it already has. What each peer did is reported for reputation.
 //!
@@ -16,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::Instant;
 
@@ -92,7 +94,9 @@ impl FetchReport {
 pub trait ChunkSink: Send + Sync + 'static {
     /// Whether chunk `index` was already there (verified) when the fetch started.
     fn has(&self, index: u32) -> bool;
-    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<(), FetchError>;
+    /// Stores a verified chunk; `false` if it was stored already (a second provider's copy of
+    /// it, which is dropped).
+    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<bool, FetchError>;
 }
 
 /// Chunks kept in memory.
@@ -117,9 +121,14 @@ impl ChunkSink for MemorySink {
     fn has(&self, _index: u32) -> bool {
         false
     }
-    fn put(&self, index: u32, _offset: u64, data: Vec<u8>) -> Result<(), FetchError> {
-        lock(&self.chunks)[index as usize] = Some(data);
-        Ok(())
+    fn put(&self, index: u32, _offset: u64, data: Vec<u8>) -> Result<bool, FetchError> {
+        let mut chunks = lock(&self.chunks);
+        let slot = &mut chunks[index as usize];
+        if slot.is_some() {
+            return Ok(false);
+        }
+        *slot = Some(data);
+        Ok(true)
     }
 }
 
@@ -147,6 +156,8 @@ pub struct FileSink {
     info: ArchiveInfo,
     /// Chunks found in the file when it was opened.
     had: Vec<bool>,
+    /// Chunks in the file or being written: each is written once.
+    stored: Vec<AtomicBool>,
     progress: Mutex<(u64, Option<ProgressFn>)>,
     /// True once closed; `put` writes while holding it for reading.
     closed: RwLock<bool>,
@@ -217,6 +228,7 @@ impl FileSink {
         let sink = Self {
             file,
             info: info.clone(),
+            stored: had.iter().map(|h| AtomicBool::new(*h)).collect(),
             had,
             progress: Mutex::new((done, on_progress)),
             closed: RwLock::new(false),
@@ -323,7 +335,10 @@ impl ChunkSink for FileSink {
         self.had[index as usize]
     }
 
-    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<(), FetchError> {
+    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<bool, FetchError> {
+        if self.stored[index as usize].swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
         {
             let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
             if *closed {
@@ -353,7 +368,7 @@ impl ChunkSink for FileSink {
         self.hash_in_order(false)?;
         self.sync_behind(len)?;
         self.advance(len as u64);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -412,6 +427,8 @@ pub async fn fetch_to_file(
 /// How a chunk request ended, once its data (if any) was checked and stored.
 enum Arrival {
     Stored(usize),
+    /// Good, but the chunk was already in (another provider's copy came first).
+    Duplicate(usize),
     BadData,
     Refused(Refusal),
     Failed(String),
@@ -451,7 +468,8 @@ async fn request_chunk<S: ChunkSink>(
             return Arrival::BadData;
         }
         match sink.put(index, offset, data) {
-            Ok(()) => Arrival::Stored(size),
+            Ok(true) => Arrival::Stored(size),
+            Ok(false) => Arrival::Duplicate(size),
             Err(e) => Arrival::SinkFailed(e),
         }
     })
@@ -484,10 +502,155 @@ enum Next<T> {
     Found(Option<PeerId>),
 }
 
-/// The fetch loop shared by every sink. Chunks go out round-robin over the providers not
-/// blamed and not yet tried for that chunk; a provider found later joins the rotation. A
-/// chunk every known provider has failed waits for one found later, and is unavailable once
-/// the search has ended.
+/// Which provider is asked for which chunk. Providers are taken round-robin, best first,
+/// never twice for one chunk, and none again in this fetch once it has sent bad data,
+/// refused or failed a request. A provider not known to be reachable (not connected when the
+/// fetch started and no chunk served yet) is asked for one chunk at a time, so that a
+/// departed peer whose provider record outlives it holds up one chunk rather than a share of
+/// them; once nothing else is left to ask, a chunk held only by such a provider is also asked
+/// of one that has served, and whichever answers first is kept.
+struct Schedule {
+    providers: Vec<PeerId>,
+    /// Connected when the fetch started, or served a chunk in it.
+    proven: HashSet<PeerId>,
+    dropped: HashSet<PeerId>,
+    /// Requests in flight, per provider.
+    busy: HashMap<PeerId, usize>,
+    /// Providers ever asked for each chunk.
+    tried: Vec<HashSet<PeerId>>,
+    /// Providers being asked for a chunk now.
+    asking: HashMap<u32, Vec<PeerId>>,
+    done: Vec<bool>,
+    remaining: usize,
+    next: usize,
+}
+
+/// Whom to ask for a chunk.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    Ask(PeerId),
+    /// Only providers that are busy proving themselves are left: ask once one answers.
+    Wait,
+    /// Every provider known has been asked for it or dropped.
+    NoneLeft,
+}
+
+impl Schedule {
+    fn new(providers: Vec<PeerId>, connected: &[PeerId], done: Vec<bool>) -> Self {
+        let proven = providers
+            .iter()
+            .filter(|p| connected.contains(p))
+            .copied()
+            .collect();
+        Self {
+            providers,
+            proven,
+            dropped: HashSet::new(),
+            busy: HashMap::new(),
+            tried: vec![HashSet::new(); done.len()],
+            asking: HashMap::new(),
+            remaining: done.iter().filter(|d| !**d).count(),
+            done,
+            next: 0,
+        }
+    }
+
+    fn add_provider(&mut self, peer: PeerId) -> bool {
+        let new = !self.providers.contains(&peer);
+        if new {
+            self.providers.push(peer);
+        }
+        new
+    }
+
+    fn ready(&self, peer: &PeerId) -> bool {
+        self.proven.contains(peer) || self.busy.get(peer).is_none_or(|n| *n == 0)
+    }
+
+    fn pick(&mut self, index: u32) -> Pick {
+        let tried = &self.tried[index as usize];
+        let eligible: Vec<PeerId> = self
+            .providers
+            .iter()
+            .filter(|p| !self.dropped.contains(p) && !tried.contains(p))
+            .copied()
+            .collect();
+        let ready: Vec<PeerId> = eligible.iter().filter(|p| self.ready(p)).copied().collect();
+        if ready.is_empty() {
+            return if eligible.is_empty() {
+                Pick::NoneLeft
+            } else {
+                Pick::Wait
+            };
+        }
+        let peer = ready[self.next % ready.len()];
+        self.next = self.next.wrapping_add(1);
+        Pick::Ask(peer)
+    }
+
+    fn sent(&mut self, index: u32, peer: PeerId) {
+        self.tried[index as usize].insert(peer);
+        *self.busy.entry(peer).or_default() += 1;
+        self.asking.entry(index).or_default().push(peer);
+    }
+
+    /// A request ended, however it went.
+    fn returned(&mut self, index: u32, peer: PeerId) {
+        if let Some(n) = self.busy.get_mut(&peer) {
+            *n -= 1;
+        }
+        if let Some(asked) = self.asking.get_mut(&index) {
+            asked.retain(|p| *p != peer);
+            if asked.is_empty() {
+                self.asking.remove(&index);
+            }
+        }
+    }
+
+    /// `peer` served chunk `index` (first, or after another provider did).
+    fn served(&mut self, index: u32, peer: PeerId) {
+        self.proven.insert(peer);
+        if !std::mem::replace(&mut self.done[index as usize], true) {
+            self.remaining -= 1;
+        }
+    }
+
+    fn drop_provider(&mut self, peer: PeerId) {
+        self.dropped.insert(peer);
+    }
+
+    fn is_done(&self, index: u32) -> bool {
+        self.done[index as usize]
+    }
+
+    fn is_asked(&self, index: u32) -> bool {
+        self.asking.contains_key(&index)
+    }
+
+    /// Chunks asked only of providers not yet proven, each with a proven provider to ask as
+    /// well.
+    fn endgame(&mut self) -> Vec<(u32, PeerId)> {
+        let mut also = Vec::new();
+        for (index, asked) in &self.asking {
+            if asked.iter().any(|p| self.proven.contains(p)) {
+                continue;
+            }
+            let tried = &self.tried[*index as usize];
+            if let Some(peer) = self.providers.iter().find(|p| {
+                self.proven.contains(p) && !self.dropped.contains(p) && !tried.contains(p)
+            }) {
+                also.push((*index, *peer));
+            }
+        }
+        also.sort_unstable();
+        also
+    }
+}
+
+/// The fetch loop shared by every sink, asking providers as `Schedule` says; a provider
+/// found later joins the rotation. A chunk every known provider has failed waits for one
+/// found later, and is unavailable once the search has ended. The fetch ends when every chunk
+/// is in, without waiting for requests still out to providers that never answered.
 pub async fn fetch_chunks<S: ChunkSink>(
     net: &NetworkHandle,
     info: &ArchiveInfo,
@@ -498,72 +661,86 @@ pub async fn fetch_chunks<S: ChunkSink>(
     let count = info.chunks.len() as u32;
     let mut report = FetchReport::default();
     let mut queue: VecDeque<u32> = VecDeque::new();
+    let mut had = Vec::with_capacity(count as usize);
     for index in 0..count {
-        if sink.has(index) {
+        let has = sink.has(index);
+        if has {
             report.resumed_chunks += 1;
         } else {
             queue.push_back(index);
         }
+        had.push(has);
     }
     if queue.is_empty() {
         return Ok(report);
     }
-    let Providers {
-        known: mut providers,
-        mut later,
-    } = providers;
-    let mut tried: Vec<HashSet<PeerId>> = vec![HashSet::new(); count as usize];
-    let mut blamed: HashSet<PeerId> = HashSet::new();
-    let mut next_provider = 0usize;
+    let Providers { known, mut later } = providers;
+    // Without the list, every provider proves itself with its first chunk.
+    let connected = net.peers().await.unwrap_or_default();
+    let mut schedule = Schedule::new(known, &connected, had);
     let mut traces: HashMap<PeerId, ProviderTrace> = HashMap::new();
     let mut in_flight = FuturesUnordered::new();
     // Chunks waiting for a provider that has not failed them.
     let mut parked: Vec<u32> = Vec::new();
+    let ask = |index: u32, peer: PeerId, span: tracing::Span| {
+        let sink = sink.clone();
+        async move {
+            let (arrival, elapsed) = request_chunk(net, info, peer, index, sink).await;
+            (index, peer, arrival, elapsed)
+        }
+        .instrument(span)
+    };
 
     loop {
         while in_flight.len() < parallel.max(1) {
             let Some(index) = queue.pop_front() else {
                 break;
             };
-            let candidates: Vec<PeerId> = providers
-                .iter()
-                .filter(|p| !blamed.contains(p) && !tried[index as usize].contains(p))
-                .copied()
-                .collect();
-            if candidates.is_empty() {
-                if later.is_some() {
-                    parked.push(index);
-                    continue;
-                }
-                let error = if providers.is_empty() {
-                    FetchError::NoProviders(info.id)
-                } else {
-                    FetchError::ChunkUnavailable { index }
-                };
-                return Err((error, report.outcomes));
+            if schedule.is_done(index) {
+                continue;
             }
-            let peer = candidates[next_provider % candidates.len()];
-            next_provider = next_provider.wrapping_add(1);
-            tried[index as usize].insert(peer);
-            let span = traces
-                .entry(peer)
-                .or_insert_with(|| ProviderTrace::new(peer))
-                .span
-                .clone();
-            let sink = sink.clone();
-            in_flight.push(
-                async move {
-                    let (arrival, elapsed) = request_chunk(net, info, peer, index, sink).await;
-                    (index, peer, arrival, elapsed)
+            match schedule.pick(index) {
+                Pick::Ask(peer) => {
+                    schedule.sent(index, peer);
+                    in_flight.push(ask(
+                        index,
+                        peer,
+                        ProviderTrace::of(&mut traces, peer).span.clone(),
+                    ));
                 }
-                .instrument(span),
-            );
+                Pick::Wait => {
+                    queue.push_front(index);
+                    break;
+                }
+                // Another provider still has it in hand: its answer decides.
+                Pick::NoneLeft if schedule.is_asked(index) => {}
+                Pick::NoneLeft if later.is_some() => parked.push(index),
+                Pick::NoneLeft => {
+                    let error = if schedule.providers.is_empty() {
+                        FetchError::NoProviders(info.id)
+                    } else {
+                        FetchError::ChunkUnavailable { index }
+                    };
+                    return Err((error, report.outcomes));
+                }
+            }
         }
-        if in_flight.is_empty() && queue.is_empty() && parked.is_empty() {
+        if queue.is_empty() && parked.is_empty() {
+            for (index, peer) in schedule.endgame() {
+                debug!(%peer, index, "asking a provider that has served for a chunk still out");
+                schedule.sent(index, peer);
+                in_flight.push(ask(
+                    index,
+                    peer,
+                    ProviderTrace::of(&mut traces, peer).span.clone(),
+                ));
+            }
+        }
+        if schedule.remaining == 0 {
             break;
         }
-        // Without a search, a chunk with no provider left has failed the fetch above, so
-        // something is in flight.
+        // Every chunk not in is queued, parked or asked for: with nothing asked, either the
+        // queue was just refilled from a provider found later, or the search still runs.
         let next = match later.as_mut() {
             None => Next::Arrived(in_flight.next().await),
             Some(found) if in_flight.is_empty() => Next::Found(found.next().await),
@@ -577,9 +754,8 @@ pub async fn fetch_chunks<S: ChunkSink>(
             Next::Arrived(None) => unreachable!("a request was in flight"),
             Next::Found(found) => {
                 match found {
-                    Some(peer) if !providers.contains(&peer) => {
+                    Some(peer) if schedule.add_provider(peer) => {
                         debug!(%peer, "another provider found");
-                        providers.push(peer);
                     }
                     Some(_) => continue,
                     None => later = None,
@@ -588,41 +764,51 @@ pub async fn fetch_chunks<S: ChunkSink>(
                 continue;
             }
         };
-        let trace = traces
-            .entry(peer)
-            .or_insert_with(|| ProviderTrace::new(peer));
+        schedule.returned(index, peer);
+        let trace = ProviderTrace::of(&mut traces, peer);
+        let served = |report: &mut FetchReport, size: u64| {
+            report.outcomes.push(PeerOutcome::Served {
+                peer,
+                bytes: size,
+                latency_ms: elapsed.as_secs_f64() * 1000.0,
+            });
+        };
         match arrival {
             Arrival::Stored(size) => {
                 let size = size as u64;
+                schedule.served(index, peer);
                 report.bytes_fetched += size;
                 trace.chunks += 1;
                 trace.bytes += size;
-                report.outcomes.push(PeerOutcome::Served {
-                    peer,
-                    bytes: size,
-                    latency_ms: elapsed.as_secs_f64() * 1000.0,
-                });
+                served(&mut report, size);
                 match report.served_by.iter_mut().find(|(p, _)| *p == peer) {
                     Some((_, n)) => *n += 1,
                     None => report.served_by.push((peer, 1)),
                 }
             }
+            // Another provider's copy got there first.
+            Arrival::Duplicate(size) => {
+                schedule.served(index, peer);
+                served(&mut report, size as u64);
+            }
             Arrival::SinkFailed(e) => return Err((e, report.outcomes)),
             Arrival::BadData => {
                 warn!(%peer, index, "chunk failed verification; blaming the sender");
-                blamed.insert(peer);
+                schedule.drop_provider(peer);
                 trace.bad_data = true;
                 report.outcomes.push(PeerOutcome::BadData { peer });
                 queue.push_back(index);
             }
             Arrival::Refused(why) => {
                 debug!(%peer, index, ?why, "provider refused a chunk");
+                schedule.drop_provider(peer);
                 trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
             }
             Arrival::Failed(error) => {
                 debug!(%peer, index, %error, "chunk request failed");
+                schedule.drop_provider(peer);
                 trace.failures += 1;
                 report.outcomes.push(PeerOutcome::Failed { peer });
                 queue.push_back(index);
@@ -642,6 +828,11 @@ struct ProviderTrace {
 }
 
 impl ProviderTrace {
+    /// `peer`'s trace in `traces`, started if need be.
+    fn of(traces: &mut HashMap<PeerId, ProviderTrace>, peer: PeerId) -> &mut ProviderTrace {
+        traces.entry(peer).or_insert_with(|| Self::new(peer))
+    }
+
     fn new(peer: PeerId) -> Self {
         Self {
             span: tracing::info_span!(
@@ -677,6 +868,83 @@ impl Drop for ProviderTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn a_provider_not_known_to_be_reachable_is_asked_one_chunk_at_a_time() {
+        let [far, near] = peers(2)[..] else {
+            unreachable!()
+        };
+        let mut schedule = Schedule::new(vec![far, near], &[near], vec![false; 6]);
+        let ask = |s: &mut Schedule, index| {
+            let pick = s.pick(index);
+            if let Pick::Ask(peer) = pick {
+                s.sent(index, peer);
+            }
+            pick
+        };
+        assert_eq!(ask(&mut schedule, 0), Pick::Ask(far));
+        assert_eq!(ask(&mut schedule, 1), Pick::Ask(near));
+        assert_eq!(ask(&mut schedule, 2), Pick::Ask(near));
+        // The connected provider fails chunk 1: it is asked nothing more, and the other is
+        // still proving itself.
+        schedule.returned(1, near);
+        schedule.drop_provider(near);
+        assert_eq!(schedule.pick(1), Pick::Wait);
+        assert_eq!(schedule.pick(3), Pick::Wait);
+        // Chunk 0 comes: the far provider is proven and takes as many as it is given.
+        schedule.returned(0, far);
+        schedule.served(0, far);
+        assert_eq!(ask(&mut schedule, 1), Pick::Ask(far));
+        assert_eq!(ask(&mut schedule, 3), Pick::Ask(far));
+        assert_eq!(ask(&mut schedule, 4), Pick::Ask(far));
+        // Chunk 2 is still out at the dropped provider; no one else is left for it.
+        assert_eq!(schedule.pick(2), Pick::Ask(far));
+        schedule.sent(2, far);
+        schedule.returned(2, far);
+        schedule.drop_provider(far);
+        assert_eq!(schedule.pick(2), Pick::NoneLeft);
+        assert!(
+            schedule.is_asked(2),
+            "the dropped provider still has chunk 2 in hand"
+        );
+        assert_eq!(schedule.remaining, 5);
+    }
+
+    #[test]
+    fn at_the_end_a_chunk_only_unproven_providers_hold_is_asked_of_a_proven_one() {
+        let [far, near, other] = peers(3)[..] else {
+            unreachable!()
+        };
+        let mut schedule = Schedule::new(vec![far, near, other], &[near], vec![false; 4]);
+        for (index, peer) in [(0, far), (1, near), (2, near), (3, other)] {
+            schedule.sent(index, peer);
+        }
+        assert_eq!(schedule.endgame(), vec![(0, near), (3, near)]);
+        schedule.sent(0, near);
+        schedule.sent(3, near);
+        assert_eq!(
+            schedule.endgame(),
+            vec![],
+            "each is asked of a proven provider once"
+        );
+        // Both copies of chunk 0 come; it is counted once.
+        for peer in [near, far] {
+            schedule.returned(0, peer);
+            schedule.served(0, peer);
+        }
+        assert_eq!(schedule.remaining, 3);
+        assert!(!schedule.is_asked(0));
+        // A proven provider already tried for a chunk is not asked again.
+        let mut tried = Schedule::new(vec![far, near], &[near], vec![false; 1]);
+        tried.sent(0, near);
+        tried.returned(0, near);
+        tried.sent(0, far);
+        assert_eq!(tried.endgame(), vec![]);
+    }
 
     /// 10 chunks of 16 KiB and a short last one.
     fn archive() -> (Vec<u8>, ArchiveInfo) {
@@ -726,6 +994,43 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_sent_by_several_providers_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let seen = reported.clone();
+        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
+        let sink = FileSink::open(&path, &info, Some(progress)).unwrap();
+        // Three threads put every chunk, each in its own order.
+        let stored: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..3u32)
+                .map(|t| {
+                    let (sink, data, info) = (&sink, &data, &info);
+                    s.spawn(move || {
+                        (0..11u32)
+                            .map(|i| (i * 7 + t * 5) % 11)
+                            .filter(|index| {
+                                let (offset, bytes) = chunk(data, info, *index);
+                                sink.put(*index, offset, bytes).unwrap()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut all: Vec<u32> = stored.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..11).collect::<Vec<_>>(), "each chunk stored once");
+        assert_eq!(sink.close().unwrap(), Some(info.id));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let reported = lock(&reported).clone();
+        assert_eq!(reported.len(), 12, "once at open, once per chunk");
+        assert_eq!(reported.last(), Some(&(info.size, info.size)));
+    }
+
+    #[test]
     fn chunks_resumed_from_the_file_are_hashed_in_their_turn() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
@@ -737,6 +1042,8 @@ mod tests {
         let sink = FileSink::open(&path, &info, None).unwrap();
         let had: Vec<u32> = (0..11).filter(|i| sink.has(*i)).collect();
         assert_eq!(had, [0, 1, 3]);
+        let (offset, again) = chunk(&data, &info, 1);
+        assert_eq!(sink.put(1, offset, again), Ok(false), "chunk 1 is there");
         for index in (0..11).filter(|i| !had.contains(i)) {
             let (offset, bytes) = chunk(&data, &info, index);
             sink.put(index, offset, bytes).unwrap();
