@@ -340,6 +340,25 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
     }
 }
 
+/// The address of a "peer" that accepts TCP connections and never speaks (every dial to it
+/// hangs in the handshake), and the task holding its connections open.
+async fn silent_listener() -> (libp2p::Multiaddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!(
+        "/ip4/127.0.0.1/tcp/{}",
+        listener.local_addr().unwrap().port()
+    )
+    .parse()
+    .unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            open.push(conn);
+        }
+    });
+    (addr, held)
+}
+
 /// A provider record outlives its node: the best-ranked provider is a peer whose address
 /// accepts TCP and never speaks. It is asked for one chunk (not a share of them), and once
 /// the connected provider has sent the rest, that chunk is asked of it too: the fetch ends
@@ -366,17 +385,7 @@ async fn a_provider_that_never_answers_holds_up_no_fetch() {
         .await
         .unwrap();
 
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr: libp2p::Multiaddr =
-        format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port())
-            .parse()
-            .unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = silent.accept().await {
-            open.push(conn);
-        }
-    });
+    let (silent_addr, held) = silent_listener().await;
     let ghost = libp2p::identity::Keypair::generate_ed25519()
         .public()
         .to_peer_id();
@@ -564,19 +573,7 @@ async fn dht_lookups_answer_without_waiting_on_an_unreachable_peer() {
         .await
         .unwrap();
 
-    // A "peer" whose address accepts TCP connections and never speaks: every dial to it
-    // hangs in the handshake.
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr: libp2p::Multiaddr =
-        format!("/ip4/127.0.0.1/tcp/{}", sink.local_addr().unwrap().port())
-            .parse()
-            .unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = sink.accept().await {
-            open.push(conn);
-        }
-    });
+    let (sink_addr, held) = silent_listener().await;
     for _ in 0..3 {
         let ghost = libp2p::identity::Keypair::generate_ed25519()
             .public()

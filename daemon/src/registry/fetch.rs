@@ -961,15 +961,27 @@ mod tests {
         (start, data[start as usize..start as usize + size].to_vec())
     }
 
+    /// (done, total) each time a sink reported progress.
+    type Reported = Arc<Mutex<Vec<(u64, u64)>>>;
+
+    /// A sink at `path` and the progress it reports.
+    fn recording(path: &Path, info: &ArchiveInfo) -> (FileSink, Reported) {
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let seen = reported.clone();
+        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
+        (
+            FileSink::open(path, info, Some(progress)).unwrap(),
+            reported,
+        )
+    }
+
     #[test]
     fn chunks_in_any_order_from_many_threads_give_the_whole_hash() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let (data, info) = archive();
-        let reported = Arc::new(Mutex::new(Vec::new()));
-        let seen = reported.clone();
-        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
-        let sink = Arc::new(FileSink::open(&path, &info, Some(progress)).unwrap());
+        let (sink, reported) = recording(&path, &info);
+        let sink = Arc::new(sink);
         // Last chunk first, then the rest from four threads at once.
         let (offset, last) = chunk(&data, &info, 10);
         sink.put(10, offset, last).unwrap();
@@ -998,10 +1010,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let (data, info) = archive();
-        let reported = Arc::new(Mutex::new(Vec::new()));
-        let seen = reported.clone();
-        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
-        let sink = FileSink::open(&path, &info, Some(progress)).unwrap();
+        let (sink, reported) = recording(&path, &info);
         // Three threads put every chunk, each in its own order.
         let stored: Vec<Vec<u32>> = std::thread::scope(|s| {
             let threads: Vec<_> = (0..3u32)
