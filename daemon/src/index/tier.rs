@@ -355,11 +355,10 @@ mod tests {
             queries in prop::collection::vec(arb_query(), 1..6),
         ) {
             let (_, f) = schema();
-            let docs: Vec<IndexDoc> = docs
+            let mut docs: Vec<IndexDoc> = docs
                 .into_iter()
                 .map(|(name, d)| IndexDoc { name: format!("{name}-{}", d.name), ..d })
                 .collect();
-            let mut docs = docs;
             docs.sort_by(|a, b| a.name.cmp(&b.name));
             docs.dedup_by(|a, b| a.name == b.name);
             let (index, searcher) = segment(&docs, &f);

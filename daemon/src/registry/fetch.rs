@@ -514,8 +514,6 @@ struct Schedule {
     /// Connected when the fetch started, or served a chunk in it.
     proven: HashSet<PeerId>,
     dropped: HashSet<PeerId>,
-    /// Requests in flight, per provider.
-    busy: HashMap<PeerId, usize>,
     /// Providers ever asked for each chunk.
     tried: Vec<HashSet<PeerId>>,
     /// Providers being asked for a chunk now.
@@ -546,7 +544,6 @@ impl Schedule {
             providers,
             proven,
             dropped: HashSet::new(),
-            busy: HashMap::new(),
             tried: vec![HashSet::new(); done.len()],
             asking: HashMap::new(),
             remaining: done.iter().filter(|d| !**d).count(),
@@ -563,8 +560,9 @@ impl Schedule {
         new
     }
 
+    /// Whether `peer` may be asked for another chunk now.
     fn ready(&self, peer: &PeerId) -> bool {
-        self.proven.contains(peer) || self.busy.get(peer).is_none_or(|n| *n == 0)
+        self.proven.contains(peer) || !self.asking.values().any(|asked| asked.contains(peer))
     }
 
     fn pick(&mut self, index: u32) -> Pick {
@@ -590,15 +588,11 @@ impl Schedule {
 
     fn sent(&mut self, index: u32, peer: PeerId) {
         self.tried[index as usize].insert(peer);
-        *self.busy.entry(peer).or_default() += 1;
         self.asking.entry(index).or_default().push(peer);
     }
 
     /// A request ended, however it went.
     fn returned(&mut self, index: u32, peer: PeerId) {
-        if let Some(n) = self.busy.get_mut(&peer) {
-            *n -= 1;
-        }
         if let Some(asked) = self.asking.get_mut(&index) {
             asked.retain(|p| *p != peer);
             if asked.is_empty() {
