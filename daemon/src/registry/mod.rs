@@ -15,7 +15,7 @@ pub mod sync;
 pub mod trust;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -515,26 +515,44 @@ impl Registry {
     }
 
     /// Rebuilds the search index from the catalog: a second thread reads the newest release
-    /// of each name from the log, a chunk of names at a time, while this one feeds them to the
-    /// index writer (whose own thread indexes them).
+    /// of each name from the log, in log order, and sends their documents a chunk at a time
+    /// while this one feeds them to the index writer (whose own thread indexes them).
     fn rebuild_index(&self) -> Result<(), RegistryError> {
-        let names: Vec<PackageName> = self
+        let mut wanted: Vec<RecordId> = self
             .catalog_lock()
             .trust
             .names()
-            .map(|(n, _)| n.clone())
+            .filter_map(|(_, s)| s.latest().map(|v| s.releases[v]))
             .collect();
         let mut failed = None;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(REBUILD_CHUNKS_AHEAD);
             let reader = scope.spawn(move || {
-                for chunk in names.chunks(REBUILD_CHUNK) {
-                    let docs = self.index_docs(chunk).map(|(docs, _)| docs);
-                    let stop = docs.is_err();
-                    if tx.send(docs).is_err() || stop {
-                        break;
+                let mut docs = Vec::with_capacity(REBUILD_CHUNK);
+                let read = self.db.scan_records(&mut wanted, |record| {
+                    if let CatalogRecord::Release(r) = record {
+                        docs.push(index_doc(&r.body));
                     }
-                }
+                    if docs.len() < REBUILD_CHUNK {
+                        return ControlFlow::Continue(());
+                    }
+                    let full = std::mem::replace(&mut docs, Vec::with_capacity(REBUILD_CHUNK));
+                    match tx.send(Ok(full)) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()), // the index gave up
+                    }
+                });
+                let last = match read {
+                    Ok(found) if found == wanted.len() => Ok(docs),
+                    Ok(found) => Err(StoreError::Corrupt(format!(
+                        "{} of {} newest releases are missing from the catalog log",
+                        wanted.len() - found,
+                        wanted.len()
+                    ))
+                    .into()),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = tx.send(last);
             });
             let docs = rx
                 .into_iter()

