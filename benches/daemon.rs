@@ -2,8 +2,9 @@
 //!
 //! - start-up to ready (the first `status` answered on the socket) and resident memory, for
 //!   an empty node and for one holding `AGORA_BENCH_RELEASES` (default 100,000) releases:
-//!   once with the search index sealed at the last clean shutdown, once with it gone (as
-//!   after a crash that changed the catalog: rebuilt from the catalog at start);
+//!   with the search index sealed at the last clean shutdown; after `AGORA_BENCH_BEHIND`
+//!   (default 1,000) more releases with the index saved before them (as a crash leaves it:
+//!   caught up at start); and with the index's seal gone (rebuilt from the catalog at start);
 //! - `agora search` end to end (a process started, connected, answered, printed), against
 //!   `agora --version` (the same process doing nothing) and the in-process client's search.
 //!
@@ -18,6 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[path = "support/mod.rs"]
 mod support;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,10 +109,17 @@ impl Running {
 /// A home whose node holds `n` releases, left by a clean shutdown (index sealed).
 fn loaded_home(rt: &tokio::runtime::Runtime, n: usize) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    let config = Config::local(home.path()).unwrap();
+    add_releases(rt, home.path(), 0..n);
+    home
+}
+
+/// Has a node in `home` ingest the synthetic releases numbered `numbers` (verified and
+/// ingested the way a sync ingests them) and shut down cleanly.
+fn add_releases(rt: &tokio::runtime::Runtime, home: &Path, numbers: Range<usize>) {
+    let config = Config::local(home).unwrap();
     let key = agora_protocol::PublisherSecret::from_bytes([7; 32]);
     let started = Instant::now();
-    let records = synthetic_releases(n, &key);
+    let records = synthetic_releases(numbers.clone(), &key);
     let signed = started.elapsed();
     rt.block_on(async {
         let node =
@@ -126,14 +135,30 @@ fn loaded_home(rt: &tokio::runtime::Runtime, n: usize) -> tempfile::TempDir {
         tokio::task::spawn_blocking(move || reg.ingest(records, false).unwrap())
             .await
             .unwrap();
-        assert_eq!(node.registry.indexed_count(), n as u64);
+        assert_eq!(node.registry.indexed_count(), numbers.end as u64);
         node.shutdown().await;
     });
     println!(
-        "setup: {n} releases signed in {signed:.1?}, verified and ingested in {:.1?}",
+        "setup: {} releases signed in {signed:.1?}, verified and ingested in {:.1?}",
+        numbers.len(),
         started.elapsed() - signed
     );
-    home
+}
+
+/// The saved search index under `home`.
+fn index_dir(home: &Path) -> PathBuf {
+    Config::local(home).unwrap().paths.data_dir.join("index")
+}
+
+/// Replaces the directory `to` by a copy of `from` (files only, as a saved index is).
+fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
 
 /// Removes the sealed search index under `dir`, as a crash that changed the catalog would
@@ -167,6 +192,11 @@ fn starts(label: &str, home: &Path, times: usize, before_each: impl Fn()) -> Run
     }
     let d = last.unwrap();
     let (rss_ready, _) = d.rss();
+    // What the start did with the catalog and the index, as the daemon logged it.
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    if let Some(loaded) = log.lines().find_map(|l| l.split_once("catalog loaded")) {
+        println!("{label}: catalog loaded{}", loaded.1);
+    }
     std::thread::sleep(SETTLE);
     let (rss, peak) = d.rss();
     ready.sort();
@@ -248,8 +278,24 @@ fn main() {
         );
         end_to_end(&sealed);
         sealed.stop();
+        // A crash after `behind` more releases: the saved index is the one sealed before them.
+        let behind = env_list("AGORA_BENCH_BEHIND", &[1_000])
+            .into_iter()
+            .next()
+            .unwrap_or(1_000);
+        let before = home.path().join("index-before");
+        copy_dir(&index_dir(home.path()), &before);
+        add_releases(&rt, home.path(), n..n + behind);
+        let total = n + behind;
         starts(
-            &format!("{n} releases, index rebuilt"),
+            &format!("{total} releases, saved index {behind} releases behind (a crash)"),
+            home.path(),
+            3,
+            || copy_dir(&before, &index_dir(home.path())),
+        )
+        .stop();
+        starts(
+            &format!("{total} releases, index rebuilt"),
             home.path(),
             3,
             || unseal(home.path()),

@@ -36,7 +36,7 @@ const ROUND_TRIPS: usize = 200;
 async fn run(nodes: usize) {
     let net = common::testnet(nodes).await;
     let seed = net[0].1.clone();
-    let keys: Vec<(Vec<u8>, Vec<u8>)> = synthetic_releases(KEYS, &common::publisher(9))
+    let keys: Vec<(Vec<u8>, Vec<u8>)> = synthetic_releases(0..KEYS, &common::publisher(9))
         .into_iter()
         .map(|r| match r {
             CatalogRecord::Release(r) => {

@@ -111,7 +111,7 @@ fn sizes() -> Vec<usize> {
 
 fn build(n: usize) -> (tempfile::TempDir, SearchIndex) {
     let dir = tempfile::tempdir().unwrap();
-    let (index, _) = SearchIndex::open(dir.path(), 0).unwrap();
+    let (index, _) = SearchIndex::open(dir.path(), None).unwrap();
     index.rebuild((0..n).map(synthetic)).unwrap();
     assert_eq!(index.num_docs(), n as u64);
     (dir, index)

@@ -29,7 +29,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 async fn run(n: usize) {
     let key = common::publisher(42);
-    let records = synthetic_releases(n, &key);
+    let records = synthetic_releases(0..n, &key);
     let (a, a_addr) = common::start_node().await;
     let reg = a.registry.clone();
     let all = records.clone();

@@ -16,7 +16,7 @@ use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
-    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed, YankBody,
 };
 use agora_protocol::search::SearchQuery;
 use agora_protocol::{PackageMeta, PackageName, PublisherSecret, Version, VersionReq};
@@ -827,6 +827,128 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
         let name = format!("synthetic-{i:05}");
         assert_eq!(names(&node.registry, &name).first(), Some(&name));
     }
+    node.shutdown().await;
+}
+
+/// Copies the directory `from` (files only, as a saved search index is) to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A node that stopped without saving its search index (a crash) after its catalog grew
+/// finds the copy saved at its last clean shutdown, re-indexes only the names of the records
+/// logged after it, and searches as a rebuilt index would. A copy saved for another catalog
+/// is not taken for it, and when the names to re-index are too many, the index is rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_search_index_is_caught_up_with_the_records_logged_after_it() {
+    init_tracing();
+    let dir = data_dir();
+    let config = node_config(&dir);
+    let key = publisher(11);
+    const N: usize = 300;
+    store_and_stop(&config, many_releases(N, &key)).await;
+    let saved = dir.join("index-saved");
+    copy_dir(&dir.join("index"), &saved);
+
+    // After that clean shutdown: a new name, a newer version of one name, a yank of another.
+    let mut newer = release(
+        "synthetic-00007",
+        Version::new(2, 0, 0),
+        b"v2",
+        16 * 1024,
+        &key,
+    );
+    newer.body.meta.description = "rewritten from scratch".into();
+    newer = Signed::sign(newer.body, &key).unwrap();
+    let yank = Signed::sign(
+        YankBody {
+            name: "synthetic-00009".parse().unwrap(),
+            version: Version::new(1, 0, 0),
+            publisher: key.public(),
+            yanked_at: 1_700_000_500,
+            reason: "broken".into(),
+        },
+        &key,
+    )
+    .unwrap();
+    let later = vec![
+        CatalogRecord::Release(release(
+            "later-pkg",
+            Version::new(1, 0, 0),
+            b"x",
+            16 * 1024,
+            &key,
+        )),
+        CatalogRecord::Release(newer),
+        CatalogRecord::Yank(yank),
+    ];
+    store_and_stop(&config, later).await;
+    // The crash: the index on disk is the copy saved before those three records.
+    let restore_saved = || {
+        std::fs::remove_dir_all(dir.join("index")).unwrap();
+        copy_dir(&saved, &dir.join("index"));
+    };
+    restore_saved();
+
+    let node = Node::start(config.clone()).await.unwrap();
+    let startup = &node.registry.startup;
+    assert_eq!((startup.index_caught_up, startup.index_rebuilt), (3, false));
+    let all = node
+        .registry
+        .search(&SearchQuery::text("synthetic"))
+        .unwrap();
+    assert_eq!(all.total, N as u64 - 1, "the yanked one is gone");
+    assert!(!names(&node.registry, "synthetic-00009").contains(&"synthetic-00009".to_owned()));
+    assert_eq!(names(&node.registry, "later-pkg"), ["later-pkg"]);
+    let rewritten = node
+        .registry
+        .search(&SearchQuery::text("rewritten scratch"))
+        .unwrap();
+    assert_eq!(
+        rewritten
+            .hits
+            .iter()
+            .map(|h| (h.name.as_str(), h.version.as_str()))
+            .collect::<Vec<_>>(),
+        [("synthetic-00007", "2.0.0")]
+    );
+    node.shutdown().await;
+
+    // Another catalog with more records than the saved copy reflects: rebuilt, not caught up.
+    let other_dir = data_dir();
+    let other = node_config(&other_dir);
+    store_and_stop(&other, many_releases(N + 1, &publisher(12))).await;
+    std::fs::remove_dir_all(other_dir.join("index")).unwrap();
+    copy_dir(&saved, &other_dir.join("index"));
+    let node = Node::start(other).await.unwrap();
+    let startup = &node.registry.startup;
+    assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, true));
+    let all = node
+        .registry
+        .search(&SearchQuery::text("synthetic"))
+        .unwrap();
+    assert_eq!(all.total, N as u64 + 1);
+    node.shutdown().await;
+
+    // More names after the saved copy than a catch-up takes (an overlay's worth, 256):
+    // rebuilt.
+    let more: Vec<CatalogRecord> = (0..257)
+        .map(|i| {
+            let name = format!("more-{i:03}");
+            CatalogRecord::Release(release(&name, Version::new(1, 0, 0), b"m", 16 * 1024, &key))
+        })
+        .collect();
+    store_and_stop(&config, more).await;
+    restore_saved();
+    let node = Node::start(config).await.unwrap();
+    let startup = &node.registry.startup;
+    assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, true));
+    let all = node.registry.search(&SearchQuery::text("more")).unwrap();
+    assert_eq!(all.total, 257);
     node.shutdown().await;
 }
 

@@ -2,6 +2,7 @@
 //! the environment, and synthetic signed catalogs for bulk loads.
 #![allow(dead_code)]
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -98,11 +99,11 @@ pub const CATEGORIES: [&str; 8] = [
     "web", "cli", "data", "ml", "devops", "mobile", "game", "starter",
 ];
 
-/// `n` signed releases of distinct packages (`seed-<word>-<noun>-<i>`), published by `key`,
-/// with varied metadata, as a node would hold them. Their archives exist nowhere: enough for
-/// the catalog, search and sync, not for fetch.
-pub fn synthetic_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
-    (0..n)
+/// Signed releases of distinct packages (`seed-<word>-<noun>-<i>` for each `i` in `numbers`),
+/// published by `key`, with varied metadata, as a node would hold them. Their archives exist
+/// nowhere: enough for the catalog, search and sync, not for fetch.
+pub fn synthetic_releases(numbers: Range<usize>, key: &PublisherSecret) -> Vec<CatalogRecord> {
+    numbers
         .map(|i| {
             let (word, noun) = (WORDS[i % 16], NOUNS[(i / 16) % 16]);
             let name = format!("seed-{word}-{noun}-{i}");

@@ -12,8 +12,10 @@
 //! built by the first search after a change, not by the change: most nodes ingest every
 //! release the network publishes while few of them are searched between two. Everything is
 //! in memory (see [`snapshot`]): at a clean shutdown [`SearchIndex::seal`] writes it to disk
-//! with the number of catalog records it reflects, and the next start loads it if the
-//! catalog still has that many, or rebuilds it.
+//! with a [`Seal`] naming the catalog log records it reflects. The next start loads it if the
+//! log still begins with those records, and re-indexes the names of the records logged after
+//! them (a node that crashed logged records its saved index never saw); otherwise, or if
+//! those names are many, the registry rebuilds it.
 //!
 //! Text fields use tantivy's default tokenizer (split on non-alphanumerics, lowercase), so
 //! `hello-world` is the terms `hello` and `world`; each query term also matches within edit
@@ -31,8 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use agora_protocol::PackageMeta;
+use agora_protocol::records::RecordId;
 use agora_protocol::search::{SearchQuery, SearchResults};
+use agora_protocol::{ContentHasher, ContentId, PackageMeta, PackageName};
 use tantivy::directory::RamDirectory;
 use tantivy::indexer::IndexWriterOptions;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
@@ -177,34 +180,114 @@ pub struct SearchIndex {
     ram: RamDirectory,
     /// Where it is saved at shutdown (`None`: never saved).
     dir: Option<PathBuf>,
-    /// While the saved copy holds exactly this index: the records its seal names (a seal
-    /// then has nothing to write). Locked after `tiers`, never before.
-    saved: Mutex<Option<u64>>,
+    /// While the saved copy holds exactly this index: its seal (a seal then has nothing to
+    /// write). Locked after `tiers`, never before.
+    saved: Mutex<Option<Seal>>,
 }
 
-/// The seal's content for an index reflecting `records` catalog records.
-fn seal_text(records: u64) -> String {
-    format!("format={FORMAT} records={records}\n")
+/// What a saved index reflects: the first `records` records of the catalog log, whose ids
+/// in log order hash to `log`. The log only grows, so a node that stopped without sealing
+/// (a crash) finds its last seal still true of the log's first records and re-indexes only
+/// the names the records after them touch; a different catalog does not pass for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seal {
+    pub records: u64,
+    pub log: ContentId,
+}
+
+impl Seal {
+    /// The seal file's content.
+    fn text(&self) -> String {
+        format!(
+            "format={FORMAT} records={} log={}\n",
+            self.records, self.log
+        )
+    }
+
+    /// Reads a seal file's content; `None` if it is not one of this format.
+    fn parse(text: &str) -> Option<Self> {
+        let mut fields = text.strip_suffix('\n')?.split(' ');
+        let mut field = |key: &str| fields.next()?.strip_prefix(key)?.strip_prefix('=');
+        if field("format")? != FORMAT.to_string() {
+            return None;
+        }
+        let records = field("records")?.parse().ok()?;
+        let log = field("log")?.parse().ok()?;
+        fields.next().is_none().then_some(Self { records, log })
+    }
+}
+
+/// Follows the catalog log as it is replayed at start-up: tells whether a saved index's seal
+/// holds for the log's first records and collects the names of the records after them.
+pub struct CatchUp {
+    seal: Seal,
+    hasher: ContentHasher,
+    seen: u64,
+    holds: bool,
+    names: BTreeSet<PackageName>,
+}
+
+impl CatchUp {
+    pub fn new(seal: Seal) -> Self {
+        Self {
+            seal,
+            hasher: ContentHasher::new(),
+            seen: 0,
+            holds: seal.records == 0 && seal.log == ContentHasher::new().finish(),
+            names: BTreeSet::new(),
+        }
+    }
+
+    /// The next record of the log.
+    pub fn record(&mut self, id: &RecordId, name: &PackageName) {
+        if self.seen < self.seal.records {
+            self.hasher.update(id.as_bytes());
+            self.seen += 1;
+            if self.seen == self.seal.records {
+                self.holds = self.hasher.clone().finish() == self.seal.log;
+            }
+        } else if self.holds {
+            self.names.insert(name.clone());
+        }
+    }
+
+    /// If the seal holds, the seal and the names to re-index on top of the saved index.
+    pub fn finish(self) -> Option<(Seal, Vec<PackageName>)> {
+        self.holds
+            .then(|| (self.seal, self.names.into_iter().collect()))
+    }
 }
 
 impl SearchIndex {
-    /// Loads the index saved in `dir` if it was sealed reflecting exactly `records` catalog
-    /// records; otherwise starts empty. Returns whether it was loaded (if not, the caller
-    /// rebuilds it).
-    pub fn open(dir: &Path, records: u64) -> Result<(Self, bool), IndexError> {
+    /// The seal of the index saved in `dir`, if there is one of this format.
+    pub fn saved_seal(dir: &Path) -> Option<Seal> {
+        match snapshot::read_seal(dir) {
+            Ok(text) => text.as_deref().and_then(Seal::parse),
+            Err(e) => {
+                tracing::warn!(error = %e, "saved search index unreadable; rebuilding it");
+                None
+            }
+        }
+    }
+
+    /// Loads the index saved in `dir` if it was sealed with `seal`; otherwise starts empty.
+    /// Returns whether it was loaded (if not, the caller rebuilds it).
+    pub fn open(dir: &Path, seal: Option<Seal>) -> Result<(Self, bool), IndexError> {
         let (schema, _) = schema::schema();
         let builder = || {
             Index::builder()
                 .schema(schema.clone())
                 .settings(schema::settings())
         };
-        let saved = snapshot::load(dir, &seal_text(records))?.and_then(|ram| {
-            match builder().open_or_create(ram.clone()) {
-                Ok(index) => Some((index, ram)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "saved search index unusable; rebuilding it");
-                    None
-                }
+        let saved = match seal {
+            Some(seal) => snapshot::load(dir, &seal.text())?,
+            None => None,
+        };
+        let saved = saved.and_then(|ram| match builder().open_or_create(ram.clone()) {
+            Ok(index) => Some((index, ram)),
+            Err(e) => {
+                tracing::warn!(error = %e, "saved search index unusable; rebuilding it");
+                None
             }
         });
         let loaded = saved.is_some();
@@ -217,7 +300,7 @@ impl SearchIndex {
         };
         let index = Self::with_index(index, ram, Some(dir.to_path_buf()))?;
         if loaded {
-            *lock(&index.saved) = Some(records);
+            *lock(&index.saved) = seal;
         }
         Ok((index, loaded))
     }
@@ -437,23 +520,23 @@ impl SearchIndex {
         self.publish(&tiers)
     }
 
-    /// Saves the index as it is, durably, sealed as reflecting `records` catalog records, so
-    /// the next start loads it instead of rebuilding it. Call at shutdown, after flushing
-    /// what the catalog holds. The copy is taken under the in-memory directory's lock, so it
+    /// Saves the index as it is, durably, with `seal` (what it reflects), so the next start
+    /// loads it instead of rebuilding it. Call at shutdown, after flushing what the catalog
+    /// holds. The copy is taken under the in-memory directory's lock, so it
     /// is consistent even while a merge runs (tantivy publishes a segment in `meta.json` only
     /// once its files are complete, and deletes old ones only after).
-    pub fn seal(&self, records: u64) -> Result<(), IndexError> {
+    pub fn seal(&self, seal: Seal) -> Result<(), IndexError> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
         let mut tiers = lock(&self.tiers);
         let mut saved = lock(&self.saved);
-        if *saved == Some(records) {
+        if *saved == Some(seal) {
             return Ok(()); // loaded from that copy and unchanged since
         }
         self.fold(&mut tiers)?;
-        snapshot::save(&self.ram, dir, &seal_text(records))?;
-        *saved = Some(records);
+        snapshot::save(&self.ram, dir, &seal.text())?;
+        *saved = Some(seal);
         Ok(())
     }
 
@@ -470,6 +553,82 @@ mod tests {
     use agora_protocol::search::SortOrder;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    /// A seal for `records` records (the log digest made up: only equality matters here).
+    fn seal(records: u64) -> Seal {
+        Seal {
+            records,
+            log: ContentId::of(&records.to_le_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_seal_reads_back_only_as_written_in_this_format() {
+        let s = seal(100_000);
+        assert_eq!(Seal::parse(&s.text()), Some(s));
+        assert_eq!(
+            s.text(),
+            format!("format={FORMAT} records=100000 log={}\n", s.log)
+        );
+        for text in [
+            "format=2 records=7\n".to_owned(), // before the log digest
+            s.text().replace(&format!("format={FORMAT}"), "format=99"),
+            s.text().replace("records=100000", "records=-1"),
+            s.text().replace(" log=", " log=00"),
+            s.text().trim_end().to_owned(),
+            s.text().replace('\n', " more\n"),
+        ] {
+            assert_eq!(Seal::parse(&text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_catch_up_holds_only_for_the_sealed_first_records_and_names_those_after() {
+        let ids: Vec<RecordId> = (0u8..5).map(|i| ContentId::of(&[i])).collect();
+        let names: Vec<PackageName> = ["alpha", "beta", "gamma", "beta", "delta"]
+            .map(|n| n.parse().unwrap())
+            .into();
+        let digest = |ids: &[RecordId]| {
+            let mut h = ContentHasher::new();
+            ids.iter().for_each(|id| h.update(id.as_bytes()));
+            h.finish()
+        };
+        let replay = |seal: Seal, upto: usize| {
+            let mut c = CatchUp::new(seal);
+            for (id, name) in ids.iter().zip(&names).take(upto) {
+                c.record(id, name);
+            }
+            c.finish()
+        };
+        let sealed_at_2 = Seal {
+            records: 2,
+            log: digest(&ids[..2]),
+        };
+        let tail: Vec<PackageName> = ["beta", "delta", "gamma"]
+            .map(|n| n.parse().unwrap())
+            .into();
+        assert_eq!(replay(sealed_at_2, 5), Some((sealed_at_2, tail)));
+        assert_eq!(replay(sealed_at_2, 2), Some((sealed_at_2, vec![])));
+        assert_eq!(
+            replay(sealed_at_2, 1),
+            None,
+            "the log is shorter than the seal"
+        );
+        let other_order = Seal {
+            records: 2,
+            log: digest(&[ids[1], ids[0]]),
+        };
+        assert_eq!(
+            replay(other_order, 5),
+            None,
+            "another log with the same records"
+        );
+        let empty = Seal {
+            records: 0,
+            log: digest(&[]),
+        };
+        assert_eq!(replay(empty, 1), Some((empty, vec![names[0].clone()])));
+    }
 
     fn doc(name: &str, desc: &str, category: &str, published_at: u64) -> IndexDoc {
         IndexDoc {
@@ -632,30 +791,30 @@ mod tests {
     fn a_seal_writes_only_when_the_saved_copy_differs() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("index");
-        let (index, _) = SearchIndex::open(&dir, 0).unwrap();
+        let (index, _) = SearchIndex::open(&dir, None).unwrap();
         index
             .update(&[doc("hello-world", "hi", "starter", 1)], &[])
             .unwrap();
-        index.seal(3).unwrap();
+        index.seal(seal(3)).unwrap();
         drop(index);
-        let (index, kept) = SearchIndex::open(&dir, 3).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(3))).unwrap();
         assert!(kept);
         // A file in the saved copy that the index in memory does not have: a save replaces
         // the whole directory, so the file tells whether one happened.
         let marker = dir.join("marker");
         std::fs::write(&marker, b"x").unwrap();
-        index.seal(3).unwrap();
+        index.seal(seal(3)).unwrap();
         assert!(marker.exists(), "loaded and unchanged: nothing written");
-        index.seal(4).unwrap();
+        index.seal(seal(4)).unwrap();
         assert!(!marker.exists(), "sealed for another catalog: written");
         std::fs::write(&marker, b"x").unwrap();
         index
             .update(&[doc("rust-web", "axum", "web", 2)], &[])
             .unwrap();
-        index.seal(4).unwrap();
+        index.seal(seal(4)).unwrap();
         assert!(!marker.exists(), "changed since: written");
         drop(index);
-        let (index, kept) = SearchIndex::open(&dir, 4).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(4))).unwrap();
         assert!(kept);
         assert_eq!(index.num_docs(), 2);
     }
@@ -664,16 +823,16 @@ mod tests {
     fn only_an_index_sealed_for_the_same_catalog_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("index");
-        let (index, kept) = SearchIndex::open(&dir, 0).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, None).unwrap();
         assert!(!kept, "a new index has nothing to keep");
         index
             .update(&[doc("hello-world", "hi", "starter", 1)], &[])
             .unwrap();
-        index.seal(7).unwrap();
+        index.seal(seal(7)).unwrap();
         drop(index);
 
         // Sealed for 7 records: kept when the catalog has 7.
-        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(7))).unwrap();
         assert!(kept);
         assert_eq!(index.num_docs(), 1);
         // Changes after the start live in memory only: if the node stops without sealing
@@ -682,7 +841,7 @@ mod tests {
             .update(&[doc("rust-web", "axum", "web", 2)], &[])
             .unwrap();
         drop(index);
-        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(7))).unwrap();
         assert!(kept);
         assert_eq!(index.num_docs(), 1);
         drop(index);
@@ -690,14 +849,14 @@ mod tests {
         // A shutdown that stopped while writing the next copy: the old one stands.
         std::fs::create_dir_all(dir.with_extension("new")).unwrap();
         std::fs::write(dir.with_extension("new").join("junk"), b"half").unwrap();
-        let (index, kept) = SearchIndex::open(&dir, 7).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(7))).unwrap();
         assert!(kept);
         assert_eq!(index.num_docs(), 1);
         assert!(!dir.with_extension("new").exists());
         drop(index);
 
         // Sealed for another catalog (records were added while it was closed): discarded.
-        let (index, kept) = SearchIndex::open(&dir, 8).unwrap();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(8))).unwrap();
         assert!(!kept);
         assert_eq!(index.num_docs(), 0);
     }

@@ -1,8 +1,8 @@
 //! The search index's copy on disk. The live index is in memory (a commit there creates no
 //! files: on this machine's ext4, creating and deleting a dozen files per commit cost more
 //! than the commit itself, and fsyncing them more again). It is derived data, so it is
-//! written out only at a clean shutdown, with a seal naming how many catalog records it
-//! reflects, and read back at the next start if the catalog still has exactly that many.
+//! written out only at a clean shutdown, with a seal naming the catalog log records it
+//! reflects, and read back at the next start if the log still begins with those records.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -23,6 +23,15 @@ fn staging(dir: &Path) -> PathBuf {
     dir.with_extension("new")
 }
 
+/// The seal of the snapshot in `dir`, if there is one.
+pub fn read_seal(dir: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(dir.join(SEAL_FILE)) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The snapshot in `dir`, loaded into memory, if its seal reads exactly `seal`. A staging
 /// directory left by a shutdown that did not finish is removed.
 pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
@@ -30,11 +39,8 @@ pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
     if stale.exists() {
         fs::remove_dir_all(&stale)?;
     }
-    match fs::read_to_string(dir.join(SEAL_FILE)) {
-        Ok(found) if found == seal => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    if read_seal(dir)?.as_deref() != Some(seal) {
+        return Ok(None);
     }
     let ram = RamDirectory::create();
     for entry in fs::read_dir(dir)? {

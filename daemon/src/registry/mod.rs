@@ -38,7 +38,7 @@ use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::index::{IndexDoc, IndexError, SearchIndex, Ticket};
+use crate::index::{CatchUp, IndexDoc, IndexError, OVERLAY_MAX, Seal, SearchIndex, Ticket};
 use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
 use crate::reputation::{PeerRecord, Reputation};
@@ -61,6 +61,10 @@ const PUBLISH_DHT_WAIT: Duration = Duration::from_secs(3);
 const REBUILD_CHUNK: usize = 4096;
 /// Chunks of documents that may wait for the index writer.
 const REBUILD_CHUNKS_AHEAD: usize = 2;
+/// A saved search index is caught up at start-up while the names to re-index are at most
+/// this fraction of the indexed names (1/4) or an overlay's worth; with more, a rebuild is
+/// cheaper.
+const CATCH_UP_FRACTION: u64 = 4;
 
 /// Where a registry keeps its state and how it decides trust.
 #[derive(Clone, Debug)]
@@ -256,6 +260,8 @@ pub struct StartupReport {
     pub records: usize,
     pub blobs: BlobCheck,
     pub index_rebuilt: bool,
+    /// Names re-indexed on top of the saved index (the catalog grew after its seal).
+    pub index_caught_up: usize,
     pub millis: u128,
 }
 
@@ -295,7 +301,7 @@ fn check_pins_and_open_index(
     db: &Db,
     trust: &Trust,
     index_dir: &Path,
-    records: u64,
+    seal: Option<Seal>,
 ) -> Result<((SearchIndex, bool), u64), RegistryError> {
     // The names come out of their hash map in hash order: a sample's middle name splits the
     // sorted pin tables near their middle ("" when there are none: all in the upper half).
@@ -303,7 +309,7 @@ fn check_pins_and_open_index(
     sample.sort_unstable();
     let middle = sample.get(sample.len() / 2).copied().unwrap_or_default();
     let (index, upper, lower) = std::thread::scope(|scope| {
-        let index = scope.spawn(|| SearchIndex::open(index_dir, records));
+        let index = scope.spawn(|| SearchIndex::open(index_dir, seal));
         let upper =
             scope.spawn(|| check_pin_range(db, trust, (Bound::Included(middle), Bound::Unbounded)));
         let lower = check_pin_range(db, trust, (Bound::Unbounded, Bound::Excluded(middle)));
@@ -425,7 +431,12 @@ impl Registry {
         // collected during the replay so the log is read once.
         let mut restore: Vec<DhtValue> = Vec::new();
         let published = blobs.published();
+        let index_dir = dir.join("index");
+        let mut catch_up = SearchIndex::saved_seal(&index_dir).map(CatchUp::new);
         let snapshot = db.load_catalog(|id, record| {
+            if let Some(c) = &mut catch_up {
+                c.record(&id, record.name());
+            }
             if let Err(e) = catalog.trust.admit(&record, id) {
                 // The log only holds admitted records, in order: this is a corrupt store.
                 return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")));
@@ -445,8 +456,13 @@ impl Registry {
         })?;
         let load_ms = started.elapsed().as_millis();
         let records = snapshot.records as usize;
-        let ((index, index_kept), installable) =
-            check_pins_and_open_index(&db, &catalog.trust, &dir.join("index"), snapshot.records)?;
+        let catch_up = catch_up.and_then(CatchUp::finish);
+        let ((index, mut index_kept), installable) = check_pins_and_open_index(
+            &db,
+            &catalog.trust,
+            &index_dir,
+            catch_up.as_ref().map(|(seal, _)| *seal),
+        )?;
         let checks_ms = started.elapsed().as_millis() - load_ms;
         for head in snapshot.heads {
             match catalog.trust.admit_head(&head) {
@@ -484,6 +500,20 @@ impl Registry {
             .collect();
         *registry.reputation_lock() = Reputation::from_records(rep);
 
+        // The saved index reflects the log's first records: the names of those after them are
+        // re-indexed on top of it, unless so many that a rebuild costs less.
+        let mut index_caught_up = 0;
+        if let Some((_, names)) = catch_up.filter(|_| index_kept)
+            && !names.is_empty()
+        {
+            if names.len() as u64 <= (installable / CATCH_UP_FRACTION).max(OVERLAY_MAX as u64) {
+                let (docs, removed) = registry.index_docs(&names)?;
+                registry.index.update(&docs, &removed)?;
+                index_caught_up = names.len();
+            } else {
+                index_kept = false;
+            }
+        }
         let mut index_rebuilt = false;
         // One document per name that has an installable release.
         if !index_kept && installable > 0 || registry.index.num_docs() != installable {
@@ -501,6 +531,7 @@ impl Registry {
             records,
             blobs: blob_check,
             index_rebuilt,
+            index_caught_up,
             millis: started.elapsed().as_millis(),
         };
         info!(
@@ -508,6 +539,7 @@ impl Registry {
             ms = registry.startup.millis,
             load_ms,
             checks_ms,
+            index_caught_up,
             index_rebuilt,
             "catalog loaded"
         );
@@ -1631,7 +1663,7 @@ impl Registry {
     }
 
     /// At shutdown: persists what is only in memory, then makes the search index durable and
-    /// seals it with the number of records it reflects, so the next start need not rebuild it.
+    /// seals it with the log records it reflects, so the next start need not rebuild it.
     pub async fn close(self: &Arc<Self>) -> Result<(), RegistryError> {
         self.persist().await?;
         let reg = self.clone();
@@ -1641,7 +1673,16 @@ impl Registry {
                 (cat.ids.len() as u64, reg.index.last_ticket())
             };
             reg.flush_index(ticket)?;
-            Ok(reg.index.seal(records)?)
+            match reg.db.log_digest(records)? {
+                Some(log) => reg.index.seal(Seal { records, log })?,
+                // A write failed after memory took its records: the next start replays the
+                // log and catches the last saved index up (or rebuilds it).
+                None => warn!(
+                    records,
+                    "the catalog log holds fewer records than memory; the search index is not saved"
+                ),
+            }
+            Ok(())
         })
         .await
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use agora_protocol::codec::{self, DecodeError};
 use agora_protocol::limits::MAX_RECORD_BYTES;
 use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
-use agora_protocol::{PackageName, PublisherKey, Version};
+use agora_protocol::{ContentHasher, ContentId, PackageName, PublisherKey, Version};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -494,6 +494,34 @@ impl Db {
         Ok(seqs.len())
     }
 
+    /// The hash of the ids of the log's first `records` records, in log order (what a search
+    /// index's seal names), or `None` if the log holds fewer.
+    pub fn log_digest(&self, records: u64) -> Result<Option<ContentId>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut first = Vec::new();
+        for entry in txn.open_table(IDS)?.iter()? {
+            let (id, seq) = entry?;
+            if seq.value() < records {
+                first.push((seq.value(), *id.value()));
+            }
+        }
+        if (first.len() as u64) < records {
+            return Ok(None);
+        }
+        first.sort_unstable();
+        let mut log = ContentHasher::new();
+        for (expected, (seq, id)) in (0..).zip(&first) {
+            if *seq != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "the catalog's id index does not map {records} ids one to one onto the \
+                     log's first {records} records"
+                )));
+            }
+            log.update(id);
+        }
+        Ok(Some(log.finish()))
+    }
+
     /// Saves reputation entries (peer id bytes, encoded entry) in one transaction.
     pub fn save_reputation(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
@@ -561,6 +589,29 @@ mod tests {
                 (record.id(), record)
             })
             .collect()
+    }
+
+    #[test]
+    fn the_log_digest_hashes_the_first_records_ids_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
+        let written = releases(5);
+        db.write_catalog(&CatalogWrite {
+            records: written.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let digest = |n: usize| {
+            let mut h = ContentHasher::new();
+            written[..n]
+                .iter()
+                .for_each(|(id, _)| h.update(id.as_bytes()));
+            h.finish()
+        };
+        for n in [0, 3, 5] {
+            assert_eq!(db.log_digest(n as u64).unwrap(), Some(digest(n)), "{n}");
+        }
+        assert_eq!(db.log_digest(6).unwrap(), None, "the log holds fewer");
     }
 
     #[test]
