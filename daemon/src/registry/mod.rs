@@ -1679,7 +1679,7 @@ impl Registry {
                 // log and catches the last saved index up (or rebuilds it).
                 None => warn!(
                     records,
-                    "the catalog log holds fewer records than memory; the search index is not saved"
+                    "the catalog log does not hold what memory does; the search index is not saved"
                 ),
             }
             Ok(())
