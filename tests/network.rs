@@ -410,16 +410,17 @@ async fn a_provider_that_never_answers_holds_up_no_fetch() {
     .unwrap();
     assert!(fetched == data, "fetched bytes differ from the blob");
     assert_eq!(report.served_by, vec![(live, 8)]);
-    // The silent peer's one request was still out when the fetch ended: no outcome for it.
-    assert_eq!(report.outcomes.len(), 8);
+    // The silent peer's one request was still out when the fetch ended: a failure for it
+    // (it ranks lower next time), after the live provider's 8 chunks.
+    assert_eq!(report.outcomes.len(), 9, "{:?}", report.outcomes);
     assert!(
-        report
-            .outcomes
+        report.outcomes[..8]
             .iter()
             .all(|o| matches!(o, PeerOutcome::Served { peer, .. } if *peer == live)),
         "{:?}",
         report.outcomes
     );
+    assert_eq!(report.outcomes[8], PeerOutcome::Failed { peer: ghost });
     held.abort();
     for (node, _) in nodes {
         node.shutdown().await;

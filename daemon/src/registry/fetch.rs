@@ -13,7 +13,7 @@
 //! in order, so adopting it needs no second read of the file, and syncs the file every few
 //! MiB, so the disk writes overlap the transfer instead of all waiting for the final sync.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -808,6 +808,29 @@ pub async fn fetch_chunks<S: ChunkSink>(
                 queue.push_back(index);
             }
         }
+    }
+    // A provider still asked when the last chunk came in that served nothing in this fetch
+    // never answered (its chunk came from another): a failure, so that the next fetch ranks
+    // it lower. Not a ban: it may only be slow.
+    let answered: HashSet<PeerId> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            PeerOutcome::Served { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect();
+    let unanswered: BTreeSet<PeerId> = schedule
+        .asking
+        .values()
+        .flatten()
+        .filter(|p| !answered.contains(p))
+        .copied()
+        .collect();
+    for peer in unanswered {
+        debug!(%peer, "provider never answered before the fetch ended");
+        ProviderTrace::of(&mut traces, peer).failures += 1;
+        report.outcomes.push(PeerOutcome::Failed { peer });
     }
     Ok(report)
 }
