@@ -57,7 +57,7 @@ const INGEST_BATCH: usize = 2048;
 /// with departed peers that can take until the query timeout; it goes on in the background.
 const PUBLISH_DHT_WAIT: Duration = Duration::from_secs(3);
 
-/// Names whose documents are read at a time while the search index is rebuilt.
+/// Documents sent to the index writer at a time while the search index is rebuilt.
 const REBUILD_CHUNK: usize = 4096;
 /// Chunks of documents that may wait for the index writer.
 const REBUILD_CHUNKS_AHEAD: usize = 2;

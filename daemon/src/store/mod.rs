@@ -593,38 +593,34 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_log_digest_hashes_the_ids_in_log_order_if_the_log_holds_what_memory_does() {
+    /// A store whose log holds `n` releases, and them.
+    fn store_with(n: usize) -> (tempfile::TempDir, Db, Vec<(RecordId, CatalogRecord)>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
-        let written = releases(5);
+        let written = releases(n);
         db.write_catalog(&CatalogWrite {
             records: written.clone(),
             ..Default::default()
         })
         .unwrap();
-        let digest = |n: usize| {
-            let mut h = ContentHasher::new();
-            written[..n]
-                .iter()
-                .for_each(|(id, _)| h.update(id.as_bytes()));
-            h.finish()
-        };
-        assert_eq!(db.log_digest(5).unwrap(), Some(digest(5)));
+        (dir, db, written)
+    }
+
+    #[test]
+    fn the_log_digest_hashes_the_ids_in_log_order_if_the_log_holds_what_memory_does() {
+        let (_dir, db, written) = store_with(5);
+        let mut in_log_order = ContentHasher::new();
+        written
+            .iter()
+            .for_each(|(id, _)| in_log_order.update(id.as_bytes()));
+        assert_eq!(db.log_digest(5).unwrap(), Some(in_log_order.finish()));
         assert_eq!(db.log_digest(6).unwrap(), None, "the log holds fewer");
         assert_eq!(db.log_digest(4).unwrap(), None, "the log holds more");
     }
 
     #[test]
     fn a_scan_passes_the_records_asked_for_in_log_order_and_stops_when_told() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
-        let written = releases(40);
-        db.write_catalog(&CatalogWrite {
-            records: written.clone(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, db, written) = store_with(40);
         // Asked for out of order, twice over, with an id the catalog lacks.
         let picked = [33, 2, 17, 2, 39, 0];
         let mut wanted: Vec<RecordId> = picked.iter().map(|&i| written[i].0).collect();
@@ -677,14 +673,7 @@ mod tests {
 
     #[test]
     fn the_log_replays_in_order_whichever_thread_decodes_each_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("catalog.redb")).unwrap();
-        let written = releases(3 * LOAD_BATCH + 7);
-        db.write_catalog(&CatalogWrite {
-            records: written.clone(),
-            ..Default::default()
-        })
-        .unwrap();
+        let (_dir, db, written) = store_with(3 * LOAD_BATCH + 7);
         let txn = db.db.begin_read().unwrap();
         let sent = AtomicUsize::new(0);
         let policies: [(&str, &(dyn Fn(usize) -> bool + Sync)); 4] = [
