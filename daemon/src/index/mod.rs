@@ -215,15 +215,41 @@ impl Seal {
         let log = field("log")?.parse().ok()?;
         fields.next().is_none().then_some(Self { records, log })
     }
+
+    /// The seal of an index reflecting the records with these ids, in log order.
+    pub fn of_log<'a>(ids: impl IntoIterator<Item = &'a RecordId>) -> Self {
+        let mut log = LogHasher::default();
+        ids.into_iter().for_each(|id| log.add(id));
+        log.seal()
+    }
+}
+
+/// Hashes record ids in log order, as a seal names them.
+#[derive(Default)]
+struct LogHasher {
+    hasher: ContentHasher,
+    records: u64,
+}
+
+impl LogHasher {
+    fn add(&mut self, id: &RecordId) {
+        self.hasher.update(id.as_bytes());
+        self.records += 1;
+    }
+
+    fn seal(self) -> Seal {
+        Seal {
+            records: self.records,
+            log: self.hasher.finish(),
+        }
+    }
 }
 
 /// Follows the catalog log as it is replayed at start-up: tells whether a saved index's seal
 /// holds for the log's first records and collects the names of the records after them.
 pub struct CatchUp {
     seal: Seal,
-    hasher: ContentHasher,
-    seen: u64,
-    holds: bool,
+    log: LogHasher,
     names: BTreeSet<PackageName>,
 }
 
@@ -231,30 +257,23 @@ impl CatchUp {
     pub fn new(seal: Seal) -> Self {
         Self {
             seal,
-            hasher: ContentHasher::new(),
-            seen: 0,
-            holds: seal.records == 0 && seal.log == ContentHasher::new().finish(),
+            log: LogHasher::default(),
             names: BTreeSet::new(),
         }
     }
 
     /// The next record of the log.
     pub fn record(&mut self, id: &RecordId, name: &PackageName) {
-        if self.seen < self.seal.records {
-            self.hasher.update(id.as_bytes());
-            self.seen += 1;
-            if self.seen == self.seal.records {
-                self.holds = self.hasher.clone().finish() == self.seal.log;
-            }
-        } else if self.holds {
+        if self.log.records < self.seal.records {
+            self.log.add(id);
+        } else {
             self.names.insert(name.clone());
         }
     }
 
     /// If the seal holds, the seal and the names to re-index on top of the saved index.
     pub fn finish(self) -> Option<(Seal, Vec<PackageName>)> {
-        self.holds
-            .then(|| (self.seal, self.names.into_iter().collect()))
+        (self.log.seal() == self.seal).then(|| (self.seal, self.names.into_iter().collect()))
     }
 }
 
@@ -588,11 +607,6 @@ mod tests {
         let names: Vec<PackageName> = ["alpha", "beta", "gamma", "beta", "delta"]
             .map(|n| n.parse().unwrap())
             .into();
-        let digest = |ids: &[RecordId]| {
-            let mut h = ContentHasher::new();
-            ids.iter().for_each(|id| h.update(id.as_bytes()));
-            h.finish()
-        };
         let replay = |seal: Seal, upto: usize| {
             let mut c = CatchUp::new(seal);
             for (id, name) in ids.iter().zip(&names).take(upto) {
@@ -600,10 +614,7 @@ mod tests {
             }
             c.finish()
         };
-        let sealed_at_2 = Seal {
-            records: 2,
-            log: digest(&ids[..2]),
-        };
+        let sealed_at_2 = Seal::of_log(&ids[..2]);
         let tail: Vec<PackageName> = ["beta", "delta", "gamma"]
             .map(|n| n.parse().unwrap())
             .into();
@@ -614,19 +625,13 @@ mod tests {
             None,
             "the log is shorter than the seal"
         );
-        let other_order = Seal {
-            records: 2,
-            log: digest(&[ids[1], ids[0]]),
-        };
+        let other_order = Seal::of_log([&ids[1], &ids[0]]);
         assert_eq!(
             replay(other_order, 5),
             None,
             "another log with the same records"
         );
-        let empty = Seal {
-            records: 0,
-            log: digest(&[]),
-        };
+        let empty = Seal::of_log([]);
         assert_eq!(replay(empty, 1), Some((empty, vec![names[0].clone()])));
     }
 

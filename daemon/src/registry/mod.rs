@@ -326,6 +326,17 @@ fn check_pins_and_open_index(
     Ok((index?, installable))
 }
 
+/// Checks that the log had each of the `wanted` newest releases read from it.
+fn all_newest_found(found: usize, wanted: usize) -> Result<(), StoreError> {
+    if found == wanted {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} of {wanted} newest releases are missing from the catalog log",
+        wanted - found
+    )))
+}
+
 /// A thread's result, or its panic passed on.
 fn joined<T>(result: std::thread::Result<T>) -> T {
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -574,16 +585,10 @@ impl Registry {
                         Err(_) => ControlFlow::Break(()), // the index gave up
                     }
                 });
-                let last = match read {
-                    Ok(found) if found == wanted.len() => Ok(docs),
-                    Ok(found) => Err(StoreError::Corrupt(format!(
-                        "{} of {} newest releases are missing from the catalog log",
-                        wanted.len() - found,
-                        wanted.len()
-                    ))
-                    .into()),
-                    Err(e) => Err(e.into()),
-                };
+                let last = read
+                    .and_then(|found| all_newest_found(found, wanted.len()))
+                    .map(|()| docs)
+                    .map_err(RegistryError::from);
                 let _ = tx.send(last);
             });
             let docs = rx
@@ -770,16 +775,9 @@ impl Registry {
                 None => removed.push(name.to_string()),
             }
         }
-        // One read transaction for all of them (a rebuild asks for every name).
+        // One read transaction for all of them (a catch-up at start-up may ask for thousands).
         let records = self.db.records(&ids)?;
-        if records.len() != ids.len() {
-            return Err(StoreError::Corrupt(format!(
-                "{} of {} newest releases are missing from the catalog log",
-                ids.len() - records.len(),
-                ids.len()
-            ))
-            .into());
-        }
+        all_newest_found(records.len(), ids.len())?;
         let docs = records
             .iter()
             .filter_map(|r| match r {
@@ -1673,8 +1671,8 @@ impl Registry {
                 (cat.ids.len() as u64, reg.index.last_ticket())
             };
             reg.flush_index(ticket)?;
-            match reg.db.log_digest(records)? {
-                Some(log) => reg.index.seal(Seal { records, log })?,
+            match reg.db.log_ids(records)? {
+                Some(ids) => reg.index.seal(Seal::of_log(&ids))?,
                 // A write failed after memory took its records: the next start replays the
                 // log and catches the last saved index up (or rebuilds it).
                 None => warn!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use agora_protocol::codec::{self, DecodeError};
 use agora_protocol::limits::MAX_RECORD_BYTES;
 use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
-use agora_protocol::{ContentHasher, ContentId, PackageName, PublisherKey, Version};
+use agora_protocol::{PackageName, PublisherKey, Version};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -494,10 +494,10 @@ impl Db {
         Ok(seqs.len())
     }
 
-    /// The hash of the ids of the log's records in log order (what a search index's seal
-    /// names), if the log holds exactly `records` records (what memory holds: a write that
-    /// failed leaves memory ahead of the log, and then no seal can be true).
-    pub fn log_digest(&self, records: u64) -> Result<Option<ContentId>, StoreError> {
+    /// The ids of the log's records in log order (what a search index's seal is made of), if
+    /// the log holds exactly `records` records (what memory holds: a write that failed leaves
+    /// memory ahead of the log, and then no seal can be true).
+    pub fn log_ids(&self, records: u64) -> Result<Option<Vec<RecordId>>, StoreError> {
         let txn = self.db.begin_read()?;
         if txn.open_table(LOG)?.len()? != records {
             return Ok(None);
@@ -505,7 +505,7 @@ impl Db {
         let mut logged = Vec::with_capacity(records as usize);
         for entry in txn.open_table(IDS)?.iter()? {
             let (id, seq) = entry?;
-            logged.push((seq.value(), *id.value()));
+            logged.push((seq.value(), RecordId::from_bytes(*id.value())));
         }
         logged.sort_unstable();
         let one_to_one = logged.len() as u64 == records
@@ -519,9 +519,7 @@ impl Db {
                  records"
             )));
         }
-        let mut log = ContentHasher::new();
-        logged.iter().for_each(|(_, id)| log.update(id));
-        Ok(Some(log.finish()))
+        Ok(Some(logged.into_iter().map(|(_, id)| id).collect()))
     }
 
     /// Saves reputation entries (peer id bytes, encoded entry) in one transaction.
@@ -607,15 +605,12 @@ mod tests {
     }
 
     #[test]
-    fn the_log_digest_hashes_the_ids_in_log_order_if_the_log_holds_what_memory_does() {
+    fn the_log_ids_come_in_log_order_if_the_log_holds_what_memory_does() {
         let (_dir, db, written) = store_with(5);
-        let mut in_log_order = ContentHasher::new();
-        written
-            .iter()
-            .for_each(|(id, _)| in_log_order.update(id.as_bytes()));
-        assert_eq!(db.log_digest(5).unwrap(), Some(in_log_order.finish()));
-        assert_eq!(db.log_digest(6).unwrap(), None, "the log holds fewer");
-        assert_eq!(db.log_digest(4).unwrap(), None, "the log holds more");
+        let in_log_order: Vec<RecordId> = written.iter().map(|(id, _)| *id).collect();
+        assert_eq!(db.log_ids(5).unwrap(), Some(in_log_order));
+        assert_eq!(db.log_ids(6).unwrap(), None, "the log holds fewer");
+        assert_eq!(db.log_ids(4).unwrap(), None, "the log holds more");
     }
 
     #[test]
