@@ -21,6 +21,11 @@
 //! `AGORA_BENCH_RUNS` (default 3), transports from `AGORA_BENCH_TRANSPORTS` (default
 //! `tcp,quic`); `AGORA_BENCH_FETCH_DIR` is where fetchers keep their data (default: under
 //! `target/`; `/dev/shm` takes the disk out of the measure). Run: `cargo bench --bench fetch`.
+//!
+//! `AGORA_BENCH_PERF_CTL` names a `perf` control FIFO: the bench writes `enable` to it just
+//! before each timed fetch and `disable` just after, so that a `perf stat -D -1 --control
+//! fifo:<path> ...` or `perf record` run of this bench counts the fetches alone (setting up
+//! nodes and the baselines left out). See BENCHMARKS.md for the command.
 
 /// The allocator agorad runs with, so the numbers are the daemon's.
 #[global_allocator]
@@ -121,9 +126,11 @@ async fn timed_fetch(
     let dir = tempfile::tempdir_in(root).unwrap();
     let node = fetcher(kind, dir.path(), seed, release).await;
     let b = &release.body;
+    perf_control("enable");
     let started = Instant::now();
     let fetched = node.registry.fetch(&b.name, &b.version).await.unwrap();
     let took = started.elapsed();
+    perf_control("disable");
     assert!(!fetched.cached);
     assert_eq!(fetched.size, b.archive.size);
     let served = fetched.served_by.len();
@@ -132,6 +139,15 @@ async fn timed_fetch(
     }
     node.shutdown().await;
     (took, served)
+}
+
+/// Sends `command` to the `perf` control FIFO named by `AGORA_BENCH_PERF_CTL`, if any. Blocks
+/// until perf reads it, so the counting window starts and ends where the fetch does.
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("AGORA_BENCH_PERF_CTL") {
+        std::fs::write(&fifo, format!("{command}\n"))
+            .unwrap_or_else(|e| panic!("writing to the perf control FIFO {fifo:?}: {e}"));
+    }
 }
 
 /// Writes `data` to a new file in `root`, 1 MiB at a time, and syncs it (removed afterwards).

@@ -4,8 +4,9 @@
 //! (re-encoding gives the same bytes), so one value has exactly one encoding and hashes of
 //! encodings identify values.
 
-use serde::Serialize;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The wire format version this crate speaks: the first byte of every top-level message,
 /// DHT value and IPC payload.
@@ -48,9 +49,22 @@ pub trait Wire: Serialize + DeserializeOwned + Sized {
         encode(self)
     }
 
+    /// The encoding as two parts sent back to back: a head, and bytes the value holds already
+    /// (a chunk's data), so that a large payload goes out without being copied into an
+    /// encoding. By default the head is the whole encoding.
+    fn to_wire_parts(&self) -> (Vec<u8>, Bytes) {
+        (self.to_wire(), Bytes::new())
+    }
+
     /// Decodes and checks; implemented by [`impl_wire!`](crate::impl_wire) so that the limit
     /// is a compile-time constant for the bounded decoder.
     fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError>;
+
+    /// Decodes a buffer the caller gives up. A type that holds a large payload keeps it as a
+    /// slice of `bytes` instead of copying it; by default this is [`from_wire`](Self::from_wire).
+    fn from_wire_owned(bytes: Bytes) -> Result<Self, DecodeError> {
+        Self::from_wire(&bytes)
+    }
 }
 
 /// Implements [`Wire::from_wire`] for a concrete type with its limit.
@@ -127,9 +141,9 @@ fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
     bincode::serde::encode_into_writer(value, &mut same, config()).is_ok() && same.0.is_empty()
 }
 
-/// Decodes a versioned wire message of at most `LIMIT` bytes.
-pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(
-    bytes: &[u8],
+/// Decodes a versioned wire message of at most `LIMIT` bytes. `T` may borrow from `bytes`.
+pub fn decode<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize>(
+    bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if bytes.len() > LIMIT {
@@ -144,9 +158,9 @@ pub fn decode<T: Serialize + DeserializeOwned, const LIMIT: usize>(
     decode_body::<T, LIMIT>(body)
 }
 
-/// Decodes an unversioned body of at most `LIMIT` bytes.
-pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(
-    bytes: &[u8],
+/// Decodes an unversioned body of at most `LIMIT` bytes. `T` may borrow from `bytes`.
+pub fn decode_body<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize>(
+    bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
     if bytes.len() > LIMIT {
         return Err(DecodeError::TooLarge {
@@ -155,8 +169,8 @@ pub fn decode_body<T: Serialize + DeserializeOwned, const LIMIT: usize>(
         });
     }
     let cfg = config().with_limit::<LIMIT>();
-    let (value, consumed): (T, usize) =
-        bincode::serde::decode_from_slice(bytes, cfg).map_err(|e| match e {
+    let (value, consumed): (T, usize) = bincode::serde::borrow_decode_from_slice(bytes, cfg)
+        .map_err(|e| match e {
             bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
             bincode::error::DecodeError::LimitExceeded => {
                 DecodeError::LimitExceeded { limit: LIMIT }

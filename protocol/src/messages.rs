@@ -2,10 +2,10 @@
 //! chunk fetch on `/agora/fetch/1`. Each is a [`Wire`] type with its own size limit; records
 //! inside them are verified by whoever acts on them.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
-use crate::codec::Wire;
+use crate::codec::{DecodeError, Wire};
 use crate::content::ContentId;
 use crate::impl_wire;
 use crate::limits::*;
@@ -152,22 +152,62 @@ impl_wire!(
     }
 );
 
+/// The answer to a [`FetchRequest`]. A chunk's data is [`Bytes`]: sent without being copied
+/// into an encoding, and received as a slice of the buffer it was read into
+/// ([`Wire::to_wire_parts`], [`Wire::from_wire_owned`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchResponse {
-    Chunk(ByteBuf),
+    Chunk(Bytes),
     Refused(Refusal),
 }
 
-impl_wire!(FetchResponse, MAX_FETCH_RESPONSE_BYTES, |r| match r {
-    FetchResponse::Chunk(data) if data.len() > MAX_CHUNK_SIZE as usize => {
-        Err(format!(
-            "chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}",
-            data.len()
-        ))
+/// [`FetchResponse`] with the chunk borrowed from the buffer it is decoded from: the same
+/// variants in the same order, so the same encoding.
+#[derive(Serialize, Deserialize)]
+enum FetchResponseView<'a> {
+    Chunk(#[serde(with = "serde_bytes", borrow)] &'a [u8]),
+    Refused(Refusal),
+}
+
+impl Wire for FetchResponse {
+    const MAX_BYTES: usize = MAX_FETCH_RESPONSE_BYTES;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            FetchResponse::Chunk(data) if data.len() > MAX_CHUNK_SIZE as usize => Err(format!(
+                "chunk of {} bytes; the limit is {MAX_CHUNK_SIZE}",
+                data.len()
+            )),
+            FetchResponse::Chunk(data) if data.is_empty() => Err("empty chunk".to_owned()),
+            _ => Ok(()),
+        }
     }
-    FetchResponse::Chunk(data) if data.is_empty() => Err("empty chunk".to_owned()),
-    _ => Ok(()),
-});
+
+    fn to_wire_parts(&self) -> (Vec<u8>, Bytes) {
+        match self {
+            // The encoding of the variant and of the data's length; the data follows as is.
+            FetchResponse::Chunk(data) => (
+                crate::codec::encode(&(0u32, data.len() as u64)),
+                data.clone(),
+            ),
+            FetchResponse::Refused(_) => (self.to_wire(), Bytes::new()),
+        }
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::from_wire_owned(Bytes::copy_from_slice(bytes))
+    }
+
+    fn from_wire_owned(bytes: Bytes) -> Result<Self, DecodeError> {
+        let view: FetchResponseView = crate::codec::decode::<_, MAX_FETCH_RESPONSE_BYTES>(&bytes)?;
+        let value = match view {
+            FetchResponseView::Chunk(data) => FetchResponse::Chunk(bytes.slice_ref(data)),
+            FetchResponseView::Refused(why) => FetchResponse::Refused(why),
+        };
+        value.check().map_err(DecodeError::Invalid)?;
+        Ok(value)
+    }
+}
 
 /// Bucket of a record id in a catalog summary.
 pub fn bucket_of(id: &RecordId) -> u8 {

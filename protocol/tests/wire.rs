@@ -135,6 +135,13 @@ fn arb_rotation() -> impl Strategy<Value = KeyRotation> {
 fn round_trip<T: Wire + PartialEq + std::fmt::Debug>(value: &T) {
     let bytes = value.to_wire();
     assert_eq!(&T::from_wire(&bytes).unwrap(), value);
+    assert_eq!(&T::from_wire_owned(bytes.clone().into()).unwrap(), value);
+    let (head, payload) = value.to_wire_parts();
+    assert_eq!(
+        [head, payload.to_vec()].concat(),
+        bytes,
+        "the parts are the encoding"
+    );
     // Any strict prefix is refused, never accepted or panicking.
     for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
         assert!(T::from_wire(&bytes[..cut]).is_err());
@@ -197,7 +204,7 @@ proptest! {
         });
         round_trip(&SyncResponse::Refused(Refusal::Busy));
         round_trip(&FetchRequest { content: ContentId::of(&chunk), index });
-        round_trip(&FetchResponse::Chunk(serde_bytes::ByteBuf::from(chunk)));
+        round_trip(&FetchResponse::Chunk(chunk.into()));
         round_trip(&FetchResponse::Refused(Refusal::OutOfRange));
     }
 
@@ -405,11 +412,7 @@ fn oversized_messages_and_frames_are_refused() {
             MAX_SYNC_IDS + 1
         )))
     );
-    let big_chunk = FetchResponse::Chunk(serde_bytes::ByteBuf::from(vec![
-        1u8;
-        MAX_CHUNK_SIZE as usize
-            + 1
-    ]));
+    let big_chunk = FetchResponse::Chunk(vec![1u8; MAX_CHUNK_SIZE as usize + 1].into());
     assert_eq!(
         FetchResponse::from_wire(&big_chunk.to_wire()),
         Err(DecodeError::Invalid(format!(
@@ -434,6 +437,50 @@ fn oversized_messages_and_frames_are_refused() {
             limit: MAX_GOSSIP_BYTES
         })
     );
+}
+
+#[test]
+fn a_chunk_is_sent_and_received_without_a_copy() {
+    // Lengths where the varint of the length changes size, and the largest chunk.
+    for len in [1, 250, 251, 65_535, 65_536, MAX_CHUNK_SIZE as usize] {
+        let data = bytes::Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        let response = FetchResponse::Chunk(data.clone());
+        let (head, payload) = response.to_wire_parts();
+        assert_eq!(
+            payload.as_ptr(),
+            data.as_ptr(),
+            "{len}: the data itself is sent"
+        );
+        let encoding = response.to_wire();
+        assert_eq!([&head[..], &payload[..]].concat(), encoding, "{len}");
+
+        let buffer = bytes::Bytes::from(encoding);
+        let FetchResponse::Chunk(got) = FetchResponse::from_wire_owned(buffer.clone()).unwrap()
+        else {
+            panic!("{len}: not a chunk");
+        };
+        assert_eq!(got, data, "{len}");
+        assert_eq!(
+            got.as_ptr(),
+            buffer[head.len()..].as_ptr(),
+            "{len}: a slice of the buffer"
+        );
+    }
+    // The owned decoder refuses what the borrowed one does, with the same errors.
+    let chunk = FetchResponse::Chunk(bytes::Bytes::from_static(b"abc")).to_wire();
+    let mut long = chunk.clone();
+    long.push(0);
+    let mut lying = chunk.clone();
+    lying[2] = 4;
+    let empty = FetchResponse::Chunk(bytes::Bytes::new()).to_wire();
+    for (bad, error) in [
+        (long, DecodeError::TrailingBytes { trailing: 1 }),
+        (lying, DecodeError::Truncated),
+        (empty, DecodeError::Invalid("empty chunk".into())),
+    ] {
+        assert_eq!(FetchResponse::from_wire(&bad), Err(error.clone()));
+        assert_eq!(FetchResponse::from_wire_owned(bad.into()), Err(error));
+    }
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //!
 //! On the stream each message is a 4-byte big-endian length and then a [`Wire`] encoding.
 //! The length is checked against the message type's limit before a byte of the body is
-//! read or allocated, so an oversized or lying peer costs four bytes of reading.
+//! read or allocated, so an oversized or lying peer costs four bytes of reading. A chunk's
+//! data is neither copied into an encoding to be sent nor out of the buffer it is read into
+//! ([`Wire::to_wire_parts`], [`Wire::from_wire_owned`]).
 
 use std::io;
 use std::marker::PhantomData;
@@ -41,26 +43,27 @@ async fn read_message<T: Wire, R: AsyncRead + Unpin + Send>(io: &mut R) -> io::R
     }
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
-    T::from_wire(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    T::from_wire_owned(body.into()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_message<T: Wire, W: AsyncWrite + Unpin + Send>(
     io: &mut W,
     value: &T,
 ) -> io::Result<()> {
-    let body = value.to_wire();
-    if body.len() > T::MAX_BYTES {
+    let (head, payload) = value.to_wire_parts();
+    let len = head.len() + payload.len();
+    if len > T::MAX_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "refusing to send {} bytes; the limit is {}",
-                body.len(),
+                "refusing to send {len} bytes; the limit is {}",
                 T::MAX_BYTES
             ),
         ));
     }
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    io.write_all(&body).await?;
+    io.write_all(&[&(len as u32).to_be_bytes()[..], &head].concat())
+        .await?;
+    io.write_all(&payload).await?;
     io.close().await
 }
 
@@ -134,6 +137,25 @@ mod tests {
             write_message(&mut buf, &req).await.unwrap();
             let mut rd = Cursor::new(buf.into_inner());
             assert_eq!(read_message::<FetchRequest, _>(&mut rd).await.unwrap(), req);
+        });
+    }
+
+    #[test]
+    fn a_chunk_goes_out_in_two_parts_as_one_message() {
+        futures::executor::block_on(async {
+            let data: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+            let chunk = FetchResponse::Chunk(data.clone().into());
+            let mut buf = Cursor::new(Vec::new());
+            write_message(&mut buf, &chunk).await.unwrap();
+            let sent = buf.into_inner();
+            let encoding = chunk.to_wire();
+            assert_eq!(&sent[..4], &(encoding.len() as u32).to_be_bytes());
+            assert_eq!(&sent[4..], &encoding[..]);
+            let mut rd = Cursor::new(sent);
+            assert_eq!(
+                read_message::<FetchResponse, _>(&mut rd).await.unwrap(),
+                FetchResponse::Chunk(data.into())
+            );
         });
     }
 }

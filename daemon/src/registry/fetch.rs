@@ -24,6 +24,7 @@ use std::time::Instant;
 use agora_protocol::messages::{FetchRequest, FetchResponse, Refusal};
 use agora_protocol::records::ArchiveInfo;
 use agora_protocol::{ContentHasher, ContentId};
+use bytes::Bytes;
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, warn};
@@ -96,12 +97,12 @@ pub trait ChunkSink: Send + Sync + 'static {
     fn has(&self, index: u32) -> bool;
     /// Stores a verified chunk; `false` if it was stored already (a second provider's copy of
     /// it, which is dropped).
-    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<bool, FetchError>;
+    fn put(&self, index: u32, offset: u64, data: Bytes) -> Result<bool, FetchError>;
 }
 
 /// Chunks kept in memory.
 pub struct MemorySink {
-    chunks: Mutex<Vec<Option<Vec<u8>>>>,
+    chunks: Mutex<Vec<Option<Bytes>>>,
 }
 
 impl MemorySink {
@@ -112,7 +113,7 @@ impl MemorySink {
     }
 
     /// Takes the chunks received, in order (`None` where one is missing).
-    pub fn take_chunks(&self) -> Vec<Option<Vec<u8>>> {
+    pub fn take_chunks(&self) -> Vec<Option<Bytes>> {
         std::mem::take(&mut *lock(&self.chunks))
     }
 }
@@ -121,7 +122,7 @@ impl ChunkSink for MemorySink {
     fn has(&self, _index: u32) -> bool {
         false
     }
-    fn put(&self, index: u32, _offset: u64, data: Vec<u8>) -> Result<bool, FetchError> {
+    fn put(&self, index: u32, _offset: u64, data: Bytes) -> Result<bool, FetchError> {
         let mut chunks = lock(&self.chunks);
         let slot = &mut chunks[index as usize];
         if slot.is_some() {
@@ -183,7 +184,7 @@ struct SyncBehind {
 /// Verified chunks written but not yet hashed, because an earlier one is missing.
 #[derive(Default)]
 struct Waiting {
-    chunks: BTreeMap<u32, Vec<u8>>,
+    chunks: BTreeMap<u32, Bytes>,
     bytes: usize,
     gave_up: bool,
 }
@@ -335,7 +336,7 @@ impl ChunkSink for FileSink {
         self.had[index as usize]
     }
 
-    fn put(&self, index: u32, offset: u64, data: Vec<u8>) -> Result<bool, FetchError> {
+    fn put(&self, index: u32, offset: u64, data: Bytes) -> Result<bool, FetchError> {
         if self.stored[index as usize].swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
@@ -385,7 +386,7 @@ pub async fn fetch_archive(
         .map_err(|(e, _)| e)?;
     let mut data = Vec::with_capacity(info.size as usize);
     for (index, chunk) in sink.take_chunks().into_iter().enumerate() {
-        data.extend(chunk.ok_or(FetchError::ChunkUnavailable {
+        data.extend_from_slice(&chunk.ok_or(FetchError::ChunkUnavailable {
             index: index as u32,
         })?);
     }
@@ -453,7 +454,7 @@ async fn request_chunk<S: ChunkSink>(
     let result = net.send_fetch(peer, request).await;
     let elapsed = started.elapsed();
     let data = match result {
-        Ok(FetchResponse::Chunk(data)) => data.into_vec(),
+        Ok(FetchResponse::Chunk(data)) => data,
         Ok(FetchResponse::Refused(why)) => return (Arrival::Refused(why), elapsed),
         Err(e) => return (Arrival::Failed(e.to_string()), elapsed),
     };
@@ -973,9 +974,12 @@ mod tests {
         (data, info)
     }
 
-    fn chunk(data: &[u8], info: &ArchiveInfo, index: u32) -> (u64, Vec<u8>) {
+    fn chunk(data: &[u8], info: &ArchiveInfo, index: u32) -> (u64, Bytes) {
         let (start, size) = info.chunk_range(index).unwrap();
-        (start, data[start as usize..start as usize + size].to_vec())
+        (
+            start,
+            Bytes::copy_from_slice(&data[start as usize..start as usize + size]),
+        )
     }
 
     /// (done, total) each time a sink reported progress.

@@ -191,7 +191,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                     tokio::task::spawn_blocking(move || r.chunk(&request.content, request.index))
                         .await
                         .map_or(FetchResponse::Refused(Refusal::Busy), |res| match res {
-                            Ok(data) => FetchResponse::Chunk(serde_bytes::ByteBuf::from(data)),
+                            Ok(data) => FetchResponse::Chunk(data.into()),
                             Err(why) => FetchResponse::Refused(why),
                         });
                 let _ = reg.network().respond_fetch(id, response).await;
