@@ -2,7 +2,10 @@
 //! document, a stored document back into a [`SearchHit`].
 
 use agora_protocol::search::SearchHit;
-use tantivy::schema::{FAST, FacetOptions, Field, STORED, STRING, Schema, TEXT, Value};
+use tantivy::schema::{
+    FAST, FacetOptions, Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions, Value,
+};
 use tantivy::{DocAddress, IndexSettings, Searcher, TantivyDocument, Term};
 
 use super::{IndexDoc, IndexError};
@@ -50,14 +53,24 @@ pub(super) const PUBLISHED_AT: &str = "published_at";
 /// Name of the facet field category counts come from.
 pub(super) const CATEGORY_FACET: &str = "category_facet";
 
+/// Words, with their frequencies (for BM25) and no positions: no search matches a phrase,
+/// and positions are most of what indexing a description costs.
+fn words() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqs),
+    )
+}
+
 pub(super) fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let f = Fields {
         name_key: b.add_text_field(NAME_KEY, STRING | STORED | FAST),
-        name: b.add_text_field("name", TEXT),
+        name: b.add_text_field("name", words()),
         version: b.add_text_field("version", STORED),
-        description: b.add_text_field("description", TEXT | STORED),
-        terms: b.add_text_field("terms", TEXT),
+        description: b.add_text_field("description", words() | STORED),
+        terms: b.add_text_field("terms", words()),
         filter: b.add_text_field("filter", STRING),
         category_facet: b.add_facet_field(CATEGORY_FACET, FacetOptions::default()),
         category: b.add_text_field("category", STORED),
