@@ -1524,3 +1524,54 @@ async fn sync_between_nearly_equal_catalogs_costs_one_bucket_not_the_catalog() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Gossip of a record the node already holds is ignored (not checked again: its id hashes
+/// the checked bytes, signature included); the same release under a signature that is not
+/// its own has another id, and is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_of_a_held_record_is_ignored_and_a_copy_with_another_signature_rejected() {
+    init_tracing();
+    let (node, addr) = start_node().await;
+    let owner = publisher(23);
+    let held = forged("held", "1.0.0", None, &owner, 1);
+    let registry = node.registry.clone();
+    let records = vec![CatalogRecord::Release(held.clone())];
+    tokio::task::spawn_blocking(move || registry.ingest(records, false))
+        .await
+        .unwrap()
+        .unwrap();
+    let resigned = Signed {
+        body: held.body.clone(),
+        signature: forged("held", "1.0.0", None, &owner, 2).signature,
+    };
+    assert_ne!(resigned.id(), held.id());
+
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&addr)).await;
+    hostile
+        .publish_raw(GossipMessage::Release(held.clone()).to_wire())
+        .await;
+    hostile
+        .publish_raw(GossipMessage::Release(resigned).to_wire())
+        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    let stats = &node.registry.stats;
+    converge("one gossip ignored, one rejected", DEADLINE, || async {
+        let counts = (
+            stats.gossip_accepted.load(Ordering::Relaxed),
+            stats.gossip_ignored.load(Ordering::Relaxed),
+            stats.gossip_rejected.load(Ordering::Relaxed),
+        );
+        if counts == (0, 1, 1) {
+            Ok(())
+        } else {
+            Err(format!("(accepted, ignored, rejected) = {counts:?}"))
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    driver.await.unwrap();
+    assert_eq!(node.registry.catalog_len(), 1);
+    node.shutdown().await;
+}

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use agora_protocol::codec::encode_body;
+use agora_protocol::codec::{Wire, encode_body};
 use agora_protocol::dht::{self, DhtValue};
 use agora_protocol::limits::{MAX_SYNC_LISTED_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
 use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncRequest, SyncResponse};
@@ -80,54 +80,73 @@ async fn gossip_verdict(
     source: PeerId,
     data: &[u8],
 ) -> MessageAcceptance {
-    let msg = GossipMessage::decode_verified(data);
-    if let Ok(m) = &msg {
-        tracing::Span::current().record("package", m.name().as_str());
-    }
-    match msg {
-        Ok(GossipMessage::Head(head)) => match admit_head(registry, head).await {
-            Ok(true) => MessageAcceptance::Accept,
-            Ok(false) => MessageAcceptance::Ignore,
-            Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
-            Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-            Err(RegistryError::Trust(e)) => {
-                debug!(%source, error = %e, "rejecting a gossiped head");
-                MessageAcceptance::Reject
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot admit a gossiped head");
-                MessageAcceptance::Ignore
-            }
-        },
-        Ok(msg) => {
-            let record = match msg {
-                GossipMessage::Release(r) => CatalogRecord::Release(r),
-                GossipMessage::Yank(r) => CatalogRecord::Yank(r),
-                GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
-                GossipMessage::Head(_) => unreachable!("matched above"),
-            };
-            match admit(registry, record).await {
-                Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
-                Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
-                // A yank that arrived before its release: sync will bring both.
-                Ok(Ingested::Refused(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-                Ok(Ingested::Refused(e)) => {
-                    debug!(%source, error = %e, "rejecting gossip");
-                    MessageAcceptance::Reject
-                }
-                Ok(Ingested::Invalid(e)) => {
-                    debug!(%source, error = %e, "rejecting gossip");
-                    MessageAcceptance::Reject
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot admit gossip");
-                    MessageAcceptance::Ignore
-                }
-            }
-        }
+    let msg = match GossipMessage::from_wire(data) {
+        Ok(m) => m,
         Err(e) => {
             debug!(%source, error = %e, "rejecting gossip");
+            return MessageAcceptance::Reject;
+        }
+    };
+    tracing::Span::current().record("package", msg.name().as_str());
+    let record = match msg {
+        GossipMessage::Head(head) => return head_verdict(registry, source, head).await,
+        GossipMessage::Release(r) => CatalogRecord::Release(r),
+        GossipMessage::Yank(r) => CatalogRecord::Yank(r),
+        GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
+    };
+    // A record this node holds is ignored before its signature is checked: its id hashes its
+    // whole encoding, signature included, so the same id is the same bytes, checked when
+    // they were admitted. (A node's sync relays on gossip what it learned, which most of the
+    // network often holds already.)
+    if registry.has_record(&record.id()) {
+        return MessageAcceptance::Ignore;
+    }
+    if let Err(e) = record.verify() {
+        debug!(%source, error = %e, "rejecting gossip");
+        return MessageAcceptance::Reject;
+    }
+    match admit(registry, record).await {
+        Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
+        Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
+        // A yank that arrived before its release: sync will bring both.
+        Ok(Ingested::Refused(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
+        Ok(Ingested::Refused(e)) => {
+            debug!(%source, error = %e, "rejecting gossip");
             MessageAcceptance::Reject
+        }
+        Ok(Ingested::Invalid(e)) => {
+            debug!(%source, error = %e, "rejecting gossip");
+            MessageAcceptance::Reject
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot admit gossip");
+            MessageAcceptance::Ignore
+        }
+    }
+}
+
+/// Decides on one gossiped package head.
+async fn head_verdict(
+    registry: &Arc<Registry>,
+    source: PeerId,
+    head: PackageHead,
+) -> MessageAcceptance {
+    if let Err(e) = head.verify() {
+        debug!(%source, error = %e, "rejecting gossip");
+        return MessageAcceptance::Reject;
+    }
+    match admit_head(registry, head).await {
+        Ok(true) => MessageAcceptance::Accept,
+        Ok(false) => MessageAcceptance::Ignore,
+        Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
+        Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
+        Err(RegistryError::Trust(e)) => {
+            debug!(%source, error = %e, "rejecting a gossiped head");
+            MessageAcceptance::Reject
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot admit a gossiped head");
+            MessageAcceptance::Ignore
         }
     }
 }
