@@ -28,7 +28,7 @@ pub mod snapshot;
 mod tier;
 mod view;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,6 +37,7 @@ use agora_protocol::records::RecordId;
 use agora_protocol::search::{SearchQuery, SearchResults};
 use agora_protocol::{ContentHasher, ContentId, PackageMeta, PackageName};
 use tantivy::directory::RamDirectory;
+use tantivy::index::SegmentId;
 use tantivy::indexer::IndexWriterOptions;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
@@ -403,15 +404,32 @@ impl SearchIndex {
         if self.stale.load(Ordering::Acquire) || self.merged.load(Ordering::Acquire) {
             let tiers = lock(&self.tiers);
             // Whoever waited for the lock behind a build finds it done.
-            if self.merged.swap(false, Ordering::AcqRel) {
+            let merged =
+                self.merged.swap(false, Ordering::AcqRel) && self.segments_changed(&tiers)?;
+            if merged {
                 // The same documents in fewer segments: the base's counts still hold.
                 self.reader.reload()?;
-                self.publish(&tiers)?;
-            } else if self.stale.load(Ordering::Acquire) {
+            }
+            if merged || self.stale.load(Ordering::Acquire) {
                 self.publish(&tiers)?;
             }
         }
         Ok(self.built())
+    }
+
+    /// Whether the base's segments as committed (merges included) differ from those the
+    /// reader holds. Called under the `tiers` lock, so no commit is under way.
+    fn segments_changed(&self, tiers: &Tiers) -> Result<bool, IndexError> {
+        let committed: HashSet<SegmentId> =
+            tiers.index.searchable_segment_ids()?.into_iter().collect();
+        let read: HashSet<SegmentId> = self
+            .reader
+            .searcher()
+            .segment_readers()
+            .iter()
+            .map(|r| r.segment_id())
+            .collect();
+        Ok(committed != read)
     }
 
     /// The last view built (stale if a change came after it).
@@ -1020,26 +1038,38 @@ mod tests {
     }
 
     #[test]
-    fn the_first_search_after_the_merges_reads_the_merged_segments() {
+    fn the_first_search_after_a_merge_reads_the_merged_segments() {
         let index = SearchIndex::in_memory().unwrap();
         let segments = || index.reader.searcher().segment_readers().len();
-        // Eight commits of three packages: eight segments, which tantivy's merge policy
-        // merges into one once the eighth is committed.
-        for commit in 0..8 {
+        // Three commits of three packages: three segments (too few for the merge policy).
+        for commit in 0..3 {
             let docs: Vec<IndexDoc> = (0..3)
                 .map(|i| doc(&format!("pkg-{commit}-{i}"), "a widget", "web", i))
                 .collect();
             index.update(&docs, &[]).unwrap();
             index.fold(&mut lock(&index.tiers)).unwrap();
         }
-        assert_eq!(segments(), 8);
-        // The last writer's merges end on its own thread; the reader has not seen them.
         lock(&index.tiers).settle();
+        let built = index.built();
+        assert_eq!(segments(), 3);
+        // The merge policy leaves three segments as they are: the first search after the
+        // writers retired finds nothing merged and builds nothing new.
+        index.search(&SearchQuery::text("widget")).unwrap();
+        assert!(Arc::ptr_eq(&built, &index.built()), "nothing merged");
+
+        // A writer merges them into one and retires; the reader has not seen it.
+        {
+            let mut tiers = lock(&index.tiers);
+            let ids = tiers.index.searchable_segment_ids().unwrap();
+            tiers.writer().unwrap().merge(&ids).wait().unwrap();
+            tiers.retire();
+            tiers.settle();
+        }
         assert!(index.merged.load(Ordering::Acquire));
-        assert_eq!(segments(), 8);
+        assert_eq!(segments(), 3);
 
         let r = index.search(&SearchQuery::text("widget")).unwrap();
-        assert_eq!(r.total, 24);
+        assert_eq!(r.total, 9);
         assert_eq!(segments(), 1, "the search reloaded the merged base");
         assert!(!index.merged.load(Ordering::Acquire));
         let built = index.built();
