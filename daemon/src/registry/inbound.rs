@@ -33,11 +33,28 @@ pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEven
 /// Admits one record on a blocking thread, answering as soon as the trust rules have decided:
 /// a gossip verdict (and so the message's forwarding) does not wait for the disk. The durable
 /// write and the index update go on in that thread; a failure there is logged (the record is
-/// not acknowledged to anyone, and sync brings it again).
-async fn admit(registry: &Arc<Registry>, record: CatalogRecord) -> Result<Ingested, RegistryError> {
+/// not acknowledged to anyone, and sync brings it again). Unless `verified`, the record's
+/// signature is checked there too (outside the catalog's lock), and only if the node does
+/// not hold it already: its id hashes its whole encoding, signature included, so a held id
+/// is the same bytes, checked when they were admitted (a sync relays on gossip what it
+/// learned, which many nodes hold).
+async fn admit(
+    registry: &Arc<Registry>,
+    record: CatalogRecord,
+    verified: bool,
+) -> Result<Ingested, RegistryError> {
     let reg = registry.clone();
     let (tx, decision) = oneshot::channel();
     let task = tokio::task::spawn_blocking(move || {
+        let checked = if verified || reg.has_record(&record.id()) {
+            Ok(())
+        } else {
+            record.verify()
+        };
+        if let Err(e) = checked {
+            let _ = tx.send(Ingested::Invalid(e));
+            return Ok(());
+        }
         let mut tx = Some(tx);
         let result = reg
             .ingest_durable(vec![record], true, |out| {
@@ -94,18 +111,7 @@ async fn gossip_verdict(
         GossipMessage::Yank(r) => CatalogRecord::Yank(r),
         GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
     };
-    // A record this node holds is ignored before its signature is checked: its id hashes its
-    // whole encoding, signature included, so the same id is the same bytes, checked when
-    // they were admitted. (A node's sync relays on gossip what it learned, which most of the
-    // network often holds already.)
-    if registry.has_record(&record.id()) {
-        return MessageAcceptance::Ignore;
-    }
-    if let Err(e) = record.verify() {
-        debug!(%source, error = %e, "rejecting gossip");
-        return MessageAcceptance::Reject;
-    }
-    match admit(registry, record).await {
+    match admit(registry, record, false).await {
         Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
         Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
         // A yank that arrived before its release: sync will bring both.
@@ -177,7 +183,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
         NetworkEvent::InboundRecord { source, record } => {
             let accepted = match dht::validate(record.key.as_ref(), &record.value) {
                 Ok(DhtValue::Release(r)) => {
-                    match admit(registry, CatalogRecord::Release(r)).await {
+                    match admit(registry, CatalogRecord::Release(r), true).await {
                         Ok(Ingested::Added(_) | Ingested::Duplicate) => Ok(()),
                         Ok(Ingested::Refused(e)) => Err(e.to_string()),
                         Ok(Ingested::Invalid(e)) => Err(e.to_string()),
