@@ -99,10 +99,7 @@ async fn gossip_verdict(
 ) -> MessageAcceptance {
     let msg = match GossipMessage::from_wire(data) {
         Ok(m) => m,
-        Err(e) => {
-            debug!(%source, error = %e, "rejecting gossip");
-            return MessageAcceptance::Reject;
-        }
+        Err(e) => return reject(source, &e),
     };
     tracing::Span::current().record("package", msg.name().as_str());
     let record = match msg {
@@ -116,14 +113,8 @@ async fn gossip_verdict(
         Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
         // A yank that arrived before its release: sync will bring both.
         Ok(Ingested::Refused(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-        Ok(Ingested::Refused(e)) => {
-            debug!(%source, error = %e, "rejecting gossip");
-            MessageAcceptance::Reject
-        }
-        Ok(Ingested::Invalid(e)) => {
-            debug!(%source, error = %e, "rejecting gossip");
-            MessageAcceptance::Reject
-        }
+        Ok(Ingested::Refused(e)) => reject(source, &e),
+        Ok(Ingested::Invalid(e)) => reject(source, &e),
         Err(e) => {
             warn!(error = %e, "cannot admit gossip");
             MessageAcceptance::Ignore
@@ -138,23 +129,25 @@ async fn head_verdict(
     head: PackageHead,
 ) -> MessageAcceptance {
     if let Err(e) = head.verify() {
-        debug!(%source, error = %e, "rejecting gossip");
-        return MessageAcceptance::Reject;
+        return reject(source, &e);
     }
     match admit_head(registry, head).await {
         Ok(true) => MessageAcceptance::Accept,
         Ok(false) => MessageAcceptance::Ignore,
         Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
         Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-        Err(RegistryError::Trust(e)) => {
-            debug!(%source, error = %e, "rejecting a gossiped head");
-            MessageAcceptance::Reject
-        }
+        Err(RegistryError::Trust(e)) => reject(source, &e),
         Err(e) => {
             warn!(error = %e, "cannot admit a gossiped head");
             MessageAcceptance::Ignore
         }
     }
+}
+
+/// Rejects a gossip message (which costs its sender gossip score), saying why in the log.
+fn reject(source: PeerId, why: &dyn std::fmt::Display) -> MessageAcceptance {
+    debug!(%source, error = %why, "rejecting gossip");
+    MessageAcceptance::Reject
 }
 
 async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), NetworkError> {
