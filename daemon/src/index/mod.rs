@@ -48,8 +48,8 @@ use view::{BaseCounts, Overlay, View};
 /// Memory the base index writer may buffer before it flushes a segment (tantivy's minimum).
 const WRITER_MEMORY: usize = 15_000_000;
 /// Indexing threads of a rebuild, which the start-up waits for (the feeding thread and the
-/// log's reader run beside them): start-up with 101k releases to re-index took 586–605 ms
-/// instead of 765 ms on 2 vCPUs, for a second writer arena (RSS after it 236–246 MB instead
+/// log's reader run beside them): start-up with 101k releases to re-index took 586–626 ms
+/// instead of 765 ms on 2 vCPUs, for a second writer arena (RSS after it 236–256 MB instead
 /// of 219 MB). It leaves twice the segments, which the merges after it bring down.
 const REBUILD_WORKERS: usize = 2;
 /// Background merge threads per index: merges of small segments are short, and a machine

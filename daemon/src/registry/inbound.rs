@@ -34,10 +34,7 @@ pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEven
 /// a gossip verdict (and so the message's forwarding) does not wait for the disk. The durable
 /// write and the index update go on in that thread; a failure there is logged (the record is
 /// not acknowledged to anyone, and sync brings it again). Unless `verified`, the record's
-/// signature is checked there too (outside the catalog's lock), and only if the node does
-/// not hold it already: its id hashes its whole encoding, signature included, so a held id
-/// is the same bytes, checked when they were admitted (a sync relays on gossip what it
-/// learned, which many nodes hold).
+/// signature is checked there too (if the node does not hold it already).
 async fn admit(
     registry: &Arc<Registry>,
     record: CatalogRecord,
@@ -46,18 +43,9 @@ async fn admit(
     let reg = registry.clone();
     let (tx, decision) = oneshot::channel();
     let task = tokio::task::spawn_blocking(move || {
-        let checked = if verified || reg.has_record(&record.id()) {
-            Ok(())
-        } else {
-            record.verify()
-        };
-        if let Err(e) = checked {
-            let _ = tx.send(Ingested::Invalid(e));
-            return Ok(());
-        }
         let mut tx = Some(tx);
         let result = reg
-            .ingest_durable(vec![record], true, |out| {
+            .ingest_durable(vec![record], verified, |out| {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(out.first().map_or(Ingested::Duplicate, |(_, i)| i.clone()));
                 }

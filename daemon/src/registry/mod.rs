@@ -680,17 +680,34 @@ impl Registry {
         verified: bool,
         decided: &mut impl FnMut(&[(RecordId, Ingested)]),
     ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
+        let ids: Vec<RecordId> = records.iter().map(CatalogRecord::id).collect();
+        // Signatures are checked before the catalog's lock is taken (a sync's batch held it
+        // through thousands of checks), and only those of records it does not hold: an id
+        // hashes the record's whole encoding, signature included, so a held id is the same
+        // bytes, checked when they were admitted (gossip relays what many nodes hold).
+        let invalid: Vec<Option<RecordError>> = if verified {
+            ids.iter().map(|_| None).collect()
+        } else {
+            let held: Vec<bool> = {
+                let cat = self.catalog_lock();
+                ids.iter().map(|id| cat.ids.contains(id)).collect()
+            };
+            records
+                .iter()
+                .zip(held)
+                .map(|(r, held)| if held { None } else { r.verify().err() })
+                .collect()
+        };
         let mut out = Vec::with_capacity(records.len());
         let mut write = CatalogWrite::default();
         let mut touched: BTreeSet<PackageName> = BTreeSet::new();
         let mut cat = self.catalog_lock();
-        for record in records {
-            let id = record.id();
+        for ((record, id), invalid) in records.iter().zip(ids).zip(invalid) {
             if cat.ids.contains(&id) {
                 out.push((id, Ingested::Duplicate));
                 continue;
             }
-            if !verified && let Err(e) = record.verify() {
+            if let Some(e) = invalid {
                 out.push((id, Ingested::Invalid(e)));
                 continue;
             }
