@@ -15,6 +15,7 @@ use agora_protocol::records::ReleaseRecord;
 use common::hostile::{ConnectionFlood, Hostile};
 use common::*;
 use futures::StreamExt;
+use libp2p::PeerId;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -534,6 +535,28 @@ async fn after_shutdown_every_handle_call_returns_a_clear_error() {
         .expect("calls after shutdown return at once");
 }
 
+/// A new peer id farther than `than` from each of `keys` in Kademlia's XOR metric.
+fn farther_peer(keys: &[Vec<u8>], than: PeerId) -> PeerId {
+    use libp2p::kad::{KBucketKey, RecordKey};
+    let targets: Vec<_> = keys
+        .iter()
+        .map(|k| KBucketKey::new(RecordKey::new(k)))
+        .collect();
+    let farther = |peer: PeerId| {
+        targets
+            .iter()
+            .all(|t| KBucketKey::from(peer).distance(t) > KBucketKey::from(than).distance(t))
+    };
+    (0..1_000_000)
+        .map(|_| {
+            libp2p::identity::Keypair::generate_ed25519()
+                .public()
+                .to_peer_id()
+        })
+        .find(|p| farther(*p))
+        .expect("a million random peer ids, none farther than the holder from both keys")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_lookups_answer_without_waiting_on_an_unreachable_peer() {
     init_tracing();
@@ -574,11 +597,14 @@ async fn dht_lookups_answer_without_waiting_on_an_unreachable_peer() {
         .await
         .unwrap();
 
+    // Ghosts farther than the holder from both keys: a lookup asks the closest peers it
+    // knows first (three at a time), so the holder is always among the first asked and
+    // answers while the ghosts hang, whether or not the holder's put has reached the asker's
+    // own store yet (the asker stores it only once its registry has admitted it durably).
     let (sink_addr, held) = silent_listener().await;
+    let keys = [content.clone(), value.key().to_bytes()];
     for _ in 0..3 {
-        let ghost = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
+        let ghost = farther_peer(&keys, holder.network.peer_id());
         asker
             .network
             .add_address(ghost, sink_addr.clone())
