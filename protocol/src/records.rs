@@ -368,4 +368,13 @@ impl CatalogRecord {
             Self::Rotation(r) => &r.body.name,
         }
     }
+
+    /// When its signer says it was made (seconds since the Unix epoch, the signer's clock).
+    pub fn made_at(&self) -> u64 {
+        match self {
+            Self::Release(r) => r.body.published_at,
+            Self::Yank(r) => r.body.yanked_at,
+            Self::Rotation(r) => r.body.rotated_at,
+        }
+    }
 }

@@ -70,12 +70,22 @@ async fn admit(
     }
 }
 
-/// Admits a head on a blocking thread (it is persisted when accepted).
-async fn admit_head(registry: &Arc<Registry>, head: PackageHead) -> Result<bool, RegistryError> {
+/// Admits a head on a blocking thread (it is persisted when accepted), checking its signature
+/// there first unless `verified`.
+async fn admit_head(
+    registry: &Arc<Registry>,
+    head: PackageHead,
+    verified: bool,
+) -> Result<bool, RegistryError> {
     let reg = registry.clone();
-    tokio::task::spawn_blocking(move || reg.admit_head(&head))
-        .await
-        .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        if !verified {
+            head.verify()?;
+        }
+        reg.admit_head(&head)
+    })
+    .await
+    .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
 }
 
 /// Decides on one gossip message: admit what is new and valid, ignore what is known or not
@@ -116,11 +126,9 @@ async fn head_verdict(
     source: PeerId,
     head: PackageHead,
 ) -> MessageAcceptance {
-    if let Err(e) = head.verify() {
-        return reject(source, &e);
-    }
-    match admit_head(registry, head).await {
+    match admit_head(registry, head, false).await {
         Ok(true) => MessageAcceptance::Accept,
+        Err(RegistryError::Record(e)) => reject(source, &e),
         Ok(false) => MessageAcceptance::Ignore,
         Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
         Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
@@ -171,7 +179,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                         Err(e) => Err(e.to_string()),
                     }
                 }
-                Ok(DhtValue::Head(h)) => admit_head(registry, h)
+                Ok(DhtValue::Head(h)) => admit_head(registry, h, true)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),

@@ -28,9 +28,10 @@ use crate::network::NetworkError;
 
 /// Most records taken from one peer in one sync; the rest come in the next round.
 pub const MAX_RECORDS_PER_SYNC: usize = 200_000;
-/// A sync that brought at most this many new records relays them on gossip, so that the
-/// rest of a healed partition learns them at once instead of at its next periodic sync. A
-/// bigger difference is a node catching up on history its neighbours already have.
+/// A sync that brought at most this many records made within [`RELAY_WINDOW_SECS`] relays
+/// those it added on gossip, so that the rest of a healed partition learns them at once
+/// instead of at its next periodic sync. More is a node catching up on what its neighbours
+/// already have.
 pub const MAX_RELAYED: usize = 256;
 /// Of what a sync brought, only records made in this last while are relayed: older ones were
 /// gossiped when they were made, so a node that learns them late (new, or back from being
@@ -199,22 +200,38 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         pending = &pending[last + 1..];
     }
 
+    // The news among them, relayed once admitted; more than MAX_RELAYED is a partition
+    // catching up, which the periodic sync heals.
+    let now = super::now();
+    let news: Vec<&CatalogRecord> = records
+        .iter()
+        .filter(|r| is_news(r.made_at(), now))
+        .collect();
+    let relayable: Vec<CatalogRecord> = if news.len() <= MAX_RELAYED {
+        news.into_iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     let reg = registry.clone();
     let results = tokio::task::spawn_blocking(move || reg.ingest(records, false))
         .await
         .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
-    let mut added = Vec::new();
+    let mut added = HashSet::new();
     for (id, outcome) in results {
         match outcome {
-            Ingested::Added(_) => added.push(id),
+            Ingested::Added(_) => {
+                added.insert(id);
+            }
             Ingested::Duplicate => {}
             Ingested::Invalid(_) | Ingested::Refused(_) => report.refused += 1,
         }
     }
     report.added = added.len();
-    if !added.is_empty() && added.len() <= MAX_RELAYED {
-        relay(registry, &added).await;
-    }
+    relay(
+        registry,
+        relayable.into_iter().filter(|r| added.contains(&r.id())),
+    )
+    .await;
     Ok(report)
 }
 
@@ -224,22 +241,9 @@ fn is_news(made: u64, now: u64) -> bool {
     made.saturating_add(RELAY_WINDOW_SECS) >= now
 }
 
-/// Publishes the news among records learned by sync on gossip (best effort: sync remains
-/// the safety net).
-async fn relay(registry: &Arc<Registry>, ids: &[RecordId]) {
-    let Ok(records) = registry.records(ids) else {
-        return;
-    };
-    let now = super::now();
+/// Publishes records learned by sync on gossip (best effort: sync remains the safety net).
+async fn relay(registry: &Arc<Registry>, records: impl Iterator<Item = CatalogRecord>) {
     for record in records {
-        let made = match &record {
-            CatalogRecord::Release(r) => r.body.published_at,
-            CatalogRecord::Yank(y) => y.body.yanked_at,
-            CatalogRecord::Rotation(r) => r.body.rotated_at,
-        };
-        if !is_news(made, now) {
-            continue;
-        }
         let msg = match record {
             CatalogRecord::Release(r) => GossipMessage::Release(r),
             CatalogRecord::Yank(y) => GossipMessage::Yank(y),

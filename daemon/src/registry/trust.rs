@@ -361,16 +361,12 @@ impl Trust {
 /// the time the signer claims, with rotations before releases of the same instant and yanks
 /// last. Honest history replays cleanly in this order whatever order it arrived in.
 pub fn replay_order(record: &CatalogRecord) -> (PackageName, u64, u8, Option<Version>) {
-    match record {
-        CatalogRecord::Rotation(r) => (r.body.name.clone(), r.body.rotated_at, 0, None),
-        CatalogRecord::Release(r) => (
-            r.body.name.clone(),
-            r.body.published_at,
-            1,
-            Some(r.body.version.clone()),
-        ),
-        CatalogRecord::Yank(y) => (y.body.name.clone(), y.body.yanked_at, 2, None),
-    }
+    let (kind, version) = match record {
+        CatalogRecord::Rotation(_) => (0, None),
+        CatalogRecord::Release(r) => (1, Some(r.body.version.clone())),
+        CatalogRecord::Yank(_) => (2, None),
+    };
+    (record.name().clone(), record.made_at(), kind, version)
 }
 
 #[cfg(test)]
