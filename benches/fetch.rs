@@ -14,9 +14,10 @@
 //!   same state (a VM's disk may run fast for a burst and then at its sustained rate, and may
 //!   write data it has seen before faster: both write the same bytes);
 //! - the CPU floor: the CPU any encrypted and verified fetch of the archive must spend (the
-//!   sender's ChaCha20-Poly1305 seal and the fetcher's open, in the transport's frames; the
-//!   fetcher's SHA-256 of each chunk and of the whole archive), spread over every core: how
-//!   fast such a fetch could go here if nothing else cost anything.
+//!   sender's seal and the fetcher's open, in the transport's frames and with its cipher:
+//!   ChaCha20-Poly1305 for Noise, AES-128-GCM for QUIC; the fetcher's SHA-256 of each chunk
+//!   and of the whole archive), spread over every core: how fast such a fetch could go here
+//!   if nothing else cost anything.
 //!
 //! Provider and fetcher share this machine's cores, so every byte is encrypted, decrypted and
 //! hashed on the same two vCPUs.
@@ -204,18 +205,25 @@ const QUIC_PACKET_PAYLOAD: usize = 1_400;
 const NOISE_FRAME_PAYLOAD: usize = 65_535 - 1_024;
 
 /// CPU that any encrypted and verified fetch of `data` must spend, measured here: the
-/// provider's ChaCha20-Poly1305 seal and the fetcher's open (the cipher both transports
-/// negotiate between two Agora nodes; ring's and aws-lc's assembly, the same code), in the
-/// transport's frames, and the fetcher's two SHA-256 passes (each chunk against its hash,
-/// the whole archive against its id). No copy, syscall, framing or disk is counted, so the
-/// real floor is higher.
+/// provider's seal and the fetcher's open in the transport's frames, with the cipher two
+/// Agora nodes negotiate on it (Noise: ChaCha20-Poly1305; QUIC: AES-128-GCM, as the patched
+/// libp2p-tls orders it, vendor/README.md), and the fetcher's two SHA-256 passes (each chunk
+/// against its hash, the whole archive against its id). ring's assembly stands in for
+/// aws-lc's, which QUIC uses (the same BoringSSL-derived code). No copy, syscall, framing or
+/// disk is counted, so the real floor is higher.
 fn cpu_floor(kind: Kind, data: &[u8], info: &ArchiveInfo) -> Floor {
-    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).unwrap());
-    let frame = match kind {
-        Kind::Tcp => NOISE_FRAME_PAYLOAD,
-        Kind::Quic => QUIC_PACKET_PAYLOAD,
+    use ring::aead::{AES_128_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    let (frame, key) = match kind {
+        Kind::Tcp => (
+            NOISE_FRAME_PAYLOAD,
+            UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]),
+        ),
+        Kind::Quic => (
+            QUIC_PACKET_PAYLOAD,
+            UnboundKey::new(&AES_128_GCM, &[7u8; 16]),
+        ),
     };
+    let key = LessSafeKey::new(key.unwrap());
     let nonce = |n: usize| {
         let mut bytes = [0u8; 12];
         bytes[4..].copy_from_slice(&(n as u64).to_le_bytes());

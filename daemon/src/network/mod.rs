@@ -68,3 +68,30 @@ pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+
+    const AES_FIRST: [&str; 3] = [
+        "TLS13_AES_128_GCM_SHA256",
+        "TLS13_AES_256_GCM_SHA384",
+        "TLS13_CHACHA20_POLY1305_SHA256",
+    ];
+
+    /// QUIC's TLS comes from the patched libp2p-tls (vendor/README.md): both sides list
+    /// AES-128-GCM first, so two Agora nodes encrypt QUIC with it. A libp2p upgrade that
+    /// leaves the patch unused fails here.
+    #[test]
+    fn quic_prefers_aes_gcm() {
+        let key = Keypair::generate_ed25519();
+        let client = libp2p_tls::make_client_config(&key, None).unwrap();
+        let server = libp2p_tls::make_server_config(&key).unwrap();
+        for provider in [client.crypto_provider(), server.crypto_provider()] {
+            let suites: Vec<String> = (provider.cipher_suites.iter())
+                .map(|s| format!("{:?}", s.suite()))
+                .collect();
+            assert_eq!(suites, AES_FIRST);
+        }
+    }
+}
