@@ -330,15 +330,16 @@ pub enum CatalogRecord {
 }
 
 impl CatalogRecord {
-    /// Decodes a versioned record without verifying its signature (for a node's own store,
-    /// whose records were verified when admitted) and returns its id, hashed from `bytes`
-    /// rather than from a second encoding: the decode is canonical, so `bytes` are the
-    /// record's encoding: `[WIRE_VERSION, variant index, the inner record]`, the index a
-    /// one-byte varint.
+    /// Decodes a versioned record from a node's own store, whose records were verified when
+    /// admitted and written with [`codec::encode`] (so neither the signature nor the
+    /// encoding's canonical form is checked again: [`codec::decode_own`]), and returns its id,
+    /// hashed from `bytes` rather than from a second encoding: `bytes` are the record's
+    /// encoding, `[WIRE_VERSION, variant index, the inner record]`, the index a one-byte
+    /// varint.
     pub fn decode_stored<const LIMIT: usize>(
         bytes: &[u8],
     ) -> Result<(Self, RecordId), DecodeError> {
-        let record: Self = codec::decode::<Self, LIMIT>(bytes)?;
+        let record: Self = codec::decode_own::<Self, LIMIT>(bytes)?;
         let id = ContentId::of(&bytes[2..]);
         debug_assert_eq!(id, record.id());
         Ok((record, id))

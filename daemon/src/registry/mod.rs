@@ -574,7 +574,7 @@ impl Registry {
                 let mut docs = Vec::with_capacity(REBUILD_CHUNK);
                 let read = self.db.scan_records(&mut wanted, |record| {
                     if let CatalogRecord::Release(r) = record {
-                        docs.push(index_doc(&r.body));
+                        docs.push(index_doc(r.body));
                     }
                     if docs.len() < REBUILD_CHUNK {
                         return ControlFlow::Continue(());
@@ -796,9 +796,9 @@ impl Registry {
         let records = self.db.records(&ids)?;
         all_newest_found(records.len(), ids.len())?;
         let docs = records
-            .iter()
+            .into_iter()
             .filter_map(|r| match r {
-                CatalogRecord::Release(r) => Some(index_doc(&r.body)),
+                CatalogRecord::Release(r) => Some(index_doc(r.body)),
                 _ => None,
             })
             .collect();
@@ -1740,11 +1740,11 @@ impl Registry {
     }
 }
 
-fn index_doc(b: &ReleaseBody) -> IndexDoc {
+fn index_doc(b: ReleaseBody) -> IndexDoc {
     IndexDoc {
         name: b.name.to_string(),
         version: b.version.to_string(),
-        meta: b.meta.clone(),
+        meta: b.meta,
         published_at: b.published_at,
     }
 }

@@ -406,7 +406,7 @@ impl Db {
         let bytes = log
             .get(seq)?
             .ok_or_else(|| StoreError::Corrupt(format!("record {id} is indexed but not logged")))?;
-        Ok(Some(codec::decode::<
+        Ok(Some(codec::decode_own::<
             CatalogRecord,
             { MAX_RECORD_BYTES + 64 },
         >(bytes.value())?))
@@ -422,9 +422,9 @@ impl Db {
             if let Some(seq) = ids.get(id.as_bytes())?
                 && let Some(bytes) = log.get(seq.value())?
             {
-                out.push(codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(
-                    bytes.value(),
-                )?);
+                out.push(
+                    codec::decode_own::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?,
+                );
             }
         }
         Ok(out)
@@ -480,7 +480,8 @@ impl Db {
                 Some(&next) if next == seq => ahead.next(),
                 _ => continue,
             };
-            let record = codec::decode::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?;
+            let record =
+                codec::decode_own::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes.value())?;
             if each(record).is_break() {
                 return Ok(seqs.len() - ahead.len());
             }
@@ -557,10 +558,8 @@ pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
     codec::encode(value)
 }
 
-pub(crate) fn decode_meta<T: serde::Serialize + serde::de::DeserializeOwned>(
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    Ok(codec::decode::<T, MAX_META_BYTES>(bytes)?)
+pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(codec::decode_own::<T, MAX_META_BYTES>(bytes)?)
 }
 
 #[cfg(test)]
