@@ -730,7 +730,10 @@ impl Registry {
                         write.evidence.push((
                             name.clone(),
                             version.clone(),
-                            state.equivocations[version].clone(),
+                            state
+                                .equivocation(version)
+                                .expect("an equivocation was just recorded")
+                                .to_vec(),
                         ));
                     }
                     if let CatalogRecord::Release(r) = record {
@@ -1226,8 +1229,8 @@ impl Registry {
             .map(|(v, id)| VersionInfo {
                 version: v.clone(),
                 record: *id,
-                yanked: state.yanked.contains(v),
-                equivocated: state.equivocations.contains_key(v),
+                yanked: state.is_yanked(v),
+                equivocated: state.is_equivocated(v),
             })
             .collect())
     }
@@ -1242,8 +1245,7 @@ impl Registry {
         self.catalog_lock()
             .trust
             .names()
-            .filter(|(_, s)| !s.equivocations.is_empty())
-            .map(|(n, s)| (n.clone(), s.equivocations.clone()))
+            .filter_map(|(n, s)| Some((n.clone(), s.equivocations()?.clone())))
             .collect()
     }
 
@@ -1290,7 +1292,7 @@ impl Registry {
         let id = {
             let cat = self.catalog_lock();
             let state = cat.state(name)?;
-            if state.equivocations.contains_key(version) {
+            if state.is_equivocated(version) {
                 return Err(RegistryError::Equivocated {
                     name: name.clone(),
                     version: version.clone(),
