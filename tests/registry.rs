@@ -952,6 +952,54 @@ async fn a_saved_search_index_is_caught_up_with_the_records_logged_after_it() {
     node.shutdown().await;
 }
 
+/// Two nodes that listen on QUIC alone: the record reaches the fetcher and the archive comes
+/// over QUIC, whole and verified (the transport's TLS is the patched libp2p-tls,
+/// vendor/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_is_fetched_over_quic_alone() {
+    init_tracing();
+    let quic: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap();
+    let (provider, provider_addr) = Node::start_listening(node_config(&data_dir()), quic.clone())
+        .await
+        .unwrap();
+    let (fetcher, _) = Node::start_listening(node_config(&data_dir()), quic)
+        .await
+        .unwrap();
+    assert!(
+        provider_addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1)),
+        "{provider_addr}"
+    );
+    join(&fetcher, &provider_addr).await;
+    let dir = package_dir("over-quic", "1.0.0", &[], 2_500_000, 41);
+    let r = publish(&provider, &dir, &publisher(41)).await;
+    converge("the release reaches the fetcher", DEADLINE, || async {
+        match fetcher.registry.catalog_len() {
+            1 => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+    let f = fetcher
+        .registry
+        .fetch(&r.body.name, &r.body.version)
+        .await
+        .unwrap();
+    let archive = &r.body.archive;
+    assert_eq!(
+        (f.content, f.size, f.cached),
+        (archive.id, archive.size, false)
+    );
+    assert_eq!(
+        f.served_by,
+        [(provider.network.peer_id(), archive.chunks.len() as u32)]
+    );
+    assert_eq!(std::fs::metadata(&f.path).unwrap().len(), archive.size);
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_quota_holds_and_pinned_blobs_survive_eviction() {
     init_tracing();
