@@ -67,6 +67,17 @@ fn names(registry: &Registry, q: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `node`'s catalog holds exactly `want` records.
+async fn await_catalog(node: &Node, want: usize, what: &str) {
+    converge(what, DEADLINE, || async {
+        match node.registry.catalog_len() {
+            n if n == want => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+}
+
 async fn shutdown(nodes: Vec<(Node, Multiaddr)>) {
     for (node, _) in nodes {
         node.shutdown().await;
@@ -974,13 +985,7 @@ async fn a_package_is_fetched_over_quic_alone() {
     join(&fetcher, &provider_addr).await;
     let dir = package_dir("over-quic", "1.0.0", &[], 2_500_000, 41);
     let r = publish(&provider, &dir, &publisher(41)).await;
-    converge("the release reaches the fetcher", DEADLINE, || async {
-        match fetcher.registry.catalog_len() {
-            1 => Ok(()),
-            n => Err(format!("{n} records")),
-        }
-    })
-    .await;
+    await_catalog(&fetcher, 1, "the release reaches the fetcher").await;
     let f = fetcher
         .registry
         .fetch(&r.body.name, &r.body.version)
@@ -1014,13 +1019,7 @@ async fn the_cache_quota_holds_and_pinned_blobs_survive_eviction() {
         let dir = package_dir(&format!("cached-{i}"), "1.0.0", &[], 1_200_000, 20 + i);
         releases.push(publish(&provider, &dir, &key).await);
     }
-    converge("all four releases arrive", DEADLINE, || async {
-        match fetcher.registry.catalog_len() {
-            4 => Ok(()),
-            n => Err(format!("{n} records")),
-        }
-    })
-    .await;
+    await_catalog(&fetcher, 4, "all four releases arrive").await;
     let mut ids = Vec::new();
     for (i, r) in releases.iter().enumerate() {
         let f = fetcher
@@ -1266,13 +1265,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     )
     .await;
     assert_eq!(app.body.dependencies[0].to_string(), "lib@^1");
-    converge("all four releases on node B", DEADLINE, || async {
-        match b.registry.catalog_len() {
-            4 => Ok(()),
-            n => Err(format!("{n} records")),
-        }
-    })
-    .await;
+    await_catalog(&b, 4, "all four releases on node B").await;
     let resolved = |reg: &Registry| -> Vec<String> {
         reg.resolve(&["app".parse().unwrap()])
             .unwrap()
