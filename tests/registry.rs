@@ -1265,7 +1265,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     )
     .await;
     assert_eq!(app.body.dependencies[0].to_string(), "lib@^1");
-    await_catalog(&b, 4, "all four releases on node B").await;
+    await_catalog(b, 4, "all four releases on node B").await;
     let resolved = |reg: &Registry| -> Vec<String> {
         reg.resolve(&["app".parse().unwrap()])
             .unwrap()
