@@ -4,7 +4,9 @@
 //!   an empty node and for one holding `AGORA_BENCH_RELEASES` (default 100,000) releases:
 //!   with the search index sealed at the last clean shutdown; after `AGORA_BENCH_BEHIND`
 //!   (default 1,000) more releases with the index saved before them (as a crash leaves it:
-//!   caught up at start); and with the index's seal gone (rebuilt from the catalog at start);
+//!   caught up at start); and with the index's seal gone (rebuilt from the catalog at start,
+//!   while the daemon already serves); and until the first search is answered (a search
+//!   waits for a rebuild under way);
 //! - `agora search` end to end (a process started, connected, answered, printed), against
 //!   `agora --version` (the same process doing nothing) and the in-process client's search.
 //!
@@ -44,6 +46,8 @@ struct Running {
     socket: PathBuf,
     log: PathBuf,
     ready_in: Duration,
+    /// Until the first search was answered.
+    searchable_in: Duration,
 }
 
 impl Running {
@@ -65,20 +69,25 @@ impl Running {
             .unwrap();
         // Polled: the daemon binds its socket before it opens the catalog, so "ready" is the
         // first answered request, not the socket's existence.
-        let ready_in = loop {
+        let (ready_in, mut client) = loop {
             if let Ok(mut c) = Client::connect(&socket)
                 && c.status().is_ok()
             {
-                break started.elapsed();
+                break (started.elapsed(), c);
             }
             assert!(started.elapsed() < READY_DEADLINE, "agorad never answered");
             std::thread::sleep(Duration::from_millis(1));
         };
+        // A search waits for an index being rebuilt: this is when the whole catalog is
+        // searchable (the same as ready otherwise, but for the search itself).
+        client.search(SearchQuery::text("quick")).unwrap();
+        let searchable_in = started.elapsed();
         Self {
             child,
             socket,
             log,
             ready_in,
+            searchable_in,
         }
     }
 
@@ -178,12 +187,13 @@ fn unseal(dir: &Path) {
 /// Starts a daemon on `home` `times` times; prints the start-up times and the memory of the
 /// last start, and returns that daemon, running.
 fn starts(label: &str, home: &Path, times: usize, before_each: impl Fn()) -> Running {
-    let mut ready = Vec::new();
+    let (mut ready, mut searchable) = (Vec::new(), Vec::new());
     let mut last = None;
     for i in 0..times {
         before_each();
         let d = Running::start(home);
         ready.push(d.ready_in);
+        searchable.push(d.searchable_in);
         if i + 1 < times {
             d.stop();
         } else {
@@ -191,7 +201,7 @@ fn starts(label: &str, home: &Path, times: usize, before_each: impl Fn()) -> Run
         }
     }
     let d = last.unwrap();
-    let (rss_ready, _) = d.rss();
+    let (rss_searchable, _) = d.rss();
     // What the start did with the catalog and the index, as the daemon logged it.
     let log = std::fs::read_to_string(&d.log).unwrap_or_default();
     if let Some(loaded) = log.lines().find_map(|l| l.split_once("catalog loaded")) {
@@ -200,13 +210,18 @@ fn starts(label: &str, home: &Path, times: usize, before_each: impl Fn()) -> Run
     std::thread::sleep(SETTLE);
     let (rss, peak) = d.rss();
     ready.sort();
+    searchable.sort();
     println!(
-        "{label}: ready in p50 {:.1?} (min {:.1?}, max {:.1?}, {times} starts); RSS {:.1} MB \
-         when ready, {:.1} MB after {SETTLE:?} idle, peak {:.1} MB",
+        "{label}: ready in p50 {:.1?} (min {:.1?}, max {:.1?}, {times} starts), searchable in \
+         p50 {:.1?} (min {:.1?}, max {:.1?}); RSS {:.1} MB once searchable, {:.1} MB after \
+         {SETTLE:?} idle, peak {:.1} MB",
         pct(&ready, 0.5),
         ready[0],
         ready[times - 1],
-        mb(rss_ready),
+        pct(&searchable, 0.5),
+        searchable[0],
+        searchable[times - 1],
+        mb(rss_searchable),
         mb(rss),
         mb(peak)
     );

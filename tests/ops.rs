@@ -570,11 +570,14 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     assert_eq!(s["peers"], 1);
     assert!(s["routing_table"].as_u64() >= Some(1));
     assert_eq!(s["packages"], 1);
+    assert_eq!(s["indexed"], 1);
+    assert_eq!(s["search_index"], "ready");
     assert!(s["uptime_secs"].as_u64().is_some());
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     let human = b.agora(&["status"]);
     let text = String::from_utf8(human.stdout).unwrap();
     assert!(text.contains("cache hits    50.0% (1 of 2)"), "{text}");
+    assert!(text.contains("search        1 packages indexed"), "{text}");
     assert!(
         text.contains(&format!("http          {}", &b_base[7..])),
         "{text}"

@@ -14,6 +14,7 @@ use agora_daemon::registry::{Registry, RegistryError};
 use agora_daemon::store::{CatalogWrite, Db};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
+use agora_protocol::ipc::IndexState;
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed, YankBody,
@@ -818,11 +819,14 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
 
     let node = Node::start(config).await.unwrap();
     assert!(node.registry.startup.index_rebuilt);
+    // The node serves while it rebuilds; the first search waits for the whole index.
     let all = node
         .registry
         .search(&SearchQuery::text("synthetic"))
         .unwrap();
     assert_eq!(all.total, N as u64);
+    assert_eq!(node.registry.index_state(), IndexState::Ready);
+    assert_eq!(node.registry.indexed_count(), N as u64);
     let per_category = |i: usize| (0..N).filter(|k| k % 3 == i).count() as u64;
     let mut categories = all.categories;
     categories.sort();
@@ -838,6 +842,57 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
         let name = format!("synthetic-{i:05}");
         assert_eq!(names(&node.registry, &name).first(), Some(&name));
     }
+    node.shutdown().await;
+}
+
+/// A release admitted while the node rebuilds its search index is searchable once the rebuild
+/// ends, and a node stopped while it rebuilds waits for the rebuild and saves the whole index:
+/// the next start loads it instead of rebuilding again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_at_stop() {
+    init_tracing();
+    let dir = data_dir();
+    let config = node_config(&dir);
+    let key = publisher(13);
+    const N: usize = 2 * 4096;
+    store_and_stop(&config, many_releases(N, &key)).await;
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+
+    let node = Node::start(config.clone()).await.unwrap();
+    assert!(node.registry.startup.index_rebuilt);
+    let late = CatalogRecord::Release(release(
+        "late-arrival",
+        Version::new(1, 0, 0),
+        b"late",
+        16 * 1024,
+        &key,
+    ));
+    let registry = node.registry.clone();
+    tokio::task::spawn_blocking(move || registry.ingest(vec![late], false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&node.registry, "late-arrival"), ["late-arrival"]);
+    assert_eq!(node.registry.indexed_count(), N as u64 + 1);
+    node.shutdown().await;
+
+    // Stopped at once after a start that rebuilds: the stop waits for the rebuild.
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    let node = Node::start(config.clone()).await.unwrap();
+    assert!(node.registry.startup.index_rebuilt);
+    node.shutdown().await;
+
+    let node = Node::start(config).await.unwrap();
+    let startup = &node.registry.startup;
+    assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, false));
+    assert_eq!(node.registry.index_state(), IndexState::Ready);
+    assert_eq!(node.registry.indexed_count(), N as u64 + 1);
+    let all = node
+        .registry
+        .search(&SearchQuery::text("synthetic"))
+        .unwrap();
+    assert_eq!(all.total, N as u64);
+    assert_eq!(names(&node.registry, "late-arrival"), ["late-arrival"]);
     node.shutdown().await;
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use agora_client::ipc::{IpcError, Progress};
 use agora_client::{Client, ClientError};
+use agora_protocol::ipc::IndexState;
 use agora_protocol::paths::{PathEnv, Paths};
 use agora_protocol::search::{SearchQuery, SortOrder};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -319,6 +320,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     "catalog       {} records, {} packages",
                     s.catalog_size, s.packages
                 );
+                match &s.search_index {
+                    IndexState::Ready => println!("search        {} packages indexed", s.indexed),
+                    IndexState::Rebuilding => {
+                        println!("search        index being rebuilt (searches wait for it)")
+                    }
+                    IndexState::Failed(why) => println!(
+                        "search        refused: the index could not be rebuilt ({why}); restart agorad"
+                    ),
+                }
                 println!(
                     "disk          {} cached of {} quota, {} stored in all",
                     human_bytes(s.cache_bytes),

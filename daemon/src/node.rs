@@ -32,6 +32,8 @@ pub struct Node {
     network_task: JoinHandle<()>,
     inbound_task: JoinHandle<()>,
     duties_task: JoinHandle<()>,
+    /// The search index's rebuild, when the start found one needed.
+    rebuild_task: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -45,6 +47,11 @@ impl Node {
             tokio::task::spawn_blocking(move || Registry::open(&registry_config, handle))
                 .await
                 .map_err(|e| StartError::Registry(RegistryError::Internal(e.to_string())))??;
+        // The node serves while the index is rebuilt; searches wait for it.
+        let rebuild_task = registry.startup.index_rebuilt.then(|| {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.rebuild_index())
+        });
         registry.restore_dht().await?;
         registry.network().metrics().collect_registry(&registry);
         let inbound_task = tokio::spawn(inbound::run(registry.clone(), net.events));
@@ -55,6 +62,7 @@ impl Node {
             network_task: net.task,
             inbound_task,
             duties_task,
+            rebuild_task,
         })
     }
 
@@ -76,14 +84,17 @@ impl Node {
         self.network_task.abort_handle()
     }
 
-    /// Stops the duties and the event loop, waits for the tasks, persists what is only in
-    /// memory and seals the search index.
+    /// Stops the duties and the event loop, waits for the tasks (an index rebuild under way
+    /// included), persists what is only in memory and seals the search index.
     pub async fn shutdown(self) {
         self.duties_task.abort();
         let _ = self.duties_task.await;
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         let _ = self.inbound_task.await;
+        if let Some(rebuild) = self.rebuild_task {
+            let _ = rebuild.await;
+        }
         if let Err(e) = self.registry.close().await {
             warn!(error = %e, "could not persist state at shutdown");
         }

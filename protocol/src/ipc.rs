@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 2;
+pub const IPC_PROTOCOL_VERSION: u32 = 3;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -168,6 +168,18 @@ pub enum Response {
     },
 }
 
+/// Whether the daemon's search index answers searches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexState {
+    Ready,
+    /// Being rebuilt from the catalog (its saved copy was missing or out of date): the daemon
+    /// serves everything else meanwhile, and searches wait for it.
+    Rebuilding,
+    /// The rebuild failed, for this reason: searches are refused until the daemon restarts.
+    Failed(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub peer_id: String,
@@ -179,6 +191,9 @@ pub struct StatusInfo {
     pub routing_table: u32,
     pub catalog_size: u64,
     pub packages: u64,
+    /// Packages a search can find.
+    pub indexed: u64,
+    pub search_index: IndexState,
     /// Bytes of fetched archives kept (the quota applies to these).
     pub cache_bytes: u64,
     pub cache_quota: u64,

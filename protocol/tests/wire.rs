@@ -215,7 +215,8 @@ proptest! {
         round_trip(&ClientMessage::Request { id, request: Request::Status });
         let status = StatusInfo {
             peer_id: "p".into(), listen_addrs: vec![addr.clone()], external_addrs: vec![], peers,
-            routing_table: peers / 2, catalog_size: 3, packages: 2, cache_bytes: 10, cache_quota: 100,
+            routing_table: peers / 2, catalog_size: 3, packages: 2, indexed: 2,
+            search_index: ipc::IndexState::Failed(addr.clone()), cache_bytes: 10, cache_quota: 100,
             store_bytes: 20, cache_hits: 1, cache_misses: 2, uptime_secs: 7, version: "0.1.0".into(),
             log_level: "info".into(), http: Some("127.0.0.1:4180".into()),
             publisher: Some("ab".repeat(32)), data_dir: addr.clone(),

@@ -31,8 +31,9 @@ mod view;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
+use agora_protocol::ipc::IndexState;
 use agora_protocol::records::RecordId;
 use agora_protocol::search::{SearchQuery, SearchResults};
 use agora_protocol::{ContentHasher, ContentId, PackageMeta, PackageName};
@@ -71,6 +72,8 @@ pub enum IndexError {
     Io(#[from] std::io::Error),
     #[error("invalid search: {0}")]
     InvalidQuery(String),
+    #[error("the search index could not be rebuilt ({0}); restart agorad to rebuild it")]
+    RebuildFailed(String),
 }
 
 impl From<tantivy::TantivyError> for IndexError {
@@ -203,6 +206,14 @@ pub struct SearchIndex {
     /// While the saved copy holds exactly this index: its seal (a seal then has nothing to
     /// write). Locked after `tiers`, never before.
     saved: Mutex<Option<Seal>>,
+    /// Whether searches are answered (see [`SearchIndex::begin_rebuild`]); locked after
+    /// `tiers`, never before.
+    state: Mutex<IndexState>,
+    /// Notified when `state` leaves `Rebuilding`.
+    state_changed: Condvar,
+    /// Searches waiting for a rebuild (tests await it).
+    #[cfg(test)]
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// What a saved index reflects: the first `records` records of the catalog log, whose ids
@@ -390,7 +401,43 @@ impl SearchIndex {
             ram,
             dir,
             saved: Mutex::new(None),
+            state: Mutex::new(IndexState::Ready),
+            state_changed: Condvar::new(),
+            #[cfg(test)]
+            waiting: Default::default(),
         })
+    }
+
+    /// Whether searches are answered now.
+    pub fn state(&self) -> IndexState {
+        lock(&self.state).clone()
+    }
+
+    /// Marks the index as about to be rebuilt: from now until [`rebuild_with`](Self::rebuild_with)
+    /// ends, searches wait for it instead of reading what the index holds before (nothing, or
+    /// part of the catalog) and the index is not saved. The node serves everything else
+    /// meanwhile.
+    pub fn begin_rebuild(&self) {
+        *lock(&self.state) = IndexState::Rebuilding;
+    }
+
+    /// Returns once no rebuild is under way; an error if the last one failed.
+    fn wait_ready(&self) -> Result<(), IndexError> {
+        let mut state = lock(&self.state);
+        #[cfg(test)]
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        while *state == IndexState::Rebuilding {
+            state = self
+                .state_changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        #[cfg(test)]
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match &*state {
+            IndexState::Failed(why) => Err(IndexError::RebuildFailed(why.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// Packages a search can find.
@@ -572,17 +619,52 @@ impl SearchIndex {
 
     /// Drops everything and indexes `docs`.
     pub fn rebuild(&self, docs: impl IntoIterator<Item = IndexDoc>) -> Result<(), IndexError> {
+        self.rebuild_with(|add| docs.into_iter().try_for_each(add))
+    }
+
+    /// Drops everything and indexes the documents `feed` gives the function it is called with.
+    /// `feed` runs under the index's lock, so no change is applied while it takes its
+    /// snapshot: a change marked after it is applied by the next flush, after the rebuild.
+    /// Ends any rebuild [`begun`](Self::begin_rebuild): searches are answered from then on,
+    /// or refused with the reason if it failed (the index is then left empty).
+    pub fn rebuild_with<E>(
+        &self,
+        feed: impl FnOnce(&mut dyn FnMut(IndexDoc) -> Result<(), IndexError>) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<IndexError> + std::fmt::Display,
+    {
         let mut tiers = lock(&self.tiers);
+        let rebuilt = self.rebuild_locked(&mut tiers, feed);
+        let mut state = lock(&self.state);
+        *state = match &rebuilt {
+            Ok(()) => IndexState::Ready,
+            Err(e) => {
+                // What it had indexed is never committed.
+                tiers.writer = None;
+                IndexState::Failed(e.to_string())
+            }
+        };
+        self.state_changed.notify_all();
+        rebuilt
+    }
+
+    fn rebuild_locked<E: From<IndexError>>(
+        &self,
+        tiers: &mut Tiers,
+        feed: impl FnOnce(&mut dyn FnMut(IndexDoc) -> Result<(), IndexError>) -> Result<(), E>,
+    ) -> Result<(), E> {
         *lock(&self.saved) = None;
         tiers.overlay.clear();
         tiers.retire();
         let writer = tiers.writer_with(REBUILD_WORKERS)?;
-        writer.delete_all_documents()?;
-        for doc in docs {
+        writer.delete_all_documents().map_err(IndexError::from)?;
+        feed(&mut |doc| {
             writer.add_document(self.f.document(&doc))?;
-        }
-        self.commit(&mut tiers)?;
-        self.publish(&tiers)
+            Ok(())
+        })?;
+        self.commit(tiers)?;
+        Ok(self.publish(tiers)?)
     }
 
     /// Saves the index as it is, durably, with `seal` (what it reflects), so the next start
@@ -595,6 +677,9 @@ impl SearchIndex {
             return Ok(());
         };
         let mut tiers = lock(&self.tiers);
+        if *lock(&self.state) != IndexState::Ready {
+            return Ok(()); // a failed rebuild left it empty: the next start rebuilds it
+        }
         let mut saved = lock(&self.saved);
         if *saved == Some(seal) {
             return Ok(()); // loaded from that copy and unchanged since
@@ -608,6 +693,7 @@ impl SearchIndex {
     /// Runs a search.
     pub fn search(&self, q: &SearchQuery) -> Result<SearchResults, IndexError> {
         q.check().map_err(IndexError::InvalidQuery)?;
+        self.wait_ready()?;
         self.current()?.search(&self.f, q)
     }
 }
@@ -836,6 +922,87 @@ mod tests {
             .unwrap();
         assert_eq!(asked, ["hello-world"]);
         assert_eq!(index.num_docs(), 1);
+    }
+
+    /// A search during a rebuild waits for the whole index: it never answers from the part
+    /// indexed so far (nor from the empty index before it).
+    #[test]
+    fn a_search_during_a_rebuild_waits_for_all_of_it() {
+        let index = SearchIndex::in_memory().unwrap();
+        index.begin_rebuild();
+        assert_eq!(index.state(), IndexState::Rebuilding);
+        let (feed, fed) = std::sync::mpsc::channel::<IndexDoc>();
+        let (first_added, added) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                index
+                    .rebuild_with(|add| {
+                        for doc in fed {
+                            add(doc)?;
+                            let _ = first_added.send(());
+                        }
+                        Ok::<_, IndexError>(())
+                    })
+                    .unwrap()
+            });
+            feed.send(doc("hello-world", "a greeting", "starter", 1))
+                .unwrap();
+            added.recv().unwrap();
+            let (answer, answered) = std::sync::mpsc::channel();
+            let index = &index;
+            s.spawn(move || answer.send(index.search(&SearchQuery::default())).unwrap());
+            // Waiting, with one document of two indexed.
+            while index.waiting.load(Ordering::Acquire) == 0 {
+                if let Ok(early) = answered.try_recv() {
+                    panic!("answered during the rebuild: {early:?}");
+                }
+                std::thread::yield_now();
+            }
+            feed.send(doc("rust-web", "axum service", "web", 2))
+                .unwrap();
+            drop(feed);
+            let found = answered.recv().unwrap().unwrap();
+            assert_eq!(names(&found), ["hello-world", "rust-web"]);
+        });
+        assert_eq!(index.state(), IndexState::Ready);
+        assert_eq!(index.num_docs(), 2);
+    }
+
+    /// A rebuild that fails leaves searches refused with its reason (not answered from an
+    /// empty index), commits nothing of what it had indexed, and is never saved.
+    #[test]
+    fn a_failed_rebuild_refuses_searches_and_is_not_saved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("index");
+        let (index, _) = SearchIndex::open(&dir, None).unwrap();
+        index.begin_rebuild();
+        let failed = index.rebuild_with(|add| {
+            add(doc("hello-world", "a greeting", "starter", 1))?;
+            Err(IndexError::Io(std::io::Error::other("log unreadable")))
+        });
+        assert_eq!(
+            failed.unwrap_err().to_string(),
+            "search index i/o: log unreadable"
+        );
+        assert_eq!(
+            index.state(),
+            IndexState::Failed("search index i/o: log unreadable".into())
+        );
+        assert_eq!(
+            index
+                .search(&SearchQuery::default())
+                .unwrap_err()
+                .to_string(),
+            "the search index could not be rebuilt (search index i/o: log unreadable); \
+             restart agorad to rebuild it"
+        );
+        // A later change does not commit the failed rebuild's documents.
+        index
+            .update(&[doc("rust-web", "axum", "web", 2)], &[])
+            .unwrap();
+        assert_eq!(index.num_docs(), 1);
+        index.seal(seal(1)).unwrap();
+        assert!(!dir.exists(), "nothing saved");
     }
 
     #[test]

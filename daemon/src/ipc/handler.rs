@@ -16,6 +16,7 @@ use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 use std::sync::atomic::Ordering;
 use tokio::sync::{Notify, mpsc};
 
+use crate::index::IndexError;
 use crate::keys::{self, KeyFileError};
 use crate::registry::resolve::ResolveError;
 use crate::registry::{Registry, RegistryError, archive};
@@ -101,6 +102,7 @@ impl From<RegistryError> for IpcError {
             | RegistryError::Trust(_)
             | RegistryError::Resolve(_) => Self::Refused(msg),
             RegistryError::Pack(_) => Self::Package(msg),
+            RegistryError::Index(IndexError::InvalidQuery(_)) => Self::BadRequest(msg),
             RegistryError::Network(_) | RegistryError::Fetch(_) => Self::Network(msg),
             RegistryError::Record(_)
             | RegistryError::Store(_)
@@ -207,6 +209,8 @@ pub async fn handle(
                 routing_table: info.routing_table_size as u32,
                 catalog_size: registry.catalog_len() as u64,
                 packages: registry.package_count() as u64,
+                indexed: registry.indexed_count(),
+                search_index: registry.index_state(),
                 cache_bytes: usage.cached_bytes,
                 cache_quota: usage.quota,
                 store_bytes: usage.cached_bytes + usage.kept_bytes,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
+use agora_protocol::ipc::IndexState;
 use agora_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_HEAD_VERSIONS, SYNC_BUCKETS};
 use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal};
 use agora_protocol::records::{
@@ -36,7 +37,7 @@ use agora_protocol::{
 };
 use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::index::{CatchUp, IndexDoc, IndexError, OVERLAY_MAX, Seal, SearchIndex, Ticket};
 use crate::lock;
@@ -532,9 +533,10 @@ impl Registry {
                 indexed = registry.index.num_docs(),
                 names = installable,
                 sealed = index_kept,
-                "search index is out of date or was not closed cleanly; rebuilding it"
+                "search index is out of date or was not closed cleanly; rebuilding it while the node serves"
             );
-            registry.rebuild_index()?;
+            // Searches wait from now until `rebuild_index` (which the node starts) ends.
+            registry.index.begin_rebuild();
             index_rebuilt = true;
         }
         let mut registry = registry;
@@ -557,17 +559,43 @@ impl Registry {
         Ok(Arc::new(registry))
     }
 
-    /// Rebuilds the search index from the catalog: a second thread reads the newest release
-    /// of each name from the log, in log order, and sends their documents a chunk at a time
-    /// while this one feeds them to the index writer (whose own thread indexes them).
-    fn rebuild_index(&self) -> Result<(), RegistryError> {
-        let mut wanted: Vec<RecordId> = self
-            .catalog_lock()
-            .trust
-            .names()
-            .filter_map(|(_, s)| s.latest().map(|v| s.releases[v]))
-            .collect();
-        let mut failed = None;
+    /// Rebuilds the search index from the catalog, when [`Registry::open`] found it must
+    /// (`startup.index_rebuilt`); the node runs it beside everything else it serves, and
+    /// searches wait for it. A second thread reads the newest release of each name from the
+    /// log, in log order, and sends their documents a chunk at a time while this one feeds
+    /// them to the index writer (whose own threads index them). A failure is logged, and
+    /// searches are refused with it until the next start.
+    pub fn rebuild_index(&self) {
+        let started = Instant::now();
+        let rebuilt = self.index.rebuild_with(|add| {
+            // Taken under the index's lock: what changes after it is marked and applied by
+            // the first flush after the rebuild.
+            let wanted = self
+                .catalog_lock()
+                .trust
+                .names()
+                .filter_map(|(_, s)| s.latest().map(|v| s.releases[v]))
+                .collect();
+            self.feed_newest(wanted, add)
+        });
+        match rebuilt {
+            Ok(()) => info!(
+                indexed = self.index.num_docs(),
+                ms = started.elapsed().as_millis(),
+                "search index rebuilt"
+            ),
+            Err(e) => {
+                error!(error = %e, "could not rebuild the search index; searches are refused until agorad restarts")
+            }
+        }
+    }
+
+    /// Reads the releases `wanted` from the log and gives `add` their documents.
+    fn feed_newest(
+        &self,
+        mut wanted: Vec<RecordId>,
+        add: &mut dyn FnMut(IndexDoc) -> Result<(), IndexError>,
+    ) -> Result<(), RegistryError> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(REBUILD_CHUNKS_AHEAD);
             let reader = scope.spawn(move || {
@@ -591,15 +619,16 @@ impl Registry {
                     .map_err(RegistryError::from);
                 let _ = tx.send(last);
             });
-            let docs = rx
-                .into_iter()
-                .map_while(|docs| docs.map_err(|e| failed = Some(e)).ok())
-                .flatten();
-            let rebuilt = self.index.rebuild(docs);
+            // Ends the reader early if the index fails: it stops at its next send.
+            let fed = rx.into_iter().try_for_each(|docs| {
+                docs?
+                    .into_iter()
+                    .try_for_each(&mut *add)
+                    .map_err(RegistryError::from)
+            });
             joined(reader.join());
-            rebuilt
-        })?;
-        failed.map_or(Ok(()), Err)
+            fed
+        })
     }
 
     fn catalog_lock(&self) -> MutexGuard<'_, Catalog> {
@@ -621,6 +650,12 @@ impl Registry {
     /// Packages the search index holds (what `search` can find).
     pub fn indexed_count(&self) -> u64 {
         self.index.num_docs()
+    }
+
+    /// Whether searches are answered now (or wait for a rebuild, or are refused after one
+    /// failed).
+    pub fn index_state(&self) -> IndexState {
+        self.index.state()
     }
 
     /// Number of package names in the catalog.
