@@ -411,6 +411,7 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
         "a node without bootstrap peers is ready: {ready}"
     );
     assert_eq!(ready["bootstrapped"], true);
+    assert_eq!(ready["search_index"], "ready");
     let listen = a_addr.split("/p2p/").next().unwrap().to_owned();
     a.stop();
     a.args = ["--listen", &listen, "--no-mdns", "--http", "127.0.0.1:0"]

@@ -105,6 +105,9 @@ async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
         "bootstrapped": bootstrapped,
         "peers": peers,
         "routing_table": table,
+        // Not part of `ready`: the node serves while its index is rebuilt, and a search
+        // waits for it.
+        "search_index": g.ctx.registry.index_state(),
     });
     let status = if ready {
         StatusCode::OK
