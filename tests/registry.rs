@@ -896,6 +896,65 @@ async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_
     node.shutdown().await;
 }
 
+/// A running node saves its search index once the copy on disk is an overlay's worth of
+/// records (256) or an eighth of the index behind its catalog, not before: a crash after that
+/// leaves a copy the next start catches up instead of rebuilding the whole index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_saves_its_search_index_once_the_saved_copy_is_far_behind() {
+    init_tracing();
+    let dir = data_dir();
+    let config = node_config(&dir);
+    let key = publisher(14);
+    let seal_file = dir.join("index").join("agora-sealed");
+    let mut records = many_releases(300, &key);
+    records.extend((0..10).map(|i| {
+        let name = format!("later-{i}");
+        CatalogRecord::Release(release(&name, Version::new(1, 0, 0), b"l", 16 * 1024, &key))
+    }));
+    let node = Node::start(config.clone()).await.unwrap();
+    let ingest = |records: &[CatalogRecord]| {
+        let (registry, records) = (node.registry.clone(), records.to_vec());
+        async move {
+            tokio::task::spawn_blocking(move || registry.ingest(records, false))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+
+    ingest(&records[..255]).await;
+    assert!(!node.registry.save_index_if_behind().await.unwrap());
+    assert!(!seal_file.exists());
+    ingest(&records[255..300]).await;
+    assert!(node.registry.save_index_if_behind().await.unwrap());
+    let sealed = std::fs::read_to_string(&seal_file).unwrap();
+    assert!(sealed.contains(" records=300 "), "{sealed}");
+    assert!(!node.registry.save_index_if_behind().await.unwrap());
+    ingest(&records[300..]).await;
+    assert!(!node.registry.save_index_if_behind().await.unwrap());
+    assert_eq!(std::fs::read_to_string(&seal_file).unwrap(), sealed);
+
+    // A crash now leaves the copy saved at 300 records: the next start re-indexes the 10
+    // names logged after it.
+    let saved = dir.join("index-saved");
+    copy_dir(&dir.join("index"), &saved);
+    node.shutdown().await;
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    copy_dir(&saved, &dir.join("index"));
+    let node = Node::start(config).await.unwrap();
+    let startup = &node.registry.startup;
+    assert_eq!(
+        (startup.index_caught_up, startup.index_rebuilt),
+        (10, false)
+    );
+    assert_eq!(node.registry.indexed_count(), 310);
+    assert_eq!(
+        names(&node.registry, "later-9").first().map(String::as_str),
+        Some("later-9")
+    );
+    node.shutdown().await;
+}
+
 /// Copies the directory `from` (files only, as a saved search index is) to `to`.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

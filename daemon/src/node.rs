@@ -16,7 +16,8 @@ use crate::registry::{Registry, RegistryConfig, RegistryError, inbound, sync};
 /// How often the node reconciles its catalog with a random connected peer, on top of the sync
 /// on every new connection: catches anything gossip missed within a minute.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// How often in-memory state (reputation, blob use times) is written to disk.
+/// How often in-memory state (reputation, blob use times) is written to disk, and the search
+/// index too if its copy on disk is far behind the catalog.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything a node needs to start.
@@ -101,7 +102,8 @@ impl Node {
     }
 }
 
-/// Periodic sync with a random peer, and persisting in-memory state.
+/// Periodic sync with a random peer, and persisting in-memory state (the search index too,
+/// once its copy on disk is far behind).
 async fn duties(registry: Arc<Registry>) {
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
     let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
@@ -119,6 +121,9 @@ async fn duties(registry: Arc<Registry>) {
             _ = persist_tick.tick() => {
                 if let Err(e) = registry.persist().await {
                     warn!(error = %e, "could not persist reputation and cache state");
+                }
+                if let Err(e) = registry.save_index_if_behind().await {
+                    warn!(error = %e, "could not save the search index");
                 }
             }
         }

@@ -12,10 +12,11 @@
 //! built by the first search after a change, not by the change: most nodes ingest every
 //! release the network publishes while few of them are searched between two. Everything is
 //! in memory (see [`snapshot`]): at a clean shutdown [`SearchIndex::seal`] writes it to disk
-//! with a [`Seal`] naming the catalog log records it reflects. The next start loads it if the
-//! log still begins with those records, and re-indexes the names of the records logged after
-//! them (a node that crashed logged records its saved index never saw); otherwise, or if
-//! those names are many, the registry rebuilds it.
+//! with a [`Seal`] naming the catalog log records it reflects, and so does a running node
+//! whose saved copy fell far behind its catalog. The next start loads it if the log still
+//! begins with those records, and re-indexes the names of the records logged after them (a
+//! node that crashed logged records its saved index never saw); otherwise, or if those names
+//! are many, the registry rebuilds it while the node serves (searches wait for it).
 //!
 //! Text fields use tantivy's default tokenizer (split on non-alphanumerics, lowercase), so
 //! `hello-world` is the terms `hello` and `world`; each query term also matches within edit
@@ -206,6 +207,8 @@ pub struct SearchIndex {
     /// While the saved copy holds exactly this index: its seal (a seal then has nothing to
     /// write). Locked after `tiers`, never before.
     saved: Mutex<Option<Seal>>,
+    /// Catalog records the saved copy reflects (0: none saved), changes since or not.
+    saved_records: AtomicU64,
     /// Whether searches are answered (see [`SearchIndex::begin_rebuild`]); locked after
     /// `tiers`, never before.
     state: Mutex<IndexState>,
@@ -311,7 +314,7 @@ impl CatchUp {
 impl SearchIndex {
     /// The seal of the index saved in `dir`, if there is one of this format.
     pub fn saved_seal(dir: &Path) -> Option<Seal> {
-        match snapshot::read_seal(dir) {
+        match snapshot::recover(dir).and_then(|()| snapshot::read_seal(dir)) {
             Ok(text) => text.as_deref().and_then(Seal::parse),
             Err(e) => {
                 tracing::warn!(error = %e, "saved search index unreadable; rebuilding it");
@@ -351,6 +354,9 @@ impl SearchIndex {
         let index = Self::with_index(index, ram, Some(dir.to_path_buf()))?;
         if loaded {
             *lock(&index.saved) = seal;
+            index
+                .saved_records
+                .store(seal.map_or(0, |s| s.records), Ordering::Release);
         }
         Ok((index, loaded))
     }
@@ -401,6 +407,7 @@ impl SearchIndex {
             ram,
             dir,
             saved: Mutex::new(None),
+            saved_records: AtomicU64::new(0),
             state: Mutex::new(IndexState::Ready),
             state_changed: Condvar::new(),
             #[cfg(test)]
@@ -668,26 +675,33 @@ impl SearchIndex {
     }
 
     /// Saves the index as it is, durably, with `seal` (what it reflects), so the next start
-    /// loads it instead of rebuilding it. Call at shutdown, after flushing what the catalog
-    /// holds. The copy is taken under the in-memory directory's lock, so it
+    /// loads it instead of rebuilding it; returns whether the copy on disk now holds it (not
+    /// for an index never saved, or left empty by a failed rebuild). Call after flushing what the catalog holds: at
+    /// shutdown, and while the node runs once the saved copy is far behind. The copy is taken under the in-memory directory's lock, so it
     /// is consistent even while a merge runs (tantivy publishes a segment in `meta.json` only
     /// once its files are complete, and deletes old ones only after).
-    pub fn seal(&self, seal: Seal) -> Result<(), IndexError> {
+    pub fn seal(&self, seal: Seal) -> Result<bool, IndexError> {
         let Some(dir) = &self.dir else {
-            return Ok(());
+            return Ok(false);
         };
         let mut tiers = lock(&self.tiers);
         if *lock(&self.state) != IndexState::Ready {
-            return Ok(()); // a failed rebuild left it empty: the next start rebuilds it
+            return Ok(false); // a failed rebuild left it empty: the next start rebuilds it
         }
         let mut saved = lock(&self.saved);
         if *saved == Some(seal) {
-            return Ok(()); // loaded from that copy and unchanged since
+            return Ok(true); // loaded from that copy and unchanged since
         }
         self.fold(&mut tiers)?;
         snapshot::save(&self.ram, dir, &seal.text())?;
         *saved = Some(seal);
-        Ok(())
+        self.saved_records.store(seal.records, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Catalog records the copy saved on disk reflects (0 if none was saved or loaded).
+    pub fn saved_records(&self) -> u64 {
+        self.saved_records.load(Ordering::Acquire)
     }
 
     /// Runs a search.
@@ -1072,6 +1086,24 @@ mod tests {
         assert_eq!(index.num_docs(), 1);
         assert!(!dir.with_extension("new").exists());
         drop(index);
+
+        // A save that stopped after sealing the next copy, while removing the old one (its
+        // seal already gone): the next copy is whole, and taken.
+        let next = dir.with_extension("new");
+        std::fs::create_dir_all(&next).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
+        }
+        std::fs::write(next.join(snapshot::SEAL_FILE), seal(9).text()).unwrap();
+        std::fs::remove_file(dir.join(snapshot::SEAL_FILE)).unwrap();
+        assert_eq!(SearchIndex::saved_seal(&dir), Some(seal(9)));
+        assert!(!next.exists());
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(9))).unwrap();
+        assert!(kept);
+        assert_eq!(index.num_docs(), 1);
+        drop(index);
+        std::fs::write(dir.join(snapshot::SEAL_FILE), seal(7).text()).unwrap();
 
         // Sealed for another catalog (records were added while it was closed): discarded.
         let (index, kept) = SearchIndex::open(&dir, Some(seal(8))).unwrap();

@@ -1,8 +1,14 @@
 //! The search index's copy on disk. The live index is in memory (a commit there creates no
 //! files: on this machine's ext4, creating and deleting a dozen files per commit cost more
 //! than the commit itself, and fsyncing them more again). It is derived data, so it is
-//! written out only at a clean shutdown, with a seal naming the catalog log records it
-//! reflects, and read back at the next start if the log still begins with those records.
+//! written out only at a clean shutdown and when the copy on disk falls far behind, with a
+//! seal naming the catalog log records it reflects, and read back at the next start if the
+//! log still begins with those records.
+//!
+//! A save writes a staging directory, syncs every file, writes and syncs the seal last, then
+//! removes the saved copy and puts the staging directory in its place. A staging directory
+//! with its seal is therefore whole and newer than the saved copy: if a save stopped after
+//! sealing it, the next start takes it (see [`recover`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -32,13 +38,10 @@ pub fn read_seal(dir: &Path) -> io::Result<Option<String>> {
     }
 }
 
-/// The snapshot in `dir`, loaded into memory, if its seal reads exactly `seal`. A staging
-/// directory left by a shutdown that did not finish is removed.
+/// The snapshot in `dir`, loaded into memory, if its seal reads exactly `seal` (after
+/// [`recover`]).
 pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
-    let stale = staging(dir);
-    if stale.exists() {
-        fs::remove_dir_all(&stale)?;
-    }
+    recover(dir)?;
     if read_seal(dir)?.as_deref() != Some(seal) {
         return Ok(None);
     }
@@ -53,6 +56,26 @@ pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
         ram.atomic_write(Path::new(name.as_ref()), &fs::read(entry.path())?)?;
     }
     Ok(Some(ram))
+}
+
+/// Finishes or undoes a save that stopped: a staging directory it left is removed, or, if
+/// it was sealed, put in the place of the saved copy (or what is left of it).
+pub fn recover(dir: &Path) -> io::Result<()> {
+    let stale = staging(dir);
+    if !stale.exists() {
+        return Ok(());
+    }
+    if read_seal(&stale)?.is_some() {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?; // what the save had not finished removing
+        }
+        fs::rename(&stale, dir)?;
+        if let Some(parent) = dir.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        return Ok(());
+    }
+    fs::remove_dir_all(&stale)
 }
 
 /// Writes `ram` to `dir` durably, sealed with `seal`, replacing what was there: every file

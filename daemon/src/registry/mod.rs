@@ -66,6 +66,10 @@ const REBUILD_CHUNKS_AHEAD: usize = 2;
 /// this fraction of the indexed names (1/4) or an overlay's worth; with more, a rebuild is
 /// cheaper.
 const CATCH_UP_FRACTION: u64 = 4;
+/// A running node saves its search index once the catalog has grown by this fraction of the
+/// indexed names (1/8, half what a catch-up takes) or an overlay's worth since the copy on
+/// disk: so a crash leaves a copy the next start catches up instead of rebuilding.
+const SAVE_BEHIND_FRACTION: u64 = 8;
 
 /// Where a registry keeps its state and how it decides trust.
 #[derive(Clone, Debug)]
@@ -1719,24 +1723,54 @@ impl Registry {
     pub async fn close(self: &Arc<Self>) -> Result<(), RegistryError> {
         self.persist().await?;
         let reg = self.clone();
-        blocking(move || {
-            let (records, ticket) = {
-                let cat = reg.catalog_lock();
-                (cat.ids.len() as u64, reg.index.last_ticket())
-            };
-            reg.flush_index(ticket)?;
-            match reg.db.log_ids(records)? {
-                Some(ids) => reg.index.seal(Seal::of_log(&ids))?,
-                // A write failed after memory took its records: the next start replays the
-                // log and catches the last saved index up (or rebuilds it).
-                None => warn!(
+        blocking(move || reg.save_index().map(drop)).await
+    }
+
+    /// Saves the search index if the copy on disk is far behind the catalog: after a crash the
+    /// next start would re-index so many names that it rebuilds the whole index instead (a
+    /// node that synced a large catalog and never stopped cleanly, or one whose index was
+    /// just rebuilt). Called on the persist tick; returns whether it saved.
+    pub async fn save_index_if_behind(self: &Arc<Self>) -> Result<bool, RegistryError> {
+        let behind = (self.catalog_len() as u64).saturating_sub(self.index.saved_records());
+        let due = (self.index.num_docs() / SAVE_BEHIND_FRACTION).max(OVERLAY_MAX as u64);
+        if behind < due || self.index.state() != IndexState::Ready {
+            return Ok(false);
+        }
+        let reg = self.clone();
+        blocking(move || reg.save_index()).await
+    }
+
+    /// Flushes what the catalog holds into the search index and saves it, sealed with the log
+    /// records it reflects. Blocking. Returns whether it saved.
+    fn save_index(&self) -> Result<bool, RegistryError> {
+        let started = Instant::now();
+        let (records, ticket) = {
+            let cat = self.catalog_lock();
+            (cat.ids.len() as u64, self.index.last_ticket())
+        };
+        self.flush_index(ticket)?;
+        match self.db.log_ids(records)? {
+            Some(ids) => {
+                let saved = self.index.seal(Seal::of_log(&ids))?;
+                if saved {
+                    debug!(
+                        records,
+                        ms = started.elapsed().as_millis(),
+                        "search index saved"
+                    );
+                }
+                Ok(saved)
+            }
+            // A write failed after memory took its records: the next start replays the log
+            // and catches the last saved index up (or rebuilds it).
+            None => {
+                warn!(
                     records,
                     "the catalog log does not hold what memory does; the search index is not saved"
-                ),
+                );
+                Ok(false)
             }
-            Ok(())
-        })
-        .await
+        }
     }
 
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
