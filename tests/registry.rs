@@ -5,12 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::trust::TrustError;
-use agora_daemon::registry::{Registry, RegistryError};
+use agora_daemon::registry::{Ingested, Registry, RegistryError};
 use agora_daemon::store::{CatalogWrite, Db};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
@@ -20,7 +21,7 @@ use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed, YankBody,
 };
 use agora_protocol::search::SearchQuery;
-use agora_protocol::{PackageMeta, PackageName, PublisherSecret, Version, VersionReq};
+use agora_protocol::{PackageMeta, PackageName, PublisherSecret, RecordId, Version, VersionReq};
 use common::hostile::Hostile;
 use common::*;
 use libp2p::Multiaddr;
@@ -128,11 +129,7 @@ async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_s
     init_tracing();
     let (seed, seed_addr) = start_node().await;
     let records = many_releases(1000, &publisher(2));
-    let registry = seed.registry.clone();
-    let admitted = tokio::task::spawn_blocking(move || registry.ingest(records, false))
-        .await
-        .unwrap()
-        .unwrap();
+    let admitted = ingest(&seed.registry, records).await;
     assert_eq!(admitted.len(), 1000);
     let mut nodes = vec![(seed, seed_addr.clone())];
     for _ in 0..2 {
@@ -709,14 +706,23 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
     node.shutdown().await;
 }
 
-/// Starts a node on `config`, admits `records` and stops it cleanly (its index sealed).
-async fn store_and_stop(config: &NodeConfig, records: Vec<CatalogRecord>) {
-    let node = Node::start(config.clone()).await.unwrap();
-    let registry = node.registry.clone();
+/// Has `registry` admit `records` (signatures checked), on a blocking thread as the node
+/// does; returns what it decided for each.
+async fn ingest(
+    registry: &Arc<Registry>,
+    records: Vec<CatalogRecord>,
+) -> Vec<(RecordId, Ingested)> {
+    let registry = registry.clone();
     tokio::task::spawn_blocking(move || registry.ingest(records, false))
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts a node on `config`, admits `records` and stops it cleanly (its index sealed).
+async fn store_and_stop(config: &NodeConfig, records: Vec<CatalogRecord>) {
+    let node = Node::start(config.clone()).await.unwrap();
+    ingest(&node.registry, records).await;
     node.shutdown().await;
 }
 
@@ -867,11 +873,7 @@ async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_
         16 * 1024,
         &key,
     ));
-    let registry = node.registry.clone();
-    tokio::task::spawn_blocking(move || registry.ingest(vec![late], false))
-        .await
-        .unwrap()
-        .unwrap();
+    ingest(&node.registry, vec![late]).await;
     assert_eq!(names(&node.registry, "late-arrival"), ["late-arrival"]);
     assert_eq!(node.registry.indexed_count(), N as u64 + 1);
     node.shutdown().await;
@@ -912,25 +914,16 @@ async fn a_running_node_saves_its_search_index_once_the_saved_copy_is_far_behind
         CatalogRecord::Release(release(&name, Version::new(1, 0, 0), b"l", 16 * 1024, &key))
     }));
     let node = Node::start(config.clone()).await.unwrap();
-    let ingest = |records: &[CatalogRecord]| {
-        let (registry, records) = (node.registry.clone(), records.to_vec());
-        async move {
-            tokio::task::spawn_blocking(move || registry.ingest(records, false))
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
 
-    ingest(&records[..255]).await;
+    ingest(&node.registry, records[..255].to_vec()).await;
     assert!(!node.registry.save_index_if_behind().await.unwrap());
     assert!(!seal_file.exists());
-    ingest(&records[255..300]).await;
+    ingest(&node.registry, records[255..300].to_vec()).await;
     assert!(node.registry.save_index_if_behind().await.unwrap());
     let sealed = std::fs::read_to_string(&seal_file).unwrap();
     assert!(sealed.contains(" records=300 "), "{sealed}");
     assert!(!node.registry.save_index_if_behind().await.unwrap());
-    ingest(&records[300..]).await;
+    ingest(&node.registry, records[300..].to_vec()).await;
     assert!(!node.registry.save_index_if_behind().await.unwrap());
     assert_eq!(std::fs::read_to_string(&seal_file).unwrap(), sealed);
 
@@ -1689,12 +1682,7 @@ async fn gossip_of_a_held_record_is_ignored_and_a_copy_with_another_signature_re
     let (node, addr) = start_node().await;
     let owner = publisher(23);
     let held = forged("held", "1.0.0", None, &owner, 1);
-    let registry = node.registry.clone();
-    let records = vec![CatalogRecord::Release(held.clone())];
-    tokio::task::spawn_blocking(move || registry.ingest(records, false))
-        .await
-        .unwrap()
-        .unwrap();
+    ingest(&node.registry, vec![CatalogRecord::Release(held.clone())]).await;
     let resigned = Signed {
         body: held.body.clone(),
         signature: forged("held", "1.0.0", None, &owner, 2).signature,
