@@ -7,6 +7,8 @@
 //!   caught up at start); and with the index's seal gone (rebuilt from the catalog at start,
 //!   while the daemon already serves); and until the first search is answered (a search
 //!   waits for a rebuild under way);
+//! - the same with a package head for every name in the store (the node serves them on the
+//!   DHT again from its start);
 //! - `agora search` end to end (a process started, connected, answered, printed), against
 //!   `agora --version` (the same process doing nothing) and the in-process client's search.
 //!
@@ -31,6 +33,9 @@ use agora_daemon::config::Config;
 use agora_daemon::network::NetworkConfig;
 use agora_daemon::node::{Node, NodeConfig};
 use agora_daemon::registry::RegistryConfig;
+use agora_daemon::store::Db;
+use agora_protocol::PublisherSecret;
+use agora_protocol::records::{CatalogRecord, HeadBody, PackageHead, Signed};
 use agora_protocol::search::SearchQuery;
 use support::{bin, env_list, mb, pct, proc_status_bytes, synthetic_releases};
 
@@ -126,7 +131,7 @@ fn loaded_home(rt: &tokio::runtime::Runtime, n: usize) -> tempfile::TempDir {
 /// ingested the way a sync ingests them) and shut down cleanly.
 fn add_releases(rt: &tokio::runtime::Runtime, home: &Path, numbers: Range<usize>) {
     let config = Config::local(home).unwrap();
-    let key = agora_protocol::PublisherSecret::from_bytes([7; 32]);
+    let key = publisher();
     let started = Instant::now();
     let records = synthetic_releases(numbers.clone(), &key);
     let signed = started.elapsed();
@@ -152,6 +157,38 @@ fn add_releases(rt: &tokio::runtime::Runtime, home: &Path, numbers: Range<usize>
         numbers.len(),
         started.elapsed() - signed
     );
+}
+
+/// The key the synthetic releases are signed with.
+fn publisher() -> PublisherSecret {
+    PublisherSecret::from_bytes([7; 32])
+}
+
+/// Stores a signed package head for each of the synthetic releases numbered `0..n` in the
+/// (stopped) node's store, as a node holds those peers put on the DHT.
+fn add_heads(home: &Path, n: usize) {
+    let key = publisher();
+    let heads: Vec<PackageHead> = synthetic_releases(0..n, &key)
+        .into_iter()
+        .map(|record| {
+            let CatalogRecord::Release(r) = record else {
+                unreachable!("synthetic records are releases")
+            };
+            let body = HeadBody {
+                name: r.body.name,
+                owner: key.public(),
+                versions: vec![r.body.version],
+                seq: 1,
+                updated_at: r.body.published_at,
+            };
+            Signed::sign(body, &key).unwrap()
+        })
+        .collect();
+    let data = Config::local(home).unwrap().paths.data_dir;
+    Db::open(&data.join("catalog.redb"))
+        .unwrap()
+        .put_heads(&heads)
+        .unwrap();
 }
 
 /// The saved search index under `home`.
@@ -314,6 +351,16 @@ fn main() {
             home.path(),
             3,
             || unseal(home.path()),
+        )
+        .stop();
+        // A node among the closest peers of every name (any node of a network of 20 or
+        // fewer) holds a head for each, and serves them again from its start.
+        add_heads(home.path(), total);
+        starts(
+            &format!("{total} releases and {total} package heads, sealed index"),
+            home.path(),
+            3,
+            || {},
         )
         .stop();
         if std::env::var_os("AGORA_BENCH_KEEP").is_some() {

@@ -502,6 +502,46 @@ async fn two_hundred_tasks_share_one_handle_and_every_reply_arrives() {
     }
 }
 
+/// Records stored in one batch into the local DHT store (as a node restores what it holds at
+/// start): each valid one is served, and each refused one is named by its position with the
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stored_locally_is_served_and_names_each_record_it_refuses() {
+    init_tracing();
+    let (node, _) = start_node().await;
+    let key = publisher(3);
+    let values: Vec<DhtValue> = ["first", "second"]
+        .iter()
+        .map(|name| DhtValue::Release(release(name, Version::new(1, 0, 0), b"x", 16 * 1024, &key)))
+        .collect();
+    let record = |v: &DhtValue| libp2p::kad::Record::new(v.key().to_bytes(), v.encode());
+    let bad_key = b"not an agora key".to_vec();
+    let refused = node
+        .network
+        .store_records(vec![
+            record(&values[0]),
+            libp2p::kad::Record::new(bad_key.clone(), values[1].encode()),
+            record(&values[1]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, 1);
+    assert!(
+        matches!(refused[0].1, NetworkError::Store(_)),
+        "{refused:?}"
+    );
+    for v in &values {
+        let found = node
+            .network
+            .get_record(v.key().to_bytes(), RecordQuorum::First)
+            .await
+            .unwrap();
+        assert_eq!(found, [v.encode()], "{}", v.key());
+    }
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_shutdown_every_handle_call_returns_a_clear_error() {
     init_tracing();

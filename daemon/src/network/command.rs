@@ -98,9 +98,11 @@ pub enum Command {
         quorum: RecordQuorum,
         reply: Reply<Vec<Vec<u8>>>,
     },
-    StoreRecord {
-        record: kad::Record,
-        reply: Reply<()>,
+    /// Put records into the local DHT store only (nothing is sent to peers); answers with
+    /// the position in `records` and the reason of each one refused.
+    StoreRecords {
+        records: Vec<kad::Record>,
+        reply: Reply<Vec<(usize, NetworkError)>>,
     },
     StartProviding {
         key: Vec<u8>,

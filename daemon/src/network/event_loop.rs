@@ -324,8 +324,13 @@ impl EventLoop {
                     },
                 );
             }
-            Command::StoreRecord { record, reply } => {
-                let _ = reply.send(self.store_record(record));
+            Command::StoreRecords { records, reply } => {
+                let refused = records
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, record)| self.store_record(record).err().map(|e| (i, e)))
+                    .collect();
+                let _ = reply.send(Ok(refused));
             }
             Command::StartProviding { key, reply } => {
                 match behaviour.kad.start_providing(kad::RecordKey::new(&key)) {

@@ -66,6 +66,9 @@ const REBUILD_CHUNKS_AHEAD: usize = 2;
 /// this fraction of the indexed names (1/4) or an overlay's worth; with more, a rebuild is
 /// cheaper.
 const CATCH_UP_FRACTION: u64 = 4;
+/// Records put back into the local DHT store per event-loop command at start: about a
+/// millisecond of the loop's time each.
+const RESTORE_CHUNK: usize = 1024;
 /// A running node saves its search index once the catalog has grown by this fraction of the
 /// indexed names (1/8, half what a catch-up takes) or an overlay's worth since the copy on
 /// disk: so a crash leaves a copy the next start catches up instead of rebuilding.
@@ -1777,14 +1780,14 @@ impl Registry {
     /// restarted node serves them again before any peer re-publishes them).
     pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
         let values = std::mem::take(&mut *lock(&self.to_restore));
-        for value in values {
-            let key = value.key();
-            let record = libp2p::kad::Record::new(key.to_bytes(), value.encode());
-            match self.net.store_record(record).await {
-                Ok(()) => {}
-                // A full local DHT store is not a reason to stay down: peers still have them.
-                Err(NetworkError::Store(e)) => warn!(%key, error = %e, "not re-serving a record"),
-                Err(e) => return Err(e.into()),
+        for chunk in values.chunks(RESTORE_CHUNK) {
+            let records = chunk
+                .iter()
+                .map(|v| libp2p::kad::Record::new(v.key().to_bytes(), v.encode()))
+                .collect();
+            // A full local DHT store is not a reason to stay down: peers still have them.
+            for (i, e) in self.net.store_records(records).await? {
+                warn!(key = %chunk[i].key(), error = %e, "not re-serving a record");
             }
         }
         for id in self.blobs.ids() {

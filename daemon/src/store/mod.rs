@@ -318,10 +318,19 @@ impl Db {
     }
 
     pub fn put_head(&self, head: &PackageHead) -> Result<(), StoreError> {
+        self.put_heads(std::slice::from_ref(head))
+    }
+
+    /// Stores these package heads (each replacing its name's) in one durable transaction.
+    pub fn put_heads(&self, heads: &[PackageHead]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_two_phase_commit(true);
-        txn.open_table(HEADS)?
-            .insert(head.body.name.as_str(), head.encode().as_slice())?;
+        {
+            let mut table = txn.open_table(HEADS)?;
+            for head in heads {
+                table.insert(head.body.name.as_str(), head.encode().as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }
