@@ -633,7 +633,7 @@ impl SearchIndex {
     /// `feed` runs under the index's lock, so no change is applied while it takes its
     /// snapshot: a change marked after it is applied by the next flush, after the rebuild.
     /// Ends any rebuild [`begun`](Self::begin_rebuild): searches are answered from then on,
-    /// or refused with the reason if it failed (the index is then left empty).
+    /// or refused with the reason if it failed (what it had indexed is dropped).
     pub fn rebuild_with<E>(
         &self,
         feed: impl FnOnce(&mut dyn FnMut(IndexDoc) -> Result<(), IndexError>) -> Result<(), E>,
@@ -676,8 +676,9 @@ impl SearchIndex {
 
     /// Saves the index as it is, durably, with `seal` (what it reflects), so the next start
     /// loads it instead of rebuilding it; returns whether the copy on disk now holds it (not
-    /// for an index never saved, or left empty by a failed rebuild). Call after flushing what the catalog holds: at
-    /// shutdown, and while the node runs once the saved copy is far behind. The copy is taken under the in-memory directory's lock, so it
+    /// for an index never saved, nor one whose rebuild has not ended well). Call after
+    /// flushing what the catalog holds: at shutdown, and while the node runs once the saved
+    /// copy is far behind. The copy is taken under the in-memory directory's lock, so it
     /// is consistent even while a merge runs (tantivy publishes a segment in `meta.json` only
     /// once its files are complete, and deletes old ones only after).
     pub fn seal(&self, seal: Seal) -> Result<bool, IndexError> {
@@ -686,7 +687,7 @@ impl SearchIndex {
         };
         let mut tiers = lock(&self.tiers);
         if *lock(&self.state) != IndexState::Ready {
-            return Ok(false); // a failed rebuild left it empty: the next start rebuilds it
+            return Ok(false); // the next start rebuilds it
         }
         let mut saved = lock(&self.saved);
         if *saved == Some(seal) {
