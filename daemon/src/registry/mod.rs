@@ -259,7 +259,7 @@ pub struct Registry {
     pub stats: RegistryStats,
     pub startup: StartupReport,
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
-    to_restore: Mutex<Vec<DhtValue>>,
+    to_restore: Mutex<Vec<libp2p::kad::Record>>,
 }
 
 /// What opening the store found.
@@ -448,7 +448,7 @@ impl Registry {
         };
         // What this node put on the DHT itself (its heads and the releases it published),
         // collected during the replay so the log is read once.
-        let mut restore: Vec<DhtValue> = Vec::new();
+        let mut restore: Vec<libp2p::kad::Record> = Vec::new();
         let published = blobs.published();
         let index_dir = dir.join("index");
         let mut catch_up = SearchIndex::saved_seal(&index_dir).map(CatchUp::new);
@@ -466,7 +466,11 @@ impl Registry {
                     catalog
                         .archives
                         .insert(r.body.archive.id, r.body.archive.clone());
-                    restore.push(DhtValue::Release(r));
+                    let value = DhtValue::Release(r);
+                    restore.push(libp2p::kad::Record::new(
+                        value.key().to_bytes(),
+                        value.encode(),
+                    ));
                 } else {
                     catalog.archives.insert(r.body.archive.id, r.body.archive);
                 }
@@ -483,9 +487,13 @@ impl Registry {
             catch_up.as_ref().map(|(seal, _)| *seal),
         )?;
         let checks_ms = started.elapsed().as_millis() - load_ms;
-        for head in snapshot.heads {
+        for (head, bytes) in snapshot.heads {
             match catalog.trust.admit_head(&head) {
-                Ok(_) => restore.push(DhtValue::Head(head)),
+                // Served as stored: the stored bytes are the head's DHT value.
+                Ok(_) => restore.push(libp2p::kad::Record::new(
+                    DhtKey::Head(head.body.name).to_bytes(),
+                    bytes,
+                )),
                 Err(e) => {
                     warn!(name = %head.body.name, error = %e, "dropping a stored package head")
                 }
@@ -1779,16 +1787,17 @@ impl Registry {
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
     /// restarted node serves them again before any peer re-publishes them).
     pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
-        let values = std::mem::take(&mut *lock(&self.to_restore));
-        for chunk in values.chunks(RESTORE_CHUNK) {
-            let records = chunk
-                .iter()
-                .map(|v| libp2p::kad::Record::new(v.key().to_bytes(), v.encode()))
-                .collect();
+        let mut records = std::mem::take(&mut *lock(&self.to_restore));
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(RESTORE_CHUNK));
+            let keys: Vec<libp2p::kad::RecordKey> = records.iter().map(|r| r.key.clone()).collect();
             // A full local DHT store is not a reason to stay down: peers still have them.
             for (i, e) in self.net.store_records(records).await? {
-                warn!(key = %chunk[i].key(), error = %e, "not re-serving a record");
+                let key = DhtKey::parse(keys[i].as_ref())
+                    .map_or_else(|e| e.to_string(), |k| k.to_string());
+                warn!(%key, error = %e, "not re-serving a record");
             }
+            records = rest;
         }
         for id in self.blobs.ids() {
             self.net

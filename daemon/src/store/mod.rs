@@ -231,7 +231,8 @@ impl CatalogWrite {
 pub struct CatalogSnapshot {
     /// How many records the log holds (each went to the replay, in admission order).
     pub records: u64,
-    pub heads: Vec<PackageHead>,
+    /// Each stored package head with its bytes as stored (its DHT value's encoding).
+    pub heads: Vec<(PackageHead, Vec<u8>)>,
 }
 
 /// The redb database of one node.
@@ -364,10 +365,10 @@ impl Db {
             // Verified when admitted, so not again (33 µs a head here, for up to one head
             // per name of the catalog); `Registry::open` still checks each against the trust
             // rules of the replayed catalog.
-            heads.push(
-                codec::decode_own::<PackageHead, MAX_RECORD_BYTES>(bytes.value())
-                    .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?,
-            );
+            let bytes = bytes.value();
+            let head = codec::decode_own::<PackageHead, MAX_RECORD_BYTES>(bytes)
+                .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?;
+            heads.push((head, bytes.to_vec()));
         }
         Ok(CatalogSnapshot { records, heads })
     }
