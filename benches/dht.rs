@@ -8,7 +8,19 @@
 //!   connected peer through the same stack (a fetch request for unknown content, which the
 //!   peer refuses): the floor of any exchange over Agora's transport.
 //!
-//! Node counts from `AGORA_BENCH_NODES` (default `20,50`). Run: `cargo bench --bench dht`.
+//! Node counts from `AGORA_BENCH_NODES` (default `20,50`).
+//!
+//! Then the cost of the DHT's replication, which puts every stored record again to the
+//! peers closest to its key once a period (`NetworkConfig::dht_replication`): 20 nodes each
+//! hold the same `AGORA_BENCH_REPLICATED` records (default 200), as every node of a network
+//! of 20 or fewer holds a head for every name, with a period of `AGORA_BENCH_REPLICATE_SECS`
+//! (default 20 s), first the same on every node, then each node's own ([`jittered`], as
+//! nodes get by default). Over 6 periods: the records received per period, as a fraction of
+//! every holder putting every record to the 19 others, and the CPU of all nodes per period
+//! beyond what the same network uses idle (measured over a period before the records are
+//! stored). `AGORA_BENCH_REPLICATED=0` skips it.
+//!
+//! Run: `cargo bench --bench dht`.
 
 /// The allocator agorad runs with, so the numbers are the daemon's.
 #[global_allocator]
@@ -22,11 +34,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agora_daemon::network::RecordQuorum;
+use agora_daemon::network::config::jittered;
 use agora_protocol::ContentId;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::messages::{FetchRequest, FetchResponse};
 use agora_protocol::records::CatalogRecord;
-use support::{env_list, summary, synthetic_releases};
+use support::{cpu_time, env_list, summary, synthetic_releases};
 
 /// Records put on the DHT and got back, per network size.
 const KEYS: usize = 100;
@@ -114,9 +127,80 @@ async fn run(nodes: usize) {
     }
 }
 
+/// The DHT's periodic replication: `nodes` nodes each hold the same `records` records and
+/// put them again every `period` (each node exactly `period`, or its own [`jittered`]
+/// period); the network runs for `periods` periods and reports what arrived per period.
+async fn replication(nodes: usize, records: usize, period: Duration, periods: u32, jitter: bool) {
+    let net = common::testnet_with(nodes, |c| {
+        c.network.dht_replication = if jitter { jittered(period) } else { period }
+    })
+    .await;
+    let held: Vec<libp2p::kad::Record> = synthetic_releases(0..records, &common::publisher(8))
+        .into_iter()
+        .map(|r| match r {
+            CatalogRecord::Release(r) => {
+                let v = DhtValue::Release(r);
+                libp2p::kad::Record::new(v.key().to_bytes(), v.encode())
+            }
+            _ => unreachable!("synthetic releases are releases"),
+        })
+        .collect();
+    let counts = || {
+        let (mut received, mut unchanged) = (0, 0);
+        for (n, _) in &net {
+            let m = n.network.metrics();
+            received += m.dht_records_received.get();
+            unchanged += m.dht_records_unchanged.get();
+        }
+        (received, unchanged)
+    };
+    // What the network costs over a period with nothing to replicate, to take away below.
+    let (idle_wall, idle_cpu) = (Instant::now(), cpu_time());
+    tokio::time::sleep(period).await;
+    let idle_rate = (cpu_time() - idle_cpu).as_secs_f64() / idle_wall.elapsed().as_secs_f64();
+    for (n, _) in &net {
+        let refused = n.network.store_records(held.clone()).await.unwrap();
+        assert!(refused.is_empty(), "every record is stored: {refused:?}");
+    }
+    let (started, cpu0, (received0, unchanged0)) = (Instant::now(), cpu_time(), counts());
+    tokio::time::sleep(period * periods).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64() - idle_rate * wall;
+    let (received, unchanged) = counts();
+    let (received, unchanged) = (received - received0, unchanged - unchanged0);
+    // Every holder putting every record to the 19 others.
+    let all = (nodes * records * (nodes - 1)) as f64;
+    let per_period = received as f64 / f64::from(periods);
+    println!(
+        "dht replication, {nodes} nodes each holding {records} records, {} every {period:?}, \
+         {periods} periods: {per_period:.0} records received a period = {:.2} of every holder \
+         putting every record ({unchanged} of {received} identical to the stored copy); \
+         CPU beyond idle ({:.0} ms/s idle) {:.2} s a period, {:.1} µs a record received",
+        if jitter {
+            "each node its own period"
+        } else {
+            "all nodes"
+        },
+        per_period / all,
+        idle_rate * 1e3,
+        cpu / f64::from(periods),
+        cpu * 1e6 / received.max(1) as f64,
+    );
+    for (n, _) in net {
+        n.shutdown().await;
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     for nodes in env_list("AGORA_BENCH_NODES", &[20, 50]) {
         rt.block_on(run(nodes));
+    }
+    let records = env_list("AGORA_BENCH_REPLICATED", &[200])[0];
+    let period = Duration::from_secs(env_list("AGORA_BENCH_REPLICATE_SECS", &[20])[0] as u64);
+    if records > 0 {
+        for jitter in [false, true] {
+            rt.block_on(replication(20, records, period, 6, jitter));
+        }
     }
 }

@@ -542,6 +542,84 @@ async fn a_batch_stored_locally_is_served_and_names_each_record_it_refuses() {
     node.shutdown().await;
 }
 
+/// A DHT record a peer puts that is byte-identical to the copy a node stores (what every
+/// replication round brings) is dropped by the event loop: the registry never sees it. A
+/// record the node lacks, or another value under a key it holds, still goes to the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_stored_dht_record_is_dropped_before_validation() {
+    init_tracing();
+    let nodes = testnet(2).await;
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+    let key = publisher(4);
+    let value = |name: &str, archive: &[u8]| {
+        DhtValue::Release(release(
+            name,
+            Version::new(1, 0, 0),
+            archive,
+            16 * 1024,
+            &key,
+        ))
+    };
+    let (held, other, conflicting) = (
+        value("held", b"x"),
+        value("other", b"y"),
+        value("held", b"z"),
+    );
+    assert_eq!(held.key(), conflicting.key());
+    let record = libp2p::kad::Record::new(held.key().to_bytes(), held.encode());
+    for n in [a, b] {
+        assert_eq!(
+            n.network.store_records(vec![record.clone()]).await.unwrap(),
+            []
+        );
+    }
+    let seen = |n: &agora_daemon::node::Node| {
+        let m = n.network.metrics();
+        let s = &n.registry.stats;
+        (
+            m.dht_records_received.get(),
+            m.dht_records_unchanged.get(),
+            s.records_stored.load(Ordering::Relaxed) + s.records_refused.load(Ordering::Relaxed),
+        )
+    };
+    let received = |want: u64| {
+        move || async move {
+            let got = seen(b).0;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got} records received"))
+            }
+        }
+    };
+    assert_eq!(seen(b), (0, 0, 0));
+
+    a.network
+        .put_record(held.key().to_bytes(), held.encode())
+        .await
+        .unwrap();
+    converge("the copy arrives", DEADLINE, received(1)).await;
+    assert_eq!(seen(b), (1, 1, 0), "dropped before the registry");
+
+    for (n, v) in [(2, &other), (3, &conflicting)] {
+        a.network
+            .put_record(v.key().to_bytes(), v.encode())
+            .await
+            .unwrap();
+        converge("the record arrives", DEADLINE, received(n)).await;
+        converge("the registry decides", DEADLINE, || async {
+            match seen(b) {
+                (_, 1, decided) if decided == n - 1 => Ok(()),
+                other => Err(format!("received, unchanged, decided: {other:?}")),
+            }
+        })
+        .await;
+    }
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_shutdown_every_handle_call_returns_a_clear_error() {
     init_tracing();

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub swarm_events: Counter,
     /// Commands from `NetworkHandle`s the event loop has handled.
     pub commands: Counter,
+    /// DHT records peers have put to this node (publications and every replication round).
+    pub dht_records_received: Counter,
+    /// Of those, records byte-identical to the copy this node stores, dropped by the event
+    /// loop before any validation: a replication round's copies of what the node holds.
+    pub dht_records_unchanged: Counter,
     search_seconds: Histogram,
     publish_seconds: Histogram,
     fetch_seconds: Histogram,
@@ -106,6 +111,18 @@ impl Metrics {
             "Commands the network event loop has handled",
             Counter::default(),
         );
+        let dht_records_received = add(
+            agora,
+            "dht_records_received",
+            "DHT records peers have put to this node",
+            Counter::default(),
+        );
+        let dht_records_unchanged = add(
+            agora,
+            "dht_records_unchanged",
+            "DHT records put to this node that are identical to its stored copy (dropped unvalidated)",
+            Counter::default(),
+        );
         let search_seconds = add(
             agora,
             "search_seconds",
@@ -153,6 +170,8 @@ impl Metrics {
             routing_table,
             swarm_events,
             commands,
+            dht_records_received,
+            dht_records_unchanged,
             search_seconds,
             publish_seconds,
             fetch_seconds,

@@ -107,10 +107,20 @@ pub async fn routing_table_holds(node: &Node, want: usize) -> Result<(), String>
 
 /// Starts `n` nodes; every node but the first dials the first (the seed) and bootstraps.
 pub async fn testnet(n: usize) -> Vec<(Node, Multiaddr)> {
-    let mut nodes = vec![start_node().await];
+    testnet_with(n, |_| {}).await
+}
+
+/// [`testnet`], each node's configuration changed by `configure` first.
+pub async fn testnet_with(n: usize, configure: impl Fn(&mut NodeConfig)) -> Vec<(Node, Multiaddr)> {
+    let config = || {
+        let mut c = node_config(&data_dir());
+        configure(&mut c);
+        c
+    };
+    let mut nodes = vec![start_with(config()).await];
     let seed = nodes[0].1.clone();
     for _ in 1..n {
-        let (node, addr) = start_node().await;
+        let (node, addr) = start_with(config()).await;
         join(&node, &seed).await;
         nodes.push((node, addr));
     }

@@ -73,7 +73,8 @@ impl Behaviour {
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_max_packet_size(MAX_KAD_PACKET_BYTES)
             .set_query_timeout(cfg.query_timeout)
-            .set_periodic_bootstrap_interval(cfg.periodic_bootstrap);
+            .set_periodic_bootstrap_interval(cfg.periodic_bootstrap)
+            .set_replication_interval(Some(cfg.dht_replication));
         let store_cfg = kad::store::MemoryStoreConfig {
             max_records: MAX_DHT_RECORDS,
             max_value_bytes: MAX_DHT_VALUE_BYTES,

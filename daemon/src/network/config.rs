@@ -27,6 +27,16 @@ pub struct NetworkConfig {
     pub query_grace: Duration,
     /// Periodic Kademlia bootstrap (refreshes the routing table); `None` turns it off.
     pub periodic_bootstrap: Option<Duration>,
+    /// How often every DHT record this node stores is put again to the peers closest to its
+    /// key, so records outlive the nodes that held them. The default is libp2p's hour plus a
+    /// random part of up to a quarter of it, drawn per node ([`jittered`]). Each round puts
+    /// every stored record, and a node in a network of 20 or fewer stores a head for every
+    /// name; Kademlia leaves out of a round each record a peer put to the node since its last
+    /// round (that peer's round already reached the closest nodes), so about one holder per
+    /// record does the work, but only while rounds do not start together, which, with one
+    /// period, they would forever on nodes started together. The copies peers receive are
+    /// byte-identical to theirs, and their event loops drop those before any validation.
+    pub dht_replication: Duration,
     /// Timeout of one sync or fetch request.
     pub request_timeout: Duration,
     /// Upper bound on any handle call: no caller ever waits longer for the event loop.
@@ -61,6 +71,7 @@ impl NetworkConfig {
             query_timeout: Duration::from_secs(30),
             query_grace: Duration::from_millis(500),
             periodic_bootstrap: Some(Duration::from_secs(300)),
+            dht_replication: jittered(Duration::from_secs(60 * 60)),
             request_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(60),
             command_buffer: 1024,
@@ -86,5 +97,31 @@ impl NetworkConfig {
             maintenance_interval: Duration::from_millis(500),
             ..Self::new(keypair)
         }
+    }
+}
+
+/// `period` stretched by a random part of up to a quarter of it: a node's own period, so
+/// that the periodic rounds of nodes started together drift apart.
+pub fn jittered(period: Duration) -> Duration {
+    period + period.mul_f64(rand::random::<f64>() / 4.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_replicates_on_its_own_period_within_a_quarter_over_the_hour() {
+        let hour = Duration::from_secs(60 * 60);
+        let periods: Vec<Duration> = (0..64)
+            .map(|_| NetworkConfig::new(Keypair::generate_ed25519()).dht_replication)
+            .collect();
+        for p in &periods {
+            assert!(*p >= hour && *p <= hour + hour / 4, "{p:?}");
+        }
+        let mut distinct = periods.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), periods.len(), "drawn per node");
     }
 }

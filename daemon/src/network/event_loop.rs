@@ -708,8 +708,19 @@ impl EventLoop {
                         ..
                     },
             } => {
+                self.metrics.dht_records_received.inc();
                 if record.value.len() > agora_protocol::limits::MAX_DHT_VALUE_BYTES {
                     debug!(%source, len = record.value.len(), "dropping an oversized DHT record");
+                    return;
+                }
+                // A copy of what we store (each replication round brings one of every record
+                // from each peer that holds it) changes nothing: no decoding, no signature
+                // check, no trip to the registry.
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                if kad::store::RecordStore::get(store, &record.key)
+                    .is_some_and(|stored| stored.value == record.value)
+                {
+                    self.metrics.dht_records_unchanged.inc();
                     return;
                 }
                 if !self.offer(NetworkEvent::InboundRecord { source, record }) {
