@@ -684,17 +684,25 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
         node.registry.reputation_of(&seed_peer).0.unwrap().successes,
         rep_before.successes
     );
-    // Its own head and release are back in its DHT store, served before anyone republishes.
+    // Its own head and release are back in its DHT store (put back while it serves), served
+    // before anyone republishes.
     for key in [
         agora_protocol::dht::DhtKey::Head("mine".parse().unwrap()),
         agora_protocol::dht::DhtKey::Release("mine".parse().unwrap(), Version::new(1, 0, 0)),
     ] {
-        let found = node
-            .network
-            .get_record(key.to_bytes(), agora_daemon::network::RecordQuorum::First)
-            .await
-            .unwrap();
-        assert_eq!(found.len(), 1, "{key}");
+        converge("the record is back in the DHT store", DEADLINE, || async {
+            let found = node
+                .network
+                .get_record(key.to_bytes(), agora_daemon::network::RecordQuorum::First)
+                .await
+                .map_err(|e| e.to_string())?;
+            if found.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{key}: {} records", found.len()))
+            }
+        })
+        .await;
     }
     // Publishing 1.0.0 again is refused: the store remembers.
     let err = node

@@ -33,6 +33,8 @@ pub struct Node {
     network_task: JoinHandle<()>,
     inbound_task: JoinHandle<()>,
     duties_task: JoinHandle<()>,
+    /// Putting the stored DHT records back into the DHT store after a start.
+    restore_task: JoinHandle<()>,
     /// The search index's rebuild, when the start found one needed.
     rebuild_task: Option<JoinHandle<()>>,
 }
@@ -53,7 +55,17 @@ impl Node {
             let registry = registry.clone();
             tokio::task::spawn_blocking(move || registry.rebuild_index())
         });
-        registry.restore_dht().await?;
+        // The DHT store is refilled while the node serves (a head per name takes about
+        // 100 ms for 100k names): a record a peer puts meanwhile replaces a restored one only
+        // if it is better, and the catalog answers for every name it holds either way.
+        let restore_task = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                if let Err(e) = registry.restore_dht().await {
+                    warn!(error = %e, "could not put the stored DHT records back");
+                }
+            }
+        });
         registry.network().metrics().collect_registry(&registry);
         let inbound_task = tokio::spawn(inbound::run(registry.clone(), net.events));
         let duties_task = tokio::spawn(duties(registry.clone()));
@@ -63,6 +75,7 @@ impl Node {
             network_task: net.task,
             inbound_task,
             duties_task,
+            restore_task,
             rebuild_task,
         })
     }
@@ -90,6 +103,8 @@ impl Node {
     pub async fn shutdown(self) {
         self.duties_task.abort();
         let _ = self.duties_task.await;
+        self.restore_task.abort();
+        let _ = self.restore_task.await;
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         let _ = self.inbound_task.await;

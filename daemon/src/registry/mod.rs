@@ -1787,17 +1787,21 @@ impl Registry {
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
     /// restarted node serves them again before any peer re-publishes them).
     pub async fn restore_dht(self: &Arc<Self>) -> Result<(), RegistryError> {
-        let mut records = std::mem::take(&mut *lock(&self.to_restore));
-        while !records.is_empty() {
-            let rest = records.split_off(records.len().min(RESTORE_CHUNK));
-            let keys: Vec<libp2p::kad::RecordKey> = records.iter().map(|r| r.key.clone()).collect();
+        let mut records = std::mem::take(&mut *lock(&self.to_restore)).into_iter();
+        loop {
+            // Taken from the front one chunk at a time (splitting the rest off instead copied
+            // what was left at every chunk: 0.8 GB for 100k heads).
+            let chunk: Vec<libp2p::kad::Record> = records.by_ref().take(RESTORE_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let keys: Vec<libp2p::kad::RecordKey> = chunk.iter().map(|r| r.key.clone()).collect();
             // A full local DHT store is not a reason to stay down: peers still have them.
-            for (i, e) in self.net.store_records(records).await? {
+            for (i, e) in self.net.store_records(chunk).await? {
                 let key = DhtKey::parse(keys[i].as_ref())
                     .map_or_else(|e| e.to_string(), |k| k.to_string());
                 warn!(%key, error = %e, "not re-serving a record");
             }
-            records = rest;
         }
         for id in self.blobs.ids() {
             self.net
