@@ -17,6 +17,7 @@ use libp2p::{
 
 use super::codec::WireCodec;
 use super::config::NetworkConfig;
+use super::store::DhtStore;
 
 /// Identify protocol version string; peers with another one are still talked to, but only
 /// peers that speak our Kademlia protocol enter the routing table.
@@ -38,7 +39,7 @@ pub struct Behaviour {
     /// Peers no connection is allowed with, either way (existing ones are closed).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: kad::Behaviour<DhtStore>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -81,11 +82,8 @@ impl Behaviour {
             max_providers_per_key: MAX_PROVIDERS_PER_KEY,
             max_provided_keys: MAX_PROVIDED_KEYS,
         };
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            kad::store::MemoryStore::with_config(peer_id, store_cfg),
-            kad_cfg,
-        );
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, DhtStore::new(peer_id, store_cfg), kad_cfg);
         // Daemons are reachable servers: answer DHT queries without waiting for an external
         // address to be confirmed (which never happens on loopback or a LAN).
         kad.set_mode(Some(kad::Mode::Server));

@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod event_loop;
 pub mod handle;
+pub mod store;
 
 pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
 pub use config::NetworkConfig;

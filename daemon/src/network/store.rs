@@ -1,0 +1,175 @@
+//! Kademlia's record store: each record as its key and value bytes only, provider records in
+//! libp2p's [`MemoryStore`].
+//!
+//! libp2p's memory store keeps a whole [`Record`] per key, about 600 bytes each with the
+//! table (the optional publisher alone is 80 bytes), and a node of a network of 20 or fewer
+//! holds a head for every name. Agora's records never expire and are replicated by every
+//! holder alike: the event loop clears both fields before storing what peers put and what a
+//! start restores. So the key and the value are all a record is here; the one record that
+//! would carry a publisher, Kademlia's local copy of this node's own put, is then replicated
+//! hourly like the rest instead of republished daily, as it already was after a restart.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use libp2p::PeerId;
+use libp2p::kad::store::{Error, MemoryStore, MemoryStoreConfig, RecordStore, Result};
+use libp2p::kad::{ProviderRecord, Record, RecordKey};
+
+pub struct DhtStore {
+    records: HashMap<Box<[u8]>, Box<[u8]>>,
+    max_records: usize,
+    max_value_bytes: usize,
+    providers: MemoryStore,
+}
+
+impl DhtStore {
+    /// `config` bounds the records as it would bound libp2p's memory store, which keeps the
+    /// provider records.
+    pub fn new(local: PeerId, config: MemoryStoreConfig) -> Self {
+        Self {
+            records: HashMap::new(),
+            max_records: config.max_records,
+            max_value_bytes: config.max_value_bytes,
+            providers: MemoryStore::with_config(local, config),
+        }
+    }
+}
+
+fn record(key: &[u8], value: &[u8]) -> Record {
+    Record::new(RecordKey::new(&key), value.to_vec())
+}
+
+impl RecordStore for DhtStore {
+    type RecordsIter<'a> = Box<dyn Iterator<Item = Cow<'a, Record>> + 'a>;
+    type ProvidedIter<'a> = <MemoryStore as RecordStore>::ProvidedIter<'a>;
+
+    fn get(&self, k: &RecordKey) -> Option<Cow<'_, Record>> {
+        self.records
+            .get(k.as_ref())
+            .map(|v| Cow::Owned(record(k.as_ref(), v)))
+    }
+
+    /// The publisher and the expiry of `r` are not kept.
+    fn put(&mut self, r: Record) -> Result<()> {
+        // The same bound as libp2p's memory store.
+        if r.value.len() >= self.max_value_bytes {
+            return Err(Error::ValueTooLarge);
+        }
+        let full = self.records.len() >= self.max_records;
+        match self.records.entry(r.key.to_vec().into_boxed_slice()) {
+            Entry::Occupied(mut e) => {
+                e.insert(r.value.into_boxed_slice());
+            }
+            Entry::Vacant(_) if full => return Err(Error::MaxRecords),
+            Entry::Vacant(e) => {
+                e.insert(r.value.into_boxed_slice());
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, k: &RecordKey) {
+        self.records.remove(k.as_ref());
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        Box::new(self.records.iter().map(|(k, v)| Cow::Owned(record(k, v))))
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
+        self.providers.add_provider(record)
+    }
+
+    fn providers(&self, key: &RecordKey) -> Vec<ProviderRecord> {
+        self.providers.providers(key)
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.providers.provided()
+    }
+
+    fn remove_provider(&mut self, k: &RecordKey, p: &PeerId) {
+        self.providers.remove_provider(k, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn store(max_records: usize) -> DhtStore {
+        DhtStore::new(
+            PeerId::random(),
+            MemoryStoreConfig {
+                max_records,
+                max_value_bytes: 8,
+                ..MemoryStoreConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_record_is_kept_as_its_key_and_value() {
+        let mut s = store(2);
+        let mut r = record(b"a", b"one");
+        r.publisher = Some(PeerId::random());
+        r.expires = Some(Instant::now());
+        s.put(r).unwrap();
+        assert_eq!(
+            s.get(&RecordKey::new(b"a")).unwrap().into_owned(),
+            record(b"a", b"one")
+        );
+        assert!(s.get(&RecordKey::new(b"b")).is_none());
+
+        s.put(record(b"a", b"two")).unwrap();
+        s.put(record(b"b", b"three")).unwrap();
+        let mut all: Vec<Record> = s.records().map(Cow::into_owned).collect();
+        all.sort_by(|x, y| x.key.as_ref().cmp(y.key.as_ref()));
+        assert_eq!(all, [record(b"a", b"two"), record(b"b", b"three")]);
+
+        s.remove(&RecordKey::new(b"a"));
+        assert!(s.get(&RecordKey::new(b"a")).is_none());
+        assert_eq!(s.records().count(), 1);
+    }
+
+    #[test]
+    fn the_bounds_refuse_and_change_nothing() {
+        let mut s = store(1);
+        s.put(record(b"a", b"one")).unwrap();
+        assert!(matches!(
+            s.put(record(b"b", b"two")),
+            Err(Error::MaxRecords)
+        ));
+        assert!(matches!(
+            s.put(record(b"a", b"12345678")),
+            Err(Error::ValueTooLarge)
+        ));
+        // A full store still replaces a record it holds.
+        s.put(record(b"a", b"1234567")).unwrap();
+        let all: Vec<Record> = s.records().map(Cow::into_owned).collect();
+        assert_eq!(all, [record(b"a", b"1234567")]);
+    }
+
+    #[test]
+    fn provider_records_are_kept_and_listed() {
+        let local = PeerId::random();
+        let mut s = DhtStore::new(local, MemoryStoreConfig::default());
+        let key = RecordKey::new(b"content");
+        let mine = ProviderRecord::new(key.clone(), local, Vec::new());
+        let theirs = ProviderRecord::new(key.clone(), PeerId::random(), Vec::new());
+        s.add_provider(mine.clone()).unwrap();
+        s.add_provider(theirs.clone()).unwrap();
+        assert_eq!(s.providers(&key).len(), 2);
+        assert_eq!(
+            s.provided().map(Cow::into_owned).collect::<Vec<_>>(),
+            std::slice::from_ref(&mine)
+        );
+        s.remove_provider(&key, &local);
+        assert_eq!(s.providers(&key), [theirs]);
+        assert_eq!(s.provided().count(), 0);
+    }
+}
