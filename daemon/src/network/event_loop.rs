@@ -467,13 +467,13 @@ impl EventLoop {
         let key =
             DhtKey::parse(record.key.as_ref()).map_err(|e| NetworkError::Store(e.to_string()))?;
         let store = self.swarm.behaviour_mut().kad.store_mut();
-        if let Some(existing) = kad::store::RecordStore::get(store, &record.key) {
+        if let Some(existing) = store.value(record.key.as_ref()) {
             let keep_existing = match key {
                 DhtKey::Head(_) => {
                     let old = codec::decode::<
                         PackageHead,
                         { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
-                    >(&existing.value);
+                    >(existing);
                     let new = codec::decode::<
                         PackageHead,
                         { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
@@ -717,9 +717,7 @@ impl EventLoop {
                 // from each peer that holds it) changes nothing: no decoding, no signature
                 // check, no trip to the registry.
                 let store = self.swarm.behaviour_mut().kad.store_mut();
-                if kad::store::RecordStore::get(store, &record.key)
-                    .is_some_and(|stored| stored.value == record.value)
-                {
+                if store.value(record.key.as_ref()) == Some(&record.value[..]) {
                     self.metrics.dht_records_unchanged.inc();
                     return;
                 }

@@ -35,6 +35,11 @@ impl DhtStore {
             providers: MemoryStore::with_config(local, config),
         }
     }
+
+    /// The value stored under `key`, without the copy [`RecordStore::get`] makes.
+    pub fn value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.records.get(key).map(|v| &v[..])
+    }
 }
 
 fn record(key: &[u8], value: &[u8]) -> Record {
@@ -124,6 +129,8 @@ mod tests {
             record(b"a", b"one")
         );
         assert!(s.get(&RecordKey::new(b"b")).is_none());
+        assert_eq!(s.value(b"a"), Some(&b"one"[..]));
+        assert_eq!(s.value(b"b"), None);
 
         s.put(record(b"a", b"two")).unwrap();
         s.put(record(b"b", b"three")).unwrap();
