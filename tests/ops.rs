@@ -501,6 +501,13 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     // B's connection and the publish went through A's event loop.
     assert!(m1[&key("agora_event_loop_swarm_events_total")] >= 1.0);
     assert!(m1[&key("agora_event_loop_commands_total")] >= 1.0);
+    // Its DHT store holds the release and its head (counted at the event loop's next tick).
+    wait_until("the DHT store's records are counted", || {
+        match scrape(&a_base)[&key("agora_dht_records")] {
+            2.0 => Ok(()),
+            other => Err(format!("{other} records")),
+        }
+    });
 
     // The JSON API answers what the CLI answers, on the node that has to fetch (B).
     wait_until("the release reaches B", || {

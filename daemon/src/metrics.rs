@@ -49,6 +49,9 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Peers in the Kademlia routing table, kept by the event loop.
     pub routing_table: Gauge,
+    /// Records in the DHT store (what each replication round puts again), kept by the
+    /// event loop.
+    pub dht_records: Gauge,
     /// Swarm events the event loop has handled.
     pub swarm_events: Counter,
     /// Commands from `NetworkHandle`s the event loop has handled.
@@ -97,6 +100,12 @@ impl Metrics {
             agora,
             "routing_table_peers",
             "Peers in the Kademlia routing table",
+            Gauge::default(),
+        );
+        let dht_records = add(
+            agora,
+            "dht_records",
+            "Records in the DHT store, each put again at every replication round",
             Gauge::default(),
         );
         let swarm_events = add(
@@ -168,6 +177,7 @@ impl Metrics {
             libp2p,
             peers,
             routing_table,
+            dht_records,
             swarm_events,
             commands,
             dht_records_received,
@@ -417,7 +427,7 @@ pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 19] {
 }
 
 /// Point-in-time values: (name without `agora_`, help, value).
-pub fn gauges(m: &Metrics, r: &Registry) -> [(&'static str, &'static str, i64); 7] {
+pub fn gauges(m: &Metrics, r: &Registry) -> [(&'static str, &'static str, i64); 8] {
     let usage = r.blobs.usage();
     let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
     [
@@ -426,6 +436,11 @@ pub fn gauges(m: &Metrics, r: &Registry) -> [(&'static str, &'static str, i64); 
             "routing_table_peers",
             "Peers in the routing table",
             m.routing_table.get(),
+        ),
+        (
+            "dht_records",
+            "Records in the DHT store",
+            m.dht_records.get(),
         ),
         (
             "catalog_records",
@@ -468,9 +483,9 @@ impl Collector for RegistryCollector {
             let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode(e)?;
         }
-        // peers and routing_table_peers are registered as live gauges already.
+        // peers, routing_table_peers and dht_records are registered as live gauges already.
         let me = reg.network().metrics();
-        for (name, help, value) in gauges(&me, &reg).into_iter().skip(2) {
+        for (name, help, value) in gauges(&me, &reg).into_iter().skip(3) {
             let metric = ConstGauge::new(value);
             let e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             metric.encode(e)?;

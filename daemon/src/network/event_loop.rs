@@ -241,6 +241,8 @@ impl EventLoop {
             .sum();
         self.metrics.peers.set(peers as i64);
         self.metrics.routing_table.set(table as i64);
+        let records = self.swarm.behaviour_mut().kad.store_mut().len();
+        self.metrics.dht_records.set(records as i64);
     }
 
     /// Opens the span of a DHT query, as a child of the span that asked for it.

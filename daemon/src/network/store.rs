@@ -36,6 +36,15 @@ impl DhtStore {
         }
     }
 
+    /// How many records are stored.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// The value stored under `key`, without the copy [`RecordStore::get`] makes.
     pub fn value(&self, key: &[u8]) -> Option<&[u8]> {
         self.records.get(key).map(|v| &v[..])
@@ -138,9 +147,11 @@ mod tests {
         all.sort_by(|x, y| x.key.as_ref().cmp(y.key.as_ref()));
         assert_eq!(all, [record(b"a", b"two"), record(b"b", b"three")]);
 
+        assert_eq!(s.len(), 2);
         s.remove(&RecordKey::new(b"a"));
         assert!(s.get(&RecordKey::new(b"a")).is_none());
         assert_eq!(s.records().count(), 1);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
