@@ -542,6 +542,41 @@ async fn a_batch_stored_locally_is_served_and_names_each_record_it_refuses() {
     node.shutdown().await;
 }
 
+/// A record only one node holds reaches its peers at that node's next replication round,
+/// and is validated and stored there like any record a peer puts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_one_node_holds_reaches_its_peers_by_replication() {
+    init_tracing();
+    let nodes = testnet_with(2, |c| c.network.dht_replication = Duration::from_secs(1)).await;
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+    let v = DhtValue::Release(release(
+        "kept",
+        Version::new(1, 0, 0),
+        b"k",
+        16 * 1024,
+        &publisher(5),
+    ));
+    let record = libp2p::kad::Record::new(v.key().to_bytes(), v.encode());
+    assert_eq!(a.network.store_records(vec![record]).await.unwrap(), []);
+    converge("b stores the replicated record", DEADLINE, || async {
+        let m = b.network.metrics();
+        match (
+            b.registry.stats.records_stored.load(Ordering::Relaxed),
+            m.dht_records.get(),
+        ) {
+            (1, 1) => Ok(()),
+            other => Err(format!(
+                "stored by the registry, in the DHT store: {other:?}"
+            )),
+        }
+    })
+    .await;
+    assert_eq!(b.network.metrics().dht_records_unchanged.get(), 0);
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}
+
 /// A DHT record a peer puts that is byte-identical to the copy a node stores (what every
 /// replication round brings) is dropped by the event loop: the registry never sees it. A
 /// record the node lacks, or another value under a key it holds, still goes to the registry.
