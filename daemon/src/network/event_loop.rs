@@ -492,12 +492,10 @@ impl EventLoop {
                 return Ok(());
             }
         }
-        let mut record = record;
-        // Our own copy does not expire on the publisher's schedule; the registry re-puts.
-        record.publisher = None;
-        record.expires = None;
+        // The store keeps no publisher and no expiry: our copy does not expire on the
+        // publisher's schedule, and replication puts it again.
         kad::store::RecordStore::put(store, record)
-            .map_err(|e| NetworkError::Store(format!("{e:?}")))
+            .map_err(|e| NetworkError::Store(format!("{key}: {e:?}")))
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

@@ -4,10 +4,10 @@
 //! libp2p's memory store keeps a whole [`Record`] per key, about 600 bytes each with the
 //! table (the optional publisher alone is 80 bytes), and a node of a network of 20 or fewer
 //! holds a head for every name. Agora's records never expire and are replicated by every
-//! holder alike: the event loop clears both fields before storing what peers put and what a
-//! start restores. So the key and the value are all a record is here; the one record that
-//! would carry a publisher, Kademlia's local copy of this node's own put, is then replicated
-//! hourly like the rest instead of republished daily, as it already was after a restart.
+//! holder alike, so the key and the value are all a record is here: a record put keeps
+//! neither its publisher nor its expiry. Kademlia's local copy of this node's own put, the
+//! one record that would carry a publisher, is then replicated hourly like the rest instead
+//! of republished daily, as it already was after a restart.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -1795,12 +1795,10 @@ impl Registry {
             if chunk.is_empty() {
                 break;
             }
-            let keys: Vec<libp2p::kad::RecordKey> = chunk.iter().map(|r| r.key.clone()).collect();
             // A full local DHT store is not a reason to stay down: peers still have them.
-            for (i, e) in self.net.store_records(chunk).await? {
-                let key = DhtKey::parse(keys[i].as_ref())
-                    .map_or_else(|e| e.to_string(), |k| k.to_string());
-                warn!(%key, error = %e, "not re-serving a record");
+            // (Each refusal names its record's key.)
+            for (_, e) in self.net.store_records(chunk).await? {
+                warn!(error = %e, "not re-serving a record");
             }
         }
         for id in self.blobs.ids() {
