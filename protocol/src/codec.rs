@@ -1,8 +1,16 @@
 //! The wire codec: one version byte, then the value in bincode 2's `standard` configuration
-//! (little-endian, variable-length integers). Every decode is bounded by a byte limit that is
-//! checked before anything is allocated, must consume the whole input, and must be canonical
-//! (re-encoding gives the same bytes), so one value has exactly one encoding and hashes of
-//! encodings identify values.
+//! (little-endian, variable-length integers). Every decode is bounded by a limit on the wire
+//! bytes that is checked before anything is decoded, must consume the whole input, and must be
+//! canonical (re-encoding gives the same bytes), so one value has exactly one encoding and
+//! hashes of encodings identify values.
+//!
+//! bincode's own limit counts what a decode claims, not what it reads: an integer claims its
+//! width in memory (8 bytes for a `u64` written as one varint byte), a string its length. A
+//! limit in claims equal to the wire limit would refuse messages the wire limit allows (a
+//! release near the record size, full of small integers and short strings). So the claim
+//! limit is [`CLAIMS_PER_WIRE_BYTE`] times the wire limit: nothing within the wire limit is
+//! refused by it, and a length prefix that lies still cannot make a decode allocate more than
+//! that before the bytes run out.
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -11,6 +19,16 @@ use serde::{Deserialize, Serialize};
 /// The wire format version this crate speaks: the first byte of every top-level message,
 /// DHT value and IPC payload.
 pub const WIRE_VERSION: u8 = 1;
+
+/// Most bytes bincode's limit counts for one byte on the wire: a one-byte varint decoded as a
+/// `u64`. (No type of this crate holds a 128-bit integer, which would count 16.)
+pub const CLAIMS_PER_WIRE_BYTE: usize = 8;
+
+/// The claim limit that goes with a wire limit of `wire` bytes (the second const parameter of
+/// every decode function; a mismatched pair does not compile).
+pub const fn claims(wire: usize) -> usize {
+    wire * CLAIMS_PER_WIRE_BYTE
+}
 
 /// Why bytes did not decode. Each variant is a different thing a peer did wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,7 +41,7 @@ pub enum DecodeError {
     UnsupportedVersion { found: u8 },
     #[error("message is truncated")]
     Truncated,
-    #[error("a length inside the message exceeds the {limit}-byte limit")]
+    #[error("a length inside the message claims more than the {limit} bytes allowed")]
     LimitExceeded { limit: usize },
     #[error("message has {trailing} trailing bytes after the value")]
     TrailingBytes { trailing: usize },
@@ -78,7 +96,10 @@ macro_rules! impl_wire {
                 $check
             }
             fn from_wire(bytes: &[u8]) -> Result<Self, $crate::codec::DecodeError> {
-                let value: Self = $crate::codec::decode::<Self, { $limit }>(bytes)?;
+                let value: Self =
+                    $crate::codec::decode::<Self, { $limit }, { $crate::codec::claims($limit) }>(
+                        bytes,
+                    )?;
                 $crate::codec::Wire::check(&value).map_err($crate::codec::DecodeError::Invalid)?;
                 Ok(value)
             }
@@ -141,11 +162,12 @@ fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
     bincode::serde::encode_into_writer(value, &mut same, config()).is_ok() && same.0.is_empty()
 }
 
-/// Decodes a versioned wire message of at most `LIMIT` bytes. `T` may borrow from `bytes`.
-pub fn decode<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize>(
+/// Decodes a versioned wire message of at most `LIMIT` bytes (`CLAIMS` is [`claims`]`(LIMIT)`).
+/// `T` may borrow from `bytes`.
+pub fn decode<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize, const CLAIMS: usize>(
     bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
-    let value = decode_versioned::<T, LIMIT>(bytes)?;
+    let value = decode_versioned::<T, LIMIT, CLAIMS>(bytes)?;
     canonical(value, &bytes[1..])
 }
 
@@ -155,21 +177,26 @@ pub fn decode<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize>(
 /// two encodings (two ids for one signed record); bytes this node wrote are [`encode`]'s
 /// output, canonical by construction, and re-encoding every record of the log at each
 /// start cost a quarter of decoding it.
-pub fn decode_own<'de, T: Deserialize<'de>, const LIMIT: usize>(
+pub fn decode_own<'de, T: Deserialize<'de>, const LIMIT: usize, const CLAIMS: usize>(
     bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
-    decode_versioned::<T, LIMIT>(bytes)
+    decode_versioned::<T, LIMIT, CLAIMS>(bytes)
 }
 
 /// Decodes an unversioned body of at most `LIMIT` bytes. `T` may borrow from `bytes`.
-pub fn decode_body<'de, T: Serialize + Deserialize<'de>, const LIMIT: usize>(
+pub fn decode_body<
+    'de,
+    T: Serialize + Deserialize<'de>,
+    const LIMIT: usize,
+    const CLAIMS: usize,
+>(
     bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
-    let value = decode_exact::<T, LIMIT>(bytes)?;
+    let value = decode_exact::<T, LIMIT, CLAIMS>(bytes)?;
     canonical(value, bytes)
 }
 
-fn decode_versioned<'de, T: Deserialize<'de>, const LIMIT: usize>(
+fn decode_versioned<'de, T: Deserialize<'de>, const LIMIT: usize, const CLAIMS: usize>(
     bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
@@ -182,25 +209,31 @@ fn decode_versioned<'de, T: Deserialize<'de>, const LIMIT: usize>(
     if version != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: version });
     }
-    decode_exact::<T, LIMIT>(body)
+    decode_exact::<T, LIMIT, CLAIMS>(body)
 }
 
 /// Decodes a body of at most `LIMIT` bytes that must be consumed whole.
-fn decode_exact<'de, T: Deserialize<'de>, const LIMIT: usize>(
+fn decode_exact<'de, T: Deserialize<'de>, const LIMIT: usize, const CLAIMS: usize>(
     bytes: &'de [u8],
 ) -> Result<T, DecodeError> {
+    const {
+        assert!(
+            CLAIMS == claims(LIMIT),
+            "the claim limit goes with the wire limit"
+        )
+    };
     if bytes.len() > LIMIT {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
             limit: LIMIT,
         });
     }
-    let cfg = config().with_limit::<LIMIT>();
+    let cfg = config().with_limit::<CLAIMS>();
     let (value, consumed): (T, usize) = bincode::serde::borrow_decode_from_slice(bytes, cfg)
         .map_err(|e| match e {
             bincode::error::DecodeError::UnexpectedEnd { .. } => DecodeError::Truncated,
             bincode::error::DecodeError::LimitExceeded => {
-                DecodeError::LimitExceeded { limit: LIMIT }
+                DecodeError::LimitExceeded { limit: CLAIMS }
             }
             other => DecodeError::Malformed(other.to_string()),
         })?;
@@ -233,13 +266,13 @@ mod tests {
         let decoders: [(&str, Decoder, Decoder); 2] = [
             (
                 "decode",
-                |b| decode::<Pair, 64>(b),
-                |b| decode::<Pair, 2>(b),
+                |b| decode::<Pair, 64, { claims(64) }>(b),
+                |b| decode::<Pair, 2, { claims(2) }>(b),
             ),
             (
                 "decode_own",
-                |b| decode_own::<Pair, 64>(b),
-                |b| decode_own::<Pair, 2>(b),
+                |b| decode_own::<Pair, 64, { claims(64) }>(b),
+                |b| decode_own::<Pair, 2, { claims(2) }>(b),
             ),
         ];
         let good = encode(&(7u32, String::from("hi")));
@@ -278,10 +311,10 @@ mod tests {
         // peer, taken from the node's own store.
         let long_seven = [WIRE_VERSION, 251, 7, 0];
         assert_eq!(
-            decode::<u32, 64>(&long_seven),
+            decode::<u32, 64, { claims(64) }>(&long_seven),
             Err(DecodeError::NonCanonical)
         );
-        assert_eq!(decode_own::<u32, 64>(&long_seven), Ok(7));
+        assert_eq!(decode_own::<u32, 64, { claims(64) }>(&long_seven), Ok(7));
     }
 
     #[test]
@@ -295,7 +328,10 @@ mod tests {
             1 + 5 + 70_000,
             "u32 varint length, then the bytes"
         );
-        assert_eq!(decode::<serde_bytes::ByteBuf, 80_000>(&expected), Ok(big));
+        assert_eq!(
+            decode::<serde_bytes::ByteBuf, 80_000, { claims(80_000) }>(&expected),
+            Ok(big)
+        );
         let small = (7u32, String::from("hi"));
         assert_eq!(encode(&small), [WIRE_VERSION, 7, 2, b'h', b'i']);
     }
@@ -305,15 +341,47 @@ mod tests {
         // A Vec<u8> claiming u64::MAX elements.
         let mut evil = vec![WIRE_VERSION, 253];
         evil.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(decode::<Vec<u8>, 1024>(&evil), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode::<Vec<u8>, 1024, { claims(1024) }>(&evil),
+            Err(DecodeError::Truncated)
+        );
         // The same prefix on a string or byte buffer trips the limit before any allocation.
         assert_eq!(
-            decode::<String, 1024>(&evil),
-            Err(DecodeError::LimitExceeded { limit: 1024 })
+            decode::<String, 1024, { claims(1024) }>(&evil),
+            Err(DecodeError::LimitExceeded {
+                limit: claims(1024)
+            })
         );
         assert_eq!(
-            decode::<serde_bytes::ByteBuf, 1024>(&evil),
-            Err(DecodeError::LimitExceeded { limit: 1024 })
+            decode::<serde_bytes::ByteBuf, 1024, { claims(1024) }>(&evil),
+            Err(DecodeError::LimitExceeded {
+                limit: claims(1024)
+            })
+        );
+    }
+
+    #[test]
+    fn a_message_within_the_wire_limit_is_never_refused_for_what_it_claims() {
+        // Every element is one wire byte that bincode counts as the 8 bytes of a u64, and
+        // every empty string is a one-byte length counted as a u64 too: the most a message
+        // can claim per byte it is.
+        let zeros = vec![0u64; 200];
+        let wire = encode(&zeros);
+        assert_eq!(wire.len(), 202, "version, length, a byte per element");
+        assert_eq!(decode::<Vec<u64>, 202, { claims(202) }>(&wire), Ok(zeros));
+        let empty = vec![String::new(); 200];
+        let wire = encode(&empty);
+        assert_eq!(
+            decode::<Vec<String>, 202, { claims(202) }>(&wire),
+            Ok(empty)
+        );
+        assert_eq!(
+            decode::<Vec<String>, 201, { claims(201) }>(&wire),
+            Err(DecodeError::TooLarge {
+                len: 202,
+                limit: 201
+            }),
+            "the wire bytes decide, before decoding"
         );
     }
 }

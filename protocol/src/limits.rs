@@ -42,10 +42,17 @@ pub const MAX_HEAD_VERSIONS: usize = 64;
 /// Longest yank reason, in bytes.
 pub const MAX_YANK_REASON_LEN: usize = 256;
 
-/// Largest encoded release record (a DHT value and a gossip payload).
+/// Largest record of any kind (release, head, yank, rotation), measured as its encoding on its
+/// own: the version byte and the signed body, as a DHT value carries it. The one size rule for
+/// a record wherever it comes from or is kept: a record is signed only within it, and a record
+/// over it is refused by `verify` before its signature is checked, so what a node admitted
+/// from gossip or sync always fits its DHT store and reads back from its own log.
 pub const MAX_RECORD_BYTES: usize = 32 * 1024;
-/// Largest gossip message: one record plus framing.
-pub const MAX_GOSSIP_BYTES: usize = MAX_RECORD_BYTES + 1024;
+/// A record inside a message that says what kind it is (a gossip message, a sync response's
+/// records, the node's log): the record and the one byte of its kind.
+pub const MAX_TAGGED_RECORD_BYTES: usize = MAX_RECORD_BYTES + 1;
+/// Largest gossip message: one tagged record.
+pub const MAX_GOSSIP_BYTES: usize = MAX_TAGGED_RECORD_BYTES;
 /// Largest DHT value we store or accept (a head or a release record).
 pub const MAX_DHT_VALUE_BYTES: usize = MAX_RECORD_BYTES;
 /// Kademlia wire packet limit: one value plus the rest of a kad message (closer peers with

@@ -199,7 +199,11 @@ impl Wire for FetchResponse {
     }
 
     fn from_wire_owned(bytes: Bytes) -> Result<Self, DecodeError> {
-        let view: FetchResponseView = crate::codec::decode::<_, MAX_FETCH_RESPONSE_BYTES>(&bytes)?;
+        let view: FetchResponseView = crate::codec::decode::<
+            _,
+            MAX_FETCH_RESPONSE_BYTES,
+            { crate::codec::claims(MAX_FETCH_RESPONSE_BYTES) },
+        >(&bytes)?;
         let value = match view {
             FetchResponseView::Chunk(data) => FetchResponse::Chunk(bytes.slice_ref(data)),
             FetchResponseView::Refused(why) => FetchResponse::Refused(why),

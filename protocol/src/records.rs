@@ -59,16 +59,20 @@ impl<B: RecordBody> Signed<B> {
             ));
         }
         body.check()?;
-        let signature = secret.sign(B::DOMAIN, &encode_body(&body));
+        let bytes = encode_body(&body);
+        check_size(&bytes)?;
+        let signature = secret.sign(B::DOMAIN, &bytes);
         Ok(Self { body, signature })
     }
 
-    /// Checks limits, then the signature.
+    /// Checks limits (the record's size among them), then the signature.
     pub fn verify(&self) -> Result<(), RecordError> {
         self.body.check()?;
+        let bytes = encode_body(&self.body);
+        check_size(&bytes)?;
         self.body
             .signer()
-            .verify(B::DOMAIN, &encode_body(&self.body), &self.signature)?;
+            .verify(B::DOMAIN, &bytes, &self.signature)?;
         Ok(())
     }
 
@@ -84,10 +88,26 @@ impl<B: RecordBody> Signed<B> {
 
     /// Decodes a versioned record and verifies it.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let record: Self = codec::decode::<Self, MAX_RECORD_BYTES>(bytes)?;
+        let record: Self =
+            codec::decode::<Self, MAX_RECORD_BYTES, { codec::claims(MAX_RECORD_BYTES) }>(bytes)?;
         record.verify()?;
         Ok(record)
     }
+}
+
+/// Bytes a signature takes in a record's encoding: its length (one varint byte) and 64 bytes.
+const SIGNATURE_ENCODED_LEN: usize = 1 + 64;
+
+/// Refuses a record whose encoding (version byte, `body`, signature) would be larger than
+/// [`MAX_RECORD_BYTES`].
+fn check_size(body: &[u8]) -> Result<(), RecordError> {
+    let len = 1 + body.len() + SIGNATURE_ENCODED_LEN;
+    if len > MAX_RECORD_BYTES {
+        return Err(RecordError::Limit(format!(
+            "record is {len} bytes; the limit is {MAX_RECORD_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 /// Where an archive's bytes are and how to check them piece by piece.
@@ -335,11 +355,13 @@ impl CatalogRecord {
     /// encoding's canonical form is checked again: [`codec::decode_own`]), and returns its id,
     /// hashed from `bytes` rather than from a second encoding: `bytes` are the record's
     /// encoding, `[WIRE_VERSION, variant index, the inner record]`, the index a one-byte
-    /// varint.
-    pub fn decode_stored<const LIMIT: usize>(
-        bytes: &[u8],
-    ) -> Result<(Self, RecordId), DecodeError> {
-        let record: Self = codec::decode_own::<Self, LIMIT>(bytes)?;
+    /// varint. The size limit is the one every record was admitted under.
+    pub fn decode_stored(bytes: &[u8]) -> Result<(Self, RecordId), DecodeError> {
+        let record: Self = codec::decode_own::<
+            Self,
+            MAX_TAGGED_RECORD_BYTES,
+            { codec::claims(MAX_TAGGED_RECORD_BYTES) },
+        >(bytes)?;
         let id = ContentId::of(&bytes[2..]);
         debug_assert_eq!(id, record.id());
         Ok((record, id))
@@ -377,5 +399,36 @@ impl CatalogRecord {
             Self::Yank(r) => r.body.yanked_at,
             Self::Rotation(r) => r.body.rotated_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_measured_as_its_encoding_and_refused_one_byte_over() {
+        let key = PublisherSecret::from_bytes([3; 32]);
+        let body = YankBody {
+            name: "pkg".parse().unwrap(),
+            version: Version::new(1, 0, 0),
+            publisher: key.public(),
+            yanked_at: 1,
+            reason: "broken".into(),
+        };
+        let yank = Signed::sign(body.clone(), &key).unwrap();
+        assert_eq!(
+            yank.encode().len(),
+            1 + encode_body(&body).len() + SIGNATURE_ENCODED_LEN
+        );
+        let fits = MAX_RECORD_BYTES - 1 - SIGNATURE_ENCODED_LEN;
+        assert_eq!(check_size(&vec![0; fits]), Ok(()));
+        assert_eq!(
+            check_size(&vec![0; fits + 1]),
+            Err(RecordError::Limit(format!(
+                "record is {} bytes; the limit is {MAX_RECORD_BYTES}",
+                MAX_RECORD_BYTES + 1
+            )))
+        );
     }
 }

@@ -165,7 +165,7 @@ proptest! {
         round_trip(&GossipMessage::Release(r.clone()));
         let stored = CatalogRecord::Release(r.clone());
         let id = r.id();
-        prop_assert_eq!(CatalogRecord::decode_stored::<MAX_RECORD_BYTES>(&codec::encode(&stored)).unwrap(), (stored, id));
+        prop_assert_eq!(CatalogRecord::decode_stored(&codec::encode(&stored)).unwrap(), (stored, id));
         round_trip(&SyncResponse::Records { records: vec![CatalogRecord::Release(r)] });
     }
 
@@ -181,7 +181,7 @@ proptest! {
             prop_assert_eq!(GossipMessage::decode_verified(&m.to_wire()).unwrap(), m);
         }
         for (record, id) in [(CatalogRecord::Yank(y.clone()), y.id()), (CatalogRecord::Rotation(k.clone()), k.id())] {
-            prop_assert_eq!(CatalogRecord::decode_stored::<MAX_RECORD_BYTES>(&codec::encode(&record)).unwrap(), (record, id));
+            prop_assert_eq!(CatalogRecord::decode_stored(&codec::encode(&record)).unwrap(), (record, id));
         }
         round_trip(&SyncResponse::Records { records: vec![CatalogRecord::Yank(y), CatalogRecord::Rotation(k)] });
     }
@@ -435,7 +435,7 @@ fn oversized_messages_and_frames_are_refused() {
     assert_eq!(
         GossipMessage::from_wire(&evil),
         Err(DecodeError::LimitExceeded {
-            limit: MAX_GOSSIP_BYTES
+            limit: codec::claims(MAX_GOSSIP_BYTES)
         })
     );
 }
@@ -561,4 +561,99 @@ fn documented_layouts_hold() {
         DhtKey::Content(c).to_string(),
         format!("agora/cid/{}", c.to_hex())
     );
+}
+
+/// `prefix`, padded with `fill` to exactly `len` bytes.
+fn padded(prefix: &str, fill: char, len: usize) -> String {
+    let mut s = prefix.to_owned();
+    while s.len() < len {
+        s.push(fill);
+    }
+    s
+}
+
+/// A release with every field at its limit: 64 dependencies with the longest names and
+/// requirements, every metadata field full, the longest version, 512 chunks.
+fn release_at_every_limit(key: &PublisherSecret) -> ReleaseRecord {
+    let short = |what: &str| Some(padded(what, 'x', MAX_SHORT_FIELD_LEN));
+    let body = ReleaseBody {
+        name: padded("biggest-", 'x', MAX_NAME_LEN).parse().unwrap(),
+        version: padded("1.0.0-", 'x', MAX_VERSION_LEN).parse().unwrap(),
+        meta: PackageMeta {
+            description: padded("d", 'x', MAX_DESCRIPTION_LEN),
+            category: short("c"),
+            author: short("a"),
+            license: short("l"),
+            repository: Some(padded("https://example.com/", 'x', MAX_URL_LEN)),
+            tags: (0..MAX_TAGS)
+                .map(|i| padded(&format!("t{i}"), 'x', MAX_TAG_LEN))
+                .collect(),
+            keywords: (0..MAX_TAGS)
+                .map(|i| padded(&format!("k{i}"), 'x', MAX_TAG_LEN))
+                .collect(),
+        },
+        dependencies: (0..MAX_DEPENDENCIES)
+            .map(|i| Dependency {
+                name: padded(&format!("dep-{i:02}-"), 'x', MAX_NAME_LEN)
+                    .parse()
+                    .unwrap(),
+                req: padded(&format!(">={i}.0.0-a"), 'a', MAX_VERSION_LEN)
+                    .parse()
+                    .unwrap(),
+            })
+            .collect(),
+        archive: ArchiveInfo {
+            id: ContentId::of(b"archive"),
+            size: MAX_CHUNKS as u64 * u64::from(MIN_CHUNK_SIZE),
+            chunk_size: MIN_CHUNK_SIZE,
+            chunks: (0..MAX_CHUNKS as u32)
+                .map(|i| ContentId::of(&i.to_le_bytes()))
+                .collect(),
+        },
+        published_at: u64::MAX,
+        publisher: key.public(),
+        previous: Some(ContentId::of(b"previous")),
+    };
+    for d in &body.dependencies {
+        assert_eq!(d.req.to_string().len(), MAX_VERSION_LEN, "{}", d.req);
+    }
+    Signed::sign(body, key).expect("a release within every field's limit is within the size")
+}
+
+/// One size rule: a record that fills every field's limit fits [`MAX_RECORD_BYTES`], and is
+/// taken alike as a DHT value, in a gossip message, in a sync response and from the node's own
+/// log (before, bincode's limit counted decoded sizes, and the log's decode refused it).
+#[test]
+fn the_largest_record_decodes_wherever_a_record_arrives_or_is_kept() {
+    let key = PublisherSecret::from_bytes([9; 32]);
+    let big = release_at_every_limit(&key);
+    let value = big.encode();
+    assert!(value.len() <= MAX_RECORD_BYTES, "{} bytes", value.len());
+    assert!(
+        value.len() > MAX_RECORD_BYTES - 1024,
+        "{} bytes",
+        value.len()
+    );
+
+    assert_eq!(ReleaseRecord::decode(&value).as_ref(), Ok(&big));
+    let key_bytes = DhtKey::Release(big.body.name.clone(), big.body.version.clone()).to_bytes();
+    assert_eq!(
+        dht::validate(&key_bytes, &value),
+        Ok(DhtValue::Release(big.clone()))
+    );
+    let gossip = GossipMessage::Release(big.clone()).to_wire();
+    assert_eq!(gossip.len(), value.len() + 1);
+    assert_eq!(
+        GossipMessage::decode_verified(&gossip),
+        Ok(GossipMessage::Release(big.clone()))
+    );
+    let record = CatalogRecord::Release(big.clone());
+    assert_eq!(
+        CatalogRecord::decode_stored(&codec::encode(&record)),
+        Ok((record.clone(), big.id()))
+    );
+    let response = SyncResponse::Records {
+        records: vec![record.clone(); MAX_SYNC_RESPONSE_BYTES / value.len()],
+    };
+    assert_eq!(SyncResponse::from_wire(&response.to_wire()), Ok(response));
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use agora_protocol::codec::{self, Wire};
 use agora_protocol::dht::{self, DhtKey};
+use agora_protocol::limits::MAX_DHT_VALUE_BYTES;
 use agora_protocol::messages::{FetchResponse, KAD_PROTOCOL, Refusal, SyncResponse};
 use agora_protocol::records::PackageHead;
 use futures::StreamExt;
@@ -472,14 +473,8 @@ impl EventLoop {
         if let Some(existing) = store.value(record.key.as_ref()) {
             let keep_existing = match key {
                 DhtKey::Head(_) => {
-                    let old = codec::decode::<
-                        PackageHead,
-                        { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
-                    >(existing);
-                    let new = codec::decode::<
-                        PackageHead,
-                        { agora_protocol::limits::MAX_DHT_VALUE_BYTES },
-                    >(&record.value);
+                    let old = decode_head(existing);
+                    let new = decode_head(&record.value);
                     match (old, new) {
                         (Ok(old), Ok(new)) => dht::compare_heads(&new, &old).is_le(),
                         (Ok(_), Err(_)) => true,
@@ -709,7 +704,7 @@ impl EventLoop {
                     },
             } => {
                 self.metrics.dht_records_received.inc();
-                if record.value.len() > agora_protocol::limits::MAX_DHT_VALUE_BYTES {
+                if record.value.len() > MAX_DHT_VALUE_BYTES {
                     debug!(%source, len = record.value.len(), "dropping an oversized DHT record");
                     return;
                 }
@@ -972,4 +967,9 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
+}
+
+/// Decodes a head this node stores or is about to store (both were validated as DHT values).
+fn decode_head(bytes: &[u8]) -> Result<PackageHead, codec::DecodeError> {
+    codec::decode::<PackageHead, MAX_DHT_VALUE_BYTES, { codec::claims(MAX_DHT_VALUE_BYTES) }>(bytes)
 }

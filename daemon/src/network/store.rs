@@ -67,8 +67,7 @@ impl RecordStore for DhtStore {
 
     /// The publisher and the expiry of `r` are not kept.
     fn put(&mut self, r: Record) -> Result<()> {
-        // The same bound as libp2p's memory store.
-        if r.value.len() >= self.max_value_bytes {
+        if r.value.len() > self.max_value_bytes {
             return Err(Error::ValueTooLarge);
         }
         let full = self.records.len() >= self.max_records;
@@ -163,13 +162,14 @@ mod tests {
             Err(Error::MaxRecords)
         ));
         assert!(matches!(
-            s.put(record(b"a", b"12345678")),
+            s.put(record(b"a", b"123456789")),
             Err(Error::ValueTooLarge)
         ));
-        // A full store still replaces a record it holds.
-        s.put(record(b"a", b"1234567")).unwrap();
+        // A full store still replaces a record it holds, with a value of exactly the largest
+        // size (the size DHT validation allows).
+        s.put(record(b"a", b"12345678")).unwrap();
         let all: Vec<Record> = s.records().map(Cow::into_owned).collect();
-        assert_eq!(all, [record(b"a", b"1234567")]);
+        assert_eq!(all, [record(b"a", b"12345678")]);
     }
 
     #[test]

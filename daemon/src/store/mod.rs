@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_protocol::codec::{self, DecodeError};
-use agora_protocol::limits::MAX_RECORD_BYTES;
+use agora_protocol::limits::{MAX_RECORD_BYTES, MAX_TAGGED_RECORD_BYTES};
 use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
 use agora_protocol::{PackageName, PublisherKey, Version};
 use redb::{
@@ -71,14 +71,16 @@ enum LoadBatch {
 
 /// Decodes a record of the log, with its id.
 fn decode_logged(bytes: &[u8]) -> Result<(CatalogRecord, RecordId), StoreError> {
-    Ok(CatalogRecord::decode_stored::<{ MAX_RECORD_BYTES + 64 }>(
-        bytes,
-    )?)
+    Ok(CatalogRecord::decode_stored(bytes)?)
 }
 
 /// Decodes a record of the log (written by this node: [`codec::decode_own`]).
 fn decode_record(bytes: &[u8]) -> Result<CatalogRecord, StoreError> {
-    Ok(codec::decode_own::<CatalogRecord, { MAX_RECORD_BYTES + 64 }>(bytes)?)
+    Ok(codec::decode_own::<
+        CatalogRecord,
+        MAX_TAGGED_RECORD_BYTES,
+        { codec::claims(MAX_TAGGED_RECORD_BYTES) },
+    >(bytes)?)
 }
 
 /// Replays the log of `txn` in order. A second thread reads the log while this one replays
@@ -366,8 +368,12 @@ impl Db {
             // per name of the catalog); `Registry::open` still checks each against the trust
             // rules of the replayed catalog.
             let bytes = bytes.value();
-            let head = codec::decode_own::<PackageHead, MAX_RECORD_BYTES>(bytes)
-                .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?;
+            let head = codec::decode_own::<
+                PackageHead,
+                MAX_RECORD_BYTES,
+                { codec::claims(MAX_RECORD_BYTES) },
+            >(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?;
             heads.push((head, bytes.to_vec()));
         }
         Ok(CatalogSnapshot { records, heads })
@@ -571,7 +577,11 @@ pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    Ok(codec::decode_own::<T, MAX_META_BYTES>(bytes)?)
+    Ok(codec::decode_own::<
+        T,
+        MAX_META_BYTES,
+        { codec::claims(MAX_META_BYTES) },
+    >(bytes)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,155 @@
+//! The adversary's suite: each finding of the audit in issue 32, tried as an attacker would
+//! against real nodes, with what the node must do instead. docs/SECURITY.md maps each threat
+//! to its defense and to the test here.
+
+mod common;
+
+use std::time::Duration;
+
+use agora_daemon::node::Node;
+use agora_protocol::codec::Wire;
+use agora_protocol::limits::{
+    MAX_CHUNKS, MAX_DEPENDENCIES, MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_RECORD_BYTES,
+    MAX_SHORT_FIELD_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_URL_LEN, MAX_VERSION_LEN, MIN_CHUNK_SIZE,
+};
+use agora_protocol::messages::GossipMessage;
+use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::search::SearchQuery;
+use agora_protocol::{ContentId, Dependency, PackageMeta, PublisherSecret, Version};
+use common::hostile::Hostile;
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A string of exactly `len` bytes that starts with `prefix`.
+fn padded(prefix: &str, len: usize) -> String {
+    let mut s = prefix.to_owned();
+    while s.len() < len {
+        s.push('x');
+    }
+    s.truncate(len);
+    s
+}
+
+/// The largest release a record may be: every field at its limit (64 dependencies with the
+/// longest names and requirements, full metadata, 512 chunks of 16 KiB), then the description
+/// cut until the record's encoding is at most [`MAX_RECORD_BYTES`].
+fn largest_release(name: &str, key: &PublisherSecret) -> ReleaseRecord {
+    let dependencies = (0..MAX_DEPENDENCIES)
+        .map(|i| {
+            // `>=1.0.0-aaa…`: semver prints it back as written, so its length is what we chose.
+            let req = padded(&format!(">={i}.0.0-a"), MAX_VERSION_LEN).replace('x', "a");
+            Dependency {
+                name: padded(&format!("dep-{i:02}-"), MAX_NAME_LEN)
+                    .parse()
+                    .unwrap(),
+                req: req.parse().unwrap(),
+            }
+        })
+        .collect();
+    let short = |what: &str| Some(padded(what, MAX_SHORT_FIELD_LEN));
+    let meta = PackageMeta {
+        description: padded("the largest release ", MAX_DESCRIPTION_LEN),
+        category: short("category"),
+        author: short("author"),
+        license: short("license"),
+        repository: Some(padded("https://example.com/", MAX_URL_LEN)),
+        tags: (0..MAX_TAGS)
+            .map(|i| padded(&format!("tag{i}"), MAX_TAG_LEN))
+            .collect(),
+        keywords: (0..MAX_TAGS)
+            .map(|i| padded(&format!("kw{i}"), MAX_TAG_LEN))
+            .collect(),
+    };
+    let archive = ArchiveInfo {
+        id: ContentId::of(b"an archive nobody fetches here"),
+        size: MAX_CHUNKS as u64 * u64::from(MIN_CHUNK_SIZE),
+        chunk_size: MIN_CHUNK_SIZE,
+        chunks: (0..MAX_CHUNKS as u32)
+            .map(|i| ContentId::of(&i.to_le_bytes()))
+            .collect(),
+    };
+    let mut body = ReleaseBody {
+        name: name.parse().unwrap(),
+        version: Version::parse(&padded("1.0.0-", MAX_VERSION_LEN)).unwrap(),
+        meta,
+        dependencies,
+        archive,
+        published_at: u64::MAX,
+        publisher: key.public(),
+        previous: Some(ContentId::of(b"a predecessor")),
+    };
+    loop {
+        let record = Signed::sign(body.clone(), key).expect("every field within its limit");
+        if record.encode().len() <= MAX_RECORD_BYTES {
+            return record;
+        }
+        body.meta.description.pop();
+    }
+}
+
+fn names(node: &Node, q: &str) -> Vec<String> {
+    match node.registry.search(&SearchQuery::text(q)) {
+        Ok(results) => results.hits.into_iter().map(|h| h.name).collect(),
+        Err(e) => vec![format!("search failed: {e}")],
+    }
+}
+
+/// Finding 1: a release at the size limit, gossiped by a stranger, is admitted by every node,
+/// indexed, kept across a restart and found by search; before, the node's store could not
+/// read back what gossip had accepted, and the node no longer started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_valid_record_gossiped_survives_a_restart_and_is_found() {
+    init_tracing();
+    let key = publisher(41);
+    let big = largest_release("biggest", &key);
+    let len = big.encode().len();
+    assert!(
+        len > MAX_RECORD_BYTES - 1024 && len <= MAX_RECORD_BYTES,
+        "the record is within 1 KiB of the limit: {len} bytes"
+    );
+    let wire = GossipMessage::Release(big.clone()).to_wire();
+    assert_eq!(
+        wire.len(),
+        len + 1,
+        "a gossip message is the record and its tag"
+    );
+
+    let dirs = [data_dir(), data_dir()];
+    let configs: Vec<_> = dirs.iter().map(|d| node_config(d)).collect();
+    let (a, a_addr) = start_with(configs[0].clone()).await;
+    let (b, _) = start_with(configs[1].clone()).await;
+    join(&b, &a_addr).await;
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&a_addr)).await;
+    hostile.publish_raw(wire).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+
+    let nodes = [(a, a_addr.clone()), (b, a_addr)];
+    converge_nodes(
+        "both nodes admit and index the record",
+        DEADLINE,
+        &nodes,
+        |_, node| async move {
+            match names(node, "biggest").as_slice() {
+                [one] if one == "biggest" => Ok(()),
+                other => Err(format!("search gives {other:?}")),
+            }
+        },
+    )
+    .await;
+    let _ = stop.send(());
+    driver.await.unwrap();
+    for (node, _) in nodes {
+        node.shutdown().await;
+    }
+
+    for config in configs {
+        let node = Node::start(config).await.expect("the node starts again");
+        assert_eq!(node.registry.catalog_len(), 1);
+        assert!(node.registry.has_record(&big.id()));
+        assert_eq!(names(&node, "biggest"), ["biggest"]);
+        node.shutdown().await;
+    }
+}
