@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::node::Node;
+use agora_daemon::registry::trust::TrustPolicy;
 use agora_protocol::codec::Wire;
 use agora_protocol::limits::{
     MAX_CHUNKS, MAX_DEPENDENCIES, MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_RECORD_BYTES,
@@ -152,4 +155,106 @@ async fn the_largest_valid_record_gossiped_survives_a_restart_and_is_found() {
         assert_eq!(names(&node, "biggest"), ["biggest"]);
         node.shutdown().await;
     }
+}
+
+/// Finding 6: a valid record that a node's own policy refuses (here a key not on its
+/// allowlist) is ignored, not rejected. Rejecting it cost the honest first-use neighbour that
+/// relayed it gossip score, and after a few such messages the allowlist node graylisted it and
+/// stopped hearing the releases it does want. The releases come from a third peer through the
+/// open node, by gossip alone (no DHT put reaches the strict node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does_not_take() {
+    init_tracing();
+    let (trusted, stranger) = (publisher(60), publisher(61));
+    let (open, open_addr) = start_node().await;
+    let mut config = node_config(&data_dir());
+    config.registry.trust = TrustPolicy::Allowlist(HashSet::from([trusted.public()]));
+    let (strict, _) = start_with(config).await;
+    join(&strict, &open_addr).await;
+    let mut source = Hostile::new();
+    source.connect(std::slice::from_ref(&open_addr)).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = source.drive(stopped);
+    converge("the open node meshes with both", DEADLINE, || async {
+        let (o, s) = (open.network.info().await, strict.network.info().await);
+        match (
+            o.map(|i| i.gossip_mesh_peers),
+            s.map(|i| i.gossip_mesh_peers),
+        ) {
+            (Ok(2), Ok(1)) => Ok(()),
+            other => Err(format!("mesh sizes {other:?}")),
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    let mut source = driver.await.unwrap();
+
+    for i in 0..20u64 {
+        let r = release(
+            &format!("unlisted-{i}"),
+            Version::new(1, 0, 0),
+            &noise(100, i),
+            16 * 1024,
+            &stranger,
+        );
+        source
+            .publish_raw(GossipMessage::Release(r).to_wire())
+            .await;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = source.drive(stopped);
+    let stats = &strict.registry.stats;
+    converge("the strict node decides on all 20", DEADLINE, || async {
+        let decided = stats.gossip_ignored.load(Ordering::Relaxed)
+            + stats.gossip_rejected.load(Ordering::Relaxed);
+        if decided == 20 {
+            Ok(())
+        } else {
+            Err(format!("{decided} decided"))
+        }
+    })
+    .await;
+    assert_eq!(open.registry.catalog_len(), 20);
+    assert_eq!(stats.gossip_ignored.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.gossip_rejected.load(Ordering::Relaxed), 0);
+    assert_eq!(strict.registry.catalog_len(), 0);
+    let open_peer = open.network.peer_id();
+    let score = strict.network.gossip_score(open_peer).await.unwrap();
+    assert!(
+        score.is_some_and(|s| s >= 0.0),
+        "the relay's score at the strict node is {score:?}"
+    );
+    let _ = stop.send(());
+    let mut source = driver.await.unwrap();
+
+    // Well before the next periodic sync (30 s), only gossip can bring it this fast.
+    let wanted = release(
+        "listed",
+        Version::new(1, 0, 0),
+        &noise(100, 99),
+        16 * 1024,
+        &trusted,
+    );
+    source
+        .publish_raw(GossipMessage::Release(wanted.clone()).to_wire())
+        .await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = source.drive(stopped);
+    converge(
+        "the allowlisted release reaches the strict node",
+        Duration::from_secs(5),
+        || async {
+            if strict.registry.has_record(&wanted.id()) {
+                Ok(())
+            } else {
+                Err("not there".into())
+            }
+        },
+    )
+    .await;
+    assert_eq!(stats.gossip_accepted.load(Ordering::Relaxed), 1);
+    let _ = stop.send(());
+    driver.await.unwrap();
+    strict.shutdown().await;
+    open.shutdown().await;
 }

@@ -88,8 +88,12 @@ async fn admit_head(
     .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
 }
 
-/// Decides on one gossip message: admit what is new and valid, ignore what is known or not
-/// yet placeable, reject what is invalid or refused (which costs the sender gossip score).
+/// Decides on one gossip message: admit what is new and valid; reject what is invalid (it
+/// does not decode, breaks a limit or is not signed by its signer), which costs the sender
+/// gossip score; ignore the rest. A valid record this node's rules refuse (another owner as
+/// this node sees the name, a key not on its allowlist, a version below what it holds) may
+/// be accepted by the honest peer that relayed it: punishing the relay would cut this node off
+/// from its neighbours for its own policy.
 async fn gossip_verdict(
     registry: &Arc<Registry>,
     source: PeerId,
@@ -109,9 +113,7 @@ async fn gossip_verdict(
     match admit(registry, record, false).await {
         Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
         Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
-        // A yank that arrived before its release: sync will bring both.
-        Ok(Ingested::Refused(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-        Ok(Ingested::Refused(e)) => reject(source, &e),
+        Ok(Ingested::Refused(e)) => ignore(source, &e),
         Ok(Ingested::Invalid(e)) => reject(source, &e),
         Err(e) => {
             warn!(error = %e, "cannot admit gossip");
@@ -130,9 +132,7 @@ async fn head_verdict(
         Ok(true) => MessageAcceptance::Accept,
         Err(RegistryError::Record(e)) => reject(source, &e),
         Ok(false) => MessageAcceptance::Ignore,
-        Err(RegistryError::Trust(TrustError::StaleHead { .. })) => MessageAcceptance::Ignore,
-        Err(RegistryError::Trust(TrustError::UnknownName { .. })) => MessageAcceptance::Ignore,
-        Err(RegistryError::Trust(e)) => reject(source, &e),
+        Err(RegistryError::Trust(e)) => ignore(source, &e),
         Err(e) => {
             warn!(error = %e, "cannot admit a gossiped head");
             MessageAcceptance::Ignore
@@ -144,6 +144,12 @@ async fn head_verdict(
 fn reject(source: PeerId, why: &dyn std::fmt::Display) -> MessageAcceptance {
     debug!(%source, error = %why, "rejecting gossip");
     MessageAcceptance::Reject
+}
+
+/// Neither forwards nor punishes a valid gossip message this node does not take.
+fn ignore(source: PeerId, why: &TrustError) -> MessageAcceptance {
+    debug!(%source, reason = %why, "ignoring gossip");
+    MessageAcceptance::Ignore
 }
 
 async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), NetworkError> {
