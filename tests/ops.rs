@@ -399,6 +399,91 @@ fn http_base(node: &Daemon) -> String {
     format!("http://{}", s["http"].as_str().expect("the gateway is on"))
 }
 
+/// Finding 9 of the audit: a web page could reach the gateway (its own `Host` by DNS
+/// rebinding, or a cross-site request from the browser) and make the node look up and fetch
+/// names, or read its JSON and metrics. Only the gateway's own hosts and pages are answered.
+#[test]
+fn the_gateway_answers_only_its_own_hosts_and_pages() {
+    let node = Daemon::with_env_and_args(
+        &[("AGORA_HTTP_HOSTS", "agora.lan")],
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let base = http_base(&node);
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::blocking::Client::new();
+    let ask = |path: &str, headers: &[(&str, String)]| {
+        let mut r = client.get(format!("{base}{path}"));
+        for (k, v) in headers {
+            r = r.header(*k, v);
+        }
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().unwrap();
+        (status, body)
+    };
+    let error = |body: &str| -> (String, String) {
+        let v: Value = serde_json::from_str(body).unwrap();
+        (
+            v["error"].as_str().unwrap().to_owned(),
+            v["message"].as_str().unwrap().to_owned(),
+        )
+    };
+    let lookup = "/v1/packages/nowhere-to-be-found/1.0.0/archive";
+
+    let evil_host = [("host", format!("evil.example:{port}"))];
+    for path in ["/metrics", "/v1/packages?q=x", lookup] {
+        let (status, body) = ask(path, &evil_host);
+        assert_eq!(status, 421, "{path}: {body}");
+        assert_eq!(
+            error(&body),
+            (
+                "misdirected".into(),
+                format!(
+                    "this gateway does not answer for host \"evil.example:{port}\": it answers \
+                     for localhost, IP addresses and the names in http_hosts (config.toml)"
+                )
+            )
+        );
+    }
+    let (status, body) = ask(lookup, &[("origin", "http://evil.example".into())]);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        error(&body),
+        (
+            "forbidden".into(),
+            "requests from the web page at \"http://evil.example\" are refused: only the \
+             gateway's own pages may call it"
+                .into()
+        )
+    );
+    let (status, body) = ask(lookup, &[("sec-fetch-site", "cross-site".into())]);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(error(&body).0, "forbidden");
+
+    // What it does answer: its loopback address, localhost and a configured name, from its
+    // own pages. The lookup runs and finds nothing (404, not a refusal).
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("agora.lan:{port}"),
+    ] {
+        let (status, body) = ask(
+            lookup,
+            &[("host", host.clone()), ("origin", format!("http://{host}"))],
+        );
+        assert_eq!(status, 404, "{host}: {body}");
+        assert_eq!(error(&body).0, "not_found", "{host}");
+    }
+    let (status, _) = ask("/metrics", &[("sec-fetch-site", "same-origin".into())]);
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     // Node A: the seed. Its address is fixed after the first start, so it can come back on it.

@@ -9,6 +9,7 @@
 //! cache_quota = 1073741824      # bytes of fetched archives kept
 //! log_level = "info"
 //! http = "127.0.0.1:4180"       # the HTTP gateway (off when absent)
+//! http_hosts = ["agora.lan"]    # host names it answers for besides localhost and IP addresses
 //! otlp_endpoint = "http://127.0.0.1:4318"  # OpenTelemetry export (off when absent)
 //!
 //! [trust]
@@ -68,6 +69,7 @@ struct FileConfig {
     cache_quota: Option<u64>,
     log_level: Option<String>,
     http: Option<Spanned<String>>,
+    http_hosts: Option<Vec<Spanned<String>>>,
     otlp_endpoint: Option<Spanned<String>>,
     trust: Option<TrustSection>,
 }
@@ -102,6 +104,10 @@ pub struct Config {
     pub log_level: String,
     /// Where the HTTP gateway listens; `None` keeps it off.
     pub http: Option<SocketAddr>,
+    /// Host names the gateway answers for besides `localhost` and IP addresses (lowercase).
+    /// Any other `Host` is refused, so that a web page cannot reach the gateway through a
+    /// name it controls (DNS rebinding).
+    pub http_hosts: Vec<String>,
     /// OTLP/HTTP collector base URL (`/v1/traces` and `/v1/metrics` are appended); `None`
     /// exports nothing.
     pub otlp_endpoint: Option<String>,
@@ -130,6 +136,7 @@ impl Config {
             cache_quota: DEFAULT_CACHE_QUOTA,
             log_level: "info".into(),
             http: None,
+            http_hosts: Vec::new(),
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
         };
@@ -182,6 +189,7 @@ impl Config {
             cache_quota: DEFAULT_CACHE_QUOTA,
             log_level: "warn".into(),
             http: None,
+            http_hosts: Vec::new(),
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
         })
@@ -230,6 +238,12 @@ impl Config {
                     format!("invalid socket address (IP:PORT): {e}"),
                 )
             })?);
+        }
+        if let Some(hosts) = file.http_hosts {
+            self.http_hosts = hosts
+                .into_iter()
+                .map(|h| check_host_name(h.get_ref()).map_err(|m| at(Some(h.span()), m)))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(e) = file.otlp_endpoint {
             self.otlp_endpoint =
@@ -300,6 +314,19 @@ impl Config {
                 message: format!("expected IP:PORT: {e}"),
             })?);
         }
+        if let Some(v) = vars("AGORA_HTTP_HOSTS") {
+            self.http_hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|h| {
+                    check_host_name(h).map_err(|message| ConfigError::Env {
+                        var: "AGORA_HTTP_HOSTS".into(),
+                        message,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(v) = vars("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
             self.otlp_endpoint = Some(check_endpoint(&v).map_err(|message| ConfigError::Env {
                 var: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
@@ -307,6 +334,26 @@ impl Config {
             })?);
         }
         Ok(())
+    }
+}
+
+/// Longest DNS name (RFC 1035).
+const MAX_HOST_NAME_LEN: usize = 253;
+
+/// A host name for `http_hosts`, lowercased: letters, digits, dots and hyphens, no port.
+fn check_host_name(name: &str) -> Result<String, String> {
+    let lower = name.to_ascii_lowercase();
+    let valid = !lower.is_empty()
+        && lower.len() <= MAX_HOST_NAME_LEN
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if valid {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{name:?} is not a host name (letters, digits, '.' and '-', at most {MAX_HOST_NAME_LEN} bytes, no port)"
+        ))
     }
 }
 
@@ -477,6 +524,21 @@ mod tests {
             err.to_string(),
             format!(
                 "{}:1:8: invalid socket address (IP:PORT): invalid socket address syntax",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "http_hosts = [\"Agora.LAN\", \"node-1.example\"]\n").unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.http_hosts, ["agora.lan", "node-1.example"]);
+        let vars = |k: &str| (k == "AGORA_HTTP_HOSTS").then(|| "a.example, b.example".to_string());
+        let c = Config::load(&home(dir.path()), vars, Flags::default()).unwrap();
+        assert_eq!(c.http_hosts, ["a.example", "b.example"]);
+        std::fs::write(&path, "http_hosts = [\"agora.lan:4180\"]\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:1:15: \"agora.lan:4180\" is not a host name (letters, digits, '.' and '-', at most 253 bytes, no port)",
                 path.display()
             )
         );

@@ -14,8 +14,13 @@
 //!
 //! Requests go through the same handler as IPC requests, so the gateway answers exactly what
 //! the CLI is told. Only reads are exposed; errors are JSON `{"error": KIND, "message": ...}`.
+//!
+//! A web page the user visits can make the browser send requests to loopback, and through a
+//! name it controls that it points at 127.0.0.1 (DNS rebinding) it can read the answers too. So
+//! every request passes [`HostPolicy`] first: the `Host` must be one the gateway answers for,
+//! and a request a browser sends for another site is refused before it does anything.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,8 +29,10 @@ use agora_protocol::ipc::{IpcError, Request, Response as IpcResponse};
 use agora_protocol::search::{SearchQuery, SortOrder};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::http::uri::Authority;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -46,6 +53,102 @@ pub struct Gateway {
     pub socket_up: AtomicBool,
     /// Bootstrap peers are configured, so readiness waits for the routing table.
     pub needs_bootstrap: bool,
+    pub hosts: HostPolicy,
+}
+
+/// Which requests the gateway answers: those whose `Host` is `localhost`, an IP address (no
+/// page can point an IP address elsewhere) or a configured name (`http_hosts`), and that a
+/// browser did not send on behalf of another site: an `Origin` must be the gateway's own, and
+/// `Sec-Fetch-Site` (which browsers send even where they send no `Origin`, as for an `<img>`)
+/// must be `same-origin` or `none` (typed by the user).
+#[derive(Clone, Debug, Default)]
+pub struct HostPolicy {
+    /// Lowercase host names, without ports.
+    names: Vec<String>,
+}
+
+/// Why a request was refused before it reached a route.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostRefusal {
+    #[error("the request has no Host header")]
+    NoHost,
+    #[error(
+        "this gateway does not answer for host {0:?}: it answers for localhost, IP addresses and the names in http_hosts (config.toml)"
+    )]
+    Host(String),
+    #[error(
+        "requests from the web page at {0:?} are refused: only the gateway's own pages may call it"
+    )]
+    Origin(String),
+    #[error(
+        "a request the browser marks Sec-Fetch-Site: {0} is refused: only the gateway's own pages may call it"
+    )]
+    Site(String),
+}
+
+impl HostPolicy {
+    /// Answers for `localhost`, IP addresses and `names` (lowercase host names).
+    pub fn new(names: Vec<String>) -> Self {
+        Self { names }
+    }
+
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), HostRefusal> {
+        let host = headers
+            .get(header::HOST)
+            .ok_or(HostRefusal::NoHost)?
+            .to_str()
+            .map_err(|_| HostRefusal::Host("(not text)".into()))?;
+        let authority: Authority = host
+            .parse()
+            .map_err(|_| HostRefusal::Host(host.to_owned()))?;
+        if !self.answers_for(authority.host()) {
+            return Err(HostRefusal::Host(host.to_owned()));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("(not text)");
+            let own = origin
+                .strip_prefix("http://")
+                .is_some_and(|o| o.eq_ignore_ascii_case(host));
+            if !own {
+                return Err(HostRefusal::Origin(origin.to_owned()));
+            }
+        }
+        if let Some(site) = headers.get("sec-fetch-site") {
+            let site = site.to_str().unwrap_or("(not text)");
+            if !matches!(site, "same-origin" | "none") {
+                return Err(HostRefusal::Site(site.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    fn answers_for(&self, host: &str) -> bool {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        bare.parse::<IpAddr>().is_ok()
+            || host.eq_ignore_ascii_case("localhost")
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(host))
+    }
+}
+
+/// Refuses what [`HostPolicy`] refuses, before the route runs.
+async fn guard(State(g): State<Arc<Gateway>>, request: HttpRequest, next: Next) -> Response {
+    match g.hosts.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let (status, kind) = match refusal {
+                HostRefusal::NoHost => (StatusCode::BAD_REQUEST, "bad_request"),
+                HostRefusal::Host(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
+                HostRefusal::Origin(_) | HostRefusal::Site(_) => {
+                    (StatusCode::FORBIDDEN, "forbidden")
+                }
+            };
+            let body = serde_json::json!({ "error": kind, "message": refusal.to_string() });
+            (status, axum::Json(body)).into_response()
+        }
+    }
 }
 
 /// Binds `addr` (refusing nothing: the caller chose it; loopback is the default).
@@ -71,6 +174,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/packages/{name}/versions", get(versions))
         .route("/v1/packages/{name}/{version}", get(release))
         .route("/v1/packages/{name}/{version}/archive", get(archive))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
 }
 
@@ -266,4 +370,84 @@ fn error(e: IpcError) -> Response {
     };
     let body = serde_json::json!({ "error": kind, "message": e.to_string() });
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_its_own_hosts_and_pages_are_answered() {
+        let policy = HostPolicy::new(vec!["agora.lan".into()]);
+        for host in [
+            "localhost:4180",
+            "LOCALHOST",
+            "127.0.0.1:4180",
+            "[::1]:4180",
+            "192.0.2.7:80",
+            "agora.lan:4180",
+            "Agora.Lan",
+        ] {
+            assert_eq!(policy.check(&headers(&[("host", host)])), Ok(()), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:4180",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:4180",
+        ] {
+            assert_eq!(
+                policy.check(&headers(&[("host", host)])),
+                Err(HostRefusal::Host(host.into())),
+                "{host}"
+            );
+        }
+        assert_eq!(policy.check(&HeaderMap::new()), Err(HostRefusal::NoHost));
+
+        let own = [
+            ("host", "127.0.0.1:4180"),
+            ("origin", "http://127.0.0.1:4180"),
+        ];
+        assert_eq!(policy.check(&headers(&own)), Ok(()));
+        for origin in [
+            "http://evil.example",
+            "http://127.0.0.1:4181",
+            "https://127.0.0.1:4180",
+            "null",
+        ] {
+            assert_eq!(
+                policy.check(&headers(&[("host", "127.0.0.1:4180"), ("origin", origin)])),
+                Err(HostRefusal::Origin(origin.into())),
+                "{origin}"
+            );
+        }
+        for (site, ok) in [
+            ("same-origin", true),
+            ("none", true),
+            ("same-site", false),
+            ("cross-site", false),
+        ] {
+            let got = policy.check(&headers(&[
+                ("host", "localhost:4180"),
+                ("sec-fetch-site", site),
+            ]));
+            let want = if ok {
+                Ok(())
+            } else {
+                Err(HostRefusal::Site(site.into()))
+            };
+            assert_eq!(got, want, "{site}");
+        }
+    }
 }

@@ -344,7 +344,7 @@ pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 19] {
         ),
         (
             "gossip_ignored",
-            "Gossip messages ignored (duplicates, load)",
+            "Gossip messages ignored (duplicates, valid records this node's rules refuse)",
             v(&s.gossip_ignored),
         ),
         (

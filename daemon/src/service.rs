@@ -119,6 +119,7 @@ impl Service {
             ctx: ctx.clone(),
             socket_up: false.into(),
             needs_bootstrap: !config.bootstrap.is_empty(),
+            hosts: gateway::HostPolicy::new(config.http_hosts.clone()),
         });
         let http = http_listener.map(|l| {
             if let Some(a) = ctx.http {
