@@ -101,6 +101,7 @@ async fn run(nodes: usize) {
     for i in 0..ROUND_TRIPS {
         let request = FetchRequest {
             content: ContentId::from_bytes([i as u8; 32]),
+            chunk_size: agora_protocol::limits::MIN_CHUNK_SIZE,
             index: 0,
         };
         let t = Instant::now();

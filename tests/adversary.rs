@@ -258,3 +258,74 @@ async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does
     strict.shutdown().await;
     open.shutdown().await;
 }
+
+/// Finding 2: archive info was kept per content id, and the last release admitted that named
+/// an archive decided how its chunks were cut when served. A throwaway key that releases
+/// `junk@1.0.0` over a popular archive's bytes cut another way (its chunk hashes right for
+/// that cut) made every holder serve the popular package's chunks wrong, and the fetchers
+/// banned honest providers. A chunk is now asked for with the cut the asker verifies against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_release_cutting_a_popular_archive_another_way_poisons_nothing() {
+    init_tracing();
+    let nodes = testnet(3).await;
+    let (owner, throwaway) = (publisher(70), publisher(71));
+    let data = noise(200_000, 70);
+    let popular = release("popular", Version::new(1, 0, 0), &data, 64 * 1024, &owner);
+    let junk = release("junk", Version::new(1, 0, 0), &data, 16 * 1024, &throwaway);
+    assert_eq!(popular.body.archive.id, junk.body.archive.id);
+    assert_eq!(
+        (
+            popular.body.archive.chunks.len(),
+            junk.body.archive.chunks.len()
+        ),
+        (4, 13)
+    );
+    let holder = &nodes[0].0;
+    holder
+        .registry
+        .add_blob_with(popular.body.archive.clone(), data.clone())
+        .await
+        .unwrap();
+    holder.registry.announce(popular.clone()).await.unwrap();
+    nodes[2].0.registry.announce(junk.clone()).await.unwrap();
+    let ids = [popular.id(), junk.id()];
+    converge_nodes(
+        "both releases everywhere",
+        DEADLINE,
+        &nodes,
+        |_, n| async move {
+            match ids.iter().filter(|id| n.registry.has_record(id)).count() {
+                2 => Ok(()),
+                k => Err(format!("{k} of 2")),
+            }
+        },
+    )
+    .await;
+
+    let holder_peer = holder.network.peer_id();
+    let fetched = nodes[1]
+        .0
+        .registry
+        .fetch(&popular.body.name, &popular.body.version)
+        .await
+        .expect("the popular package fetches");
+    assert_eq!(fetched.served_by, [(holder_peer, 4)]);
+    // The junk release's cut is valid too, and is served as such.
+    let fetched = nodes[2]
+        .0
+        .registry
+        .fetch(&junk.body.name, &junk.body.version)
+        .await
+        .expect("the junk release fetches with its own cut");
+    assert_eq!(fetched.served_by.iter().map(|(_, n)| n).sum::<u32>(), 13);
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        assert_eq!(
+            n.registry.stats.peers_banned.load(Ordering::Relaxed),
+            0,
+            "node {i} banned an honest provider"
+        );
+    }
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}

@@ -278,6 +278,7 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
     // A chunk past the end and an unknown blob are refused precisely.
     let past = FetchRequest {
         content: info.id,
+        chunk_size: info.chunk_size,
         index: 20,
     };
     assert_eq!(
@@ -290,6 +291,7 @@ async fn a_provided_five_mib_blob_is_found_and_fetched_in_verified_chunks() {
     );
     let unknown = FetchRequest {
         content: agora_protocol::ContentId::of(b"nothing"),
+        chunk_size: info.chunk_size,
         index: 0,
     };
     assert_eq!(
@@ -468,6 +470,7 @@ async fn two_hundred_tasks_share_one_handle_and_every_reply_arrives() {
                     let index = i % 4;
                     let req = FetchRequest {
                         content: record.body.archive.id,
+                        chunk_size: record.body.archive.chunk_size,
                         index,
                     };
                     let FetchResponse::Chunk(chunk) = handle.send_fetch(b_id, req).await.unwrap()

@@ -132,25 +132,45 @@ impl_wire!(SyncResponse, MAX_SYNC_RESPONSE_BYTES, |r| match r {
     _ => Ok(()),
 });
 
-/// Ask for chunk `index` of the blob `content`.
+/// Ask for chunk `index` of the blob `content` cut into `chunk_size` pieces: the bytes
+/// `index * chunk_size ..` up to `chunk_size` of them. The asker names the cut it checks the
+/// chunk against (its release's), because one archive may be named by several releases that
+/// cut it differently, and all of them are right about its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchRequest {
     pub content: ContentId,
+    pub chunk_size: u32,
     pub index: u32,
 }
 
-impl_wire!(
-    FetchRequest,
-    MAX_FETCH_REQUEST_BYTES,
-    |r| if (r.index as usize) < MAX_CHUNKS {
-        Ok(())
-    } else {
+impl FetchRequest {
+    /// Byte offset and length of the chunk asked for in a blob of `size` bytes, if it has it.
+    pub fn range(&self, size: u64) -> Option<(u64, usize)> {
+        let start = u64::from(self.index) * u64::from(self.chunk_size);
+        (start < size).then(|| {
+            (
+                start,
+                (size - start).min(u64::from(self.chunk_size)) as usize,
+            )
+        })
+    }
+}
+
+impl_wire!(FetchRequest, MAX_FETCH_REQUEST_BYTES, |r| {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&r.chunk_size) {
+        Err(format!(
+            "chunk size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+            r.chunk_size
+        ))
+    } else if (r.index as usize) >= MAX_CHUNKS {
         Err(format!(
             "chunk index {} is past the {MAX_CHUNKS}-chunk limit",
             r.index
         ))
+    } else {
+        Ok(())
     }
-);
+});
 
 /// The answer to a [`FetchRequest`]. A chunk's data is [`Bytes`]: sent without being copied
 /// into an encoding, and received as a slice of the buffer it was read into

@@ -193,6 +193,7 @@ proptest! {
         counts in proptest::collection::vec((any::<u32>(), any::<[u8; 32]>()), SYNC_BUCKETS..=SYNC_BUCKETS),
         chunk in proptest::collection::vec(any::<u8>(), 1..4096),
         index in 0u32..MAX_CHUNKS as u32,
+        chunk_size in MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE,
     ) {
         let ids: Vec<RecordId> = ids.into_iter().map(ContentId::from_bytes).collect();
         round_trip(&SyncRequest::Summary);
@@ -203,7 +204,7 @@ proptest! {
             buckets: counts.into_iter().map(|(count, digest)| BucketDigest { count, digest }).collect(),
         });
         round_trip(&SyncResponse::Refused(Refusal::Busy));
-        round_trip(&FetchRequest { content: ContentId::of(&chunk), index });
+        round_trip(&FetchRequest { content: ContentId::of(&chunk), chunk_size, index });
         round_trip(&FetchResponse::Chunk(chunk.into()));
         round_trip(&FetchResponse::Refused(Refusal::OutOfRange));
     }
@@ -509,17 +510,20 @@ fn documented_layouts_hold() {
     let c = ContentId::of(b"chunk");
     let mut expected = vec![WIRE_VERSION];
     expected.extend_from_slice(c.as_bytes());
+    // 16,384 as a varint: the u16 marker 251, then little-endian.
+    expected.extend_from_slice(&[251, 0x00, 0x40]);
     expected.push(3);
     assert_eq!(
         FetchRequest {
             content: c,
+            chunk_size: 16 * 1024,
             index: 3
         }
         .to_wire(),
         expected
     );
     let framed = ipc::frame(&expected).unwrap();
-    assert_eq!(&framed[..4], &[0, 0, 0, 0x22]);
+    assert_eq!(&framed[..4], &[0, 0, 0, 0x25]);
 
     // Signature: length 64 as one varint byte, then the bytes; keys and ids: 32 raw bytes.
     let sig = secret(1).sign(b"d", b"m");
@@ -656,4 +660,46 @@ fn the_largest_record_decodes_wherever_a_record_arrives_or_is_kept() {
         records: vec![record.clone(); MAX_SYNC_RESPONSE_BYTES / value.len()],
     };
     assert_eq!(SyncResponse::from_wire(&response.to_wire()), Ok(response));
+}
+
+/// A fetch request names the cut it checks the chunk against; the server cuts the blob so.
+#[test]
+fn a_fetch_request_names_its_cut_within_the_limits() {
+    let c = ContentId::of(b"blob");
+    let ask = |chunk_size, index| FetchRequest {
+        content: c,
+        chunk_size,
+        index,
+    };
+    assert_eq!(ask(16_384, 0).range(40_000), Some((0, 16_384)));
+    assert_eq!(ask(16_384, 2).range(40_000), Some((32_768, 7_232)));
+    assert_eq!(ask(16_384, 3).range(40_000), None);
+    assert_eq!(ask(65_536, 0).range(40_000), Some((0, 40_000)));
+    for (size, why) in [
+        (
+            MIN_CHUNK_SIZE - 1,
+            format!(
+                "chunk size {} is outside 16384..=1048576",
+                MIN_CHUNK_SIZE - 1
+            ),
+        ),
+        (
+            MAX_CHUNK_SIZE + 1,
+            format!(
+                "chunk size {} is outside 16384..=1048576",
+                MAX_CHUNK_SIZE + 1
+            ),
+        ),
+    ] {
+        assert_eq!(
+            FetchRequest::from_wire(&ask(size, 0).to_wire()),
+            Err(DecodeError::Invalid(why))
+        );
+    }
+    assert_eq!(
+        FetchRequest::from_wire(&ask(MIN_CHUNK_SIZE, MAX_CHUNKS as u32).to_wire()),
+        Err(DecodeError::Invalid(
+            "chunk index 512 is past the 512-chunk limit".into()
+        ))
+    );
 }

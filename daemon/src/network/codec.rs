@@ -131,6 +131,7 @@ mod tests {
         futures::executor::block_on(async {
             let req = FetchRequest {
                 content: agora_protocol::ContentId::of(b"x"),
+                chunk_size: agora_protocol::limits::MIN_CHUNK_SIZE,
                 index: 3,
             };
             let mut buf = Cursor::new(Vec::new());

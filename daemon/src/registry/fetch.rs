@@ -449,6 +449,7 @@ async fn request_chunk<S: ChunkSink>(
     let started = Instant::now();
     let request = FetchRequest {
         content: info.id,
+        chunk_size: info.chunk_size,
         index,
     };
     let result = net.send_fetch(peer, request).await;

@@ -207,13 +207,12 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
             let reg = registry.clone();
             tokio::spawn(async move {
                 let r = reg.clone();
-                let response =
-                    tokio::task::spawn_blocking(move || r.chunk(&request.content, request.index))
-                        .await
-                        .map_or(FetchResponse::Refused(Refusal::Busy), |res| match res {
-                            Ok(data) => FetchResponse::Chunk(data.into()),
-                            Err(why) => FetchResponse::Refused(why),
-                        });
+                let response = tokio::task::spawn_blocking(move || r.chunk(&request))
+                    .await
+                    .map_or(FetchResponse::Refused(Refusal::Busy), |res| match res {
+                        Ok(data) => FetchResponse::Chunk(data.into()),
+                        Err(why) => FetchResponse::Refused(why),
+                    });
                 let _ = reg.network().respond_fetch(id, response).await;
             });
             Ok(())

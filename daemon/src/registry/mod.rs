@@ -25,7 +25,7 @@ use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
 use agora_protocol::ipc::IndexState;
 use agora_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_HEAD_VERSIONS, SYNC_BUCKETS};
-use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal};
+use agora_protocol::messages::{BucketDigest, FetchRequest, GossipMessage, Refusal};
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody,
     ReleaseRecord, RotationBody, Signed, YankBody,
@@ -225,8 +225,6 @@ struct Catalog {
     trust: Trust,
     /// Every record id, sorted: sync buckets are contiguous ranges.
     ids: BTreeSet<RecordId>,
-    /// How each archive in the catalog is cut (to serve its chunks).
-    archives: HashMap<ContentId, ArchiveInfo>,
     /// Cached sync summary; `None` after any change.
     summary: Option<Vec<BucketDigest>>,
 }
@@ -443,7 +441,6 @@ impl Registry {
         let mut catalog = Catalog {
             trust: Trust::with_capacity(config.trust.clone(), stored, names),
             ids: BTreeSet::new(),
-            archives: HashMap::with_capacity(stored),
             summary: None,
         };
         // What this node put on the DHT itself (its heads and the releases it published),
@@ -461,19 +458,14 @@ impl Registry {
                 return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")));
             }
             catalog.ids.insert(id);
-            if let CatalogRecord::Release(r) = record {
-                if published.contains(&r.body.archive.id) {
-                    catalog
-                        .archives
-                        .insert(r.body.archive.id, r.body.archive.clone());
-                    let value = DhtValue::Release(r);
-                    restore.push(libp2p::kad::Record::new(
-                        value.key().to_bytes(),
-                        value.encode(),
-                    ));
-                } else {
-                    catalog.archives.insert(r.body.archive.id, r.body.archive);
-                }
+            if let CatalogRecord::Release(r) = record
+                && published.contains(&r.body.archive.id)
+            {
+                let value = DhtValue::Release(r);
+                restore.push(libp2p::kad::Record::new(
+                    value.key().to_bytes(),
+                    value.encode(),
+                ));
             }
             Ok(())
         })?;
@@ -786,10 +778,6 @@ impl Registry {
                                 .to_vec(),
                         ));
                     }
-                    if let CatalogRecord::Release(r) = record {
-                        cat.archives
-                            .insert(r.body.archive.id, r.body.archive.clone());
-                    }
                     cat.ids.insert(id);
                     write.records.push((id, record.clone()));
                     touched.insert(name);
@@ -920,16 +908,12 @@ impl Registry {
         Ok(self.db.records(ids)?)
     }
 
-    /// Chunk `index` of a blob we serve, or why not. Blocking (reads the blob file).
-    pub(crate) fn chunk(&self, id: &ContentId, index: u32) -> Result<Vec<u8>, Refusal> {
-        let (start, len) = {
-            let cat = self.catalog_lock();
-            let info = cat.archives.get(id).ok_or(Refusal::NotFound)?;
-            info.chunk_range(index).ok_or(Refusal::OutOfRange)?
-        };
-        if !self.blobs.has(id) {
-            return Err(Refusal::NotFound);
-        }
+    /// The chunk a peer asks for, cut as it asks (the blob's bytes are checked against its
+    /// id, so every cut of them is right), or why not. Blocking (reads the blob file).
+    pub(crate) fn chunk(&self, request: &FetchRequest) -> Result<Vec<u8>, Refusal> {
+        let id = &request.content;
+        let size = self.blobs.meta(id).ok_or(Refusal::NotFound)?.size;
+        let (start, len) = request.range(size).ok_or(Refusal::OutOfRange)?;
         let data = self
             .blobs
             .read_range(id, start, len)
@@ -941,7 +925,7 @@ impl Registry {
         Ok(data)
     }
 
-    /// Stores `data` as a published blob cut as `info` says, and provides it on the DHT.
+    /// Stores `data` as the published blob `info` describes, and provides it on the DHT.
     pub async fn add_blob_with(
         self: &Arc<Self>,
         info: ArchiveInfo,
@@ -951,7 +935,6 @@ impl Registry {
         let reg = self.clone();
         blocking(move || {
             reg.blobs.insert(&data, Some(id), BlobKind::Published)?;
-            reg.catalog_lock().archives.insert(id, info);
             Ok(())
         })
         .await?;
@@ -1541,13 +1524,8 @@ impl Registry {
             .fetch_add(report.bytes_fetched, Ordering::Relaxed);
         let reg = self.clone();
         let id = info.id;
-        let info2 = info.clone();
-        let evicted = blocking(move || {
-            let evicted = reg.blobs.adopt_partial(id, BlobKind::Fetched, hashed)?;
-            reg.catalog_lock().archives.insert(id, info2);
-            Ok(evicted)
-        })
-        .await?;
+        let evicted =
+            blocking(move || Ok(reg.blobs.adopt_partial(id, BlobKind::Fetched, hashed)?)).await?;
         self.stop_providing(&evicted).await?;
         // The archive is ours now; telling the DHT is a courtesy to others that may wait on
         // unreachable peers, so the caller does not wait for it.
