@@ -243,3 +243,162 @@ fn a_new_release_record_paired_with_an_old_archive_is_refused_at_install_and_cha
     drop(daemon);
     rt.block_on(node.shutdown());
 }
+
+/// Every file and directory under `dir`, with the contents of the files: what a test compares
+/// to show nothing there was touched.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+                out.push((path, None));
+            } else {
+                out.push((path.clone(), Some(std::fs::read(&path).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Finding 8 of the audit: a project checkout is untrusted. Links planted in it, to a file or
+/// to a directory outside the project, made install write there (through `.agora`,
+/// `.agora/packages` or `.agora.lock.tmp`) and remove delete there; a lockfile name like
+/// `../../x` did too. Each is refused, and nothing outside the project changes.
+#[test]
+fn links_planted_in_a_project_are_refused_and_nothing_outside_is_touched() {
+    use std::os::unix::fs::symlink;
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    package(src.path(), "linked", "1.0.0", "", "body");
+    node.json(&["publish", src.path().to_str().unwrap()]);
+
+    let refused = |args: &[&str], code: i32, what: &str| {
+        let out = node.agora(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
+        stderr
+    };
+    // Planted before any install: a link to a directory, and links to files.
+    for (link, to_dir) in [
+        (".agora", true),
+        (".agora/packages", true),
+        (".agora.lock.tmp", false),
+        ("agora.lock", false),
+    ] {
+        let project = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = if to_dir {
+            outside.path().to_owned()
+        } else {
+            let f = outside.path().join("precious");
+            std::fs::write(&f, "precious").unwrap();
+            f
+        };
+        let at = project.path().join(link);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        symlink(&target, &at).unwrap();
+        let before = snapshot(outside.path());
+        let dir = project.path().to_str().unwrap();
+        let out = node.agora(&["install", "linked", "--dir", dir]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if link == ".agora.lock.tmp" {
+            // The temporary file is made anew beside the link, never through it.
+            assert!(out.status.success(), "{link}: {stderr}");
+            assert!(
+                project
+                    .path()
+                    .join(".agora/packages/linked/package.toml")
+                    .is_file()
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{link}: {stderr}");
+            assert_eq!(
+                stderr.lines().next().unwrap(),
+                format!(
+                    "error: {} is a symbolic link (to {}); agora does not write or delete \
+                     through links in a project",
+                    at.display(),
+                    target.display()
+                ),
+                "{link}"
+            );
+        }
+        assert_eq!(snapshot(outside.path()), before, "{link}: outside changed");
+    }
+
+    // Planted after an install: the installed packages moved outside and linked back.
+    let project = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = project.path().to_str().unwrap();
+    node.json(&["install", "linked", "--dir", dir]);
+    let packages = project.path().join(".agora/packages");
+    std::fs::rename(&packages, outside.path().join("packages")).unwrap();
+    symlink(outside.path().join("packages"), &packages).unwrap();
+    let before = snapshot(outside.path());
+    for (args, code) in [
+        (vec!["remove", "linked", "--dir", dir], 1),
+        (vec!["update", "linked", "--dir", dir], 1),
+    ] {
+        let stderr = refused(&args, code, &args[0]);
+        assert!(
+            stderr.contains("is a symbolic link"),
+            "{}: {stderr}",
+            args[0]
+        );
+        assert_eq!(
+            snapshot(outside.path()),
+            before,
+            "{}: outside changed",
+            args[0]
+        );
+    }
+    let stderr = refused(&["verify", "--dir", dir], 6, "verify");
+    assert!(
+        stderr.starts_with(&format!(
+            "linked: {} is a symbolic link (to {})",
+            packages.display(),
+            outside.path().join("packages").display()
+        )),
+        "{stderr}"
+    );
+
+    // A lockfile entry whose name climbs out of the project.
+    let project = tempfile::tempdir().unwrap();
+    let victim = project.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("keep"), "keep").unwrap();
+    let inner = project.path().join("inner");
+    std::fs::create_dir_all(inner.join(".agora/packages")).unwrap();
+    std::fs::write(
+        inner.join("agora.lock"),
+        format!(
+            "version = 1\n[[package]]\nname = \"../../../victim\"\nversion = \"1.0.0\"\n\
+             sha256 = \"{}\"\npublisher = \"{}\"\n",
+            "00".repeat(32),
+            "11".repeat(32)
+        ),
+    )
+    .unwrap();
+    let inner_dir = inner.to_str().unwrap();
+    let stderr = refused(
+        &["remove", "../../../victim", "--dir", inner_dir],
+        2,
+        "remove",
+    );
+    assert!(stderr.contains("is not a package name"), "{stderr}");
+    let stderr = refused(&["verify", "--dir", inner_dir], 1, "verify");
+    assert!(
+        stderr.contains("package 1 (\"../../../victim\"): name: package name must start"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("keep")).unwrap(),
+        "keep"
+    );
+}

@@ -3,7 +3,9 @@
 //! fetch and verify every archive, unpacks each into a temporary directory (refusing anything
 //! unsafe) and checks the unpacked `package.toml` is the release it claims to be; only when
 //! every package is staged (the daemon is not needed after that) does it swap each into place
-//! with a rename and write the lockfile atomically.
+//! with a rename and write the lockfile atomically. Every path it writes or deletes comes from
+//! [`Project`], which refuses links planted in the project; names come from the lockfile
+//! (validated as it is read) or the daemon, and are parsed as package names before use.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,22 +13,35 @@ use std::path::{Path, PathBuf};
 use agora_client::Client;
 use agora_client::ipc::ReleaseInfo;
 use agora_client::lockfile::{LOCKFILE, LockedPackage, Lockfile};
+use agora_client::project::{Project, UnsafePath};
 use agora_client::unpack::{self, FileHashes};
-use agora_protocol::{ContentId, Manifest};
+use agora_protocol::{ContentId, Manifest, PackageName};
 use serde_json::json;
 
 use crate::{Failure, explain, on_progress, print_json};
 
-fn packages_dir(project: &Path) -> PathBuf {
-    project.join(".agora").join("packages")
+/// A path the project's links make unsafe: nothing was written or deleted through it.
+fn unsafe_path(e: UnsafePath) -> Failure {
+    Failure::new(
+        1,
+        e.to_string(),
+        "remove the link (nothing was changed), or use another project directory",
+    )
 }
 
-fn lock_path(project: &Path) -> PathBuf {
-    project.join(LOCKFILE)
+/// A package name from the daemon or the command line.
+fn package_name(name: &str) -> Result<PackageName, Failure> {
+    PackageName::new(name).map_err(|e| {
+        Failure::new(
+            2,
+            format!("{name:?} is not a package name: {e}"),
+            "see 'agora search' for the names in the catalog",
+        )
+    })
 }
 
-fn read_lock(project: &Path) -> Result<Option<Lockfile>, Failure> {
-    Lockfile::read(&lock_path(project)).map_err(|e| {
+fn read_lock(project: &Project) -> Result<Option<Lockfile>, Failure> {
+    Lockfile::read(&project.lockfile().map_err(unsafe_path)?).map_err(|e| {
         Failure::new(
             1,
             e.to_string(),
@@ -35,14 +50,15 @@ fn read_lock(project: &Path) -> Result<Option<Lockfile>, Failure> {
     })
 }
 
-fn write_lock(project: &Path, lock: &Lockfile) -> Result<(), Failure> {
-    lock.write(&lock_path(project)).map_err(|e| {
-        Failure::new(
-            1,
-            e.to_string(),
-            "check the project directory's permissions",
-        )
-    })
+fn write_lock(project: &Project, lock: &Lockfile) -> Result<(), Failure> {
+    lock.write(&project.lockfile().map_err(unsafe_path)?)
+        .map_err(|e| {
+            Failure::new(
+                1,
+                e.to_string(),
+                "check the project directory's permissions",
+            )
+        })
 }
 
 /// A release fetched, verified and unpacked beside its place, not yet swapped in.
@@ -55,10 +71,13 @@ struct Staged<'a> {
 /// Fetches, verifies and unpacks one release into `.agora/packages/.new-NAME`.
 fn stage<'a>(
     client: &mut Client,
-    project: &Path,
+    project: &Project,
     r: &'a ReleaseInfo,
     json: bool,
 ) -> Result<Staged<'a>, Failure> {
+    let staging = project
+        .staging(&package_name(&r.name)?)
+        .map_err(unsafe_path)?;
     let fetched = client
         .fetch(&r.name, &r.version, on_progress(json))
         .map_err(crate::explain)?;
@@ -82,7 +101,6 @@ fn stage<'a>(
             "the daemon's store may be damaged; see 'agora node logs'",
         ));
     }
-    let staging = packages_dir(project).join(format!(".new-{}", r.name));
     let _ = std::fs::remove_dir_all(&staging);
     let files = unpack::unpack(data.as_slice(), &staging).map_err(|e| {
         Failure::new(
@@ -103,11 +121,11 @@ fn stage<'a>(
 }
 
 /// Swaps a staged release into place; returns its lock entry.
-fn swap_in(project: &Path, staged: Staged<'_>) -> Result<LockedPackage, Failure> {
+fn swap_in(project: &Project, staged: Staged<'_>) -> Result<LockedPackage, Failure> {
     let r = staged.release;
-    let dir = packages_dir(project);
-    let target = dir.join(&r.name);
-    let old = dir.join(format!(".old-{}", r.name));
+    let name = package_name(&r.name)?;
+    let target = project.package(&name).map_err(unsafe_path)?;
+    let old = project.old(&name).map_err(unsafe_path)?;
     let _ = std::fs::remove_dir_all(&old);
     let swap = || -> std::io::Result<()> {
         if target.exists() {
@@ -156,11 +174,11 @@ fn check_manifest(dir: &Path, r: &ReleaseInfo) -> Result<(), Failure> {
     Ok(())
 }
 
-fn report(installed: &[LockedPackage], project: &Path, json: bool) {
+fn report(installed: &[LockedPackage], project: &Project, json: bool) {
     if json {
         print_json(json!({
             "installed": installed.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256})).collect::<Vec<_>>(),
-            "lockfile": lock_path(project),
+            "lockfile": project.root().join(LOCKFILE),
         }));
     } else {
         for p in installed {
@@ -175,6 +193,9 @@ pub fn install(
     names: &[String],
     json: bool,
 ) -> Result<(), Failure> {
+    let project = &Project::new(project);
+    // Every path the install will write, checked before anything is asked of the daemon.
+    project.packages().map_err(unsafe_path)?;
     let mut lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
     let releases: Vec<ReleaseInfo> = if names.is_empty() {
         if lock.packages.is_empty() {
@@ -182,7 +203,7 @@ pub fn install(
                 2,
                 format!(
                     "nothing to install: {} lists no packages",
-                    lock_path(project).display()
+                    project.root().join(LOCKFILE).display()
                 ),
                 "name packages: agora install NAME[@REQ]",
             ));
@@ -212,7 +233,7 @@ pub fn install(
     };
     // Everything that needs the daemon first: if it stops (or an archive is refused) part
     // way, the staged directories go and the project is as it was.
-    let fresh = !project.join(".agora").exists();
+    let fresh = !project.root().join(".agora").exists();
     let mut staged = Vec::with_capacity(releases.len());
     for r in &releases {
         match stage(client, project, r, json) {
@@ -223,8 +244,8 @@ pub fn install(
                 }
                 if fresh {
                     // The directories staging made, if nothing else is in them.
-                    let _ = std::fs::remove_dir(packages_dir(project));
-                    let _ = std::fs::remove_dir(project.join(".agora"));
+                    let _ = std::fs::remove_dir(project.root().join(".agora/packages"));
+                    let _ = std::fs::remove_dir(project.root().join(".agora"));
                 }
                 return Err(f);
             }
@@ -259,7 +280,7 @@ pub fn update(
     name: Option<&str>,
     json: bool,
 ) -> Result<(), Failure> {
-    let lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    let lock = read_lock(&Project::new(project))?.unwrap_or_else(Lockfile::new);
     let roots: Vec<String> = match name {
         Some(n) => {
             if lock.get(n).is_none() {
@@ -284,6 +305,8 @@ pub fn update(
 }
 
 pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
+    let project = &Project::new(project);
+    let dir = project.package(&package_name(name)?).map_err(unsafe_path)?;
     let mut lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
     if !lock.remove(name) {
         return Err(Failure::new(
@@ -292,7 +315,6 @@ pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
             "see 'agora list'",
         ));
     }
-    let dir = packages_dir(project).join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| Failure::new(1, format!("{}: {e}", dir.display()), "check permissions"))?;
@@ -307,7 +329,7 @@ pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
 }
 
 pub fn list(project: &Path, json: bool) -> Result<(), Failure> {
-    let lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
+    let lock = read_lock(&Project::new(project))?.unwrap_or_else(Lockfile::new);
     if json {
         print_json(json!(lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256, "dependencies": p.dependencies})).collect::<Vec<_>>()));
     } else if lock.packages.is_empty() {
@@ -321,16 +343,24 @@ pub fn list(project: &Path, json: bool) -> Result<(), Failure> {
 }
 
 pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
+    let project = &Project::new(project);
     let Some(lock) = read_lock(project)? else {
         return Err(Failure::new(
             2,
-            format!("no {} in {}", LOCKFILE, project.display()),
+            format!("no {} in {}", LOCKFILE, project.root().display()),
             "install packages first",
         ));
     };
     let mut problems: Vec<String> = Vec::new();
     for p in &lock.packages {
-        let dir = packages_dir(project).join(&p.name);
+        // The lockfile was validated as it was read: its names are package names.
+        let dir = match project.package(&package_name(&p.name)?) {
+            Ok(dir) => dir,
+            Err(e) => {
+                problems.push(format!("{}: {e}", p.name));
+                continue;
+            }
+        };
         if !dir.is_dir() {
             problems.push(format!("{}: not installed", p.name));
             continue;

@@ -6,6 +6,7 @@
 //! CLI needs no async runtime.
 
 pub mod lockfile;
+pub mod project;
 pub mod unpack;
 
 use std::io::{ErrorKind, Read, Write};

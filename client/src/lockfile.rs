@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use agora_protocol::manifest::line_col;
+use agora_protocol::{Dependency, PackageName, Version};
 use serde::{Deserialize, Serialize};
 
 pub const LOCKFILE: &str = "agora.lock";
@@ -67,6 +68,14 @@ pub enum LockError {
     Version { path: PathBuf, found: u32 },
     #[error("{path} is {len} bytes; the limit is {MAX_LOCKFILE_BYTES}", path = .path.display())]
     TooLarge { path: PathBuf, len: u64 },
+    #[error("{path}: package {index} ({name:?}): {message}", path = .path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based position of the `[[package]]` entry.
+        index: usize,
+        name: String,
+        message: String,
+    },
 }
 
 impl Lockfile {
@@ -110,6 +119,19 @@ impl Lockfile {
                 found: lock.version,
             });
         }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in lock.packages.iter().enumerate() {
+            let invalid = |message: String| LockError::Invalid {
+                path: path.to_owned(),
+                index: i + 1,
+                name: p.name.clone(),
+                message,
+            };
+            p.check().map_err(invalid)?;
+            if !seen.insert(p.name.as_str()) {
+                return Err(invalid("the package is listed twice".into()));
+            }
+        }
         Ok(Some(lock))
     }
 
@@ -130,7 +152,18 @@ impl Lockfile {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".{LOCKFILE}.tmp"));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        // Whatever is at the temporary path goes first (a link itself, never what it points
+        // to), and the file is created new (O_CREAT | O_EXCL, which does not follow a link): a
+        // link planted there cannot make this write land outside the project.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+            _ => {}
+        }
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         f.write_all(text.as_bytes()).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, path).map_err(io(path))?;
@@ -151,6 +184,43 @@ impl Lockfile {
         let before = self.packages.len();
         self.packages.retain(|p| p.name != name);
         self.packages.len() != before
+    }
+}
+
+impl LockedPackage {
+    /// What the project relies on, as agora wrote it: the name is a package name (it becomes
+    /// a directory name), the version a version, the hashes and key 64 hex digits, the
+    /// dependencies `name@req`, and every file a relative path that stays inside its package.
+    pub fn check(&self) -> Result<(), String> {
+        PackageName::new(self.name.as_str()).map_err(|e| format!("name: {e}"))?;
+        Version::parse(&self.version).map_err(|e| format!("version {:?}: {e}", self.version))?;
+        let hex = |what: &str, v: &str| {
+            if v.len() == 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                Ok(())
+            } else {
+                Err(format!("{what} {v:?} is not 64 lowercase hex digits"))
+            }
+        };
+        hex("sha256", &self.sha256)?;
+        hex("publisher", &self.publisher)?;
+        for d in &self.dependencies {
+            d.parse::<Dependency>()
+                .map_err(|e| format!("dependency {d:?}: {e}"))?;
+        }
+        for (file, hash) in &self.files {
+            let inside = !file.is_empty()
+                && Path::new(file)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(format!("file {file:?} is not a path inside the package"));
+            }
+            hex(&format!("hash of {file}"), hash)?;
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +256,58 @@ mod tests {
             Lockfile::read(&path),
             Err(LockError::Version { found: 2, .. })
         ));
+        let entry = |name: &str, file: &str| {
+            format!(
+                "version = 1\n[[package]]\nname = {name:?}\nversion = \"1.0.0\"\nsha256 = \"{}\"\n\
+                 publisher = \"{}\"\nfiles = {{ {file:?} = \"{}\" }}\n",
+                "00".repeat(32),
+                "11".repeat(32),
+                "22".repeat(32)
+            )
+        };
+        for (name, file, why) in [
+            (
+                "../../home",
+                "a",
+                "name: package name must start with a lowercase letter or a digit, not '.'"
+                    .to_string(),
+            ),
+            (
+                "ok",
+                "../escape",
+                "file \"../escape\" is not a path inside the package".into(),
+            ),
+            (
+                "ok",
+                "/etc/passwd",
+                "file \"/etc/passwd\" is not a path inside the package".into(),
+            ),
+        ] {
+            fs::write(&path, entry(name, file)).unwrap();
+            assert_eq!(
+                Lockfile::read(&path).unwrap_err().to_string(),
+                format!("{}: package 1 ({name:?}): {why}", path.display())
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_planted_at_the_temporary_path_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(format!(".{LOCKFILE}.tmp"))).unwrap();
+        let path = dir.path().join(LOCKFILE);
+        Lockfile::new().write(&path).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(Lockfile::read(&path).unwrap(), Some(Lockfile::new()));
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     proptest::proptest! {
