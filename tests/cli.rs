@@ -345,7 +345,7 @@ fn links_planted_in_a_project_are_refused_and_nothing_outside_is_touched() {
         (vec!["remove", "linked", "--dir", dir], 1),
         (vec!["update", "linked", "--dir", dir], 1),
     ] {
-        let stderr = refused(&args, code, &args[0]);
+        let stderr = refused(&args, code, args[0]);
         assert!(
             stderr.contains("is a symbolic link"),
             "{}: {stderr}",
