@@ -329,3 +329,85 @@ async fn a_stranger_release_cutting_a_popular_archive_another_way_poisons_nothin
         n.shutdown().await;
     }
 }
+
+/// Finding 5: each request a peer sent was worked on, however many it had open, and answers it
+/// never read were held until they timed out. A peer sends 128 requests for 1 MiB chunks at
+/// once and never reads one: the node works on its budget of 16 (16 MiB held for it) and
+/// answers the rest `Busy` before reading anything, and an honest peer's fetch completes
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_128_large_requests_it_never_reads_gets_its_budget_and_no_more() {
+    use agora_protocol::limits::MAX_CHUNK_SIZE;
+    use agora_protocol::messages::FetchRequest;
+    init_tracing();
+    let mut config = node_config(&data_dir());
+    // Longer than the test: what the node holds is held until the peer reads or leaves.
+    config.network.request_timeout = Duration::from_secs(120);
+    let (server, server_addr) = start_with(config).await;
+    let (honest, _) = start_node().await;
+    join(&honest, &server_addr).await;
+
+    let big = noise(2 * MAX_CHUNK_SIZE as usize, 80);
+    let big_info = ArchiveInfo::describe(&big, MAX_CHUNK_SIZE);
+    server
+        .registry
+        .add_blob_with(big_info.clone(), big)
+        .await
+        .unwrap();
+    let key = publisher(80);
+    let data = noise(40_000, 81);
+    let wanted = release("wanted", Version::new(1, 0, 0), &data, 16 * 1024, &key);
+    server
+        .registry
+        .add_blob_with(wanted.body.archive.clone(), data)
+        .await
+        .unwrap();
+    server.registry.announce(wanted.clone()).await.unwrap();
+    let wanted_id = wanted.id();
+    converge("the honest node has the release", DEADLINE, || async {
+        if honest.registry.has_record(&wanted_id) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+
+    let requests = (0..128)
+        .map(|i| FetchRequest {
+            content: big_info.id,
+            chunk_size: MAX_CHUNK_SIZE,
+            index: i % 2,
+        })
+        .collect();
+    let (tally, stop, task) = common::hostile::never_reads(&server_addr, requests).await;
+    converge("every request but the held ones ends", DEADLINE, || async {
+        let t = *tally.lock().unwrap();
+        match t.refused_busy + t.refused_other + t.failed {
+            112 => Ok(()),
+            n => Err(format!("{n} ended: {t:?}")),
+        }
+    })
+    .await;
+    let t = *tally.lock().unwrap();
+    assert_eq!(t.refused_other, 0, "{t:?}");
+    assert!(t.refused_busy > 0, "{t:?}");
+    let stats = &server.registry.stats;
+    assert_eq!(stats.chunks_served.load(Ordering::Relaxed), 16);
+    assert_eq!(
+        server.network.info().await.unwrap().inbound_fetches_open,
+        16
+    );
+
+    let fetched = honest
+        .registry
+        .fetch(&wanted.body.name, &wanted.body.version)
+        .await
+        .expect("the honest fetch completes while the peer holds its budget");
+    assert_eq!(fetched.served_by, [(server.network.peer_id(), 3)]);
+    assert_eq!(stats.chunks_served.load(Ordering::Relaxed), 19);
+    let _ = stop.send(());
+    task.await.unwrap();
+    honest.shutdown().await;
+    server.shutdown().await;
+}

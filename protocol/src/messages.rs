@@ -88,6 +88,14 @@ impl_wire!(SyncRequest, MAX_SYNC_REQUEST_BYTES, |r| match r {
             ids.len()
         ))
     }
+    // One record asked for many times would be read and sent as many times.
+    SyncRequest::Records { ids } => {
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        match ids.iter().find(|id| !seen.insert(*id)) {
+            Some(id) => Err(format!("record {id} is requested twice")),
+            None => Ok(()),
+        }
+    }
     _ => Ok(()),
 });
 

@@ -414,6 +414,17 @@ fn oversized_messages_and_frames_are_refused() {
             MAX_SYNC_IDS + 1
         )))
     );
+    // One id asked for 1,024 times would be read and sent 1,024 times.
+    let twice = ContentId::of(b"once");
+    let repeated = SyncRequest::Records {
+        ids: vec![twice; MAX_SYNC_IDS],
+    };
+    assert_eq!(
+        SyncRequest::from_wire(&repeated.to_wire()),
+        Err(DecodeError::Invalid(format!(
+            "record {twice} is requested twice"
+        )))
+    );
     let big_chunk = FetchResponse::Chunk(vec![1u8; MAX_CHUNK_SIZE as usize + 1].into());
     assert_eq!(
         FetchResponse::from_wire(&big_chunk.to_wire()),

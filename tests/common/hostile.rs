@@ -266,3 +266,156 @@ impl ConnectionFlood {
         }
     }
 }
+
+/// Asks for chunks on the fetch protocol and never reads a chunk that comes: it reads a
+/// response's length, takes a short one (a refusal) and leaves a long one (a chunk) unread on
+/// its stream, which stays open. The node that answers holds what it wrote.
+#[derive(Clone, Default)]
+pub struct NeverReads;
+
+/// How each request of a [`NeverReads`] peer ended (a chunk it never reads never ends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldRequests {
+    pub refused_busy: usize,
+    pub refused_other: usize,
+    pub failed: usize,
+}
+
+impl libp2p::request_response::Codec for NeverReads {
+    type Protocol = StreamProtocol;
+    type Request = agora_protocol::messages::FetchRequest;
+    type Response = agora_protocol::messages::FetchResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> std::io::Result<Self::Request>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("this peer asks, it does not answer"))
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Self::Response>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use agora_protocol::codec::Wire;
+        use futures::AsyncReadExt;
+        let mut header = [0u8; 4];
+        io.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes(header) as usize;
+        if len > 64 {
+            return futures::future::pending().await;
+        }
+        let mut body = vec![0u8; len];
+        io.read_exact(&mut body).await?;
+        Self::Response::from_wire(&body).map_err(std::io::Error::other)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Self::Request,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use agora_protocol::codec::Wire;
+        use futures::AsyncWriteExt;
+        let body = req.to_wire();
+        io.write_all(&(body.len() as u32).to_be_bytes()).await?;
+        io.write_all(&body).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Self::Response,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::Error::other("this peer asks, it does not answer"))
+    }
+}
+
+/// A peer that sends `requests` chunk requests at once to `target` and never reads the
+/// chunks; returns its swarm's task, with the tally of how the requests ended so far.
+pub async fn never_reads(
+    target: &Multiaddr,
+    requests: Vec<agora_protocol::messages::FetchRequest>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<HeldRequests>>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use libp2p::request_response::{self, Event, Message, ProtocolSupport};
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                NeverReads,
+                [(
+                    StreamProtocol::new(agora_protocol::messages::FETCH_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(300))
+                    .with_max_concurrent_streams(requests.len()),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.dial(target.clone()).unwrap();
+    let peer = loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
+            break peer_id;
+        }
+    };
+    for r in requests {
+        swarm.behaviour_mut().send_request(&peer, r);
+    }
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(HeldRequests::default()));
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let counts = tally.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = swarm.select_next_some() => {
+                    let mut t = counts.lock().unwrap();
+                    match event {
+                        SwarmEvent::Behaviour(Event::Message {
+                            message: Message::Response { response, .. },
+                            ..
+                        }) => match response {
+                            agora_protocol::messages::FetchResponse::Refused(
+                                agora_protocol::messages::Refusal::Busy,
+                            ) => t.refused_busy += 1,
+                            _ => t.refused_other += 1,
+                        },
+                        SwarmEvent::Behaviour(Event::OutboundFailure { .. }) => t.failed += 1,
+                        _ => {}
+                    }
+                }
+                _ = &mut stopped => return,
+            }
+        }
+    });
+    (tally, stop, task)
+}

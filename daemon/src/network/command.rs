@@ -57,6 +57,10 @@ pub struct NetworkInfo {
     pub routing_table_size: usize,
     pub gossip_mesh_peers: usize,
     pub gossip_topic_peers: usize,
+    /// Peers' sync and fetch requests being worked on or answered now (see
+    /// [`NetworkConfig::sync_budget`](super::NetworkConfig::sync_budget)).
+    pub inbound_syncs_open: usize,
+    pub inbound_fetches_open: usize,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;

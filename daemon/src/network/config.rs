@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 
+use super::budget::Budget;
+
 /// How the swarm is built and paced.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -53,6 +55,14 @@ pub struct NetworkConfig {
     pub max_pending_incoming: u32,
     /// Concurrent inbound and outbound request streams per connection and protocol.
     pub max_concurrent_streams: usize,
+    /// Peers' sync requests worked on or being answered at once. One sync at a time is what
+    /// an honest peer asks; a response is up to 4 MiB, so the total bounds what a node holds
+    /// for peers who ask and never read at 64 MiB.
+    pub sync_budget: Budget,
+    /// Peers' chunk requests worked on or being answered at once. An honest fetcher has 8 in
+    /// flight across all its providers; a chunk is up to 1 MiB, so one peer holds at most
+    /// 16 MiB of the node and all of them 64 MiB.
+    pub fetch_budget: Budget,
     /// With fewer connections than this, the node dials peers from its routing table (at
     /// most the shortfall at each maintenance tick) until it has them again: how it finds
     /// its way back after a partition heals or its peers restart.
@@ -81,6 +91,14 @@ impl NetworkConfig {
             max_established_total: 512,
             max_pending_incoming: 64,
             max_concurrent_streams: 64,
+            sync_budget: Budget {
+                per_peer: 2,
+                total: 16,
+            },
+            fetch_budget: Budget {
+                per_peer: 16,
+                total: 64,
+            },
             target_peers: 8,
             maintenance_interval: Duration::from_secs(5),
         }

@@ -33,6 +33,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{Span, debug, info, info_span, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
+use super::budget::{Budget, OpenRequests};
 use super::codec::WireCodec;
 use super::command::{
     Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
@@ -109,8 +110,8 @@ impl EventLoop {
             pending_query: HashMap::new(),
             pending_get: HashMap::new(),
             pending_providers: HashMap::new(),
-            sync: Exchanges::default(),
-            fetch: Exchanges::default(),
+            sync: Exchanges::new(config.sync_budget),
+            fetch: Exchanges::new(config.fetch_budget),
         }
     }
 
@@ -460,6 +461,8 @@ impl EventLoop {
                 .all_peers()
                 .filter(|(_, topics)| topics.contains(&&topic_hash))
                 .count(),
+            inbound_syncs_open: self.sync.open.total(),
+            inbound_fetches_open: self.fetch.open.total(),
         }
     }
 
@@ -883,13 +886,16 @@ fn query_outcome(result: &QueryResult) -> (&'static str, bool) {
 struct Exchanges<Resp> {
     pending: HashMap<OutboundRequestId, Reply<Resp>>,
     inbound: HashMap<InboundRequestId, ResponseChannel<Resp>>,
+    /// Peers' requests from arrival until their response is written or fails.
+    open: OpenRequests<InboundRequestId>,
 }
 
-impl<Resp> Default for Exchanges<Resp> {
-    fn default() -> Self {
+impl<Resp> Exchanges<Resp> {
+    fn new(budget: Budget) -> Self {
         Self {
             pending: HashMap::new(),
             inbound: HashMap::new(),
+            open: OpenRequests::new(budget),
         }
     }
 }
@@ -904,8 +910,9 @@ fn offer(events: &mpsc::Sender<NetworkEvent>, event: NetworkEvent) -> bool {
     }
 }
 
-/// Handles an event of the sync or fetch protocol: inbound requests go to the registry (or
-/// get `busy` at once when it is behind), responses and failures resolve our requests.
+/// Handles an event of the sync or fetch protocol: inbound requests go to the registry, or get
+/// `busy` at once when the peer or all peers together have as many open as the budget allows
+/// or the registry is behind; responses and failures resolve our requests.
 fn on_exchange<Req, Resp>(
     behaviour: &mut request_response::Behaviour<WireCodec<Req, Resp>>,
     state: &mut Exchanges<Resp>,
@@ -924,6 +931,10 @@ fn on_exchange<Req, Resp>(
                 request,
                 channel,
             } => {
+                if !state.open.open(peer, request_id) {
+                    let _ = behaviour.send_response(channel, busy);
+                    return;
+                }
                 state.inbound.insert(request_id, channel);
                 if !offer(events, to_event(peer, request_id, request))
                     && let Some(channel) = state.inbound.remove(&request_id)
@@ -956,6 +967,7 @@ fn on_exchange<Req, Resp>(
         request_response::Event::InboundFailure { request_id, .. }
         | request_response::Event::ResponseSent { request_id, .. } => {
             state.inbound.remove(&request_id);
+            state.open.close(request_id);
         }
     }
 }

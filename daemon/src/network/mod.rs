@@ -3,6 +3,7 @@
 //! [`NetworkEvent`]s that need the registry's decision.
 
 pub mod behaviour;
+pub mod budget;
 pub mod codec;
 pub mod command;
 pub mod config;

@@ -1,0 +1,104 @@
+//! How many of peers' requests of one protocol a node works on at once: per peer and in all.
+//! A request is open from its arrival until its response is written or fails; beyond either
+//! bound it is answered `Busy` at once, before any work, so that a peer who sends many large
+//! requests and never reads the answers holds at most its share of the node's memory. Plain
+//! state, no I/O: the event loop asks and tells.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
+
+use libp2p::PeerId;
+
+/// The bounds of one protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Open requests one peer may have.
+    pub per_peer: usize,
+    /// Open requests of all peers together.
+    pub total: usize,
+}
+
+/// Peers' open requests of one protocol, by request id (libp2p's `InboundRequestId`).
+#[derive(Debug)]
+pub struct OpenRequests<Id> {
+    budget: Budget,
+    by_peer: HashMap<PeerId, usize>,
+    by_id: HashMap<Id, PeerId>,
+}
+
+impl<Id: Hash + Eq> OpenRequests<Id> {
+    pub fn new(budget: Budget) -> Self {
+        Self {
+            budget,
+            by_peer: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+
+    /// Opens request `id` of `peer` if both bounds allow it; false means answer `Busy`.
+    pub fn open(&mut self, peer: PeerId, id: Id) -> bool {
+        if self.by_id.len() >= self.budget.total {
+            return false;
+        }
+        let count = self.by_peer.entry(peer).or_default();
+        if *count >= self.budget.per_peer {
+            return false;
+        }
+        *count += 1;
+        self.by_id.insert(id, peer);
+        true
+    }
+
+    /// Request `id` is answered or failed (an id never opened is ignored).
+    pub fn close(&mut self, id: Id) {
+        let Some(peer) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Entry::Occupied(mut e) = self.by_peer.entry(peer) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Open requests of all peers.
+    pub fn total(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Open requests of `peer`.
+    pub fn of(&self, peer: &PeerId) -> usize {
+        self.by_peer.get(peer).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bound_refuses_beyond_itself_and_a_close_frees_one_place() {
+        let mut open = OpenRequests::new(Budget {
+            per_peer: 2,
+            total: 3,
+        });
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert!(open.open(a, 1));
+        assert!(open.open(a, 2));
+        assert!(!open.open(a, 3), "a's own bound");
+        assert!(open.open(b, 4));
+        assert!(!open.open(c, 5), "the total bound");
+        assert_eq!(
+            (open.total(), open.of(&a), open.of(&b), open.of(&c)),
+            (3, 2, 1, 0)
+        );
+        open.close(1);
+        open.close(1);
+        open.close(3);
+        assert_eq!((open.total(), open.of(&a)), (2, 1));
+        assert!(open.open(c, 6));
+        assert!(!open.open(a, 7), "full again");
+    }
+}
