@@ -11,14 +11,17 @@ use std::time::Duration;
 use agora_daemon::node::Node;
 use agora_daemon::registry::trust::TrustPolicy;
 use agora_protocol::codec::Wire;
+use agora_protocol::dht::DhtValue;
 use agora_protocol::limits::{
     MAX_CHUNKS, MAX_DEPENDENCIES, MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_RECORD_BYTES,
     MAX_SHORT_FIELD_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_URL_LEN, MAX_VERSION_LEN, MIN_CHUNK_SIZE,
 };
 use agora_protocol::messages::GossipMessage;
-use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::records::{
+    ArchiveInfo, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
+};
 use agora_protocol::search::SearchQuery;
-use agora_protocol::{ContentId, Dependency, PackageMeta, PublisherSecret, Version};
+use agora_protocol::{ContentId, Dependency, PackageMeta, PublisherSecret, Version, VersionReq};
 use common::hostile::Hostile;
 use common::*;
 
@@ -410,4 +413,119 @@ async fn a_peer_with_128_large_requests_it_never_reads_gets_its_budget_and_no_mo
     task.await.unwrap();
     honest.shutdown().await;
     server.shutdown().await;
+}
+
+/// A signed head of `name` listing `versions`.
+fn head(name: &str, versions: &[&str], seq: u64, key: &PublisherSecret) -> PackageHead {
+    Signed::sign(
+        HeadBody {
+            name: name.parse().unwrap(),
+            owner: key.public(),
+            versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
+            seq,
+            updated_at: 1_700_000_000,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+/// A bare Kademlia peer holding `values`, driven in the background; its address and stop.
+async fn holder(
+    values: &[DhtValue],
+) -> (
+    libp2p::Multiaddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Hostile>,
+) {
+    let mut h = Hostile::new();
+    let addr = h.listen().await;
+    for v in values {
+        h.hold(v.key().to_bytes(), v.encode());
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    (addr, stop, h.drive(stopped))
+}
+
+/// Finding 11: looking up a name the catalog does not know took the head with the highest
+/// sequence number among every key's, so a peer near the key holding a head with
+/// seq = u64::MAX made the node pin its key as the name's owner. With heads from two keys the
+/// lookup now admits nothing and says why; an allowlist that names one of them settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number() {
+    init_tracing();
+    let (owner, sybil) = (publisher(90), publisher(91));
+    let honest = release(
+        "contested",
+        Version::new(1, 0, 0),
+        &noise(100, 90),
+        16 * 1024,
+        &owner,
+    );
+    let forged = release(
+        "contested",
+        Version::new(6, 6, 6),
+        &noise(100, 91),
+        16 * 1024,
+        &sybil,
+    );
+    let (a1, stop1, task1) = holder(&[
+        DhtValue::Head(head("contested", &["1.0.0"], 1, &owner)),
+        DhtValue::Release(honest.clone()),
+    ])
+    .await;
+    let (a2, stop2, task2) = holder(&[
+        DhtValue::Head(head("contested", &["6.6.6"], u64::MAX, &sybil)),
+        DhtValue::Release(forged),
+    ])
+    .await;
+    let name: agora_protocol::PackageName = "contested".parse().unwrap();
+
+    let (open, _) = start_node().await;
+    for a in [&a1, &a2] {
+        open.network.dial(a.clone()).await.unwrap();
+    }
+    let err = open
+        .registry
+        .look_up(&name, &VersionReq::STAR)
+        .await
+        .expect_err("two keys' heads: no owner can be told");
+    let mut keys = [owner.public(), sybil.public()];
+    keys.sort();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the DHT holds heads of 'contested' from 2 keys ({}, {}), and this node has no \
+             record of it to tell which owns it",
+            keys[0], keys[1]
+        )
+    );
+    assert_eq!(open.registry.catalog_len(), 0);
+    assert_eq!(open.registry.owner(&name), None);
+
+    // A node whose allowlist names the owner counts only the owner's head.
+    let mut config = node_config(&data_dir());
+    config.registry.trust = TrustPolicy::Allowlist(HashSet::from([owner.public()]));
+    let (strict, _) = start_with(config).await;
+    for a in [&a1, &a2] {
+        strict.network.dial(a.clone()).await.unwrap();
+    }
+    assert!(
+        strict
+            .registry
+            .look_up(&name, &VersionReq::STAR)
+            .await
+            .unwrap()
+    );
+    assert_eq!(strict.registry.owner(&name), Some(owner.public()));
+    assert_eq!(
+        strict.registry.get(&name, &VersionReq::STAR).unwrap(),
+        honest
+    );
+    for (stop, task) in [(stop1, task1), (stop2, task2)] {
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+    open.shutdown().await;
+    strict.shutdown().await;
 }

@@ -99,6 +99,7 @@ impl From<RegistryError> for IpcError {
             RegistryError::Equivocated { .. }
             | RegistryError::AlreadyPublished { .. }
             | RegistryError::NotNewer { .. }
+            | RegistryError::DisputedName { .. }
             | RegistryError::Trust(_)
             | RegistryError::Resolve(_) => Self::Refused(msg),
             RegistryError::Pack(_) => Self::Package(msg),

@@ -2,14 +2,17 @@
 //! and has not synced since still finds it. The package head (`agora/pkg/<name>`) names the
 //! owner and the versions; the release (`agora/rel/<name>/<version>`) is then got by its key
 //! and admitted by the same trust rules as gossip and sync. A name the catalog knows keeps its
-//! owner; for an unknown name the best valid head decides, exactly as the first gossip would
-//! (trust on first use), unless an allowlist says otherwise.
+//! owner. For an unknown name, the heads of the keys this node's policy lets own it count: if
+//! they are all one key's, that key's best head decides, as the first gossip would (trust on
+//! first use); if several keys' heads are found, nothing here can tell the owner (a head's
+//! sequence number is whatever its signer chose, and any peer near the key can hold one), so
+//! the lookup admits nothing and says so.
 
 use std::sync::Arc;
 
 use agora_protocol::dht::{self, DhtKey, DhtValue};
 use agora_protocol::records::{CatalogRecord, PackageHead, ReleaseRecord};
-use agora_protocol::{PackageName, Version, VersionReq};
+use agora_protocol::{PackageName, PublisherKey, Version, VersionReq};
 use tracing::debug;
 
 use super::{Ingested, Registry, RegistryError, blocking};
@@ -79,8 +82,9 @@ impl Registry {
         }
     }
 
-    /// The best valid head of `name` on the DHT; for a name the catalog knows, only its
-    /// owner's heads count.
+    /// The best valid head of `name` on the DHT. For a name the catalog knows only its
+    /// owner's heads count; for an unknown one, those of keys the policy lets own it, and
+    /// only while they are all one key's.
     async fn best_head(&self, name: &PackageName) -> Result<Option<PackageHead>, RegistryError> {
         let key = DhtKey::Head(name.clone()).to_bytes();
         let values = self
@@ -89,14 +93,27 @@ impl Registry {
             .await
             .or_else(nothing)?;
         let owner = self.owner(name);
-        Ok(values
+        let heads: Vec<PackageHead> = values
             .iter()
             .filter_map(|v| match dht::validate(&key, v) {
                 Ok(DhtValue::Head(h)) => Some(h),
                 _ => None,
             })
-            .filter(|h| owner.is_none_or(|o| o == h.body.owner))
-            .max_by(dht::compare_heads))
+            .filter(|h| match owner {
+                Some(o) => o == h.body.owner,
+                None => self.may_own(&h.body.owner),
+            })
+            .collect();
+        let mut owners: Vec<PublisherKey> = heads.iter().map(|h| h.body.owner).collect();
+        owners.sort();
+        owners.dedup();
+        if owners.len() > 1 {
+            return Err(RegistryError::DisputedName {
+                name: name.clone(),
+                owners,
+            });
+        }
+        Ok(heads.into_iter().max_by(dht::compare_heads))
     }
 
     /// The release of `name@version` signed by the head's owner: the first answer usually,

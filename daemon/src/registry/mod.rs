@@ -147,6 +147,15 @@ pub enum RegistryError {
         version: Version,
         highest: Version,
     },
+    #[error(
+        "the DHT holds heads of '{name}' from {} keys ({}), and this node has no record of it to tell which owns it",
+        .owners.len(),
+        .owners.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    DisputedName {
+        name: PackageName,
+        owners: Vec<PublisherKey>,
+    },
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error(transparent)]
@@ -1271,6 +1280,11 @@ impl Registry {
     /// The owner of a name on this node, and the record ids of any equivocation.
     pub fn owner(&self, name: &PackageName) -> Option<PublisherKey> {
         self.catalog_lock().trust.name(name).map(|s| s.owner)
+    }
+
+    /// Whether this node's policy lets `key` own a name it does not know yet.
+    pub fn may_own(&self, key: &PublisherKey) -> bool {
+        self.catalog_lock().trust.may_own(key)
     }
 
     /// Equivocation evidence: every version with more than one record, per name.

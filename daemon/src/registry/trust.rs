@@ -234,6 +234,11 @@ impl Trust {
         }
     }
 
+    /// Whether this node's policy lets `key` own a name it does not know yet.
+    pub fn may_own(&self, key: &PublisherKey) -> bool {
+        self.allowed(key).is_ok()
+    }
+
     fn allowed(&self, key: &PublisherKey) -> Result<(), TrustError> {
         match &self.policy {
             TrustPolicy::FirstUse => Ok(()),
