@@ -529,3 +529,83 @@ async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number
     open.shutdown().await;
     strict.shutdown().await;
 }
+
+/// Finding 10: two nodes that own one name under different keys refused each other's release
+/// at every sync and listed, fetched and verified it again at the next, forever. Refusals are
+/// remembered and a bucket whose listing held nothing new is not listed again: over five
+/// periodic syncs neither node lists a single id more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_syncs() {
+    init_tracing();
+    let config = || {
+        let mut c = node_config(&data_dir());
+        c.registry.sync_interval = Duration::from_millis(200);
+        c
+    };
+    let mut x_config = config();
+    let (x, x_addr) = start_with(x_config.clone()).await;
+    let (y, _) = start_with(config()).await;
+    let mine = release(
+        "split",
+        Version::new(1, 0, 0),
+        &noise(100, 1),
+        16 * 1024,
+        &publisher(100),
+    );
+    let theirs = release(
+        "split",
+        Version::new(1, 0, 0),
+        &noise(100, 2),
+        16 * 1024,
+        &publisher(101),
+    );
+    x.registry.announce(mine.clone()).await.unwrap();
+    y.registry.announce(theirs.clone()).await.unwrap();
+    join(&y, &x_addr).await;
+
+    let nodes = [(x, x_addr.clone()), (y, x_addr)];
+    let syncs = |n: &Node| n.registry.stats.syncs_completed.load(Ordering::SeqCst);
+    let listed = |n: &Node| n.registry.stats.sync_ids_listed.load(Ordering::SeqCst);
+    converge_nodes("three syncs each", DEADLINE, &nodes, |_, n| async move {
+        match syncs(n) {
+            k if k >= 3 => Ok(()),
+            k => Err(format!("{k} syncs")),
+        }
+    })
+    .await;
+    let before: Vec<(u64, u64)> = nodes.iter().map(|(n, _)| (syncs(n), listed(n))).collect();
+    converge_nodes("five syncs more each", DEADLINE, &nodes, |i, n| {
+        let start = before[i].0;
+        async move {
+            match syncs(n) {
+                k if k >= start + 5 => Ok(()),
+                k => Err(format!("{} syncs since", k - start)),
+            }
+        }
+    })
+    .await;
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        assert_eq!(listed(n), before[i].1, "node {i} listed ids again");
+        assert_eq!(n.registry.refusals_remembered(), 1, "node {i}");
+        assert_eq!(n.registry.catalog_len(), 1, "node {i}");
+    }
+    assert_eq!(
+        nodes[0].0.registry.owner(&mine.body.name),
+        Some(publisher(100).public())
+    );
+    assert_eq!(
+        nodes[1].0.registry.owner(&mine.body.name),
+        Some(publisher(101).public())
+    );
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+    // Remembered across a restart; forgotten when the trust policy changes.
+    let again = Node::start(x_config.clone()).await.unwrap();
+    assert_eq!(again.registry.refusals_remembered(), 1);
+    again.shutdown().await;
+    x_config.registry.trust = TrustPolicy::Allowlist(HashSet::from([publisher(100).public()]));
+    let again = Node::start(x_config).await.unwrap();
+    assert_eq!(again.registry.refusals_remembered(), 0);
+    again.shutdown().await;
+}

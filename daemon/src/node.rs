@@ -13,9 +13,6 @@ use tracing::{debug, warn};
 use crate::network::{self, BuildError, NetworkConfig, NetworkError, NetworkHandle};
 use crate::registry::{Registry, RegistryConfig, RegistryError, inbound, sync};
 
-/// How often the node reconciles its catalog with a random connected peer, on top of the sync
-/// on every new connection: catches anything gossip missed within a minute.
-pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// How often in-memory state (reputation, blob use times) is written to disk, and the search
 /// index too if its copy on disk is far behind the catalog.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(30);
@@ -120,7 +117,7 @@ impl Node {
 /// Periodic sync with a random peer, and persisting in-memory state (the search index too,
 /// once its copy on disk is far behind).
 async fn duties(registry: Arc<Registry>) {
-    let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+    let mut sync_tick = tokio::time::interval(registry.sync_interval());
     let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
     sync_tick.tick().await;
     persist_tick.tick().await;

@@ -100,6 +100,7 @@ impl From<RegistryError> for IpcError {
             | RegistryError::AlreadyPublished { .. }
             | RegistryError::NotNewer { .. }
             | RegistryError::DisputedName { .. }
+            | RegistryError::RefusedBefore(_)
             | RegistryError::Trust(_)
             | RegistryError::Resolve(_) => Self::Refused(msg),
             RegistryError::Pack(_) => Self::Package(msg),

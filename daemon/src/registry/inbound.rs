@@ -112,7 +112,7 @@ async fn gossip_verdict(
     };
     match admit(registry, record, false).await {
         Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
-        Ok(Ingested::Duplicate) => MessageAcceptance::Ignore,
+        Ok(Ingested::Duplicate | Ingested::RefusedBefore) => MessageAcceptance::Ignore,
         Ok(Ingested::Refused(e)) => ignore(source, &e),
         Ok(Ingested::Invalid(e)) => reject(source, &e),
         Err(e) => {
@@ -182,6 +182,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                         Ok(Ingested::Added(_) | Ingested::Duplicate) => Ok(()),
                         Ok(Ingested::Refused(e)) => Err(e.to_string()),
                         Ok(Ingested::Invalid(e)) => Err(e.to_string()),
+                        Ok(Ingested::RefusedBefore) => Err("refused before".into()),
                         Err(e) => Err(e.to_string()),
                     }
                 }

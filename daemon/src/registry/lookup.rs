@@ -74,11 +74,12 @@ impl Registry {
             Ok(out)
         })
         .await?;
-        match result.into_iter().next().map(|(_, i)| i) {
-            Some(Ingested::Added(_)) => Ok(true),
-            Some(Ingested::Refused(e)) => Err(e.into()),
-            Some(Ingested::Invalid(e)) => Err(e.into()),
-            Some(Ingested::Duplicate) | None => Ok(false),
+        match result.into_iter().next() {
+            Some((_, Ingested::Added(_))) => Ok(true),
+            Some((_, Ingested::Refused(e))) => Err(e.into()),
+            Some((_, Ingested::Invalid(e))) => Err(e.into()),
+            Some((id, Ingested::RefusedBefore)) => Err(RegistryError::RefusedBefore(id)),
+            Some((_, Ingested::Duplicate)) | None => Ok(false),
         }
     }
 

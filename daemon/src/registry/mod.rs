@@ -10,6 +10,7 @@ pub mod archive;
 pub mod fetch;
 pub mod inbound;
 mod lookup;
+pub mod refusals;
 pub mod resolve;
 pub mod sync;
 pub mod trust;
@@ -46,6 +47,7 @@ use crate::reputation::{PeerRecord, Reputation};
 use crate::store::{BlobKind, BlobStore, CatalogWrite, Db, StoreError, blobs::BlobCheck};
 use archive::PackError;
 use fetch::{FetchError, PeerOutcome};
+use refusals::{RefusalChanges, Refusals};
 use resolve::{Candidate, ResolveError, fmt_versions};
 use trust::{Admission, Trust, TrustError, TrustPolicy};
 
@@ -82,6 +84,8 @@ pub struct RegistryConfig {
     /// Bytes of fetched archives kept before the least recently used are evicted.
     pub cache_quota: u64,
     pub trust: TrustPolicy,
+    /// How often the node syncs its catalog with a random connected peer.
+    pub sync_interval: Duration,
 }
 
 impl RegistryConfig {
@@ -90,6 +94,7 @@ impl RegistryConfig {
             data_dir: data_dir.into(),
             cache_quota: DEFAULT_CACHE_QUOTA,
             trust: TrustPolicy::FirstUse,
+            sync_interval: sync::SYNC_INTERVAL,
         }
     }
 }
@@ -158,6 +163,8 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error("record {0} was refused by this node before")]
+    RefusedBefore(RecordId),
     #[error(transparent)]
     Pack(#[from] PackError),
     #[error(transparent)]
@@ -183,6 +190,8 @@ pub enum Ingested {
     Duplicate,
     Invalid(RecordError),
     Refused(TrustError),
+    /// Refused for good by the trust rules earlier, and remembered.
+    RefusedBefore,
 }
 
 /// One version of a package as `versions` reports it.
@@ -234,6 +243,8 @@ struct Catalog {
     trust: Trust,
     /// Every record id, sorted: sync buckets are contiguous ranges.
     ids: BTreeSet<RecordId>,
+    /// Records refused for good, not to be fetched or checked again.
+    refusals: Refusals,
     /// Cached sync summary; `None` after any change.
     summary: Option<Vec<BucketDigest>>,
 }
@@ -261,12 +272,15 @@ pub struct Registry {
     authoring: tokio::sync::Mutex<()>,
     /// Peers a sync is running with (one at a time per peer).
     syncing: Mutex<HashSet<PeerId>>,
+    /// Bucket differences that held nothing for this node (see [`sync::Settled`]).
+    settled: Mutex<sync::Settled>,
     /// Archives being fetched, each with the gate that lets one fetch of it run at a time.
     fetching: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: RegistryStats,
     pub startup: StartupReport,
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
     to_restore: Mutex<Vec<libp2p::kad::Record>>,
+    sync_interval: Duration,
 }
 
 /// What opening the store found.
@@ -450,6 +464,10 @@ impl Registry {
         let mut catalog = Catalog {
             trust: Trust::with_capacity(config.trust.clone(), stored, names),
             ids: BTreeSet::new(),
+            refusals: Refusals::load(
+                refusals::MAX_REFUSALS,
+                db.refusals(&config.trust.fingerprint())?,
+            ),
             summary: None,
         };
         // What this node put on the DHT itself (its heads and the releases it published),
@@ -510,10 +528,12 @@ impl Registry {
             reputation: Mutex::new(Reputation::default()),
             authoring: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(HashSet::new()),
+            settled: Mutex::new(sync::Settled::default()),
             fetching: Mutex::new(HashMap::new()),
             stats: RegistryStats::default(),
             startup: StartupReport::default(),
             to_restore: Mutex::new(restore),
+            sync_interval: config.sync_interval,
         };
         let rep: Vec<(PeerId, PeerRecord)> = registry
             .db
@@ -683,6 +703,22 @@ impl Registry {
         self.catalog_lock().ids.contains(id)
     }
 
+    /// How often the node syncs with a random peer.
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// Whether this node has decided on `id` already: it holds it, or refused it for good.
+    pub fn knows(&self, id: &RecordId) -> bool {
+        let cat = self.catalog_lock();
+        cat.ids.contains(id) || cat.refusals.contains(id)
+    }
+
+    /// How many records this node remembers refusing.
+    pub fn refusals_remembered(&self) -> usize {
+        self.catalog_lock().refusals.len()
+    }
+
     /// Admits records (verifying their signatures unless `verified`), in the order the trust
     /// rules accept, durably, and returns once they are searchable too. Blocking.
     pub fn ingest(
@@ -741,7 +777,9 @@ impl Registry {
         } else {
             let held: Vec<bool> = {
                 let cat = self.catalog_lock();
-                ids.iter().map(|id| cat.ids.contains(id)).collect()
+                ids.iter()
+                    .map(|id| cat.ids.contains(id) || cat.refusals.contains(id))
+                    .collect()
             };
             records
                 .iter()
@@ -752,10 +790,15 @@ impl Registry {
         let mut out = Vec::with_capacity(records.len());
         let mut write = CatalogWrite::default();
         let mut touched: BTreeSet<PackageName> = BTreeSet::new();
+        let mut refusals = RefusalChanges::default();
         let mut cat = self.catalog_lock();
         for ((record, id), invalid) in records.iter().zip(ids).zip(invalid) {
             if cat.ids.contains(&id) {
                 out.push((id, Ingested::Duplicate));
+                continue;
+            }
+            if cat.refusals.contains(&id) {
+                out.push((id, Ingested::RefusedBefore));
                 continue;
             }
             if let Some(e) = invalid {
@@ -787,6 +830,9 @@ impl Registry {
                                 .to_vec(),
                         ));
                     }
+                    if let Admission::Rotation { .. } = &admission {
+                        cat.refusals.forget_name(&name, &mut refusals);
+                    }
                     cat.ids.insert(id);
                     write.records.push((id, record.clone()));
                     touched.insert(name);
@@ -796,11 +842,16 @@ impl Registry {
                     if matches!(e, TrustError::Rollback { .. }) {
                         Self::count(&self.stats.rollbacks_refused);
                     }
+                    if !matches!(e, TrustError::UnknownName { .. }) {
+                        cat.refusals.remember(id, &name, &mut refusals);
+                    }
                     debug!(%name, error = %e, "record refused");
                     out.push((id, Ingested::Refused(e)));
                 }
             }
         }
+        write.refused = refusals.remembered;
+        write.unrefused = refusals.forgotten;
         if !write.records.is_empty() {
             cat.summary = None;
         }
@@ -963,6 +1014,7 @@ impl Registry {
             Ingested::Added(_) | Ingested::Duplicate => {}
             Ingested::Invalid(e) => return Err(e.clone().into()),
             Ingested::Refused(e) => return Err(e.clone().into()),
+            Ingested::RefusedBefore => return Err(RegistryError::RefusedBefore(result[0].0)),
         }
         self.put_dht(DhtValue::Release(record.clone())).await?;
         self.gossip(GossipMessage::Release(record)).await?;

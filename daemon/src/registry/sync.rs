@@ -8,13 +8,17 @@
 //!    once in an order the trust rules accept (so history arriving out of order still chains).
 //!
 //! Only differing buckets are listed and only missing records are fetched, so the cost grows
-//! with the difference (a new node's difference is the whole catalog). Everything the peer
-//! sends is checked: ids we did not ask for are dropped, every record is verified before it
-//! is admitted, and the number of rounds is bounded.
+//! with the difference (a new node's difference is the whole catalog). Records this node
+//! refused for good are not fetched again, and a bucket whose listing held nothing new is not
+//! listed again while both sides' digests of it stay the same ([`Settled`]): two nodes that
+//! disagree for good (one name, two owners) stop paying for it at every sync. Everything the
+//! peer sends is checked: ids we did not ask for are dropped, every record is verified before
+//! it is admitted, and the number of rounds is bounded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use agora_protocol::codec::Wire;
 use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
@@ -41,6 +45,39 @@ pub const MAX_RELAYED: usize = 256;
 pub const RELAY_WINDOW_SECS: u64 = 3600;
 /// Most record requests in one sync (each returns at least one record or the sync stops).
 const MAX_RECORD_ROUNDS: usize = 4096;
+/// How often a node reconciles its catalog with a random connected peer, on top of the sync
+/// on every new connection: catches anything gossip missed within a minute.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Most settled bucket differences remembered: 256 buckets for each of 16 peers whose
+/// catalogs differ from ours for good.
+const MAX_SETTLED: usize = 4096;
+
+/// Bucket differences that a full listing showed hold nothing for this node (every id listed
+/// is held or refused for good), by bucket and both sides' digests of it. While neither
+/// digest changes the listing would show the same, so the bucket is not listed again; any
+/// record added on either side changes a digest. Bounded: the oldest is forgotten first.
+#[derive(Debug, Default)]
+pub struct Settled {
+    set: HashSet<(u8, [u8; 32], [u8; 32])>,
+    order: VecDeque<(u8, [u8; 32], [u8; 32])>,
+}
+
+impl Settled {
+    fn contains(&self, bucket: u8, theirs: &[u8; 32], ours: &[u8; 32]) -> bool {
+        self.set.contains(&(bucket, *theirs, *ours))
+    }
+
+    fn insert(&mut self, bucket: u8, theirs: [u8; 32], ours: [u8; 32]) {
+        if self.set.insert((bucket, theirs, ours)) {
+            self.order.push_back((bucket, theirs, ours));
+            if self.order.len() > MAX_SETTLED
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -119,10 +156,17 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         other => return Err(unexpected("summary", other)),
     };
     let ours = registry.summary();
-    let differing: Vec<(u8, u32)> = (0..SYNC_BUCKETS)
-        .filter(|&b| theirs[b].count > 0 && theirs[b] != ours[b])
-        .map(|b| (b as u8, theirs[b].count))
-        .collect();
+    let differing: Vec<(u8, u32)> = {
+        let settled = crate::lock(&registry.settled);
+        (0..SYNC_BUCKETS)
+            .filter(|&b| {
+                theirs[b].count > 0
+                    && theirs[b] != ours[b]
+                    && !settled.contains(b as u8, &theirs[b].digest, &ours[b].digest)
+            })
+            .map(|b| (b as u8, theirs[b].count))
+            .collect()
+    };
     report.differing_buckets = differing.len();
     if differing.is_empty() {
         return Ok(report);
@@ -152,10 +196,29 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
             other => return Err(unexpected("ids", other)),
         };
         report.ids_listed += ids.len();
-        missing.extend(
-            ids.into_iter()
-                .filter(|id| asked.contains(&id.as_bytes()[0]) && !registry.has_record(id)),
-        );
+        // Per bucket asked: ids listed, and whether any is news to this node.
+        let mut listed: HashMap<u8, (u32, bool)> = HashMap::new();
+        for id in ids {
+            let bucket = id.as_bytes()[0];
+            if !asked.contains(&bucket) {
+                continue;
+            }
+            let new = !registry.knows(&id);
+            let entry = listed.entry(bucket).or_default();
+            entry.0 += 1;
+            entry.1 |= new;
+            if new {
+                missing.push(id);
+            }
+        }
+        let mut settled = crate::lock(&registry.settled);
+        for (bucket, (count, news)) in listed {
+            let b = bucket as usize;
+            if !news && count == theirs[b].count {
+                settled.insert(bucket, theirs[b].digest, ours[b].digest);
+            }
+        }
+        drop(settled);
         if missing.len() >= MAX_RECORDS_PER_SYNC {
             missing.truncate(MAX_RECORDS_PER_SYNC);
             break;
@@ -223,7 +286,9 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
                 added.insert(id);
             }
             Ingested::Duplicate => {}
-            Ingested::Invalid(_) | Ingested::Refused(_) => report.refused += 1,
+            Ingested::Invalid(_) | Ingested::Refused(_) | Ingested::RefusedBefore => {
+                report.refused += 1
+            }
         }
     }
     report.added = added.len();

@@ -27,6 +27,25 @@ pub enum TrustPolicy {
     Allowlist(HashSet<PublisherKey>),
 }
 
+impl TrustPolicy {
+    /// Bytes that differ between two policies that could decide differently: what the store
+    /// keeps beside the refusals it decided under this one.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        match self {
+            Self::FirstUse => b"first-use".to_vec(),
+            Self::Allowlist(keys) => {
+                let mut keys: Vec<&PublisherKey> = keys.iter().collect();
+                keys.sort();
+                let mut out = b"allowlist:".to_vec();
+                for k in keys {
+                    out.extend_from_slice(k.as_bytes());
+                }
+                agora_protocol::ContentId::of(&out).as_bytes().to_vec()
+            }
+        }
+    }
+}
+
 /// Why a verified record was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {

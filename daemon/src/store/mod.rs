@@ -42,6 +42,13 @@ const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("package_heads"
 const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputation");
 /// Content id → encoded [`BlobMeta`].
 pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+/// Id of a record refused for good → its age (u64, little-endian) and its name
+/// (`registry::refusals`).
+const REFUSED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("refused_records");
+/// Small values about the store itself, by name.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The [`META`] key of the trust policy the refusals were decided under.
+const REFUSAL_POLICY: &str = "refusal_policy";
 
 /// How long opening the database waits for another process to let go of it: a daemon
 /// restarted right after a stop may find the old one still exiting.
@@ -188,6 +195,7 @@ macro_rules! db_err {
     )*};
 }
 db_err!(
+    redb::SetDurabilityError,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -218,9 +226,13 @@ pub struct CatalogWrite {
     pub owners: Vec<(PackageName, PublisherKey)>,
     pub highest: Vec<(PackageName, Version)>,
     pub evidence: Vec<(PackageName, Version, Vec<RecordId>)>,
+    /// Refusals to remember (id, name, age) and to forget.
+    pub refused: Vec<(RecordId, PackageName, u64)>,
+    pub unrefused: Vec<RecordId>,
 }
 
 impl CatalogWrite {
+    /// Whether the catalog itself is unchanged (refusals aside).
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
             && self.owners.is_empty()
@@ -274,22 +286,78 @@ impl Db {
             txn.open_table(HEADS)?;
             txn.open_table(REPUTATION)?;
             txn.open_table(BLOBS)?;
+            txn.open_table(REFUSED)?;
+            txn.open_table(META)?;
         }
         txn.commit()?;
         Ok(Self { db })
+    }
+
+    /// The refusals stored (id, name, age), after forgetting them all if they were decided
+    /// under another trust policy than `policy` (a fingerprint of it).
+    pub fn refusals(&self, policy: &[u8]) -> Result<Vec<(RecordId, PackageName, u64)>, StoreError> {
+        let same = {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            meta.get(REFUSAL_POLICY)?
+                .is_some_and(|v| v.value() == policy)
+        };
+        if !same {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            txn.delete_table(REFUSED)?;
+            txn.open_table(REFUSED)?;
+            txn.open_table(META)?.insert(REFUSAL_POLICY, policy)?;
+            txn.commit()?;
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(REFUSED)?.iter()? {
+            let (id, value) = entry?;
+            let value = value.value();
+            let corrupt = || StoreError::Corrupt("a refused record's entry does not decode".into());
+            let (age, name) = value.split_first_chunk::<8>().ok_or_else(corrupt)?;
+            let name = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(corrupt)?;
+            out.push((
+                RecordId::from_bytes(*id.value()),
+                name,
+                u64::from_le_bytes(*age),
+            ));
+        }
+        Ok(out)
     }
 
     pub(crate) fn raw(&self) -> &Database {
         &self.db
     }
 
-    /// Appends records and the trust changes they caused in one durable transaction.
+    /// Appends records and the trust changes they caused in one durable transaction. Changes
+    /// to the remembered refusals alone commit without waiting for the disk: losing them in a
+    /// crash costs a record's check again, never a wrong decision.
     pub fn write_catalog(&self, w: &CatalogWrite) -> Result<(), StoreError> {
-        if w.is_empty() {
+        if w.is_empty() && w.refused.is_empty() && w.unrefused.is_empty() {
             return Ok(());
         }
         let mut txn = self.db.begin_write()?;
-        txn.set_two_phase_commit(true);
+        if w.is_empty() {
+            txn.set_durability(redb::Durability::None)?;
+        } else {
+            txn.set_two_phase_commit(true);
+        }
+        {
+            let mut refused = txn.open_table(REFUSED)?;
+            for id in &w.unrefused {
+                refused.remove(id.as_bytes())?;
+            }
+            for (id, name, age) in &w.refused {
+                let value = [&age.to_le_bytes()[..], name.as_str().as_bytes()].concat();
+                refused.insert(id.as_bytes(), value.as_slice())?;
+            }
+        }
         {
             let mut log = txn.open_table(LOG)?;
             let mut ids = txn.open_table(IDS)?;
