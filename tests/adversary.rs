@@ -609,3 +609,89 @@ async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_sync
     assert_eq!(again.registry.refusals_remembered(), 0);
     again.shutdown().await;
 }
+
+/// A release of `name@version` chained to `previous`, claimed made at `at`.
+fn chained(
+    name: &str,
+    version: &str,
+    previous: Option<agora_protocol::records::RecordId>,
+    at: u64,
+    key: &PublisherSecret,
+    salt: u64,
+) -> ReleaseRecord {
+    let mut body = release(
+        name,
+        version.parse().unwrap(),
+        &noise(100, salt),
+        16 * 1024,
+        key,
+    )
+    .body;
+    body.previous = previous;
+    body.published_at = at;
+    Signed::sign(body, key).unwrap()
+}
+
+/// Finding 3 (through gossip, to nodes that hold the rotation): a key rotated away still
+/// passed the owner check for records of versions it had published, and its second record for
+/// a version was taken as equivocation, making that version uninstallable for the new owner.
+/// A publishes 1.0 and 2.0, rotates to B, B publishes 3.0; A then signs another 3.0 and a
+/// back-dated 4.0: both are refused as not the owner, and 3.0 stays installable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
+    init_tracing();
+    let nodes = testnet(2).await;
+    let (a, b) = (publisher(110), publisher(111));
+    let t = 1_700_000_000;
+    let a1 = chained("moved", "1.0.0", None, t, &a, 1);
+    let a2 = chained("moved", "2.0.0", Some(a1.id()), t + 10, &a, 2);
+    let reg = &nodes[0].0.registry;
+    reg.announce(a1.clone()).await.unwrap();
+    reg.announce(a2.clone()).await.unwrap();
+    reg.rotate(&a1.body.name, b.public(), &a).await.unwrap();
+    let b3 = chained("moved", "3.0.0", Some(a2.id()), t + 30, &b, 3);
+    reg.announce(b3.clone()).await.unwrap();
+    let id3 = b3.id();
+    converge_nodes("3.0.0 everywhere", DEADLINE, &nodes, |_, n| async move {
+        if n.registry.has_record(&id3) {
+            Ok(())
+        } else {
+            Err("no 3.0.0".into())
+        }
+    })
+    .await;
+
+    let twin = chained("moved", "3.0.0", Some(a2.id()), t + 40, &a, 4);
+    let backdated = chained("moved", "4.0.0", Some(a2.id()), t + 20, &a, 5);
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&nodes[1].1)).await;
+    for r in [&twin, &backdated] {
+        hostile
+            .publish_raw(GossipMessage::Release(r.clone()).to_wire())
+            .await;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    let node1 = &nodes[1].0.registry;
+    converge("node 1 refuses both", DEADLINE, || async {
+        match node1.refusals_remembered() {
+            2 => Ok(()),
+            n => Err(format!("{n} refused")),
+        }
+    })
+    .await;
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        assert!(n.registry.equivocations().is_empty(), "node {i}");
+        assert_eq!(
+            n.registry.get(&b3.body.name, &VersionReq::STAR).unwrap(),
+            b3,
+            "node {i}"
+        );
+        assert!(!n.registry.has_record(&twin.id()) && !n.registry.has_record(&backdated.id()));
+    }
+    let _ = stop.send(());
+    driver.await.unwrap();
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}

@@ -286,6 +286,16 @@ impl Trust {
             });
         }
         if let Some(&first) = state.releases.get(&b.version) {
+            if !is_owner {
+                // A key rotated away has no say over the name any more: a second record from
+                // it for a version it once published would make that version uninstallable
+                // (lockfile pins included) for whoever holds the key now, lost or stolen.
+                return Err(TrustError::NotOwner {
+                    name: b.name.clone(),
+                    owner: state.owner,
+                    signer: b.publisher,
+                });
+            }
             let state = self.names.get_mut(&b.name).expect("looked up above");
             let ids = state
                 .history_mut()
@@ -575,6 +585,49 @@ mod tests {
         assert!(!state.installable(&v));
         assert_eq!(state.equivocation(&v), Some(&[first.1, second.1][..]));
         assert_eq!(state.latest(), None);
+    }
+
+    #[test]
+    fn a_key_rotated_away_can_neither_move_the_name_nor_dispute_its_versions() {
+        let (a, b) = (key(1), key(2));
+        let mut t = Trust::default();
+        let a1 = release("pkg", "1.0.0", None, &a, 0);
+        let a2 = release("pkg", "2.0.0", Some(a1.1), &a, 0);
+        admit(&mut t, &a1).unwrap();
+        admit(&mut t, &a2).unwrap();
+        let rotation = CatalogRecord::Rotation(
+            Signed::sign(
+                RotationBody {
+                    name: "pkg".parse().unwrap(),
+                    from: a.public(),
+                    to: b.public(),
+                    rotated_at: 2,
+                },
+                &a,
+            )
+            .unwrap(),
+        );
+        let rid = rotation.id();
+        t.admit(&rotation, rid).unwrap();
+        let b3 = release("pkg", "3.0.0", Some(a2.1), &b, 0);
+        assert_eq!(admit(&mut t, &b3), Ok(Admission::Release));
+        let not_owner = Err(TrustError::NotOwner {
+            name: "pkg".parse().unwrap(),
+            owner: b.public(),
+            signer: a.public(),
+        });
+        // Another 3.0 and another 1.0 by the old key, and a newer version by it.
+        for forged in [
+            release("pkg", "3.0.0", Some(a2.1), &a, 9),
+            release("pkg", "1.0.0", None, &a, 9),
+            release("pkg", "4.0.0", Some(a2.1), &a, 9),
+        ] {
+            assert_eq!(admit(&mut t, &forged), not_owner);
+        }
+        let state = t.name("pkg").unwrap();
+        assert_eq!(state.equivocations(), None);
+        assert_eq!(state.latest(), Some(&"3.0.0".parse().unwrap()));
+        assert!(state.installable(&"1.0.0".parse().unwrap()));
     }
 
     #[test]
