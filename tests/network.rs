@@ -433,7 +433,15 @@ async fn a_provider_that_never_answers_holds_up_no_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_tasks_share_one_handle_and_every_reply_arrives() {
     init_tracing();
-    let nodes = testnet(2).await;
+    // 50 of the tasks ask node b for a chunk at once: room for all of them in b's budget of
+    // one peer's requests (an honest fetch has 8 in flight).
+    let nodes = testnet_with(2, |c| {
+        c.network.fetch_budget = agora_daemon::network::budget::Budget {
+            per_peer: 64,
+            total: 64,
+        }
+    })
+    .await;
     let (a, _) = &nodes[0];
     let (b, _) = &nodes[1];
     let data = noise(64 * 1024, 6);
