@@ -695,3 +695,55 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
         n.shutdown().await;
     }
 }
+
+/// Finding 4: a syncing node kept every record of a sync (up to 200k ids over 4,096 rounds)
+/// and verified none until the end, with no deadline and no limit on syncs at once. A peer
+/// that answers every round with one maximal junk record (a release of 31.9 kB whose
+/// signature does not hold) is now found out at its first answer: the sync stops with the
+/// reason, having held that one response, and nothing is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
+    use agora_daemon::registry::sync::{SyncError, sync_with};
+    use agora_protocol::records::CatalogRecord;
+    init_tracing();
+    let key = publisher(120);
+    let junk: Vec<CatalogRecord> = (0..64)
+        .map(|i| {
+            let mut r = largest_release(&format!("junk-{i:02}"), &key);
+            r.body.meta.description.replace_range(0..1, "J"); // edited after signing
+            CatalogRecord::Release(r)
+        })
+        .collect();
+    let (addr, rounds, stop, task) = common::hostile::junk_syncer(junk).await;
+    let (node, _) = start_node().await;
+    let peer = node.network.dial(addr).await.unwrap();
+    // The connection starts a sync of its own; the one asked for here runs once it is over.
+    let err = loop {
+        match sync_with(&node.registry, peer).await {
+            Err(SyncError::AlreadyRunning { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other.expect_err("a sync of junk fails"),
+        }
+    };
+    match &err {
+        SyncError::InvalidRecords { invalid: 1, first } => {
+            assert!(
+                first.ends_with(
+                    "record signature: signature does not verify for this publisher key and \
+                     record kind"
+                ),
+                "{first}"
+            )
+        }
+        other => panic!("{other}"),
+    }
+    // One request for records in each sync begun (the connection's, if it ran, and this one).
+    let syncs = rounds[0].load(Ordering::SeqCst);
+    assert!((1..=2).contains(&syncs), "{syncs} syncs");
+    assert_eq!(rounds[1].load(Ordering::SeqCst), syncs);
+    assert_eq!(node.registry.catalog_len(), 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+    node.shutdown().await;
+}

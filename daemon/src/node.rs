@@ -126,9 +126,13 @@ async fn duties(registry: Arc<Registry>) {
             _ = sync_tick.tick() => {
                 let Ok(peers) = registry.network().peers().await else { return };
                 let Some(peer) = peers.choose(&mut rand::rng()).copied() else { continue };
-                if let Err(e) = sync::sync_with(&registry, peer).await {
-                    debug!(%peer, error = %e, "periodic sync failed");
-                }
+                // On its own task: a slow peer's sync must not hold up persisting.
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = sync::sync_with(&registry, peer).await {
+                        debug!(%peer, error = %e, "periodic sync failed");
+                    }
+                });
             }
             _ = persist_tick.tick() => {
                 if let Err(e) = registry.persist().await {

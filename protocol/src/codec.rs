@@ -130,6 +130,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Bytes `value`'s versioned encoding takes ([`encode`]'s length), without writing it.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut size = SizeOnly(0);
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .expect("agora-protocol types always encode");
+    1 + size.0
+}
+
 /// Counts the bytes an encoding would write.
 struct SizeOnly(usize);
 

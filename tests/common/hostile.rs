@@ -419,3 +419,104 @@ pub async fn never_reads(
     });
     (tally, stop, task)
 }
+
+/// A peer that answers catalog sync with junk: a summary whose buckets hold `junk`, the ids
+/// of `junk` when asked for a bucket's, and one junk record per request for records. The
+/// counters count the summaries asked for (syncs begun) and the requests for records.
+pub async fn junk_syncer(
+    junk: Vec<agora_protocol::records::CatalogRecord>,
+) -> (
+    Multiaddr,
+    std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    use agora_daemon::network::codec::WireCodec;
+    use agora_protocol::messages::{BucketDigest, SyncRequest, SyncResponse};
+    use libp2p::request_response::{self, Event, Message, ProtocolSupport};
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<WireCodec<SyncRequest, SyncResponse>>::new(
+                [(
+                    StreamProtocol::new(agora_protocol::messages::SYNC_PROTOCOL),
+                    ProtocolSupport::Inbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()));
+        }
+    };
+    let rounds = std::sync::Arc::new([
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ]);
+    let counter = rounds.clone();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let ids: Vec<_> = junk.iter().map(|r| (r.id(), r)).collect();
+        loop {
+            let event = tokio::select! {
+                e = swarm.select_next_some() => e,
+                _ = &mut stopped => return,
+            };
+            let SwarmEvent::Behaviour(Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = event
+            else {
+                continue;
+            };
+            let response = match request {
+                SyncRequest::Summary => {
+                    counter[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut buckets = vec![BucketDigest::default(); 256];
+                    for (id, _) in &ids {
+                        let b = &mut buckets[id.as_bytes()[0] as usize];
+                        b.count += 1;
+                        b.digest = [0xAA; 32];
+                    }
+                    SyncResponse::Summary { buckets }
+                }
+                SyncRequest::Buckets { buckets } => SyncResponse::Ids {
+                    ids: ids
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| buckets.contains(&id.as_bytes()[0]))
+                        .collect(),
+                },
+                SyncRequest::Records { ids: asked } => {
+                    counter[1].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    SyncResponse::Records {
+                        records: ids
+                            .iter()
+                            .filter(|(id, _)| asked.contains(id))
+                            .take(1)
+                            .map(|(_, r)| (*r).clone())
+                            .collect(),
+                    }
+                }
+            };
+            let _ = swarm.behaviour_mut().send_response(channel, response);
+        }
+    });
+    (addr, rounds, stop, task)
+}

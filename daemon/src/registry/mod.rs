@@ -1855,8 +1855,18 @@ impl Registry {
     }
 
     /// Marks the start of a sync with `peer`; false if one is already running.
-    pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
-        lock(&self.syncing).insert(peer)
+    /// Registers a sync with `peer` unless one runs with it already (`Err(true)`) or `max`
+    /// run with all peers (`Err(false)`).
+    pub(crate) fn begin_sync(&self, peer: PeerId, max: usize) -> Result<(), bool> {
+        let mut syncing = lock(&self.syncing);
+        if syncing.contains(&peer) {
+            return Err(true);
+        }
+        if syncing.len() >= max {
+            return Err(false);
+        }
+        syncing.insert(peer);
+        Ok(())
     }
 
     pub(crate) fn end_sync(&self, peer: &PeerId) {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agora_protocol::codec::Wire;
+use agora_protocol::codec::{self, Wire};
 use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
 use agora_protocol::messages::{GossipMessage, Refusal, SyncRequest, SyncResponse};
 use agora_protocol::records::{CatalogRecord, RecordId};
@@ -45,6 +45,17 @@ pub const MAX_RELAYED: usize = 256;
 pub const RELAY_WINDOW_SECS: u64 = 3600;
 /// Most record requests in one sync (each returns at least one record or the sync stops).
 const MAX_RECORD_ROUNDS: usize = 4096;
+/// Syncs running at once, with all peers together: each holds up to a response and a batch
+/// waiting to be admitted, and a burst of new connections would otherwise start one each.
+pub const MAX_CONCURRENT_SYNCS: usize = 4;
+/// Longest one sync may take, however the peer paces its answers.
+pub const SYNC_DEADLINE: Duration = Duration::from_secs(120);
+/// Records received are verified and admitted once this many bytes of them wait, so that a
+/// sync holds at most this much (and one response) whatever the difference.
+const SYNC_ADMIT_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes of records taken from one peer in one sync: a catalog of 100k releases is
+/// about 100 MB; the rest comes at the next sync.
+pub const MAX_SYNC_RECORD_BYTES: usize = 256 * 1024 * 1024;
 /// How often a node reconciles its catalog with a random connected peer, on top of the sync
 /// on every new connection: catches anything gossip missed within a minute.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -83,6 +94,12 @@ impl Settled {
 pub enum SyncError {
     #[error("sync with {peer} is already running")]
     AlreadyRunning { peer: PeerId },
+    #[error("{MAX_CONCURRENT_SYNCS} syncs are running already")]
+    TooManySyncs,
+    #[error("the sync took longer than {SYNC_DEADLINE:?}")]
+    Deadline,
+    #[error("the peer sent {invalid} invalid records (the first: {first}); the sync stopped")]
+    InvalidRecords { invalid: usize, first: String },
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error("peer refused the sync: {0:?}")]
@@ -118,10 +135,14 @@ pub struct SyncReport {
 )]
 pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncError> {
     let span = tracing::Span::current();
-    if !registry.begin_sync(peer) {
-        return Err(SyncError::AlreadyRunning { peer });
+    match registry.begin_sync(peer, MAX_CONCURRENT_SYNCS) {
+        Ok(()) => {}
+        Err(true) => return Err(SyncError::AlreadyRunning { peer }),
+        Err(false) => return Err(SyncError::TooManySyncs),
     }
-    let result = run(registry, peer).await;
+    let result = tokio::time::timeout(SYNC_DEADLINE, run(registry, peer))
+        .await
+        .unwrap_or(Err(SyncError::Deadline));
     registry.end_sync(&peer);
     if let Ok(report) = &result {
         let stats = &registry.stats;
@@ -228,17 +249,18 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
     missing.dedup();
     report.requested = missing.len();
 
-    let mut records: Vec<CatalogRecord> = Vec::with_capacity(missing.len());
+    let mut batch = Admit::default();
+    let mut taken = 0usize;
     let mut pending: &[RecordId] = &missing;
     let mut rounds = 0;
-    while !pending.is_empty() && rounds < MAX_RECORD_ROUNDS {
+    while !pending.is_empty() && rounds < MAX_RECORD_ROUNDS && taken < MAX_SYNC_RECORD_BYTES {
         rounds += 1;
-        let batch = &pending[..pending.len().min(MAX_SYNC_IDS)];
+        let asking = &pending[..pending.len().min(MAX_SYNC_IDS)];
         let got = match net
             .send_sync(
                 peer,
                 SyncRequest::Records {
-                    ids: batch.to_vec(),
+                    ids: asking.to_vec(),
                 },
             )
             .await?
@@ -248,25 +270,82 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         };
         // The responder answers in the order asked, skipping ids it lacks and stopping at its
         // size budget: everything up to the last record it returned is settled.
-        let asked: HashSet<&RecordId> = batch.iter().collect();
+        let asked: HashSet<&RecordId> = asking.iter().collect();
         let mut received: HashSet<RecordId> = HashSet::new();
-        for record in got {
-            let id = record.id();
-            if asked.contains(&id) && received.insert(id) {
-                records.push(record);
-            }
-        }
-        let Some(last) = batch.iter().rposition(|id| received.contains(id)) else {
+        let got: Vec<CatalogRecord> = got
+            .into_iter()
+            .filter(|r| {
+                let id = r.id();
+                asked.contains(&id) && received.insert(id)
+            })
+            .collect();
+        let Some(last) = asking.iter().rposition(|id| received.contains(id)) else {
             debug!(%peer, "peer returned none of the records asked for; stopping");
             break;
         };
+        // Checked as they come: a peer that sends one invalid record is not asked for more.
+        let got = verified(got).await?;
+        for record in got {
+            let len = codec::encoded_len(&record);
+            taken += len;
+            batch.push(record, len);
+        }
         pending = &pending[last + 1..];
+        if batch.bytes >= SYNC_ADMIT_BYTES {
+            admit(registry, std::mem::take(&mut batch), &mut report).await?;
+        }
     }
+    admit(registry, batch, &mut report).await?;
+    Ok(report)
+}
 
+/// `records` if every one of them is valid (checked on a blocking thread), else why not.
+async fn verified(records: Vec<CatalogRecord>) -> Result<Vec<CatalogRecord>, SyncError> {
+    tokio::task::spawn_blocking(move || {
+        let mut invalid = records
+            .iter()
+            .filter_map(|r| r.verify().err().map(|e| format!("{}: {e}", r.id())));
+        match invalid.next() {
+            Some(first) => Err(SyncError::InvalidRecords {
+                invalid: 1 + invalid.count(),
+                first,
+            }),
+            None => Ok(records),
+        }
+    })
+    .await
+    .map_err(|e| RegistryError::Internal(format!("sync verify task: {e}")))?
+}
+
+/// Verified records of a sync waiting to be admitted, and their size.
+#[derive(Default)]
+struct Admit {
+    records: Vec<CatalogRecord>,
+    bytes: usize,
+}
+
+impl Admit {
+    fn push(&mut self, record: CatalogRecord, len: usize) {
+        self.records.push(record);
+        self.bytes += len;
+    }
+}
+
+/// Admits a batch of a sync's verified records (in an order the trust rules accept), and
+/// relays the news among those added.
+async fn admit(
+    registry: &Arc<Registry>,
+    batch: Admit,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if batch.records.is_empty() {
+        return Ok(());
+    }
     // The news among them, relayed once admitted; more than MAX_RELAYED is a partition
     // catching up, which the periodic sync heals.
     let now = super::now();
-    let news: Vec<&CatalogRecord> = records
+    let news: Vec<&CatalogRecord> = batch
+        .records
         .iter()
         .filter(|r| is_news(r.made_at(), now))
         .collect();
@@ -276,7 +355,8 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         Vec::new()
     };
     let reg = registry.clone();
-    let results = tokio::task::spawn_blocking(move || reg.ingest(records, false))
+    let records = batch.records;
+    let results = tokio::task::spawn_blocking(move || reg.ingest(records, true))
         .await
         .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
     let mut added = HashSet::new();
@@ -291,13 +371,13 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
             }
         }
     }
-    report.added = added.len();
+    report.added += added.len();
     relay(
         registry,
         relayable.into_iter().filter(|r| added.contains(&r.id())),
     )
     .await;
-    Ok(report)
+    Ok(())
 }
 
 /// Whether a record made at `made` (its publisher's clock) is news at `now`: made within
