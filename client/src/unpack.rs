@@ -3,7 +3,10 @@
 //! Only regular files and directories with normal path components are accepted: `..`,
 //! absolute paths, symlinks, hard links, device files, FIFOs, duplicate paths, more than
 //! [`MAX_ENTRIES`] entries or more than [`MAX_UNPACKED_BYTES`] bytes (which also stops a gzip
-//! bomb) are each refused with their own error. Everything is written into a fresh temporary
+//! bomb) are each refused with their own error. The tar headers that extend the next entry (a
+//! GNU long name, a PAX header) are read here, not by the tar crate, which would read each
+//! whole into memory whatever size it declares: a long name is at most [`MAX_PATH_BYTES`] and
+//! a PAX header at most [`MAX_PAX_BYTES`], checked before a byte of either is read. Everything is written into a fresh temporary
 //! directory next to the destination and renamed into place only when the whole archive was
 //! read; on any error the temporary directory is removed and the destination is untouched.
 
@@ -19,6 +22,10 @@ use agora_protocol::{ContentHasher, ContentId};
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most bytes unpacked from one archive (files' contents).
 pub const MAX_UNPACKED_BYTES: u64 = 1024 * 1024 * 1024;
+/// Longest path of an entry (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: u64 = 4096;
+/// Largest PAX extended header: a path and a few short keys.
+pub const MAX_PAX_BYTES: u64 = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -43,6 +50,12 @@ pub enum UnpackError {
     TooLarge,
     #[error("{0} already exists")]
     Exists(PathBuf),
+    #[error("the archive has a {kind} of {size} bytes; the limit is {limit}")]
+    HeaderTooLarge {
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
@@ -107,14 +120,56 @@ fn unpack_into(archive: impl Read, root: &Path) -> Result<FileHashes, UnpackErro
     let mut seen = std::collections::HashSet::new();
     let mut total: u64 = 0;
     let corrupt = |e: std::io::Error| UnpackError::Corrupt(e.to_string());
-    for (count, entry) in tar.entries().map_err(corrupt)?.enumerate() {
+    // The path the next entry is given by a GNU long name or a PAX header before it.
+    let mut next_path: Option<Vec<u8>> = None;
+    for (count, entry) in tar.entries().map_err(corrupt)?.raw(true).enumerate() {
         if count >= MAX_ENTRIES {
             return Err(UnpackError::TooManyEntries);
         }
         let mut entry = entry.map_err(corrupt)?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
+        if kind.is_gnu_longname() || kind.is_pax_local_extensions() {
+            let (what, limit) = if kind.is_gnu_longname() {
+                ("GNU long name", MAX_PATH_BYTES)
+            } else {
+                ("PAX header", MAX_PAX_BYTES)
+            };
+            let size = entry.header().size().map_err(corrupt)?;
+            if size > limit {
+                return Err(UnpackError::HeaderTooLarge {
+                    kind: what,
+                    size,
+                    limit,
+                });
+            }
+            if next_path.is_some() {
+                return Err(UnpackError::Corrupt(
+                    "two headers extend the same entry".into(),
+                ));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut data)
+                .map_err(corrupt)?;
+            next_path = Some(if kind.is_gnu_longname() {
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                data
+            } else {
+                pax_path(&data)?
+            });
+            continue;
+        }
+        let raw = String::from_utf8_lossy(
+            &next_path
+                .take()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| entry.header().path_bytes().into_owned()),
+        )
+        .into_owned();
+        if kind.is_symlink() || kind.is_hard_link() || kind.is_gnu_longlink() {
             return Err(UnpackError::Link(raw));
         }
         let rel = safe_path(&raw)?;
@@ -169,6 +224,31 @@ fn unpack_into(archive: impl Read, root: &Path) -> Result<FileHashes, UnpackErro
         files.insert(key, hasher.finish());
     }
     Ok(files)
+}
+
+/// The path a PAX header gives the next entry (empty if it gives none). Any key that would
+/// change how the entry is read (its size, sparse maps) is refused: our archives never carry
+/// one, and the raw reading here follows the entry's own header.
+fn pax_path(data: &[u8]) -> Result<Vec<u8>, UnpackError> {
+    let mut path = Vec::new();
+    for ext in tar::PaxExtensions::new(data) {
+        let ext = ext.map_err(|e| UnpackError::Corrupt(format!("PAX header: {e}")))?;
+        match ext.key_bytes() {
+            b"path" => path = ext.value_bytes().to_vec(),
+            b"size" => {
+                return Err(UnpackError::Corrupt(
+                    "a PAX header sets an entry's size".into(),
+                ));
+            }
+            key if key.starts_with(b"GNU.sparse") => {
+                return Err(UnpackError::Corrupt(
+                    "a PAX header describes a sparse file".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(path)
 }
 
 /// SHA-256 of every file under `dir` (relative paths), to compare with a lockfile. Symlinks
@@ -299,6 +379,91 @@ mod tests {
         for (entries, message) in cases {
             assert_eq!(refused(entries).to_string(), message);
         }
+    }
+
+    /// An archive of one extension header (`kind`, declaring `declared` bytes, holding
+    /// `data`) and the file it extends.
+    fn extended(kind: T, declared: u64, data: &[u8]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(declared);
+        h.set_path("././@LongLink").unwrap();
+        h.set_cksum();
+        let padded: Vec<u8> = data
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0))
+            .take(declared.min(1 << 20) as usize)
+            .collect();
+        b.append(&h, padded.as_slice()).unwrap();
+        let mut f = tar::Header::new_gnu();
+        f.set_entry_type(T::Regular);
+        f.set_size(1);
+        f.set_mode(0o644);
+        f.set_path("short").unwrap();
+        f.set_cksum();
+        b.append(&f, &b"x"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn long_names_are_taken_within_their_bound_and_refused_past_it() {
+        // A long path written by the builder (a GNU long name before the entry), as the
+        // publisher's packer writes one.
+        let long = format!(
+            "templates/{}file.tmpl",
+            format!("{}/", "d".repeat(60)).repeat(5)
+        );
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+        let bytes = b.into_inner().unwrap().finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = unpack(bytes.as_slice(), &dir.path().join("pkg")).unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), [&long]);
+
+        // The same through a PAX header.
+        let pax = format!("{} path={long}\n", long.len() + 7 + 3);
+        let dir = tempfile::tempdir().unwrap();
+        let files = unpack(
+            extended(T::XHeader, pax.len() as u64, pax.as_bytes()).as_slice(),
+            &dir.path().join("pkg"),
+        )
+        .unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), [&long]);
+
+        // Declared past the bounds: refused before a byte is read (a 1 GiB long name would
+        // otherwise be read whole into memory).
+        for (kind, declared, what, limit) in [
+            (T::GNULongName, 1 << 30, "GNU long name", MAX_PATH_BYTES),
+            (T::XHeader, MAX_PAX_BYTES + 1, "PAX header", MAX_PAX_BYTES),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let err = unpack(
+                extended(kind, declared, b"x").as_slice(),
+                &dir.path().join("pkg"),
+            )
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("the archive has a {what} of {declared} bytes; the limit is {limit}")
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(
+            extended(T::XHeader, 12, b"12 size=100\n").as_slice(),
+            &dir.path().join("pkg"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the archive is corrupt: a PAX header sets an entry's size"
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum KeyFileError {
     },
     #[error("{path} has mode {mode:o}; key files must not be readable by others (chmod 600)", path = .path.display())]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path} belongs to user {owner}, not to this user ({me}); refusing to use it", path = .path.display())]
+    NotOwned { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path} is a symbolic link; a private directory must be a directory of its own", path = .path.display())]
+    Link { path: PathBuf },
     #[error("{path} is not a valid key file: {message}", path = .path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("{path} already exists; refusing to overwrite a key", path = .path.display())]
@@ -38,15 +42,40 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Creates `dir` with mode 0700 if it does not exist.
+/// Creates `dir` if it does not exist and makes it private (mode 0700). Refused if it is a
+/// symbolic link (the mode change would follow it to whatever it names, and what is put in
+/// the directory would land there) or belongs to another user (who could replace what is
+/// put in it, the socket included).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyFileError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(KeyFileError::Link {
+            path: dir.to_owned(),
+        });
+    }
+    owned_by_me(dir, &meta)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))
 }
 
-/// Reads a key file after checking no one else can read it.
+/// Refuses a file or directory another user owns.
+fn owned_by_me(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(KeyFileError::NotOwned {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a key file after checking it is this user's and no one else can read it.
 fn read_private(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let meta = fs::metadata(path).map_err(io(path))?;
+    owned_by_me(path, &meta)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
@@ -184,5 +213,48 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    /// Another user's key file, and a private directory that is a link or another user's,
+    /// are refused. Handing a file to another user needs root, which CI has.
+    #[test]
+    fn another_users_key_or_directory_and_a_linked_directory_are_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        generate_publisher_key(&keys).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let path = keys.join(PUBLISHER_KEY_FILE);
+        std::os::unix::fs::chown(&path, Some(65534), None)
+            .expect("handing a file to another user needs root, which CI has");
+        assert_eq!(
+            publisher_key(&keys).unwrap_err().to_string(),
+            format!(
+                "{} belongs to user 65534, not to this user ({me}); refusing to use it",
+                path.display()
+            )
+        );
+
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        assert!(matches!(
+            ensure_private_dir(&theirs),
+            Err(KeyFileError::NotOwned { owner: 65534, .. })
+        ));
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::set_permissions(elsewhere.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+        assert_eq!(
+            ensure_private_dir(&link).unwrap_err().to_string(),
+            format!(
+                "{} is a symbolic link; a private directory must be a directory of its own",
+                link.display()
+            )
+        );
+        // The mode of what the link names is left alone.
+        let mode = fs::metadata(elsewhere.path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o755);
     }
 }

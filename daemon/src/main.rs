@@ -85,7 +85,8 @@ fn main() {
         }
     };
     // The identity first: once the socket exists, everything it names exists too.
-    let prepared = std::fs::create_dir_all(&config.paths.data_dir)
+    // Private: the catalog, the logs and the archives are this user's alone.
+    let prepared = agora_daemon::keys::ensure_private_dir(&config.paths.data_dir)
         .with_context(|| format!("while creating {}", config.paths.data_dir.display()))
         .and_then(|()| {
             agora_daemon::keys::node_identity(&config.paths.keys_dir)

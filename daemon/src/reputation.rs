@@ -16,6 +16,10 @@ pub const BAD_DATA_PENALTY: u64 = 10;
 /// Prior successes and failures every peer starts with (a Laplace prior): a new peer scores
 /// 0.5, below a proven one and above a failing one.
 const PRIOR_OUTCOMES: f64 = 1.0;
+/// Most peers remembered. Every peer pinged gets an entry, and peer ids cost nothing to make;
+/// past this the one seen longest ago is forgotten (a forgotten peer starts again at the
+/// prior, and a ban ends early only for a peer gone longer than every other).
+pub const MAX_PEERS: usize = 10_000;
 
 /// What we know about one peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,19 +60,60 @@ impl PeerRecord {
     }
 }
 
-/// Reputation of every peer we dealt with.
-#[derive(Debug, Default)]
+/// Reputation of the peers we dealt with, at most `cap` of them.
+#[derive(Debug)]
 pub struct Reputation {
+    cap: usize,
     peers: HashMap<PeerId, PeerRecord>,
     dirty: HashSet<PeerId>,
+    /// Forgotten since the last [`take_forgotten`](Self::take_forgotten).
+    forgotten: Vec<PeerId>,
+}
+
+impl Default for Reputation {
+    fn default() -> Self {
+        Self::with_cap(MAX_PEERS)
+    }
 }
 
 impl Reputation {
-    pub fn from_records(records: impl IntoIterator<Item = (PeerId, PeerRecord)>) -> Self {
+    pub fn with_cap(cap: usize) -> Self {
         Self {
-            peers: records.into_iter().collect(),
+            cap,
+            peers: HashMap::new(),
             dirty: HashSet::new(),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// Entries as stored; beyond the bound, those seen longest ago are forgotten at once.
+    pub fn from_records(records: impl IntoIterator<Item = (PeerId, PeerRecord)>) -> Self {
+        let mut r = Self {
+            peers: records.into_iter().collect(),
+            ..Self::default()
+        };
+        while r.peers.len() > r.cap {
+            r.forget_oldest();
+        }
+        r
+    }
+
+    fn forget_oldest(&mut self) {
+        let oldest = self
+            .peers
+            .iter()
+            .min_by_key(|(p, r)| (r.last_seen, **p))
+            .map(|(p, _)| *p);
+        if let Some(p) = oldest {
+            self.peers.remove(&p);
+            self.dirty.remove(&p);
+            self.forgotten.push(p);
+        }
+    }
+
+    /// Peers forgotten since the last call (to delete from the store).
+    pub fn take_forgotten(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&PeerRecord> {
@@ -84,6 +129,9 @@ impl Reputation {
     }
 
     fn entry(&mut self, peer: PeerId, now: u64) -> &mut PeerRecord {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.cap {
+            self.forget_oldest();
+        }
         self.dirty.insert(peer);
         let record = self.peers.entry(peer).or_default();
         record.last_seen = now;
@@ -172,6 +220,26 @@ mod tests {
         );
         assert_eq!(rep.take_dirty().len(), 2);
         assert!(rep.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn past_the_bound_the_peer_seen_longest_ago_is_forgotten() {
+        let mut rep = Reputation::with_cap(3);
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        for (t, p) in peers.iter().enumerate() {
+            rep.rtt(*p, 10.0, 100 + t as u64);
+        }
+        rep.rtt(peers[0], 10.0, 200); // seen again: now the youngest
+        assert!(rep.take_forgotten().is_empty());
+        let extra = PeerId::random();
+        rep.rtt(extra, 10.0, 300);
+        assert_eq!(rep.len(), 3);
+        assert_eq!(rep.take_forgotten(), [peers[1]]);
+        let mut written: Vec<PeerId> = rep.take_dirty().into_iter().map(|(p, _)| p).collect();
+        written.sort();
+        let mut expected = vec![peers[0], peers[2], extra];
+        expected.sort();
+        assert_eq!(written, expected, "only the kept entries are written");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum BindError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the socket's directory: {0}")]
+    Dir(crate::keys::KeyFileError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
@@ -80,8 +82,7 @@ impl IpcListener {
     /// Claims the socket path. Must run inside a tokio runtime.
     pub fn bind(path: &Path) -> Result<(Self, SocketFile), BindError> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        crate::keys::ensure_private_dir(dir).map_err(BindError::Dir)?;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Err(BindError::Symlink(path.to_owned()));

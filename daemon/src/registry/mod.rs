@@ -842,7 +842,7 @@ impl Registry {
                     if matches!(e, TrustError::Rollback { .. }) {
                         Self::count(&self.stats.rollbacks_refused);
                     }
-                    if !matches!(e, TrustError::UnknownName { .. }) {
+                    if !e.is_transient() {
                         cat.refusals.remember(id, &name, &mut refusals);
                     }
                     debug!(%name, error = %e, "record refused");
@@ -1722,19 +1722,27 @@ impl Registry {
         self.persist_reputation().await
     }
 
-    /// Writes changed reputation entries to disk.
+    /// Writes changed reputation entries to disk, and deletes forgotten ones.
     pub async fn persist_reputation(self: &Arc<Self>) -> Result<(), RegistryError> {
-        let dirty: Vec<(Vec<u8>, Vec<u8>)> = self
-            .reputation_lock()
-            .take_dirty()
-            .into_iter()
-            .map(|(p, r)| (p.to_bytes(), crate::store::encode_meta(&r)))
-            .collect();
-        if dirty.is_empty() {
+        let (dirty, forgotten) = {
+            let mut rep = self.reputation_lock();
+            let dirty: Vec<(Vec<u8>, Vec<u8>)> = rep
+                .take_dirty()
+                .into_iter()
+                .map(|(p, r)| (p.to_bytes(), crate::store::encode_meta(&r)))
+                .collect();
+            let forgotten: Vec<Vec<u8>> = rep
+                .take_forgotten()
+                .into_iter()
+                .map(|p| p.to_bytes())
+                .collect();
+            (dirty, forgotten)
+        };
+        if dirty.is_empty() && forgotten.is_empty() {
             return Ok(());
         }
         let reg = self.clone();
-        blocking(move || Ok(reg.db.save_reputation(&dirty)?)).await
+        blocking(move || Ok(reg.db.save_reputation(&dirty, &forgotten)?)).await
     }
 
     /// A ping round trip, for reputation.

@@ -5,9 +5,10 @@
 //!
 //! Remembered: valid records the trust rules refuse for good with this node's state and
 //! policy (a foreign key, a key off the allowlist, a rollback, a broken chain). Not
-//! remembered: what may be accepted later (a yank of a name not known yet), and what is
-//! invalid (its sender is told so again, as gossip rejects it and costs the sender score). A rotation of a name forgets that
-//! name's refusals (its new owner's records were refused as foreign); the store forgets them
+//! remembered: what may be accepted later (a yank or rotation of a name or version not known
+//! yet), and what is invalid (its sender is told so again: gossip rejects it, which costs the
+//! sender score). A rotation of a name forgets that name's refusals (its new owner's records
+//! were refused as foreign); the store forgets them
 //! all when the trust policy changes. Bounded: past [`MAX_REFUSALS`] the oldest is forgotten
 //! (forgetting costs one more check, never a wrong decision). Plain state, no I/O.
 

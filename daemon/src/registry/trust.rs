@@ -81,6 +81,16 @@ pub enum TrustError {
     },
     #[error("'{name}' is not in the catalog yet")]
     UnknownName { name: PackageName },
+    #[error("{name}@{version} is not in the catalog yet")]
+    UnknownVersion { name: PackageName, version: Version },
+}
+
+impl TrustError {
+    /// Whether the record may be accepted once more of the catalog is known (it came before
+    /// what it refers to): such a refusal is not remembered.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::UnknownName { .. } | Self::UnknownVersion { .. })
+    }
 }
 
 /// What admitting a record did.
@@ -382,6 +392,13 @@ impl Trust {
     fn admit_yank(&mut self, y: &Yank) -> Result<Admission, TrustError> {
         let b = &y.body;
         let state = self.owned_by(&b.name, &b.publisher)?;
+        // A yank of a version nobody published would be kept forever for nothing.
+        if !state.releases.contains_key(&b.version) {
+            return Err(TrustError::UnknownVersion {
+                name: b.name.clone(),
+                version: b.version.clone(),
+            });
+        }
         state.history_mut().yanked.insert(b.version.clone());
         Ok(Admission::Yank)
     }
@@ -390,11 +407,12 @@ impl Trust {
         let b = &r.body;
         self.allowed(&b.to)?;
         match self.names.get_mut(&b.name) {
+            // Before any release: taking it would make the releases of the key it rotates
+            // from (which arrive later) a past owner's, refused; it comes again by sync.
             None => {
-                self.allowed(&b.from)?;
-                let mut state = NameState::new(b.to);
-                state.history_mut().past_owners.push(b.from);
-                self.names.insert(b.name.clone(), state);
+                return Err(TrustError::UnknownName {
+                    name: b.name.clone(),
+                });
             }
             Some(state) if state.owner == b.from => {
                 state.history_mut().past_owners.push(b.from);
@@ -628,6 +646,61 @@ mod tests {
         assert_eq!(state.equivocations(), None);
         assert_eq!(state.latest(), Some(&"3.0.0".parse().unwrap()));
         assert!(state.installable(&"1.0.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_yank_of_an_unknown_version_and_a_rotation_of_an_unknown_name_wait_for_their_release() {
+        let (a, b) = (key(1), key(2));
+        let mut t = Trust::default();
+        let rotation = CatalogRecord::Rotation(
+            Signed::sign(
+                RotationBody {
+                    name: "pkg".parse().unwrap(),
+                    from: a.public(),
+                    to: b.public(),
+                    rotated_at: 2,
+                },
+                &a,
+            )
+            .unwrap(),
+        );
+        let rid = rotation.id();
+        let unknown_name = TrustError::UnknownName {
+            name: "pkg".parse().unwrap(),
+        };
+        assert!(unknown_name.is_transient());
+        assert_eq!(t.admit(&rotation, rid), Err(unknown_name));
+        assert!(t.name("pkg").is_none(), "nothing pinned");
+
+        let a1 = release("pkg", "1.0.0", None, &a, 0);
+        admit(&mut t, &a1).unwrap();
+        let yank = |version: &str| {
+            CatalogRecord::Yank(
+                Signed::sign(
+                    agora_protocol::records::YankBody {
+                        name: "pkg".parse().unwrap(),
+                        version: version.parse().unwrap(),
+                        publisher: a.public(),
+                        yanked_at: 3,
+                        reason: String::new(),
+                    },
+                    &a,
+                )
+                .unwrap(),
+            )
+        };
+        let y9 = yank("9.0.0");
+        let err = t.admit(&y9, y9.id()).unwrap_err();
+        assert_eq!(err.to_string(), "pkg@9.0.0 is not in the catalog yet");
+        assert!(err.is_transient());
+        let y1 = yank("1.0.0");
+        assert_eq!(t.admit(&y1, y1.id()), Ok(Admission::Yank));
+        // The rotation, now that the name is known, is taken.
+        assert_eq!(
+            t.admit(&rotation, rid),
+            Ok(Admission::Rotation { to: b.public() })
+        );
+        assert_eq!(t.name("pkg").unwrap().past_owners(), [a.public()]);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct BlobUsage {
     pub cached_bytes: u64,
     /// Bytes of published or pinned blobs.
     pub kept_bytes: u64,
+    /// Bytes of partial downloads (counted with the cache against the quota at start-up).
+    pub partial_bytes: u64,
     pub quota: u64,
 }
 
@@ -66,7 +68,13 @@ pub struct BlobCheck {
     pub missing_blobs_forgotten: usize,
     /// Cached blobs evicted because they no longer fit the (possibly lowered) quota.
     pub evicted: usize,
+    /// Partial downloads removed: older than [`PARTIAL_MAX_AGE`], not named by a content id,
+    /// or beyond the quota together with the cache.
+    pub partials_removed: usize,
 }
+
+/// A partial download left this long by a fetch that never resumed is removed at start-up.
+pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 60 * 60);
 
 struct State {
     metas: HashMap<ContentId, BlobMeta>,
@@ -155,8 +163,49 @@ impl BlobStore {
                 }
             }
         }
+        check.partials_removed = store.clean_partials()?;
         check.evicted = store.evict()?.len();
         Ok((store, check))
+    }
+
+    /// Removes partial downloads a fetch will not resume (no fetch runs at start-up): those
+    /// older than [`PARTIAL_MAX_AGE`] or not named by a content id, then the oldest while
+    /// they and the cached blobs are over the quota together. Returns how many went.
+    fn clean_partials(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("partial");
+        let now = std::time::SystemTime::now();
+        let mut kept: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let modified = meta.modified().map_err(io_err(&path))?;
+            let named = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<ContentId>().is_ok());
+            let stale = now
+                .duration_since(modified)
+                .is_ok_and(|age| age > PARTIAL_MAX_AGE);
+            if !named || stale || !meta.is_file() {
+                remove_any(&path)?;
+                removed += 1;
+            } else {
+                kept.push((modified, meta.len(), path));
+            }
+        }
+        let cached = self.usage().cached_bytes;
+        let mut total = cached + kept.iter().map(|(_, len, _)| len).sum::<u64>();
+        kept.sort();
+        for (_, len, path) in kept {
+            if total <= self.quota {
+                break;
+            }
+            remove_any(&path)?;
+            total -= len;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -423,6 +472,14 @@ impl BlobStore {
             quota: self.quota,
             ..BlobUsage::default()
         };
+        let partial = self.root.join("partial");
+        usage.partial_bytes = fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
         for meta in state.metas.values() {
             if meta.evictable() {
                 usage.cached_bytes += meta.size;
@@ -467,6 +524,16 @@ fn hash_file(path: &Path) -> Result<ContentId, StoreError> {
         }
         hasher.update(&buf[..n]);
     }
+}
+
+/// Removes a file, or a directory with what is in it (a partial download is a file; anything
+/// else found there is removed whole).
+fn remove_any(path: &Path) -> Result<(), StoreError> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        _ => fs::remove_file(path),
+    };
+    result.map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -524,6 +591,7 @@ mod tests {
                 orphan_files_removed: 1,
                 missing_blobs_forgotten: 1,
                 evicted: 0,
+                partials_removed: 0,
             }
         );
         assert!(store.has(&kept));
@@ -531,6 +599,44 @@ mod tests {
         assert_eq!(store.read(&kept).unwrap(), b"kept");
         assert_eq!(store.persisted_count().unwrap(), 1);
         assert_eq!(files_under(dir.path().join("blobs").as_path()), 1);
+    }
+
+    #[test]
+    fn start_up_removes_stale_strange_and_over_quota_partial_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("partial");
+        let old =
+            std::time::SystemTime::now() - PARTIAL_MAX_AGE - std::time::Duration::from_secs(60);
+        let write = |name: String, len: usize, modified: std::time::SystemTime| {
+            let path = partial.join(name);
+            fs::write(&path, vec![1u8; len]).unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(modified)
+                .unwrap();
+            path
+        };
+        {
+            let (_store, check) = open(dir.path(), 250);
+            assert_eq!(check.partials_removed, 0);
+        }
+        let now = std::time::SystemTime::now();
+        let id = |b: u8| ContentId::of(&[b]).to_hex();
+        let stale = write(id(1), 10, old);
+        let strange = write("not-a-content-id".into(), 10, now);
+        let oldest = write(id(2), 100, now - std::time::Duration::from_secs(30));
+        let newer = write(id(3), 100, now - std::time::Duration::from_secs(20));
+        let newest = write(id(4), 100, now - std::time::Duration::from_secs(10));
+        let (store, check) = open(dir.path(), 250);
+        // Stale and strange go; of the 300 bytes left over a quota of 250, the oldest goes.
+        assert_eq!(check.partials_removed, 3);
+        for gone in [&stale, &strange, &oldest] {
+            assert!(!gone.exists(), "{}", gone.display());
+        }
+        assert!(newer.exists() && newest.exists());
+        assert_eq!(store.usage().partial_bytes, 200);
     }
 
     #[test]

@@ -610,13 +610,21 @@ impl Db {
     }
 
     /// Saves reputation entries (peer id bytes, encoded entry) in one transaction.
-    pub fn save_reputation(&self, entries: &[RawEntry]) -> Result<(), StoreError> {
-        if entries.is_empty() {
+    /// Writes reputation `entries` and deletes the entries of `forgotten` peers.
+    pub fn save_reputation(
+        &self,
+        entries: &[RawEntry],
+        forgotten: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && forgotten.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(REPUTATION)?;
+            for peer in forgotten {
+                table.remove(peer.as_slice())?;
+            }
             for (peer, entry) in entries {
                 table.insert(peer.as_slice(), entry.as_slice())?;
             }
