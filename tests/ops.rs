@@ -484,6 +484,43 @@ fn the_gateway_answers_only_its_own_hosts_and_pages() {
     assert_eq!(status, 200);
 }
 
+/// Finding 13 of the audit: each search through the gateway started its own blocking task on
+/// tokio's pool of up to 512 threads, so 64 clients searching at once took the daemon from 5
+/// to over 130 threads (and its memory with them, kept after the load). The blocking pool is
+/// bounded: the same load adds at most its bound of threads.
+#[test]
+fn a_burst_of_searches_adds_no_more_threads_than_the_blocking_pool_allows() {
+    let node = Daemon::with_args(&["--http", "127.0.0.1:0"]);
+    let base = http_base(&node);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", node.pid()))
+            .unwrap()
+            .count()
+    };
+    // Idle: the start-up's own blocking work done.
+    let (status, _) = get_json(&format!("{base}/v1/packages?q=warm"));
+    assert_eq!(status, 200);
+    let idle = threads();
+    std::thread::scope(|scope| {
+        for c in 0..64 {
+            let url = format!("{base}/v1/packages?q=burst{c}");
+            scope.spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for _ in 0..20 {
+                    let r = client.get(&url).send().unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                }
+            });
+        }
+    });
+    let bound = agora_daemon::runtime::max_blocking_threads();
+    let after = threads();
+    assert!(
+        after <= idle + bound,
+        "{idle} threads idle, {after} after 1,280 searches from 64 clients (bound {bound})"
+    );
+}
+
 #[test]
 fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     // Node A: the seed. Its address is fixed after the first start, so it can come back on it.

@@ -45,6 +45,9 @@ use crate::ipc::{Context, handler};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read size when streaming an archive.
 const STREAM_CHUNK: usize = 256 * 1024;
+/// Requests answered at once; beyond it the gateway answers 503 at once. Work that blocks
+/// waits for the runtime's bounded blocking pool anyway, so more in flight would only queue.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
 
 /// What the gateway reads.
 pub struct Gateway {
@@ -54,6 +57,8 @@ pub struct Gateway {
     /// Bootstrap peers are configured, so readiness waits for the routing table.
     pub needs_bootstrap: bool,
     pub hosts: HostPolicy,
+    /// Permits for requests in flight ([`MAX_REQUESTS_IN_FLIGHT`]).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which requests the gateway answers: those whose `Host` is `localhost`, an IP address (no
@@ -136,7 +141,17 @@ impl HostPolicy {
 /// Refuses what [`HostPolicy`] refuses, before the route runs.
 async fn guard(State(g): State<Arc<Gateway>>, request: HttpRequest, next: Next) -> Response {
     match g.hosts.check(request.headers()) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => match g.in_flight.clone().try_acquire_owned() {
+            // Held until the response's head is made: a download streams on without it.
+            Ok(_permit) => next.run(request).await,
+            Err(_) => {
+                let body = serde_json::json!({
+                    "error": "busy",
+                    "message": format!("{MAX_REQUESTS_IN_FLIGHT} requests are being answered; try again"),
+                });
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+            }
+        },
         Err(refusal) => {
             let (status, kind) = match refusal {
                 HostRefusal::NoHost => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod registry;
 pub mod reputation;
+pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -101,7 +101,7 @@ fn main() {
         &keypair.public().to_peer_id().to_string(),
     )
     .unwrap_or_else(|e| fail(&anyhow::Error::new(e)));
-    let runtime = tokio::runtime::Runtime::new()
+    let runtime = agora_daemon::runtime::build()
         .context("while starting the async runtime")
         .unwrap_or_else(|e| fail(&e));
     let result = runtime.block_on(run(config, keypair, &telemetry));

@@ -130,6 +130,11 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> i32 {
+        self.pid.expect("the daemon is running")
+    }
+
     /// The daemon's data directory (catalog, blobs, temp files).
     pub fn data_dir(&self) -> PathBuf {
         self.home.path().join("data")

@@ -73,7 +73,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| {
+    let runtime = agora_daemon::runtime::build().unwrap_or_else(|e| {
         eprintln!("error: cannot start the async runtime: {e}");
         std::process::exit(1);
     });
