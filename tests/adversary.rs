@@ -747,3 +747,115 @@ async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
     task.await.unwrap();
     node.shutdown().await;
 }
+
+/// Finding 7: valid records cost nothing to make, and each admitted one costs every node a
+/// signature check, a durable write and an index update. A peer flooding 4,000 valid
+/// releases from throwaway keys at 1,000 a second got them all admitted by every node of the
+/// network. Now each peer has a gossip budget (a burst of 512, then 50 a second): what is over
+/// it is dropped unchecked by the node it reaches first, which holds it against the flooder's
+/// gossip score, and an honest release published meanwhile reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_releases_pass() {
+    use agora_daemon::network::budget::GossipRate;
+    init_tracing();
+    let rate = GossipRate {
+        rate: 50.0,
+        burst: 512.0,
+    };
+    let nodes = testnet_with(10, |c| c.network.gossip_rate = rate).await;
+    const FLOOD: usize = 4000;
+    let flood: Vec<Vec<u8>> = (0..FLOOD)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            seed[8] = 0xF1;
+            let key = PublisherSecret::from_bytes(seed);
+            let r = release(
+                &format!("flood-{i:05}"),
+                Version::new(1, 0, 0),
+                &(i as u64).to_le_bytes(),
+                16 * 1024,
+                &key,
+            );
+            GossipMessage::Release(r).to_wire()
+        })
+        .collect();
+    let mut hostile = Hostile::new();
+    let hostile_id = hostile.peer_id();
+    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
+    let honest = release(
+        "honest-during-flood",
+        Version::new(1, 0, 0),
+        &noise(1000, 130),
+        16 * 1024,
+        &publisher(130),
+    );
+    let announcer = {
+        let registry = nodes[5].0.registry.clone();
+        let honest = honest.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            registry.announce(honest).await.unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    let sent = hostile.flood(flood, 1000).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    announcer.await.unwrap();
+    assert_eq!(sent, FLOOD, "the whole flood went out");
+
+    let honest_id = honest.id();
+    converge_nodes(
+        "the honest release reaches every node",
+        DEADLINE,
+        &nodes,
+        |_, n| async move {
+            if n.registry.has_record(&honest_id) {
+                Ok(())
+            } else {
+                Err("missing".into())
+            }
+        },
+    )
+    .await;
+    // What the first node could take: its burst and its rate since the flood began, and the
+    // honest release. Every other node holds no more than it forwarded.
+    let bound = (rate.burst + rate.rate * started.elapsed().as_secs_f64()) as usize + 1;
+    for (i, (n, _)) in nodes.iter().enumerate() {
+        let held = n.registry.catalog_len();
+        assert!(
+            held <= bound,
+            "node {i} admitted {held} records (bound {bound})"
+        );
+    }
+    // Node 0's registry checked no more of the flood than the budget let through.
+    let stats = &nodes[0].0.registry.stats;
+    let checked = stats.gossip_accepted.load(Ordering::Relaxed)
+        + stats.gossip_ignored.load(Ordering::Relaxed)
+        + stats.gossip_rejected.load(Ordering::Relaxed);
+    assert!(
+        checked as usize <= bound + 10,
+        "node 0 checked {checked} gossip messages (bound {bound})"
+    );
+    // Past its budget the flooder's own messages are rejected, and after a few of those
+    // gossipsub graylists it: the rest of the flood is dropped before validation.
+    let over = nodes[0].0.network.metrics().gossip_over_budget.get();
+    assert!(over >= 1, "node 0 dropped {over} over budget");
+    let score = nodes[0]
+        .0
+        .network
+        .gossip_score(hostile_id)
+        .await
+        .unwrap()
+        .expect("the flooder is scored");
+    assert!(
+        score < -80.0,
+        "the flooder's score {score} is not below the graylist threshold"
+    );
+    let _ = stop.send(());
+    driver.await.unwrap();
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub commands: Counter,
     /// DHT records peers have put to this node (publications and every replication round).
     pub dht_records_received: Counter,
+    /// Gossip messages dropped because their sender was over its gossip budget.
+    pub gossip_over_budget: Counter,
     /// Of those, records byte-identical to the copy this node stores, dropped by the event
     /// loop before any validation: a replication round's copies of what the node holds.
     pub dht_records_unchanged: Counter,
@@ -126,6 +128,12 @@ impl Metrics {
             "DHT records peers have put to this node",
             Counter::default(),
         );
+        let gossip_over_budget = add(
+            agora,
+            "gossip_over_budget",
+            "Gossip messages dropped unchecked because their sender was over its budget",
+            Counter::default(),
+        );
         let dht_records_unchanged = add(
             agora,
             "dht_records_unchanged",
@@ -181,6 +189,7 @@ impl Metrics {
             swarm_events,
             commands,
             dht_records_received,
+            gossip_over_budget,
             dht_records_unchanged,
             search_seconds,
             publish_seconds,

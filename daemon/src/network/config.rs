@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 
-use super::budget::Budget;
+use super::budget::{Budget, GossipRate};
 
 /// How the swarm is built and paced.
 #[derive(Clone, Debug)]
@@ -59,6 +59,11 @@ pub struct NetworkConfig {
     /// an honest peer asks; a response is up to 4 MiB, so the total bounds what a node holds
     /// for peers who ask and never read at 64 MiB.
     pub sync_budget: Budget,
+    /// Gossip messages one peer may send: a burst for a node that relays what a sync brought
+    /// (up to 256 records at once), then a steady rate far above what honest publishing on a
+    /// network sends. What is over it is neither checked nor forwarded, and a peer over it
+    /// with messages of its own (not relayed) loses gossip score.
+    pub gossip_rate: GossipRate,
     /// Peers' chunk requests worked on or being answered at once. An honest fetcher has 8 in
     /// flight across all its providers; a chunk is up to 1 MiB, so one peer holds at most
     /// 16 MiB of the node and all of them 64 MiB.
@@ -91,6 +96,10 @@ impl NetworkConfig {
             max_established_total: 512,
             max_pending_incoming: 64,
             max_concurrent_streams: 64,
+            gossip_rate: GossipRate {
+                rate: 50.0,
+                burst: 512.0,
+            },
             sync_budget: Budget {
                 per_peer: 2,
                 total: 16,

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{Span, debug, info, info_span, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
-use super::budget::{Budget, OpenRequests};
+use super::budget::{Budget, GossipBudget, OpenRequests};
 use super::codec::WireCodec;
 use super::command::{
     Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
@@ -85,6 +85,7 @@ pub struct EventLoop {
     pending_providers: HashMap<QueryId, ProviderSearch>,
     sync: Exchanges<SyncResponse>,
     fetch: Exchanges<FetchResponse>,
+    gossip_budget: GossipBudget,
 }
 
 impl EventLoop {
@@ -112,6 +113,7 @@ impl EventLoop {
             pending_providers: HashMap::new(),
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
+            gossip_budget: GossipBudget::new(config.gossip_rate),
         }
     }
 
@@ -612,6 +614,7 @@ impl EventLoop {
                     self.metrics
                         .peers
                         .set(self.swarm.connected_peers().count() as i64);
+                    self.gossip_budget.forget(&peer_id);
                     self.offer(NetworkEvent::PeerDisconnected { peer: peer_id });
                 }
             }
@@ -657,6 +660,28 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                if !self
+                    .gossip_budget
+                    .take(propagation_source, std::time::Instant::now())
+                {
+                    self.metrics.gossip_over_budget.inc();
+                    // A relay over budget may be passing on a burst from elsewhere; a peer
+                    // over it with its own messages is flooding.
+                    let verdict = if message.source == Some(propagation_source) {
+                        MessageAcceptance::Reject
+                    } else {
+                        MessageAcceptance::Ignore
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            verdict,
+                        );
+                    return;
+                }
                 let event = NetworkEvent::Gossip {
                     source: propagation_source,
                     id: message_id.clone(),
