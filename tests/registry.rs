@@ -1732,3 +1732,38 @@ async fn gossip_of_a_held_record_is_ignored_and_a_copy_with_another_signature_re
     assert_eq!(node.registry.catalog_len(), 1);
     node.shutdown().await;
 }
+
+/// The sync summary is kept per bucket and recomputed only where records were added: after
+/// each of three batches it equals the summary computed from scratch (each bucket's count and
+/// the SHA-256 of its ids in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_kept_per_bucket_matches_one_computed_from_scratch() {
+    init_tracing();
+    let (node, _) = start_node().await;
+    let all = many_releases(600, &publisher(140));
+    for batch in all.chunks(200) {
+        ingest(&node.registry, batch.to_vec()).await;
+        let summary = node.registry.summary();
+        for (b, digest) in summary.iter().enumerate() {
+            let ids = node.registry.ids_in(&[b as u8], usize::MAX);
+            let mut h = agora_protocol::ContentHasher::new();
+            for id in &ids {
+                h.update(id.as_bytes());
+            }
+            let expected = if ids.is_empty() {
+                agora_protocol::messages::BucketDigest::default()
+            } else {
+                agora_protocol::messages::BucketDigest {
+                    count: ids.len() as u32,
+                    digest: *h.finish().as_bytes(),
+                }
+            };
+            assert_eq!(*digest, expected, "bucket {b}");
+        }
+        assert_eq!(
+            summary.iter().map(|d| d.count as usize).sum::<usize>(),
+            node.registry.catalog_len()
+        );
+    }
+    node.shutdown().await;
+}

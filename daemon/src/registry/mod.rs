@@ -245,8 +245,9 @@ struct Catalog {
     ids: BTreeSet<RecordId>,
     /// Records refused for good, not to be fetched or checked again.
     refusals: Refusals,
-    /// Cached sync summary; `None` after any change.
-    summary: Option<Vec<BucketDigest>>,
+    /// Each bucket's digest for the sync summary, kept until a record of the bucket is added:
+    /// a summary recomputes only the buckets that changed, not the whole catalog.
+    summary: Vec<Option<BucketDigest>>,
 }
 
 impl Catalog {
@@ -468,7 +469,7 @@ impl Registry {
                 refusals::MAX_REFUSALS,
                 db.refusals(&config.trust.fingerprint())?,
             ),
-            summary: None,
+            summary: vec![None; SYNC_BUCKETS],
         };
         // What this node put on the DHT itself (its heads and the releases it published),
         // collected during the replay so the log is read once.
@@ -834,6 +835,7 @@ impl Registry {
                         cat.refusals.forget_name(&name, &mut refusals);
                     }
                     cat.ids.insert(id);
+                    cat.summary[usize::from(id.as_bytes()[0])] = None;
                     write.records.push((id, record.clone()));
                     touched.insert(name);
                     out.push((id, Ingested::Added(admission)));
@@ -852,9 +854,6 @@ impl Registry {
         }
         write.refused = refusals.remembered;
         write.unrefused = refusals.forgotten;
-        if !write.records.is_empty() {
-            cat.summary = None;
-        }
         decided(&out);
         // Written under the lock so the log's order is the order of admission. If the write
         // fails, memory is ahead of disk until the next start (which replays the disk): the
@@ -909,39 +908,33 @@ impl Registry {
     /// Digest of each of the 256 id buckets of the catalog.
     pub fn summary(&self) -> Vec<BucketDigest> {
         let mut cat = self.catalog_lock();
-        if let Some(s) = &cat.summary {
-            return s.clone();
-        }
-        let mut out = vec![BucketDigest::default(); SYNC_BUCKETS];
-        let mut current: Option<(u8, u32, ContentHasher)> = None;
-        for id in &cat.ids {
-            let bucket = id.as_bytes()[0];
-            match &mut current {
-                Some((b, count, h)) if *b == bucket => {
-                    *count += 1;
-                    h.update(id.as_bytes());
-                }
-                _ => {
-                    if let Some((b, count, h)) = current.take() {
-                        out[b as usize] = BucketDigest {
-                            count,
-                            digest: *h.finish().as_bytes(),
-                        };
-                    }
-                    let mut h = ContentHasher::new();
-                    h.update(id.as_bytes());
-                    current = Some((bucket, 1, h));
-                }
+        let cat = &mut *cat;
+        for (b, slot) in cat.summary.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
             }
+            let mut lo = [0u8; 32];
+            lo[0] = b as u8;
+            let mut count = 0u32;
+            let mut h = ContentHasher::new();
+            for id in cat
+                .ids
+                .range(ContentId::from_bytes(lo)..)
+                .take_while(|id| usize::from(id.as_bytes()[0]) == b)
+            {
+                count += 1;
+                h.update(id.as_bytes());
+            }
+            *slot = Some(if count == 0 {
+                BucketDigest::default()
+            } else {
+                BucketDigest {
+                    count,
+                    digest: *h.finish().as_bytes(),
+                }
+            });
         }
-        if let Some((b, count, h)) = current {
-            out[b as usize] = BucketDigest {
-                count,
-                digest: *h.finish().as_bytes(),
-            };
-        }
-        cat.summary = Some(out.clone());
-        out
+        cat.summary.iter().map(|d| d.unwrap_or_default()).collect()
     }
 
     /// Ids in the given buckets, at most `limit`.
