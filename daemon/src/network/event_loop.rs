@@ -86,6 +86,8 @@ pub struct EventLoop {
     sync: Exchanges<SyncResponse>,
     fetch: Exchanges<FetchResponse>,
     gossip_budget: GossipBudget,
+    /// The remote address of each open connection (to judge the addresses its peer lists).
+    remotes: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl EventLoop {
@@ -114,6 +116,7 @@ impl EventLoop {
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate),
+            remotes: HashMap::new(),
         }
     }
 
@@ -588,6 +591,8 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.remotes
+                    .insert(connection_id, endpoint.get_remote_address().clone());
                 if let Some((_, reply)) = self.pending_dial.remove(&connection_id) {
                     // A dialled address is reachable: remember it for Kademlia too.
                     if endpoint.is_dialer() {
@@ -605,10 +610,12 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.remotes.remove(&connection_id);
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.metrics
@@ -637,14 +644,22 @@ impl EventLoop {
 
     fn on_identify(&mut self, event: identify::Event) {
         match event {
-            identify::Event::Received { peer_id, info, .. } => {
+            identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            } => {
                 let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_protocol) {
                     trace!(peer = %peer_id, "peer does not speak Agora's Kademlia");
                     return;
                 }
+                let Some(remote) = self.remotes.get(&connection_id) else {
+                    return;
+                };
+                let reached = Reach::of(remote);
                 for addr in info.listen_addrs {
-                    if is_dialable(&addr) {
+                    if is_dialable(&addr) && Reach::of(&addr) >= reached {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
@@ -997,6 +1012,35 @@ fn on_exchange<Req, Resp>(
     }
 }
 
+/// How far an address can be reached from: this machine, its private networks, anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    Loopback,
+    Private,
+    Public,
+}
+
+impl Reach {
+    fn of(addr: &Multiaddr) -> Self {
+        match addr.iter().next() {
+            Some(Protocol::Ip4(ip)) if ip.is_loopback() => Self::Loopback,
+            Some(Protocol::Ip6(ip)) if ip.is_loopback() => Self::Loopback,
+            // 100.64.0.0/10 is carrier-grade NAT: shared, not reachable from outside.
+            Some(Protocol::Ip4(ip))
+                if ip.is_private()
+                    || ip.is_link_local()
+                    || (ip.octets()[0] == 100 && ip.octets()[1] & 0xC0 == 64) =>
+            {
+                Self::Private
+            }
+            Some(Protocol::Ip6(ip)) if ip.is_unique_local() || ip.is_unicast_link_local() => {
+                Self::Private
+            }
+            _ => Self::Public,
+        }
+    }
+}
+
 /// Addresses worth putting in the routing table: not unspecified (0.0.0.0 / ::).
 fn is_dialable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
@@ -1009,4 +1053,33 @@ fn is_dialable(addr: &Multiaddr) -> bool {
 /// Decodes a head this node stores or is about to store (both were validated as DHT values).
 fn decode_head(bytes: &[u8]) -> Result<PackageHead, codec::DecodeError> {
     codec::decode::<PackageHead, MAX_DHT_VALUE_BYTES, { codec::claims(MAX_DHT_VALUE_BYTES) }>(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer reached over the internet lists its LAN and loopback addresses too: handed to
+    /// Kademlia they would be passed to peers that can reach none of them (and dialled there,
+    /// into whatever holds those addresses on their own networks). An address is kept only if
+    /// it reaches at least as far as the connection the peer was heard on.
+    #[test]
+    fn a_peer_reached_from_afar_has_only_its_far_reaching_addresses_kept() {
+        let reach = |a: &str| Reach::of(&a.parse().unwrap());
+        assert_eq!(reach("/ip4/127.0.0.1/tcp/1"), Reach::Loopback);
+        assert_eq!(reach("/ip6/::1/tcp/1"), Reach::Loopback);
+        assert_eq!(reach("/ip4/192.168.1.5/tcp/1"), Reach::Private);
+        assert_eq!(reach("/ip4/10.0.0.5/udp/1/quic-v1"), Reach::Private);
+        assert_eq!(reach("/ip4/100.64.0.1/tcp/1"), Reach::Private);
+        assert_eq!(reach("/ip6/fd00::1/tcp/1"), Reach::Private);
+        assert_eq!(reach("/ip4/203.0.113.9/tcp/1"), Reach::Public);
+        assert_eq!(reach("/dns4/seed.example/tcp/1"), Reach::Public);
+        let kept = |remote: &str, listed: &str| reach(listed) >= reach(remote);
+        assert!(!kept("/ip4/203.0.113.9/tcp/1", "/ip4/192.168.1.5/tcp/1"));
+        assert!(!kept("/ip4/203.0.113.9/tcp/1", "/ip4/127.0.0.1/tcp/1"));
+        assert!(kept("/ip4/203.0.113.9/tcp/1", "/ip4/198.51.100.2/tcp/1"));
+        assert!(kept("/ip4/192.168.1.5/tcp/1", "/ip4/192.168.1.6/tcp/1"));
+        assert!(!kept("/ip4/192.168.1.5/tcp/1", "/ip4/127.0.0.1/tcp/1"));
+        assert!(kept("/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"));
+    }
 }
