@@ -770,7 +770,12 @@ impl EventLoop {
                     },
             } => {
                 // Kademlia has already checked that the provider is the peer that sent it;
-                // the memory store bounds providers per key and in total.
+                // the store bounds providers per key and in total. Agora provides archives
+                // only: any other key is someone filling the store.
+                if !matches!(DhtKey::parse(record.key.as_ref()), Ok(DhtKey::Content(_))) {
+                    debug!(provider = %record.provider, "dropping a provider record for a key that names no archive");
+                    return;
+                }
                 if let Err(e) = kad::store::RecordStore::add_provider(
                     self.swarm.behaviour_mut().kad.store_mut(),
                     record,

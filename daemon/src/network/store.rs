@@ -21,6 +21,8 @@ pub struct DhtStore {
     records: HashMap<Box<[u8]>, Box<[u8]>>,
     max_records: usize,
     max_value_bytes: usize,
+    max_providers_per_key: usize,
+    local: PeerId,
     providers: MemoryStore,
 }
 
@@ -32,6 +34,8 @@ impl DhtStore {
             records: HashMap::new(),
             max_records: config.max_records,
             max_value_bytes: config.max_value_bytes,
+            max_providers_per_key: config.max_providers_per_key,
+            local,
             providers: MemoryStore::with_config(local, config),
         }
     }
@@ -91,7 +95,23 @@ impl RecordStore for DhtStore {
         Box::new(self.records.iter().map(|(k, v)| Cow::Owned(record(k, v))))
     }
 
+    /// Past the bound of providers per key, libp2p's memory store ignores every new one, so
+    /// whoever announced first (a few peer ids near the key cost nothing) kept the place for
+    /// good. Here a new provider takes the place of one drawn at random (never this node's
+    /// own): no set of early announcers holds the key against later ones.
     fn add_provider(&mut self, record: ProviderRecord) -> Result<()> {
+        let known = self.providers.providers(&record.key);
+        if known.len() >= self.max_providers_per_key
+            && !known.iter().any(|p| p.provider == record.provider)
+        {
+            let others: Vec<&ProviderRecord> =
+                known.iter().filter(|p| p.provider != self.local).collect();
+            if others.is_empty() {
+                return Ok(());
+            }
+            let out = others[rand::random_range(0..others.len())];
+            self.providers.remove_provider(&record.key, &out.provider);
+        }
         self.providers.add_provider(record)
     }
 
@@ -189,5 +209,36 @@ mod tests {
         s.remove_provider(&key, &local);
         assert_eq!(s.providers(&key), [theirs]);
         assert_eq!(s.provided().count(), 0);
+    }
+
+    #[test]
+    fn past_the_bound_a_new_provider_takes_a_place_and_this_nodes_own_is_kept() {
+        let local = PeerId::random();
+        let mut s = DhtStore::new(
+            local,
+            MemoryStoreConfig {
+                max_providers_per_key: 2,
+                ..MemoryStoreConfig::default()
+            },
+        );
+        let key = RecordKey::new(b"content");
+        let add = |s: &mut DhtStore, p: PeerId| {
+            s.add_provider(ProviderRecord::new(key.clone(), p, Vec::new()))
+                .unwrap()
+        };
+        let early = PeerId::random();
+        add(&mut s, local);
+        add(&mut s, early);
+        for _ in 0..5 {
+            let late = PeerId::random();
+            add(&mut s, late);
+            let now: Vec<PeerId> = s.providers(&key).iter().map(|p| p.provider).collect();
+            assert_eq!(now.len(), 2);
+            assert!(now.contains(&local) && now.contains(&late), "{now:?}");
+        }
+        // A provider already listed is updated in place, taking no one's place.
+        let listed = s.providers(&key)[1].provider;
+        add(&mut s, listed);
+        assert_eq!(s.providers(&key).len(), 2);
     }
 }
