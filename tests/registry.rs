@@ -1767,3 +1767,43 @@ async fn the_summary_kept_per_bucket_matches_one_computed_from_scratch() {
     }
     node.shutdown().await;
 }
+
+/// History that arrives out of order within one batch, with claimed times that put the newest
+/// first: 1.0.0 is refused as a rollback before 2.0.0 (which chains to it) is admitted. The
+/// refusal is not kept once 2.0.0 is in: the next time 1.0.0 comes (the next sync) it is
+/// history, and taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_refused_as_a_rollback_is_taken_once_a_release_chains_to_it() {
+    init_tracing();
+    let (node, _) = start_node().await;
+    let key = publisher(150);
+    let with_time = |r: ReleaseRecord, at: u64| {
+        let mut body = r.body;
+        body.published_at = at;
+        Signed::sign(body, &key).unwrap()
+    };
+    let v1 = with_time(forged("ordered", "1.0.0", None, &key, 1), 300);
+    let v2 = with_time(forged("ordered", "2.0.0", Some(v1.id()), &key, 2), 400);
+    let v3 = with_time(forged("ordered", "3.0.0", Some(v2.id()), &key, 3), 100);
+    let batch: Vec<CatalogRecord> = [&v1, &v2, &v3]
+        .into_iter()
+        .map(|r| CatalogRecord::Release(r.clone()))
+        .collect();
+    let first = ingest(&node.registry, batch.clone()).await;
+    let outcome = |results: &[(RecordId, Ingested)], id: RecordId| {
+        results
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, o)| o.clone())
+            .unwrap()
+    };
+    assert!(matches!(
+        outcome(&first, v1.id()),
+        Ingested::Refused(TrustError::Rollback { .. })
+    ));
+    assert_eq!(node.registry.refusals_remembered(), 0);
+    let again = ingest(&node.registry, batch).await;
+    assert!(matches!(outcome(&again, v1.id()), Ingested::Added(_)));
+    assert_eq!(node.registry.versions(&v1.body.name).unwrap().len(), 3);
+    node.shutdown().await;
+}

@@ -831,9 +831,9 @@ impl Registry {
                                 .to_vec(),
                         ));
                     }
-                    if let Admission::Rotation { .. } = &admission {
-                        cat.refusals.forget_name(&name, &mut refusals);
-                    }
+                    // What the name now holds may make a refused record acceptable (history a
+                    // release chains to, a new owner's): it is decided again when it comes.
+                    cat.refusals.forget_name(&name, &mut refusals);
                     cat.ids.insert(id);
                     cat.summary[usize::from(id.as_bytes()[0])] = None;
                     write.records.push((id, record.clone()));

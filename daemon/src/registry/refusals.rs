@@ -7,12 +7,14 @@
 //! policy (a foreign key, a key off the allowlist, a rollback, a broken chain). Not
 //! remembered: what may be accepted later (a yank or rotation of a name or version not known
 //! yet), and what is invalid (its sender is told so again: gossip rejects it, which costs the
-//! sender score). A rotation of a name forgets that name's refusals (its new owner's records
-//! were refused as foreign); the store forgets them
+//! sender score). Whatever is admitted for a name forgets that name's refusals: a rotation
+//! makes its new owner's records (refused as foreign) acceptable, and a release may chain to a
+//! version refused as a rollback before it arrived, which is then history. The store forgets
+//! them
 //! all when the trust policy changes. Bounded: past [`MAX_REFUSALS`] the oldest is forgotten
 //! (forgetting costs one more check, never a wrong decision). Plain state, no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agora_protocol::PackageName;
 use agora_protocol::records::RecordId;
@@ -27,6 +29,7 @@ pub struct Refusals {
     cap: usize,
     by_id: HashMap<RecordId, (PackageName, u64)>,
     by_age: BTreeMap<u64, RecordId>,
+    by_name: HashMap<PackageName, HashSet<RecordId>>,
     next: u64,
 }
 
@@ -43,6 +46,7 @@ impl Refusals {
             cap,
             by_id: HashMap::new(),
             by_age: BTreeMap::new(),
+            by_name: HashMap::new(),
             next: 0,
         }
     }
@@ -55,6 +59,7 @@ impl Refusals {
         let mut r = Self::new(cap);
         for (id, name, age) in stored {
             r.by_age.insert(age, id);
+            r.by_name.entry(name.clone()).or_default().insert(id);
             r.by_id.insert(id, (name, age));
             r.next = r.next.max(age + 1);
         }
@@ -83,23 +88,32 @@ impl Refusals {
         self.next += 1;
         self.by_id.insert(id, (name.clone(), age));
         self.by_age.insert(age, id);
+        self.by_name.entry(name.clone()).or_default().insert(id);
         changes.remembered.push((id, name.clone(), age));
         while self.by_id.len() > self.cap {
             let (_, oldest) = self.by_age.pop_first().expect("more than cap entries");
-            self.by_id.remove(&oldest);
+            if let Some((name, _)) = self.by_id.remove(&oldest) {
+                self.unindex(&name, &oldest);
+            }
             changes.remembered.retain(|(id, _, _)| *id != oldest);
             changes.forgotten.push(oldest);
         }
     }
 
-    /// Forgets every refusal of `name`.
+    fn unindex(&mut self, name: &PackageName, id: &RecordId) {
+        if let Some(ids) = self.by_name.get_mut(name) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_name.remove(name);
+            }
+        }
+    }
+
+    /// Forgets every refusal of `name` (in time proportional to their number).
     pub fn forget_name(&mut self, name: &PackageName, changes: &mut RefusalChanges) {
-        let ids: Vec<RecordId> = self
-            .by_id
-            .iter()
-            .filter(|(_, (n, _))| n == name)
-            .map(|(id, _)| *id)
-            .collect();
+        let Some(ids) = self.by_name.remove(name) else {
+            return;
+        };
         for id in ids {
             if let Some((_, age)) = self.by_id.remove(&id) {
                 self.by_age.remove(&age);
