@@ -687,14 +687,7 @@ impl EventLoop {
                     } else {
                         MessageAcceptance::Ignore
                     };
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            verdict,
-                        );
+                    self.judge_gossip(&message_id, &propagation_source, verdict);
                     return;
                 }
                 let event = NetworkEvent::Gossip {
@@ -704,18 +697,24 @@ impl EventLoop {
                 };
                 if !self.offer(event) {
                     warn!(source = %propagation_source, "registry is behind: ignoring a gossip message");
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Ignore,
-                        );
+                    self.judge_gossip(&message_id, &propagation_source, MessageAcceptance::Ignore);
                 }
             }
             other => trace!(event = ?other, "gossipsub event"),
         }
+    }
+
+    /// Tells gossipsub what became of a message the registry will not see.
+    fn judge_gossip(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        verdict: MessageAcceptance,
+    ) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, verdict);
     }
 
     fn on_kad(&mut self, event: kad::Event) {

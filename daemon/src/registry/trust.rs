@@ -508,6 +508,28 @@ mod tests {
         (r, id)
     }
 
+    /// A rotation of `name` from `from` to `to`, with its id.
+    fn rotation(
+        name: &str,
+        from: &PublisherSecret,
+        to: &PublisherSecret,
+    ) -> (CatalogRecord, RecordId) {
+        let r = CatalogRecord::Rotation(
+            Signed::sign(
+                RotationBody {
+                    name: name.parse().unwrap(),
+                    from: from.public(),
+                    to: to.public(),
+                    rotated_at: 2,
+                },
+                from,
+            )
+            .unwrap(),
+        );
+        let id = r.id();
+        (r, id)
+    }
+
     fn admit(t: &mut Trust, r: &(CatalogRecord, RecordId)) -> Result<Admission, TrustError> {
         t.admit(&r.0, r.1)
     }
@@ -527,19 +549,7 @@ mod tests {
                 signer: b.public(),
             })
         );
-        let rotation = CatalogRecord::Rotation(
-            Signed::sign(
-                RotationBody {
-                    name: "pkg".parse().unwrap(),
-                    from: a.public(),
-                    to: b.public(),
-                    rotated_at: 2,
-                },
-                &a,
-            )
-            .unwrap(),
-        );
-        let rid = rotation.id();
+        let (rotation, rid) = rotation("pkg", &a, &b);
         assert_eq!(
             t.admit(&rotation, rid),
             Ok(Admission::Rotation { to: b.public() })
@@ -613,19 +623,7 @@ mod tests {
         let a2 = release("pkg", "2.0.0", Some(a1.1), &a, 0);
         admit(&mut t, &a1).unwrap();
         admit(&mut t, &a2).unwrap();
-        let rotation = CatalogRecord::Rotation(
-            Signed::sign(
-                RotationBody {
-                    name: "pkg".parse().unwrap(),
-                    from: a.public(),
-                    to: b.public(),
-                    rotated_at: 2,
-                },
-                &a,
-            )
-            .unwrap(),
-        );
-        let rid = rotation.id();
+        let (rotation, rid) = rotation("pkg", &a, &b);
         t.admit(&rotation, rid).unwrap();
         let b3 = release("pkg", "3.0.0", Some(a2.1), &b, 0);
         assert_eq!(admit(&mut t, &b3), Ok(Admission::Release));
@@ -652,19 +650,7 @@ mod tests {
     fn a_yank_of_an_unknown_version_and_a_rotation_of_an_unknown_name_wait_for_their_release() {
         let (a, b) = (key(1), key(2));
         let mut t = Trust::default();
-        let rotation = CatalogRecord::Rotation(
-            Signed::sign(
-                RotationBody {
-                    name: "pkg".parse().unwrap(),
-                    from: a.public(),
-                    to: b.public(),
-                    rotated_at: 2,
-                },
-                &a,
-            )
-            .unwrap(),
-        );
-        let rid = rotation.id();
+        let (rotation, rid) = rotation("pkg", &a, &b);
         let unknown_name = TrustError::UnknownName {
             name: "pkg".parse().unwrap(),
         };
