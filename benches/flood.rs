@@ -20,9 +20,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use agora_protocol::codec::Wire;
-use agora_protocol::messages::GossipMessage;
-use agora_protocol::{PublisherSecret, Version};
+use agora_protocol::Version;
 use common::hostile::Hostile;
 use support::{env_list, mb, proc_status_bytes};
 
@@ -42,22 +40,7 @@ async fn run(flood_len: usize, rate: u32, budget: bool) {
         }
     })
     .await;
-    let flood: Vec<Vec<u8>> = (0..flood_len)
-        .map(|i| {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            seed[8] = 0xF1;
-            let key = PublisherSecret::from_bytes(seed);
-            let r = common::release(
-                &format!("flood-{i:06}"),
-                Version::new(1, 0, 0),
-                &(i as u64).to_le_bytes(),
-                16 * 1024,
-                &key,
-            );
-            GossipMessage::Release(r).to_wire()
-        })
-        .collect();
+    let flood = common::throwaway_flood(flood_len);
     let honest = common::release(
         "honest-during-flood",
         Version::new(1, 0, 0),

@@ -764,22 +764,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     };
     let nodes = testnet_with(10, |c| c.network.gossip_rate = rate).await;
     const FLOOD: usize = 4000;
-    let flood: Vec<Vec<u8>> = (0..FLOOD)
-        .map(|i| {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            seed[8] = 0xF1;
-            let key = PublisherSecret::from_bytes(seed);
-            let r = release(
-                &format!("flood-{i:05}"),
-                Version::new(1, 0, 0),
-                &(i as u64).to_le_bytes(),
-                16 * 1024,
-                &key,
-            );
-            GossipMessage::Release(r).to_wire()
-        })
-        .collect();
+    let flood = common::throwaway_flood(FLOOD);
     let mut hostile = Hostile::new();
     let hostile_id = hostile.peer_id();
     hostile.connect(std::slice::from_ref(&nodes[0].1)).await;

@@ -359,29 +359,16 @@ pub async fn never_reads(
     tokio::task::JoinHandle<()>,
 ) {
     use libp2p::request_response::{self, Event, Message, ProtocolSupport};
-    let mut swarm = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                NeverReads,
-                [(
-                    StreamProtocol::new(agora_protocol::messages::FETCH_PROTOCOL),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(300))
-                    .with_max_concurrent_streams(requests.len()),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-        .build();
+    let mut swarm = bare_swarm(request_response::Behaviour::with_codec(
+        NeverReads,
+        [(
+            StreamProtocol::new(agora_protocol::messages::FETCH_PROTOCOL),
+            ProtocolSupport::Outbound,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(300))
+            .with_max_concurrent_streams(requests.len()),
+    ));
     swarm.dial(target.clone()).unwrap();
     let peer = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
@@ -434,26 +421,15 @@ pub async fn junk_syncer(
     use agora_daemon::network::codec::WireCodec;
     use agora_protocol::messages::{BucketDigest, SyncRequest, SyncResponse};
     use libp2p::request_response::{self, Event, Message, ProtocolSupport};
-    let mut swarm = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<WireCodec<SyncRequest, SyncResponse>>::new(
-                [(
-                    StreamProtocol::new(agora_protocol::messages::SYNC_PROTOCOL),
-                    ProtocolSupport::Inbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = bare_swarm(request_response::Behaviour::<
+        WireCodec<SyncRequest, SyncResponse>,
+    >::new(
+        [(
+            StreamProtocol::new(agora_protocol::messages::SYNC_PROTOCOL),
+            ProtocolSupport::Inbound,
+        )],
+        request_response::Config::default(),
+    ));
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -519,4 +495,20 @@ pub async fn junk_syncer(
         }
     });
     (addr, rounds, stop, task)
+}
+
+/// A swarm over TCP with `behaviour` alone, its connections kept open for five minutes.
+fn bare_swarm<B: NetworkBehaviour + Send>(behaviour: B) -> Swarm<B> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
 }

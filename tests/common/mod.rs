@@ -232,3 +232,25 @@ pub fn many_releases(n: usize, key: &PublisherSecret) -> Vec<CatalogRecord> {
         })
         .collect()
 }
+
+/// `n` gossip messages, each a valid release of its own name signed by its own throwaway key:
+/// what a flood of valid records looks like.
+pub fn throwaway_flood(n: usize) -> Vec<Vec<u8>> {
+    use agora_protocol::codec::Wire;
+    (0..n)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            seed[8] = 0xF1;
+            let key = PublisherSecret::from_bytes(seed);
+            let r = release(
+                &format!("flood-{i:06}"),
+                Version::new(1, 0, 0),
+                &(i as u64).to_le_bytes(),
+                16 * 1024,
+                &key,
+            );
+            agora_protocol::messages::GossipMessage::Release(r).to_wire()
+        })
+        .collect()
+}
