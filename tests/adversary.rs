@@ -718,14 +718,22 @@ async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
     let (node, _) = start_node().await;
     let peer = node.network.dial(addr).await.unwrap();
     // The connection starts a sync of its own; the one asked for here runs once it is over.
-    let err = loop {
+    let outcome = std::sync::Mutex::new(None);
+    converge("a sync of our own runs", DEADLINE, || async {
         match sync_with(&node.registry, peer).await {
-            Err(SyncError::AlreadyRunning { .. }) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
+            Err(SyncError::AlreadyRunning { .. }) => Err("the connection's sync runs".into()),
+            other => {
+                *outcome.lock().unwrap() = Some(other);
+                Ok(())
             }
-            other => break other.expect_err("a sync of junk fails"),
         }
-    };
+    })
+    .await;
+    let err = outcome
+        .into_inner()
+        .unwrap()
+        .unwrap()
+        .expect_err("a sync of junk fails");
     match &err {
         SyncError::InvalidRecords { invalid: 1, first } => {
             assert!(
@@ -775,11 +783,18 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         16 * 1024,
         &publisher(130),
     );
+    // Published once the flood is under way: node 0 holds some of it.
     let announcer = {
-        let registry = nodes[5].0.registry.clone();
+        let (first, registry) = (nodes[0].0.registry.clone(), nodes[5].0.registry.clone());
         let honest = honest.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            converge("the flood reaches node 0", DEADLINE, || async {
+                match first.catalog_len() {
+                    0 => Err("nothing yet".into()),
+                    _ => Ok(()),
+                }
+            })
+            .await;
             registry.announce(honest).await.unwrap();
         })
     };
