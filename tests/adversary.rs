@@ -18,7 +18,7 @@ use agora_protocol::limits::{
 };
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
-    ArchiveInfo, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
 };
 use agora_protocol::search::SearchQuery;
 use agora_protocol::{ContentId, Dependency, PackageMeta, PublisherSecret, Version, VersionReq};
@@ -636,7 +636,8 @@ fn chained(
 /// passed the owner check for records of versions it had published, and its second record for
 /// a version was taken as equivocation, making that version uninstallable for the new owner.
 /// A publishes 1.0 and 2.0, rotates to B, B publishes 3.0; A then signs another 3.0 and a
-/// back-dated 4.0: both are refused as not the owner, and 3.0 stays installable.
+/// back-dated 4.0: both are refused as not the owner, and 3.0 stays installable. A node that
+/// gets all of it in one batch, the back-dated 4.0 sorted before the rotation, ends the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     init_tracing();
@@ -691,6 +692,41 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     }
     let _ = stop.send(());
     driver.await.unwrap();
+
+    // A node that learns it all in one batch (as from a peer that took A's records before it
+    // heard of the rotation) sorts the back-dated 4.0 before the rotation: it is taken, then
+    // retracted by the rotation, which vouches for 2.0 as A's last. Same catalog either way.
+    let rotation = reg
+        .records(&reg.ids_in(&(0..=255).collect::<Vec<u8>>(), usize::MAX))
+        .unwrap()
+        .into_iter()
+        .find(|r| matches!(r, CatalogRecord::Rotation(_)))
+        .expect("node 0 holds the rotation");
+    let (late, _) = start_node().await;
+    let batch: Vec<CatalogRecord> = [&a1, &a2, &b3, &twin, &backdated]
+        .into_iter()
+        .map(|r| CatalogRecord::Release(r.clone()))
+        .chain([rotation])
+        .collect();
+    let reg_late = late.registry.clone();
+    tokio::task::spawn_blocking(move || reg_late.ingest(batch, false))
+        .await
+        .unwrap()
+        .unwrap();
+    let versions: Vec<String> = late
+        .registry
+        .versions(&b3.body.name)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.version.to_string())
+        .collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0"]);
+    assert!(late.registry.equivocations().is_empty());
+    assert_eq!(
+        late.registry.get(&b3.body.name, &VersionReq::STAR).unwrap(),
+        b3
+    );
+    late.shutdown().await;
     for (n, _) in nodes {
         n.shutdown().await;
     }
@@ -704,7 +740,7 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
     use agora_daemon::registry::sync::{SyncError, sync_with};
-    use agora_protocol::records::CatalogRecord;
+
     init_tracing();
     let key = publisher(120);
     let junk: Vec<CatalogRecord> = (0..64)

@@ -41,6 +41,8 @@ pub const MAX_CHUNKS: usize = 512;
 pub const MAX_HEAD_VERSIONS: usize = 64;
 /// Longest yank reason, in bytes.
 pub const MAX_YANK_REASON_LEN: usize = 256;
+/// Yanked versions a key rotation carries over to the new key.
+pub const MAX_ROTATION_YANKS: usize = 64;
 
 /// Largest record of any kind (release, head, yank, rotation), measured as its encoding on its
 /// own: the version byte and the signed body, as a DHT value carries it. The one size rule for

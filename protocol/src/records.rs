@@ -311,11 +311,20 @@ impl RecordBody for YankBody {
 }
 
 /// The current owner of a name hands it to a new key.
+///
+/// `last` and `yanked` say what of the name the old key vouches for: once the rotation is
+/// admitted, the old key's releases count only if `last` chains to them, and its yanks only as
+/// listed here. Whatever else it signs (before or after, whatever time it claims) then has no
+/// effect, so every node reaches the same catalog whichever order the records came in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationBody {
     pub name: PackageName,
     pub from: PublisherKey,
     pub to: PublisherKey,
+    /// The newest release of the name when it was rotated.
+    pub last: RecordId,
+    /// Versions yanked when it was rotated, in increasing order.
+    pub yanked: Vec<Version>,
     pub rotated_at: u64,
 }
 
@@ -330,6 +339,20 @@ impl RecordBody for RotationBody {
     fn check(&self) -> Result<(), RecordError> {
         if self.from == self.to {
             return Err(RecordError::Inconsistent("rotation to the same key".into()));
+        }
+        if self.yanked.len() > MAX_ROTATION_YANKS {
+            return Err(RecordError::Limit(format!(
+                "rotation lists {} yanked versions; the limit is {MAX_ROTATION_YANKS}",
+                self.yanked.len()
+            )));
+        }
+        for v in &self.yanked {
+            check_version(v)?;
+        }
+        if !self.yanked.is_sorted_by(|a, b| a < b) {
+            return Err(RecordError::Inconsistent(
+                "a rotation's yanked versions must be in increasing order, each once".into(),
+            ));
         }
         Ok(())
     }

@@ -126,6 +126,8 @@ fn arb_rotation() -> impl Strategy<Value = KeyRotation> {
             name,
             from: from.public(),
             to: secret(seed + 128).public(),
+            last: ContentId::of(&[seed]),
+            yanked: vec!["1.0.0".parse().unwrap(), "1.2.0-rc.1".parse().unwrap()],
             rotated_at: 7,
         };
         Signed::sign(body, &from).unwrap()

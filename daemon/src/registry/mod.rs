@@ -7,6 +7,8 @@
 //! never while holding up an async worker. A write is acknowledged only after it committed.
 
 pub mod archive;
+#[cfg(test)]
+mod convergence;
 pub mod fetch;
 pub mod inbound;
 mod lookup;
@@ -55,6 +57,8 @@ use trust::{Admission, Trust, TrustError, TrustPolicy};
 pub const DEFAULT_CACHE_QUOTA: u64 = 1024 * 1024 * 1024;
 /// Records admitted per durable transaction when a big batch (a sync) comes in.
 const INGEST_BATCH: usize = 2048;
+/// Times a batch's refused records are decided again once the rest of it is in.
+const INGEST_RETRIES: usize = 4;
 /// Longest a publish waits for its DHT writes once the release is durable, gossiped and
 /// searchable here. A DHT write ends when the closest peers have answered, and on a network
 /// with departed peers that can take until the query timeout; it goes on in the background.
@@ -107,7 +111,8 @@ pub struct RegistryStats {
     pub gossip_ignored: AtomicU64,
     pub records_stored: AtomicU64,
     pub records_refused: AtomicU64,
-    /// Records refused because they would roll a name back.
+    /// Records refused because they would roll a name back (a release below its predecessor,
+    /// a head hiding newer versions).
     pub rollbacks_refused: AtomicU64,
     /// Second records for an existing version (kept as evidence).
     pub equivocations: AtomicU64,
@@ -751,6 +756,42 @@ impl Registry {
             out.extend(decisions);
             ticket = ticket.max(t);
         }
+        // A record refused before what makes it acceptable came later in the batch (a new
+        // owner's release sorted before its rotation by the times their signers claim) is
+        // decided again, as the next sync would, while that takes more of them in.
+        let mut refused: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(out[i].1, Ingested::Refused(_)))
+            .collect();
+        for _ in 0..INGEST_RETRIES {
+            if refused.is_empty() {
+                break;
+            }
+            let again: Vec<CatalogRecord> = refused.iter().map(|&i| records[i].clone()).collect();
+            let mut decisions = Vec::with_capacity(again.len());
+            for batch in again.chunks(INGEST_BATCH) {
+                // Their signatures held the first time.
+                let (d, t) = self.ingest_batch(batch, true, &mut decided)?;
+                decisions.extend(d);
+                ticket = ticket.max(t);
+            }
+            let before = refused.len();
+            let mut still = Vec::new();
+            for (&i, decision) in refused.iter().zip(decisions) {
+                match decision.1 {
+                    Ingested::Added(_) => out[i] = decision,
+                    Ingested::Refused(_) => {
+                        out[i] = decision;
+                        still.push(i);
+                    }
+                    // Refused again and remembered, for the same reason.
+                    _ => still.push(i),
+                }
+            }
+            refused = still;
+            if refused.len() == before {
+                break;
+            }
+        }
         Ok((out, ticket))
     }
 
@@ -841,7 +882,10 @@ impl Registry {
                     out.push((id, Ingested::Added(admission)));
                 }
                 Err(e) => {
-                    if matches!(e, TrustError::Rollback { .. }) {
+                    if matches!(
+                        e,
+                        TrustError::Rollback { .. } | TrustError::BrokenChain { .. }
+                    ) {
                         Self::count(&self.stats.rollbacks_refused);
                     }
                     if !e.is_transient() {
@@ -1281,11 +1325,24 @@ impl Registry {
         secret: &PublisherSecret,
     ) -> Result<agora_protocol::KeyRotation, RegistryError> {
         let _authoring = self.authoring.lock().await;
+        // What the new key inherits: the history up to the newest release, and the yanks.
+        let (last, yanked) = {
+            let cat = self.catalog_lock();
+            let state = cat.state(name)?;
+            let last = state
+                .highest
+                .as_ref()
+                .map(|h| state.releases[h])
+                .ok_or_else(|| TrustError::UnknownName { name: name.clone() })?;
+            (last, state.yanked().cloned().collect())
+        };
         let rotation = Signed::sign(
             RotationBody {
                 name: name.clone(),
                 from: secret.public(),
                 to,
+                last,
+                yanked,
                 rotated_at: now(),
             },
             secret,

@@ -1,14 +1,17 @@
 //! Trust decisions on verified catalog records: who owns a name (trust on first use, then key
-//! rotations), whether a release moves the name forward (no rollback), and equivocation (two
-//! records for one version). Pure state: no I/O, no clock, no signatures (callers verify
-//! first). Fed the same records in the same order it always reaches the same state, which is
-//! how the store rebuilds it at start-up.
+//! rotations), how a name's releases chain, and equivocation (two records for one version).
+//! Pure state: no I/O, no clock, no signatures (callers verify first). Fed the same records in
+//! the same order it always reaches the same state, which is how the store rebuilds it at
+//! start-up; and once a name's first release is known, every order of the rest of its records
+//! (with refused ones offered again, as sync does) reaches the same state too, whatever times
+//! the signers claim: no verdict depends on a claimed time.
 //!
-//! Versions of a name must increase along its publisher's hash chain (`ReleaseBody::previous`).
-//! A release below the highest version seen is history and is admitted only if a known release
-//! points to it through that chain; anything else below the highest is a rollback. A consequence
-//! worth knowing: a publisher cannot release 1.0.1 after 2.0.0 of the same name.
-
+//! A name's releases form a tree along their `previous` links: a release whose predecessor is
+//! known must have a higher version than it, and one whose predecessor is not known yet is
+//! taken (history, or a DHT lookup of only the newest release) and waits for it. A rotation
+//! names the newest release its old key vouches for (`last`): from then on the old key's
+//! releases count only if `last` chains to them, and what else the old key signed, whenever it
+//! arrived, drops out of the name (retracted) with every equivocation and yank of its time.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use agora_protocol::records::{
@@ -57,8 +60,9 @@ pub enum TrustError {
     },
     #[error("publisher {signer} is not on this node's allowlist")]
     NotAllowed { signer: PublisherKey },
+    /// A head that hides versions newer than it lists.
     #[error(
-        "{name}@{version} is older than {highest}, the highest version seen, and no known release chains to it"
+        "the head of '{name}' lists {version} as its newest, but {highest} is the highest version seen"
     )]
     Rollback {
         name: PackageName,
@@ -73,6 +77,14 @@ pub enum TrustError {
         version: Version,
         previous_version: Version,
     },
+    #[error(
+        "{name}@{version} builds on a release that the rotation of its old key left out of the name"
+    )]
+    OffChain { name: PackageName, version: Version },
+    #[error(
+        "the rotation of '{name}' names as its newest release {last}, which is not part of the name's history"
+    )]
+    BadAnchor { name: PackageName, last: RecordId },
     #[error("head for '{name}' has seq {seq}; seq {known} is already known")]
     StaleHead {
         name: PackageName,
@@ -83,13 +95,20 @@ pub enum TrustError {
     UnknownName { name: PackageName },
     #[error("{name}@{version} is not in the catalog yet")]
     UnknownVersion { name: PackageName, version: Version },
+    #[error(
+        "release {id} of '{name}', which a rotation names as its newest, is not in the catalog yet"
+    )]
+    UnknownRelease { name: PackageName, id: RecordId },
 }
 
 impl TrustError {
     /// Whether the record may be accepted once more of the catalog is known (it came before
     /// what it refers to): such a refusal is not remembered.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::UnknownName { .. } | Self::UnknownVersion { .. })
+        matches!(
+            self,
+            Self::UnknownName { .. } | Self::UnknownVersion { .. } | Self::UnknownRelease { .. }
+        )
     }
 }
 
@@ -103,8 +122,12 @@ pub enum Admission {
     Equivocation { version: Version, first: RecordId },
     /// A yank by the owner.
     Yank,
-    /// Ownership moved to another key.
-    Rotation { to: PublisherKey },
+    /// Ownership moved to another key; `retracted` are the releases of the name that its
+    /// `last` does not chain to, which no longer count.
+    Rotation {
+        to: PublisherKey,
+        retracted: Vec<RecordId>,
+    },
 }
 
 /// Everything known about one name. A node holds one per name of the catalog, so what most
@@ -116,9 +139,10 @@ pub struct NameState {
     /// The first record seen for each version (a sorted vector: most names have a few
     /// versions, and a tree's node would be 800 bytes for one).
     pub releases: LiteMap<Version, RecordId>,
-    /// The highest version ever admitted; it never goes down.
+    /// The highest version of the name's releases. It never goes down, but at a rotation that
+    /// retracts what the old key released outside the history it vouched for.
     pub highest: Option<Version>,
-    /// Sequence number and id of the newest head admitted.
+    /// Sequence number and id of the newest head of the current owner.
     pub head: Option<(u64, RecordId)>,
     /// `None` while all of it is empty.
     history: Option<Box<NameHistory>>,
@@ -134,6 +158,13 @@ struct NameHistory {
     yanked: BTreeSet<Version>,
     /// Versions with more than one record, and every record id seen for them.
     equivocations: BTreeMap<Version, Vec<RecordId>>,
+    /// Releases held in the log that a rotation left out of the name.
+    retracted: HashSet<RecordId>,
+    /// The newest release the last rotation vouched for.
+    vouched: Option<RecordId>,
+    /// Releases from before the last rotation not yet known to be on the chain it vouched
+    /// for, nor to be off it: they count until then.
+    undecided: HashSet<RecordId>,
 }
 
 impl NameState {
@@ -160,6 +191,13 @@ impl NameState {
         self.history
             .as_ref()
             .is_some_and(|h| h.expected.contains(id))
+    }
+
+    /// Whether a rotation left the release `id` out of the name.
+    pub fn is_retracted(&self, id: &RecordId) -> bool {
+        self.history
+            .as_ref()
+            .is_some_and(|h| h.retracted.contains(id))
     }
 
     pub fn is_yanked(&self, version: &Version) -> bool {
@@ -192,6 +230,11 @@ impl NameState {
             .filter(|e| !e.is_empty())
     }
 
+    /// Versions yanked, in increasing order.
+    pub fn yanked(&self) -> impl Iterator<Item = &Version> {
+        self.history.iter().flat_map(|h| h.yanked.iter())
+    }
+
     /// Whether `version` may be chosen by a new resolution.
     pub fn installable(&self, version: &Version) -> bool {
         self.releases.contains_key(version)
@@ -208,6 +251,23 @@ impl NameState {
     pub fn latest(&self) -> Option<&Version> {
         self.releases.keys().rev().find(|v| self.installable(v))
     }
+
+    /// Every release id the name holds: one per version, and every record of an equivocated
+    /// one.
+    fn held(&self) -> HashSet<RecordId> {
+        let mut held: HashSet<RecordId> = self.releases.values().copied().collect();
+        if let Some(e) = self.equivocations() {
+            held.extend(e.values().flatten().copied());
+        }
+        held
+    }
+}
+
+/// What the trust rules keep of an admitted release to follow chains.
+#[derive(Clone, Debug)]
+struct Link {
+    version: Version,
+    previous: Option<RecordId>,
 }
 
 /// The trust state of the whole catalog.
@@ -215,8 +275,8 @@ impl NameState {
 pub struct Trust {
     policy: TrustPolicy,
     names: HashMap<PackageName, NameState>,
-    /// Version of every admitted release, by record id (to check chains).
-    versions: HashMap<RecordId, Version>,
+    /// Version and predecessor of every release that counts, by record id.
+    links: HashMap<RecordId, Link>,
 }
 
 impl Trust {
@@ -233,7 +293,7 @@ impl Trust {
         Self {
             policy,
             names: HashMap::with_capacity(names),
-            versions: HashMap::with_capacity(records),
+            links: HashMap::with_capacity(records),
         }
     }
 
@@ -283,29 +343,42 @@ impl Trust {
             let mut state = NameState::new(b.publisher);
             Self::extend(&mut state, r, id);
             self.names.insert(b.name.clone(), state);
-            self.versions.insert(id, b.version.clone());
+            self.links.insert(id, Self::link(r));
             return Ok(Admission::Release);
         };
+        let not_owner = || TrustError::NotOwner {
+            name: b.name.clone(),
+            owner: state.owner,
+            signer: b.publisher,
+        };
         let is_owner = b.publisher == state.owner;
-        let was_owner = state.past_owners().contains(&b.publisher);
-        if !is_owner && !was_owner {
-            return Err(TrustError::NotOwner {
-                name: b.name.clone(),
-                owner: state.owner,
-                signer: b.publisher,
-            });
+        // A key rotated away speaks for the name only through the history its rotation
+        // vouched for (what the name's releases chain back to); anything else it signs, before
+        // or after the rotation whatever time it claims, is not the name's.
+        let vouched_history = state.past_owners().contains(&b.publisher) && state.is_expected(&id);
+        if !(is_owner || vouched_history) {
+            return Err(not_owner());
         }
-        if let Some(&first) = state.releases.get(&b.version) {
-            if !is_owner {
-                // A key rotated away has no say over the name any more: a second record from
-                // it for a version it once published would make that version uninstallable
-                // (lockfile pins included) for whoever holds the key now, lost or stolen.
-                return Err(TrustError::NotOwner {
+        if let Some(prev) = &b.previous {
+            if state.is_retracted(prev) {
+                return Err(TrustError::OffChain {
                     name: b.name.clone(),
-                    owner: state.owner,
-                    signer: b.publisher,
+                    version: b.version.clone(),
                 });
             }
+            if let Some(link) = self.links.get(prev)
+                && link.version >= b.version
+            {
+                return Err(TrustError::BrokenChain {
+                    name: b.name.clone(),
+                    version: b.version.clone(),
+                    previous_version: link.version.clone(),
+                });
+            }
+        }
+        // A second record for a version: from the owner, or on the chain a rotation vouched
+        // for (the first one seen may be the new owner's).
+        if let Some(&first) = state.releases.get(&b.version) {
             let state = self.names.get_mut(&b.name).expect("looked up above");
             let ids = state
                 .history_mut()
@@ -313,44 +386,28 @@ impl Trust {
                 .entry(b.version.clone())
                 .or_insert_with(|| vec![first]);
             ids.push(id);
+            if let Some(h) = &mut state.history {
+                h.expected.remove(&id);
+            }
+            self.links.insert(id, Self::link(r));
+            self.settle_chain(&b.name);
             return Ok(Admission::Equivocation {
                 version: b.version.clone(),
                 first,
             });
         }
-        if let Some(prev) = b.previous
-            && let Some(prev_version) = self.versions.get(&prev)
-            && *prev_version >= b.version
-        {
-            return Err(TrustError::BrokenChain {
-                name: b.name.clone(),
-                version: b.version.clone(),
-                previous_version: prev_version.clone(),
-            });
-        }
-        let forward = state.highest.as_ref().is_none_or(|h| b.version > *h);
-        if forward && !is_owner {
-            // A past owner may fill in history, never move the name forward.
-            return Err(TrustError::NotOwner {
-                name: b.name.clone(),
-                owner: state.owner,
-                signer: b.publisher,
-            });
-        }
-        if !forward && !state.is_expected(&id) {
-            return Err(TrustError::Rollback {
-                name: b.name.clone(),
-                version: b.version.clone(),
-                highest: state
-                    .highest
-                    .clone()
-                    .expect("not forward, so there is a highest"),
-            });
-        }
         let state = self.names.get_mut(&b.name).expect("looked up above");
         Self::extend(state, r, id);
-        self.versions.insert(id, b.version.clone());
+        self.links.insert(id, Self::link(r));
+        self.settle_chain(&b.name);
         Ok(Admission::Release)
+    }
+
+    fn link(r: &ReleaseRecord) -> Link {
+        Link {
+            version: r.body.version.clone(),
+            previous: r.body.previous,
+        }
     }
 
     fn extend(state: &mut NameState, r: &ReleaseRecord, id: RecordId) {
@@ -406,27 +463,129 @@ impl Trust {
     fn admit_rotation(&mut self, r: &KeyRotation) -> Result<Admission, TrustError> {
         let b = &r.body;
         self.allowed(&b.to)?;
-        match self.names.get_mut(&b.name) {
-            // Before any release: taking it would make the releases of the key it rotates
-            // from (which arrive later) a past owner's, refused; it comes again by sync.
-            None => {
-                return Err(TrustError::UnknownName {
+        // Before any release: taking it would make the releases of the key it rotates from
+        // (which arrive later) a past owner's, refused; it comes again by sync.
+        let state = self
+            .names
+            .get(&b.name)
+            .ok_or_else(|| TrustError::UnknownName {
+                name: b.name.clone(),
+            })?;
+        if state.owner != b.from {
+            return Err(TrustError::NotOwner {
+                name: b.name.clone(),
+                owner: state.owner,
+                signer: b.from,
+            });
+        }
+        let held = state.held();
+        if !held.contains(&b.last) {
+            if state.is_retracted(&b.last) || self.links.contains_key(&b.last) {
+                return Err(TrustError::BadAnchor {
                     name: b.name.clone(),
+                    last: b.last,
                 });
             }
-            Some(state) if state.owner == b.from => {
-                state.history_mut().past_owners.push(b.from);
-                state.owner = b.to;
+            return Err(TrustError::UnknownRelease {
+                name: b.name.clone(),
+                id: b.last,
+            });
+        }
+        let state = self.names.get_mut(&b.name).expect("looked up above");
+        state.head = None;
+        state.owner = b.to;
+        let h = state.history_mut();
+        h.past_owners.push(b.from);
+        h.yanked = b.yanked.iter().cloned().collect();
+        // Until the chain from `last` is known to its start, what it reaches is undecided.
+        h.vouched = Some(b.last);
+        h.undecided = held;
+        h.expected.clear();
+        let retracted = self.settle_chain(&b.name);
+        Ok(Admission::Rotation {
+            to: b.to,
+            retracted,
+        })
+    }
+
+    /// Decides what it can of the history the last rotation vouched for, walking down the
+    /// chain from its `last`: an undecided release on the chain counts for good; one that
+    /// cannot be on it (the chain is known to its start, or only lower versions remain below
+    /// what is known) is retracted. Returns the releases retracted, in id order.
+    fn settle_chain(&mut self, name: &PackageName) -> Vec<RecordId> {
+        let Some(state) = self.names.get_mut(name) else {
+            return Vec::new();
+        };
+        let Some(h) = state.history.as_deref_mut() else {
+            return Vec::new();
+        };
+        let Some(vouched) = h.vouched.filter(|_| !h.undecided.is_empty()) else {
+            return Vec::new();
+        };
+        let mut held: HashSet<RecordId> = state.releases.values().copied().collect();
+        held.extend(h.equivocations.values().flatten().copied());
+        let mut on_chain = HashSet::new();
+        let mut lowest: Option<&Version> = None;
+        let mut at = Some(vouched);
+        let complete = loop {
+            match at {
+                None => break true,
+                Some(id) if held.contains(&id) => {
+                    let link = &self.links[&id];
+                    on_chain.insert(id);
+                    lowest = Some(&link.version);
+                    at = link.previous;
+                }
+                Some(gap) => {
+                    h.expected.insert(gap);
+                    break false;
+                }
             }
-            Some(state) => {
-                return Err(TrustError::NotOwner {
-                    name: b.name.clone(),
-                    owner: state.owner,
-                    signer: b.from,
-                });
+        };
+        let mut retracted = Vec::new();
+        h.undecided.retain(|id| {
+            if on_chain.contains(id) {
+                return false;
+            }
+            let off = complete || lowest.is_some_and(|low| self.links[id].version >= *low);
+            if off {
+                retracted.push(*id);
+            }
+            !off
+        });
+        if retracted.is_empty() {
+            return retracted;
+        }
+        retracted.sort_unstable();
+        h.retracted.extend(retracted.iter().copied());
+        // What the name holds now, one id per version (the chain's where there is one) and
+        // every id of a version that still has several.
+        let mut by_version: BTreeMap<Version, Vec<RecordId>> = BTreeMap::new();
+        for id in held.iter().filter(|id| !h.retracted.contains(id)) {
+            by_version
+                .entry(self.links[id].version.clone())
+                .or_default()
+                .push(*id);
+        }
+        h.equivocations.clear();
+        let mut releases = LiteMap::with_capacity(by_version.len());
+        for (version, mut ids) in by_version {
+            ids.sort_unstable();
+            let first = ids
+                .iter()
+                .find(|id| on_chain.contains(id))
+                .unwrap_or(&ids[0]);
+            releases.insert(version.clone(), *first);
+            if ids.len() > 1 {
+                h.equivocations.insert(version, ids);
             }
         }
-        Ok(Admission::Rotation { to: b.to })
+        state.releases = releases;
+        state.highest = state.releases.last().map(|(v, _)| v.clone());
+        for id in &retracted {
+            self.links.remove(id);
+        }
+        retracted
     }
 
     /// Decides on a verified package head: it must come from the owner, move `seq` forward and
@@ -508,11 +667,12 @@ mod tests {
         (r, id)
     }
 
-    /// A rotation of `name` from `from` to `to`, with its id.
+    /// A rotation of `name` from `from` to `to` that vouches for `last`, with its id.
     fn rotation(
         name: &str,
         from: &PublisherSecret,
         to: &PublisherSecret,
+        last: RecordId,
     ) -> (CatalogRecord, RecordId) {
         let r = CatalogRecord::Rotation(
             Signed::sign(
@@ -520,6 +680,8 @@ mod tests {
                     name: name.parse().unwrap(),
                     from: from.public(),
                     to: to.public(),
+                    last,
+                    yanked: vec![],
                     rotated_at: 2,
                 },
                 from,
@@ -549,10 +711,13 @@ mod tests {
                 signer: b.public(),
             })
         );
-        let (rotation, rid) = rotation("pkg", &a, &b);
+        let (rotation, rid) = rotation("pkg", &a, &b, a1.1);
         assert_eq!(
             t.admit(&rotation, rid),
-            Ok(Admission::Rotation { to: b.public() })
+            Ok(Admission::Rotation {
+                to: b.public(),
+                retracted: vec![]
+            })
         );
         assert_eq!(admit(&mut t, &b2), Ok(Admission::Release));
         // The old owner can no longer move the name forward.
@@ -565,33 +730,30 @@ mod tests {
     }
 
     #[test]
-    fn an_unchained_older_version_is_a_rollback_but_chained_history_is_welcome() {
+    fn history_is_taken_in_any_order_and_a_chain_must_go_up() {
         let a = key(1);
         let v1 = release("pkg", "1.0.0", None, &a, 0);
         let v2 = release("pkg", "2.0.0", Some(v1.1), &a, 0);
-        let fork = release("pkg", "1.5.0", Some(v1.1), &a, 0);
+        let backport = release("pkg", "1.5.0", Some(v1.1), &a, 0);
 
-        // History arriving newest first is accepted through the chain.
+        // History arriving newest first waits for nothing; a backport is a branch.
         let mut t = Trust::default();
         assert_eq!(admit(&mut t, &v2), Ok(Admission::Release));
         assert_eq!(admit(&mut t, &v1), Ok(Admission::Release));
-        let err = admit(&mut t, &fork).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "pkg@1.5.0 is older than 2.0.0, the highest version seen, and no known release chains to it"
-        );
+        assert_eq!(admit(&mut t, &backport), Ok(Admission::Release));
         let state = t.name("pkg").unwrap();
-        assert_eq!(state.releases.len(), 2);
+        assert_eq!(state.releases.len(), 3);
         assert_eq!(state.highest, Some("2.0.0".parse().unwrap()));
+        assert_eq!(state.latest(), Some(&"2.0.0".parse().unwrap()));
 
         // A release naming a newer one as its predecessor breaks the chain.
-        let back = release("pkg", "3.0.0", Some(v2.1), &a, 0);
-        assert_eq!(admit(&mut t, &back), Ok(Admission::Release));
-        let bad = release("pkg", "2.5.0", Some(back.1), &a, 0);
-        assert!(matches!(
-            admit(&mut t, &bad),
-            Err(TrustError::BrokenChain { .. })
-        ));
+        let v3 = release("pkg", "3.0.0", Some(v2.1), &a, 0);
+        assert_eq!(admit(&mut t, &v3), Ok(Admission::Release));
+        let bad = release("pkg", "2.5.0", Some(v3.1), &a, 0);
+        assert_eq!(
+            admit(&mut t, &bad).unwrap_err().to_string(),
+            "pkg@2.5.0 names as its previous release version 3.0.0, which is not older"
+        );
     }
 
     #[test]
@@ -623,7 +785,7 @@ mod tests {
         let a2 = release("pkg", "2.0.0", Some(a1.1), &a, 0);
         admit(&mut t, &a1).unwrap();
         admit(&mut t, &a2).unwrap();
-        let (rotation, rid) = rotation("pkg", &a, &b);
+        let (rotation, rid) = rotation("pkg", &a, &b, a2.1);
         t.admit(&rotation, rid).unwrap();
         let b3 = release("pkg", "3.0.0", Some(a2.1), &b, 0);
         assert_eq!(admit(&mut t, &b3), Ok(Admission::Release));
@@ -650,7 +812,8 @@ mod tests {
     fn a_yank_of_an_unknown_version_and_a_rotation_of_an_unknown_name_wait_for_their_release() {
         let (a, b) = (key(1), key(2));
         let mut t = Trust::default();
-        let (rotation, rid) = rotation("pkg", &a, &b);
+        let a1 = release("pkg", "1.0.0", None, &a, 0);
+        let (rotation, rid) = rotation("pkg", &a, &b, a1.1);
         let unknown_name = TrustError::UnknownName {
             name: "pkg".parse().unwrap(),
         };
@@ -658,7 +821,6 @@ mod tests {
         assert_eq!(t.admit(&rotation, rid), Err(unknown_name));
         assert!(t.name("pkg").is_none(), "nothing pinned");
 
-        let a1 = release("pkg", "1.0.0", None, &a, 0);
         admit(&mut t, &a1).unwrap();
         let yank = |version: &str| {
             CatalogRecord::Yank(
@@ -681,12 +843,116 @@ mod tests {
         assert!(err.is_transient());
         let y1 = yank("1.0.0");
         assert_eq!(t.admit(&y1, y1.id()), Ok(Admission::Yank));
-        // The rotation, now that the name is known, is taken.
+        assert!(
+            !t.name("pkg")
+                .unwrap()
+                .installable(&"1.0.0".parse().unwrap())
+        );
+        // The rotation, now that the name is known, is taken; it lists no yanks, so the old
+        // key's yank no longer counts.
         assert_eq!(
             t.admit(&rotation, rid),
-            Ok(Admission::Rotation { to: b.public() })
+            Ok(Admission::Rotation {
+                to: b.public(),
+                retracted: vec![]
+            })
         );
-        assert_eq!(t.name("pkg").unwrap().past_owners(), [a.public()]);
+        let state = t.name("pkg").unwrap();
+        assert_eq!(state.past_owners(), [a.public()]);
+        assert!(state.installable(&"1.0.0".parse().unwrap()));
+    }
+
+    /// Finding 3 of the adversary's audit: what a rotated-away key signs outside the history
+    /// its rotation vouched for never counts, whether it came before the rotation or after,
+    /// and whatever time it claims.
+    #[test]
+    fn a_rotation_retracts_what_the_old_key_signed_outside_the_history_it_vouched_for() {
+        let (a, b) = (key(1), key(2));
+        let a1 = release("pkg", "1.0.0", None, &a, 0);
+        let a2 = release("pkg", "2.0.0", Some(a1.1), &a, 0);
+        let forged_4 = release("pkg", "4.0.0", Some(a2.1), &a, 9);
+        let forged_1 = release("pkg", "1.0.0", None, &a, 9);
+        let rotation = {
+            let r = CatalogRecord::Rotation(
+                Signed::sign(
+                    RotationBody {
+                        name: "pkg".parse().unwrap(),
+                        from: a.public(),
+                        to: b.public(),
+                        last: a2.1,
+                        yanked: vec!["1.0.0".parse().unwrap()],
+                        rotated_at: 2,
+                    },
+                    &a,
+                )
+                .unwrap(),
+            );
+            let id = r.id();
+            (r, id)
+        };
+        let b3 = release("pkg", "3.0.0", Some(a2.1), &b, 0);
+        let on_forged = release("pkg", "5.0.0", Some(forged_4.1), &b, 0);
+
+        // The forgeries first: the old key still owned the name here.
+        let mut before = Trust::default();
+        for r in [&a1, &a2, &forged_4] {
+            assert_eq!(admit(&mut before, r), Ok(Admission::Release));
+        }
+        assert!(matches!(
+            admit(&mut before, &forged_1),
+            Ok(Admission::Equivocation { .. })
+        ));
+        let mut retracted = vec![forged_4.1, forged_1.1];
+        retracted.sort_unstable();
+        assert_eq!(
+            admit(&mut before, &rotation),
+            Ok(Admission::Rotation {
+                to: b.public(),
+                retracted
+            })
+        );
+        assert_eq!(admit(&mut before, &b3), Ok(Admission::Release));
+        assert_eq!(
+            admit(&mut before, &on_forged).unwrap_err().to_string(),
+            "pkg@5.0.0 builds on a release that the rotation of its old key left out of the name"
+        );
+
+        // The forgeries after the rotation are refused.
+        let mut after = Trust::default();
+        for r in [&a1, &a2, &rotation, &b3] {
+            admit(&mut after, r).unwrap();
+        }
+        for forged in [&forged_4, &forged_1] {
+            assert!(matches!(
+                admit(&mut after, forged),
+                Err(TrustError::NotOwner { .. })
+            ));
+        }
+
+        for t in [&before, &after] {
+            let state = t.name("pkg").unwrap();
+            assert_eq!(state.owner, b.public());
+            assert_eq!(state.highest, Some("3.0.0".parse().unwrap()));
+            assert_eq!(state.equivocations(), None);
+            let versions: Vec<(String, RecordId)> = state
+                .releases
+                .iter()
+                .map(|(v, id)| (v.to_string(), *id))
+                .collect();
+            assert_eq!(
+                versions,
+                [
+                    ("1.0.0".to_owned(), a1.1),
+                    ("2.0.0".to_owned(), a2.1),
+                    ("3.0.0".to_owned(), b3.1)
+                ]
+            );
+            assert!(
+                !state.installable(&"1.0.0".parse().unwrap()),
+                "yank carried over"
+            );
+            assert_eq!(state.latest(), Some(&"3.0.0".parse().unwrap()));
+        }
     }
 
     #[test]

@@ -1,0 +1,375 @@
+//! The trust rules as a state machine, tested the way rust-libp2p tests its query iterators:
+//! generated histories of several names, each with one chain of keys (releases, rotations,
+//! yanks, the owner's equivocations, and what rotated-away keys sign afterwards), every record
+//! with a claimed time drawn at random, delivered to catalogs in random orders and batches.
+//! Every catalog must end in the same state, and the invariants must hold on the way.
+//!
+//! Which key first claims a name is trust on first use, so by definition decided by arrival:
+//! each catalog gets each name's first release before anything else of it (as a node that
+//! knew the name from its start), and every order of everything else is fair game. A record
+//! refused on the way is offered again until nothing more is admitted, as catalog sync does
+//! (a refusal is forgotten whenever its name changes).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use agora_protocol::records::{
+    ArchiveInfo, CatalogRecord, ReleaseBody, RotationBody, Signed, YankBody,
+};
+use agora_protocol::{PublisherKey, PublisherSecret, RecordId, Version};
+use proptest::prelude::*;
+
+use super::trust::{Admission, Trust, TrustPolicy, replay_order};
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// The owner releases the next version on top of the newest.
+    Release,
+    /// The owner signs a second record for a version of the chain.
+    Equivocate(u8),
+    Yank(u8),
+    /// The owner hands the name to the next key of the chain.
+    Rotate,
+    /// A rotated-away key signs a release: a new highest version, or another record for a
+    /// version of the chain.
+    Forge {
+        higher: bool,
+        pick: u8,
+        signer: u8,
+    },
+    /// A rotated-away key yanks a version.
+    ForgeYank {
+        pick: u8,
+        signer: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = (Op, u32)> {
+    let op = prop_oneof![
+        4 => Just(Op::Release),
+        1 => any::<u8>().prop_map(Op::Equivocate),
+        1 => any::<u8>().prop_map(Op::Yank),
+        2 => Just(Op::Rotate),
+        3 => (any::<bool>(), any::<u8>(), any::<u8>())
+            .prop_map(|(higher, pick, signer)| Op::Forge { higher, pick, signer }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(pick, signer)| Op::ForgeYank { pick, signer }),
+    ];
+    // The claimed time: back-dated and future times alike.
+    (op, any::<u32>())
+}
+
+const KEYS_PER_NAME: u8 = 3;
+
+/// One record of a generated history.
+#[derive(Clone, Debug)]
+struct Made {
+    record: CatalogRecord,
+    id: RecordId,
+    /// Signed by a key after it was rotated away.
+    forged: bool,
+}
+
+/// What one name's history holds once generated.
+struct History {
+    records: Vec<Made>,
+    keys: Vec<PublisherKey>,
+    /// How many rotations it has.
+    epoch: usize,
+    /// The owners' chain of releases, oldest first.
+    chain: Vec<RecordId>,
+}
+
+fn history(n: u8, ops: &[(Op, u32)]) -> History {
+    let name: agora_protocol::PackageName = format!("pkg-{n}").parse().unwrap();
+    let keys: Vec<PublisherSecret> = (0..KEYS_PER_NAME)
+        .map(|k| PublisherSecret::from_bytes([n * KEYS_PER_NAME + k + 1; 32]))
+        .collect();
+    let mut out: Vec<Made> = Vec::new();
+    let mut chain: Vec<(Version, RecordId, Option<RecordId>)> = Vec::new();
+    let (mut epoch, mut next, mut salt) = (0usize, 1u64, 0u8);
+    let mut yanked: BTreeSet<Version> = BTreeSet::new();
+    let push = |out: &mut Vec<Made>, record: CatalogRecord, forged: bool| -> RecordId {
+        let id = record.id();
+        out.push(Made { record, id, forged });
+        id
+    };
+    let release = |version: Version,
+                   previous: Option<RecordId>,
+                   key: &PublisherSecret,
+                   at: u32,
+                   salt: &mut u8| {
+        *salt = salt.wrapping_add(1);
+        let body = ReleaseBody {
+            name: name.clone(),
+            version,
+            meta: Default::default(),
+            dependencies: vec![],
+            archive: ArchiveInfo::describe(&[*salt, n], 16 * 1024),
+            published_at: u64::from(at),
+            publisher: key.public(),
+            previous,
+        };
+        CatalogRecord::Release(Signed::sign(body, key).unwrap())
+    };
+    let yank = |version: Version, key: &PublisherSecret, at: u32| {
+        CatalogRecord::Yank(
+            Signed::sign(
+                YankBody {
+                    name: name.clone(),
+                    version,
+                    publisher: key.public(),
+                    yanked_at: u64::from(at),
+                    reason: String::new(),
+                },
+                key,
+            )
+            .unwrap(),
+        )
+    };
+    let first = std::iter::once(&(Op::Release, 0));
+    for (op, at) in first.chain(ops) {
+        let at = *at;
+        let pick = |i: u8| chain[usize::from(i) % chain.len()].clone();
+        match op {
+            Op::Release => {
+                let version = Version::new(next, 0, 0);
+                next += 1;
+                let previous = chain.last().map(|c| c.1);
+                let r = release(version.clone(), previous, &keys[epoch], at, &mut salt);
+                let id = push(&mut out, r, false);
+                chain.push((version, id, previous));
+            }
+            Op::Equivocate(i) => {
+                let (version, _, previous) = pick(*i);
+                let r = release(version, previous, &keys[epoch], at, &mut salt);
+                push(&mut out, r, false);
+            }
+            Op::Yank(i) => {
+                let (version, _, _) = pick(*i);
+                yanked.insert(version.clone());
+                push(&mut out, yank(version, &keys[epoch], at), false);
+            }
+            Op::Rotate if epoch + 1 < keys.len() => {
+                let body = RotationBody {
+                    name: name.clone(),
+                    from: keys[epoch].public(),
+                    to: keys[epoch + 1].public(),
+                    last: chain.last().expect("the first op is a release").1,
+                    yanked: yanked.iter().cloned().collect(),
+                    rotated_at: u64::from(at),
+                };
+                let r = CatalogRecord::Rotation(Signed::sign(body, &keys[epoch]).unwrap());
+                push(&mut out, r, false);
+                epoch += 1;
+            }
+            Op::Rotate => {}
+            Op::Forge {
+                higher,
+                pick: i,
+                signer,
+            } if epoch > 0 => {
+                let key = &keys[usize::from(*signer) % epoch];
+                let (version, previous) = if *higher {
+                    next += 1;
+                    (Version::new(next - 1, 0, 0), Some(pick(*i).1))
+                } else {
+                    let (version, _, previous) = pick(*i);
+                    (version, previous)
+                };
+                let r = release(version, previous, key, at, &mut salt);
+                push(&mut out, r, true);
+            }
+            Op::ForgeYank { pick: i, signer } if epoch > 0 => {
+                let key = &keys[usize::from(*signer) % epoch];
+                push(&mut out, yank(pick(*i).0, key, at), true);
+            }
+            Op::Forge { .. } | Op::ForgeYank { .. } => {}
+        }
+    }
+    History {
+        records: out,
+        keys: keys.iter().map(PublisherSecret::public).collect(),
+        epoch,
+        chain: chain.into_iter().map(|c| c.1).collect(),
+    }
+}
+
+/// A catalog fed as the registry feeds it: each batch in replay order, refusals offered again.
+#[derive(Default)]
+struct Catalog {
+    trust: Trust,
+    /// Admitted records in the order admitted (the store's log).
+    log: Vec<(CatalogRecord, RecordId)>,
+    held: HashSet<RecordId>,
+    refused: Vec<(CatalogRecord, RecordId)>,
+}
+
+impl Catalog {
+    fn offer(&mut self, mut batch: Vec<(CatalogRecord, RecordId)>) {
+        batch.sort_by_cached_key(|(r, _)| replay_order(r));
+        for (record, id) in batch {
+            if self.held.contains(&id) {
+                continue;
+            }
+            let before = self.trust.name(record.name()).map(|s| s.highest.clone());
+            match self.trust.admit(&record, id) {
+                Ok(admission) => {
+                    let after = self.trust.name(record.name()).unwrap().highest.clone();
+                    // No rollback: the highest version goes down only when a rotation
+                    // retracts what its old key released outside the history it vouched for.
+                    if !matches!(admission, Admission::Rotation { .. })
+                        && let Some(before) = before
+                    {
+                        assert!(after >= before, "{before:?} -> {after:?} by {record:?}");
+                    }
+                    self.held.insert(id);
+                    self.log.push((record, id));
+                }
+                Err(_) => self.refused.push((record, id)),
+            }
+        }
+    }
+
+    /// Offers the refused records again until none is taken.
+    fn settle(&mut self) {
+        loop {
+            let held = self.held.len();
+            let again = std::mem::take(&mut self.refused);
+            self.offer(again);
+            if self.held.len() == held {
+                return;
+            }
+        }
+    }
+}
+
+/// A name's state as the rules define it: owner, past owners, highest version, each version's
+/// record ids (one, or every record of an equivocation), yanked and installable versions.
+type NameView = (
+    PublisherKey,
+    Vec<PublisherKey>,
+    Option<Version>,
+    BTreeMap<Version, Vec<RecordId>>,
+    Vec<Version>,
+    Vec<Version>,
+);
+
+fn view(t: &Trust) -> BTreeMap<String, NameView> {
+    t.names()
+        .map(|(name, s)| {
+            let versions = s
+                .releases
+                .iter()
+                .map(|(v, id)| {
+                    let mut ids = s.equivocation(v).map_or_else(|| vec![*id], <[_]>::to_vec);
+                    ids.sort_unstable();
+                    (v.clone(), ids)
+                })
+                .collect();
+            let installable = s.releases.keys().filter(|v| s.installable(v)).cloned();
+            (
+                name.to_string(),
+                (
+                    s.owner,
+                    s.past_owners().to_vec(),
+                    s.highest.clone(),
+                    versions,
+                    s.yanked().cloned().collect(),
+                    installable.collect(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A deterministic shuffle and batching of `records` from `seed` (xorshift: the orders only
+/// need to differ, not to be good random numbers).
+fn delivery(
+    records: &[(CatalogRecord, RecordId)],
+    seed: u64,
+) -> Vec<Vec<(CatalogRecord, RecordId)>> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut order = records.to_vec();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    let mut batches = Vec::new();
+    while !order.is_empty() {
+        let size = (1 + next() % 8) as usize;
+        let rest = order.split_off(size.min(order.len()));
+        batches.push(std::mem::replace(&mut order, rest));
+    }
+    batches
+}
+
+fn fed(
+    firsts: &[(CatalogRecord, RecordId)],
+    batches: Vec<Vec<(CatalogRecord, RecordId)>>,
+) -> Catalog {
+    let mut c = Catalog {
+        trust: Trust::new(TrustPolicy::FirstUse),
+        ..Catalog::default()
+    };
+    c.offer(firsts.to_vec());
+    for batch in batches {
+        c.offer(batch);
+    }
+    c.settle();
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn every_order_and_batching_of_a_catalog_reaches_the_same_state(
+        names in prop::collection::vec(prop::collection::vec(op(), 0..16), 1..4),
+        seeds in prop::collection::vec(any::<u64>(), 2..4),
+    ) {
+        let histories: Vec<History> = names
+            .iter()
+            .enumerate()
+            .map(|(n, ops)| history(n as u8, ops))
+            .collect();
+        let pair = |m: &Made| (m.record.clone(), m.id);
+        let firsts: Vec<_> = histories.iter().map(|h| pair(&h.records[0])).collect();
+        let rest: Vec<_> = histories
+            .iter()
+            .flat_map(|h| h.records[1..].iter().map(pair))
+            .collect();
+        // One catalog fed everything at once in replay order, the others in random batches.
+        let reference = fed(&firsts, vec![rest.clone()]);
+        let expected = view(&reference.trust);
+        for seed in seeds {
+            let c = fed(&firsts, delivery(&rest, seed));
+            prop_assert_eq!(&view(&c.trust), &expected, "delivery seed {}", seed);
+            // A restart replays the log in its order and reaches the same state.
+            let mut replayed = Trust::new(TrustPolicy::FirstUse);
+            for (record, id) in &c.log {
+                prop_assert!(replayed.admit(record, *id).is_ok(), "replay refused {:?}", record);
+            }
+            prop_assert_eq!(&view(&replayed), &expected);
+        }
+
+        for h in &histories {
+            let (owner, past, _, versions, _, _) = &expected[h.records[0].record.name().as_str()];
+            // After its rotations only the last key acts for the name.
+            prop_assert_eq!(*owner, h.keys[h.epoch]);
+            prop_assert_eq!(past.as_slice(), &h.keys[..h.epoch]);
+            let effective: HashSet<RecordId> = versions.values().flatten().copied().collect();
+            // Nothing a rotated-away key signed afterwards counts, not even as evidence.
+            for m in h.records.iter().filter(|m| m.forged) {
+                prop_assert!(!effective.contains(&m.id), "forged {:?} counts", m.record);
+            }
+            // The owners' chain is whole.
+            for id in &h.chain {
+                prop_assert!(effective.contains(id));
+            }
+        }
+    }
+}
