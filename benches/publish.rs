@@ -68,7 +68,7 @@ async fn wait_visible(
             let (r, name) = (r.clone(), name.to_owned());
             tokio::spawn(async move {
                 loop {
-                    if r.indexed_count() >= packages {
+                    if r.catalog.indexed_count() >= packages {
                         let (r, name) = (r.clone(), name.clone());
                         let found = tokio::task::spawn_blocking(move || {
                             let hits = r.search(&SearchQuery::text(&name)).unwrap().hits;

@@ -153,8 +153,8 @@ async fn the_largest_valid_record_gossiped_survives_a_restart_and_is_found() {
 
     for config in configs {
         let node = Node::start(config).await.expect("the node starts again");
-        assert_eq!(node.registry.catalog_len(), 1);
-        assert!(node.registry.has_record(&big.id()));
+        assert_eq!(node.registry.catalog.record_count(), 1);
+        assert!(node.registry.catalog.has_record(&big.id()));
         assert_eq!(names(&node, "biggest"), ["biggest"]);
         node.shutdown().await;
     }
@@ -217,10 +217,10 @@ async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does
         }
     })
     .await;
-    assert_eq!(open.registry.catalog_len(), 20);
+    assert_eq!(open.registry.catalog.record_count(), 20);
     assert_eq!(stats.gossip_ignored.load(Ordering::Relaxed), 20);
     assert_eq!(stats.gossip_rejected.load(Ordering::Relaxed), 0);
-    assert_eq!(strict.registry.catalog_len(), 0);
+    assert_eq!(strict.registry.catalog.record_count(), 0);
     let open_peer = open.network.peer_id();
     let score = strict.network.gossip_score(open_peer).await.unwrap();
     assert!(
@@ -247,7 +247,7 @@ async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does
         "the allowlisted release reaches the strict node",
         Duration::from_secs(5),
         || async {
-            if strict.registry.has_record(&wanted.id()) {
+            if strict.registry.catalog.has_record(&wanted.id()) {
                 Ok(())
             } else {
                 Err("not there".into())
@@ -297,7 +297,11 @@ async fn a_stranger_release_cutting_a_popular_archive_another_way_poisons_nothin
         DEADLINE,
         &nodes,
         |_, n| async move {
-            match ids.iter().filter(|id| n.registry.has_record(id)).count() {
+            match ids
+                .iter()
+                .filter(|id| n.registry.catalog.has_record(id))
+                .count()
+            {
                 2 => Ok(()),
                 k => Err(format!("{k} of 2")),
             }
@@ -368,7 +372,7 @@ async fn a_peer_with_128_large_requests_it_never_reads_gets_its_budget_and_no_mo
     server.registry.announce(wanted.clone()).await.unwrap();
     let wanted_id = wanted.id();
     converge("the honest node has the release", DEADLINE, || async {
-        if honest.registry.has_record(&wanted_id) {
+        if honest.registry.catalog.has_record(&wanted_id) {
             Ok(())
         } else {
             Err("not yet".into())
@@ -500,8 +504,8 @@ async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number
             keys[0], keys[1]
         )
     );
-    assert_eq!(open.registry.catalog_len(), 0);
-    assert_eq!(open.registry.owner(&name), None);
+    assert_eq!(open.registry.catalog.record_count(), 0);
+    assert_eq!(open.registry.catalog.owner(&name), None);
 
     // A node whose allowlist names the owner counts only the owner's head.
     let mut config = node_config(&data_dir());
@@ -517,9 +521,13 @@ async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number
             .await
             .unwrap()
     );
-    assert_eq!(strict.registry.owner(&name), Some(owner.public()));
+    assert_eq!(strict.registry.catalog.owner(&name), Some(owner.public()));
     assert_eq!(
-        strict.registry.get(&name, &VersionReq::STAR).unwrap(),
+        strict
+            .registry
+            .catalog
+            .get(&name, &VersionReq::STAR)
+            .unwrap(),
         honest
     );
     for (stop, task) in [(stop1, task1), (stop2, task2)] {
@@ -586,15 +594,15 @@ async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_sync
     .await;
     for (i, (n, _)) in nodes.iter().enumerate() {
         assert_eq!(listed(n), before[i].1, "node {i} listed ids again");
-        assert_eq!(n.registry.refusals_remembered(), 1, "node {i}");
-        assert_eq!(n.registry.catalog_len(), 1, "node {i}");
+        assert_eq!(n.registry.catalog.refusals_remembered(), 1, "node {i}");
+        assert_eq!(n.registry.catalog.record_count(), 1, "node {i}");
     }
     assert_eq!(
-        nodes[0].0.registry.owner(&mine.body.name),
+        nodes[0].0.registry.catalog.owner(&mine.body.name),
         Some(publisher(100).public())
     );
     assert_eq!(
-        nodes[1].0.registry.owner(&mine.body.name),
+        nodes[1].0.registry.catalog.owner(&mine.body.name),
         Some(publisher(101).public())
     );
     for (n, _) in nodes {
@@ -602,11 +610,11 @@ async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_sync
     }
     // Remembered across a restart; forgotten when the trust policy changes.
     let again = Node::start(x_config.clone()).await.unwrap();
-    assert_eq!(again.registry.refusals_remembered(), 1);
+    assert_eq!(again.registry.catalog.refusals_remembered(), 1);
     again.shutdown().await;
     x_config.registry.trust = TrustPolicy::Allowlist(HashSet::from([publisher(100).public()]));
     let again = Node::start(x_config).await.unwrap();
-    assert_eq!(again.registry.refusals_remembered(), 0);
+    assert_eq!(again.registry.catalog.refusals_remembered(), 0);
     again.shutdown().await;
 }
 
@@ -654,7 +662,7 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     reg.announce(b3.clone()).await.unwrap();
     let id3 = b3.id();
     converge_nodes("3.0.0 everywhere", DEADLINE, &nodes, |_, n| async move {
-        if n.registry.has_record(&id3) {
+        if n.registry.catalog.has_record(&id3) {
             Ok(())
         } else {
             Err("no 3.0.0".into())
@@ -675,20 +683,26 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     let driver = hostile.drive(stopped);
     let node1 = &nodes[1].0.registry;
     converge("node 1 refuses both", DEADLINE, || async {
-        match node1.refusals_remembered() {
+        match node1.catalog.refusals_remembered() {
             2 => Ok(()),
             n => Err(format!("{n} refused")),
         }
     })
     .await;
     for (i, (n, _)) in nodes.iter().enumerate() {
-        assert!(n.registry.equivocations().is_empty(), "node {i}");
+        assert!(n.registry.catalog.equivocations().is_empty(), "node {i}");
         assert_eq!(
-            n.registry.get(&b3.body.name, &VersionReq::STAR).unwrap(),
+            n.registry
+                .catalog
+                .get(&b3.body.name, &VersionReq::STAR)
+                .unwrap(),
             b3,
             "node {i}"
         );
-        assert!(!n.registry.has_record(&twin.id()) && !n.registry.has_record(&backdated.id()));
+        assert!(
+            !n.registry.catalog.has_record(&twin.id())
+                && !n.registry.catalog.has_record(&backdated.id())
+        );
     }
     let _ = stop.send(());
     driver.await.unwrap();
@@ -697,7 +711,11 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     // heard of the rotation) sorts the back-dated 4.0 before the rotation: it is taken, then
     // retracted by the rotation, which vouches for 2.0 as A's last. Same catalog either way.
     let rotation = reg
-        .records(&reg.ids_in(&(0..=255).collect::<Vec<u8>>(), usize::MAX))
+        .catalog
+        .records(
+            &reg.catalog
+                .ids_in(&(0..=255).collect::<Vec<u8>>(), usize::MAX),
+        )
         .unwrap()
         .into_iter()
         .find(|r| matches!(r, CatalogRecord::Rotation(_)))
@@ -709,21 +727,25 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
         .chain([rotation])
         .collect();
     let reg_late = late.registry.clone();
-    tokio::task::spawn_blocking(move || reg_late.ingest(batch, false))
+    tokio::task::spawn_blocking(move || reg_late.catalog.ingest(batch, false))
         .await
         .unwrap()
         .unwrap();
     let versions: Vec<String> = late
         .registry
+        .catalog
         .versions(&b3.body.name)
         .unwrap()
         .into_iter()
         .map(|v| v.version.to_string())
         .collect();
     assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0"]);
-    assert!(late.registry.equivocations().is_empty());
+    assert!(late.registry.catalog.equivocations().is_empty());
     assert_eq!(
-        late.registry.get(&b3.body.name, &VersionReq::STAR).unwrap(),
+        late.registry
+            .catalog
+            .get(&b3.body.name, &VersionReq::STAR)
+            .unwrap(),
         b3
     );
     late.shutdown().await;
@@ -786,7 +808,7 @@ async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
     let syncs = rounds[0].load(Ordering::SeqCst);
     assert!((1..=2).contains(&syncs), "{syncs} syncs");
     assert_eq!(rounds[1].load(Ordering::SeqCst), syncs);
-    assert_eq!(node.registry.catalog_len(), 0);
+    assert_eq!(node.registry.catalog.record_count(), 0);
     let _ = stop.send(());
     task.await.unwrap();
     node.shutdown().await;
@@ -825,7 +847,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         let honest = honest.clone();
         tokio::spawn(async move {
             converge("the flood reaches node 0", DEADLINE, || async {
-                match first.catalog_len() {
+                match first.catalog.record_count() {
                     0 => Err("nothing yet".into()),
                     _ => Ok(()),
                 }
@@ -847,7 +869,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         DEADLINE,
         &nodes,
         |_, n| async move {
-            if n.registry.has_record(&honest_id) {
+            if n.registry.catalog.has_record(&honest_id) {
                 Ok(())
             } else {
                 Err("missing".into())
@@ -859,7 +881,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     // honest release. Every other node holds no more than it forwarded.
     let bound = (rate.burst + rate.rate * started.elapsed().as_secs_f64()) as usize + 1;
     for (i, (n, _)) in nodes.iter().enumerate() {
-        let held = n.registry.catalog_len();
+        let held = n.registry.catalog.record_count();
         assert!(
             held <= bound,
             "node {i} admitted {held} records (bound {bound})"

@@ -140,7 +140,7 @@ impl Provider {
             let key = common::publisher(40);
             let records = common::many_releases(SYNC_RECORDS, &key);
             let reg = node.registry.clone();
-            tokio::task::spawn_blocking(move || reg.ingest(records, false).unwrap())
+            tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false).unwrap())
                 .await
                 .unwrap();
             let key = PublisherSecret::from_bytes([41; 32]);
@@ -160,7 +160,7 @@ impl Provider {
     }
 
     fn catalog_len(&self) -> u64 {
-        self.node.as_ref().unwrap().registry.catalog_len() as u64
+        self.node.as_ref().unwrap().registry.catalog.record_count() as u64
     }
 }
 

@@ -454,12 +454,12 @@ pub fn gauges(m: &Metrics, r: &Registry) -> [(&'static str, &'static str, i64); 
         (
             "catalog_records",
             "Records in the catalog",
-            n(r.catalog_len() as u64),
+            n(r.catalog.record_count() as u64),
         ),
         (
             "packages",
             "Packages with an installable release",
-            n(r.package_count() as u64),
+            n(r.catalog.package_count() as u64),
         ),
         (
             "cache_bytes",

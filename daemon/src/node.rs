@@ -50,7 +50,7 @@ impl Node {
         // The node serves while the index is rebuilt; searches wait for it.
         let rebuild_task = registry.startup.index_rebuilt.then(|| {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.rebuild_index())
+            tokio::task::spawn_blocking(move || registry.catalog.rebuild_index())
         });
         // The DHT store is refilled while the node serves (a head per name takes about
         // 100 ms for 100k names): a record a peer puts meanwhile replaces a restored one only

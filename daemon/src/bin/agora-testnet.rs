@@ -195,7 +195,7 @@ async fn seed(nodes: &[Service], home: &Path, count: u32) -> anyhow::Result<Dura
         ..SearchQuery::default()
     };
     let has_all = |n: &Service| {
-        n.node.registry.catalog_len() as u64 >= target
+        n.node.registry.catalog.record_count() as u64 >= target
             && n.node
                 .registry
                 .search(&listing)

@@ -178,6 +178,7 @@ fn body_info(b: &ReleaseBody, record_id: String, yanked: bool) -> ReleaseInfo {
 
 fn yanked(registry: &Registry, r: &ReleaseRecord) -> bool {
     registry
+        .catalog
         .versions(&r.body.name)
         .map(|vs| vs.iter().any(|v| v.version == r.body.version && v.yanked))
         .unwrap_or(false)
@@ -209,10 +210,10 @@ pub async fn handle(
                     .collect(),
                 peers: info.connected_peers.len() as u32,
                 routing_table: info.routing_table_size as u32,
-                catalog_size: registry.catalog_len() as u64,
-                packages: registry.package_count() as u64,
-                indexed: registry.indexed_count(),
-                search_index: registry.index_state(),
+                catalog_size: registry.catalog.record_count() as u64,
+                packages: registry.catalog.package_count() as u64,
+                indexed: registry.catalog.indexed_count(),
+                search_index: registry.catalog.index_state(),
                 cache_bytes: usage.cached_bytes,
                 cache_quota: usage.quota,
                 store_bytes: usage.cached_bytes + usage.kept_bytes,
@@ -338,8 +339,8 @@ pub async fn handle(
                 _ => None,
             };
             let record = with_lookup(registry, &n, &req, || match &exact {
-                Some(v) => registry.release(&n, v),
-                None => registry.get(&n, &req),
+                Some(v) => registry.catalog.release(&n, v),
+                None => registry.catalog.get(&n, &req),
             })
             .await?;
             let y = yanked(registry, &record);
@@ -347,8 +348,10 @@ pub async fn handle(
         }
         Request::Versions { name: n } => {
             let n = name(&n)?;
-            let versions =
-                with_lookup(registry, &n, &VersionReq::STAR, || registry.versions(&n)).await?;
+            let versions = with_lookup(registry, &n, &VersionReq::STAR, || {
+                registry.catalog.versions(&n)
+            })
+            .await?;
             Ok(Response::Versions(
                 versions
                     .into_iter()
@@ -368,7 +371,7 @@ pub async fn handle(
             // Names the catalog lacks are looked up on the DHT, then resolution starts over.
             let mut lookups = 0;
             let resolved = loop {
-                let failed = match registry.resolve(&roots) {
+                let failed = match registry.catalog.resolve(&roots) {
                     Ok(resolved) => break resolved,
                     Err(e) => e,
                 };
@@ -391,7 +394,7 @@ pub async fn handle(
             };
             let mut out = Vec::with_capacity(resolved.len());
             for p in resolved {
-                let record = registry.release(&p.name, &p.version)?;
+                let record = registry.catalog.release(&p.name, &p.version)?;
                 out.push(release_info(&record, false));
             }
             Ok(Response::Resolved(out))
@@ -411,7 +414,7 @@ pub async fn handle(
             });
             let (n, v) = (name(&n)?, version(&v)?);
             let pin = VersionReq::parse(&format!("={v}")).map_err(bad)?;
-            with_lookup(registry, &n, &pin, || registry.release(&n, &v)).await?;
+            with_lookup(registry, &n, &pin, || registry.catalog.release(&n, &v)).await?;
             let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
             Ok(Response::Fetched(FetchedInfo {
                 path: fetched.path.display().to_string(),

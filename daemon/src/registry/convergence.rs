@@ -373,3 +373,122 @@ proptest! {
         }
     }
 }
+
+/// The same property through the catalog itself, on disk: its log, its remembered refusals,
+/// its search index, and a restart.
+mod on_disk {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use agora_protocol::PackageName;
+
+    use super::*;
+    use crate::registry::catalog::Catalog;
+    use crate::registry::{Ingested, RegistryStats};
+    use crate::store::Db;
+
+    fn open(dir: &Path) -> Catalog {
+        let db = Arc::new(Db::open(&dir.join("catalog.redb")).unwrap());
+        let stats = Arc::new(RegistryStats::default());
+        Catalog::open(db, dir, &TrustPolicy::FirstUse, &HashSet::new(), stats)
+            .unwrap()
+            .0
+    }
+
+    /// Offers `records` until the catalog takes no more of them, as repeated syncs would.
+    fn offer_until_settled(c: &Catalog, records: &[CatalogRecord]) {
+        loop {
+            let held = c.record_count();
+            c.ingest(records.to_vec(), false).unwrap();
+            if c.record_count() == held {
+                return;
+            }
+        }
+    }
+
+    /// What a catalog answers about each name: owner, every version (its record, unless two
+    /// disagree), yanked, equivocated; and the evidence.
+    type Answer = (
+        Option<PublisherKey>,
+        Vec<(Version, Option<RecordId>, bool, bool)>,
+        BTreeMap<Version, Vec<RecordId>>,
+    );
+
+    fn answers(c: &Catalog, names: &[PackageName]) -> Vec<Answer> {
+        let evidence = c.equivocations();
+        names
+            .iter()
+            .map(|name| {
+                let versions = c
+                    .versions(name)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| {
+                        let record = (!v.equivocated).then_some(v.record);
+                        (v.version, record, v.yanked, v.equivocated)
+                    })
+                    .collect();
+                let mut evidence = evidence.get(name).cloned().unwrap_or_default();
+                for ids in evidence.values_mut() {
+                    ids.sort_unstable();
+                }
+                (c.owner(name), versions, evidence)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn catalogs_on_disk_agree_in_any_order_and_after_a_restart(
+            names in prop::collection::vec(prop::collection::vec(op(), 0..12), 1..3),
+            seed in any::<u64>(),
+        ) {
+            let histories: Vec<History> = names
+                .iter()
+                .enumerate()
+                .map(|(n, ops)| history(n as u8, ops))
+                .collect();
+            let name_list: Vec<PackageName> =
+                histories.iter().map(|h| h.records[0].record.name().clone()).collect();
+            let firsts: Vec<CatalogRecord> =
+                histories.iter().map(|h| h.records[0].record.clone()).collect();
+            let rest: Vec<(CatalogRecord, RecordId)> = histories
+                .iter()
+                .flat_map(|h| h.records[1..].iter().map(|m| (m.record.clone(), m.id)))
+                .collect();
+            let all: Vec<CatalogRecord> = firsts
+                .iter()
+                .cloned()
+                .chain(rest.iter().map(|(r, _)| r.clone()))
+                .collect();
+
+            let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let a = open(dir_a.path());
+            a.ingest(firsts.clone(), false).unwrap();
+            for batch in delivery(&rest, seed) {
+                a.ingest(batch.into_iter().map(|(r, _)| r).collect(), false).unwrap();
+            }
+            offer_until_settled(&a, &all);
+            let b = open(dir_b.path());
+            b.ingest(firsts, false).unwrap();
+            offer_until_settled(&b, &all);
+            let expected = answers(&b, &name_list);
+            prop_assert_eq!(&answers(&a, &name_list), &expected);
+
+            // A restart reaches the same catalog, and what was refused is refused again.
+            let (held, refused) = (a.record_count(), a.refusals_remembered());
+            drop(a);
+            let a = open(dir_a.path());
+            prop_assert_eq!(&answers(&a, &name_list), &expected);
+            prop_assert_eq!((a.record_count(), a.refusals_remembered()), (held, refused));
+            let again = a.ingest(all, false).unwrap();
+            prop_assert!(
+                again.iter().all(|(_, o)| !matches!(o, Ingested::Added(_))),
+                "{:?}",
+                again
+            );
+        }
+    }
+}

@@ -45,12 +45,13 @@ async fn admit(
     let task = tokio::task::spawn_blocking(move || {
         let mut tx = Some(tx);
         let result = reg
+            .catalog
             .ingest_durable(vec![record], verified, |out| {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(out.first().map_or(Ingested::Duplicate, |(_, i)| i.clone()));
                 }
             })
-            .and_then(|(_, ticket)| reg.flush_index(ticket));
+            .and_then(|(_, ticket)| reg.catalog.flush_index(ticket));
         match result {
             Err(e) if tx.is_none() => {
                 warn!(error = %e, "an admitted record was not stored");
@@ -82,7 +83,7 @@ async fn admit_head(
         if !verified {
             head.verify()?;
         }
-        reg.admit_head(&head)
+        reg.catalog.admit_head(&head)
     })
     .await
     .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
@@ -250,13 +251,13 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
 fn answer_sync(registry: &Registry, request: SyncRequest) -> SyncResponse {
     match request {
         SyncRequest::Summary => SyncResponse::Summary {
-            buckets: registry.summary(),
+            buckets: registry.catalog.summary(),
         },
         SyncRequest::Buckets { buckets } => SyncResponse::Ids {
-            ids: registry.ids_in(&buckets, MAX_SYNC_LISTED_IDS),
+            ids: registry.catalog.ids_in(&buckets, MAX_SYNC_LISTED_IDS),
         },
         SyncRequest::Records { ids } => {
-            let Ok(found) = registry.records(&ids) else {
+            let Ok(found) = registry.catalog.records(&ids) else {
                 return SyncResponse::Refused(Refusal::Busy);
             };
             // Stay under the response limit (with room for the framing bytes).

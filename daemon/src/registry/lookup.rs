@@ -39,10 +39,10 @@ impl Registry {
         name: &PackageName,
         req: &VersionReq,
     ) -> Result<bool, RegistryError> {
-        if self.get(name, req).is_ok() {
+        if self.catalog.get(name, req).is_ok() {
             return Ok(false);
         }
-        let known: Vec<Version> = match self.versions(name) {
+        let known: Vec<Version> = match self.catalog.versions(name) {
             Ok(v) => v.into_iter().map(|v| v.version).collect(),
             Err(RegistryError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e),
@@ -67,8 +67,10 @@ impl Registry {
         };
         let reg = self.clone();
         let result = blocking(move || {
-            let out = reg.ingest(vec![CatalogRecord::Release(release)], true)?;
-            if let Err(e) = reg.admit_head(&head) {
+            let out = reg
+                .catalog
+                .ingest(vec![CatalogRecord::Release(release)], true)?;
+            if let Err(e) = reg.catalog.admit_head(&head) {
                 debug!(error = %e, "head found with the release not admitted");
             }
             Ok(out)
@@ -93,7 +95,7 @@ impl Registry {
             .get_record(key.clone(), RecordQuorum::All)
             .await
             .or_else(nothing)?;
-        let owner = self.owner(name);
+        let owner = self.catalog.owner(name);
         let heads: Vec<PackageHead> = values
             .iter()
             .filter_map(|v| match dht::validate(&key, v) {
@@ -102,7 +104,7 @@ impl Registry {
             })
             .filter(|h| match owner {
                 Some(o) => o == h.body.owner,
-                None => self.may_own(&h.body.owner),
+                None => self.catalog.may_own(&h.body.owner),
             })
             .collect();
         let mut owners: Vec<PublisherKey> = heads.iter().map(|h| h.body.owner).collect();

@@ -176,7 +176,7 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         SyncResponse::Summary { buckets } if buckets.len() == SYNC_BUCKETS => buckets,
         other => return Err(unexpected("summary", other)),
     };
-    let ours = registry.summary();
+    let ours = registry.catalog.summary();
     let differing: Vec<(u8, u32)> = {
         let settled = crate::lock(&registry.settled);
         (0..SYNC_BUCKETS)
@@ -224,7 +224,7 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
             if !asked.contains(&bucket) {
                 continue;
             }
-            let new = !registry.knows(&id);
+            let new = !registry.catalog.knows(&id);
             let entry = listed.entry(bucket).or_default();
             entry.0 += 1;
             entry.1 |= new;
@@ -356,7 +356,7 @@ async fn admit(
     };
     let reg = registry.clone();
     let records = batch.records;
-    let results = tokio::task::spawn_blocking(move || reg.ingest(records, true))
+    let results = tokio::task::spawn_blocking(move || reg.catalog.ingest(records, true))
         .await
         .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
     let mut added = HashSet::new();

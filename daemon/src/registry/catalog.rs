@@ -1,0 +1,1051 @@
+//! The catalog: every record this node admitted and what the trust rules make of them (owners,
+//! versions, yanks, evidence, heads), the log they are kept in, and the search index they
+//! feed. It takes records and returns verdicts; it has no network, no clock (a caller passes
+//! the time of what it signs) and spawns nothing. Every method that reads or writes the disk is
+//! blocking and says so: [`Registry`](super::Registry)'s async workflows run them on blocking
+//! threads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::{Bound, ControlFlow};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use agora_protocol::dht::{DhtKey, DhtValue};
+use agora_protocol::ipc::IndexState;
+use agora_protocol::limits::{MAX_HEAD_VERSIONS, SYNC_BUCKETS};
+use agora_protocol::messages::BucketDigest;
+use agora_protocol::records::{
+    CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody, ReleaseRecord, Signed,
+};
+use agora_protocol::search::{SearchQuery, SearchResults};
+use agora_protocol::{
+    ContentHasher, ContentId, Dependency, PackageName, PublisherKey, PublisherSecret, Version,
+    VersionReq,
+};
+use tracing::{debug, error, info, warn};
+
+use super::refusals::{self, RefusalChanges, Refusals};
+use super::resolve::{self, Candidate};
+use super::trust::{self, Admission, Trust, TrustError, TrustPolicy};
+use super::{Ingested, RegistryError, RegistryStats, ResolvedPackage, VersionInfo};
+use crate::index::{CatchUp, IndexDoc, IndexError, OVERLAY_MAX, Seal, SearchIndex, Ticket};
+use crate::lock;
+use crate::store::{CatalogWrite, Db, StoreError};
+
+/// Records admitted per durable transaction when a big batch (a sync) comes in.
+const INGEST_BATCH: usize = 2048;
+
+/// Times a batch's refused records are decided again once the rest of it is in.
+const INGEST_RETRIES: usize = 4;
+
+/// Documents sent to the index writer at a time while the search index is rebuilt.
+const REBUILD_CHUNK: usize = 4096;
+
+/// Chunks of documents that may wait for the index writer.
+const REBUILD_CHUNKS_AHEAD: usize = 2;
+
+/// A saved search index is caught up at start-up while the names to re-index are at most
+/// this fraction of the indexed names (1/4) or an overlay's worth; with more, a rebuild is
+/// cheaper.
+const CATCH_UP_FRACTION: u64 = 4;
+
+/// A running node saves its search index once the catalog has grown by this fraction of the
+/// indexed names (1/8, half what a catch-up takes) or an overlay's worth since the copy on
+/// disk: so a crash leaves a copy the next start catches up instead of rebuilding.
+const SAVE_BEHIND_FRACTION: u64 = 8;
+
+/// The in-memory view of the catalog (the truth is in redb), under one lock.
+struct Memory {
+    trust: Trust,
+    /// Every record id, sorted: sync buckets are contiguous ranges.
+    ids: BTreeSet<RecordId>,
+    /// Records refused for good, not to be fetched or checked again.
+    refusals: Refusals,
+    /// Each bucket's digest for the sync summary, kept until a record of the bucket is added:
+    /// a summary recomputes only the buckets that changed, not the whole catalog.
+    summary: Vec<Option<BucketDigest>>,
+}
+
+impl Memory {
+    /// The state of a name, or `NotFound` naming how many packages there are.
+    fn state(&self, name: &PackageName) -> Result<&trust::NameState, RegistryError> {
+        self.trust
+            .name(name)
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.clone(),
+                catalog: self.trust.name_count(),
+            })
+    }
+}
+
+/// The catalog of this node.
+pub struct Catalog {
+    db: Arc<Db>,
+    index: SearchIndex,
+    memory: Mutex<Memory>,
+    stats: Arc<RegistryStats>,
+}
+
+/// What opening the catalog found.
+pub struct Opened {
+    pub records: usize,
+    /// DHT values to serve again, as (key, value): this node's heads, and the releases whose
+    /// archives `published` named.
+    pub restore: Vec<(Vec<u8>, Vec<u8>)>,
+    pub index_rebuilt: bool,
+    /// Names re-indexed on top of the saved index (the catalog grew after its seal).
+    pub index_caught_up: usize,
+}
+
+impl Catalog {
+    /// Opens the catalog kept in `db` (its search index under `dir/index`): replays the log
+    /// through the trust rules, checks the stored pins against it, and opens the index, caught
+    /// up or marked for a rebuild ([`rebuild_index`](Self::rebuild_index)). Blocking.
+    pub fn open(
+        db: Arc<Db>,
+        dir: &Path,
+        policy: &TrustPolicy,
+        published: &HashSet<ContentId>,
+        stats: Arc<RegistryStats>,
+    ) -> Result<(Self, Opened), RegistryError> {
+        let started = Instant::now();
+        // Sized for the stored records up front: growing the maps during the replay was 7 %
+        // of start-up.
+        let (stored, names) = db.counts()?;
+        let (stored, names) = (stored as usize, names as usize);
+        let mut memory = Memory {
+            trust: Trust::with_capacity(policy.clone(), stored, names),
+            ids: BTreeSet::new(),
+            refusals: Refusals::load(refusals::MAX_REFUSALS, db.refusals(&policy.fingerprint())?),
+            summary: vec![None; SYNC_BUCKETS],
+        };
+        // What this node put on the DHT itself (its heads and the releases it published),
+        // collected during the replay so the log is read once.
+        let mut restore: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let index_dir = dir.join("index");
+        let mut catch_up = SearchIndex::saved_seal(&index_dir).map(CatchUp::new);
+        let snapshot = db.load_catalog(|id, record| {
+            if let Some(c) = &mut catch_up {
+                c.record(&id, record.name());
+            }
+            if let Err(e) = memory.trust.admit(&record, id) {
+                // The log only holds admitted records, in order: this is a corrupt store.
+                return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")));
+            }
+            memory.ids.insert(id);
+            if let CatalogRecord::Release(r) = record
+                && published.contains(&r.body.archive.id)
+            {
+                let value = DhtValue::Release(r);
+                restore.push((value.key().to_bytes(), value.encode()));
+            }
+            Ok(())
+        })?;
+        let load_ms = started.elapsed().as_millis();
+        let records = snapshot.records as usize;
+        let catch_up = catch_up.and_then(CatchUp::finish);
+        let ((index, mut index_kept), installable) = check_pins_and_open_index(
+            &db,
+            &memory.trust,
+            &index_dir,
+            catch_up.as_ref().map(|(seal, _)| *seal),
+        )?;
+        let checks_ms = started.elapsed().as_millis() - load_ms;
+        for (head, bytes) in snapshot.heads {
+            match memory.trust.admit_head(&head) {
+                // Served as stored: the stored bytes are the head's DHT value.
+                Ok(_) => restore.push((DhtKey::Head(head.body.name).to_bytes(), bytes)),
+                Err(e) => {
+                    warn!(name = %head.body.name, error = %e, "dropping a stored package head")
+                }
+            }
+        }
+        let catalog = Self {
+            db,
+            index,
+            memory: Mutex::new(memory),
+            stats,
+        };
+
+        // The saved index reflects the log's first records: the names of those after them are
+        // re-indexed on top of it, unless so many that a rebuild costs less.
+        let mut index_caught_up = 0;
+        if let Some((_, names)) = catch_up.filter(|_| index_kept)
+            && !names.is_empty()
+        {
+            if names.len() as u64 <= (installable / CATCH_UP_FRACTION).max(OVERLAY_MAX as u64) {
+                let (docs, removed) = catalog.index_docs(&names)?;
+                catalog.index.update(&docs, &removed)?;
+                index_caught_up = names.len();
+            } else {
+                index_kept = false;
+            }
+        }
+        let mut index_rebuilt = false;
+        // One document per name that has an installable release.
+        if !index_kept && installable > 0 || catalog.index.num_docs() != installable {
+            info!(
+                indexed = catalog.index.num_docs(),
+                names = installable,
+                sealed = index_kept,
+                "search index is out of date or was not closed cleanly; rebuilding it while the node serves"
+            );
+            // Searches wait from now until `rebuild_index` (which the node starts) ends.
+            catalog.index.begin_rebuild();
+            index_rebuilt = true;
+        }
+        info!(
+            records,
+            load_ms, checks_ms, index_caught_up, index_rebuilt, "catalog loaded"
+        );
+        Ok((
+            catalog,
+            Opened {
+                records,
+                restore,
+                index_rebuilt,
+                index_caught_up,
+            },
+        ))
+    }
+
+    /// Searches the catalog. Blocking (the index may wait for a rebuild).
+    pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, RegistryError> {
+        count(&self.stats.searches);
+        Ok(self.index.search(query)?)
+    }
+
+    /// Whether the search index on disk is so far behind the catalog that a crash now would
+    /// make the next start rebuild it (see [`save_index`](Self::save_index)).
+    pub fn index_far_behind(&self) -> bool {
+        let behind = (self.record_count() as u64).saturating_sub(self.index.saved_records());
+        let due = (self.index.num_docs() / SAVE_BEHIND_FRACTION).max(OVERLAY_MAX as u64);
+        behind >= due && self.index.state() == IndexState::Ready
+    }
+
+    /// The release a new version of `name` by `key` chains to (`None` for a new name), or why
+    /// `key` may not publish `version` of it here.
+    pub fn previous_for(
+        &self,
+        name: &PackageName,
+        version: &Version,
+        key: &PublisherKey,
+    ) -> Result<Option<RecordId>, RegistryError> {
+        let memory = self.lock();
+        let Some(state) = memory.trust.name(name) else {
+            return Ok(None);
+        };
+        if state.owner != *key {
+            return Err(TrustError::NotOwner {
+                name: name.clone(),
+                owner: state.owner,
+                signer: *key,
+            }
+            .into());
+        }
+        if state.releases.contains_key(version) {
+            return Err(RegistryError::AlreadyPublished {
+                name: name.clone(),
+                version: version.clone(),
+            });
+        }
+        if let Some(h) = &state.highest
+            && h > version
+        {
+            return Err(RegistryError::NotNewer {
+                name: name.clone(),
+                version: version.clone(),
+                highest: h.clone(),
+            });
+        }
+        Ok(state.highest.as_ref().map(|h| state.releases[h]))
+    }
+
+    /// What a rotation of `name` hands on: its newest release and the versions yanked.
+    pub fn rotation_basis(
+        &self,
+        name: &PackageName,
+    ) -> Result<(RecordId, Vec<Version>), RegistryError> {
+        let memory = self.lock();
+        let state = memory.state(name)?;
+        let last = state
+            .highest
+            .as_ref()
+            .map(|h| state.releases[h])
+            .ok_or_else(|| TrustError::UnknownName { name: name.clone() })?;
+        Ok((last, state.yanked().cloned().collect()))
+    }
+
+    /// Whether the catalog holds a release of `name@version`, or `NotFound` for the name.
+    pub fn has_version(
+        &self,
+        name: &PackageName,
+        version: &Version,
+    ) -> Result<bool, RegistryError> {
+        Ok(self.lock().state(name)?.releases.contains_key(version))
+    }
+
+    /// Rebuilds the search index from the catalog, when [`Registry::open`] found it must
+    /// (`startup.index_rebuilt`); the node runs it beside everything else it serves, and
+    /// searches wait for it. A second thread reads the newest release of each name from the
+    /// log, in log order, and sends their documents a chunk at a time while this one feeds
+    /// them to the index writer (whose own threads index them). A failure is logged, and
+    /// searches are refused with it until the next start.
+    pub fn rebuild_index(&self) {
+        let started = Instant::now();
+        let rebuilt = self.index.rebuild_with(|add| {
+            // Taken under the index's lock: what changes after it is marked and applied by
+            // the first flush after the rebuild.
+            let wanted = self
+                .lock()
+                .trust
+                .names()
+                .filter_map(|(_, s)| s.latest().map(|v| s.releases[v]))
+                .collect();
+            self.feed_newest(wanted, add)
+        });
+        match rebuilt {
+            Ok(()) => info!(
+                indexed = self.index.num_docs(),
+                ms = started.elapsed().as_millis(),
+                "search index rebuilt"
+            ),
+            Err(e) => {
+                error!(error = %e, "could not rebuild the search index; searches are refused until agorad restarts")
+            }
+        }
+    }
+
+    /// Reads the releases `wanted` from the log and gives `add` their documents.
+    fn feed_newest(
+        &self,
+        mut wanted: Vec<RecordId>,
+        add: &mut dyn FnMut(IndexDoc) -> Result<(), IndexError>,
+    ) -> Result<(), RegistryError> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(REBUILD_CHUNKS_AHEAD);
+            let reader = scope.spawn(move || {
+                let mut docs = Vec::with_capacity(REBUILD_CHUNK);
+                let read = self.db.scan_records(&mut wanted, |record| {
+                    if let CatalogRecord::Release(r) = record {
+                        docs.push(index_doc(r.body));
+                    }
+                    if docs.len() < REBUILD_CHUNK {
+                        return ControlFlow::Continue(());
+                    }
+                    let full = std::mem::replace(&mut docs, Vec::with_capacity(REBUILD_CHUNK));
+                    match tx.send(Ok(full)) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()), // the index gave up
+                    }
+                });
+                let last = read
+                    .and_then(|found| all_newest_found(found, wanted.len()))
+                    .map(|()| docs)
+                    .map_err(RegistryError::from);
+                let _ = tx.send(last);
+            });
+            // Ends the reader early if the index fails: it stops at its next send.
+            let fed = rx.into_iter().try_for_each(|docs| {
+                docs?
+                    .into_iter()
+                    .try_for_each(&mut *add)
+                    .map_err(RegistryError::from)
+            });
+            joined(reader.join());
+            fed
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Memory> {
+        lock(&self.memory)
+    }
+
+    /// Records the catalog holds (its log's length).
+    pub fn record_count(&self) -> usize {
+        self.lock().ids.len()
+    }
+
+    /// Packages the search index holds (what `search` can find).
+    pub fn indexed_count(&self) -> u64 {
+        self.index.num_docs()
+    }
+
+    /// Whether searches are answered now (or wait for a rebuild, or are refused after one
+    /// failed).
+    pub fn index_state(&self) -> IndexState {
+        self.index.state()
+    }
+
+    /// Number of package names in the catalog.
+    pub fn package_count(&self) -> usize {
+        self.lock().trust.name_count()
+    }
+
+    pub fn has_record(&self, id: &RecordId) -> bool {
+        self.lock().ids.contains(id)
+    }
+
+    /// Whether this node has decided on `id` already: it holds it, or refused it for good.
+    pub fn knows(&self, id: &RecordId) -> bool {
+        let cat = self.lock();
+        cat.ids.contains(id) || cat.refusals.contains(id)
+    }
+
+    /// How many records this node remembers refusing.
+    pub fn refusals_remembered(&self) -> usize {
+        self.lock().refusals.len()
+    }
+
+    /// Admits records (verifying their signatures unless `verified`), in the order the trust
+    /// rules accept, durably, and returns once they are searchable too. Blocking.
+    pub fn ingest(
+        &self,
+        records: Vec<CatalogRecord>,
+        verified: bool,
+    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+        let (out, ticket) = self.ingest_durable(records, verified, |_| {})?;
+        self.flush_index(ticket)?;
+        Ok(out)
+    }
+
+    /// [`ingest`](Self::ingest) up to the durable write: returns the ticket that
+    /// [`flush_index`](Self::flush_index) turns into searchability. `decided` hears what the
+    /// trust rules made of each batch before it is written (a gossip verdict needs no more).
+    pub fn ingest_durable(
+        &self,
+        mut records: Vec<CatalogRecord>,
+        verified: bool,
+        mut decided: impl FnMut(&[(RecordId, Ingested)]),
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
+        if records.len() > 1 {
+            records.sort_by_cached_key(trust::replay_order);
+        }
+        let mut out = Vec::with_capacity(records.len());
+        let mut ticket = self.index.last_ticket();
+        for batch in records.chunks(INGEST_BATCH) {
+            let (decisions, t) = self.ingest_batch(batch, verified, &mut decided)?;
+            out.extend(decisions);
+            ticket = ticket.max(t);
+        }
+        // A record refused before what makes it acceptable came later in the batch (a new
+        // owner's release sorted before its rotation by the times their signers claim) is
+        // decided again, as the next sync would, while that takes more of them in.
+        let mut refused: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(out[i].1, Ingested::Refused(_)))
+            .collect();
+        for _ in 0..INGEST_RETRIES {
+            if refused.is_empty() {
+                break;
+            }
+            let again: Vec<CatalogRecord> = refused.iter().map(|&i| records[i].clone()).collect();
+            let mut decisions = Vec::with_capacity(again.len());
+            for batch in again.chunks(INGEST_BATCH) {
+                // Their signatures held the first time.
+                let (d, t) = self.ingest_batch(batch, true, &mut decided)?;
+                decisions.extend(d);
+                ticket = ticket.max(t);
+            }
+            let before = refused.len();
+            let mut still = Vec::new();
+            for (&i, decision) in refused.iter().zip(decisions) {
+                match decision.1 {
+                    Ingested::Added(_) => out[i] = decision,
+                    Ingested::Refused(_) => {
+                        out[i] = decision;
+                        still.push(i);
+                    }
+                    // Refused again and remembered, for the same reason.
+                    _ => still.push(i),
+                }
+            }
+            refused = still;
+            if refused.len() == before {
+                break;
+            }
+        }
+        Ok((out, ticket))
+    }
+
+    /// Returns once the index changes marked up to `ticket` are searchable. Blocking.
+    pub fn flush_index(&self, ticket: Ticket) -> Result<(), RegistryError> {
+        self.index.flush(ticket, |names| {
+            let names: Vec<PackageName> = names.iter().filter_map(|n| n.parse().ok()).collect();
+            self.index_docs(&names)
+        })
+    }
+
+    fn ingest_batch(
+        &self,
+        records: &[CatalogRecord],
+        verified: bool,
+        decided: &mut impl FnMut(&[(RecordId, Ingested)]),
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
+        let ids: Vec<RecordId> = records.iter().map(CatalogRecord::id).collect();
+        // Signatures are checked before the catalog's lock is taken (a sync's batch held it
+        // through thousands of checks), and only those of records it does not hold: an id
+        // hashes the record's whole encoding, signature included, so a held id is the same
+        // bytes, checked when they were admitted (gossip relays what many nodes hold).
+        let invalid: Vec<Option<RecordError>> = if verified {
+            ids.iter().map(|_| None).collect()
+        } else {
+            let held: Vec<bool> = {
+                let cat = self.lock();
+                ids.iter()
+                    .map(|id| cat.ids.contains(id) || cat.refusals.contains(id))
+                    .collect()
+            };
+            records
+                .iter()
+                .zip(held)
+                .map(|(r, held)| if held { None } else { r.verify().err() })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(records.len());
+        let mut write = CatalogWrite::default();
+        let mut touched: BTreeSet<PackageName> = BTreeSet::new();
+        let mut refusals = RefusalChanges::default();
+        let mut cat = self.lock();
+        for ((record, id), invalid) in records.iter().zip(ids).zip(invalid) {
+            if cat.ids.contains(&id) {
+                out.push((id, Ingested::Duplicate));
+                continue;
+            }
+            if cat.refusals.contains(&id) {
+                out.push((id, Ingested::RefusedBefore));
+                continue;
+            }
+            if let Some(e) = invalid {
+                out.push((id, Ingested::Invalid(e)));
+                continue;
+            }
+            let name = record.name().clone();
+            let before = cat.trust.name(&name).map(|s| (s.owner, s.highest.clone()));
+            match cat.trust.admit(record, id) {
+                Ok(admission) => {
+                    let state = cat.trust.name(&name).expect("just admitted");
+                    if before.as_ref().map(|b| b.0) != Some(state.owner) {
+                        write.owners.push((name.clone(), state.owner));
+                    }
+                    if before.as_ref().map(|b| &b.1) != Some(&state.highest)
+                        && let Some(h) = &state.highest
+                    {
+                        write.highest.push((name.clone(), h.clone()));
+                    }
+                    if let Admission::Equivocation { version, .. } = &admission {
+                        count(&self.stats.equivocations);
+                        warn!(%name, %version, "equivocation: two records for one version");
+                        write.evidence.push((
+                            name.clone(),
+                            version.clone(),
+                            state
+                                .equivocation(version)
+                                .expect("an equivocation was just recorded")
+                                .to_vec(),
+                        ));
+                    }
+                    // What the name now holds may make a refused record acceptable (history a
+                    // release chains to, a new owner's): it is decided again when it comes.
+                    cat.refusals.forget_name(&name, &mut refusals);
+                    cat.ids.insert(id);
+                    cat.summary[usize::from(id.as_bytes()[0])] = None;
+                    write.records.push((id, record.clone()));
+                    touched.insert(name);
+                    out.push((id, Ingested::Added(admission)));
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        TrustError::Rollback { .. } | TrustError::BrokenChain { .. }
+                    ) {
+                        count(&self.stats.rollbacks_refused);
+                    }
+                    if !e.is_transient() {
+                        cat.refusals.remember(id, &name, &mut refusals);
+                    }
+                    debug!(%name, error = %e, "record refused");
+                    out.push((id, Ingested::Refused(e)));
+                }
+            }
+        }
+        write.refused = refusals.remembered;
+        write.unrefused = refusals.forgotten;
+        decided(&out);
+        // Written under the lock so the log's order is the order of admission. If the write
+        // fails, memory is ahead of disk until the next start (which replays the disk): the
+        // caller gets the error, so nothing unwritten is ever acknowledged.
+        self.db.write_catalog(&write)?;
+        // Marked under the lock too: a seal taken under it covers every record written.
+        let ticket = self.index.mark(touched.into_iter().map(|n| n.to_string()));
+        drop(cat);
+        Ok((out, ticket))
+    }
+
+    /// The index documents of these names (their newest installable release), and the names
+    /// that have none.
+    fn index_docs(
+        &self,
+        names: &[PackageName],
+    ) -> Result<(Vec<IndexDoc>, Vec<String>), RegistryError> {
+        let latest: Vec<(PackageName, Option<RecordId>)> = {
+            let cat = self.lock();
+            names
+                .iter()
+                .map(|n| {
+                    let id = cat
+                        .trust
+                        .name(n)
+                        .and_then(|s| s.latest().map(|v| s.releases[v]));
+                    (n.clone(), id)
+                })
+                .collect()
+        };
+        let mut ids = Vec::with_capacity(latest.len());
+        let mut removed = Vec::new();
+        for (name, id) in latest {
+            match id {
+                Some(id) => ids.push(id),
+                None => removed.push(name.to_string()),
+            }
+        }
+        // One read transaction for all of them (a catch-up at start-up may ask for thousands).
+        let records = self.db.records(&ids)?;
+        all_newest_found(records.len(), ids.len())?;
+        let docs = records
+            .into_iter()
+            .filter_map(|r| match r {
+                CatalogRecord::Release(r) => Some(index_doc(r.body)),
+                _ => None,
+            })
+            .collect();
+        Ok((docs, removed))
+    }
+
+    /// Digest of each of the 256 id buckets of the catalog.
+    pub fn summary(&self) -> Vec<BucketDigest> {
+        let mut cat = self.lock();
+        let cat = &mut *cat;
+        for (b, slot) in cat.summary.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let mut lo = [0u8; 32];
+            lo[0] = b as u8;
+            let mut count = 0u32;
+            let mut h = ContentHasher::new();
+            for id in cat
+                .ids
+                .range(ContentId::from_bytes(lo)..)
+                .take_while(|id| usize::from(id.as_bytes()[0]) == b)
+            {
+                count += 1;
+                h.update(id.as_bytes());
+            }
+            *slot = Some(if count == 0 {
+                BucketDigest::default()
+            } else {
+                BucketDigest {
+                    count,
+                    digest: *h.finish().as_bytes(),
+                }
+            });
+        }
+        cat.summary.iter().map(|d| d.unwrap_or_default()).collect()
+    }
+
+    /// Ids in the given buckets, at most `limit`.
+    pub fn ids_in(&self, buckets: &[u8], limit: usize) -> Vec<RecordId> {
+        let cat = self.lock();
+        let mut out = Vec::new();
+        let wanted: BTreeSet<u8> = buckets.iter().copied().collect();
+        for b in wanted {
+            let mut lo = [0u8; 32];
+            lo[0] = b;
+            let lo = ContentId::from_bytes(lo);
+            for id in cat.ids.range(lo..) {
+                if id.as_bytes()[0] != b || out.len() >= limit {
+                    break;
+                }
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// The records with these ids that we have.
+    pub fn records(&self, ids: &[RecordId]) -> Result<Vec<CatalogRecord>, RegistryError> {
+        Ok(self.db.records(ids)?)
+    }
+
+    /// Signs, admits and stores a new head for a name we own.
+    pub fn sign_head(
+        &self,
+        name: &PackageName,
+        secret: &PublisherSecret,
+        at: u64,
+    ) -> Result<PackageHead, RegistryError> {
+        let mut cat = self.lock();
+        let state = cat.state(name)?;
+        let versions: Vec<Version> = state
+            .releases
+            .keys()
+            .rev()
+            .take(MAX_HEAD_VERSIONS)
+            .rev()
+            .cloned()
+            .collect();
+        let body = HeadBody {
+            name: name.clone(),
+            owner: secret.public(),
+            versions,
+            seq: state.head.map_or(1, |(s, _)| s + 1),
+            updated_at: at,
+        };
+        let head = Signed::sign(body, secret)?;
+        cat.trust.admit_head(&head)?;
+        self.db.put_head(&head)?;
+        Ok(head)
+    }
+
+    /// Admits a verified head from a peer and persists it; `Ok(false)` if we already had it.
+    pub fn admit_head(&self, head: &PackageHead) -> Result<bool, RegistryError> {
+        let mut cat = self.lock();
+        let fresh = cat.trust.admit_head(head)?;
+        if fresh {
+            self.db.put_head(head)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Whether the catalog knows this name.
+    pub fn exists(&self, name: &PackageName) -> bool {
+        self.lock().trust.name(name).is_some()
+    }
+
+    /// Every version of a name, oldest first.
+    pub fn versions(&self, name: &PackageName) -> Result<Vec<VersionInfo>, RegistryError> {
+        let cat = self.lock();
+        let state = cat.state(name)?;
+        Ok(state
+            .releases
+            .iter()
+            .map(|(v, id)| VersionInfo {
+                version: v.clone(),
+                record: *id,
+                yanked: state.is_yanked(v),
+                equivocated: state.is_equivocated(v),
+            })
+            .collect())
+    }
+
+    /// The owner of a name on this node, and the record ids of any equivocation.
+    pub fn owner(&self, name: &PackageName) -> Option<PublisherKey> {
+        self.lock().trust.name(name).map(|s| s.owner)
+    }
+
+    /// Whether this node's policy lets `key` own a name it does not know yet.
+    pub fn may_own(&self, key: &PublisherKey) -> bool {
+        self.lock().trust.may_own(key)
+    }
+
+    /// Equivocation evidence: every version with more than one record, per name.
+    pub fn equivocations(&self) -> BTreeMap<PackageName, BTreeMap<Version, Vec<RecordId>>> {
+        self.lock()
+            .trust
+            .names()
+            .filter_map(|(n, s)| Some((n.clone(), s.equivocations()?.clone())))
+            .collect()
+    }
+
+    /// The newest installable release of `name` matching `req`.
+    pub fn get(
+        &self,
+        name: &PackageName,
+        req: &VersionReq,
+    ) -> Result<ReleaseRecord, RegistryError> {
+        let id = {
+            let cat = self.lock();
+            let state = cat.state(name)?;
+            let pick = state
+                .releases
+                .iter()
+                .rev()
+                .find(|(v, _)| req.matches(v) && state.installable(v));
+            match pick {
+                Some((_, id)) => *id,
+                None => {
+                    return Err(RegistryError::NoMatchingVersion {
+                        name: name.clone(),
+                        req: req.clone(),
+                        available: state
+                            .releases
+                            .keys()
+                            .filter(|v| state.installable(v))
+                            .cloned()
+                            .collect(),
+                    });
+                }
+            }
+        };
+        self.release_by_id(&id)
+    }
+
+    /// Exactly `name@version`, yanked or not (a lockfile may pin a yanked version); refused
+    /// if the version is equivocated.
+    pub fn release(
+        &self,
+        name: &PackageName,
+        version: &Version,
+    ) -> Result<ReleaseRecord, RegistryError> {
+        let id = {
+            let cat = self.lock();
+            let state = cat.state(name)?;
+            if state.is_equivocated(version) {
+                return Err(RegistryError::Equivocated {
+                    name: name.clone(),
+                    version: version.clone(),
+                });
+            }
+            *state
+                .releases
+                .get(version)
+                .ok_or_else(|| RegistryError::VersionNotFound {
+                    name: name.clone(),
+                    version: version.clone(),
+                })?
+        };
+        self.release_by_id(&id)
+    }
+
+    pub fn release_by_id(&self, id: &RecordId) -> Result<ReleaseRecord, RegistryError> {
+        match self.db.record(id)? {
+            Some(CatalogRecord::Release(r)) => Ok(r),
+            _ => Err(StoreError::Corrupt(format!("release {id} is missing from the log")).into()),
+        }
+    }
+
+    /// Resolves `roots` and everything they depend on to exact releases.
+    pub fn resolve(&self, roots: &[Dependency]) -> Result<Vec<ResolvedPackage>, RegistryError> {
+        let mut records: HashMap<RecordId, ReleaseRecord> = HashMap::new();
+        let mut failure: Option<RegistryError> = None;
+        let chosen = resolve::resolve(roots, |name| {
+            let ids: Vec<RecordId> = {
+                let cat = self.lock();
+                let state = cat.trust.name(name)?;
+                state
+                    .releases
+                    .iter()
+                    .filter(|(v, _)| state.installable(v))
+                    .map(|(_, id)| *id)
+                    .collect()
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let r = match records.get(&id) {
+                    Some(r) => r.clone(),
+                    None => match self.release_by_id(&id) {
+                        Ok(r) => {
+                            records.insert(id, r.clone());
+                            r
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            continue;
+                        }
+                    },
+                };
+                out.push(Candidate {
+                    version: r.body.version.clone(),
+                    dependencies: r.body.dependencies.clone(),
+                });
+            }
+            Some(out)
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let chosen = chosen?;
+        let by_version: HashMap<(PackageName, Version), &ReleaseRecord> = records
+            .values()
+            .map(|r| ((r.body.name.clone(), r.body.version.clone()), r))
+            .collect();
+        Ok(chosen
+            .into_iter()
+            .filter_map(|(name, c)| {
+                let r = by_version.get(&(name.clone(), c.version.clone()))?;
+                Some(ResolvedPackage {
+                    name,
+                    version: c.version,
+                    record: r.id(),
+                    archive: r.body.archive.id,
+                    publisher: r.body.publisher,
+                    dependencies: c.dependencies,
+                })
+            })
+            .collect())
+    }
+
+    /// Flushes what the catalog holds into the search index and saves it, sealed with the log
+    /// records it reflects. Blocking. Returns whether it saved.
+    pub fn save_index(&self) -> Result<bool, RegistryError> {
+        let started = Instant::now();
+        let (records, ticket) = {
+            let cat = self.lock();
+            (cat.ids.len() as u64, self.index.last_ticket())
+        };
+        self.flush_index(ticket)?;
+        match self.db.log_ids(records)? {
+            Some(ids) => {
+                let saved = self.index.seal(Seal::of_log(&ids))?;
+                if saved {
+                    debug!(
+                        records,
+                        ms = started.elapsed().as_millis(),
+                        "search index saved"
+                    );
+                }
+                Ok(saved)
+            }
+            // A write failed after memory took its records: the next start replays the log
+            // and catches the last saved index up (or rebuilds it).
+            None => {
+                warn!(
+                    records,
+                    "the catalog log does not hold what memory does; the search index is not saved"
+                );
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Checks the stored owner and highest-version pins against the replayed catalog (they are
+/// written with the records, in the same transactions, so any difference is a corrupt store)
+/// and returns how many names have an installable release. Two threads check half the names
+/// each while a third opens the search index, which is returned too.
+fn check_pins_and_open_index(
+    db: &Db,
+    trust: &Trust,
+    index_dir: &Path,
+    seal: Option<Seal>,
+) -> Result<((SearchIndex, bool), u64), RegistryError> {
+    // The names come out of their hash map in hash order: a sample's middle name splits the
+    // sorted pin tables near their middle ("" when there are none: all in the upper half).
+    let mut sample: Vec<&str> = trust.names().take(255).map(|(n, _)| n.as_str()).collect();
+    sample.sort_unstable();
+    let middle = sample.get(sample.len() / 2).copied().unwrap_or_default();
+    let (index, upper, lower) = std::thread::scope(|scope| {
+        let index = scope.spawn(|| SearchIndex::open(index_dir, seal));
+        let upper =
+            scope.spawn(|| check_pin_range(db, trust, (Bound::Included(middle), Bound::Unbounded)));
+        let lower = check_pin_range(db, trust, (Bound::Unbounded, Bound::Excluded(middle)));
+        (joined(index.join()), joined(upper.join()), lower)
+    });
+    let (lower, upper) = (lower?, upper?);
+    let installable = pins_agree(
+        trust,
+        PinCount {
+            pins: lower.pins + upper.pins,
+            installable: lower.installable + upper.installable,
+        },
+    )?;
+    Ok((index?, installable))
+}
+
+/// Checks that the log had each of the `wanted` newest releases read from it.
+fn all_newest_found(found: usize, wanted: usize) -> Result<(), StoreError> {
+    if found == wanted {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} of {wanted} newest releases are missing from the catalog log",
+        wanted - found
+    )))
+}
+
+/// A thread's result, or its panic passed on.
+fn joined<T>(result: std::thread::Result<T>) -> T {
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// What a range of the pin tables held.
+struct PinCount {
+    pins: u64,
+    installable: u64,
+}
+
+/// Checks that every name had its owner pin; returns how many names have an installable
+/// release.
+fn pins_agree(trust: &Trust, count: PinCount) -> Result<u64, StoreError> {
+    let names = trust.name_count() as u64;
+    if count.pins != names {
+        return Err(StoreError::Corrupt(format!(
+            "the catalog has {names} names but {} owner pins",
+            count.pins
+        )));
+    }
+    Ok(count.installable)
+}
+
+/// Checks the pins of the names in a range against the replayed catalog.
+fn check_pin_range(
+    db: &Db,
+    trust: &Trust,
+    names: (Bound<&str>, Bound<&str>),
+) -> Result<PinCount, StoreError> {
+    let mut installable = 0;
+    let pins = db.each_pin(names, |name, owner, highest| {
+        let state = trust.name(name).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "owner pin for '{name}', which the catalog does not have"
+            ))
+        })?;
+        if state.owner.as_bytes() != owner {
+            return Err(StoreError::Corrupt(format!(
+                "owner pin of '{name}' is {} but the catalog says {}",
+                hex::encode(owner),
+                state.owner
+            )));
+        }
+        let pinned = highest
+            .map(|v| {
+                Version::parse(v).map_err(|e| {
+                    StoreError::Corrupt(format!("highest version pinned for '{name}': {e}"))
+                })
+            })
+            .transpose()?;
+        if pinned != state.highest {
+            return Err(StoreError::Corrupt(format!(
+                "highest version pinned for '{name}' is {} but the catalog says {}",
+                shown(pinned.as_ref()),
+                shown(state.highest.as_ref())
+            )));
+        }
+        if state.latest().is_some() {
+            installable += 1;
+        }
+        Ok(())
+    })?;
+    Ok(PinCount { pins, installable })
+}
+
+/// A version, or "none".
+fn shown(version: Option<&Version>) -> String {
+    version.map_or_else(|| "none".to_owned(), Version::to_string)
+}
+
+fn index_doc(b: ReleaseBody) -> IndexDoc {
+    IndexDoc {
+        name: b.name.to_string(),
+        version: b.version.to_string(),
+        meta: b.meta,
+        published_at: b.published_at,
+    }
+}
+
+/// Mark a count.
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
