@@ -6,12 +6,14 @@
 //!   fails; beyond either bound it is answered `Busy` at once, before any work, so that a peer
 //!   who sends many large requests and never reads the answers holds at most its share of the
 //!   node's memory.
-//! - [`GossipBudget`]: how many gossip messages each peer may send, as a token bucket; what is
-//!   over it is dropped before it is decoded.
+//! - [`RateLimiter`]: how many messages each sender may send, as a token bucket: each peer's
+//!   gossip ([`GossipBudget`]), dropped over it before it is decoded; and the records each
+//!   publishing key may have admitted from gossip, ignored over it.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
+use std::time::Instant;
 
 use libp2p::PeerId;
 
@@ -79,48 +81,60 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
     }
 }
 
-/// How many gossip messages one peer may send us: a bucket of `burst` that refills at `rate`
-/// a second. Valid records cost their author nothing to make, and each one admitted costs
-/// every node a signature check, a durable write and an index update.
+/// How many messages one sender may send: a bucket of `burst` that refills at `rate` a second.
+/// Valid records cost their author nothing to make, and each one admitted costs every node a
+/// signature check, a durable write and an index update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GossipRate {
     pub rate: f64,
     pub burst: f64,
 }
 
-/// Most peers a [`GossipBudget`] keeps a bucket for; past it, the one heard from longest ago
-/// is dropped (it starts again with a full bucket, as a new peer would).
-const MAX_GOSSIP_PEERS: usize = 4096;
+/// Most peers a [`GossipBudget`] keeps a bucket for.
+pub const MAX_GOSSIP_PEERS: usize = 4096;
 
-/// Each peer's bucket of gossip messages, by the time given (no clock of its own).
+/// Each sender's bucket, by the time given (no clock of its own). It keeps at most `max`
+/// senders; past that, the one heard from longest ago is dropped (it starts again with a full
+/// bucket, as a new sender would).
 #[derive(Debug)]
-pub struct GossipBudget {
+pub struct RateLimiter<K> {
     rate: GossipRate,
-    buckets: HashMap<PeerId, (f64, std::time::Instant)>,
+    max: usize,
+    buckets: HashMap<K, (f64, Instant)>,
+    /// The same senders by when they were last heard from, to find the oldest at once.
+    by_time: BTreeSet<(Instant, K)>,
 }
 
-impl GossipBudget {
-    pub fn new(rate: GossipRate) -> Self {
+/// Each peer's gossip messages.
+pub type GossipBudget = RateLimiter<PeerId>;
+
+impl<K: Hash + Ord + Copy> RateLimiter<K> {
+    pub fn new(rate: GossipRate, max: usize) -> Self {
         Self {
             rate,
+            max,
             buckets: HashMap::new(),
+            by_time: BTreeSet::new(),
         }
     }
 
-    /// Takes one message from `peer`'s bucket at `now`; false if it is empty.
-    pub fn take(&mut self, peer: PeerId, now: std::time::Instant) -> bool {
-        if !self.buckets.contains_key(&peer) && self.buckets.len() >= MAX_GOSSIP_PEERS {
-            let oldest = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(p, _)| *p);
-            if let Some(p) = oldest {
-                self.buckets.remove(&p);
-            }
-        }
+    /// Takes one from `key`'s bucket at `now`; false if it is empty.
+    pub fn take(&mut self, key: K, now: Instant) -> bool {
         let GossipRate { rate, burst } = self.rate;
-        let (tokens, at) = self.buckets.entry(peer).or_insert((burst, now));
+        let (tokens, at) = match self.buckets.get_mut(&key) {
+            Some(entry) => entry,
+            None => {
+                if self.buckets.len() >= self.max
+                    && let Some((_, oldest)) = self.by_time.pop_first()
+                {
+                    self.buckets.remove(&oldest);
+                }
+                self.by_time.insert((now, key));
+                self.buckets.entry(key).or_insert((burst, now))
+            }
+        };
+        self.by_time.remove(&(*at, key));
+        self.by_time.insert((now, key));
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -131,9 +145,20 @@ impl GossipBudget {
         }
     }
 
-    /// Forgets `peer` (it disconnected).
-    pub fn forget(&mut self, peer: &PeerId) {
-        self.buckets.remove(peer);
+    /// Forgets `key` (a peer disconnected).
+    pub fn forget(&mut self, key: &K) {
+        if let Some((_, at)) = self.buckets.remove(key) {
+            self.by_time.remove(&(at, *key));
+        }
+    }
+
+    /// Senders it keeps a bucket for.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -168,10 +193,13 @@ mod tests {
     #[test]
     fn a_peer_gets_its_burst_then_its_rate() {
         let start = std::time::Instant::now();
-        let mut budget = GossipBudget::new(GossipRate {
-            rate: 10.0,
-            burst: 5.0,
-        });
+        let mut budget = GossipBudget::new(
+            GossipRate {
+                rate: 10.0,
+                burst: 5.0,
+            },
+            MAX_GOSSIP_PEERS,
+        );
         let (a, b) = (PeerId::random(), PeerId::random());
         let taken = (0..8).filter(|_| budget.take(a, start)).count();
         assert_eq!(taken, 5, "the burst");
@@ -185,5 +213,33 @@ mod tests {
         budget.forget(&a);
         let taken = (0..8).filter(|_| budget.take(a, much_later)).count();
         assert_eq!(taken, 5, "forgotten: a new bucket");
+    }
+
+    #[test]
+    fn past_its_bound_the_sender_heard_from_longest_ago_is_dropped() {
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + std::time::Duration::from_millis(ms);
+        let rate = GossipRate {
+            rate: 0.0,
+            burst: 2.0,
+        };
+        let mut budget = RateLimiter::new(rate, 3);
+        for (key, ms) in [(1u8, 0), (2, 1), (3, 2)] {
+            assert!(budget.take(key, at(ms)));
+        }
+        assert!(
+            budget.take(1, at(3)),
+            "1 heard from again: 2 is now the oldest"
+        );
+        assert!(!budget.take(1, at(4)), "1 spent its burst");
+        assert!(budget.take(4, at(5)), "a fourth sender drops 2");
+        assert_eq!(budget.len(), 3);
+        assert!(!budget.take(1, at(6)), "1 was kept, still spent");
+        assert!(
+            budget.take(2, at(7)) && budget.take(2, at(7)),
+            "2 starts again in full"
+        );
+        assert!(budget.take(4, at(8)), "4 was kept, one left");
+        assert!(!budget.take(4, at(8)));
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{Span, debug, info, info_span, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
-use super::budget::{Budget, GossipBudget, OpenRequests};
+use super::budget::{Budget, GossipBudget, MAX_GOSSIP_PEERS, OpenRequests};
 use super::codec::WireCodec;
 use super::command::{
     Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
@@ -115,7 +115,7 @@ impl EventLoop {
             pending_providers: HashMap::new(),
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
-            gossip_budget: GossipBudget::new(config.gossip_rate),
+            gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),
         }
     }

@@ -213,7 +213,11 @@ impl Catalog {
             let before = self.trust.name(record.name()).map(|s| s.highest.clone());
             match self.trust.admit(&record, id) {
                 Ok(admission) => {
-                    let after = self.trust.name(record.name()).unwrap().highest.clone();
+                    let state = self.trust.name(record.name()).unwrap();
+                    if let Admission::Equivocation { version, .. } = &admission {
+                        assert!(state.is_equivocated(version), "{admission:?} of {record:?}");
+                    }
+                    let after = state.highest.clone();
                     // No rollback: the highest version goes down only when a rotation
                     // retracts what its old key released outside the history it vouched for.
                     if !matches!(admission, Admission::Rotation { .. })

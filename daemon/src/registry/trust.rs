@@ -391,6 +391,10 @@ impl Trust {
             }
             self.links.insert(id, Self::link(r));
             self.settle_chain(&b.name);
+            // Settling may have retracted the other record (an old key's, off the chain).
+            if !self.names[&b.name].is_equivocated(&b.version) {
+                return Ok(Admission::Release);
+            }
             return Ok(Admission::Equivocation {
                 version: b.version.clone(),
                 first,
