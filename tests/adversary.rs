@@ -917,3 +917,109 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         n.shutdown().await;
     }
 }
+
+/// Finding 7, per publishing key: a key that sends many records (or many new names) through
+/// its relays gets only its budget admitted by each node; what is over it is ignored (the
+/// relay is not punished for it) and not refused for good: sync brings it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
+    use agora_daemon::network::budget::GossipRate;
+    use agora_daemon::registry::publishers::PublisherRates;
+    init_tracing();
+    let rates = PublisherRates {
+        records: GossipRate {
+            rate: 0.0,
+            burst: 100.0,
+        },
+        new_names: GossipRate {
+            rate: 0.0,
+            burst: 3.0,
+        },
+    };
+    let nodes = testnet_with(1, |c| c.registry.publisher_rates = rates).await;
+    let node = &nodes[0].0;
+    let (busy, calm) = (publisher(140), publisher(141));
+    let busy_releases: Vec<ReleaseRecord> = (0..6)
+        .map(|i| {
+            let name = format!("busy-{i}");
+            release(
+                &name,
+                Version::new(1, 0, 0),
+                &noise(100, i),
+                16 * 1024,
+                &busy,
+            )
+        })
+        .collect();
+    let calm_releases: Vec<ReleaseRecord> = (0..2)
+        .map(|i| {
+            let name = format!("calm-{i}");
+            release(
+                &name,
+                Version::new(1, 0, 0),
+                &noise(100, 10 + i),
+                16 * 1024,
+                &calm,
+            )
+        })
+        .collect();
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
+    for r in busy_releases.iter().chain(&calm_releases) {
+        hostile
+            .publish_raw(GossipMessage::Release(r.clone()).to_wire())
+            .await;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    let stats = &node.registry.stats;
+    converge("all eight decided", DEADLINE, || async {
+        let decided = stats.gossip_accepted.load(Ordering::Relaxed)
+            + stats.gossip_ignored.load(Ordering::Relaxed)
+            + stats.gossip_rejected.load(Ordering::Relaxed);
+        if decided == 8 {
+            Ok(())
+        } else {
+            Err(format!("{decided} decided"))
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    driver.await.unwrap();
+    assert_eq!(
+        (
+            stats.gossip_accepted.load(Ordering::Relaxed),
+            stats.gossip_ignored.load(Ordering::Relaxed),
+            stats.gossip_rejected.load(Ordering::Relaxed),
+            stats.publisher_over_budget.load(Ordering::Relaxed),
+        ),
+        (5, 3, 0, 3),
+        "(accepted, ignored, rejected, over budget)"
+    );
+    assert_eq!(node.registry.catalog.record_count(), 5);
+    assert_eq!(node.registry.catalog.refusals_remembered(), 0);
+
+    // A node that holds the busy key's releases syncs them over.
+    let (holder, _) = start_node().await;
+    let records: Vec<CatalogRecord> = busy_releases
+        .iter()
+        .map(|r| CatalogRecord::Release(r.clone()))
+        .collect();
+    let reg = holder.registry.clone();
+    tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false))
+        .await
+        .unwrap()
+        .unwrap();
+    join(&holder, &nodes[0].1).await;
+    converge("sync brings the rest", DEADLINE, || async {
+        match node.registry.catalog.record_count() {
+            8 => Ok(()),
+            n => Err(format!("{n} held")),
+        }
+    })
+    .await;
+    holder.shutdown().await;
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}

@@ -337,7 +337,7 @@ struct OtelInstruments {
 }
 
 /// The registry's counters: (name without `agora_` and `_total`, help, value).
-pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 19] {
+pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 20] {
     use std::sync::atomic::Ordering::Relaxed;
     let v = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
     [
@@ -375,6 +375,11 @@ pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 19] {
             "equivocations",
             "Second records seen for one version",
             v(&s.equivocations),
+        ),
+        (
+            "publisher_over_budget",
+            "Gossiped records ignored because their key was over its budget",
+            v(&s.publisher_over_budget),
         ),
         (
             "chunks_served",

@@ -415,6 +415,15 @@ impl CatalogRecord {
         }
     }
 
+    /// The key that signed it.
+    pub fn signer(&self) -> &PublisherKey {
+        match self {
+            Self::Release(r) => r.body.signer(),
+            Self::Yank(r) => r.body.signer(),
+            Self::Rotation(r) => r.body.signer(),
+        }
+    }
+
     /// When its signer says it was made (seconds since the Unix epoch, the signer's clock).
     pub fn made_at(&self) -> u64 {
         match self {

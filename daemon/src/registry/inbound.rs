@@ -4,26 +4,60 @@
 //! the event loop never waits on it; disk work goes to blocking threads, and requests are
 //! answered from their own tasks so one slow read does not hold up the rest.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use agora_protocol::codec::{Wire, encode_body};
 use agora_protocol::dht::{self, DhtValue};
 use agora_protocol::limits::{MAX_SYNC_LISTED_IDS, MAX_SYNC_RECORDS, MAX_SYNC_RESPONSE_BYTES};
 use agora_protocol::messages::{FetchResponse, GossipMessage, Refusal, SyncRequest, SyncResponse};
-use agora_protocol::records::{CatalogRecord, PackageHead};
+use agora_protocol::records::{CatalogRecord, PackageHead, RecordId};
 use libp2p::PeerId;
-use libp2p::gossipsub::MessageAcceptance;
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::trust::TrustError;
 use super::{Ingested, Registry, RegistryError};
+use crate::lock;
 use crate::network::{NetworkError, NetworkEvent};
 
-/// Handles events until the network's event channel closes.
+/// Gossip messages decided together, with one durable write, when they wait together.
+pub const GOSSIP_BATCH: usize = 64;
+
+/// Handles events until the network's event channel closes. Gossip messages that are already
+/// waiting are taken together (up to [`GOSSIP_BATCH`]): their records are admitted in one
+/// durable write instead of one each.
 pub async fn run(registry: Arc<Registry>, mut events: mpsc::Receiver<NetworkEvent>) {
-    while let Some(event) = events.recv().await {
-        if let Err(e) = handle(&registry, event).await {
+    let mut next: Option<NetworkEvent> = None;
+    loop {
+        let event = match next.take() {
+            Some(event) => event,
+            None => match events.recv().await {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        let handled = match event {
+            NetworkEvent::Gossip { source, id, data } => {
+                let mut batch = vec![(source, id, data)];
+                while batch.len() < GOSSIP_BATCH {
+                    match events.try_recv() {
+                        Ok(NetworkEvent::Gossip { source, id, data }) => {
+                            batch.push((source, id, data))
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                gossip(&registry, batch).await
+            }
+            other => handle(&registry, other).await,
+        };
+        if let Err(e) = handled {
             debug!(error = %e, "network is gone; inbound handler stops");
             break;
         }
@@ -89,36 +123,153 @@ async fn admit_head(
     .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
 }
 
-/// Decides on one gossip message: admit what is new and valid; reject what is invalid (it
-/// does not decode, breaks a limit or is not signed by its signer), which costs the sender
-/// gossip score; ignore the rest. A valid record this node's rules refuse (another owner as
-/// this node sees the name, a key not on its allowlist, a version below what it holds) may
-/// be accepted by the honest peer that relayed it: punishing the relay would cut this node off
-/// from its neighbours for its own policy.
-async fn gossip_verdict(
+/// Decides on gossip messages and reports each verdict: admit what is new and valid; reject
+/// what is invalid (it does not decode, breaks a limit or is not signed by its signer), which
+/// costs the sender gossip score; ignore the rest. A valid record this node's rules refuse
+/// (another owner as this node sees the name, a key not on its allowlist, a key over its
+/// budget) may be accepted by the honest peer that relayed it: punishing the relay would cut
+/// this node off from its neighbours for its own policy.
+async fn gossip(
     registry: &Arc<Registry>,
-    source: PeerId,
-    data: &[u8],
-) -> MessageAcceptance {
-    let msg = match GossipMessage::from_wire(data) {
-        Ok(m) => m,
-        Err(e) => return reject(source, &e),
-    };
-    tracing::Span::current().record("package", msg.name().as_str());
-    let record = match msg {
-        GossipMessage::Head(head) => return head_verdict(registry, source, head).await,
-        GossipMessage::Release(r) => CatalogRecord::Release(r),
-        GossipMessage::Yank(r) => CatalogRecord::Yank(r),
-        GossipMessage::Rotation(r) => CatalogRecord::Rotation(r),
-    };
-    match admit(registry, record, false).await {
-        Ok(Ingested::Added(_)) => MessageAcceptance::Accept,
-        Ok(Ingested::Duplicate | Ingested::RefusedBefore) => MessageAcceptance::Ignore,
-        Ok(Ingested::Refused(e)) => ignore(source, &e),
-        Ok(Ingested::Invalid(e)) => reject(source, &e),
-        Err(e) => {
-            warn!(error = %e, "cannot admit gossip");
-            MessageAcceptance::Ignore
+    batch: Vec<(PeerId, MessageId, Vec<u8>)>,
+) -> Result<(), NetworkError> {
+    let spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|(source, _, data)| {
+            info_span!(
+                "gossip.validate",
+                %source,
+                bytes = data.len(),
+                package = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        })
+        .collect();
+    let mut verdicts: Vec<Option<MessageAcceptance>> = vec![None; batch.len()];
+    let mut records = Vec::new();
+    for (i, (source, _, data)) in batch.iter().enumerate() {
+        let msg = match GossipMessage::from_wire(data) {
+            Ok(m) => m,
+            Err(e) => {
+                verdicts[i] = Some(reject(*source, &e));
+                continue;
+            }
+        };
+        spans[i].record("package", msg.name().as_str());
+        match msg {
+            GossipMessage::Head(head) => {
+                let verdict = head_verdict(registry, *source, head)
+                    .instrument(spans[i].clone())
+                    .await;
+                verdicts[i] = Some(verdict);
+            }
+            GossipMessage::Release(r) => records.push((i, *source, CatalogRecord::Release(r))),
+            GossipMessage::Yank(r) => records.push((i, *source, CatalogRecord::Yank(r))),
+            GossipMessage::Rotation(r) => records.push((i, *source, CatalogRecord::Rotation(r))),
+        }
+    }
+    if !records.is_empty() {
+        for (i, verdict) in admit_gossip(registry, records).await {
+            verdicts[i] = Some(verdict);
+        }
+    }
+    let stats = &registry.stats;
+    for (((source, id, _), verdict), span) in batch.into_iter().zip(verdicts).zip(spans) {
+        let verdict = verdict.unwrap_or(MessageAcceptance::Ignore);
+        span.record("outcome", format!("{verdict:?}").to_lowercase());
+        Registry::count(match verdict {
+            MessageAcceptance::Accept => &stats.gossip_accepted,
+            MessageAcceptance::Reject => &stats.gossip_rejected,
+            MessageAcceptance::Ignore => &stats.gossip_ignored,
+        });
+        registry
+            .network()
+            .report_validation(id, source, verdict)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Admits gossiped records (message index, source, record) on a blocking thread, in one
+/// durable write, and returns each message's verdict as soon as the trust rules have decided:
+/// forwarding does not wait for the disk. The write and the index update go on in that thread;
+/// a failure there is logged (nothing is acknowledged to anyone, and sync brings the records
+/// again). A record is charged to its key's budget only once its signature holds and only if
+/// this node neither holds nor refused it (relays of what it has cost nothing).
+async fn admit_gossip(
+    registry: &Arc<Registry>,
+    records: Vec<(usize, PeerId, CatalogRecord)>,
+) -> Vec<(usize, MessageAcceptance)> {
+    let reg = registry.clone();
+    let (tx, decision) = oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let now = std::time::Instant::now();
+        let mut verdicts = Vec::with_capacity(records.len());
+        let mut taken: HashMap<RecordId, usize> = HashMap::new();
+        let mut admit = Vec::new();
+        for (i, source, record) in records {
+            let id = record.id();
+            if reg.catalog.knows(&id) || taken.contains_key(&id) {
+                verdicts.push((i, MessageAcceptance::Ignore));
+                continue;
+            }
+            if let Err(e) = record.verify() {
+                verdicts.push((i, reject(source, &e)));
+                continue;
+            }
+            let new_name = !reg.catalog.exists(record.name());
+            if !lock(&reg.publishers).take(*record.signer(), new_name, now) {
+                Registry::count(&reg.stats.publisher_over_budget);
+                debug!(%source, signer = %record.signer(), "ignoring gossip: its key is over its budget");
+                verdicts.push((i, MessageAcceptance::Ignore));
+                continue;
+            }
+            taken.insert(id, i);
+            admit.push((i, source, record));
+        }
+        let sources: HashMap<usize, PeerId> = admit.iter().map(|(i, s, _)| (*i, *s)).collect();
+        let mut tx = Some((tx, verdicts));
+        let result = reg
+            .catalog
+            .ingest_durable(
+                admit.into_iter().map(|(_, _, r)| r).collect(),
+                true,
+                |out| {
+                    let Some((tx, mut verdicts)) = tx.take() else {
+                        return;
+                    };
+                    for (id, ingested) in out {
+                        let i = taken[id];
+                        let verdict = match ingested {
+                            Ingested::Added(_) => MessageAcceptance::Accept,
+                            Ingested::Duplicate | Ingested::RefusedBefore => {
+                                MessageAcceptance::Ignore
+                            }
+                            Ingested::Refused(e) => ignore(sources[&i], e),
+                            Ingested::Invalid(e) => reject(sources[&i], e),
+                        };
+                        verdicts.push((i, verdict));
+                    }
+                    let _ = tx.send(verdicts);
+                },
+            )
+            .and_then(|(_, ticket)| reg.catalog.flush_index(ticket));
+        // Nothing to admit: the callback never ran.
+        if let Some((tx, verdicts)) = tx.take() {
+            let _ = tx.send(verdicts);
+        }
+        if let Err(e) = result {
+            warn!(error = %e, "gossiped records were not stored");
+        }
+    });
+    match decision.await {
+        Ok(verdicts) => verdicts,
+        // Dropped undecided: the task failed before the trust rules ruled.
+        Err(_) => {
+            if let Err(e) = task.await {
+                warn!(error = %e, "gossip admission task failed");
+            }
+            Vec::new()
         }
     }
 }
@@ -158,23 +309,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
     let stats = &registry.stats;
     match event {
         NetworkEvent::Gossip { source, id, data } => {
-            let span = info_span!(
-                "gossip.validate",
-                %source,
-                bytes = data.len(),
-                package = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-            );
-            let verdict = gossip_verdict(registry, source, &data)
-                .instrument(span.clone())
-                .await;
-            span.record("outcome", format!("{verdict:?}").to_lowercase());
-            Registry::count(match verdict {
-                MessageAcceptance::Accept => &stats.gossip_accepted,
-                MessageAcceptance::Reject => &stats.gossip_rejected,
-                MessageAcceptance::Ignore => &stats.gossip_ignored,
-            });
-            net.report_validation(id, source, verdict).await
+            gossip(registry, vec![(source, id, data)]).await
         }
         NetworkEvent::InboundRecord { source, record } => {
             let accepted = match dht::validate(record.key.as_ref(), &record.value) {

@@ -14,6 +14,7 @@ mod convergence;
 pub mod fetch;
 pub mod inbound;
 mod lookup;
+pub mod publishers;
 pub mod refusals;
 pub mod resolve;
 pub mod sync;
@@ -72,6 +73,8 @@ pub struct RegistryConfig {
     pub trust: TrustPolicy,
     /// How often the node syncs its catalog with a random connected peer.
     pub sync_interval: Duration,
+    /// What each publishing key may have admitted from gossip.
+    pub publisher_rates: publishers::PublisherRates,
 }
 
 impl RegistryConfig {
@@ -81,6 +84,7 @@ impl RegistryConfig {
             cache_quota: DEFAULT_CACHE_QUOTA,
             trust: TrustPolicy::FirstUse,
             sync_interval: sync::SYNC_INTERVAL,
+            publisher_rates: publishers::PublisherRates::default(),
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct RegistryStats {
     pub rollbacks_refused: AtomicU64,
     /// Second records for an existing version (kept as evidence).
     pub equivocations: AtomicU64,
+    /// Gossiped records ignored because their key was over its budget.
+    pub publisher_over_budget: AtomicU64,
     pub chunks_served: AtomicU64,
     pub bytes_served: AtomicU64,
     pub bytes_fetched: AtomicU64,
@@ -233,6 +239,8 @@ pub struct Registry {
     reputation: Mutex<Reputation>,
     /// Serialises publishes and yanks so that a name's chain is extended one at a time.
     authoring: tokio::sync::Mutex<()>,
+    /// What each publishing key may still have admitted from gossip.
+    pub(crate) publishers: Mutex<publishers::PublisherBudget>,
     /// Peers a sync is running with (one at a time per peer).
     syncing: Mutex<HashSet<PeerId>>,
     /// Bucket differences that held nothing for this node (see [`sync::Settled`]).
@@ -325,6 +333,7 @@ impl Registry {
             catalog,
             reputation: Mutex::new(Reputation::default()),
             authoring: tokio::sync::Mutex::new(()),
+            publishers: Mutex::new(publishers::PublisherBudget::new(config.publisher_rates)),
             syncing: Mutex::new(HashSet::new()),
             settled: Mutex::new(sync::Settled::default()),
             fetching: Mutex::new(HashMap::new()),
