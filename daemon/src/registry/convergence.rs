@@ -76,6 +76,8 @@ struct History {
     epoch: usize,
     /// The owners' chain of releases, oldest first.
     chain: Vec<RecordId>,
+    /// What the owners yanked (each rotation hands it on).
+    yanked: Vec<Version>,
 }
 
 fn history(n: u8, ops: &[(Op, u32)]) -> History {
@@ -190,6 +192,7 @@ fn history(n: u8, ops: &[(Op, u32)]) -> History {
         keys: keys.iter().map(PublisherSecret::public).collect(),
         epoch,
         chain: chain.into_iter().map(|c| c.1).collect(),
+        yanked: yanked.into_iter().collect(),
     }
 }
 
@@ -361,7 +364,10 @@ proptest! {
         }
 
         for h in &histories {
-            let (owner, past, _, versions, _, _) = &expected[h.records[0].record.name().as_str()];
+            let (owner, past, _, versions, yanked, _) =
+                &expected[h.records[0].record.name().as_str()];
+            // Only the owners' yanks count, a rotated-away key's never.
+            prop_assert_eq!(yanked, &h.yanked);
             // After its rotations only the last key acts for the name.
             prop_assert_eq!(*owner, h.keys[h.epoch]);
             prop_assert_eq!(past.as_slice(), &h.keys[..h.epoch]);

@@ -960,6 +960,44 @@ mod tests {
     }
 
     #[test]
+    fn after_a_rotation_only_the_new_keys_heads_count() {
+        let (a, b) = (key(1), key(2));
+        let mut t = Trust::default();
+        let v1 = release("pkg", "1.0.0", None, &a, 0);
+        admit(&mut t, &v1).unwrap();
+        let head = |secret: &PublisherSecret, seq: u64| {
+            Signed::sign(
+                HeadBody {
+                    name: "pkg".parse().unwrap(),
+                    owner: secret.public(),
+                    versions: vec!["1.0.0".parse().unwrap()],
+                    seq,
+                    updated_at: seq,
+                },
+                secret,
+            )
+            .unwrap()
+        };
+        assert_eq!(t.admit_head(&head(&a, 5)), Ok(true));
+        let (rotation, rid) = rotation("pkg", &a, &b, v1.1);
+        t.admit(&rotation, rid).unwrap();
+        assert_eq!(
+            t.name("pkg").unwrap().head,
+            None,
+            "the old key's head is dropped"
+        );
+        assert!(matches!(
+            t.admit_head(&head(&a, 6)),
+            Err(TrustError::NotOwner { .. })
+        ));
+        assert_eq!(
+            t.admit_head(&head(&b, 1)),
+            Ok(true),
+            "the new key starts afresh"
+        );
+    }
+
+    #[test]
     fn heads_move_forward_only() {
         let a = key(1);
         let mut t = Trust::default();
