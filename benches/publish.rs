@@ -71,7 +71,7 @@ async fn wait_visible(
                     if r.catalog.indexed_count() >= packages {
                         let (r, name) = (r.clone(), name.clone());
                         let found = tokio::task::spawn_blocking(move || {
-                            let hits = r.search(&SearchQuery::text(&name)).unwrap().hits;
+                            let hits = r.catalog.search(&SearchQuery::text(&name)).unwrap().hits;
                             hits.first().is_some_and(|h| h.name == name)
                         })
                         .await

@@ -95,7 +95,7 @@ fn largest_release(name: &str, key: &PublisherSecret) -> ReleaseRecord {
 }
 
 fn names(node: &Node, q: &str) -> Vec<String> {
-    match node.registry.search(&SearchQuery::text(q)) {
+    match node.registry.catalog.search(&SearchQuery::text(q)) {
         Ok(results) => results.hits.into_iter().map(|h| h.name).collect(),
         Err(e) => vec![format!("search failed: {e}")],
     }

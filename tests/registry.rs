@@ -61,6 +61,7 @@ async fn publish(node: &Node, dir: &Path, key: &PublisherSecret) -> ReleaseRecor
 
 fn names(registry: &Registry, q: &str) -> Vec<String> {
     registry
+        .catalog
         .search(&SearchQuery::text(q))
         .unwrap()
         .hits
@@ -107,7 +108,12 @@ async fn a_package_published_on_node_a_is_found_by_a_typo_search_on_node_e() {
         }
     })
     .await;
-    let hit = &e.registry.search(&SearchQuery::text("hello")).unwrap().hits[0];
+    let hit = &e
+        .registry
+        .search(SearchQuery::text("hello"))
+        .await
+        .unwrap()
+        .hits[0];
     assert_eq!(
         (
             hit.version.as_str(),
@@ -143,7 +149,13 @@ async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_s
         DEADLINE,
         &nodes,
         |_, n| async move {
-            match n.registry.search(&SearchQuery::default()).unwrap().total {
+            match n
+                .registry
+                .search(SearchQuery::default())
+                .await
+                .unwrap()
+                .total
+            {
                 1000 => Ok(()),
                 t => Err(format!("{t} packages searchable")),
             }
@@ -158,7 +170,12 @@ async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_s
         DEADLINE,
         || async {
             // Searchable, and counted as synced (the count is taken after the index update).
-            let searchable = late.registry.search(&SearchQuery::default()).unwrap().total;
+            let searchable = late
+                .registry
+                .search(SearchQuery::default())
+                .await
+                .unwrap()
+                .total;
             let synced = late.registry.stats.records_synced.load(Ordering::Relaxed);
             match (searchable, synced) {
                 (1000, 1000) => Ok(()),
@@ -169,7 +186,7 @@ async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_s
     .await;
     // Every record came by sync, verified, and was indexed.
     assert_eq!(late.registry.catalog.record_count(), 1000);
-    let all = late.registry.search(&SearchQuery::default()).unwrap();
+    let all = late.registry.search(SearchQuery::default()).await.unwrap();
     assert_eq!(
         all.categories,
         vec![
@@ -857,7 +874,8 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
     // The node serves while it rebuilds; the first search waits for the whole index.
     let all = node
         .registry
-        .search(&SearchQuery::text("synthetic"))
+        .search(SearchQuery::text("synthetic"))
+        .await
         .unwrap();
     assert_eq!(all.total, N as u64);
     assert_eq!(node.registry.catalog.index_state(), IndexState::Ready);
@@ -920,7 +938,8 @@ async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_
     assert_eq!(node.registry.catalog.indexed_count(), N as u64 + 1);
     let all = node
         .registry
-        .search(&SearchQuery::text("synthetic"))
+        .search(SearchQuery::text("synthetic"))
+        .await
         .unwrap();
     assert_eq!(all.total, N as u64);
     assert_eq!(names(&node.registry, "late-arrival"), ["late-arrival"]);
@@ -1046,14 +1065,16 @@ async fn a_saved_search_index_is_caught_up_with_the_records_logged_after_it() {
     assert_eq!((startup.index_caught_up, startup.index_rebuilt), (3, false));
     let all = node
         .registry
-        .search(&SearchQuery::text("synthetic"))
+        .search(SearchQuery::text("synthetic"))
+        .await
         .unwrap();
     assert_eq!(all.total, N as u64 - 1, "the yanked one is gone");
     assert!(!names(&node.registry, "synthetic-00009").contains(&"synthetic-00009".to_owned()));
     assert_eq!(names(&node.registry, "later-pkg"), ["later-pkg"]);
     let rewritten = node
         .registry
-        .search(&SearchQuery::text("rewritten scratch"))
+        .search(SearchQuery::text("rewritten scratch"))
+        .await
         .unwrap();
     assert_eq!(
         rewritten
@@ -1076,7 +1097,8 @@ async fn a_saved_search_index_is_caught_up_with_the_records_logged_after_it() {
     assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, true));
     let all = node
         .registry
-        .search(&SearchQuery::text("synthetic"))
+        .search(SearchQuery::text("synthetic"))
+        .await
         .unwrap();
     assert_eq!(all.total, N as u64 + 1);
     node.shutdown().await;
@@ -1094,7 +1116,11 @@ async fn a_saved_search_index_is_caught_up_with_the_records_logged_after_it() {
     let node = Node::start(config).await.unwrap();
     let startup = &node.registry.startup;
     assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, true));
-    let all = node.registry.search(&SearchQuery::text("more")).unwrap();
+    let all = node
+        .registry
+        .search(SearchQuery::text("more"))
+        .await
+        .unwrap();
     assert_eq!(all.total, 257);
     node.shutdown().await;
 }

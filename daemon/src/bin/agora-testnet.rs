@@ -198,6 +198,7 @@ async fn seed(nodes: &[Service], home: &Path, count: u32) -> anyhow::Result<Dura
         n.node.registry.catalog.record_count() as u64 >= target
             && n.node
                 .registry
+                .catalog
                 .search(&listing)
                 .is_ok_and(|r| r.total >= target)
     };

@@ -11,7 +11,7 @@ use agora_protocol::ipc::{
     ServerMessage, StatusInfo, VersionEntry,
 };
 use agora_protocol::paths::Paths;
-use agora_protocol::records::{ArchiveInfo, ReleaseBody, ReleaseRecord};
+use agora_protocol::records::{ReleaseBody, ReleaseRecord};
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 use std::sync::atomic::Ordering;
 use tokio::sync::{Notify, mpsc};
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::index::IndexError;
 use crate::keys::{self, KeyFileError};
 use crate::registry::resolve::ResolveError;
-use crate::registry::{Registry, RegistryError, archive};
+use crate::registry::{Registry, RegistryError};
 use crate::telemetry::LogControl;
 
 /// What request handlers can reach.
@@ -119,20 +119,23 @@ const MAX_LOOKUPS_PER_RESOLVE: usize = 64;
 
 /// Runs `local`; if the catalog lacks the package or version it needs, looks `name` up on the
 /// DHT and, if that brought something, runs it again.
-async fn with_lookup<T>(
+async fn with_lookup<T, F>(
     registry: &Arc<Registry>,
     name: &PackageName,
     req: &VersionReq,
-    local: impl Fn() -> Result<T, RegistryError>,
-) -> Result<T, RegistryError> {
-    match local() {
+    local: impl Fn() -> F,
+) -> Result<T, RegistryError>
+where
+    F: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    match local().await {
         Err(
             e @ (RegistryError::NotFound { .. }
             | RegistryError::VersionNotFound { .. }
             | RegistryError::NoMatchingVersion { .. }),
         ) => {
             if registry.look_up(name, req).await? {
-                local()
+                local().await
             } else {
                 Err(e)
             }
@@ -276,26 +279,7 @@ pub async fn handle(
             let secret = keys::publisher_key(&ctx.paths.keys_dir).map_err(key_error)?;
             if dry_run {
                 progress(out, id, "packing").await;
-                let d = dir.clone();
-                let (manifest, data) = tokio::task::spawn_blocking(move || {
-                    Ok::<_, RegistryError>((archive::read_manifest(&d)?, archive::pack(&d)?))
-                })
-                .await
-                .map_err(|e| IpcError::Internal(e.to_string()))??;
-                // The body a publish would sign, unsigned: nothing is stored or announced.
-                let body = ReleaseBody {
-                    name: manifest.name,
-                    version: manifest.version,
-                    meta: manifest.meta,
-                    dependencies: manifest.dependencies,
-                    archive: ArchiveInfo::describe(
-                        &data,
-                        agora_protocol::limits::DEFAULT_CHUNK_SIZE,
-                    ),
-                    published_at: 0,
-                    publisher: secret.public(),
-                    previous: None,
-                };
+                let body = registry.dry_run(dir, secret.public()).await?;
                 let release = body_info(&body, String::new(), false);
                 return Ok(Response::Published(PublishedInfo {
                     release,
@@ -311,14 +295,7 @@ pub async fn handle(
                 gossiped: published.gossiped,
             }))
         }
-        Request::Search(query) => {
-            let reg = registry.clone();
-            let span = tracing::Span::current();
-            let results = tokio::task::spawn_blocking(move || span.in_scope(|| reg.search(&query)))
-                .await
-                .map_err(|e| IpcError::Internal(e.to_string()))??;
-            Ok(Response::Search(results))
-        }
+        Request::Search(query) => Ok(Response::Search(registry.search(query).await?)),
         Request::Info { name: n, req } => {
             let n = name(&n)?;
             let req = match req.as_deref() {
@@ -338,9 +315,12 @@ pub async fn handle(
                 }
                 _ => None,
             };
-            let record = with_lookup(registry, &n, &req, || match &exact {
-                Some(v) => registry.catalog.release(&n, v),
-                None => registry.catalog.get(&n, &req),
+            let record = with_lookup(registry, &n, &req, || {
+                let (n, req, exact) = (n.clone(), req.clone(), exact.clone());
+                registry.read(move |c| match &exact {
+                    Some(v) => c.release(&n, v),
+                    None => c.get(&n, &req),
+                })
             })
             .await?;
             let y = yanked(registry, &record);
@@ -348,7 +328,7 @@ pub async fn handle(
         }
         Request::Versions { name: n } => {
             let n = name(&n)?;
-            let versions = with_lookup(registry, &n, &VersionReq::STAR, || {
+            let versions = with_lookup(registry, &n, &VersionReq::STAR, || async {
                 registry.catalog.versions(&n)
             })
             .await?;
@@ -371,7 +351,8 @@ pub async fn handle(
             // Names the catalog lacks are looked up on the DHT, then resolution starts over.
             let mut lookups = 0;
             let resolved = loop {
-                let failed = match registry.catalog.resolve(&roots) {
+                let r = roots.clone();
+                let failed = match registry.read(move |c| c.resolve(&r)).await {
                     Ok(resolved) => break resolved,
                     Err(e) => e,
                 };
@@ -392,12 +373,17 @@ pub async fn handle(
                 }
                 lookups += 1;
             };
-            let mut out = Vec::with_capacity(resolved.len());
-            for p in resolved {
-                let record = registry.catalog.release(&p.name, &p.version)?;
-                out.push(release_info(&record, false));
-            }
-            Ok(Response::Resolved(out))
+            let records = registry
+                .read(move |c| {
+                    resolved
+                        .iter()
+                        .map(|p| c.release(&p.name, &p.version))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await?;
+            Ok(Response::Resolved(
+                records.iter().map(|r| release_info(r, false)).collect(),
+            ))
         }
         Request::Fetch {
             name: n,
@@ -414,7 +400,11 @@ pub async fn handle(
             });
             let (n, v) = (name(&n)?, version(&v)?);
             let pin = VersionReq::parse(&format!("={v}")).map_err(bad)?;
-            with_lookup(registry, &n, &pin, || registry.catalog.release(&n, &v)).await?;
+            with_lookup(registry, &n, &pin, || {
+                let (n, v) = (n.clone(), v.clone());
+                registry.read(move |c| c.release(&n, &v))
+            })
+            .await?;
             let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
             Ok(Response::Fetched(FetchedInfo {
                 path: fetched.path.display().to_string(),

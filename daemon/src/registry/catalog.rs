@@ -278,6 +278,18 @@ impl Catalog {
         Ok((last, state.yanked().cloned().collect()))
     }
 
+    /// Whether the catalog holds an installable release of `name` matching `req` (what
+    /// [`get`](Self::get) would find, without reading it).
+    pub fn has_match(&self, name: &PackageName, req: &VersionReq) -> bool {
+        let memory = self.lock();
+        memory.trust.name(name).is_some_and(|state| {
+            state
+                .releases
+                .keys()
+                .any(|v| req.matches(v) && state.installable(v))
+        })
+    }
+
     /// Whether the catalog holds a release of `name@version`, or `NotFound` for the name.
     pub fn has_version(
         &self,

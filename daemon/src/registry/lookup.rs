@@ -39,7 +39,7 @@ impl Registry {
         name: &PackageName,
         req: &VersionReq,
     ) -> Result<bool, RegistryError> {
-        if self.catalog.get(name, req).is_ok() {
+        if self.catalog.has_match(name, req) {
             return Ok(false);
         }
         let known: Vec<Version> = match self.catalog.versions(name) {

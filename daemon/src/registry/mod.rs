@@ -558,18 +558,8 @@ impl Registry {
         let previous = self
             .catalog
             .previous_for(&manifest.name, &manifest.version, &key)?;
-        let data = archive::pack(dir)?;
-        let info = ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE);
-        let body = ReleaseBody {
-            name: manifest.name.clone(),
-            version: manifest.version.clone(),
-            meta: manifest.meta.clone(),
-            dependencies: manifest.dependencies.clone(),
-            archive: info.clone(),
-            published_at: now(),
-            publisher: key,
-            previous,
-        };
+        let (body, data) = release_body(dir, key, now(), previous)?;
+        let info = body.archive.clone();
         let record = Signed::sign(body, secret)?;
         // The archive first: a record whose archive cannot be served helps nobody.
         self.blobs
@@ -590,6 +580,16 @@ impl Registry {
         }
         let head = self.catalog.sign_head(&manifest.name, secret, now())?;
         Ok((record, head, ticket))
+    }
+
+    /// The release body a publish of the package in `dir` by `key` would sign, unsigned and
+    /// with no predecessor: nothing is stored or announced.
+    pub async fn dry_run(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        key: PublisherKey,
+    ) -> Result<ReleaseBody, RegistryError> {
+        blocking(move || Ok(release_body(&dir, key, 0, None)?.0)).await
     }
 
     /// Yanks `name@version` with a record signed by the owner, and gossips it.
@@ -662,18 +662,34 @@ impl Registry {
         Ok(rotation)
     }
 
-    /// Searches the local catalog.
-    pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, RegistryError> {
+    /// Runs `read` on the catalog on a blocking thread: a read that may touch the disk (a
+    /// record from the log, a resolution) never holds up an async worker.
+    pub async fn read<T, F>(self: &Arc<Self>, read: F) -> Result<T, RegistryError>
+    where
+        F: FnOnce(&Catalog) -> Result<T, RegistryError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let reg = self.clone();
+        blocking(move || read(&reg.catalog)).await
+    }
+
+    /// Searches the local catalog (on a blocking thread: the index may be rebuilding).
+    pub async fn search(
+        self: &Arc<Self>,
+        query: SearchQuery,
+    ) -> Result<SearchResults, RegistryError> {
         let span = tracing::info_span!(
             "registry.search",
             query = %query.text,
             limit = query.limit,
             hits = tracing::field::Empty,
             total = tracing::field::Empty,
-        )
-        .entered();
+        );
         let started = Instant::now();
-        let results = self.catalog.search(query)?;
+        let inner = span.clone();
+        let results = self
+            .read(move |catalog| inner.in_scope(|| catalog.search(&query)))
+            .await?;
         self.net.metrics().observe_search(started.elapsed());
         span.record("hits", results.hits.len());
         span.record("total", results.total);
@@ -738,7 +754,8 @@ impl Registry {
         version: &Version,
         on_progress: Option<fetch::ProgressFn>,
     ) -> Result<FetchedBlob, RegistryError> {
-        let record = self.catalog.release(name, version)?;
+        let (n, v) = (name.clone(), version.clone());
+        let record = self.read(move |c| c.release(&n, &v)).await?;
         let info = record.body.archive.clone();
         if let Some(hit) = self.cached_blob(&info).await? {
             return Ok(hit);
@@ -1044,4 +1061,26 @@ fn tolerate_lonely(e: NetworkError) -> Result<(), NetworkError> {
         NetworkError::Query(_) => Ok(()),
         other => Err(other),
     }
+}
+
+/// The release body of the package in `dir` and its packed archive. Blocking.
+fn release_body(
+    dir: &Path,
+    publisher: PublisherKey,
+    published_at: u64,
+    previous: Option<RecordId>,
+) -> Result<(ReleaseBody, Vec<u8>), RegistryError> {
+    let manifest = archive::read_manifest(dir)?;
+    let data = archive::pack(dir)?;
+    let body = ReleaseBody {
+        name: manifest.name,
+        version: manifest.version,
+        meta: manifest.meta,
+        dependencies: manifest.dependencies,
+        archive: ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE),
+        published_at,
+        publisher,
+        previous,
+    };
+    Ok((body, data))
 }
