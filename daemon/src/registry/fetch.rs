@@ -611,6 +611,13 @@ impl Schedule {
         }
     }
 
+    /// `peer` sent a good copy of a chunk another provider's copy is stored from: it is
+    /// proven, and the chunk is done when that other arrival is counted (it is in flight:
+    /// its copy won the race to the sink), so the report credits the provider stored from.
+    fn duplicate(&mut self, peer: PeerId) {
+        self.proven.insert(peer);
+    }
+
     fn drop_provider(&mut self, peer: PeerId) {
         self.dropped.insert(peer);
     }
@@ -784,7 +791,7 @@ pub async fn fetch_chunks<S: ChunkSink>(
             }
             // Another provider's copy got there first.
             Arrival::Duplicate(size) => {
-                schedule.served(index, peer);
+                schedule.duplicate(peer);
                 served(&mut report, size as u64);
             }
             Arrival::SinkFailed(e) => return Err((e, report.outcomes)),
@@ -950,11 +957,13 @@ mod tests {
             vec![],
             "each is asked of a proven provider once"
         );
-        // Both copies of chunk 0 come; it is counted once.
-        for peer in [near, far] {
-            schedule.returned(0, peer);
-            schedule.served(0, peer);
-        }
+        // Both copies of chunk 0 come, the duplicate's arrival first: the chunk is done
+        // when the stored copy's arrival is counted, and once.
+        schedule.returned(0, far);
+        schedule.duplicate(far);
+        assert_eq!(schedule.remaining, 4, "done only with the stored copy");
+        schedule.returned(0, near);
+        schedule.served(0, near);
         assert_eq!(schedule.remaining, 3);
         assert!(!schedule.is_asked(0));
         // A proven provider already tried for a chunk is not asked again.
