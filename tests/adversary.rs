@@ -918,7 +918,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     }
 }
 
-/// Finding 7, per publishing key: a key that sends many records (or many new names) through
+/// Finding 7, per publishing key: a key that sends many records, new names or heads through
 /// its relays gets only its budget admitted by each node; what is over it is ignored (the
 /// relay is not punished for it) and not refused for good: sync brings it later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,7 +929,7 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
     let rates = PublisherRates {
         records: GossipRate {
             rate: 0.0,
-            burst: 100.0,
+            burst: 6.0,
         },
         new_names: GossipRate {
             rate: 0.0,
@@ -998,6 +998,40 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
     );
     assert_eq!(node.registry.catalog.record_count(), 5);
     assert_eq!(node.registry.catalog.refusals_remembered(), 0);
+
+    // Heads count too: the busy key has 3 of its 6 records left (a name over its budget took
+    // none), so of 4 heads for the names it got in, 3 are taken.
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
+    for (name, seq) in [("busy-0", 1), ("busy-1", 1), ("busy-2", 1), ("busy-0", 2)] {
+        hostile
+            .publish_raw(GossipMessage::Head(head(name, &["1.0.0"], seq, &busy)).to_wire())
+            .await;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    converge("all twelve decided", DEADLINE, || async {
+        let decided = stats.gossip_accepted.load(Ordering::Relaxed)
+            + stats.gossip_ignored.load(Ordering::Relaxed);
+        if decided == 12 {
+            Ok(())
+        } else {
+            Err(format!("{decided} decided"))
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    driver.await.unwrap();
+    assert_eq!(
+        (
+            stats.gossip_accepted.load(Ordering::Relaxed),
+            stats.gossip_ignored.load(Ordering::Relaxed),
+            stats.gossip_rejected.load(Ordering::Relaxed),
+            stats.publisher_over_budget.load(Ordering::Relaxed),
+        ),
+        (8, 4, 0, 4),
+        "(accepted, ignored, rejected, over budget) after the heads"
+    );
 
     // A node that holds the busy key's releases syncs them over.
     let (holder, _) = start_node().await;

@@ -378,7 +378,7 @@ pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 20] {
         ),
         (
             "publisher_over_budget",
-            "Gossiped records ignored because their key was over its budget",
+            "Gossiped records and heads ignored because their key was over its budget",
             v(&s.publisher_over_budget),
         ),
         (

@@ -106,18 +106,25 @@ async fn admit(
 }
 
 /// Admits a head on a blocking thread (it is persisted when accepted), checking its signature
-/// there first unless `verified`.
+/// there first unless `verified`. A gossiped head (`charged`) is taken from its key's budget
+/// once its signature holds; `Ok(None)` means the key was over it.
 async fn admit_head(
     registry: &Arc<Registry>,
     head: PackageHead,
     verified: bool,
-) -> Result<bool, RegistryError> {
+    charged: bool,
+) -> Result<Option<bool>, RegistryError> {
     let reg = registry.clone();
     tokio::task::spawn_blocking(move || {
         if !verified {
             head.verify()?;
         }
-        reg.catalog.admit_head(&head)
+        if charged && !lock(&reg.publishers).take(head.body.owner, false, std::time::Instant::now())
+        {
+            Registry::count(&reg.stats.publisher_over_budget);
+            return Ok(None);
+        }
+        reg.catalog.admit_head(&head).map(Some)
     })
     .await
     .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
@@ -280,10 +287,14 @@ async fn head_verdict(
     source: PeerId,
     head: PackageHead,
 ) -> MessageAcceptance {
-    match admit_head(registry, head, false).await {
-        Ok(true) => MessageAcceptance::Accept,
+    match admit_head(registry, head, false, true).await {
+        Ok(Some(true)) => MessageAcceptance::Accept,
         Err(RegistryError::Record(e)) => reject(source, &e),
-        Ok(false) => MessageAcceptance::Ignore,
+        Ok(Some(false)) => MessageAcceptance::Ignore,
+        Ok(None) => {
+            debug!(%source, "ignoring a gossiped head: its key is over its budget");
+            MessageAcceptance::Ignore
+        }
         Err(RegistryError::Trust(e)) => ignore(source, &e),
         Err(e) => {
             warn!(error = %e, "cannot admit a gossiped head");
@@ -322,7 +333,7 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                         Err(e) => Err(e.to_string()),
                     }
                 }
-                Ok(DhtValue::Head(h)) => admit_head(registry, h, true)
+                Ok(DhtValue::Head(h)) => admit_head(registry, h, true, false)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),

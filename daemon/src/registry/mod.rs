@@ -102,7 +102,7 @@ pub struct RegistryStats {
     pub rollbacks_refused: AtomicU64,
     /// Second records for an existing version (kept as evidence).
     pub equivocations: AtomicU64,
-    /// Gossiped records ignored because their key was over its budget.
+    /// Gossiped records and heads ignored because their key was over its budget.
     pub publisher_over_budget: AtomicU64,
     pub chunks_served: AtomicU64,
     pub bytes_served: AtomicU64,

@@ -16,7 +16,7 @@ pub const MAX_PUBLISHERS: usize = 65_536;
 /// The budgets of one publishing key.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PublisherRates {
-    /// Records of the key admitted from gossip.
+    /// Records and heads of the key admitted from gossip.
     pub records: GossipRate,
     /// Of those, the ones that name a package this node does not know.
     pub new_names: GossipRate,
