@@ -963,36 +963,14 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
             )
         })
         .collect();
-    let mut hostile = Hostile::new();
-    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
-    for r in busy_releases.iter().chain(&calm_releases) {
-        hostile
-            .publish_raw(GossipMessage::Release(r.clone()).to_wire())
-            .await;
-    }
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let driver = hostile.drive(stopped);
     let stats = &node.registry.stats;
-    converge("all eight decided", DEADLINE, || async {
-        let decided = stats.gossip_accepted.load(Ordering::Relaxed)
-            + stats.gossip_ignored.load(Ordering::Relaxed)
-            + stats.gossip_rejected.load(Ordering::Relaxed);
-        if decided == 8 {
-            Ok(())
-        } else {
-            Err(format!("{decided} decided"))
-        }
-    })
-    .await;
-    let _ = stop.send(());
-    driver.await.unwrap();
+    let messages: Vec<Vec<u8>> = busy_releases
+        .iter()
+        .chain(&calm_releases)
+        .map(|r| GossipMessage::Release(r.clone()).to_wire())
+        .collect();
     assert_eq!(
-        (
-            stats.gossip_accepted.load(Ordering::Relaxed),
-            stats.gossip_ignored.load(Ordering::Relaxed),
-            stats.gossip_rejected.load(Ordering::Relaxed),
-            stats.publisher_over_budget.load(Ordering::Relaxed),
-        ),
+        gossip_and_count(&nodes[0].1, messages, stats).await,
         (5, 3, 0, 3),
         "(accepted, ignored, rejected, over budget)"
     );
@@ -1001,34 +979,12 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
 
     // Heads count too: the busy key has 3 of its 6 records left (a name over its budget took
     // none), so of 4 heads for the names it got in, 3 are taken.
-    let mut hostile = Hostile::new();
-    hostile.connect(std::slice::from_ref(&nodes[0].1)).await;
-    for (name, seq) in [("busy-0", 1), ("busy-1", 1), ("busy-2", 1), ("busy-0", 2)] {
-        hostile
-            .publish_raw(GossipMessage::Head(head(name, &["1.0.0"], seq, &busy)).to_wire())
-            .await;
-    }
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let driver = hostile.drive(stopped);
-    converge("all twelve decided", DEADLINE, || async {
-        let decided = stats.gossip_accepted.load(Ordering::Relaxed)
-            + stats.gossip_ignored.load(Ordering::Relaxed);
-        if decided == 12 {
-            Ok(())
-        } else {
-            Err(format!("{decided} decided"))
-        }
-    })
-    .await;
-    let _ = stop.send(());
-    driver.await.unwrap();
+    let heads = [("busy-0", 1), ("busy-1", 1), ("busy-2", 1), ("busy-0", 2)]
+        .into_iter()
+        .map(|(name, seq)| GossipMessage::Head(head(name, &["1.0.0"], seq, &busy)).to_wire())
+        .collect();
     assert_eq!(
-        (
-            stats.gossip_accepted.load(Ordering::Relaxed),
-            stats.gossip_ignored.load(Ordering::Relaxed),
-            stats.gossip_rejected.load(Ordering::Relaxed),
-            stats.publisher_over_budget.load(Ordering::Relaxed),
-        ),
+        gossip_and_count(&nodes[0].1, heads, stats).await,
         (8, 4, 0, 4),
         "(accepted, ignored, rejected, over budget) after the heads"
     );
@@ -1056,4 +1012,43 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
     for (n, _) in nodes {
         n.shutdown().await;
     }
+}
+
+/// Gossips `messages` from a new hostile peer into the node at `addr` and waits until the
+/// node has decided on them all; returns its counts so far: (accepted, ignored, rejected,
+/// over a key's budget).
+async fn gossip_and_count(
+    addr: &libp2p::Multiaddr,
+    messages: Vec<Vec<u8>>,
+    stats: &agora_daemon::registry::RegistryStats,
+) -> (u64, u64, u64, u64) {
+    let counts = || {
+        (
+            stats.gossip_accepted.load(Ordering::Relaxed),
+            stats.gossip_ignored.load(Ordering::Relaxed),
+            stats.gossip_rejected.load(Ordering::Relaxed),
+            stats.publisher_over_budget.load(Ordering::Relaxed),
+        )
+    };
+    let (a, i, r, _) = counts();
+    let expected = a + i + r + messages.len() as u64;
+    let mut hostile = Hostile::new();
+    hostile.connect(std::slice::from_ref(addr)).await;
+    for m in messages {
+        hostile.publish_raw(m).await;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let driver = hostile.drive(stopped);
+    converge("every message decided", DEADLINE, || async {
+        let (a, i, r, _) = counts();
+        if a + i + r == expected {
+            Ok(())
+        } else {
+            Err(format!("{} of {expected} decided", a + i + r))
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    driver.await.unwrap();
+    counts()
 }
