@@ -22,39 +22,26 @@ pub struct Hostile {
 
 impl Hostile {
     pub fn new() -> Self {
-        let swarm = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| {
-                let peer = key.public().to_peer_id();
-                let mut kad = kad::Behaviour::with_config(
-                    peer,
-                    kad::store::MemoryStore::new(peer),
-                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
-                );
-                kad.set_mode(Some(kad::Mode::Server));
-                let cfg = gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(Duration::from_millis(100))
-                    .build()
-                    .unwrap();
-                let mut gossipsub = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    cfg,
-                )
+        let swarm = bare_swarm(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                peer,
+                kad::store::MemoryStore::new(peer),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            let cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(100))
+                .build()
                 .unwrap();
-                gossipsub
-                    .subscribe(&gossipsub::IdentTopic::new(GOSSIP_TOPIC))
+            let mut gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), cfg)
                     .unwrap();
-                HostileBehaviour { kad, gossipsub }
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+            gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(GOSSIP_TOPIC))
+                .unwrap();
+            HostileBehaviour { kad, gossipsub }
+        });
         Self { swarm }
     }
 
@@ -359,16 +346,18 @@ pub async fn never_reads(
     tokio::task::JoinHandle<()>,
 ) {
     use libp2p::request_response::{self, Event, Message, ProtocolSupport};
-    let mut swarm = bare_swarm(request_response::Behaviour::with_codec(
-        NeverReads,
-        [(
-            StreamProtocol::new(agora_protocol::messages::FETCH_PROTOCOL),
-            ProtocolSupport::Outbound,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(300))
-            .with_max_concurrent_streams(requests.len()),
-    ));
+    let mut swarm = bare_swarm(|_| {
+        request_response::Behaviour::with_codec(
+            NeverReads,
+            [(
+                StreamProtocol::new(agora_protocol::messages::FETCH_PROTOCOL),
+                ProtocolSupport::Outbound,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(300))
+                .with_max_concurrent_streams(requests.len()),
+        )
+    });
     swarm.dial(target.clone()).unwrap();
     let peer = loop {
         if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
@@ -421,15 +410,15 @@ pub async fn junk_syncer(
     use agora_daemon::network::codec::WireCodec;
     use agora_protocol::messages::{BucketDigest, SyncRequest, SyncResponse};
     use libp2p::request_response::{self, Event, Message, ProtocolSupport};
-    let mut swarm = bare_swarm(request_response::Behaviour::<
-        WireCodec<SyncRequest, SyncResponse>,
-    >::new(
-        [(
-            StreamProtocol::new(agora_protocol::messages::SYNC_PROTOCOL),
-            ProtocolSupport::Inbound,
-        )],
-        request_response::Config::default(),
-    ));
+    let mut swarm = bare_swarm(|_| {
+        request_response::Behaviour::<WireCodec<SyncRequest, SyncResponse>>::new(
+            [(
+                StreamProtocol::new(agora_protocol::messages::SYNC_PROTOCOL),
+                ProtocolSupport::Inbound,
+            )],
+            request_response::Config::default(),
+        )
+    });
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -497,8 +486,11 @@ pub async fn junk_syncer(
     (addr, rounds, stop, task)
 }
 
-/// A swarm over TCP with `behaviour` alone, its connections kept open for five minutes.
-fn bare_swarm<B: NetworkBehaviour + Send>(behaviour: B) -> Swarm<B> {
+/// A swarm over TCP with the behaviour `make` builds for its key, its connections kept open
+/// for five minutes.
+fn bare_swarm<B: NetworkBehaviour + Send>(
+    make: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> Swarm<B> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -507,7 +499,7 @@ fn bare_swarm<B: NetworkBehaviour + Send>(behaviour: B) -> Swarm<B> {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| behaviour)
+        .with_behaviour(|key| make(key))
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build()

@@ -6,7 +6,7 @@
 //! threads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,8 @@ use agora_protocol::{
 };
 use tracing::{debug, error, info, warn};
 
+mod pins;
+
 use super::refusals::{self, RefusalChanges, Refusals};
 use super::resolve::{self, Candidate};
 use super::trust::{self, Admission, Trust, TrustError, TrustPolicy};
@@ -33,6 +35,7 @@ use super::{Ingested, RegistryError, RegistryStats, ResolvedPackage, VersionInfo
 use crate::index::{CatchUp, IndexDoc, IndexError, OVERLAY_MAX, Seal, SearchIndex, Ticket};
 use crate::lock;
 use crate::store::{CatalogWrite, Db, StoreError};
+use pins::{all_newest_found, check_pins_and_open_index, joined};
 
 /// Records admitted per durable transaction when a big batch (a sync) comes in.
 const INGEST_BATCH: usize = 2048;
@@ -111,8 +114,7 @@ impl Catalog {
         stats: Arc<RegistryStats>,
     ) -> Result<(Self, Opened), RegistryError> {
         let started = Instant::now();
-        // Sized for the stored records up front: growing the maps during the replay was 7 %
-        // of start-up.
+        // Sized for the stored records up front, so that the replay never grows the maps.
         let (stored, names) = db.counts()?;
         let (stored, names) = (stored as usize, names as usize);
         let mut memory = Memory {
@@ -260,7 +262,7 @@ impl Catalog {
                 highest: h.clone(),
             });
         }
-        Ok(state.highest.as_ref().map(|h| state.releases[h]))
+        Ok(state.tip())
     }
 
     /// What a rotation of `name` hands on: its newest release and the versions yanked.
@@ -271,9 +273,7 @@ impl Catalog {
         let memory = self.lock();
         let state = memory.state(name)?;
         let last = state
-            .highest
-            .as_ref()
-            .map(|h| state.releases[h])
+            .tip()
             .ok_or_else(|| TrustError::UnknownName { name: name.clone() })?;
         Ok((last, state.yanked().cloned().collect()))
     }
@@ -282,12 +282,10 @@ impl Catalog {
     /// [`get`](Self::get) would find, without reading it).
     pub fn has_match(&self, name: &PackageName, req: &VersionReq) -> bool {
         let memory = self.lock();
-        memory.trust.name(name).is_some_and(|state| {
-            state
-                .releases
-                .keys()
-                .any(|v| req.matches(v) && state.installable(v))
-        })
+        memory
+            .trust
+            .name(name)
+            .is_some_and(|state| state.newest_matching(req).is_some())
     }
 
     /// Whether the catalog holds a release of `name@version`, or `NotFound` for the name.
@@ -780,12 +778,7 @@ impl Catalog {
         let id = {
             let cat = self.lock();
             let state = cat.state(name)?;
-            let pick = state
-                .releases
-                .iter()
-                .rev()
-                .find(|(v, _)| req.matches(v) && state.installable(v));
-            match pick {
+            match state.newest_matching(req) {
                 Some((_, id)) => *id,
                 None => {
                     return Err(RegistryError::NoMatchingVersion {
@@ -931,121 +924,6 @@ impl Catalog {
             }
         }
     }
-}
-
-/// Checks the stored owner and highest-version pins against the replayed catalog (they are
-/// written with the records, in the same transactions, so any difference is a corrupt store)
-/// and returns how many names have an installable release. Two threads check half the names
-/// each while a third opens the search index, which is returned too.
-fn check_pins_and_open_index(
-    db: &Db,
-    trust: &Trust,
-    index_dir: &Path,
-    seal: Option<Seal>,
-) -> Result<((SearchIndex, bool), u64), RegistryError> {
-    // The names come out of their hash map in hash order: a sample's middle name splits the
-    // sorted pin tables near their middle ("" when there are none: all in the upper half).
-    let mut sample: Vec<&str> = trust.names().take(255).map(|(n, _)| n.as_str()).collect();
-    sample.sort_unstable();
-    let middle = sample.get(sample.len() / 2).copied().unwrap_or_default();
-    let (index, upper, lower) = std::thread::scope(|scope| {
-        let index = scope.spawn(|| SearchIndex::open(index_dir, seal));
-        let upper =
-            scope.spawn(|| check_pin_range(db, trust, (Bound::Included(middle), Bound::Unbounded)));
-        let lower = check_pin_range(db, trust, (Bound::Unbounded, Bound::Excluded(middle)));
-        (joined(index.join()), joined(upper.join()), lower)
-    });
-    let (lower, upper) = (lower?, upper?);
-    let installable = pins_agree(
-        trust,
-        PinCount {
-            pins: lower.pins + upper.pins,
-            installable: lower.installable + upper.installable,
-        },
-    )?;
-    Ok((index?, installable))
-}
-
-/// Checks that the log had each of the `wanted` newest releases read from it.
-fn all_newest_found(found: usize, wanted: usize) -> Result<(), StoreError> {
-    if found == wanted {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt(format!(
-        "{} of {wanted} newest releases are missing from the catalog log",
-        wanted - found
-    )))
-}
-
-/// A thread's result, or its panic passed on.
-fn joined<T>(result: std::thread::Result<T>) -> T {
-    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// What a range of the pin tables held.
-struct PinCount {
-    pins: u64,
-    installable: u64,
-}
-
-/// Checks that every name had its owner pin; returns how many names have an installable
-/// release.
-fn pins_agree(trust: &Trust, count: PinCount) -> Result<u64, StoreError> {
-    let names = trust.name_count() as u64;
-    if count.pins != names {
-        return Err(StoreError::Corrupt(format!(
-            "the catalog has {names} names but {} owner pins",
-            count.pins
-        )));
-    }
-    Ok(count.installable)
-}
-
-/// Checks the pins of the names in a range against the replayed catalog.
-fn check_pin_range(
-    db: &Db,
-    trust: &Trust,
-    names: (Bound<&str>, Bound<&str>),
-) -> Result<PinCount, StoreError> {
-    let mut installable = 0;
-    let pins = db.each_pin(names, |name, owner, highest| {
-        let state = trust.name(name).ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "owner pin for '{name}', which the catalog does not have"
-            ))
-        })?;
-        if state.owner.as_bytes() != owner {
-            return Err(StoreError::Corrupt(format!(
-                "owner pin of '{name}' is {} but the catalog says {}",
-                hex::encode(owner),
-                state.owner
-            )));
-        }
-        let pinned = highest
-            .map(|v| {
-                Version::parse(v).map_err(|e| {
-                    StoreError::Corrupt(format!("highest version pinned for '{name}': {e}"))
-                })
-            })
-            .transpose()?;
-        if pinned != state.highest {
-            return Err(StoreError::Corrupt(format!(
-                "highest version pinned for '{name}' is {} but the catalog says {}",
-                shown(pinned.as_ref()),
-                shown(state.highest.as_ref())
-            )));
-        }
-        if state.latest().is_some() {
-            installable += 1;
-        }
-        Ok(())
-    })?;
-    Ok(PinCount { pins, installable })
-}
-
-/// A version, or "none".
-fn shown(version: Option<&Version>) -> String {
-    version.map_or_else(|| "none".to_owned(), Version::to_string)
 }
 
 fn index_doc(b: ReleaseBody) -> IndexDoc {

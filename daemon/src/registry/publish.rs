@@ -1,0 +1,278 @@
+//! Publishing: a release packed, signed, stored, put on the DHT and gossiped; yanks and key
+//! rotations signed and announced; releases of other publishers announced. The signing time
+//! comes from here, the catalog decides.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::*;
+
+impl Registry {
+    /// Admits a verified release and announces it: DHT record and gossip.
+    pub async fn announce(self: &Arc<Self>, record: ReleaseRecord) -> Result<(), RegistryError> {
+        let reg = self.clone();
+        let r = record.clone();
+        let result =
+            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Release(r)], false)).await?;
+        match &result[0].1 {
+            Ingested::Added(_) | Ingested::Duplicate => {}
+            Ingested::Invalid(e) => return Err(e.clone().into()),
+            Ingested::Refused(e) => return Err(e.clone().into()),
+            Ingested::RefusedBefore => return Err(RegistryError::RefusedBefore(result[0].0)),
+        }
+        self.put_dht(DhtValue::Release(record.clone())).await?;
+        self.gossip(GossipMessage::Release(record)).await?;
+        Ok(())
+    }
+
+    async fn put_dht(&self, value: DhtValue) -> Result<(), RegistryError> {
+        self.net
+            .put_record(value.key().to_bytes(), value.encode())
+            .await
+            .or_else(tolerate_lonely)?;
+        Ok(())
+    }
+
+    /// Publishes on gossip; false when no peer is subscribed yet.
+    async fn gossip(&self, msg: GossipMessage) -> Result<bool, RegistryError> {
+        match self.net.publish(msg.to_wire()).await {
+            Ok(()) => Ok(true),
+            Err(NetworkError::NoGossipPeers) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes the package in `dir`: validate its manifest, pack it deterministically, sign
+    /// the release, store the archive and the record durably, index it, then gossip the
+    /// release and, concurrently, put the release and head records on the DHT and provide the
+    /// archive.
+    #[tracing::instrument(
+        name = "registry.publish",
+        skip_all,
+        fields(
+            dir = %dir.display(),
+            package = tracing::field::Empty,
+            version = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            gossiped = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        )
+    )]
+    pub async fn publish(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        secret: &PublisherSecret,
+    ) -> Result<Published, RegistryError> {
+        let started = Instant::now();
+        let result = self.publish_inner(dir, secret).await;
+        let span = tracing::Span::current();
+        match &result {
+            Ok(p) => {
+                span.record("package", p.record.body.name.as_str());
+                span.record("version", p.record.body.version.to_string());
+                span.record("bytes", p.record.body.archive.size);
+                span.record("gossiped", p.gossiped);
+                span.record("outcome", "ok");
+                Self::count(&self.stats.publishes);
+                self.net.metrics().observe_publish(started.elapsed());
+            }
+            Err(e) => {
+                span.record("outcome", e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        secret: &PublisherSecret,
+    ) -> Result<Published, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        let reg = self.clone();
+        let secret_bytes = secret.to_bytes();
+        let (record, head, ticket) =
+            blocking(move || reg.publish_local(&dir, &PublisherSecret::from_bytes(secret_bytes)))
+                .await?;
+        let id = record.body.archive.id;
+        // The release is durable here. Gossip first: it reaches the connected peers at once,
+        // while each DHT operation is an iterative query of several round trips. Then the
+        // DHT puts and the provider record go out together, not one after another, while the
+        // release becomes searchable here (the call returns once it is).
+        let gossiped = self.gossip(GossipMessage::Release(record.clone())).await?;
+        let reg = self.clone();
+        let (r, h) = (record.clone(), head.clone());
+        let mut dht = tokio::spawn(
+            async move {
+                let (release, head_put, provide) = tokio::join!(
+                    reg.put_dht(DhtValue::Release(r)),
+                    reg.put_dht(DhtValue::Head(h)),
+                    reg.net.start_providing(DhtKey::Content(id).to_bytes()),
+                );
+                release?;
+                head_put?;
+                provide.or_else(tolerate_lonely)?;
+                Ok::<(), RegistryError>(())
+            }
+            .in_current_span(),
+        );
+        let reg = self.clone();
+        blocking(move || reg.catalog.flush_index(ticket)).await?;
+        match tokio::time::timeout(PUBLISH_DHT_WAIT, &mut dht).await {
+            Ok(joined) => {
+                joined.map_err(|e| RegistryError::Internal(format!("DHT writes: {e}")))??
+            }
+            Err(_) => info!(
+                name = %record.body.name,
+                "DHT writes still running after {PUBLISH_DHT_WAIT:?}; they go on in the background"
+            ),
+        }
+        info!(name = %record.body.name, version = %record.body.version, gossiped, "published");
+        Ok(Published {
+            record,
+            head,
+            gossiped,
+        })
+    }
+
+    fn publish_local(
+        &self,
+        dir: &Path,
+        secret: &PublisherSecret,
+    ) -> Result<(ReleaseRecord, PackageHead, Ticket), RegistryError> {
+        let manifest = archive::read_manifest(dir)?;
+        let key = secret.public();
+        let previous = self
+            .catalog
+            .previous_for(&manifest.name, &manifest.version, &key)?;
+        let (body, data) = release_body(dir, manifest, key, now(), previous)?;
+        let info = body.archive.clone();
+        let record = Signed::sign(body, secret)?;
+        // The archive first: a record whose archive cannot be served helps nobody.
+        self.blobs
+            .insert(&data, Some(info.id), BlobKind::Published)?;
+        let (result, ticket) = self.catalog.ingest_durable(
+            vec![CatalogRecord::Release(record.clone())],
+            true,
+            |_| {},
+        )?;
+        match &result[0].1 {
+            Ingested::Added(Admission::Release) => {}
+            Ingested::Refused(e) => return Err(e.clone().into()),
+            other => {
+                return Err(RegistryError::Internal(format!(
+                    "own release was not admitted: {other:?}"
+                )));
+            }
+        }
+        let head = self.catalog.sign_head(&record.body.name, secret, now())?;
+        Ok((record, head, ticket))
+    }
+
+    /// The release body a publish of the package in `dir` by `key` would sign, unsigned and
+    /// with no predecessor: nothing is stored or announced.
+    pub async fn dry_run(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        key: PublisherKey,
+    ) -> Result<ReleaseBody, RegistryError> {
+        blocking(move || {
+            let manifest = archive::read_manifest(&dir)?;
+            Ok(release_body(&dir, manifest, key, 0, None)?.0)
+        })
+        .await
+    }
+
+    /// Yanks `name@version` with a record signed by the owner, and gossips it.
+    pub async fn yank(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+        reason: String,
+        secret: &PublisherSecret,
+    ) -> Result<agora_protocol::Yank, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        if !self.catalog.has_version(name, version)? {
+            return Err(RegistryError::VersionNotFound {
+                name: name.clone(),
+                version: version.clone(),
+            });
+        }
+        let yank = Signed::sign(
+            YankBody {
+                name: name.clone(),
+                version: version.clone(),
+                publisher: secret.public(),
+                yanked_at: now(),
+                reason,
+            },
+            secret,
+        )?;
+        let reg = self.clone();
+        let y = yank.clone();
+        let result =
+            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Yank(y)], true)).await?;
+        if let Ingested::Refused(e) = &result[0].1 {
+            return Err(e.clone().into());
+        }
+        self.gossip(GossipMessage::Yank(yank.clone())).await?;
+        Ok(yank)
+    }
+
+    /// Hands ownership of `name` to `to`, with a rotation record signed by the current owner,
+    /// and gossips it.
+    pub async fn rotate(
+        self: &Arc<Self>,
+        name: &PackageName,
+        to: PublisherKey,
+        secret: &PublisherSecret,
+    ) -> Result<agora_protocol::KeyRotation, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        // What the new key inherits: the history up to the newest release, and the yanks.
+        let (last, yanked) = self.catalog.rotation_basis(name)?;
+        let rotation = Signed::sign(
+            RotationBody {
+                name: name.clone(),
+                from: secret.public(),
+                to,
+                last,
+                yanked,
+                rotated_at: now(),
+            },
+            secret,
+        )?;
+        let reg = self.clone();
+        let r = rotation.clone();
+        let result =
+            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Rotation(r)], true)).await?;
+        if let Ingested::Refused(e) = &result[0].1 {
+            return Err(e.clone().into());
+        }
+        self.gossip(GossipMessage::Rotation(rotation.clone()))
+            .await?;
+        Ok(rotation)
+    }
+}
+
+/// The release body of the package in `dir` (whose manifest is `manifest`) and its packed
+/// archive. Blocking.
+fn release_body(
+    dir: &Path,
+    manifest: agora_protocol::Manifest,
+    publisher: PublisherKey,
+    published_at: u64,
+    previous: Option<RecordId>,
+) -> Result<(ReleaseBody, Vec<u8>), RegistryError> {
+    let data = archive::pack(dir)?;
+    let body = ReleaseBody {
+        name: manifest.name,
+        version: manifest.version,
+        meta: manifest.meta,
+        dependencies: manifest.dependencies,
+        archive: ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE),
+        published_at,
+        publisher,
+        previous,
+    };
+    Ok((body, data))
+}
