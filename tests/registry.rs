@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::node::{Node, NodeConfig};
+use agora_daemon::registry::repair::RepairMode;
 use agora_daemon::registry::trust::{Admission, TrustError};
 use agora_daemon::registry::{Ingested, Registry, RegistryError};
 use agora_daemon::store::{CatalogWrite, Db};
@@ -773,13 +774,13 @@ async fn store_and_stop(config: &NodeConfig, records: Vec<CatalogRecord>) {
 }
 
 /// The owner and highest-version pins are written with the records, in the same transactions:
-/// a store where they disagree with the log is corrupt, and the node refuses to start on it,
-/// naming the pin.
+/// a store where they disagree with the log is damaged. With repair off the node refuses to
+/// start on it, naming the file and the pin; with repair on, it sets it aside and starts anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_pins_disagree_with_its_log_is_refused_at_start() {
     init_tracing();
     let dir = data_dir();
-    let config = node_config(&dir);
+    let mut config = node_config(&dir);
     let key = publisher(8);
     let records = many_releases(4, &key);
     store_and_stop(&config, records[..3].to_vec()).await;
@@ -841,10 +842,25 @@ async fn a_store_whose_pins_disagree_with_its_log_is_refused_at_start() {
     for (write, expected) in cases {
         Db::open(&db_path).unwrap().write_catalog(&write).unwrap();
         // Refused the same way twice: the refusal repaired or dropped nothing.
+        config.registry.repair = RepairMode::Off;
         for _ in 0..2 {
             let err = Node::start(config.clone()).await.err().expect("refused");
-            assert_eq!(err.to_string(), format!("the store is corrupt: {expected}"));
+            assert_eq!(
+                err.to_string(),
+                format!("{} is damaged: {expected}", db_path.display())
+            );
         }
+        config.registry.repair = RepairMode::Auto;
+        let node = Node::start(config.clone()).await.unwrap();
+        let repair = node.registry.repair().expect("repaired");
+        assert_eq!(
+            repair.cause,
+            format!("{} is damaged: {expected}", db_path.display())
+        );
+        // Nothing of it was this node's own: the catalog comes back from peers.
+        assert_eq!((repair.from_journal, node.registry.startup.records), (0, 0));
+        node.shutdown().await;
+        std::fs::remove_file(repair.set_aside.unwrap()).unwrap();
         std::fs::copy(&pristine, &db_path).unwrap();
     }
 

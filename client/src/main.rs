@@ -138,6 +138,17 @@ enum NodeAction {
     },
     /// Stop the running agorad gracefully.
     Stop,
+    /// Check the stopped node's store and repair it if it is damaged: the damaged database
+    /// is set aside (never deleted), and the catalog rebuilt from this node's journal and
+    /// archives; the next start syncs the rest from peers. Arguments after `--` go to agorad.
+    Repair {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "AGORAD_ARGS"
+        )]
+        args: Vec<String>,
+    },
     /// Print the last lines of the daemon's log.
     Logs {
         #[arg(short = 'n', default_value_t = 50)]
@@ -353,6 +364,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("log level     {}", s.log_level);
                 println!("uptime        {}", human_duration(s.uptime_secs));
                 println!("data          {}", s.data_dir);
+                if let Some(r) = &s.repair {
+                    println!("repaired      at start: {}", r.cause);
+                    if let Some(aside) = &r.set_aside {
+                        println!("              the damaged database is kept at {aside}");
+                    }
+                    let peers: u64 = r.from_peers.iter().map(|(_, n)| n).sum();
+                    println!(
+                        "              taken back: {} records from the journal, {} archives \
+                         ({} removed), {peers} records from {} peers so far",
+                        r.from_journal,
+                        r.blobs_kept,
+                        r.blobs_dropped,
+                        r.from_peers.len()
+                    );
+                }
                 println!("version       {}", s.version);
             }
             Ok(())
@@ -628,11 +654,23 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
                     return Ok(());
                 }
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(Failure::new(
-                        1,
-                        format!("agorad exited during start-up ({status})"),
-                        format!("see {}", out_path.display()),
-                    ));
+                    // agorad says why on its last lines: an `error:` and maybe a `hint:`.
+                    let said = std::fs::read_to_string(&out_path).unwrap_or_default();
+                    let last = |prefix: &str| {
+                        said.lines()
+                            .rev()
+                            .find_map(|l| l.strip_prefix(prefix))
+                            .map(str::to_owned)
+                    };
+                    let cause = match last("error: ") {
+                        Some(error) => format!("agorad could not start: {error}"),
+                        None => format!("agorad exited during start-up ({status})"),
+                    };
+                    let hint = last("hint: ").map_or_else(
+                        || format!("see {}", out_path.display()),
+                        |hint| format!("{hint} (agorad's output: {})", out_path.display()),
+                    );
+                    return Err(Failure::new(1, cause, hint));
                 }
                 if started.elapsed() > START_TIMEOUT {
                     return Err(Failure::new(
@@ -666,6 +704,7 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
             }
             Ok(())
         }
+        NodeAction::Repair { args } => repair(&paths, &args, json),
         NodeAction::LogLevel { filter } => {
             let now = client()?.set_log_level(&filter).map_err(explain)?;
             if json {
@@ -697,6 +736,70 @@ fn node(action: NodeAction, json: bool) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `agora node repair`: runs `agorad --repair` on the stopped node's store.
+fn repair(paths: &Paths, args: &[String], json: bool) -> Result<(), Failure> {
+    if Client::connect(&paths.socket).is_ok_and(|mut c| c.status().is_ok()) {
+        return Err(Failure::new(
+            1,
+            "agorad is running: it opened its store, and repairs a damaged one at start \
+             unless repair = \"off\""
+                .to_string(),
+            "stop it first with 'agora node stop'",
+        ));
+    }
+    let bin = agorad_binary();
+    let out = std::process::Command::new(&bin)
+        .arg("--repair")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Failure::new(
+                1,
+                format!("cannot run {}: {e}", bin.display()),
+                "install agorad next to agora or on PATH",
+            )
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let cause = err
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or("agorad --repair failed")
+            .to_string();
+        let hint = err
+            .lines()
+            .find_map(|l| l.strip_prefix("hint: "))
+            .unwrap_or("")
+            .to_string();
+        return Err(Failure::new(1, cause, hint));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Failure::new(1, format!("agorad --repair printed no report: {e}"), ""))?;
+    if json {
+        print_json(report);
+        return Ok(());
+    }
+    let dir = report["data_dir"].as_str().unwrap_or_default();
+    let r = &report["repaired"];
+    if r.is_null() {
+        println!("the store in {dir} is sound: nothing to repair");
+        return Ok(());
+    }
+    println!("repaired: {}", r["cause"].as_str().unwrap_or_default());
+    match r["set_aside"].as_str() {
+        Some(aside) => println!("the damaged database is kept at {aside}"),
+        None => println!("there was no database to keep"),
+    }
+    println!(
+        "taken back: {} records from this node's journal, {} archives ({} removed: they no \
+         longer matched their hash)",
+        r["from_journal"], r["blobs_kept"], r["blobs_dropped"]
+    );
+    println!("start the node ('agora node start') to sync the rest of the catalog from its peers");
+    Ok(())
 }
 
 /// 1536 → "1.5 KiB".

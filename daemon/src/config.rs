@@ -11,6 +11,7 @@
 //! http = "127.0.0.1:4180"       # the HTTP gateway (off when absent)
 //! http_hosts = ["agora.lan"]    # host names it answers for besides localhost and IP addresses
 //! otlp_endpoint = "http://127.0.0.1:4318"  # OpenTelemetry export (off when absent)
+//! repair = "auto"               # a damaged store found at start: "auto" repairs it, "off" refuses to start
 //!
 //! [trust]
 //! allowlist = []                # publisher keys (hex); empty = trust on first use
@@ -29,6 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::registry::DEFAULT_CACHE_QUOTA;
+use crate::registry::repair::RepairMode;
 use crate::registry::trust::TrustPolicy;
 
 /// Default TCP and QUIC port for Agora nodes.
@@ -71,6 +73,7 @@ struct FileConfig {
     http: Option<Spanned<String>>,
     http_hosts: Option<Vec<Spanned<String>>>,
     otlp_endpoint: Option<Spanned<String>>,
+    repair: Option<Spanned<String>>,
     trust: Option<TrustSection>,
 }
 
@@ -112,6 +115,8 @@ pub struct Config {
     /// exports nothing.
     pub otlp_endpoint: Option<String>,
     pub trust: TrustPolicy,
+    /// What to do with a store found damaged at start.
+    pub repair: RepairMode,
 }
 
 impl Config {
@@ -139,6 +144,7 @@ impl Config {
             http_hosts: Vec::new(),
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
+            repair: RepairMode::Auto,
         };
         match read_bounded(&file_path) {
             Ok(text) => config.apply_file(&file_path, &text)?,
@@ -192,6 +198,7 @@ impl Config {
             http_hosts: Vec::new(),
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
+            repair: RepairMode::Auto,
         })
     }
 
@@ -248,6 +255,9 @@ impl Config {
         if let Some(e) = file.otlp_endpoint {
             self.otlp_endpoint =
                 Some(check_endpoint(e.get_ref()).map_err(|m| at(Some(e.span()), m))?);
+        }
+        if let Some(r) = file.repair {
+            self.repair = r.get_ref().parse().map_err(|m| at(Some(r.span()), m))?;
         }
         if let Some(t) = file.trust
             && !t.allowlist.is_empty()
@@ -490,6 +500,26 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "environment variable AGORA_MDNS: expected true or false, got \"maybe\""
+        );
+    }
+
+    #[test]
+    fn a_damaged_store_is_repaired_unless_the_file_says_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.repair, RepairMode::Auto);
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "repair = \"off\"\n").unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.repair, RepairMode::Off);
+        std::fs::write(&path, "repair = \"sometimes\"\n").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:1:10: 'sometimes' is not a repair mode: use \"auto\" or \"off\"",
+                path.display()
+            )
         );
     }
 

@@ -15,7 +15,7 @@ use tracing::info;
 
 use agora_daemon::config::{Config, Flags};
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::{Service, StopSignals};
+use agora_daemon::service::{Service, ServiceError, StopSignals};
 use agora_daemon::telemetry::Telemetry;
 use agora_protocol::paths::PathEnv;
 
@@ -62,6 +62,10 @@ struct Args {
     /// Export traces and metrics over OTLP/HTTP to this collector (http://HOST:PORT).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Check the store and repair it if it is damaged, print what was done (JSON) and exit:
+    /// the damaged database is set aside, never deleted (what `agora node repair` runs).
+    #[arg(long)]
+    repair: bool,
 }
 
 fn main() {
@@ -76,6 +80,7 @@ fn main() {
         http: args.http,
         otlp_endpoint: args.otlp_endpoint,
     };
+    let repair_only = args.repair;
     let config = match Config::load(&PathEnv::from_process(), |k| std::env::var(k).ok(), flags) {
         Ok(c) => c,
         Err(e) => {
@@ -84,6 +89,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if repair_only {
+        repair(&config);
+    }
     // The identity first: once the socket exists, everything it names exists too.
     // Private: the catalog, the logs and the archives are this user's alone.
     let prepared = agora_daemon::keys::ensure_private_dir(&config.paths.data_dir)
@@ -114,7 +122,34 @@ fn main() {
 
 fn fail(e: &anyhow::Error) -> ! {
     eprintln!("error: {e:#}");
+    if let Some(file) = e
+        .downcast_ref::<ServiceError>()
+        .and_then(ServiceError::damaged_file)
+    {
+        eprintln!(
+            "hint: run 'agora node repair' to set {} aside and rebuild the store from this \
+             node's journal, its archives and its peers (or set repair = \"auto\" in \
+             config.toml to repair at start)",
+            file.display()
+        );
+    }
     std::process::exit(1);
+}
+
+/// `agorad --repair`: repairs the store if it is damaged, prints what was done and exits.
+fn repair(config: &Config) -> ! {
+    let registry = agora_daemon::service::registry_config(config);
+    match agora_daemon::registry::repair::repair_offline(&registry) {
+        Ok(repaired) => {
+            let out = serde_json::json!({
+                "data_dir": config.paths.data_dir,
+                "repaired": repaired,
+            });
+            println!("{out}");
+            std::process::exit(0);
+        }
+        Err(e) => fail(&anyhow::Error::new(e)),
+    }
 }
 
 async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow::Result<()> {

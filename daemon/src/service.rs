@@ -82,9 +82,7 @@ impl Service {
             None => None,
         };
         network.enable_mdns = config.mdns;
-        let mut registry = RegistryConfig::new(&paths.data_dir);
-        registry.cache_quota = config.cache_quota;
-        registry.trust = config.trust.clone();
+        let registry = registry_config(config);
         let node = Node::start(NodeConfig { network, registry })
             .await
             .map_err(|source| ServiceError::Start {
@@ -162,6 +160,31 @@ impl Service {
         let _ = self.server.await;
         self.node.shutdown().await;
         drop(self.socket_file);
+    }
+}
+
+/// The registry settings of `config`.
+pub fn registry_config(config: &Config) -> RegistryConfig {
+    let mut registry = RegistryConfig::new(&config.paths.data_dir);
+    registry.cache_quota = config.cache_quota;
+    registry.trust = config.trust.clone();
+    registry.repair = config.repair;
+    registry
+}
+
+impl ServiceError {
+    /// The damaged file, if the store was found damaged (and not repaired).
+    pub fn damaged_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Start {
+                source:
+                    StartError::Registry(crate::registry::RegistryError::Store(
+                        crate::store::StoreError::Damaged { file, .. },
+                    )),
+                ..
+            } => Some(file),
+            _ => None,
+        }
     }
 }
 

@@ -211,6 +211,27 @@ pub struct StatusInfo {
     /// The publisher key of this node, if one was created.
     pub publisher: Option<String>,
     pub data_dir: String,
+    /// The repair of a damaged store this start made, if it made one.
+    pub repair: Option<RepairInfo>,
+}
+
+/// What a repair of a damaged store found and recovered, and from where.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairInfo {
+    /// When it ran (seconds since the Unix epoch).
+    pub at: u64,
+    /// What was damaged, as the check found it.
+    pub cause: String,
+    /// Where the damaged database was set aside (none when it was missing).
+    pub set_aside: Option<String>,
+    /// Records taken back from this node's own-records journal.
+    pub from_journal: u64,
+    /// Archive files that matched their hash and were kept.
+    pub blobs_kept: u64,
+    /// Archive files that did not, and were removed.
+    pub blobs_dropped: u64,
+    /// Records each peer (by peer id) has sent back by sync since.
+    pub from_peers: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

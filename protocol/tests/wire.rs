@@ -223,6 +223,10 @@ proptest! {
             store_bytes: 20, cache_hits: 1, cache_misses: 2, uptime_secs: 7, version: "0.1.0".into(),
             log_level: "info".into(), http: Some("127.0.0.1:4180".into()),
             publisher: Some("ab".repeat(32)), data_dir: addr.clone(),
+            repair: Some(ipc::RepairInfo {
+                at: id, cause: addr.clone(), set_aside: Some(addr.clone()), from_journal: 3,
+                blobs_kept: 2, blobs_dropped: 1, from_peers: vec![(addr.clone(), id)],
+            }),
         };
         round_trip(&ClientMessage::Request { id, request: Request::SetLogLevel { filter: addr.clone() } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::LogLevel { filter: addr.clone() }) });

@@ -69,16 +69,25 @@ impl Daemon {
 
     /// Starts (or restarts) agorad with the kept flags.
     pub fn launch(&mut self) {
-        let mut cmd = vec!["--json", "node", "start", "--"];
-        cmd.extend(self.args.iter().map(String::as_str));
-        let out = self.command(&cmd).envs(self.env.clone()).output().unwrap();
+        let out = self.try_launch();
         assert!(
             out.status.success(),
             "agora node start failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Runs `agora node start` with the kept flags; on success, the daemon runs.
+    pub fn try_launch(&mut self) -> Output {
+        let mut cmd = vec!["--json", "node", "start", "--"];
+        cmd.extend(self.args.iter().map(String::as_str));
+        let out = self.command(&cmd).envs(self.env.clone()).output().unwrap();
+        if !out.status.success() {
+            return out;
+        }
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         self.pid = Some(v["started"]["pid"].as_i64().unwrap() as i32);
+        out
     }
 
     fn command(&self, args: &[&str]) -> Command {

@@ -232,6 +232,7 @@ pub async fn handle(
                 http: ctx.http.map(|a| a.to_string()),
                 publisher: ctx.publisher(),
                 data_dir: ctx.paths.data_dir.display().to_string(),
+                repair: registry.repair(),
             }))
         }
         Request::Peers => {

@@ -378,6 +378,12 @@ impl Catalog {
         self.lock().ids.len()
     }
 
+    /// The ids of every record the catalog holds.
+    #[cfg(test)]
+    pub fn record_ids(&self) -> Vec<RecordId> {
+        self.lock().ids.iter().copied().collect()
+    }
+
     /// Packages the search index holds (what `search` can find).
     pub fn indexed_count(&self) -> u64 {
         self.index.num_docs()

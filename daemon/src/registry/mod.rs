@@ -17,6 +17,7 @@ mod lookup;
 mod publish;
 pub mod publishers;
 pub mod refusals;
+pub mod repair;
 pub mod resolve;
 pub mod sync;
 pub mod trust;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
+use agora_protocol::ipc::RepairInfo;
 use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
 use agora_protocol::messages::{FetchRequest, GossipMessage, Refusal};
 use agora_protocol::records::{
@@ -47,6 +49,7 @@ use crate::index::{IndexError, Ticket};
 use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
 use crate::reputation::{PeerRecord, Reputation};
+use crate::store::journal::Journal;
 use crate::store::{BlobKind, BlobStore, Db, StoreError, blobs::BlobCheck};
 use archive::PackError;
 use catalog::Catalog;
@@ -76,6 +79,8 @@ pub struct RegistryConfig {
     pub sync_interval: Duration,
     /// What each publishing key may have admitted from gossip.
     pub publisher_rates: publishers::PublisherRates,
+    /// What to do with a store found damaged at start.
+    pub repair: repair::RepairMode,
 }
 
 impl RegistryConfig {
@@ -86,6 +91,7 @@ impl RegistryConfig {
             trust: TrustPolicy::FirstUse,
             sync_interval: sync::SYNC_INTERVAL,
             publisher_rates: publishers::PublisherRates::default(),
+            repair: repair::RepairMode::Auto,
         }
     }
 }
@@ -237,6 +243,8 @@ pub struct Registry {
     db: Arc<Db>,
     pub blobs: BlobStore,
     pub catalog: Catalog,
+    /// The records this node signed or announced, written ahead of the catalog.
+    journal: Journal,
     reputation: Mutex<Reputation>,
     /// Serialises publishes and yanks so that a name's chain is extended one at a time.
     authoring: tokio::sync::Mutex<()>,
@@ -250,6 +258,8 @@ pub struct Registry {
     fetching: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: Arc<RegistryStats>,
     pub startup: StartupReport,
+    /// The repair this start made, with what peers have sent back since.
+    repair: Mutex<Option<RepairInfo>>,
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
     to_restore: Mutex<Vec<libp2p::kad::Record>>,
     sync_interval: Duration,
@@ -263,6 +273,8 @@ pub struct StartupReport {
     pub index_rebuilt: bool,
     /// Names re-indexed on top of the saved index (the catalog grew after its seal).
     pub index_caught_up: usize,
+    /// Records of the own-records journal the catalog lacked and took.
+    pub from_journal: u64,
     pub millis: u128,
 }
 
@@ -310,42 +322,35 @@ impl Registry {
     /// blobs. Blocking: call before the node starts serving.
     pub fn open(config: &RegistryConfig, net: NetworkHandle) -> Result<Arc<Self>, RegistryError> {
         let started = Instant::now();
-        let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(crate::store::io_err(dir))?;
-        let db = Arc::new(Db::open(&dir.join("catalog.redb"))?);
-        let (blobs, blob_check) = BlobStore::open(dir, db.clone(), config.cache_quota)?;
-        let stats = Arc::new(RegistryStats::default());
-        let (catalog, opened) = Catalog::open(
-            db.clone(),
-            dir,
-            &config.trust,
-            &blobs.published(),
-            stats.clone(),
-        )?;
-        let restore = opened
+        let (store, repaired) = repair::open(config)?;
+        let restore = store
+            .opened
             .restore
             .into_iter()
             .map(|(key, value)| libp2p::kad::Record::new(key, value))
             .collect();
         let registry = Self {
             net,
-            db,
-            blobs,
-            catalog,
+            db: store.db,
+            blobs: store.blobs,
+            catalog: store.catalog,
+            journal: store.journal,
             reputation: Mutex::new(Reputation::default()),
             authoring: tokio::sync::Mutex::new(()),
             publishers: Mutex::new(publishers::PublisherBudget::new(config.publisher_rates)),
             syncing: Mutex::new(HashSet::new()),
             settled: Mutex::new(sync::Settled::default()),
             fetching: Mutex::new(HashMap::new()),
-            stats,
+            stats: store.stats,
             startup: StartupReport {
-                records: opened.records,
-                blobs: blob_check,
-                index_rebuilt: opened.index_rebuilt,
-                index_caught_up: opened.index_caught_up,
+                records: store.opened.records,
+                blobs: store.blob_check,
+                index_rebuilt: store.opened.index_rebuilt,
+                index_caught_up: store.opened.index_caught_up,
+                from_journal: store.from_journal,
                 millis: 0,
             },
+            repair: Mutex::new(repaired),
             to_restore: Mutex::new(restore),
             sync_interval: config.sync_interval,
         };
@@ -370,6 +375,25 @@ impl Registry {
             "registry open"
         );
         Ok(Arc::new(registry))
+    }
+
+    /// The repair of a damaged store this start made, with the records each peer has sent
+    /// back by sync since.
+    pub fn repair(&self) -> Option<RepairInfo> {
+        lock(&self.repair).clone()
+    }
+
+    /// Counts records a sync with `peer` added, in the repair report if this start repaired.
+    pub(crate) fn note_synced(&self, peer: PeerId, added: usize) {
+        let mut repair = lock(&self.repair);
+        let Some(report) = repair.as_mut().filter(|_| added > 0) else {
+            return;
+        };
+        let peer = peer.to_string();
+        match report.from_peers.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, n)) => *n += added as u64,
+            None => report.from_peers.push((peer, added as u64)),
+        }
     }
 
     fn reputation_lock(&self) -> MutexGuard<'_, Reputation> {

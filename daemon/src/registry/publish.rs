@@ -12,13 +12,12 @@ impl Registry {
     pub async fn announce(self: &Arc<Self>, record: ReleaseRecord) -> Result<(), RegistryError> {
         let reg = self.clone();
         let r = record.clone();
-        let result =
-            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Release(r)], false)).await?;
-        match &result[0].1 {
+        let (id, result) = blocking(move || reg.take_own(CatalogRecord::Release(r), false)).await?;
+        match result {
             Ingested::Added(_) | Ingested::Duplicate => {}
-            Ingested::Invalid(e) => return Err(e.clone().into()),
-            Ingested::Refused(e) => return Err(e.clone().into()),
-            Ingested::RefusedBefore => return Err(RegistryError::RefusedBefore(result[0].0)),
+            Ingested::Invalid(e) => return Err(e.into()),
+            Ingested::Refused(e) => return Err(e.into()),
+            Ingested::RefusedBefore => return Err(RegistryError::RefusedBefore(id)),
         }
         self.put_dht(DhtValue::Release(record.clone())).await?;
         self.gossip(GossipMessage::Release(record)).await?;
@@ -135,6 +134,35 @@ impl Registry {
         })
     }
 
+    /// Takes a record this node signed or was asked to announce: written ahead to the
+    /// own-records journal (it may reach no peer before this node's disk fails), then to the
+    /// catalog, and cut off the journal again if the catalog did not add it. Blocking.
+    fn ingest_own(
+        &self,
+        record: CatalogRecord,
+        verified: bool,
+    ) -> Result<((RecordId, Ingested), Ticket), RegistryError> {
+        self.journal.write_ahead(&record.clone(), || {
+            let (mut decided, ticket) =
+                self.catalog
+                    .ingest_durable(vec![record], verified, |_| {})?;
+            let decided = decided.remove(0);
+            let added = matches!(decided.1, Ingested::Added(_));
+            Ok(((decided, ticket), added))
+        })
+    }
+
+    /// [`ingest_own`](Self::ingest_own), and the search index brought up to date.
+    fn take_own(
+        &self,
+        record: CatalogRecord,
+        verified: bool,
+    ) -> Result<(RecordId, Ingested), RegistryError> {
+        let (decided, ticket) = self.ingest_own(record, verified)?;
+        self.catalog.flush_index(ticket)?;
+        Ok(decided)
+    }
+
     fn publish_local(
         &self,
         dir: &Path,
@@ -151,14 +179,11 @@ impl Registry {
         // The archive first: a record whose archive cannot be served helps nobody.
         self.blobs
             .insert(&data, Some(info.id), BlobKind::Published)?;
-        let (result, ticket) = self.catalog.ingest_durable(
-            vec![CatalogRecord::Release(record.clone())],
-            true,
-            |_| {},
-        )?;
-        match &result[0].1 {
+        let ((_, result), ticket) =
+            self.ingest_own(CatalogRecord::Release(record.clone()), true)?;
+        match result {
             Ingested::Added(Admission::Release) => {}
-            Ingested::Refused(e) => return Err(e.clone().into()),
+            Ingested::Refused(e) => return Err(e.into()),
             other => {
                 return Err(RegistryError::Internal(format!(
                     "own release was not admitted: {other:?}"
@@ -210,10 +235,9 @@ impl Registry {
         )?;
         let reg = self.clone();
         let y = yank.clone();
-        let result =
-            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Yank(y)], true)).await?;
-        if let Ingested::Refused(e) = &result[0].1 {
-            return Err(e.clone().into());
+        let (_, result) = blocking(move || reg.take_own(CatalogRecord::Yank(y), true)).await?;
+        if let Ingested::Refused(e) = result {
+            return Err(e.into());
         }
         self.gossip(GossipMessage::Yank(yank.clone())).await?;
         Ok(yank)
@@ -243,10 +267,9 @@ impl Registry {
         )?;
         let reg = self.clone();
         let r = rotation.clone();
-        let result =
-            blocking(move || reg.catalog.ingest(vec![CatalogRecord::Rotation(r)], true)).await?;
-        if let Ingested::Refused(e) = &result[0].1 {
-            return Err(e.clone().into());
+        let (_, result) = blocking(move || reg.take_own(CatalogRecord::Rotation(r), true)).await?;
+        if let Ingested::Refused(e) = result {
+            return Err(e.into());
         }
         self.gossip(GossipMessage::Rotation(rotation.clone()))
             .await?;

@@ -145,6 +145,7 @@ pub async fn sync_with(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncRep
         .unwrap_or(Err(SyncError::Deadline));
     registry.end_sync(&peer);
     if let Ok(report) = &result {
+        registry.note_synced(peer, report.added);
         let stats = &registry.stats;
         stats
             .records_synced

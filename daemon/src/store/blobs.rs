@@ -166,6 +166,65 @@ impl BlobStore {
         Ok((store, check))
     }
 
+    /// Takes back the blob files under `root` into a new database `db` (one whose metadata was
+    /// lost with a damaged one), before the store is opened (which would delete them as
+    /// files no metadata owns): each file is hashed, and kept as a fetched blob if it matches
+    /// its name, removed if not. Returns how many were kept and how many removed.
+    pub fn readopt(root: &Path, db: &Db) -> Result<(u64, u64), StoreError> {
+        let (mut kept, mut dropped) = (Vec::new(), 0);
+        let blobs = root.join("blobs");
+        if !blobs.exists() {
+            return Ok((0, 0));
+        }
+        for shard in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
+            let shard = shard.map_err(io_err(&blobs))?.path();
+            if !shard.is_dir() {
+                continue; // not the store's: start-up leaves it alone, so does this
+            }
+            for entry in fs::read_dir(&shard).map_err(io_err(&shard))? {
+                let path = entry.map_err(io_err(&shard))?.path();
+                let named = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<ContentId>().ok());
+                let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+                match named {
+                    Some(id) if path.is_file() && hash_file(&path)? == id => kept.push((id, size)),
+                    _ => {
+                        remove_any(&path)?;
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        let txn = db.raw().begin_write()?;
+        {
+            let mut table = txn.open_table(BLOBS)?;
+            for (id, size) in &kept {
+                let meta = BlobMeta {
+                    size: *size,
+                    kind: BlobKind::Fetched,
+                    pinned: false,
+                    last_used: 0,
+                };
+                table.insert(id.as_bytes(), encode_meta(&meta).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok((kept.len() as u64, dropped))
+    }
+
+    /// Makes a blob held here one that is never evicted, as published from this node.
+    pub fn keep_as_published(&self, id: &ContentId) -> Result<(), StoreError> {
+        let Some(meta) = self.meta(id) else {
+            return Ok(());
+        };
+        if meta.kind != BlobKind::Published {
+            self.record(*id, meta.size, BlobKind::Published)?;
+        }
+        Ok(())
+    }
+
     /// Removes partial downloads a fetch will not resume (no fetch runs at start-up): those
     /// older than [`PARTIAL_MAX_AGE`] or not named by a content id, then the oldest while
     /// they and the cached blobs are over the quota together. Returns how many went.

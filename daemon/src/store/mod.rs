@@ -8,6 +8,7 @@
 //! a peer who controls the bytes could try to collide). Never called from the event loop.
 
 pub mod blobs;
+pub mod journal;
 
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
@@ -176,6 +177,10 @@ pub enum StoreError {
     InUse(PathBuf),
     #[error("the store is corrupt: {0}")]
     Corrupt(String),
+    /// A file of the store is damaged (the disk changed it under us, or it was cut short):
+    /// `agora node repair` sets it aside and rebuilds it.
+    #[error("{} is damaged: {cause}", .file.display())]
+    Damaged { file: PathBuf, cause: String },
     #[error("content hashes to {got}, expected {expected}")]
     HashMismatch {
         expected: agora_protocol::ContentId,
@@ -255,11 +260,21 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (or creates) the database at `path` and makes sure every table exists. If another
-    /// process holds it (a daemon that is still exiting), waits up to [`DB_LOCK_WAIT`].
+    /// Opens (or creates) the database at `path`, checks every page it uses against its
+    /// checksum and makes sure every table exists. If another process holds it (a daemon that
+    /// is still exiting), waits up to [`DB_LOCK_WAIT`]. A file the disk changed or cut short is
+    /// [`StoreError::Damaged`], whatever way it shows (redb panics on some damaged pages).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        catch_panic(path, || Self::open_checked(path)).map_err(|e| damage(path, e))
+    }
+
+    fn open_checked(path: &Path) -> Result<Self, StoreError> {
         let started = Instant::now();
-        let db = loop {
+        let damaged = |cause: String| StoreError::Damaged {
+            file: path.to_owned(),
+            cause,
+        };
+        let mut db = loop {
             match Database::builder()
                 .set_cache_size(DB_CACHE_BYTES)
                 .create(path)
@@ -273,9 +288,26 @@ impl Db {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                     return Err(StoreError::InUse(path.to_owned()));
                 }
+                Err(redb::DatabaseError::Storage(e)) if is_damage(&e) => {
+                    return Err(damaged(e.to_string()));
+                }
                 Err(e) => return Err(e.into()),
             }
         };
+        // The page checksums are otherwise only read after a crash: a page the disk changed
+        // since a clean shutdown would be read as it is, or make redb panic mid-query.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                file = %path.display(),
+                "the database was repaired by its storage engine; what it lost comes back from \
+                 this node's journal and its peers"
+            ),
+            Err(redb::DatabaseError::Storage(e)) if is_damage(&e) => {
+                return Err(damaged(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let txn = db.begin_write()?;
         {
             txn.open_table(LOG)?;
@@ -644,6 +676,83 @@ impl Db {
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
         Ok(out)
+    }
+}
+
+/// Where a damaged `file` is set aside: its name with `.{what}-{UTC time}` appended (and a
+/// number, if that is taken). Nothing is deleted: what it still holds may be wanted.
+pub fn aside_name(file: &Path, what: &str) -> PathBuf {
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let base = format!("{}.{what}-{stamp}", file.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{base}-{n}"));
+    }
+    aside
+}
+
+/// Syncs the directory holding `file`, so that a rename or creation in it is durable.
+pub fn sync_dir(file: &Path) -> Result<(), StoreError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Whether redb failed because its file is damaged (not because of the disk being full, a
+/// permission, or another process).
+fn is_damage(e: &redb::StorageError) -> bool {
+    match e {
+        redb::StorageError::Corrupted(_) => true,
+        redb::StorageError::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `work` on the store at `file`, turning a panic of the storage engine (redb panics on
+/// some damaged pages) into [`StoreError::Damaged`].
+pub fn catch_panic<T, E: From<StoreError>>(
+    file: &Path,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(StoreError::Damaged {
+            file: file.to_owned(),
+            cause: format!("the storage engine failed reading it ({message})"),
+        }
+        .into())
+    })
+}
+
+/// `e`, or [`StoreError::Damaged`] naming `file` if `e` shows the store at `file` is damaged:
+/// an entry that does not decode or a check of Agora's own that fails, or redb reporting
+/// corruption or a file cut short.
+pub fn damage(file: &Path, e: StoreError) -> StoreError {
+    let damaged = |cause: String| StoreError::Damaged {
+        file: file.to_owned(),
+        cause,
+    };
+    match e {
+        StoreError::Corrupt(cause) => damaged(cause),
+        StoreError::Db(redb::Error::Corrupted(cause)) => damaged(cause),
+        StoreError::Db(redb::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            damaged(e.to_string())
+        }
+        other => other,
     }
 }
 
