@@ -215,3 +215,71 @@ fn without_peers_the_node_serves_its_own_and_catches_up_or_refuses_when_repair_i
     wait_for_records(&mine, 2, "the catalog catches up from the peer");
     install(&mine, "alone-theirs");
 }
+
+/// A byte of a published archive changed on disk: a peer's request for it is refused (no bad
+/// bytes are sent, and the node is not banned for them), the file is dropped, and the node
+/// fetches the archive again from a peer that holds it once one is online.
+#[test]
+fn a_damaged_archive_is_never_served_and_is_fetched_again_from_a_peer() {
+    let src = tempfile::tempdir().unwrap();
+    let mine = Daemon::start(None);
+    mine.json(&["keygen"]);
+    publish(&mine, src.path(), "rot-pkg");
+    let sha = mine.json(&["info", "rot-pkg"])["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let blob = mine.data_dir().join("blobs").join(&sha[..2]).join(&sha);
+    let mut holder = Daemon::start(Some(&mine.address()));
+    install(&holder, "rot-pkg");
+    holder.stop();
+
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let sound = bytes.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let asker = Daemon::start(Some(&mine.address()));
+    let project = tempfile::tempdir().unwrap();
+    let out = asker.agora(&[
+        "install",
+        "rot-pkg",
+        "--dir",
+        project.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "installed from a damaged archive");
+    assert!(!blob.exists(), "the damaged file is dropped");
+    let mine_id = status(&mine)["peer_id"].clone();
+    let peers = asker.json(&["peers"]);
+    let seen = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == mine_id)
+        .unwrap_or_else(|| panic!("not connected to the node: {peers}"));
+    assert!(seen["score"].is_number(), "the node was banned: {seen}");
+    assert_eq!(
+        mine.json(&["status"])["repair"],
+        Value::Null,
+        "the store itself was sound"
+    );
+
+    holder.args = vec![
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--no-mdns".into(),
+        "--bootstrap".into(),
+        mine.address(),
+    ];
+    holder.launch();
+    wait_until(
+        "the node fetches its archive again",
+        || match std::fs::read(&blob) {
+            Ok(now) if now == sound => Ok(()),
+            Ok(_) => Err("the file differs".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    install(&asker, "rot-pkg");
+}

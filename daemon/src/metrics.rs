@@ -337,7 +337,7 @@ struct OtelInstruments {
 }
 
 /// The registry's counters: (name without `agora_` and `_total`, help, value).
-pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 20] {
+pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 21] {
     use std::sync::atomic::Ordering::Relaxed;
     let v = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
     [
@@ -436,6 +436,11 @@ pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 20] {
             "peers_banned",
             "Peers banned for serving bad data",
             v(&s.peers_banned),
+        ),
+        (
+            "blobs_damaged",
+            "Archives whose files the disk damaged, dropped and fetched again if kept here",
+            v(&s.blobs_damaged),
         ),
     ]
 }

@@ -332,8 +332,12 @@ impl SearchIndex {
                 .schema(schema.clone())
                 .settings(schema::settings())
         };
-        let saved = match seal {
-            Some(seal) => snapshot::load(dir, &seal.text())?,
+        let saved = match seal.map(|seal| snapshot::load(dir, &seal.text())) {
+            Some(Ok(saved)) => saved,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "saved search index unreadable; rebuilding it");
+                None
+            }
             None => None,
         };
         let saved = saved.and_then(|ram| match builder().open_or_create(ram.clone()) {
@@ -1018,6 +1022,67 @@ mod tests {
         assert_eq!(index.num_docs(), 1);
         index.seal(seal(1)).unwrap();
         assert!(!dir.exists(), "nothing saved");
+    }
+
+    /// A byte flipped in any file of the saved copy, or a file cut short or gone: the copy is
+    /// not used (the caller rebuilds the index from the catalog) and nothing fails.
+    #[test]
+    fn a_damaged_saved_copy_is_never_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("index");
+        let (index, _) = SearchIndex::open(&dir, None).unwrap();
+        let docs: Vec<IndexDoc> = (0..50)
+            .map(|i| doc(&format!("pkg-{i}"), "templates for a web app", "web", i))
+            .collect();
+        index.update(&docs, &[]).unwrap();
+        index.seal(seal(50)).unwrap();
+        drop(index);
+        let saved = tmp.path().join("saved");
+        std::fs::rename(&dir, &saved).unwrap();
+        let files: Vec<String> = std::fs::read_dir(&saved)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != snapshot::SEAL_FILE)
+            .collect();
+        assert!(files.len() >= 4, "{files:?}");
+        let copy = || {
+            std::fs::create_dir_all(&dir).unwrap();
+            for e in std::fs::read_dir(&saved).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        };
+        copy();
+        let (index, kept) = SearchIndex::open(&dir, Some(seal(50))).unwrap();
+        assert!(kept && index.num_docs() == 50, "the sound copy is used");
+        drop(index);
+        for file in &files {
+            let bytes = std::fs::read(saved.join(file)).unwrap();
+            let damages: [(&str, Option<Vec<u8>>); 3] = [
+                ("a flipped byte", {
+                    let mut b = bytes.clone();
+                    if !b.is_empty() {
+                        let middle = b.len() / 2;
+                        b[middle] ^= 0x10;
+                    }
+                    Some(b)
+                }),
+                ("cut short", Some(bytes[..bytes.len() / 2].to_vec())),
+                ("gone", None),
+            ];
+            for (how, damaged) in damages {
+                std::fs::remove_dir_all(&dir).unwrap();
+                copy();
+                match damaged {
+                    Some(b) => std::fs::write(dir.join(file), b).unwrap(),
+                    None => std::fs::remove_file(dir.join(file)).unwrap(),
+                }
+                let (index, kept) = SearchIndex::open(&dir, Some(seal(50)))
+                    .unwrap_or_else(|e| panic!("{file} {how}: {e}"));
+                assert!(!kept, "{file} {how}: the damaged copy was used");
+                assert_eq!(index.num_docs(), 0, "{file} {how}");
+            }
+        }
     }
 
     #[test]

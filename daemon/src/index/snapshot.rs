@@ -18,6 +18,10 @@ use tantivy::directory::{Directory, MmapDirectory, RamDirectory};
 
 /// Written last, synced, in a snapshot directory: its content says what the snapshot holds.
 pub const SEAL_FILE: &str = "agora-sealed";
+/// Written before the seal: each other file's name, length and CRC-32, one per line. A copy
+/// whose files do not match it is not used: tantivy checks a segment file only when a search
+/// reads it, and not its metadata files at all.
+pub const FILES: &str = "agora-files";
 
 /// tantivy's lock files: held by a live writer, never part of a snapshot.
 fn is_lock(name: &str) -> bool {
@@ -45,17 +49,38 @@ pub fn load(dir: &Path, seal: &str) -> io::Result<Option<RamDirectory>> {
     if read_seal(dir)?.as_deref() != Some(seal) {
         return Ok(None);
     }
+    let listed = fs::read_to_string(dir.join(FILES))?;
+    let mut expected: std::collections::HashMap<&str, &str> = listed
+        .lines()
+        .filter_map(|line| line.split_once(' ').map(|(sum, name)| (name, sum)))
+        .collect();
     let ram = RamDirectory::create();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !entry.file_type()?.is_file() || name == SEAL_FILE || is_lock(&name) {
+        if !entry.file_type()?.is_file() || name == SEAL_FILE || name == FILES || is_lock(&name) {
             continue;
         }
-        ram.atomic_write(Path::new(name.as_ref()), &fs::read(entry.path())?)?;
+        let bytes = fs::read(entry.path())?;
+        if expected.remove(name.as_ref()) != Some(summary(&bytes).as_str()) {
+            return Err(damaged(format!("{name} is not as it was saved")));
+        }
+        ram.atomic_write(Path::new(name.as_ref()), &bytes)?;
+    }
+    if let Some(name) = expected.keys().next() {
+        return Err(damaged(format!("{name} is missing")));
     }
     Ok(Some(ram))
+}
+
+fn damaged(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// A file's length and CRC-32, as [`FILES`] lists them.
+fn summary(bytes: &[u8]) -> String {
+    format!("{}:{:08x}", bytes.len(), crc32fast::hash(bytes))
 }
 
 /// Finishes or undoes a save that stopped: a staging directory it left is removed, or, if
@@ -88,12 +113,20 @@ pub fn save(ram: &RamDirectory, dir: &Path, seal: &str) -> Result<(), tantivy::T
     fs::create_dir_all(&next)?;
     // MmapDirectory syncs each file it writes.
     ram.persist(&MmapDirectory::open(&next)?)?;
+    let mut listed = String::new();
     for entry in fs::read_dir(&next)? {
         let entry = entry?;
-        if is_lock(&entry.file_name().to_string_lossy()) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if is_lock(&name) {
             fs::remove_file(entry.path())?;
+        } else {
+            listed.push_str(&format!("{} {name}\n", summary(&fs::read(entry.path())?)));
         }
     }
+    let mut file = File::create(next.join(FILES))?;
+    file.write_all(listed.as_bytes())?;
+    file.sync_all()?;
     let mut file = File::create(next.join(SEAL_FILE))?;
     file.write_all(seal.as_bytes())?;
     file.sync_all()?;

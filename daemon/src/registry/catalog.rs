@@ -17,7 +17,8 @@ use agora_protocol::ipc::IndexState;
 use agora_protocol::limits::{MAX_HEAD_VERSIONS, SYNC_BUCKETS};
 use agora_protocol::messages::BucketDigest;
 use agora_protocol::records::{
-    CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody, ReleaseRecord, Signed,
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, RecordError, RecordId, ReleaseBody,
+    ReleaseRecord, Signed,
 };
 use agora_protocol::search::{SearchQuery, SearchResults};
 use agora_protocol::{
@@ -100,6 +101,9 @@ pub struct Opened {
     pub index_rebuilt: bool,
     /// Names re-indexed on top of the saved index (the catalog grew after its seal).
     pub index_caught_up: usize,
+    /// The description of each archive `held` named, from its release in the catalog: what
+    /// the archive's chunks must hash to.
+    pub archives: Vec<ArchiveInfo>,
 }
 
 impl Catalog {
@@ -111,6 +115,7 @@ impl Catalog {
         dir: &Path,
         policy: &TrustPolicy,
         published: &HashSet<ContentId>,
+        held: &HashSet<ContentId>,
         stats: Arc<RegistryStats>,
     ) -> Result<(Self, Opened), RegistryError> {
         let started = Instant::now();
@@ -126,6 +131,7 @@ impl Catalog {
         // What this node put on the DHT itself (its heads and the releases it published),
         // collected during the replay so the log is read once.
         let mut restore: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut archives = Vec::new();
         let index_dir = dir.join("index");
         let mut catch_up = SearchIndex::saved_seal(&index_dir).map(CatchUp::new);
         let snapshot = db.load_catalog(|id, record| {
@@ -137,11 +143,14 @@ impl Catalog {
                 return Err(StoreError::Corrupt(format!("replaying record {id}: {e}")));
             }
             memory.ids.insert(id);
-            if let CatalogRecord::Release(r) = record
-                && published.contains(&r.body.archive.id)
-            {
-                let value = DhtValue::Release(r);
-                restore.push((value.key().to_bytes(), value.encode()));
+            if let CatalogRecord::Release(r) = record {
+                if held.contains(&r.body.archive.id) {
+                    archives.push(r.body.archive.clone());
+                }
+                if published.contains(&r.body.archive.id) {
+                    let value = DhtValue::Release(r);
+                    restore.push((value.key().to_bytes(), value.encode()));
+                }
             }
             Ok(())
         })?;
@@ -209,6 +218,7 @@ impl Catalog {
                 restore,
                 index_rebuilt,
                 index_caught_up,
+                archives,
             },
         ))
     }

@@ -400,9 +400,16 @@ mod on_disk {
     fn open(dir: &Path) -> Catalog {
         let db = Arc::new(Db::open(&dir.join("catalog.redb")).unwrap());
         let stats = Arc::new(RegistryStats::default());
-        Catalog::open(db, dir, &TrustPolicy::FirstUse, &HashSet::new(), stats)
-            .unwrap()
-            .0
+        Catalog::open(
+            db,
+            dir,
+            &TrustPolicy::FirstUse,
+            &HashSet::new(),
+            &HashSet::new(),
+            stats,
+        )
+        .unwrap()
+        .0
     }
 
     /// Offers `records` until the catalog takes no more of them, as repeated syncs would.

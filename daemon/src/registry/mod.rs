@@ -11,6 +11,7 @@ pub mod archive;
 pub mod catalog;
 #[cfg(test)]
 mod convergence;
+mod damaged;
 pub mod fetch;
 pub mod inbound;
 mod lookup;
@@ -32,7 +33,7 @@ use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
 use agora_protocol::ipc::RepairInfo;
 use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
-use agora_protocol::messages::{FetchRequest, GossipMessage, Refusal};
+use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, PackageHead, RecordError, RecordId, ReleaseBody, ReleaseRecord,
     RotationBody, Signed, YankBody,
@@ -125,6 +126,8 @@ pub struct RegistryStats {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub peers_banned: AtomicU64,
+    /// Archives whose files were found damaged (and dropped) since start.
+    pub blobs_damaged: AtomicU64,
 }
 
 /// Why a registry operation failed. Each variant is something the caller can act on.
@@ -409,23 +412,6 @@ impl Registry {
         self.sync_interval
     }
 
-    /// The chunk a peer asks for, cut as it asks (the blob's bytes are checked against its
-    /// id, so every cut of them is right), or why not. Blocking (reads the blob file).
-    pub(crate) fn chunk(&self, request: &FetchRequest) -> Result<Vec<u8>, Refusal> {
-        let id = &request.content;
-        let size = self.blobs.meta(id).ok_or(Refusal::NotFound)?.size;
-        let (start, len) = request.range(size).ok_or(Refusal::OutOfRange)?;
-        let data = self
-            .blobs
-            .read_range(id, start, len)
-            .map_err(|_| Refusal::NotFound)?;
-        Self::count(&self.stats.chunks_served);
-        self.stats
-            .bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
-    }
-
     /// Stores `data` as the published blob `info` describes, and provides it on the DHT.
     pub async fn add_blob_with(
         self: &Arc<Self>,
@@ -433,6 +419,7 @@ impl Registry {
         data: Vec<u8>,
     ) -> Result<(), RegistryError> {
         let id = info.id;
+        self.blobs.describe(&info);
         let reg = self.clone();
         blocking(move || {
             reg.blobs.insert(&data, Some(id), BlobKind::Published)?;
@@ -540,7 +527,17 @@ impl Registry {
     ) -> Result<FetchedBlob, RegistryError> {
         let (n, v) = (name.clone(), version.clone());
         let record = self.read(move |c| c.release(&n, &v)).await?;
-        let info = record.body.archive.clone();
+        self.blobs.describe(&record.body.archive);
+        self.fetch_archive(record.body.archive, on_progress).await
+    }
+
+    /// Makes the archive `info` describes local: from the store if it is there and sound,
+    /// otherwise from its providers.
+    async fn fetch_archive(
+        self: &Arc<Self>,
+        info: ArchiveInfo,
+        on_progress: Option<fetch::ProgressFn>,
+    ) -> Result<FetchedBlob, RegistryError> {
         if let Some(hit) = self.cached_blob(&info).await? {
             return Ok(hit);
         }
@@ -647,8 +644,17 @@ impl Registry {
         }
         let reg = self.clone();
         let id = info.id;
-        // A use: moves it to the back of the eviction queue.
-        blocking(move || Ok(reg.blobs.read_range(&id, 0, 0)?)).await?;
+        // A use: moves it to the back of the eviction queue. Checked whole: a file the disk
+        // damaged is never handed out.
+        let sound = blocking(move || {
+            reg.blobs.read_range(&id, 0, 0)?;
+            Ok(reg.blobs.is_sound(&id)?)
+        })
+        .await?;
+        if !sound {
+            self.blob_damaged(id, None);
+            return Ok(None);
+        }
         Ok(Some(FetchedBlob {
             content: info.id,
             path: self.blobs.blob_path(&info.id),

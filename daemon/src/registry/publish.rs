@@ -177,6 +177,7 @@ impl Registry {
         let info = body.archive.clone();
         let record = Signed::sign(body, secret)?;
         // The archive first: a record whose archive cannot be served helps nobody.
+        self.blobs.describe(&info);
         self.blobs
             .insert(&data, Some(info.id), BlobKind::Published)?;
         let ((_, result), ticket) =

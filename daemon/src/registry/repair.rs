@@ -140,6 +140,7 @@ fn open_checked(config: &RegistryConfig) -> Result<Store, RegistryError> {
             dir,
             &config.trust,
             &blobs.published(),
+            &blobs.ids().into_iter().collect(),
             stats.clone(),
         )?;
         Ok::<_, RegistryError>((db, blobs, blob_check, catalog, opened, stats))
@@ -154,6 +155,9 @@ fn open_checked(config: &RegistryConfig) -> Result<Store, RegistryError> {
             bytes = check.torn_bytes,
             "cut off a torn append at the end of the journal"
         );
+    }
+    for info in &opened.archives {
+        blobs.describe(info);
     }
     let from_journal = take_journal(&catalog, &blobs, own)?;
     Ok(Store {
@@ -202,6 +206,7 @@ fn take_journal(
     for record in &own {
         if let CatalogRecord::Release(r) = record {
             blobs.keep_as_published(&r.body.archive.id)?;
+            blobs.describe(&r.body.archive);
         }
     }
     let missing: Vec<CatalogRecord> = own

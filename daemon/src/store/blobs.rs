@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use agora_protocol::records::ArchiveInfo;
 use agora_protocol::{ContentHasher, ContentId};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,20 @@ pub struct BlobStore {
     db: Arc<Db>,
     quota: u64,
     state: Mutex<State>,
+    /// The description of each blob held, from its signed release as far as this node knows
+    /// it: what each chunk must hash to. A blob is never served without it.
+    described: Mutex<HashMap<ContentId, Arc<ArchiveInfo>>>,
+}
+
+/// Why checked bytes of a blob could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckedReadError {
+    #[error("no description known for blob {0}: its chunks cannot be checked")]
+    Undescribed(ContentId),
+    #[error("chunk {chunk} of blob {id} does not match its hash: the file is damaged")]
+    Damaged { id: ContentId, chunk: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl BlobStore {
@@ -116,6 +131,7 @@ impl BlobStore {
             root: root.to_owned(),
             db,
             quota,
+            described: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 clock: metas
                     .values()
@@ -212,6 +228,75 @@ impl BlobStore {
         }
         txn.commit()?;
         Ok((kept.len() as u64, dropped))
+    }
+
+    /// Records the description of a blob (held now or soon) from its signed release: its
+    /// chunks are checked against it before they are served.
+    pub fn describe(&self, info: &ArchiveInfo) {
+        crate::lock(&self.described)
+            .entry(info.id)
+            .or_insert_with(|| Arc::new(info.clone()));
+    }
+
+    /// The description recorded for blob `id`.
+    pub fn description(&self, id: &ContentId) -> Option<Arc<ArchiveInfo>> {
+        crate::lock(&self.described).get(id).cloned()
+    }
+
+    /// Reads `len` bytes at `offset` of blob `id`, after checking every chunk they fall in
+    /// against the hash its release gives (the disk may have changed the file since it was
+    /// checked whole).
+    pub fn read_checked(
+        &self,
+        id: &ContentId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, CheckedReadError> {
+        let info = self
+            .description(id)
+            .ok_or(CheckedReadError::Undescribed(*id))?;
+        let chunk = u64::from(info.chunk_size.max(1));
+        let first = offset / chunk;
+        let end = (offset + len as u64).min(info.size);
+        let last = end.saturating_sub(1) / chunk;
+        let from = first * chunk;
+        let to = ((last + 1) * chunk).min(info.size);
+        if len == 0 || end <= offset {
+            return Ok(Vec::new());
+        }
+        let bytes = self.read_range(id, from, (to - from) as usize)?;
+        for (k, piece) in bytes.chunks(chunk as usize).enumerate() {
+            let index = first + k as u64;
+            let expected = info.chunks.get(index as usize);
+            if expected != Some(&ContentId::of(piece)) {
+                return Err(CheckedReadError::Damaged {
+                    id: *id,
+                    chunk: index as u32,
+                });
+            }
+        }
+        let start = (offset - from) as usize;
+        Ok(bytes[start..start + len].to_vec())
+    }
+
+    /// Whether blob `id`'s file still hashes to `id` (read whole).
+    pub fn is_sound(&self, id: &ContentId) -> Result<bool, StoreError> {
+        Ok(hash_file(&self.blob_path(id))? == *id)
+    }
+
+    /// Removes blob `id` (its file and its metadata); returns its metadata if it was held.
+    pub fn discard(&self, id: &ContentId) -> Result<Option<BlobMeta>, StoreError> {
+        let Some(meta) = self.meta(id) else {
+            return Ok(None);
+        };
+        self.forget(id)?;
+        let path = self.blob_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        Ok(Some(meta))
     }
 
     /// Makes a blob held here one that is never evicted, as published from this node.
@@ -613,6 +698,56 @@ mod tests {
             .into_iter()
             .filter(|e| e.as_ref().unwrap().file_type().is_file())
             .count()
+    }
+
+    #[test]
+    fn chunks_are_read_only_after_the_chunks_they_fall_in_match_their_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), 1 << 20);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let info = ArchiveInfo::describe(&data, 4096);
+        let (id, _) = store.insert(&data, None, BlobKind::Published).unwrap();
+        assert!(matches!(
+            store.read_checked(&id, 0, 10),
+            Err(CheckedReadError::Undescribed(u)) if u == id
+        ));
+        store.describe(&info);
+        // Whole chunks, a cut across two, the short last one.
+        for (offset, len) in [(0, 4096), (4090, 20), (8192, 1808), (9999, 1)] {
+            let read = store.read_checked(&id, offset, len).unwrap();
+            assert!(
+                read == data[offset as usize..offset as usize + len],
+                "{offset}+{len}"
+            );
+        }
+        assert!(store.is_sound(&id).unwrap());
+
+        // A byte of the middle chunk changed on disk.
+        let path = store.blob_path(&id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[5000] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(store.read_checked(&id, 0, 4096).unwrap(), &data[..4096]);
+        assert_eq!(
+            store.read_checked(&id, 8192, 100).unwrap(),
+            &data[8192..8292]
+        );
+        for (offset, len) in [(4096, 4096), (4000, 200), (8000, 300)] {
+            assert!(
+                matches!(
+                    store.read_checked(&id, offset, len),
+                    Err(CheckedReadError::Damaged { chunk: 1, .. })
+                ),
+                "{offset}+{len}"
+            );
+        }
+        assert!(!store.is_sound(&id).unwrap());
+        assert_eq!(
+            store.discard(&id).unwrap().map(|m| m.kind),
+            Some(BlobKind::Published)
+        );
+        assert!(!path.exists() && !store.has(&id));
+        assert_eq!(store.persisted_count().unwrap(), 0);
     }
 
     #[test]

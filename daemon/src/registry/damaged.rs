@@ -1,0 +1,108 @@
+//! Archives the disk damaged after they were stored. Every chunk is checked against its hash
+//! before it is served, so a node never sends bad bytes (and is never banned for its own
+//! disk); a blob that fails is dropped from the store and from the DHT's provider records, and
+//! fetched again from peers if this node published or pinned it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use agora_protocol::ContentId;
+use agora_protocol::dht::DhtKey;
+use agora_protocol::messages::{FetchRequest, Refusal};
+use tracing::{info, warn};
+
+use super::{BlobKind, Registry};
+use crate::store::blobs::CheckedReadError;
+
+/// Attempts to fetch again a damaged archive this node keeps, and the waits between them
+/// (doubling): about 30 minutes in all.
+const REFETCH_ATTEMPTS: u32 = 16;
+const REFETCH_FIRST_DELAY: Duration = Duration::from_secs(1);
+const REFETCH_MAX_DELAY: Duration = Duration::from_secs(180);
+
+impl Registry {
+    /// The chunk a peer asks for, cut as it asks, each chunk of the archive it falls in
+    /// checked against its hash first; or why not. Blocking (reads the blob file).
+    pub(crate) fn chunk(self: &Arc<Self>, request: &FetchRequest) -> Result<Vec<u8>, Refusal> {
+        let id = &request.content;
+        let size = self.blobs.meta(id).ok_or(Refusal::NotFound)?.size;
+        let (start, len) = request.range(size).ok_or(Refusal::OutOfRange)?;
+        let data = match self.blobs.read_checked(id, start, len) {
+            Ok(data) => data,
+            Err(CheckedReadError::Damaged { id, chunk }) => {
+                self.blob_damaged(id, Some(chunk));
+                return Err(Refusal::NotFound);
+            }
+            Err(_) => return Err(Refusal::NotFound),
+        };
+        Self::count(&self.stats.chunks_served);
+        self.stats
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Drops blob `id`, found damaged (in `chunk`, if a chunk check found it), from the store
+    /// and the provider records; fetches it again if it was published or pinned here. Needs a
+    /// tokio runtime (the withdrawal and the fetch run on their own task).
+    pub(crate) fn blob_damaged(self: &Arc<Self>, id: ContentId, chunk: Option<u32>) {
+        let Some(info) = self.blobs.description(&id) else {
+            return;
+        };
+        let meta = match self.blobs.discard(&id) {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return, // dropped already
+            Err(e) => {
+                warn!(content = %id, error = %e, "could not drop a damaged archive");
+                return;
+            }
+        };
+        Self::count(&self.stats.blobs_damaged);
+        let wanted = meta.kind == BlobKind::Published || meta.pinned;
+        warn!(
+            content = %id,
+            chunk,
+            refetch = wanted,
+            "an archive's file no longer matches its hash; dropped it"
+        );
+        let registry = self.clone();
+        tokio::runtime::Handle::current().spawn(async move {
+            if let Err(e) = registry
+                .net
+                .stop_providing(DhtKey::Content(id).to_bytes())
+                .await
+            {
+                warn!(content = %id, error = %e, "could not withdraw a damaged archive's provider record");
+            }
+            if !wanted {
+                return;
+            }
+            // The peers that hold it may be offline now: tried again, less and less often.
+            let mut delay = REFETCH_FIRST_DELAY;
+            for attempt in 1..=REFETCH_ATTEMPTS {
+                let fetched = registry.fetch_archive((*info).clone(), None).await;
+                let kept = fetched.map_err(|e| e.to_string()).and_then(|_| {
+                    if meta.kind == BlobKind::Published {
+                        registry.blobs.keep_as_published(&id).map_err(|e| e.to_string())?;
+                    }
+                    if meta.pinned {
+                        registry.blobs.set_pinned(&id, true).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                });
+                match kept {
+                    Ok(()) => {
+                        info!(content = %id, attempt, "fetched a damaged archive again from peers");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(content = %id, attempt, error = %e, retry_in = ?delay, "could not fetch a damaged archive again")
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REFETCH_MAX_DELAY);
+            }
+        });
+    }
+}
