@@ -243,7 +243,9 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
             assert!(!f.cached);
         }
     }
-    // Node 2's copy of the big archive rots on disk: it now serves corrupt chunks.
+    // Node 2's copy of the big archive rots on disk, and node 2 serves it unchecked: a
+    // provider that sends corrupt chunks (an honest node checks each chunk before it sends it).
+    nodes[2].0.registry.blobs.serve_unchecked();
     let corrupt = nodes[2].0.registry.blobs.blob_path(&big.body.archive.id);
     let mut bytes = std::fs::read(&corrupt).unwrap();
     for b in bytes.iter_mut().step_by(4096) {

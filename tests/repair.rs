@@ -75,6 +75,20 @@ fn damage(db: &Path, how: Damage) {
     }
 }
 
+/// agorad's flags for a restart that joins `node` (its address changes with each start).
+fn joining(node: &Daemon) -> Vec<String> {
+    [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+        "--bootstrap",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([node.address()])
+    .collect()
+}
+
 /// Installs `name` into a new project through `daemon`, checking what was installed.
 fn install(daemon: &Daemon, name: &str) {
     let project = tempfile::tempdir().unwrap();
@@ -204,13 +218,7 @@ fn without_peers_the_node_serves_its_own_and_catches_up_or_refuses_when_repair_i
     install(&mine, "alone-own");
 
     // A peer appears: the rest comes back.
-    peer.args = vec![
-        "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "--no-mdns".into(),
-        "--bootstrap".into(),
-        mine.address(),
-    ];
+    peer.args = joining(&mine);
     peer.launch();
     wait_for_records(&mine, 2, "the catalog catches up from the peer");
     install(&mine, "alone-theirs");
@@ -265,13 +273,7 @@ fn a_damaged_archive_is_never_served_and_is_fetched_again_from_a_peer() {
         "the store itself was sound"
     );
 
-    holder.args = vec![
-        "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "--no-mdns".into(),
-        "--bootstrap".into(),
-        mine.address(),
-    ];
+    holder.args = joining(&mine);
     holder.launch();
     wait_until(
         "the node fetches its archive again",

@@ -223,6 +223,12 @@ pub struct SearchIndex {
 /// in log order hash to `log`. The log only grows, so a node that stopped without sealing
 /// (a crash) finds its last seal still true of the log's first records and re-indexes only
 /// the names the records after them touch; a different catalog does not pass for it.
+/// A saved copy of the index read into memory, and the seal it was saved with.
+pub struct SavedIndex {
+    pub seal: Seal,
+    ram: RamDirectory,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seal {
     pub records: u64,
@@ -312,10 +318,20 @@ impl CatchUp {
 }
 
 impl SearchIndex {
-    /// The seal of the index saved in `dir`, if there is one of this format.
-    pub fn saved_seal(dir: &Path) -> Option<Seal> {
-        match snapshot::recover(dir).and_then(|()| snapshot::read_seal(dir)) {
-            Ok(text) => text.as_deref().and_then(Seal::parse),
+    /// The index saved in `dir` with its seal, read into memory and checked, if there is a
+    /// whole one of this format (a damaged one is left for a rebuild).
+    pub fn load_saved(dir: &Path) -> Option<SavedIndex> {
+        let loaded = snapshot::recover(dir)
+            .and_then(|()| snapshot::read_seal(dir))
+            .map(|text| text.as_deref().and_then(Seal::parse))
+            .and_then(|seal| match seal {
+                Some(seal) => {
+                    Ok(snapshot::load(dir, &seal.text())?.map(|ram| SavedIndex { seal, ram }))
+                }
+                None => Ok(None),
+            });
+        match loaded {
+            Ok(saved) => saved,
             Err(e) => {
                 tracing::warn!(error = %e, "saved search index unreadable; rebuilding it");
                 None
@@ -326,22 +342,22 @@ impl SearchIndex {
     /// Loads the index saved in `dir` if it was sealed with `seal`; otherwise starts empty.
     /// Returns whether it was loaded (if not, the caller rebuilds it).
     pub fn open(dir: &Path, seal: Option<Seal>) -> Result<(Self, bool), IndexError> {
+        let saved = seal.and_then(|seal| Self::load_saved(dir).filter(|s| s.seal == seal));
+        Self::open_saved(dir, saved)
+    }
+
+    /// The index `saved` holds (read from `dir`), or an empty one; saved in `dir` from then
+    /// on. Returns whether `saved` was used (if not, the caller rebuilds the index).
+    pub fn open_saved(dir: &Path, saved: Option<SavedIndex>) -> Result<(Self, bool), IndexError> {
         let (schema, _) = schema::schema();
         let builder = || {
             Index::builder()
                 .schema(schema.clone())
                 .settings(schema::settings())
         };
-        let saved = match seal.map(|seal| snapshot::load(dir, &seal.text())) {
-            Some(Ok(saved)) => saved,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "saved search index unreadable; rebuilding it");
-                None
-            }
-            None => None,
-        };
-        let saved = saved.and_then(|ram| match builder().open_or_create(ram.clone()) {
-            Ok(index) => Some((index, ram)),
+        let seal = saved.as_ref().map(|s| s.seal);
+        let saved = saved.and_then(|s| match builder().open_or_create(s.ram.clone()) {
+            Ok(index) => Some((index, s.ram)),
             Err(e) => {
                 tracing::warn!(error = %e, "saved search index unusable; rebuilding it");
                 None
@@ -1163,7 +1179,7 @@ mod tests {
         }
         std::fs::write(next.join(snapshot::SEAL_FILE), seal(9).text()).unwrap();
         std::fs::remove_file(dir.join(snapshot::SEAL_FILE)).unwrap();
-        assert_eq!(SearchIndex::saved_seal(&dir), Some(seal(9)));
+        assert_eq!(SearchIndex::load_saved(&dir).map(|s| s.seal), Some(seal(9)));
         assert!(!next.exists());
         let (index, kept) = SearchIndex::open(&dir, Some(seal(9))).unwrap();
         assert!(kept);

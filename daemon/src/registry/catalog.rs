@@ -33,7 +33,9 @@ use super::refusals::{self, RefusalChanges, Refusals};
 use super::resolve::{self, Candidate};
 use super::trust::{self, Admission, Trust, TrustError, TrustPolicy};
 use super::{Ingested, RegistryError, RegistryStats, ResolvedPackage, VersionInfo};
-use crate::index::{CatchUp, IndexDoc, IndexError, OVERLAY_MAX, Seal, SearchIndex, Ticket};
+use crate::index::{
+    CatchUp, IndexDoc, IndexError, OVERLAY_MAX, SavedIndex, Seal, SearchIndex, Ticket,
+};
 use crate::lock;
 use crate::store::{CatalogWrite, Db, StoreError};
 use pins::{all_newest_found, check_pins_and_open_index, joined};
@@ -116,6 +118,7 @@ impl Catalog {
         policy: &TrustPolicy,
         published: &HashSet<ContentId>,
         held: &HashSet<ContentId>,
+        saved_index: Option<SavedIndex>,
         stats: Arc<RegistryStats>,
     ) -> Result<(Self, Opened), RegistryError> {
         let started = Instant::now();
@@ -133,7 +136,7 @@ impl Catalog {
         let mut restore: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut archives = Vec::new();
         let index_dir = dir.join("index");
-        let mut catch_up = SearchIndex::saved_seal(&index_dir).map(CatchUp::new);
+        let mut catch_up = saved_index.as_ref().map(|s| CatchUp::new(s.seal));
         let snapshot = db.load_catalog(|id, record| {
             if let Some(c) = &mut catch_up {
                 c.record(&id, record.name());
@@ -157,12 +160,10 @@ impl Catalog {
         let load_ms = started.elapsed().as_millis();
         let records = snapshot.records as usize;
         let catch_up = catch_up.and_then(CatchUp::finish);
-        let ((index, mut index_kept), installable) = check_pins_and_open_index(
-            &db,
-            &memory.trust,
-            &index_dir,
-            catch_up.as_ref().map(|(seal, _)| *seal),
-        )?;
+        // The saved copy reflects the log's first records, or it is not used.
+        let saved_index = saved_index.filter(|_| catch_up.is_some());
+        let ((index, mut index_kept), installable) =
+            check_pins_and_open_index(&db, &memory.trust, &index_dir, saved_index)?;
         let checks_ms = started.elapsed().as_millis() - load_ms;
         for (head, bytes) in snapshot.heads {
             match memory.trust.admit_head(&head) {

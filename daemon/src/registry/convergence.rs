@@ -393,6 +393,7 @@ mod on_disk {
     use agora_protocol::PackageName;
 
     use super::*;
+    use crate::index::SearchIndex;
     use crate::registry::catalog::Catalog;
     use crate::registry::{Ingested, RegistryStats};
     use crate::store::Db;
@@ -406,6 +407,7 @@ mod on_disk {
             &TrustPolicy::FirstUse,
             &HashSet::new(),
             &HashSet::new(),
+            SearchIndex::load_saved(&dir.join("index")),
             stats,
         )
         .unwrap()

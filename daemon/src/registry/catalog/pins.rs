@@ -8,7 +8,7 @@ use agora_protocol::Version;
 
 use super::super::RegistryError;
 use super::super::trust::Trust;
-use crate::index::{Seal, SearchIndex};
+use crate::index::{SavedIndex, SearchIndex};
 use crate::store::{Db, StoreError};
 
 /// Checks the stored owner and highest-version pins against the replayed catalog (they are
@@ -19,7 +19,7 @@ pub(super) fn check_pins_and_open_index(
     db: &Db,
     trust: &Trust,
     index_dir: &Path,
-    seal: Option<Seal>,
+    saved: Option<SavedIndex>,
 ) -> Result<((SearchIndex, bool), u64), RegistryError> {
     // The names come out of their hash map in hash order: a sample's middle name splits the
     // sorted pin tables near their middle ("" when there are none: all in the upper half).
@@ -27,7 +27,7 @@ pub(super) fn check_pins_and_open_index(
     sample.sort_unstable();
     let middle = sample.get(sample.len() / 2).copied().unwrap_or_default();
     let (index, upper, lower) = std::thread::scope(|scope| {
-        let index = scope.spawn(|| SearchIndex::open(index_dir, seal));
+        let index = scope.spawn(|| SearchIndex::open_saved(index_dir, saved));
         let upper =
             scope.spawn(|| check_pin_range(db, trust, (Bound::Included(middle), Bound::Unbounded)));
         let lower = check_pin_range(db, trust, (Bound::Unbounded, Bound::Excluded(middle)));
