@@ -77,6 +77,25 @@ enum LoadBatch {
     },
 }
 
+/// Every stored package head, with its bytes as stored (its DHT value's encoding).
+fn read_heads(txn: &ReadTransaction) -> Result<Vec<(PackageHead, Vec<u8>)>, StoreError> {
+    let mut heads = Vec::new();
+    for entry in txn.open_table(HEADS)?.iter()? {
+        let (_, bytes) = entry?;
+        // Verified when admitted, so not again; `Catalog::open` still checks each against
+        // the trust rules of the replayed catalog.
+        let bytes = bytes.value();
+        let head = codec::decode_own::<
+            PackageHead,
+            MAX_RECORD_BYTES,
+            { codec::claims(MAX_RECORD_BYTES) },
+        >(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?;
+        heads.push((head, bytes.to_vec()));
+    }
+    Ok(heads)
+}
+
 /// Decodes a record of the log, with its id.
 fn decode_logged(bytes: &[u8]) -> Result<(CatalogRecord, RecordId), StoreError> {
     Ok(CatalogRecord::decode_stored(bytes)?)
@@ -452,29 +471,24 @@ impl Db {
         mut replay: impl FnMut(RecordId, CatalogRecord) -> Result<(), StoreError>,
     ) -> Result<CatalogSnapshot, StoreError> {
         let txn = self.db.begin_read()?;
-        // The batch sent last counts until the replay takes it: more than one waiting means
-        // the replay is behind.
-        let records = replay_log(&txn, |waiting| waiting > 1, &mut replay)?;
+        // The heads are read and decoded beside the replay: with a head for every name that
+        // is as much work as the replay.
+        let (records, heads) = std::thread::scope(|scope| {
+            let heads = scope.spawn(|| read_heads(&txn));
+            // The batch sent last counts until the replay takes it: more than one waiting
+            // means the replay is behind.
+            let records = replay_log(&txn, |waiting| waiting > 1, &mut replay);
+            let heads = heads
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (records, heads)
+        });
+        let (records, heads) = (records?, heads?);
         let ids = txn.open_table(IDS)?.len()?;
         if ids != records {
             return Err(StoreError::Corrupt(format!(
                 "the catalog log has {records} records but its id index has {ids}"
             )));
-        }
-        let mut heads = Vec::new();
-        for entry in txn.open_table(HEADS)?.iter()? {
-            let (_, bytes) = entry?;
-            // Verified when admitted, so not again (33 µs a head here, for up to one head
-            // per name of the catalog); `Registry::open` still checks each against the trust
-            // rules of the replayed catalog.
-            let bytes = bytes.value();
-            let head = codec::decode_own::<
-                PackageHead,
-                MAX_RECORD_BYTES,
-                { codec::claims(MAX_RECORD_BYTES) },
-            >(bytes)
-            .map_err(|e| StoreError::Corrupt(format!("package head: {e}")))?;
-            heads.push((head, bytes.to_vec()));
         }
         Ok(CatalogSnapshot { records, heads })
     }
