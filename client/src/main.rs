@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use agora_client::ipc::{IpcError, Progress};
 use agora_client::{Client, ClientError};
-use agora_protocol::ipc::IndexState;
+use agora_protocol::ipc::{IndexState, StoreCheck};
 use agora_protocol::paths::{PathEnv, Paths};
 use agora_protocol::search::{SearchQuery, SortOrder};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -364,6 +364,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("log level     {}", s.log_level);
                 println!("uptime        {}", human_duration(s.uptime_secs));
                 println!("data          {}", s.data_dir);
+                match &s.store_check {
+                    StoreCheck::Running => println!("store check   running"),
+                    StoreCheck::Sound { records } => {
+                        println!("store check   sound ({records} records checked)")
+                    }
+                    StoreCheck::Damaged(why) => println!(
+                        "store check   DAMAGED: {why}; the next start repairs it (or 'agora node repair')"
+                    ),
+                    StoreCheck::Failed(why) => println!("store check   could not run: {why}"),
+                }
                 if let Some(r) = &s.repair {
                     println!("repaired      at start: {}", r.cause);
                     if let Some(aside) = &r.set_aside {

@@ -3,6 +3,7 @@
 //! The daemon binary and the multi-node tests both start nodes through here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libp2p::Multiaddr;
@@ -34,6 +35,9 @@ pub struct Node {
     restore_task: JoinHandle<()>,
     /// The search index's rebuild, when the start found one needed.
     rebuild_task: Option<JoinHandle<()>>,
+    /// The check of every stored record after the start, and what stops it early.
+    scrub_task: JoinHandle<()>,
+    scrub_stop: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -64,6 +68,13 @@ impl Node {
             }
         });
         registry.network().metrics().collect_registry(&registry);
+        let scrub_stop = Arc::new(AtomicBool::new(false));
+        let scrub_task = tokio::task::spawn_blocking({
+            let (registry, stop) = (registry.clone(), scrub_stop.clone());
+            move || {
+                registry.scrub(|| !stop.load(Ordering::Relaxed));
+            }
+        });
         let inbound_task = tokio::spawn(inbound::run(registry.clone(), net.events));
         let duties_task = tokio::spawn(duties(registry.clone()));
         Ok(Self {
@@ -74,6 +85,8 @@ impl Node {
             duties_task,
             restore_task,
             rebuild_task,
+            scrub_task,
+            scrub_stop,
         })
     }
 
@@ -102,6 +115,8 @@ impl Node {
         let _ = self.duties_task.await;
         self.restore_task.abort();
         let _ = self.restore_task.await;
+        self.scrub_stop.store(true, Ordering::Relaxed);
+        let _ = self.scrub_task.await;
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         let _ = self.inbound_task.await;

@@ -180,6 +180,22 @@ pub enum IndexState {
     Failed(String),
 }
 
+/// Whether the check of every stored record that runs after each start (decoded, named by the
+/// id index, signature verified) found the store sound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreCheck {
+    Running,
+    /// Every record checked.
+    Sound {
+        records: u64,
+    },
+    /// A record failed: the next start repairs the store (or refuses, with `repair = "off"`).
+    Damaged(String),
+    /// The check could not run to its end, for this reason.
+    Failed(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub peer_id: String,
@@ -213,6 +229,7 @@ pub struct StatusInfo {
     pub data_dir: String,
     /// The repair of a damaged store this start made, if it made one.
     pub repair: Option<RepairInfo>,
+    pub store_check: StoreCheck,
 }
 
 /// What a repair of a damaged store found and recovered, and from where.

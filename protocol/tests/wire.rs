@@ -227,6 +227,7 @@ proptest! {
                 at: id, cause: addr.clone(), set_aside: Some(addr.clone()), from_journal: 3,
                 blobs_kept: 2, blobs_dropped: 1, from_peers: vec![(addr.clone(), id)],
             }),
+            store_check: ipc::StoreCheck::Damaged(addr.clone()),
         };
         round_trip(&ClientMessage::Request { id, request: Request::SetLogLevel { filter: addr.clone() } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::LogLevel { filter: addr.clone() }) });

@@ -233,6 +233,7 @@ pub async fn handle(
                 publisher: ctx.publisher(),
                 data_dir: ctx.paths.data_dir.display().to_string(),
                 repair: registry.repair(),
+                store_check: registry.store_check(),
             }))
         }
         Request::Peers => {

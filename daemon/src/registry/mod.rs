@@ -263,6 +263,10 @@ pub struct Registry {
     pub startup: StartupReport,
     /// The repair this start made, with what peers have sent back since.
     repair: Mutex<Option<RepairInfo>>,
+    /// What the check of every stored record after the start found.
+    store_check: Mutex<agora_protocol::ipc::StoreCheck>,
+    /// The data directory.
+    dir: PathBuf,
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
     to_restore: Mutex<Vec<libp2p::kad::Record>>,
     sync_interval: Duration,
@@ -354,6 +358,8 @@ impl Registry {
                 millis: 0,
             },
             repair: Mutex::new(repaired),
+            store_check: Mutex::new(agora_protocol::ipc::StoreCheck::Running),
+            dir: config.data_dir.clone(),
             to_restore: Mutex::new(restore),
             sync_interval: config.sync_interval,
         };

@@ -29,6 +29,9 @@ use crate::store::{self, BlobStore, Db, StoreError};
 pub const DB_FILE: &str = "catalog.redb";
 /// The own-records journal beside it.
 pub const JOURNAL_FILE: &str = "own-records.journal";
+/// Left beside the database when a check while the node ran found a record damaged: what it
+/// found. The next start treats the database as damaged; a repair removes it.
+pub const CHECK_FAILED_FILE: &str = "catalog.redb.check-failed";
 
 /// What a node does when it finds its store damaged at start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,6 +135,15 @@ fn open_checked(config: &RegistryConfig) -> Result<Store, RegistryError> {
         }
         .into());
     }
+    let marked = dir.join(CHECK_FAILED_FILE);
+    if let Ok(found) = std::fs::read(&marked) {
+        let found = String::from_utf8_lossy(&found[..found.len().min(4096)]).into_owned();
+        return Err(StoreError::Damaged {
+            file: db_path,
+            cause: format!("a check while the node ran found: {found}"),
+        }
+        .into());
+    }
     let opened = store::catch_panic(&db_path, || {
         // The saved search index is read (and checked) while the database is: each takes
         // tens of milliseconds at 100k releases, and they share nothing.
@@ -194,6 +206,11 @@ fn set_aside(dir: &Path, damage: &StoreError) -> Result<RepairInfo, StoreError> 
     } else {
         None
     };
+    let marked = dir.join(CHECK_FAILED_FILE);
+    if marked.exists() {
+        std::fs::remove_file(&marked).map_err(store::io_err(&marked))?;
+        store::sync_dir(&marked)?;
+    }
     let db = Db::open(&db_path)?;
     let (blobs_kept, blobs_dropped) = BlobStore::readopt(dir, &db)?;
     Ok(RepairInfo {
@@ -244,7 +261,10 @@ mod tests {
     use agora_protocol::records::{ArchiveInfo, ReleaseBody, Signed};
     use agora_protocol::{PublisherSecret, RecordId, Version};
 
+    use agora_protocol::ipc::StoreCheck;
+
     use super::*;
+    use crate::registry::damaged;
     use crate::store::BlobKind;
 
     /// `n` releases of distinct names signed by `key`.
@@ -284,6 +304,79 @@ mod tests {
                 std::fs::copy(entry.path(), &dest).unwrap();
             }
         }
+    }
+
+    /// A record whose signature no longer holds, in a database whose pages are all sound (as
+    /// a bug or a hand could leave it): the check after the start finds it and leaves its
+    /// mark; the next start refuses (repair off) or repairs.
+    #[test]
+    fn a_record_whose_signature_fails_the_check_is_repaired_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RegistryConfig::new(dir.path());
+        let own = releases(&PublisherSecret::from_bytes([1; 32]), "own", 3);
+        let foreign = releases(&PublisherSecret::from_bytes([2; 32]), "theirs", 3);
+        let (store, _) = open(&config).unwrap();
+        for record in &own {
+            store
+                .journal
+                .write_ahead(record, || {
+                    store.catalog.ingest(vec![record.clone()], false)?;
+                    Ok::<_, RegistryError>(((), true))
+                })
+                .unwrap();
+        }
+        store.catalog.ingest(foreign.clone(), false).unwrap();
+        assert_eq!(
+            damaged::check_stored(dir.path(), &store.db, || true),
+            StoreCheck::Sound { records: 6 }
+        );
+
+        // The fourth record (the first foreign one) with the last byte of its signature
+        // changed, under its new id.
+        let txn = store.db.raw().begin_write().unwrap();
+        let (tampered_id, why) = {
+            use redb::ReadableTable;
+            let mut log = txn.open_table(crate::store::LOG).unwrap();
+            let mut bytes = log.get(3).unwrap().unwrap().value().to_vec();
+            *bytes.last_mut().unwrap() ^= 1;
+            log.insert(3, bytes.as_slice()).unwrap();
+            let (tampered, id) = CatalogRecord::decode_stored(&bytes).unwrap();
+            let mut ids = txn.open_table(crate::store::IDS).unwrap();
+            ids.remove(foreign[0].id().as_bytes()).unwrap();
+            ids.insert(id.as_bytes(), 3).unwrap();
+            (id, tampered.verify().unwrap_err())
+        };
+        txn.commit().unwrap();
+        let expected = format!("record {tampered_id} (number 3 of the log): {why}");
+        assert_eq!(
+            damaged::check_stored(dir.path(), &store.db, || true),
+            StoreCheck::Damaged(expected.clone())
+        );
+        assert_eq!(
+            damaged::check_stored(dir.path(), &store.db, || false),
+            StoreCheck::Sound { records: 0 },
+            "stopped before the first"
+        );
+        drop(store);
+
+        config.repair = RepairMode::Off;
+        let refused = open(&config).err().unwrap().to_string();
+        assert_eq!(
+            refused,
+            format!(
+                "{} is damaged: a check while the node ran found: {expected}",
+                dir.path().join(DB_FILE).display()
+            )
+        );
+        config.repair = RepairMode::Auto;
+        let (store, repaired) = open(&config).unwrap();
+        assert_eq!(repaired.unwrap().from_journal, 3);
+        assert_eq!(held(&store), ids(&own));
+        assert!(!dir.path().join(CHECK_FAILED_FILE).exists());
+        assert_eq!(
+            damaged::check_stored(dir.path(), &store.db, || true),
+            StoreCheck::Sound { records: 3 }
+        );
     }
 
     /// A byte flipped in each page of the database in turn: the store opens as it was, or is

@@ -28,9 +28,9 @@ pub use blobs::{BlobKind, BlobMeta, BlobStore};
 
 /// Every admitted catalog record, in the order it was admitted (replaying the log in this
 /// order rebuilds the trust state exactly).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog_log");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("catalog_log");
 /// Record id → its position in the log.
-const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("catalog_ids");
+pub(crate) const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("catalog_ids");
 /// Owner pin per name (trust on first use, moved only by a rotation).
 const OWNERS: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("owner_pins");
 /// Highest version ever admitted per name: it never goes down.
@@ -491,6 +491,38 @@ impl Db {
             )));
         }
         Ok(CatalogSnapshot { records, heads })
+    }
+
+    /// Reads the whole log in order, checking that each record decodes, that the id index
+    /// names it at its position, and `check` (its signature), while `go_on` says so; the first
+    /// that fails is [`StoreError::Corrupt`]. Returns how many records were checked. One read
+    /// transaction: writers go on meanwhile.
+    pub fn scrub(
+        &self,
+        mut check: impl FnMut(&CatalogRecord) -> Result<(), String>,
+        go_on: impl Fn() -> bool,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let ids = txn.open_table(IDS)?;
+        let mut checked = 0;
+        for entry in txn.open_table(LOG)?.iter()? {
+            if !go_on() {
+                break;
+            }
+            let (seq, bytes) = entry?;
+            let seq = seq.value();
+            let (record, id) = decode_logged(bytes.value())?;
+            if ids.get(id.as_bytes())?.map(|s| s.value()) != Some(seq) {
+                return Err(StoreError::Corrupt(format!(
+                    "record {seq} of the log is not the one its id index names"
+                )));
+            }
+            check(&record).map_err(|why| {
+                StoreError::Corrupt(format!("record {id} (number {seq} of the log): {why}"))
+            })?;
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     /// Calls `check` with the owner pin of each name in `names` and the highest version pinned
