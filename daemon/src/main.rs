@@ -161,11 +161,10 @@ async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow:
     )
     .await?;
     if let Some(meter) = telemetry.meter() {
-        service
-            .node
-            .network
-            .metrics()
-            .export_to(&meter, &service.node.registry);
+        service.node.network.metrics().export_to(
+            &meter,
+            std::sync::Arc::downgrade(&service.node.registry) as _,
+        );
     }
     let paths = &config.paths;
     info!(

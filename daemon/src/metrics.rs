@@ -1,8 +1,8 @@
 //! Metrics: Agora's own counters, gauges and histograms and libp2p's, in one Prometheus
-//! registry per node. Counters live where the work happens (the registry's
-//! [`RegistryStats`]) and are read at scrape time by a collector, so nothing is counted
-//! twice; histograms are recorded here. When OpenTelemetry export is on
-//! ([`crate::telemetry`]), the same values go out over OTLP as well.
+//! registry per node. Counters live where the work happens (a [`Source`], which the registry
+//! is) and are read at scrape time by a collector, so nothing is counted twice; histograms are
+//! recorded here. When OpenTelemetry export is on ([`crate::telemetry`]), the same values go
+//! out over OTLP as well. This module knows nothing of the rest of the daemon.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -19,10 +19,26 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::registry::{Registry, RegistryStats};
+/// Counters and gauges kept where the work happens, read at each scrape and each OTLP
+/// collection: (name without `agora_`, help, value).
+pub trait Source: Send + Sync {
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)>;
+    fn gauges(&self) -> Vec<(&'static str, &'static str, i64)>;
+}
 
 /// The media type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The gauges the event loop keeps in [`Metrics`], in the order of its fields `peers`,
+/// `routing_table` and `dht_records`: (name without `agora_`, help).
+const LIVE_GAUGES: [(&str, &str); 3] = [
+    ("peers", "Connected peers"),
+    ("routing_table_peers", "Peers in the Kademlia routing table"),
+    (
+        "dht_records",
+        "Records in the DHT store, each put again at every replication round",
+    ),
+];
 
 /// Labels of the DHT query latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,19 +113,8 @@ impl Metrics {
             metric
         }
         let latency = || Histogram::new(seconds_buckets());
-        let peers = add(agora, "peers", "Connected peers", Gauge::default());
-        let routing_table = add(
-            agora,
-            "routing_table_peers",
-            "Peers in the Kademlia routing table",
-            Gauge::default(),
-        );
-        let dht_records = add(
-            agora,
-            "dht_records",
-            "Records in the DHT store, each put again at every replication round",
-            Gauge::default(),
-        );
+        let [peers, routing_table, dht_records] =
+            LIVE_GAUGES.map(|(name, help)| add(agora, name, help, Gauge::default()));
         let swarm_events = add(
             agora,
             "event_loop_swarm_events",
@@ -207,9 +212,9 @@ impl Metrics {
         f(&mut self.prom.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Adds the registry's counters and catalog gauges, read at each scrape.
-    pub fn collect_registry(&self, registry: &Arc<Registry>) {
-        let collector = RegistryCollector(Arc::downgrade(registry));
+    /// Adds `source`'s counters and gauges, read at each scrape while it lives.
+    pub fn collect(&self, source: Weak<dyn Source>) {
+        let collector = SourceCollector(source);
         self.with_registry(|r| {
             r.sub_registry_with_prefix("agora")
                 .register_collector(Box::new(collector))
@@ -281,7 +286,7 @@ impl Metrics {
 
     /// Sends this node's metrics over OpenTelemetry too: histograms as they are recorded,
     /// counters and gauges each time the meter's reader collects.
-    pub fn export_to(self: &Arc<Self>, meter: &Meter, registry: &Arc<Registry>) {
+    pub fn export_to(self: &Arc<Self>, meter: &Meter, source: Weak<dyn Source>) {
         let histogram = |name: &'static str, help: &'static str| {
             meter
                 .f64_histogram(name)
@@ -296,15 +301,15 @@ impl Metrics {
             dht_query: histogram("agora.dht.query.duration", "Kademlia query latency"),
             ipc: histogram("agora.ipc.request.duration", "IPC request latency"),
         });
-        for (name, help, _) in counters(&RegistryStats::default()) {
-            let reg = Arc::downgrade(registry);
+        let names = source.upgrade().map(|s| s.counters()).unwrap_or_default();
+        for (name, help, _) in names {
+            let source = source.clone();
             meter
                 .u64_observable_counter(format!("agora.{name}"))
                 .with_description(help)
                 .with_callback(move |obs| {
-                    if let Some(reg) = reg.upgrade()
-                        && let Some((_, _, v)) =
-                            counters(&reg.stats).into_iter().find(|c| c.0 == name)
+                    if let Some(source) = source.upgrade()
+                        && let Some((_, _, v)) = source.counters().into_iter().find(|c| c.0 == name)
                     {
                         obs.observe(v, &[]);
                     }
@@ -312,19 +317,24 @@ impl Metrics {
                 .build();
         }
         let me = Arc::downgrade(self);
-        let reg = Arc::downgrade(registry);
         meter
             .i64_observable_gauge("agora.gauges")
             .with_description("Peers, routing table, catalog and cache sizes (label: name)")
             .with_callback(move |obs| {
-                let (Some(me), Some(reg)) = (me.upgrade(), reg.upgrade()) else {
+                let (Some(me), Some(source)) = (me.upgrade(), source.upgrade()) else {
                     return;
                 };
-                for (name, _, v) in gauges(&me, &reg) {
+                for (name, _, v) in me.live_gauges().into_iter().chain(source.gauges()) {
                     obs.observe(v, &[KeyValue::new("name", name)]);
                 }
             })
             .build();
+    }
+
+    /// The gauges kept here (by the event loop): (name without `agora_`, help, value).
+    fn live_gauges(&self) -> [(&'static str, &'static str, i64); 3] {
+        let values = [&self.peers, &self.routing_table, &self.dht_records].map(Gauge::get);
+        std::array::from_fn(|i| (LIVE_GAUGES[i].0, LIVE_GAUGES[i].1, values[i]))
     }
 }
 
@@ -336,175 +346,25 @@ struct OtelInstruments {
     ipc: OtelHistogram<f64>,
 }
 
-/// The registry's counters: (name without `agora_` and `_total`, help, value).
-pub fn counters(s: &RegistryStats) -> [(&'static str, &'static str, u64); 21] {
-    use std::sync::atomic::Ordering::Relaxed;
-    let v = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
-    [
-        (
-            "gossip_accepted",
-            "Gossip messages accepted",
-            v(&s.gossip_accepted),
-        ),
-        (
-            "gossip_rejected",
-            "Gossip messages rejected as invalid",
-            v(&s.gossip_rejected),
-        ),
-        (
-            "gossip_ignored",
-            "Gossip messages ignored (duplicates, valid records this node's rules refuse)",
-            v(&s.gossip_ignored),
-        ),
-        (
-            "records_stored",
-            "Records admitted from the DHT",
-            v(&s.records_stored),
-        ),
-        (
-            "records_refused",
-            "Records refused from the DHT",
-            v(&s.records_refused),
-        ),
-        (
-            "rollbacks_refused",
-            "Records refused as rollbacks",
-            v(&s.rollbacks_refused),
-        ),
-        (
-            "equivocations",
-            "Second records seen for one version",
-            v(&s.equivocations),
-        ),
-        (
-            "publisher_over_budget",
-            "Gossiped records and heads ignored because their key was over its budget",
-            v(&s.publisher_over_budget),
-        ),
-        (
-            "chunks_served",
-            "Archive chunks served to peers",
-            v(&s.chunks_served),
-        ),
-        (
-            "bytes_served",
-            "Archive bytes served to peers",
-            v(&s.bytes_served),
-        ),
-        (
-            "bytes_fetched",
-            "Archive bytes fetched from peers",
-            v(&s.bytes_fetched),
-        ),
-        (
-            "syncs_completed",
-            "Catalog syncs completed",
-            v(&s.syncs_completed),
-        ),
-        (
-            "sync_ids_listed",
-            "Record ids peers listed in syncs",
-            v(&s.sync_ids_listed),
-        ),
-        (
-            "records_synced",
-            "Records admitted through sync",
-            v(&s.records_synced),
-        ),
-        ("searches", "Catalog searches", v(&s.searches)),
-        (
-            "publishes",
-            "Releases published by this node",
-            v(&s.publishes),
-        ),
-        (
-            "fetches",
-            "Archives fetched from the network",
-            v(&s.fetches),
-        ),
-        (
-            "cache_hits",
-            "Archive requests answered from the local store",
-            v(&s.cache_hits),
-        ),
-        (
-            "cache_misses",
-            "Archive requests that needed the network",
-            v(&s.cache_misses),
-        ),
-        (
-            "peers_banned",
-            "Peers banned for serving bad data",
-            v(&s.peers_banned),
-        ),
-        (
-            "blobs_damaged",
-            "Archives whose files the disk damaged, dropped and fetched again if kept here",
-            v(&s.blobs_damaged),
-        ),
-    ]
+struct SourceCollector(Weak<dyn Source>);
+
+impl std::fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceCollector").finish_non_exhaustive()
+    }
 }
 
-/// Point-in-time values: (name without `agora_`, help, value).
-pub fn gauges(m: &Metrics, r: &Registry) -> [(&'static str, &'static str, i64); 8] {
-    let usage = r.blobs.usage();
-    let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-    [
-        ("peers", "Connected peers", m.peers.get()),
-        (
-            "routing_table_peers",
-            "Peers in the routing table",
-            m.routing_table.get(),
-        ),
-        (
-            "dht_records",
-            "Records in the DHT store",
-            m.dht_records.get(),
-        ),
-        (
-            "catalog_records",
-            "Records in the catalog",
-            n(r.catalog.record_count() as u64),
-        ),
-        (
-            "packages",
-            "Packages with an installable release",
-            n(r.catalog.package_count() as u64),
-        ),
-        (
-            "cache_bytes",
-            "Bytes of fetched archives kept",
-            n(usage.cached_bytes),
-        ),
-        (
-            "cache_quota_bytes",
-            "Quota for fetched archives",
-            n(usage.quota),
-        ),
-        (
-            "store_bytes",
-            "Bytes of all archives kept (published, pinned, fetched)",
-            n(usage.cached_bytes + usage.kept_bytes),
-        ),
-    ]
-}
-
-#[derive(Debug)]
-struct RegistryCollector(Weak<Registry>);
-
-impl Collector for RegistryCollector {
+impl Collector for SourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(reg) = self.0.upgrade() else {
+        let Some(source) = self.0.upgrade() else {
             return Ok(());
         };
-        for (name, help, value) in counters(&reg.stats) {
+        for (name, help, value) in source.counters() {
             let metric = ConstCounter::new(value);
             let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode(e)?;
         }
-        // peers, routing_table_peers and dht_records are registered as live gauges already.
-        let me = reg.network().metrics();
-        for (name, help, value) in gauges(&me, &reg).into_iter().skip(3) {
+        for (name, help, value) in source.gauges() {
             let metric = ConstGauge::new(value);
             let e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             metric.encode(e)?;

@@ -67,7 +67,8 @@ impl Node {
                 }
             }
         });
-        registry.network().metrics().collect_registry(&registry);
+        let source: std::sync::Weak<dyn crate::metrics::Source> = Arc::downgrade(&registry) as _;
+        registry.network().metrics().collect(source);
         let scrub_stop = Arc::new(AtomicBool::new(false));
         let scrub_task = tokio::task::spawn_blocking({
             let (registry, stop) = (registry.clone(), scrub_stop.clone());

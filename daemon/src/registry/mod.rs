@@ -97,37 +97,72 @@ impl RegistryConfig {
     }
 }
 
-/// Counters of what the registry decided, for tests, status and metrics.
-#[derive(Debug, Default)]
-pub struct RegistryStats {
-    pub gossip_accepted: AtomicU64,
-    pub gossip_rejected: AtomicU64,
-    pub gossip_ignored: AtomicU64,
-    pub records_stored: AtomicU64,
-    pub records_refused: AtomicU64,
-    /// Records refused because they would roll a name back (a release below its predecessor,
-    /// a head hiding newer versions).
-    pub rollbacks_refused: AtomicU64,
-    /// Second records for an existing version (kept as evidence).
-    pub equivocations: AtomicU64,
-    /// Gossiped records and heads ignored because their key was over its budget.
-    pub publisher_over_budget: AtomicU64,
-    pub chunks_served: AtomicU64,
-    pub bytes_served: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-    pub syncs_completed: AtomicU64,
-    /// Record ids peers listed to us in syncs (what reconciliation cost).
-    pub sync_ids_listed: AtomicU64,
-    pub records_synced: AtomicU64,
-    pub searches: AtomicU64,
-    pub publishes: AtomicU64,
-    /// Archives fetched from the network (cache misses that succeeded).
-    pub fetches: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub peers_banned: AtomicU64,
-    /// Archives whose files were found damaged (and dropped) since start.
-    pub blobs_damaged: AtomicU64,
+/// Declares the registry's counters once: each is a field of [`RegistryStats`] and an
+/// exported metric named after it, its doc line the metric's help, so none can be left out.
+macro_rules! counters {
+    ($($(#[doc = $help:literal])+ $name:ident,)*) => {
+        /// Counters of what the registry decided, for tests, status and metrics.
+        #[derive(Debug, Default)]
+        pub struct RegistryStats {
+            $($(#[doc = $help])+ pub $name: AtomicU64,)*
+        }
+
+        impl RegistryStats {
+            /// Every counter: (name, help, value).
+            pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((
+                    stringify!($name),
+                    concat!($($help),+).trim_ascii(),
+                    self.$name.load(Ordering::Relaxed),
+                ),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Gossip messages accepted
+    gossip_accepted,
+    /// Gossip messages rejected as invalid
+    gossip_rejected,
+    /// Gossip messages ignored (duplicates, valid records this node's rules refuse)
+    gossip_ignored,
+    /// Records admitted from the DHT
+    records_stored,
+    /// Records refused from the DHT
+    records_refused,
+    /// Records refused as rollbacks (a head hiding newer versions)
+    rollbacks_refused,
+    /// Second records seen for one version (kept as evidence)
+    equivocations,
+    /// Gossiped records and heads ignored because their key was over its budget
+    publisher_over_budget,
+    /// Archive chunks served to peers
+    chunks_served,
+    /// Archive bytes served to peers
+    bytes_served,
+    /// Archive bytes fetched from peers
+    bytes_fetched,
+    /// Catalog syncs completed
+    syncs_completed,
+    /// Record ids peers listed in syncs (what reconciliation cost)
+    sync_ids_listed,
+    /// Records admitted through sync
+    records_synced,
+    /// Catalog searches
+    searches,
+    /// Releases published by this node
+    publishes,
+    /// Archives fetched from the network (cache misses that succeeded)
+    fetches,
+    /// Archive requests answered from the local store
+    cache_hits,
+    /// Archive requests that needed the network
+    cache_misses,
+    /// Peers banned for serving bad data
+    peers_banned,
+    /// Archives whose files the disk damaged, dropped and fetched again if kept here
+    blobs_damaged,
 }
 
 /// Why a registry operation failed. Each variant is something the caller can act on.
@@ -283,6 +318,44 @@ pub struct StartupReport {
     /// Records of the own-records journal the catalog lacked and took.
     pub from_journal: u64,
     pub millis: u128,
+}
+
+impl crate::metrics::Source for Registry {
+    fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.stats.counters()
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, &'static str, i64)> {
+        let usage = self.blobs.usage();
+        let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        vec![
+            (
+                "catalog_records",
+                "Records in the catalog",
+                n(self.catalog.record_count() as u64),
+            ),
+            (
+                "packages",
+                "Packages with an installable release",
+                n(self.catalog.package_count() as u64),
+            ),
+            (
+                "cache_bytes",
+                "Bytes of fetched archives kept",
+                n(usage.cached_bytes),
+            ),
+            (
+                "cache_quota_bytes",
+                "Quota for fetched archives",
+                n(usage.quota),
+            ),
+            (
+                "store_bytes",
+                "Bytes of all archives kept (published, pinned, fetched)",
+                n(usage.cached_bytes + usage.kept_bytes),
+            ),
+        ]
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -856,5 +929,34 @@ fn tolerate_lonely(e: NetworkError) -> Result<(), NetworkError> {
     match e {
         NetworkError::Query(_) => Ok(()),
         other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each counter is exported under its field's name with its doc line as help, and reads
+    /// the field.
+    #[test]
+    fn every_counter_is_exported_with_its_name_and_help() {
+        let stats = RegistryStats::default();
+        stats.blobs_damaged.store(7, Ordering::Relaxed);
+        let counters = stats.counters();
+        assert_eq!(counters.len(), 21);
+        assert_eq!(
+            counters[0],
+            ("gossip_accepted", "Gossip messages accepted", 0)
+        );
+        assert_eq!(
+            counters.last().unwrap(),
+            &(
+                "blobs_damaged",
+                "Archives whose files the disk damaged, dropped and fetched again if kept here",
+                7
+            )
+        );
+        let names: HashSet<&str> = counters.iter().map(|c| c.0).collect();
+        assert_eq!(names.len(), counters.len(), "each name once");
     }
 }
