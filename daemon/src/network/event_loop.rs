@@ -7,16 +7,15 @@
 //! keyed by the ids libp2p returns; ids we never created (republish, periodic bootstrap)
 //! are normal and only logged. Nothing that came from the network is unwrapped here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agora_protocol::codec::{self, Wire};
+use agora_protocol::codec::Wire;
 use agora_protocol::dht::{self, DhtKey};
 use agora_protocol::limits::MAX_DHT_VALUE_BYTES;
 use agora_protocol::messages::{FetchResponse, KAD_PROTOCOL, Refusal, SyncResponse};
-use agora_protocol::records::PackageHead;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
@@ -35,29 +34,23 @@ use tracing::{Span, debug, info, info_span, trace, warn};
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
 use super::budget::{Budget, GossipBudget, MAX_GOSSIP_PEERS, OpenRequests};
 use super::codec::WireCodec;
-use super::command::{
-    Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, RecordQuorum, Reply,
-};
+use super::command::{Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, Reply};
 use super::config::NetworkConfig;
+use super::query::{self, ProviderCap, RecordLookup};
 use crate::metrics::Metrics;
 use rand::seq::SliceRandom;
 
-/// Most distinct valid records one `get_record` collects before it stops the query.
-const MAX_RECORDS_PER_GET: usize = 16;
-/// Most providers one provider search sends before it stops the query.
-pub(crate) const MAX_PROVIDERS_PER_GET: usize = 20;
 /// Most commands handled between two polls of the swarm.
 const COMMAND_BATCH: usize = 64;
 
 struct PendingGet {
-    quorum: RecordQuorum,
-    found: Vec<Vec<u8>>,
+    lookup: RecordLookup,
     reply: Reply<Vec<Vec<u8>>>,
 }
 
 /// A running provider search: the providers it has sent, and where it sends them.
 struct ProviderSearch {
-    sent: HashSet<PeerId>,
+    sent: ProviderCap,
     to: mpsc::Sender<PeerId>,
 }
 
@@ -327,8 +320,7 @@ impl EventLoop {
                 self.pending_get.insert(
                     id,
                     PendingGet {
-                        quorum,
-                        found: Vec::new(),
+                        lookup: RecordLookup::new(quorum),
                         reply,
                     },
                 );
@@ -362,7 +354,7 @@ impl EventLoop {
                 self.pending_providers.insert(
                     id,
                     ProviderSearch {
-                        sent: HashSet::new(),
+                        sent: ProviderCap::default(),
                         to,
                     },
                 );
@@ -478,22 +470,10 @@ impl EventLoop {
         let key =
             DhtKey::parse(record.key.as_ref()).map_err(|e| NetworkError::Store(e.to_string()))?;
         let store = self.swarm.behaviour_mut().kad.store_mut();
-        if let Some(existing) = store.value(record.key.as_ref()) {
-            let keep_existing = match key {
-                DhtKey::Head(_) => {
-                    let old = decode_head(existing);
-                    let new = decode_head(&record.value);
-                    match (old, new) {
-                        (Ok(old), Ok(new)) => dht::compare_heads(&new, &old).is_le(),
-                        (Ok(_), Err(_)) => true,
-                        (Err(_), _) => false,
-                    }
-                }
-                _ => true,
-            };
-            if keep_existing {
-                return Ok(());
-            }
+        if let Some(existing) = store.value(record.key.as_ref())
+            && query::keeps_existing(&key, existing, &record.value)
+        {
+            return Ok(());
         }
         // The store keeps no publisher and no expiry: our copy does not expire on the
         // publisher's schedule, and replication puts it again.
@@ -791,7 +771,7 @@ impl EventLoop {
     /// an answer in hand should.
     fn grace_over(&mut self, id: QueryId) {
         if let Some(p) = self.pending_get.remove(&id) {
-            let _ = p.reply.send(Ok(p.found));
+            let _ = p.reply.send(p.lookup.answer());
             if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 debug!(?id, "query answered after its grace period; finishing it");
                 q.finish();
@@ -831,26 +811,23 @@ impl EventLoop {
                     Ok(GetRecordOk::FoundRecord(peer_record)) => {
                         let record = peer_record.record;
                         match dht::validate(record.key.as_ref(), &record.value) {
-                            Ok(_) if !pending.found.contains(&record.value) => {
-                                pending.found.push(record.value);
-                                if pending.found.len() == 1 && pending.quorum == RecordQuorum::All {
+                            Ok(_) => {
+                                let taken = pending.lookup.take(record.value);
+                                if taken.start_grace {
                                     self.graces.push(grace(self.query_grace, id));
                                 }
+                                if taken.enough {
+                                    if let Some(mut q) =
+                                        self.swarm.behaviour_mut().kad.query_mut(&id)
+                                    {
+                                        q.finish();
+                                    }
+                                    done = true;
+                                }
                             }
-                            Ok(_) => {}
                             Err(e) => {
                                 debug!(peer = ?peer_record.peer, error = %e, "invalid DHT record ignored")
                             }
-                        }
-                        let enough = match pending.quorum {
-                            RecordQuorum::First => !pending.found.is_empty(),
-                            RecordQuorum::All => pending.found.len() >= MAX_RECORDS_PER_GET,
-                        };
-                        if enough {
-                            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                                q.finish();
-                            }
-                            done = true;
                         }
                     }
                     Ok(GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
@@ -860,12 +837,7 @@ impl EventLoop {
                     }
                 }
                 if done && let Some(p) = self.pending_get.remove(&id) {
-                    let result = if p.found.is_empty() {
-                        Err(NetworkError::NotFound)
-                    } else {
-                        Ok(p.found)
-                    };
-                    let _ = p.reply.send(result);
+                    let _ = p.reply.send(p.lookup.answer());
                 }
             }
             QueryResult::GetProviders(r) => {
@@ -876,17 +848,14 @@ impl EventLoop {
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         for peer in providers {
-                            if search.sent.len() >= MAX_PROVIDERS_PER_GET {
-                                break;
-                            }
                             // The channel holds `MAX_PROVIDERS_PER_GET`: it is never full, so
                             // a failure means the searcher has gone.
-                            if search.sent.insert(peer) && search.to.try_send(peer).is_err() {
+                            if search.sent.admit(peer) && search.to.try_send(peer).is_err() {
                                 done = true;
                                 break;
                             }
                         }
-                        done |= search.sent.len() >= MAX_PROVIDERS_PER_GET;
+                        done |= search.sent.full();
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => done = true,
                     Err(e) => {
@@ -1052,11 +1021,6 @@ fn is_dialable(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
-}
-
-/// Decodes a head this node stores or is about to store (both were validated as DHT values).
-fn decode_head(bytes: &[u8]) -> Result<PackageHead, codec::DecodeError> {
-    codec::decode::<PackageHead, MAX_DHT_VALUE_BYTES, { codec::claims(MAX_DHT_VALUE_BYTES) }>(bytes)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId, kad};
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Command, Envelope, NetworkError, NetworkInfo, RecordQuorum, Reply};
-use super::event_loop::MAX_PROVIDERS_PER_GET;
+use super::query::MAX_PROVIDERS_PER_GET;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod event_loop;
 pub mod handle;
+mod query;
 pub mod store;
 
 pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
