@@ -56,9 +56,9 @@ impl Node {
             let registry = registry.clone();
             tokio::task::spawn_blocking(move || registry.catalog.rebuild_index())
         });
-        // The DHT store is refilled while the node serves (a head per name takes about
-        // 100 ms for 100k names): a record a peer puts meanwhile replaces a restored one only
-        // if it is better, and the catalog answers for every name it holds either way.
+        // The DHT store is refilled while the node serves (a head per name is too many to
+        // wait for): a record a peer puts meanwhile replaces a restored one only if it is
+        // better, and the catalog answers for every name it holds either way.
         let restore_task = tokio::spawn({
             let registry = registry.clone();
             async move {

@@ -8,7 +8,7 @@
 //! tantivy sizes a writer's term table from its 15 MB minimum budget); the overlay is folded
 //! into the base once it holds [`OVERLAY_MAX`] packages. The overlay is not a tantivy
 //! segment but a small in-memory index (see [`tier`]) scored as tantivy scores: a segment
-//! costs about 2 ms to build whatever it holds, paid on every node for every release. It is
+//! has a fixed cost to build whatever it holds, paid on every node for every release. It is
 //! built by the first search after a change, not by the change: most nodes ingest every
 //! release the network publishes while few of them are searched between two. Everything is
 //! in memory (see [`snapshot`]): at a clean shutdown [`SearchIndex::seal`] writes it to disk
@@ -50,9 +50,9 @@ use view::{BaseCounts, Overlay, View};
 /// Memory the base index writer may buffer before it flushes a segment (tantivy's minimum).
 const WRITER_MEMORY: usize = 15_000_000;
 /// Indexing threads of a rebuild, which the start-up waits for (the feeding thread and the
-/// log's reader run beside them): start-up with 101k releases to re-index took 586–626 ms
-/// instead of 765 ms on 2 vCPUs, for a second writer arena (RSS after it 236–256 MB instead
-/// of 219 MB). It leaves twice the segments, which the merges after it bring down.
+/// log's reader run beside them): two finish sooner than one on two cores, for a second
+/// writer arena's memory. They leave twice the segments, which the merges after it bring
+/// down.
 const REBUILD_WORKERS: usize = 2;
 /// Background merge threads per index: merges of small segments are short, and a machine
 /// may run dozens of nodes (tantivy's default of 4 each adds up).
@@ -192,8 +192,8 @@ pub struct SearchIndex {
     /// The overlay changed since `view` was built. Set and cleared under the `tiers` lock.
     stale: AtomicBool,
     /// A retired writer's merges have ended since the reader last loaded: the base's
-    /// segments are fewer now (a rebuild on two threads leaves 14 for 100k packages, and
-    /// searches were 20 % slower over them), so the next search reloads it.
+    /// segments are fewer now (a rebuild on two threads leaves many, and searches are
+    /// slower over them), so the next search reloads it.
     merged: Arc<AtomicBool>,
     /// Packages a search can find, kept by every change (`view` may not be built yet).
     num_docs: AtomicU64,

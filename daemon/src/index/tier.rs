@@ -2,9 +2,8 @@
 //!
 //! tantivy pays a fixed cost for every new segment, whatever it holds: a term dictionary
 //! builder per indexed field (an FST registry of 20,000 cells each), megabyte arenas and the
-//! fast-field writers, about 2 ms for one document on the reference machine. Every node paid
-//! it at the first search after each change, and a 20-node network spent a quarter of its
-//! CPU on it while a release spread. The overlay holds at most
+//! fast-field writers. Every node would pay it at the first search after each change, as
+//! each release spreads across the network. The overlay holds at most
 //! [`OVERLAY_MAX`](super::OVERLAY_MAX) packages, so here each indexed field is a map from
 //! term to postings, built with the index's own tokenizers from the very document the base
 //! would hold, and a [`Plan`] is scored with tantivy's own pieces: [`Bm25Weight`] with the

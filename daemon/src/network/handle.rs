@@ -119,8 +119,8 @@ impl NetworkHandle {
     }
 
     /// Stores records into the local DHT store in one command (a node restores every head it
-    /// holds at start: one command each took 2.5 s for 101k); returns the position and the
-    /// reason of each record refused. Keep batches to a few thousand records: the event loop
+    /// holds at start, and a command per record costs a round trip through the event loop
+    /// each); returns the position and the reason of each record refused. Keep batches to a few thousand records: the event loop
     /// does nothing else while it stores them.
     pub async fn store_records(
         &self,

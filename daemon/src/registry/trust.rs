@@ -132,7 +132,7 @@ pub enum Admission {
 
 /// Everything known about one name. A node holds one per name of the catalog, so what most
 /// names never have (a past owner, a missing predecessor, a yank, an equivocation) is kept
-/// apart, boxed, only by the names that have it: 152 bytes a name instead of 264.
+/// apart, boxed, only by the names that have it: the common state stays small.
 #[derive(Clone, Debug)]
 pub struct NameState {
     pub owner: PublisherKey,

@@ -114,9 +114,8 @@ fn decode_record(bytes: &[u8]) -> Result<CatalogRecord, StoreError> {
 /// it, in batches. Decoding a record (and hashing it for its id) costs more than replaying it,
 /// so the reader decodes a batch only while `reader_decodes(batches waiting)` says the replay
 /// is behind; otherwise the replay gets the batch undecoded and decodes it itself. The two
-/// threads share the work without a fixed split, whatever the machine (at 100k releases here,
-/// about a quarter of the batches go undecoded, and the replay waits about 1 ms in all
-/// instead of 115 ms).
+/// threads share the work without a fixed split, whatever the machine, and the replay
+/// rarely waits for the reader.
 fn replay_log(
     txn: &ReadTransaction,
     reader_decodes: impl Fn(usize) -> bool + Sync,
