@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::ipc::{Context, handler};
+use crate::api::{self, Context};
 
 /// How long a probe waits for the network event loop.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -350,7 +350,7 @@ async fn archive(
 /// Runs a read-only request through the IPC handler (progress events are dropped).
 async fn ask(g: &Gateway, request: Request) -> Result<IpcResponse, IpcError> {
     let (out, _progress) = mpsc::channel(1);
-    handler::handle(&g.ctx, 0, request, &out).await
+    api::dispatch(&g.ctx, 0, request, &out).await
 }
 
 fn json(result: Result<IpcResponse, IpcError>) -> Response {

@@ -1,7 +1,9 @@
 //! The Agora node: the actor-owned libp2p swarm ([`network`]), the registry that owns the
 //! catalog ([`registry`]) with its storage ([`store`]), search index ([`index`]) and peer
-//! [`reputation`], and [`node::Node`] which runs them together.
+//! [`reputation`], and [`node::Node`] which runs them together; [`api`] answers requests for
+//! the IPC socket ([`ipc`]) and the HTTP [`gateway`].
 
+pub mod api;
 pub mod config;
 pub mod gateway;
 pub mod index;

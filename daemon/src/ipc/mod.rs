@@ -8,9 +8,7 @@
 //! and one response per request out. Connections are served concurrently; a bad frame ends
 //! its connection with a typed error and touches nothing else.
 
-pub mod handler;
-
-use std::fs;
+pub use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -27,7 +25,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use handler::Context;
+pub use crate::api::Context;
 
 /// Frames queued to one client before the handler waits for the client to read.
 const OUTBOX: usize = 64;
@@ -232,7 +230,7 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                         outcome = tracing::field::Empty,
                     );
                     let started = Instant::now();
-                    let result = handler::handle(&ctx, id, request, &out)
+                    let result = crate::api::dispatch(&ctx, id, request, &out)
                         .instrument(span.clone())
                         .await;
                     span.record(

@@ -1,0 +1,215 @@
+//! The daemon's API: one function per request, one dispatch, used by the IPC socket and by
+//! the HTTP gateway alike. It turns every failure into an [`IpcError`] whose kind tells the
+//! client what to suggest.
+
+mod node;
+mod packages;
+mod publishing;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use agora_protocol::ipc::{IpcError, Progress, ReleaseInfo, Request, Response, ServerMessage};
+use agora_protocol::paths::Paths;
+use agora_protocol::records::{ReleaseBody, ReleaseRecord};
+use agora_protocol::{PackageName, Version, VersionReq};
+use tokio::sync::{Notify, mpsc};
+
+use crate::index::IndexError;
+use crate::keys::{self, KeyFileError};
+use crate::registry::resolve::ResolveError;
+use crate::registry::{Registry, RegistryError};
+use crate::telemetry::LogControl;
+
+/// Answers one request (`id` tags the progress messages sent to `out` meanwhile).
+pub async fn dispatch(
+    ctx: &Context,
+    id: u64,
+    request: Request,
+    out: &Outbox,
+) -> Result<Response, IpcError> {
+    match request {
+        Request::Status => node::status(ctx).await,
+        Request::Peers => node::peers(ctx).await,
+        Request::Connect { addr } => node::connect(ctx, addr).await,
+        // The connection notifies `ctx.shutdown` once this answer is written, so the client
+        // always hears it before the daemon goes away.
+        Request::Shutdown => Ok(Response::ShuttingDown),
+        Request::Keygen => publishing::keygen(ctx).await,
+        Request::Publish { dir, dry_run } => publishing::publish(ctx, id, out, dir, dry_run).await,
+        Request::Search(query) => Ok(Response::Search(ctx.registry.search(query).await?)),
+        Request::Info { name, req } => packages::info(ctx, name, req).await,
+        Request::Versions { name } => packages::versions(ctx, name).await,
+        Request::Resolve { roots } => packages::resolve(ctx, roots).await,
+        Request::Fetch { name, version } => packages::fetch(ctx, id, out, name, version).await,
+        Request::Yank {
+            name,
+            version,
+            reason,
+        } => publishing::yank(ctx, name, version, reason).await,
+        Request::SetLogLevel { filter } => node::set_log_level(ctx, filter),
+    }
+}
+
+/// What request handlers can reach.
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub paths: Paths,
+    /// Notified when a client asks the daemon to stop.
+    pub shutdown: Arc<Notify>,
+    /// Changes the log filter; `None` when this process did not install the logger.
+    pub log: Option<LogControl>,
+    pub started: Instant,
+    /// The HTTP gateway's address, when it is on.
+    pub http: Option<SocketAddr>,
+    /// This node's publisher key (hex) once it is known: read from its file at most until it
+    /// exists, instead of on every `status`.
+    pub(crate) publisher: OnceLock<String>,
+}
+
+impl Context {
+    pub fn new(registry: Arc<Registry>, paths: Paths) -> Self {
+        Self {
+            registry,
+            paths,
+            shutdown: Arc::new(Notify::new()),
+            log: None,
+            started: Instant::now(),
+            http: None,
+            publisher: OnceLock::new(),
+        }
+    }
+
+    /// The publisher key, if this node has one.
+    pub(crate) fn publisher(&self) -> Option<String> {
+        if let Some(k) = self.publisher.get() {
+            return Some(k.clone());
+        }
+        let key = keys::publisher_key(&self.paths.keys_dir)
+            .ok()?
+            .public()
+            .to_hex();
+        Some(self.publisher.get_or_init(|| key).clone())
+    }
+}
+
+pub(crate) type Outbox = mpsc::Sender<ServerMessage>;
+
+pub(crate) async fn progress(out: &Outbox, id: u64, step: &str) {
+    let _ = out
+        .send(ServerMessage::Progress {
+            id,
+            progress: Progress::Step(step.into()),
+        })
+        .await;
+}
+
+pub(crate) fn bad(e: impl std::fmt::Display) -> IpcError {
+    IpcError::BadRequest(e.to_string())
+}
+
+pub(crate) fn name(s: &str) -> Result<PackageName, IpcError> {
+    s.parse().map_err(bad)
+}
+
+pub(crate) fn version(s: &str) -> Result<Version, IpcError> {
+    s.parse()
+        .map_err(|e| bad(format!("invalid version {s:?}: {e}")))
+}
+
+impl From<RegistryError> for IpcError {
+    fn from(e: RegistryError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RegistryError::NotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::NoMatchingVersion { .. }
+            | RegistryError::Resolve(ResolveError::Missing { .. }) => Self::NotFound(msg),
+            RegistryError::Equivocated { .. }
+            | RegistryError::AlreadyPublished { .. }
+            | RegistryError::NotNewer { .. }
+            | RegistryError::DisputedName { .. }
+            | RegistryError::RefusedBefore(_)
+            | RegistryError::Trust(_)
+            | RegistryError::Resolve(_) => Self::Refused(msg),
+            RegistryError::Pack(_) => Self::Package(msg),
+            RegistryError::Index(IndexError::InvalidQuery(_)) => Self::BadRequest(msg),
+            RegistryError::Network(_) | RegistryError::Fetch(_) => Self::Network(msg),
+            RegistryError::Record(_)
+            | RegistryError::Store(_)
+            | RegistryError::Index(_)
+            | RegistryError::Internal(_) => Self::Internal(msg),
+        }
+    }
+}
+
+/// Runs `local`; if the catalog lacks the package or version it needs, looks `name` up on the
+/// DHT and, if that brought something, runs it again.
+pub(crate) async fn with_lookup<T, F>(
+    registry: &Arc<Registry>,
+    name: &PackageName,
+    req: &VersionReq,
+    local: impl Fn() -> F,
+) -> Result<T, RegistryError>
+where
+    F: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    match local().await {
+        Err(
+            e @ (RegistryError::NotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::NoMatchingVersion { .. }),
+        ) => {
+            if registry.look_up(name, req).await? {
+                local().await
+            } else {
+                Err(e)
+            }
+        }
+        other => other,
+    }
+}
+
+pub(crate) fn key_error(e: KeyFileError) -> IpcError {
+    match e {
+        KeyFileError::NoPublisherKey { .. } => IpcError::NoKey(e.to_string()),
+        KeyFileError::Exists { .. } => IpcError::Refused(e.to_string()),
+        other => IpcError::Internal(other.to_string()),
+    }
+}
+
+/// A release as the CLI shows it.
+pub fn release_info(r: &ReleaseRecord, yanked: bool) -> ReleaseInfo {
+    body_info(&r.body, r.id().to_hex(), yanked)
+}
+
+/// A release body as the CLI shows it (`record_id` is empty for an unsigned dry run).
+pub(crate) fn body_info(b: &ReleaseBody, record_id: String, yanked: bool) -> ReleaseInfo {
+    ReleaseInfo {
+        name: b.name.to_string(),
+        version: b.version.to_string(),
+        description: b.meta.description.clone(),
+        category: b.meta.category.clone(),
+        author: b.meta.author.clone(),
+        license: b.meta.license.clone(),
+        repository: b.meta.repository.clone(),
+        tags: b.meta.tags.clone(),
+        keywords: b.meta.keywords.clone(),
+        dependencies: b.dependencies.iter().map(ToString::to_string).collect(),
+        sha256: b.archive.id.to_hex(),
+        size: b.archive.size,
+        publisher: b.publisher.to_hex(),
+        published_at: b.published_at,
+        record_id,
+        yanked,
+    }
+}
+
+pub(crate) fn yanked(registry: &Registry, r: &ReleaseRecord) -> bool {
+    registry
+        .catalog
+        .versions(&r.body.name)
+        .map(|vs| vs.iter().any(|v| v.version == r.body.version && v.yanked))
+        .unwrap_or(false)
+}

@@ -1,0 +1,149 @@
+//! Requests about packages: a release, the versions of a name, a resolution, an archive
+//! fetched. A name or version the catalog lacks is looked up on the DHT first.
+
+use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessage, VersionEntry};
+use agora_protocol::{ContentId, Dependency, Version, VersionReq};
+
+use super::{Context, Outbox, bad, name, progress, release_info, version, with_lookup, yanked};
+use crate::registry::RegistryError;
+use crate::registry::resolve::ResolveError;
+
+/// Most names one resolution looks up on the DHT (each lookup is two DHT queries).
+const MAX_LOOKUPS_PER_RESOLVE: usize = 64;
+
+/// `info NAME[@REQ]`: the newest release that matches.
+pub(super) async fn info(
+    ctx: &Context,
+    n: String,
+    req: Option<String>,
+) -> Result<Response, IpcError> {
+    let registry = &ctx.registry;
+    let n = name(&n)?;
+    let req = match req.as_deref() {
+        None => VersionReq::STAR,
+        Some(r) => agora_protocol::dependency::parse_req(r).map_err(bad)?,
+    };
+    // `=x.y.z` is a pin (a lockfile's): exactly that release, yanked or not.
+    let exact = match req.comparators.as_slice() {
+        [c] if c.op == semver::Op::Exact && c.minor.is_some() && c.patch.is_some() => {
+            Some(Version {
+                major: c.major,
+                minor: c.minor.unwrap_or(0),
+                patch: c.patch.unwrap_or(0),
+                pre: c.pre.clone(),
+                build: Default::default(),
+            })
+        }
+        _ => None,
+    };
+    let record = with_lookup(registry, &n, &req, || {
+        let (n, req, exact) = (n.clone(), req.clone(), exact.clone());
+        registry.read(move |c| match &exact {
+            Some(v) => c.release(&n, v),
+            None => c.get(&n, &req),
+        })
+    })
+    .await?;
+    let y = yanked(registry, &record);
+    Ok(Response::Release(release_info(&record, y)))
+}
+
+/// `versions NAME`.
+pub(super) async fn versions(ctx: &Context, n: String) -> Result<Response, IpcError> {
+    let registry = &ctx.registry;
+    let n = name(&n)?;
+    let versions = with_lookup(registry, &n, &VersionReq::STAR, || async {
+        registry.catalog.versions(&n)
+    })
+    .await?;
+    Ok(Response::Versions(
+        versions
+            .into_iter()
+            .map(|v| VersionEntry {
+                version: v.version.to_string(),
+                yanked: v.yanked,
+                equivocated: v.equivocated,
+            })
+            .collect(),
+    ))
+}
+
+/// `resolve ROOTS`: every release an install of `roots` needs.
+pub(super) async fn resolve(ctx: &Context, roots: Vec<String>) -> Result<Response, IpcError> {
+    let registry = &ctx.registry;
+    let roots: Vec<Dependency> = roots
+        .iter()
+        .map(|r| r.parse().map_err(bad))
+        .collect::<Result<_, _>>()?;
+    // Names the catalog lacks are looked up on the DHT, then resolution starts over.
+    let mut lookups = 0;
+    let resolved = loop {
+        let r = roots.clone();
+        let failed = match registry.read(move |c| c.resolve(&r)).await {
+            Ok(resolved) => break resolved,
+            Err(e) => e,
+        };
+        let (missing, req) = match &failed {
+            RegistryError::Resolve(ResolveError::Missing { name, .. }) => (name, VersionReq::STAR),
+            RegistryError::Resolve(ResolveError::Unsatisfiable {
+                name, requirements, ..
+            }) => (name, requirements[0].1.clone()),
+            _ => return Err(failed.into()),
+        };
+        // Nothing new found: the resolution would fail the same way again.
+        if lookups == MAX_LOOKUPS_PER_RESOLVE || !registry.look_up(missing, &req).await? {
+            return Err(failed.into());
+        }
+        lookups += 1;
+    };
+    let records = registry
+        .read(move |c| {
+            resolved
+                .iter()
+                .map(|p| c.release(&p.name, &p.version))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    Ok(Response::Resolved(
+        records.iter().map(|r| release_info(r, false)).collect(),
+    ))
+}
+
+/// `fetch NAME VERSION`: the archive made local, with progress as it arrives.
+pub(super) async fn fetch(
+    ctx: &Context,
+    id: u64,
+    out: &Outbox,
+    n: String,
+    v: String,
+) -> Result<Response, IpcError> {
+    let registry = &ctx.registry;
+    progress(out, id, "fetching").await;
+    let sender = out.clone();
+    // Progress is best effort: a client that reads slowly misses updates, not data.
+    let on_bytes: crate::registry::fetch::ProgressFn = Box::new(move |done, total| {
+        let _ = sender.try_send(ServerMessage::Progress {
+            id,
+            progress: Progress::Bytes { done, total },
+        });
+    });
+    let (n, v) = (name(&n)?, version(&v)?);
+    let pin = VersionReq::parse(&format!("={v}")).map_err(bad)?;
+    with_lookup(registry, &n, &pin, || {
+        let (n, v) = (n.clone(), v.clone());
+        registry.read(move |c| c.release(&n, &v))
+    })
+    .await?;
+    let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
+    Ok(Response::Fetched(FetchedInfo {
+        path: fetched.path.display().to_string(),
+        sha256: ContentId::to_hex(&fetched.content),
+        size: fetched.size,
+        cached: fetched.cached,
+        providers: fetched
+            .served_by
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect(),
+    }))
+}
