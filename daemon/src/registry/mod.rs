@@ -315,8 +315,6 @@ pub struct StartupReport {
     pub index_rebuilt: bool,
     /// Names re-indexed on top of the saved index (the catalog grew after its seal).
     pub index_caught_up: usize,
-    /// Records of the own-records journal the catalog lacked and took.
-    pub from_journal: u64,
     pub millis: u128,
 }
 
@@ -427,7 +425,6 @@ impl Registry {
                 blobs: store.blob_check,
                 index_rebuilt: store.opened.index_rebuilt,
                 index_caught_up: store.opened.index_caught_up,
-                from_journal: store.from_journal,
                 millis: 0,
             },
             repair: Mutex::new(repaired),

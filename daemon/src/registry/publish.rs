@@ -10,15 +10,8 @@ use super::*;
 impl Registry {
     /// Admits a verified release and announces it: DHT record and gossip.
     pub async fn announce(self: &Arc<Self>, record: ReleaseRecord) -> Result<(), RegistryError> {
-        let reg = self.clone();
-        let r = record.clone();
-        let (id, result) = blocking(move || reg.take_own(CatalogRecord::Release(r), false)).await?;
-        match result {
-            Ingested::Added(_) | Ingested::Duplicate => {}
-            Ingested::Invalid(e) => return Err(e.into()),
-            Ingested::Refused(e) => return Err(e.into()),
-            Ingested::RefusedBefore => return Err(RegistryError::RefusedBefore(id)),
-        }
+        self.take_own_checked(CatalogRecord::Release(record.clone()), false)
+            .await?;
         self.put_dht(DhtValue::Release(record.clone())).await?;
         self.gossip(GossipMessage::Release(record)).await?;
         Ok(())
@@ -152,15 +145,26 @@ impl Registry {
         })
     }
 
-    /// [`ingest_own`](Self::ingest_own), and the search index brought up to date.
-    fn take_own(
-        &self,
+    /// [`ingest_own`](Self::ingest_own) on a blocking thread, and the search index brought up
+    /// to date; an error unless the catalog holds the record now.
+    async fn take_own_checked(
+        self: &Arc<Self>,
         record: CatalogRecord,
         verified: bool,
-    ) -> Result<(RecordId, Ingested), RegistryError> {
-        let (decided, ticket) = self.ingest_own(record, verified)?;
-        self.catalog.flush_index(ticket)?;
-        Ok(decided)
+    ) -> Result<(), RegistryError> {
+        let reg = self.clone();
+        let (id, decided) = blocking(move || {
+            let (decided, ticket) = reg.ingest_own(record, verified)?;
+            reg.catalog.flush_index(ticket)?;
+            Ok(decided)
+        })
+        .await?;
+        match decided {
+            Ingested::Added(_) | Ingested::Duplicate => Ok(()),
+            Ingested::Invalid(e) => Err(e.into()),
+            Ingested::Refused(e) => Err(e.into()),
+            Ingested::RefusedBefore => Err(RegistryError::RefusedBefore(id)),
+        }
     }
 
     fn publish_local(
@@ -234,12 +238,8 @@ impl Registry {
             },
             secret,
         )?;
-        let reg = self.clone();
-        let y = yank.clone();
-        let (_, result) = blocking(move || reg.take_own(CatalogRecord::Yank(y), true)).await?;
-        if let Ingested::Refused(e) = result {
-            return Err(e.into());
-        }
+        self.take_own_checked(CatalogRecord::Yank(yank.clone()), true)
+            .await?;
         self.gossip(GossipMessage::Yank(yank.clone())).await?;
         Ok(yank)
     }
@@ -266,12 +266,8 @@ impl Registry {
             },
             secret,
         )?;
-        let reg = self.clone();
-        let r = rotation.clone();
-        let (_, result) = blocking(move || reg.take_own(CatalogRecord::Rotation(r), true)).await?;
-        if let Ingested::Refused(e) = result {
-            return Err(e.into());
-        }
+        self.take_own_checked(CatalogRecord::Rotation(rotation.clone()), true)
+            .await?;
         self.gossip(GossipMessage::Rotation(rotation.clone()))
             .await?;
         Ok(rotation)

@@ -124,10 +124,6 @@ impl Journal {
         }
         admitted.map(|(value, _)| value)
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// One record's frame.
