@@ -31,11 +31,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agora_client::Client;
-use agora_daemon::config::Config;
+use agora_daemon::Config;
+use agora_daemon::RegistryConfig;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::node::{Node, NodeConfig};
-use agora_daemon::registry::RegistryConfig;
 use agora_daemon::store::Db;
+use agora_daemon::{Node, NodeConfig};
 use agora_protocol::PublisherSecret;
 use agora_protocol::records::{CatalogRecord, HeadBody, PackageHead, Signed};
 use agora_protocol::search::SearchQuery;

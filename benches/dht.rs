@@ -34,7 +34,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agora_daemon::network::RecordQuorum;
-use agora_daemon::network::config::jittered;
+use agora_daemon::network::settings::jittered;
 use agora_protocol::ContentId;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::messages::{FetchRequest, FetchResponse};

@@ -50,8 +50,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use agora_daemon::Node;
 use agora_daemon::network::NetworkError;
-use agora_daemon::node::Node;
 use agora_protocol::ContentId;
 use agora_protocol::dht::DhtKey;
 use agora_protocol::records::{ArchiveInfo, ReleaseRecord};

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agora_client::Client;
-use agora_daemon::config::Config;
-use agora_daemon::keys;
+use agora_daemon::Config;
+use agora_daemon::Daemon;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::Service;
+use agora_daemon::store::key_files as keys;
 use agora_protocol::codec::Wire;
 use agora_protocol::ipc::{self, ClientMessage, FRAME_HEADER_LEN, Request};
 use criterion::{Criterion, criterion_group};
@@ -34,24 +34,24 @@ const ROUNDS: usize = 20_000;
 /// Requests per client in a throughput pass.
 const PER_CLIENT: usize = 5_000;
 
-struct Daemon {
+struct Running {
     _dir: tempfile::TempDir,
     socket: PathBuf,
-    _service: Service,
+    _daemon: Daemon,
 }
 
-fn start_daemon(rt: &tokio::runtime::Runtime) -> Daemon {
+fn start_daemon(rt: &tokio::runtime::Runtime) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::local(dir.path()).unwrap();
     std::fs::create_dir_all(&config.paths.data_dir).unwrap();
     let keypair = keys::node_identity(&config.paths.keys_dir).unwrap();
-    let service = rt
-        .block_on(Service::start(&config, NetworkConfig::new(keypair), None))
+    let daemon = rt
+        .block_on(Daemon::start(&config, NetworkConfig::new(keypair), None))
         .unwrap();
-    Daemon {
+    Running {
         socket: config.paths.socket.clone(),
         _dir: dir,
-        _service: service,
+        _daemon: daemon,
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use agora_daemon::registry::Registry;
+use agora_daemon::ops::Registry;
 use agora_protocol::PackageName;
 use agora_protocol::search::SearchQuery;
 use support::{cpu_time, env_list, summary};

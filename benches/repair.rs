@@ -19,7 +19,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agora_daemon::node::Node;
+use agora_daemon::Node;
 use agora_protocol::records::CatalogRecord;
 use support::{cpu_time, env_list, synthetic_releases};
 

@@ -62,10 +62,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use agora_client::Client;
-use agora_daemon::config::Config;
-use agora_daemon::keys;
+use agora_daemon::Config;
+use agora_daemon::Daemon;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::Service;
+use agora_daemon::store::key_files as keys;
 use agora_protocol::search::SearchQuery;
 use support::{bin, mb, proc_status_bytes, summary};
 
@@ -331,12 +331,12 @@ fn main() {
         std::fs::create_dir_all(&config.paths.data_dir).unwrap();
         config.bootstrap = services
             .first()
-            .map(|s: &Service| s.addresses[0].clone())
+            .map(|s: &Daemon| s.addresses[0].clone())
             .into_iter()
             .collect();
         let keypair = keys::node_identity(&config.paths.keys_dir).unwrap();
         let service = rt
-            .block_on(Service::start(
+            .block_on(Daemon::start(
                 &config,
                 NetworkConfig::for_local_testnet(keypair),
                 None,

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agora_daemon::node::Node;
-use agora_daemon::registry::trust::TrustPolicy;
+use agora_daemon::Node;
+use agora_daemon::catalog::trust::TrustPolicy;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::limits::{
@@ -764,7 +764,7 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
 /// reason, having held that one response, and nothing is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
-    use agora_daemon::registry::sync::{SyncError, sync_with};
+    use agora_daemon::ops::sync::{SyncError, sync_with};
 
     init_tracing();
     let key = publisher(120);
@@ -926,8 +926,8 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
 /// relay is not punished for it) and not refused for good: sync brings it later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
+    use agora_daemon::catalog::publishers::PublisherRates;
     use agora_daemon::network::budget::GossipRate;
-    use agora_daemon::registry::publishers::PublisherRates;
     init_tracing();
     let rates = PublisherRates {
         records: GossipRate {
@@ -1023,7 +1023,7 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
 async fn gossip_and_count(
     addr: &libp2p::Multiaddr,
     messages: Vec<Vec<u8>>,
-    stats: &agora_daemon::registry::RegistryStats,
+    stats: &agora_daemon::obs::RegistryStats,
 ) -> (u64, u64, u64, u64) {
     let counts = || {
         (

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use agora_daemon::node::Node;
+use agora_daemon::Node;
 use agora_protocol::PublisherSecret;
 use process::{DEADLINE, Daemon, package, wait_until};
 use rand::rngs::StdRng;

@@ -212,7 +212,7 @@ fn a_new_release_record_paired_with_an_old_archive_is_refused_at_install_and_cha
         .unwrap()
         .unwrap();
         assert!(
-            matches!(result[0].1, agora_daemon::registry::Ingested::Added(_)),
+            matches!(result[0].1, agora_daemon::catalog::Ingested::Added(_)),
             "the record itself is valid"
         );
         (node, addr)

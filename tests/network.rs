@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agora_daemon::network::{NetworkError, RecordQuorum};
-use agora_daemon::registry::fetch::{FetchError, PeerOutcome, Providers, fetch_archive};
+use agora_daemon::ops::fetch::{FetchError, PeerOutcome, Providers, fetch_archive};
 use agora_protocol::Version;
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
@@ -624,7 +624,7 @@ async fn a_copy_of_a_stored_dht_record_is_dropped_before_validation() {
             []
         );
     }
-    let seen = |n: &agora_daemon::node::Node| {
+    let seen = |n: &agora_daemon::Node| {
         let m = n.network.metrics();
         let s = &n.registry.stats;
         (

@@ -513,7 +513,7 @@ fn a_burst_of_searches_adds_no_more_threads_than_the_blocking_pool_allows() {
             });
         }
     });
-    let bound = agora_daemon::runtime::max_blocking_threads();
+    let bound = agora_daemon::app::runtime::max_blocking_threads();
     let after = threads();
     assert!(
         after <= idle + bound,

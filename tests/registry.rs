@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use agora_daemon::node::{Node, NodeConfig};
-use agora_daemon::registry::repair::RepairMode;
-use agora_daemon::registry::trust::{Admission, TrustError};
-use agora_daemon::registry::{Ingested, Registry, RegistryError};
+use agora_daemon::catalog::trust::{Admission, TrustError};
+use agora_daemon::catalog::{CatalogError, Ingested};
+use agora_daemon::ops::repair::RepairMode;
+use agora_daemon::ops::{Registry, RegistryError};
 use agora_daemon::store::{CatalogWrite, Db};
+use agora_daemon::{Node, NodeConfig};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::DhtValue;
 use agora_protocol::ipc::IndexState;
@@ -428,7 +429,7 @@ async fn a_package_only_on_the_dht_is_looked_up_and_a_stranger_head_is_ignored()
     let dht_only = "dht-only".parse().unwrap();
     assert!(matches!(
         reg.catalog.get(&dht_only, &VersionReq::STAR),
-        Err(RegistryError::NotFound { .. })
+        Err(CatalogError::NotFound { .. })
     ));
 
     // Missing: looked up, the newest listed release admitted with its owner.
@@ -642,7 +643,7 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
             n.registry
                 .catalog
                 .release(&"pkg".parse().unwrap(), &Version::new(2, 0, 0)),
-            Err(RegistryError::Equivocated { .. })
+            Err(CatalogError::Equivocated { .. })
         ));
         // New resolutions fall back to the newest version that is not in dispute.
         assert_eq!(

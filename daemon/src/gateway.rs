@@ -238,7 +238,11 @@ async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     let text = g.ctx.registry.network().metrics().encode();
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+    (
+        [(header::CONTENT_TYPE, crate::obs::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,23 +1,34 @@
-//! The Agora node: the actor-owned libp2p swarm ([`network`]), the registry that owns the
-//! catalog ([`registry`]) with its storage ([`store`]), search index ([`index`]) and peer
-//! [`reputation`], and [`node::Node`] which runs them together; [`api`] answers requests for
-//! the IPC socket ([`ipc`]) and the HTTP [`gateway`].
+//! The Agora node, in layers that each import only the layers below them:
+//!
+//! | layer | owns |
+//! |---|---|
+//! | [`app`] | building a node ([`Node`]) and a whole daemon ([`Daemon`]): config, keys, runtime, duties |
+//! | `ipc`, `gateway` | the Unix socket and the HTTP gateway, both answered by `api` |
+//! | `api` | one function per request kind and the dispatch that picks it |
+//! | [`ops`] | the workflows: publish, ingest, sync, lookup, fetch, repair ([`Registry`]) |
+//! | [`catalog`] | what was admitted and the trust rules that decide it; dependency resolution |
+//! | [`network`] | the libp2p swarm in its own task, and the handle that sends it commands |
+//! | [`index`], [`store`] | the search index; the database, the archive files, the journal |
+//! | [`obs`] | metrics, tracing and counters (imports nothing of the daemon) |
+//!
+//! docs/ARCHITECTURE.md draws them and follows a publish, an install and a sync through them.
 
-pub mod api;
-pub mod config;
-pub mod gateway;
+mod api;
+pub mod app;
+pub mod catalog;
+mod gateway;
 pub mod index;
-pub mod ipc;
-pub mod keys;
-pub mod metrics;
+mod ipc;
 pub mod network;
-pub mod node;
-pub mod registry;
-pub mod reputation;
-pub mod runtime;
-pub mod service;
+pub mod obs;
+pub mod ops;
 pub mod store;
-pub mod telemetry;
+
+pub use app::config::Config;
+pub use app::daemon::Daemon;
+pub use app::node::{Node, NodeConfig};
+pub use network::NetworkConfig;
+pub use ops::{Registry, RegistryConfig};
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -13,10 +13,10 @@ use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use tracing::info;
 
-use agora_daemon::config::{Config, Flags};
+use agora_daemon::app::config::{Config, Flags};
+use agora_daemon::app::daemon::{Daemon, DaemonError, StopSignals};
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::{Service, ServiceError, StopSignals};
-use agora_daemon::telemetry::Telemetry;
+use agora_daemon::obs::telemetry::Telemetry;
 use agora_protocol::paths::PathEnv;
 
 /// mimalloc keeps freed pages for reuse: each search-index commit allocates a multi-megabyte
@@ -94,10 +94,10 @@ fn main() {
     }
     // The identity first: once the socket exists, everything it names exists too.
     // Private: the catalog, the logs and the archives are this user's alone.
-    let prepared = agora_daemon::keys::ensure_private_dir(&config.paths.data_dir)
+    let prepared = agora_daemon::store::key_files::ensure_private_dir(&config.paths.data_dir)
         .with_context(|| format!("while creating {}", config.paths.data_dir.display()))
         .and_then(|()| {
-            agora_daemon::keys::node_identity(&config.paths.keys_dir)
+            agora_daemon::store::key_files::node_identity(&config.paths.keys_dir)
                 .context("while loading the node identity")
         });
     let keypair = prepared.unwrap_or_else(|e| fail(&e));
@@ -109,7 +109,7 @@ fn main() {
         &keypair.public().to_peer_id().to_string(),
     )
     .unwrap_or_else(|e| fail(&anyhow::Error::new(e)));
-    let runtime = agora_daemon::runtime::build()
+    let runtime = agora_daemon::app::runtime::build()
         .context("while starting the async runtime")
         .unwrap_or_else(|e| fail(&e));
     let result = runtime.block_on(run(config, keypair, &telemetry));
@@ -123,8 +123,8 @@ fn main() {
 fn fail(e: &anyhow::Error) -> ! {
     eprintln!("error: {e:#}");
     if let Some(file) = e
-        .downcast_ref::<ServiceError>()
-        .and_then(ServiceError::damaged_file)
+        .downcast_ref::<DaemonError>()
+        .and_then(DaemonError::damaged_file)
     {
         eprintln!(
             "hint: run 'agora node repair' to set {} aside and rebuild the store from this \
@@ -138,8 +138,8 @@ fn fail(e: &anyhow::Error) -> ! {
 
 /// `agorad --repair`: repairs the store if it is damaged, prints what was done and exits.
 fn repair(config: &Config) -> ! {
-    let registry = agora_daemon::service::registry_config(config);
-    match agora_daemon::registry::repair::repair_offline(&registry) {
+    let registry = agora_daemon::app::daemon::registry_config(config);
+    match agora_daemon::ops::repair::repair_offline(&registry) {
         Ok(repaired) => {
             let out = serde_json::json!({
                 "data_dir": config.paths.data_dir,
@@ -154,7 +154,7 @@ fn repair(config: &Config) -> ! {
 
 async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow::Result<()> {
     let mut signals = StopSignals::install().context("while installing the signal handlers")?;
-    let service = Service::start(
+    let service = Daemon::start(
         &config,
         NetworkConfig::new(keypair),
         Some(telemetry.log.clone()),

@@ -7,9 +7,9 @@ pub mod hostile;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use agora_daemon::RegistryConfig;
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::node::{Node, NodeConfig};
-use agora_daemon::registry::RegistryConfig;
+use agora_daemon::{Node, NodeConfig};
 use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
 use agora_protocol::{PackageMeta, PublisherSecret, Version};
 use libp2p::{Multiaddr, identity};

@@ -16,11 +16,12 @@ use agora_protocol::records::{ReleaseBody, ReleaseRecord};
 use agora_protocol::{PackageName, Version, VersionReq};
 use tokio::sync::{Notify, mpsc};
 
+use crate::catalog::CatalogError;
+use crate::catalog::resolve::ResolveError;
 use crate::index::IndexError;
-use crate::keys::{self, KeyFileError};
-use crate::registry::resolve::ResolveError;
-use crate::registry::{Registry, RegistryError};
-use crate::telemetry::LogControl;
+use crate::obs::telemetry::LogControl;
+use crate::ops::{Registry, RegistryError};
+use crate::store::key_files::{self as keys, KeyFileError};
 
 /// Answers one request (`id` tags the progress messages sent to `out` meanwhile).
 pub async fn dispatch(
@@ -122,21 +123,32 @@ impl From<RegistryError> for IpcError {
     fn from(e: RegistryError) -> Self {
         let msg = e.to_string();
         match e {
-            RegistryError::NotFound { .. }
-            | RegistryError::VersionNotFound { .. }
-            | RegistryError::NoMatchingVersion { .. }
-            | RegistryError::Resolve(ResolveError::Missing { .. }) => Self::NotFound(msg),
-            RegistryError::Equivocated { .. }
-            | RegistryError::AlreadyPublished { .. }
-            | RegistryError::NotNewer { .. }
+            RegistryError::Catalog(
+                CatalogError::NotFound { .. }
+                | CatalogError::VersionNotFound { .. }
+                | CatalogError::NoMatchingVersion { .. }
+                | CatalogError::Resolve(ResolveError::Missing { .. }),
+            ) => Self::NotFound(msg),
+            RegistryError::Catalog(
+                CatalogError::Equivocated { .. }
+                | CatalogError::AlreadyPublished { .. }
+                | CatalogError::NotNewer { .. }
+                | CatalogError::Resolve(_)
+                | CatalogError::Trust(_),
+            )
             | RegistryError::DisputedName { .. }
             | RegistryError::RefusedBefore(_)
-            | RegistryError::Trust(_)
-            | RegistryError::Resolve(_) => Self::Refused(msg),
+            | RegistryError::Trust(_) => Self::Refused(msg),
             RegistryError::Pack(_) => Self::Package(msg),
             RegistryError::Index(IndexError::InvalidQuery(_)) => Self::BadRequest(msg),
             RegistryError::Network(_) | RegistryError::Fetch(_) => Self::Network(msg),
-            RegistryError::Record(_)
+            RegistryError::Catalog(
+                CatalogError::Record(_)
+                | CatalogError::Store(_)
+                | CatalogError::Index(_)
+                | CatalogError::Internal(_),
+            )
+            | RegistryError::Record(_)
             | RegistryError::Store(_)
             | RegistryError::Index(_)
             | RegistryError::Internal(_) => Self::Internal(msg),
@@ -157,9 +169,11 @@ where
 {
     match local().await {
         Err(
-            e @ (RegistryError::NotFound { .. }
-            | RegistryError::VersionNotFound { .. }
-            | RegistryError::NoMatchingVersion { .. }),
+            e @ RegistryError::Catalog(
+                CatalogError::NotFound { .. }
+                | CatalogError::VersionNotFound { .. }
+                | CatalogError::NoMatchingVersion { .. },
+            ),
         ) => {
             if registry.look_up(name, req).await? {
                 local().await

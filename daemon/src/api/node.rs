@@ -4,7 +4,7 @@ use agora_protocol::ipc::{IpcError, PeerInfo, Response, StatusInfo};
 use std::sync::atomic::Ordering;
 
 use super::{Context, bad};
-use crate::telemetry::LogControl;
+use crate::obs::telemetry::LogControl;
 
 /// `status`: what the node is and holds, and how it is doing.
 pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {

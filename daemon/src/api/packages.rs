@@ -5,8 +5,9 @@ use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessa
 use agora_protocol::{ContentId, Dependency, Version, VersionReq};
 
 use super::{Context, Outbox, bad, name, progress, release_info, version, with_lookup, yanked};
-use crate::registry::RegistryError;
-use crate::registry::resolve::ResolveError;
+use crate::catalog::CatalogError;
+use crate::catalog::resolve::ResolveError;
+use crate::ops::RegistryError;
 
 /// Most names one resolution looks up on the DHT (each lookup is two DHT queries).
 const MAX_LOOKUPS_PER_RESOLVE: usize = 64;
@@ -53,7 +54,8 @@ pub(super) async fn versions(ctx: &Context, n: String) -> Result<Response, IpcEr
     let registry = &ctx.registry;
     let n = name(&n)?;
     let versions = with_lookup(registry, &n, &VersionReq::STAR, || async {
-        registry.catalog.versions(&n)
+        let n = n.clone();
+        registry.read(move |c| c.versions(&n)).await
     })
     .await?;
     Ok(Response::Versions(
@@ -84,10 +86,14 @@ pub(super) async fn resolve(ctx: &Context, roots: Vec<String>) -> Result<Respons
             Err(e) => e,
         };
         let (missing, req) = match &failed {
-            RegistryError::Resolve(ResolveError::Missing { name, .. }) => (name, VersionReq::STAR),
-            RegistryError::Resolve(ResolveError::Unsatisfiable {
-                name, requirements, ..
-            }) => (name, requirements[0].1.clone()),
+            RegistryError::Catalog(CatalogError::Resolve(ResolveError::Missing {
+                name, ..
+            })) => (name, VersionReq::STAR),
+            RegistryError::Catalog(CatalogError::Resolve(ResolveError::Unsatisfiable {
+                name,
+                requirements,
+                ..
+            })) => (name, requirements[0].1.clone()),
             _ => return Err(failed.into()),
         };
         // Nothing new found: the resolution would fail the same way again.
@@ -121,7 +127,7 @@ pub(super) async fn fetch(
     progress(out, id, "fetching").await;
     let sender = out.clone();
     // Progress is best effort: a client that reads slowly misses updates, not data.
-    let on_bytes: crate::registry::fetch::ProgressFn = Box::new(move |done, total| {
+    let on_bytes: crate::ops::fetch::ProgressFn = Box::new(move |done, total| {
         let _ = sender.try_send(ServerMessage::Progress {
             id,
             progress: Progress::Bytes { done, total },

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use agora_protocol::ipc::{IpcError, PublishedInfo, Response};
 
 use super::{Context, Outbox, bad, body_info, key_error, name, progress, release_info, version};
-use crate::keys;
+use crate::store::key_files as keys;
 
 /// `keygen`: makes this node's publisher key.
 pub(super) async fn keygen(ctx: &Context) -> Result<Response, IpcError> {

@@ -17,10 +17,10 @@ use clap::Parser;
 use libp2p::Multiaddr;
 use tracing_subscriber::EnvFilter;
 
-use agora_daemon::config::Config;
-use agora_daemon::keys;
+use agora_daemon::app::config::Config;
+use agora_daemon::app::daemon::{Daemon, StopSignals};
 use agora_daemon::network::NetworkConfig;
-use agora_daemon::service::{Service, StopSignals};
+use agora_daemon::store::key_files as keys;
 use agora_protocol::search::SearchQuery;
 
 /// How long seeding waits for every node to hold every release.
@@ -73,7 +73,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let runtime = agora_daemon::runtime::build().unwrap_or_else(|e| {
+    let runtime = agora_daemon::app::runtime::build().unwrap_or_else(|e| {
         eprintln!("error: cannot start the async runtime: {e}");
         std::process::exit(1);
     });
@@ -120,14 +120,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let started = Instant::now();
-    let mut nodes: Vec<Service> = Vec::with_capacity(args.nodes as usize);
+    let mut nodes: Vec<Daemon> = Vec::with_capacity(args.nodes as usize);
     let mut seed_addr: Option<Multiaddr> = None;
     for i in 0..args.nodes {
         let node_home = home.path().join(format!("node-{i}"));
         let config = node_config(&node_home, seed_addr.clone(), args.http)?;
         let keypair = keys::node_identity(&config.paths.keys_dir)
             .with_context(|| format!("node {i}: loading its identity"))?;
-        let service = Service::start(&config, NetworkConfig::for_local_testnet(keypair), None)
+        let service = Daemon::start(&config, NetworkConfig::for_local_testnet(keypair), None)
             .await
             .with_context(|| format!("node {i}"))?;
         if seed_addr.is_none() {
@@ -165,7 +165,7 @@ fn node_config(home: &Path, bootstrap: Option<Multiaddr>, http: bool) -> anyhow:
 }
 
 /// Publishes `count` synthetic releases from node 0 and waits until every node has them all.
-async fn seed(nodes: &[Service], home: &Path, count: u32) -> anyhow::Result<Duration> {
+async fn seed(nodes: &[Daemon], home: &Path, count: u32) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let first = &nodes[0];
     let secret = match keys::publisher_key(&first.ctx.paths.keys_dir) {
@@ -194,7 +194,7 @@ async fn seed(nodes: &[Service], home: &Path, count: u32) -> anyhow::Result<Dura
         limit: 1,
         ..SearchQuery::default()
     };
-    let has_all = |n: &Service| {
+    let has_all = |n: &Daemon| {
         n.node.registry.catalog.record_count() as u64 >= target
             && n.node
                 .registry
@@ -247,7 +247,7 @@ fn write_package(dir: &Path, i: u32) -> std::io::Result<()> {
 }
 
 fn print(
-    nodes: &[Service],
+    nodes: &[Daemon],
     home: &Path,
     args: &Args,
     started_in: Duration,

@@ -44,7 +44,7 @@ pub enum BindError {
         source: std::io::Error,
     },
     #[error("the socket's directory: {0}")]
-    Dir(crate::keys::KeyFileError),
+    Dir(crate::store::key_files::KeyFileError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BindError + '_ {
@@ -64,12 +64,6 @@ pub struct IpcListener {
 /// away knows the daemon has finished.
 pub struct SocketFile(PathBuf);
 
-impl SocketFile {
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
@@ -80,7 +74,7 @@ impl IpcListener {
     /// Claims the socket path. Must run inside a tokio runtime.
     pub fn bind(path: &Path) -> Result<(Self, SocketFile), BindError> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        crate::keys::ensure_private_dir(dir).map_err(BindError::Dir)?;
+        crate::store::key_files::ensure_private_dir(dir).map_err(BindError::Dir)?;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Err(BindError::Symlink(path.to_owned()));

@@ -16,8 +16,8 @@ use libp2p::{
 };
 
 use super::codec::WireCodec;
-use super::config::NetworkConfig;
-use super::store::DhtStore;
+use super::record_store::DhtStore;
+use super::settings::NetworkConfig;
 
 /// Identify protocol version string; peers with another one are still talked to, but only
 /// peers that speak our Kademlia protocol enter the routing table.

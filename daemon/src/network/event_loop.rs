@@ -35,9 +35,9 @@ use super::behaviour::{Behaviour, BehaviourEvent, topic};
 use super::budget::{Budget, GossipBudget, MAX_GOSSIP_PEERS, OpenRequests};
 use super::codec::WireCodec;
 use super::command::{Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, Reply};
-use super::config::NetworkConfig;
 use super::query::{self, ProviderCap, RecordLookup};
-use crate::metrics::Metrics;
+use super::settings::NetworkConfig;
+use crate::obs::metrics::Metrics;
 use rand::seq::SliceRandom;
 
 mod commands;

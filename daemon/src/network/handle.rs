@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Command, Envelope, NetworkError, NetworkInfo, RecordQuorum, Reply};
 use super::query::MAX_PROVIDERS_PER_GET;
-use crate::metrics::Metrics;
+use crate::obs::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct NetworkHandle {

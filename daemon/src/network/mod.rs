@@ -2,25 +2,25 @@
 //! owns it, and returns a [`NetworkHandle`] for commands plus a bounded receiver of
 //! [`NetworkEvent`]s that need the registry's decision.
 
-pub mod behaviour;
+mod behaviour;
 pub mod budget;
 pub mod codec;
-pub mod command;
-pub mod config;
-pub mod event_loop;
-pub mod handle;
+mod command;
+mod event_loop;
+mod handle;
 mod query;
-pub mod store;
+mod record_store;
+pub mod settings;
 
 pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
-pub use config::NetworkConfig;
 pub use handle::NetworkHandle;
+pub use settings::NetworkConfig;
 
 use libp2p::{SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::obs::metrics::Metrics;
 
 /// Why the swarm could not be built.
 #[derive(Debug, thiserror::Error)]

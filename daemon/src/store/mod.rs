@@ -1,6 +1,7 @@
 //! Durable state of a node: a redb database (the catalog log, owner pins, the highest version
 //! seen per name, equivocation evidence, package heads, peer reputation, blob metadata) and
-//! the content-addressed blob store beside it.
+//! the content-addressed blob store beside it ([`blobs`]), the journal of this node's own records
+//! ([`journal`]) and the key files ([`key_files`]).
 //!
 //! Every write here has committed with `Durability::Immediate` when the call returns, so the
 //! registry acknowledges nothing before it is on disk. Transactions that carry data a peer sent
@@ -9,6 +10,7 @@
 
 pub mod blobs;
 pub mod journal;
+pub mod key_files;
 
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! versions, yanks, evidence, heads), the log they are kept in, and the search index they
 //! feed. It takes records and returns verdicts; it has no network, no clock (a caller passes
 //! the time of what it signs) and spawns nothing. Every method that reads or writes the disk is
-//! blocking and says so: [`Registry`](super::Registry)'s async workflows run them on blocking
+//! blocking and says so: [`Registry`](crate::ops::Registry)'s async workflows run them on blocking
 //! threads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -27,18 +27,24 @@ use agora_protocol::{
 };
 use tracing::{debug, error, info, warn};
 
+#[cfg(test)]
+mod convergence;
 mod pins;
+pub mod publishers;
+mod refusals;
+pub mod resolve;
+pub mod trust;
 
-use super::refusals::{self, RefusalChanges, Refusals};
-use super::resolve::{self, Candidate};
-use super::trust::{self, Admission, Trust, TrustError, TrustPolicy};
-use super::{Ingested, RegistryError, RegistryStats, ResolvedPackage, VersionInfo};
 use crate::index::{
     CatchUp, IndexDoc, IndexError, OVERLAY_MAX, SavedIndex, Seal, SearchIndex, Ticket,
 };
 use crate::lock;
+use crate::obs::RegistryStats;
 use crate::store::{CatalogWrite, Db, StoreError};
 use pins::{all_newest_found, check_pins_and_open_index, joined};
+use refusals::{RefusalChanges, Refusals};
+use resolve::{Candidate, ResolveError};
+use trust::{Admission, Trust, TrustError, TrustPolicy};
 
 /// Records admitted per durable transaction when a big batch (a sync) comes in.
 const INGEST_BATCH: usize = 2048;
@@ -62,6 +68,77 @@ const CATCH_UP_FRACTION: u64 = 4;
 /// disk: so a crash leaves a copy the next start catches up instead of rebuilding.
 const SAVE_BEHIND_FRACTION: u64 = 8;
 
+/// Why the catalog refused a query or a write. Each variant is something the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("package '{name}' not found in the catalog ({catalog} packages)")]
+    NotFound { name: PackageName, catalog: usize },
+    #[error("no installable version of '{name}' matches {req}; available: {}", resolve::fmt_versions(.available))]
+    NoMatchingVersion {
+        name: PackageName,
+        req: VersionReq,
+        available: Vec<Version>,
+    },
+    #[error("'{name}' has no version {version}")]
+    VersionNotFound { name: PackageName, version: Version },
+    #[error(
+        "{name}@{version} has two different signed records (equivocation); it cannot be installed"
+    )]
+    Equivocated { name: PackageName, version: Version },
+    #[error("{name}@{version} is already published")]
+    AlreadyPublished { name: PackageName, version: Version },
+    #[error("{name}@{version} is not newer than {highest}, the highest version published")]
+    NotNewer {
+        name: PackageName,
+        version: Version,
+        highest: Version,
+    },
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What happened to one record offered to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    Added(Admission),
+    Duplicate,
+    Invalid(RecordError),
+    Refused(TrustError),
+    /// Refused for good by the trust rules earlier, and remembered.
+    RefusedBefore,
+}
+
+/// One version of a package as `versions` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: Version,
+    pub record: RecordId,
+    pub yanked: bool,
+    /// More than one record exists for this version: not installable.
+    pub equivocated: bool,
+}
+
+/// One package chosen by a resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedPackage {
+    pub name: PackageName,
+    pub version: Version,
+    pub record: RecordId,
+    pub archive: ContentId,
+    pub publisher: PublisherKey,
+    pub dependencies: Vec<Dependency>,
+}
+
 /// The in-memory view of the catalog (the truth is in redb), under one lock.
 struct Memory {
     trust: Trust,
@@ -76,13 +153,11 @@ struct Memory {
 
 impl Memory {
     /// The state of a name, or `NotFound` naming how many packages there are.
-    fn state(&self, name: &PackageName) -> Result<&trust::NameState, RegistryError> {
-        self.trust
-            .name(name)
-            .ok_or_else(|| RegistryError::NotFound {
-                name: name.clone(),
-                catalog: self.trust.name_count(),
-            })
+    fn state(&self, name: &PackageName) -> Result<&trust::NameState, CatalogError> {
+        self.trust.name(name).ok_or_else(|| CatalogError::NotFound {
+            name: name.clone(),
+            catalog: self.trust.name_count(),
+        })
     }
 }
 
@@ -120,7 +195,7 @@ impl Catalog {
         held: &HashSet<ContentId>,
         saved_index: Option<SavedIndex>,
         stats: Arc<RegistryStats>,
-    ) -> Result<(Self, Opened), RegistryError> {
+    ) -> Result<(Self, Opened), CatalogError> {
         let started = Instant::now();
         // Sized for the stored records up front, so that the replay never grows the maps.
         let (stored, names) = db.counts()?;
@@ -225,7 +300,7 @@ impl Catalog {
     }
 
     /// Searches the catalog. Blocking (the index may wait for a rebuild).
-    pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, RegistryError> {
+    pub fn search(&self, query: &SearchQuery) -> Result<SearchResults, CatalogError> {
         count(&self.stats.searches);
         Ok(self.index.search(query)?)
     }
@@ -245,7 +320,7 @@ impl Catalog {
         name: &PackageName,
         version: &Version,
         key: &PublisherKey,
-    ) -> Result<Option<RecordId>, RegistryError> {
+    ) -> Result<Option<RecordId>, CatalogError> {
         let memory = self.lock();
         let Some(state) = memory.trust.name(name) else {
             return Ok(None);
@@ -259,7 +334,7 @@ impl Catalog {
             .into());
         }
         if state.releases.contains_key(version) {
-            return Err(RegistryError::AlreadyPublished {
+            return Err(CatalogError::AlreadyPublished {
                 name: name.clone(),
                 version: version.clone(),
             });
@@ -267,7 +342,7 @@ impl Catalog {
         if let Some(h) = &state.highest
             && h > version
         {
-            return Err(RegistryError::NotNewer {
+            return Err(CatalogError::NotNewer {
                 name: name.clone(),
                 version: version.clone(),
                 highest: h.clone(),
@@ -280,7 +355,7 @@ impl Catalog {
     pub fn rotation_basis(
         &self,
         name: &PackageName,
-    ) -> Result<(RecordId, Vec<Version>), RegistryError> {
+    ) -> Result<(RecordId, Vec<Version>), CatalogError> {
         let memory = self.lock();
         let state = memory.state(name)?;
         let last = state
@@ -300,11 +375,7 @@ impl Catalog {
     }
 
     /// Whether the catalog holds a release of `name@version`, or `NotFound` for the name.
-    pub fn has_version(
-        &self,
-        name: &PackageName,
-        version: &Version,
-    ) -> Result<bool, RegistryError> {
+    pub fn has_version(&self, name: &PackageName, version: &Version) -> Result<bool, CatalogError> {
         Ok(self.lock().state(name)?.releases.contains_key(version))
     }
 
@@ -344,7 +415,7 @@ impl Catalog {
         &self,
         mut wanted: Vec<RecordId>,
         add: &mut dyn FnMut(IndexDoc) -> Result<(), IndexError>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), CatalogError> {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(REBUILD_CHUNKS_AHEAD);
             let reader = scope.spawn(move || {
@@ -365,7 +436,7 @@ impl Catalog {
                 let last = read
                     .and_then(|found| all_newest_found(found, wanted.len()))
                     .map(|()| docs)
-                    .map_err(RegistryError::from);
+                    .map_err(CatalogError::from);
                 let _ = tx.send(last);
             });
             // Ends the reader early if the index fails: it stops at its next send.
@@ -373,7 +444,7 @@ impl Catalog {
                 docs?
                     .into_iter()
                     .try_for_each(&mut *add)
-                    .map_err(RegistryError::from)
+                    .map_err(CatalogError::from)
             });
             joined(reader.join());
             fed
@@ -432,7 +503,7 @@ impl Catalog {
         &self,
         records: Vec<CatalogRecord>,
         verified: bool,
-    ) -> Result<Vec<(RecordId, Ingested)>, RegistryError> {
+    ) -> Result<Vec<(RecordId, Ingested)>, CatalogError> {
         let (out, ticket) = self.ingest_durable(records, verified, |_| {})?;
         self.flush_index(ticket)?;
         Ok(out)
@@ -446,7 +517,7 @@ impl Catalog {
         mut records: Vec<CatalogRecord>,
         verified: bool,
         mut decided: impl FnMut(&[(RecordId, Ingested)]),
-    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), CatalogError> {
         if records.len() > 1 {
             records.sort_by_cached_key(trust::replay_order);
         }
@@ -497,7 +568,7 @@ impl Catalog {
     }
 
     /// Returns once the index changes marked up to `ticket` are searchable. Blocking.
-    pub fn flush_index(&self, ticket: Ticket) -> Result<(), RegistryError> {
+    pub fn flush_index(&self, ticket: Ticket) -> Result<(), CatalogError> {
         self.index.flush(ticket, |names| {
             let names: Vec<PackageName> = names.iter().filter_map(|n| n.parse().ok()).collect();
             self.index_docs(&names)
@@ -509,7 +580,7 @@ impl Catalog {
         records: &[CatalogRecord],
         verified: bool,
         decided: &mut impl FnMut(&[(RecordId, Ingested)]),
-    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), RegistryError> {
+    ) -> Result<(Vec<(RecordId, Ingested)>, Ticket), CatalogError> {
         let ids: Vec<RecordId> = records.iter().map(CatalogRecord::id).collect();
         // Signatures are checked before the catalog's lock is taken (a sync's batch held it
         // through thousands of checks), and only those of records it does not hold: an id
@@ -615,7 +686,7 @@ impl Catalog {
     fn index_docs(
         &self,
         names: &[PackageName],
-    ) -> Result<(Vec<IndexDoc>, Vec<String>), RegistryError> {
+    ) -> Result<(Vec<IndexDoc>, Vec<String>), CatalogError> {
         let latest: Vec<(PackageName, Option<RecordId>)> = {
             let cat = self.lock();
             names
@@ -702,7 +773,7 @@ impl Catalog {
     }
 
     /// The records with these ids that we have.
-    pub fn records(&self, ids: &[RecordId]) -> Result<Vec<CatalogRecord>, RegistryError> {
+    pub fn records(&self, ids: &[RecordId]) -> Result<Vec<CatalogRecord>, CatalogError> {
         Ok(self.db.records(ids)?)
     }
 
@@ -712,7 +783,7 @@ impl Catalog {
         name: &PackageName,
         secret: &PublisherSecret,
         at: u64,
-    ) -> Result<PackageHead, RegistryError> {
+    ) -> Result<PackageHead, CatalogError> {
         let mut cat = self.lock();
         let state = cat.state(name)?;
         let versions: Vec<Version> = state
@@ -737,7 +808,7 @@ impl Catalog {
     }
 
     /// Admits a verified head from a peer and persists it; `Ok(false)` if we already had it.
-    pub fn admit_head(&self, head: &PackageHead) -> Result<bool, RegistryError> {
+    pub fn admit_head(&self, head: &PackageHead) -> Result<bool, CatalogError> {
         let mut cat = self.lock();
         let fresh = cat.trust.admit_head(head)?;
         if fresh {
@@ -752,7 +823,7 @@ impl Catalog {
     }
 
     /// Every version of a name, oldest first.
-    pub fn versions(&self, name: &PackageName) -> Result<Vec<VersionInfo>, RegistryError> {
+    pub fn versions(&self, name: &PackageName) -> Result<Vec<VersionInfo>, CatalogError> {
         let cat = self.lock();
         let state = cat.state(name)?;
         Ok(state
@@ -787,18 +858,14 @@ impl Catalog {
     }
 
     /// The newest installable release of `name` matching `req`.
-    pub fn get(
-        &self,
-        name: &PackageName,
-        req: &VersionReq,
-    ) -> Result<ReleaseRecord, RegistryError> {
+    pub fn get(&self, name: &PackageName, req: &VersionReq) -> Result<ReleaseRecord, CatalogError> {
         let id = {
             let cat = self.lock();
             let state = cat.state(name)?;
             match state.newest_matching(req) {
                 Some((_, id)) => *id,
                 None => {
-                    return Err(RegistryError::NoMatchingVersion {
+                    return Err(CatalogError::NoMatchingVersion {
                         name: name.clone(),
                         req: req.clone(),
                         available: state
@@ -820,12 +887,12 @@ impl Catalog {
         &self,
         name: &PackageName,
         version: &Version,
-    ) -> Result<ReleaseRecord, RegistryError> {
+    ) -> Result<ReleaseRecord, CatalogError> {
         let id = {
             let cat = self.lock();
             let state = cat.state(name)?;
             if state.is_equivocated(version) {
-                return Err(RegistryError::Equivocated {
+                return Err(CatalogError::Equivocated {
                     name: name.clone(),
                     version: version.clone(),
                 });
@@ -833,7 +900,7 @@ impl Catalog {
             *state
                 .releases
                 .get(version)
-                .ok_or_else(|| RegistryError::VersionNotFound {
+                .ok_or_else(|| CatalogError::VersionNotFound {
                     name: name.clone(),
                     version: version.clone(),
                 })?
@@ -841,7 +908,7 @@ impl Catalog {
         self.release_by_id(&id)
     }
 
-    pub fn release_by_id(&self, id: &RecordId) -> Result<ReleaseRecord, RegistryError> {
+    pub fn release_by_id(&self, id: &RecordId) -> Result<ReleaseRecord, CatalogError> {
         match self.db.record(id)? {
             Some(CatalogRecord::Release(r)) => Ok(r),
             _ => Err(StoreError::Corrupt(format!("release {id} is missing from the log")).into()),
@@ -849,9 +916,9 @@ impl Catalog {
     }
 
     /// Resolves `roots` and everything they depend on to exact releases.
-    pub fn resolve(&self, roots: &[Dependency]) -> Result<Vec<ResolvedPackage>, RegistryError> {
+    pub fn resolve(&self, roots: &[Dependency]) -> Result<Vec<ResolvedPackage>, CatalogError> {
         let mut records: HashMap<RecordId, ReleaseRecord> = HashMap::new();
-        let mut failure: Option<RegistryError> = None;
+        let mut failure: Option<CatalogError> = None;
         let chosen = resolve::resolve(roots, |name| {
             let ids: Vec<RecordId> = {
                 let cat = self.lock();
@@ -911,7 +978,7 @@ impl Catalog {
 
     /// Flushes what the catalog holds into the search index and saves it, sealed with the log
     /// records it reflects. Blocking. Returns whether it saved.
-    pub fn save_index(&self) -> Result<bool, RegistryError> {
+    pub fn save_index(&self) -> Result<bool, CatalogError> {
         let started = Instant::now();
         let (records, ticket) = {
             let cat = self.lock();

@@ -74,10 +74,6 @@ impl Refusals {
         self.by_id.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
     /// Remembers that `id` (a record of `name`) was refused, forgetting the oldest beyond the
     /// bound.
     pub fn remember(&mut self, id: RecordId, name: &PackageName, changes: &mut RefusalChanges) {

@@ -3,7 +3,7 @@
 //!
 //! Start-up order: claim the socket (refused if a live daemon holds it), bind the gateway,
 //! start the node, listen, dial the bootstrap peers (retrying in the background while none
-//! answers), then serve IPC. [`Service::stop`] undoes it in reverse and removes the socket
+//! answers), then serve IPC. [`Daemon::stop`] undoes it in reverse and removes the socket
 //! last, so a socket that is gone means a daemon that is done.
 
 use std::net::SocketAddr;
@@ -17,19 +17,19 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::app::config::Config;
+use crate::app::node::{Node, NodeConfig, StartError};
 use crate::gateway::{self, Gateway};
 use crate::ipc::{BindError, Context, IpcListener, SocketFile};
 use crate::network::{NetworkConfig, NetworkError, NetworkHandle};
-use crate::node::{Node, NodeConfig, StartError};
-use crate::registry::RegistryConfig;
-use crate::telemetry::LogControl;
+use crate::obs::telemetry::LogControl;
+use crate::ops::RegistryConfig;
 
 /// Longest wait between attempts to reach unreachable bootstrap peers.
 const MAX_REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub enum DaemonError {
     #[error("while claiming the socket (is another agorad using this AGORA_HOME?): {0}")]
     Socket(#[from] BindError),
     #[error("while binding the HTTP gateway to {addr}: {source}")]
@@ -47,7 +47,7 @@ pub enum ServiceError {
 }
 
 /// A running daemon.
-pub struct Service {
+pub struct Daemon {
     pub node: Node,
     pub ctx: Arc<Context>,
     /// The concrete addresses it listens on, with `/p2p/<peer id>`.
@@ -59,13 +59,13 @@ pub struct Service {
     socket_file: SocketFile,
 }
 
-impl Service {
+impl Daemon {
     /// Starts a daemon for `config` with these network settings (which carry the identity).
     pub async fn start(
         config: &Config,
         mut network: NetworkConfig,
         log: Option<LogControl>,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Self, DaemonError> {
         let paths = &config.paths;
         let (listener, socket_file) = IpcListener::bind(&paths.socket)?;
         let http_listener = match config.http {
@@ -76,7 +76,7 @@ impl Service {
                 Some(
                     gateway::bind(addr)
                         .await
-                        .map_err(|source| ServiceError::Http { addr, source })?,
+                        .map_err(|source| DaemonError::Http { addr, source })?,
                 )
             }
             None => None,
@@ -85,7 +85,7 @@ impl Service {
         let registry = registry_config(config);
         let node = Node::start(NodeConfig { network, registry })
             .await
-            .map_err(|source| ServiceError::Start {
+            .map_err(|source| DaemonError::Start {
                 dir: paths.data_dir.display().to_string(),
                 source,
             })?;
@@ -95,7 +95,7 @@ impl Service {
                 node.network
                     .listen(addr.clone())
                     .await
-                    .map_err(|source| ServiceError::Listen {
+                    .map_err(|source| DaemonError::Listen {
                         addr: addr.clone(),
                         source,
                     })?;
@@ -172,13 +172,13 @@ pub fn registry_config(config: &Config) -> RegistryConfig {
     registry
 }
 
-impl ServiceError {
+impl DaemonError {
     /// The damaged file, if the store was found damaged (and not repaired).
     pub fn damaged_file(&self) -> Option<&std::path::Path> {
         match self {
             Self::Start {
                 source:
-                    StartError::Registry(crate::registry::RegistryError::Store(
+                    StartError::Registry(crate::ops::RegistryError::Store(
                         crate::store::StoreError::Damaged { file, .. },
                     )),
                 ..

@@ -359,7 +359,8 @@ async fn admit(
     let records = batch.records;
     let results = tokio::task::spawn_blocking(move || reg.catalog.ingest(records, true))
         .await
-        .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))??;
+        .map_err(|e| RegistryError::Internal(format!("sync ingest task: {e}")))?
+        .map_err(RegistryError::from)?;
     let mut added = HashSet::new();
     for (id, outcome) in results {
         match outcome {

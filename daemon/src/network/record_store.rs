@@ -45,10 +45,6 @@ impl DhtStore {
         self.records.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
     /// The value stored under `key`, without the copy [`RecordStore::get`] makes.
     pub fn value(&self, key: &[u8]) -> Option<&[u8]> {
         self.records.get(key).map(|v| &v[..])

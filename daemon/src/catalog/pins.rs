@@ -6,8 +6,8 @@ use std::path::Path;
 
 use agora_protocol::Version;
 
-use super::super::RegistryError;
-use super::super::trust::Trust;
+use super::CatalogError;
+use super::trust::Trust;
 use crate::index::{SavedIndex, SearchIndex};
 use crate::store::{Db, StoreError};
 
@@ -20,7 +20,7 @@ pub(super) fn check_pins_and_open_index(
     trust: &Trust,
     index_dir: &Path,
     saved: Option<SavedIndex>,
-) -> Result<((SearchIndex, bool), u64), RegistryError> {
+) -> Result<((SearchIndex, bool), u64), CatalogError> {
     // The names come out of their hash map in hash order: a sample's middle name splits the
     // sorted pin tables near their middle ("" when there are none: all in the upper half).
     let mut sample: Vec<&str> = trust.names().take(255).map(|(n, _)| n.as_str()).collect();

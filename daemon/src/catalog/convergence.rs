@@ -393,9 +393,10 @@ mod on_disk {
     use agora_protocol::PackageName;
 
     use super::*;
+    use crate::catalog::Catalog;
+    use crate::catalog::Ingested;
     use crate::index::SearchIndex;
-    use crate::registry::catalog::Catalog;
-    use crate::registry::{Ingested, RegistryStats};
+    use crate::obs::RegistryStats;
     use crate::store::Db;
 
     fn open(dir: &Path) -> Catalog {

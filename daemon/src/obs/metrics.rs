@@ -1,7 +1,7 @@
 //! Metrics: Agora's own counters, gauges and histograms and libp2p's, in one Prometheus
 //! registry per node. Counters live where the work happens (a [`Source`], which the registry
 //! is) and are read at scrape time by a collector, so nothing is counted twice; histograms are
-//! recorded here. When OpenTelemetry export is on ([`crate::telemetry`]), the same values go
+//! recorded here. When OpenTelemetry export is on ([`crate::obs::telemetry`]), the same values go
 //! out over OTLP as well. This module knows nothing of the rest of the daemon.
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};

@@ -29,9 +29,9 @@ use libp2p::Multiaddr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::registry::DEFAULT_CACHE_QUOTA;
-use crate::registry::repair::RepairMode;
-use crate::registry::trust::TrustPolicy;
+use crate::catalog::trust::TrustPolicy;
+use crate::ops::DEFAULT_CACHE_QUOTA;
+use crate::ops::repair::RepairMode;
 
 /// Default TCP and QUIC port for Agora nodes.
 pub const DEFAULT_PORT: u16 = 4101;

@@ -1,6 +1,6 @@
-//! The registry: the node's package workflows. The [`catalog`] decides on records and answers
-//! queries with no network, no clock and no tasks of its own; the registry around it
-//! publishes, yanks and rotates (signing with the time), takes in what the network brings
+//! The workflows: [`Registry`] runs the node's package work over the layers below it. The
+//! [`catalog`](crate::catalog) decides on records and answers queries with no network, no clock
+//! and no tasks of its own; the registry around it publishes, yanks and rotates (signing with the time), takes in what the network brings
 //! ([`inbound`], [`sync`], [`lookup`]), fetches archives from the best peers ([`fetch`]) and
 //! keeps peer reputation.
 //!
@@ -8,20 +8,14 @@
 //! never while holding up an async worker. A write is acknowledged only after it committed.
 
 pub mod archive;
-pub mod catalog;
-#[cfg(test)]
-mod convergence;
 mod damaged;
 pub mod fetch;
-pub mod inbound;
+pub(crate) mod inbound;
 mod lookup;
 mod publish;
-pub mod publishers;
-pub mod refusals;
 pub mod repair;
-pub mod resolve;
+pub mod reputation;
 pub mod sync;
-pub mod trust;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -39,24 +33,23 @@ use agora_protocol::records::{
     RotationBody, Signed, YankBody,
 };
 use agora_protocol::search::{SearchQuery, SearchResults};
-use agora_protocol::{
-    ContentId, Dependency, PackageName, PublisherKey, PublisherSecret, Version, VersionReq,
-};
+use agora_protocol::{ContentId, PackageName, PublisherKey, PublisherSecret, Version};
 use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::catalog::publishers::{PublisherBudget, PublisherRates};
+use crate::catalog::trust::{Admission, TrustError, TrustPolicy};
+use crate::catalog::{Catalog, CatalogError, Ingested};
 use crate::index::{IndexError, Ticket};
 use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
-use crate::reputation::{PeerRecord, Reputation};
+use crate::obs::RegistryStats;
+use crate::ops::reputation::{PeerRecord, Reputation};
 use crate::store::journal::Journal;
 use crate::store::{BlobKind, BlobStore, Db, StoreError, blobs::BlobCheck};
 use archive::PackError;
-use catalog::Catalog;
 use fetch::{FetchError, PeerOutcome};
-use resolve::{ResolveError, fmt_versions};
-use trust::{Admission, TrustError, TrustPolicy};
 
 /// Default size of the cache of fetched archives: enough for thousands of template packs.
 pub const DEFAULT_CACHE_QUOTA: u64 = 1024 * 1024 * 1024;
@@ -79,7 +72,7 @@ pub struct RegistryConfig {
     /// How often the node syncs its catalog with a random connected peer.
     pub sync_interval: Duration,
     /// What each publishing key may have admitted from gossip.
-    pub publisher_rates: publishers::PublisherRates,
+    pub publisher_rates: PublisherRates,
     /// What to do with a store found damaged at start.
     pub repair: repair::RepairMode,
 }
@@ -91,105 +84,17 @@ impl RegistryConfig {
             cache_quota: DEFAULT_CACHE_QUOTA,
             trust: TrustPolicy::FirstUse,
             sync_interval: sync::SYNC_INTERVAL,
-            publisher_rates: publishers::PublisherRates::default(),
+            publisher_rates: PublisherRates::default(),
             repair: repair::RepairMode::Auto,
         }
     }
 }
 
-/// Declares the registry's counters once: each is a field of [`RegistryStats`] and an
-/// exported metric named after it, its doc line the metric's help, so none can be left out.
-macro_rules! counters {
-    ($($(#[doc = $help:literal])+ $name:ident,)*) => {
-        /// Counters of what the registry decided, for tests, status and metrics.
-        #[derive(Debug, Default)]
-        pub struct RegistryStats {
-            $($(#[doc = $help])+ pub $name: AtomicU64,)*
-        }
-
-        impl RegistryStats {
-            /// Every counter: (name, help, value).
-            pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((
-                    stringify!($name),
-                    concat!($($help),+).trim_ascii(),
-                    self.$name.load(Ordering::Relaxed),
-                ),)*]
-            }
-        }
-    };
-}
-
-counters! {
-    /// Gossip messages accepted
-    gossip_accepted,
-    /// Gossip messages rejected as invalid
-    gossip_rejected,
-    /// Gossip messages ignored (duplicates, valid records this node's rules refuse)
-    gossip_ignored,
-    /// Records admitted from the DHT
-    records_stored,
-    /// Records refused from the DHT
-    records_refused,
-    /// Records refused as rollbacks (a head hiding newer versions)
-    rollbacks_refused,
-    /// Second records seen for one version (kept as evidence)
-    equivocations,
-    /// Gossiped records and heads ignored because their key was over its budget
-    publisher_over_budget,
-    /// Archive chunks served to peers
-    chunks_served,
-    /// Archive bytes served to peers
-    bytes_served,
-    /// Archive bytes fetched from peers
-    bytes_fetched,
-    /// Catalog syncs completed
-    syncs_completed,
-    /// Record ids peers listed in syncs (what reconciliation cost)
-    sync_ids_listed,
-    /// Records admitted through sync
-    records_synced,
-    /// Catalog searches
-    searches,
-    /// Releases published by this node
-    publishes,
-    /// Archives fetched from the network (cache misses that succeeded)
-    fetches,
-    /// Archive requests answered from the local store
-    cache_hits,
-    /// Archive requests that needed the network
-    cache_misses,
-    /// Peers banned for serving bad data
-    peers_banned,
-    /// Archives whose files the disk damaged, dropped and fetched again if kept here
-    blobs_damaged,
-}
-
 /// Why a registry operation failed. Each variant is something the caller can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("package '{name}' not found in the catalog ({catalog} packages)")]
-    NotFound { name: PackageName, catalog: usize },
-    #[error("no installable version of '{name}' matches {req}; available: {}", fmt_versions(.available))]
-    NoMatchingVersion {
-        name: PackageName,
-        req: VersionReq,
-        available: Vec<Version>,
-    },
-    #[error("'{name}' has no version {version}")]
-    VersionNotFound { name: PackageName, version: Version },
-    #[error(
-        "{name}@{version} has two different signed records (equivocation); it cannot be installed"
-    )]
-    Equivocated { name: PackageName, version: Version },
-    #[error("{name}@{version} is already published")]
-    AlreadyPublished { name: PackageName, version: Version },
-    #[error("{name}@{version} is not newer than {highest}, the highest version published")]
-    NotNewer {
-        name: PackageName,
-        version: Version,
-        highest: Version,
-    },
+    #[error(transparent)]
+    Catalog(CatalogError),
     #[error(
         "the DHT holds heads of '{name}' from {} keys ({}), and this node has no record of it to tell which owns it",
         .owners.len(),
@@ -215,31 +120,23 @@ pub enum RegistryError {
     Network(#[from] NetworkError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-/// What happened to one record offered to the catalog.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ingested {
-    Added(Admission),
-    Duplicate,
-    Invalid(RecordError),
-    Refused(TrustError),
-    /// Refused for good by the trust rules earlier, and remembered.
-    RefusedBefore,
-}
-
-/// One version of a package as `versions` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionInfo {
-    pub version: Version,
-    pub record: RecordId,
-    pub yanked: bool,
-    /// More than one record exists for this version: not installable.
-    pub equivocated: bool,
+/// The catalog's failures of the store, the index and the record rules are the registry's own:
+/// one variant each, whichever layer met them.
+impl From<CatalogError> for RegistryError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Trust(e) => Self::Trust(e),
+            CatalogError::Record(e) => Self::Record(e),
+            CatalogError::Store(e) => Self::Store(e),
+            CatalogError::Index(e) => Self::Index(e),
+            CatalogError::Internal(e) => Self::Internal(e),
+            other => Self::Catalog(other),
+        }
+    }
 }
 
 /// A finished publish.
@@ -265,17 +162,6 @@ pub struct FetchedBlob {
     pub resumed_chunks: u32,
 }
 
-/// One package chosen by a resolution.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedPackage {
-    pub name: PackageName,
-    pub version: Version,
-    pub record: RecordId,
-    pub archive: ContentId,
-    pub publisher: PublisherKey,
-    pub dependencies: Vec<Dependency>,
-}
-
 pub struct Registry {
     net: NetworkHandle,
     db: Arc<Db>,
@@ -287,7 +173,7 @@ pub struct Registry {
     /// Serialises publishes and yanks so that a name's chain is extended one at a time.
     authoring: tokio::sync::Mutex<()>,
     /// What each publishing key may still have admitted from gossip.
-    pub(crate) publishers: Mutex<publishers::PublisherBudget>,
+    pub(crate) publishers: Mutex<PublisherBudget>,
     /// Peers a sync is running with (one at a time per peer).
     syncing: Mutex<HashSet<PeerId>>,
     /// Bucket differences that held nothing for this node (see [`sync::Settled`]).
@@ -318,7 +204,7 @@ pub struct StartupReport {
     pub millis: u128,
 }
 
-impl crate::metrics::Source for Registry {
+impl crate::obs::metrics::Source for Registry {
     fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
         self.stats.counters()
     }
@@ -415,7 +301,7 @@ impl Registry {
             journal: store.journal,
             reputation: Mutex::new(Reputation::default()),
             authoring: tokio::sync::Mutex::new(()),
-            publishers: Mutex::new(publishers::PublisherBudget::new(config.publisher_rates)),
+            publishers: Mutex::new(PublisherBudget::new(config.publisher_rates)),
             syncing: Mutex::new(HashSet::new()),
             settled: Mutex::new(sync::Settled::default()),
             fetching: Mutex::new(HashMap::new()),
@@ -511,13 +397,14 @@ impl Registry {
 
     /// Runs `read` on the catalog on a blocking thread: a read that may touch the disk (a
     /// record from the log, a resolution) never holds up an async worker.
-    pub async fn read<T, F>(self: &Arc<Self>, read: F) -> Result<T, RegistryError>
+    pub async fn read<T, E, F>(self: &Arc<Self>, read: F) -> Result<T, RegistryError>
     where
-        F: FnOnce(&Catalog) -> Result<T, RegistryError> + Send + 'static,
+        F: FnOnce(&Catalog) -> Result<T, E> + Send + 'static,
+        E: Into<RegistryError>,
         T: Send + 'static,
     {
         let reg = self.clone();
-        blocking(move || read(&reg.catalog)).await
+        blocking(move || read(&reg.catalog).map_err(Into::into)).await
     }
 
     /// Searches the local catalog (on a blocking thread: the index may be rebuilding).
@@ -854,7 +741,7 @@ impl Registry {
     pub async fn close(self: &Arc<Self>) -> Result<(), RegistryError> {
         self.persist().await?;
         let reg = self.clone();
-        blocking(move || reg.catalog.save_index().map(drop)).await
+        blocking(move || Ok(reg.catalog.save_index().map(drop)?)).await
     }
 
     /// Saves the search index if the copy on disk is far behind the catalog: after a crash the
@@ -866,7 +753,7 @@ impl Registry {
             return Ok(false);
         }
         let reg = self.clone();
-        blocking(move || reg.catalog.save_index()).await
+        blocking(move || Ok(reg.catalog.save_index()?)).await
     }
 
     /// Puts the heads we hold and the releases we publish back into the local DHT store (a
@@ -926,34 +813,5 @@ fn tolerate_lonely(e: NetworkError) -> Result<(), NetworkError> {
     match e {
         NetworkError::Query(_) => Ok(()),
         other => Err(other),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each counter is exported under its field's name with its doc line as help, and reads
-    /// the field.
-    #[test]
-    fn every_counter_is_exported_with_its_name_and_help() {
-        let stats = RegistryStats::default();
-        stats.blobs_damaged.store(7, Ordering::Relaxed);
-        let counters = stats.counters();
-        assert_eq!(counters.len(), 21);
-        assert_eq!(
-            counters[0],
-            ("gossip_accepted", "Gossip messages accepted", 0)
-        );
-        assert_eq!(
-            counters.last().unwrap(),
-            &(
-                "blobs_damaged",
-                "Archives whose files the disk damaged, dropped and fetched again if kept here",
-                7
-            )
-        );
-        let names: HashSet<&str> = counters.iter().map(|c| c.0).collect();
-        assert_eq!(names.len(), counters.len(), "each name once");
     }
 }

@@ -18,8 +18,8 @@ use agora_protocol::ipc::RepairInfo;
 use agora_protocol::records::CatalogRecord;
 use tracing::{info, warn};
 
-use super::catalog::{Catalog, Opened};
 use super::{Ingested, RegistryConfig, RegistryError, RegistryStats, now};
+use crate::catalog::{Catalog, Opened};
 use crate::index::SearchIndex;
 use crate::store::blobs::BlobCheck;
 use crate::store::journal::Journal;
@@ -264,7 +264,7 @@ mod tests {
     use agora_protocol::ipc::StoreCheck;
 
     use super::*;
-    use crate::registry::damaged;
+    use crate::ops::damaged;
     use crate::store::BlobKind;
 
     /// `n` releases of distinct names signed by `key`.

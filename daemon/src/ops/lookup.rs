@@ -15,7 +15,8 @@ use agora_protocol::records::{CatalogRecord, PackageHead, ReleaseRecord};
 use agora_protocol::{PackageName, PublisherKey, Version, VersionReq};
 use tracing::debug;
 
-use super::{Ingested, Registry, RegistryError, blocking};
+use super::{Registry, RegistryError, blocking};
+use crate::catalog::{CatalogError, Ingested};
 use crate::network::{NetworkError, RecordQuorum};
 
 /// A lookup that found nothing: not an error for the caller, who reports the name as unknown.
@@ -44,8 +45,8 @@ impl Registry {
         }
         let known: Vec<Version> = match self.catalog.versions(name) {
             Ok(v) => v.into_iter().map(|v| v.version).collect(),
-            Err(RegistryError::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(e),
+            Err(CatalogError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
         };
         let Some(head) = self.best_head(name).await? else {
             debug!(%name, "no head on the DHT");

@@ -109,7 +109,7 @@ impl Registry {
             .in_current_span(),
         );
         let reg = self.clone();
-        blocking(move || reg.catalog.flush_index(ticket)).await?;
+        blocking(move || Ok(reg.catalog.flush_index(ticket)?)).await?;
         match tokio::time::timeout(PUBLISH_DHT_WAIT, &mut dht).await {
             Ok(joined) => {
                 joined.map_err(|e| RegistryError::Internal(format!("DHT writes: {e}")))??
@@ -223,10 +223,11 @@ impl Registry {
     ) -> Result<agora_protocol::Yank, RegistryError> {
         let _authoring = self.authoring.lock().await;
         if !self.catalog.has_version(name, version)? {
-            return Err(RegistryError::VersionNotFound {
+            return Err(CatalogError::VersionNotFound {
                 name: name.clone(),
                 version: version.clone(),
-            });
+            }
+            .into());
         }
         let yank = Signed::sign(
             YankBody {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::network::{self, BuildError, NetworkConfig, NetworkError, NetworkHandle};
-use crate::registry::{Registry, RegistryConfig, RegistryError, inbound, sync};
+use crate::ops::{Registry, RegistryConfig, RegistryError, inbound, sync};
 
 /// How often in-memory state (reputation, blob use times) is written to disk, and the search
 /// index too if its copy on disk is far behind the catalog.
@@ -67,7 +67,8 @@ impl Node {
                 }
             }
         });
-        let source: std::sync::Weak<dyn crate::metrics::Source> = Arc::downgrade(&registry) as _;
+        let source: std::sync::Weak<dyn crate::obs::metrics::Source> =
+            Arc::downgrade(&registry) as _;
         registry.network().metrics().collect(source);
         let scrub_stop = Arc::new(AtomicBool::new(false));
         let scrub_task = tokio::task::spawn_blocking({

@@ -17,8 +17,9 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::trust::TrustError;
-use super::{Ingested, Registry, RegistryError};
+use super::{Registry, RegistryError};
+use crate::catalog::Ingested;
+use crate::catalog::trust::TrustError;
 use crate::lock;
 use crate::network::{NetworkError, NetworkEvent};
 
@@ -99,7 +100,7 @@ async fn admit(
         // Dropped undecided: the task failed before the trust rules ruled.
         Err(_) => match task.await {
             Ok(Ok(())) => Ok(Ingested::Duplicate),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(RegistryError::Internal(format!("ingest task: {e}"))),
         },
     }
@@ -124,7 +125,7 @@ async fn admit_head(
             Registry::count(&reg.stats.publisher_over_budget);
             return Ok(None);
         }
-        reg.catalog.admit_head(&head).map(Some)
+        Ok(reg.catalog.admit_head(&head).map(Some)?)
     })
     .await
     .map_err(|e| RegistryError::Internal(format!("head task: {e}")))?
