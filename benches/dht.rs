@@ -149,7 +149,7 @@ async fn replication(nodes: usize, records: usize, period: Duration, periods: u3
     let counts = || {
         let (mut received, mut unchanged) = (0, 0);
         for (n, _) in &net {
-            let m = n.network.metrics();
+            let m = &n.metrics;
             received += m.dht_records_received.get();
             unchanged += m.dht_records_unchanged.get();
         }

@@ -22,6 +22,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use agora_daemon::Node;
 use agora_daemon::network::{NetworkConfig, NetworkHandle};
 use agora_protocol::messages::{SyncRequest, SyncResponse};
 use futures::StreamExt;
@@ -102,15 +103,15 @@ async fn commands(a: &NetworkHandle, b_peer: PeerId) {
     }
 }
 
-async fn swarm_events(a: &NetworkHandle, b: &NetworkHandle) {
-    let a_peer = a.peer_id();
-    let events = || a.metrics().swarm_events.get() + b.metrics().swarm_events.get();
+async fn swarm_events(a: &Node, b: &Node) {
+    let a_peer = a.network.peer_id();
+    let events = || a.metrics.swarm_events.get() + b.metrics.swarm_events.get();
     let (events0, cpu0, started) = (events(), cpu_time(), Instant::now());
     let mut pending = FuturesUnordered::new();
     let (mut sent, mut answered) = (0, 0);
     while answered < REQUESTS {
         while sent < REQUESTS && pending.len() < IN_FLIGHT {
-            let b = b.clone();
+            let b = b.network.clone();
             pending.push(async move { b.send_sync(a_peer, SyncRequest::Summary).await });
             sent += 1;
         }
@@ -155,7 +156,7 @@ fn main() {
             commands(&a.network, b.network.peer_id()).await;
         }
         if run("swarm") {
-            swarm_events(&a.network, &b.network).await;
+            swarm_events(&a, &b).await;
         }
     });
 }

@@ -90,7 +90,7 @@ async fn run(flood_len: usize, rate: u32, budget: bool) {
         .iter()
         .map(|(n, _)| n.registry.catalog.record_count().saturating_sub(1))
         .collect();
-    let over = nodes[0].0.network.metrics().gossip_over_budget.get();
+    let over = nodes[0].0.metrics.gossip_over_budget.get();
     println!(
         "budget {}: flood of {sent} valid releases at {rate}/s over {flood_time:.1?}: the \
          honest release on all {NODES} nodes {} ms after its publish; flood records admitted per node \

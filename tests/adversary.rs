@@ -901,7 +901,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     );
     // Past its budget the flooder's own messages are rejected, and after a few of those
     // gossipsub graylists it: the rest of the flood is dropped before validation.
-    let over = nodes[0].0.network.metrics().gossip_over_budget.get();
+    let over = nodes[0].0.metrics.gossip_over_budget.get();
     assert!(over >= 1, "node 0 dropped {over} over budget");
     let score = nodes[0]
         .0

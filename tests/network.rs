@@ -570,7 +570,7 @@ async fn a_record_one_node_holds_reaches_its_peers_by_replication() {
     let record = libp2p::kad::Record::new(v.key().to_bytes(), v.encode());
     assert_eq!(a.network.store_records(vec![record]).await.unwrap(), []);
     converge("b stores the replicated record", DEADLINE, || async {
-        let m = b.network.metrics();
+        let m = &b.metrics;
         match (
             b.registry.stats.records_stored.load(Ordering::Relaxed),
             m.dht_records.get(),
@@ -582,7 +582,7 @@ async fn a_record_one_node_holds_reaches_its_peers_by_replication() {
         }
     })
     .await;
-    assert_eq!(b.network.metrics().dht_records_unchanged.get(), 0);
+    assert_eq!(b.metrics.dht_records_unchanged.get(), 0);
     for (n, _) in nodes {
         n.shutdown().await;
     }
@@ -625,7 +625,7 @@ async fn a_copy_of_a_stored_dht_record_is_dropped_before_validation() {
         );
     }
     let seen = |n: &agora_daemon::Node| {
-        let m = n.network.metrics();
+        let m = &n.metrics;
         let s = &n.registry.stats;
         (
             m.dht_records_received.get(),

@@ -194,7 +194,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 async fn healthz(State(g): State<Arc<Gateway>>) -> Response {
-    match tokio::time::timeout(PROBE_TIMEOUT, g.ctx.registry.network().info()).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, g.ctx.network.info()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n").into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,7 +205,7 @@ async fn healthz(State(g): State<Arc<Gateway>>) -> Response {
 }
 
 async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
-    let info = tokio::time::timeout(PROBE_TIMEOUT, g.ctx.registry.network().info()).await;
+    let info = tokio::time::timeout(PROBE_TIMEOUT, g.ctx.network.info()).await;
     let (listening, peers, table) = match &info {
         Ok(Ok(i)) => (
             !i.listen_addrs.is_empty(),
@@ -237,7 +237,7 @@ async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
-    let text = g.ctx.registry.network().metrics().encode();
+    let text = g.ctx.metrics.encode();
     (
         [(header::CONTENT_TYPE, crate::obs::metrics::CONTENT_TYPE)],
         text,

@@ -161,7 +161,7 @@ async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow:
     )
     .await?;
     if let Some(meter) = telemetry.meter() {
-        service.node.network.metrics().export_to(
+        service.node.metrics.export_to(
             &meter,
             std::sync::Arc::downgrade(&service.node.registry) as _,
         );

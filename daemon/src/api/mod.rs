@@ -19,6 +19,8 @@ use tokio::sync::{Notify, mpsc};
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
 use crate::index::IndexError;
+use crate::network::NetworkHandle;
+use crate::obs::Metrics;
 use crate::obs::telemetry::LogControl;
 use crate::ops::{Registry, RegistryError};
 use crate::store::key_files::{self as keys, KeyFileError};
@@ -56,6 +58,8 @@ pub async fn dispatch(
 /// What request handlers can reach.
 pub struct Context {
     pub registry: Arc<Registry>,
+    pub network: NetworkHandle,
+    pub metrics: Arc<Metrics>,
     pub paths: Paths,
     /// Notified when a client asks the daemon to stop.
     pub shutdown: Arc<Notify>,
@@ -70,9 +74,16 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(registry: Arc<Registry>, paths: Paths) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        network: NetworkHandle,
+        metrics: Arc<Metrics>,
+        paths: Paths,
+    ) -> Self {
         Self {
             registry,
+            network,
+            metrics,
             paths,
             shutdown: Arc::new(Notify::new()),
             log: None,
@@ -93,6 +104,11 @@ impl Context {
             .to_hex();
         Some(self.publisher.get_or_init(|| key).clone())
     }
+}
+
+/// A failure of the network, as the client sees it.
+pub(crate) fn network(e: crate::network::NetworkError) -> IpcError {
+    IpcError::Network(e.to_string())
 }
 
 pub(crate) type Outbox = mpsc::Sender<ServerMessage>;

@@ -3,14 +3,13 @@
 use agora_protocol::ipc::{IpcError, PeerInfo, Response, StatusInfo};
 use std::sync::atomic::Ordering;
 
-use super::{Context, bad};
+use super::{Context, bad, network};
 use crate::obs::telemetry::LogControl;
 
 /// `status`: what the node is and holds, and how it is doing.
 pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {
     let registry = &ctx.registry;
-    let net = registry.network();
-    let network = |e: crate::network::NetworkError| IpcError::Network(e.to_string());
+    let net = &ctx.network;
     let info = net.info().await.map_err(network)?;
     let usage = registry.blobs.usage();
     let stats = &registry.stats;
@@ -52,8 +51,7 @@ pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {
 /// `peers`: the connected peers and their reputation.
 pub(super) async fn peers(ctx: &Context) -> Result<Response, IpcError> {
     let registry = &ctx.registry;
-    let net = registry.network();
-    let network = |e: crate::network::NetworkError| IpcError::Network(e.to_string());
+    let net = &ctx.network;
     let peers = net.peers().await.map_err(network)?;
     Ok(Response::Peers(
         peers
@@ -71,9 +69,7 @@ pub(super) async fn peers(ctx: &Context) -> Result<Response, IpcError> {
 
 /// `connect ADDR`: dials a peer.
 pub(super) async fn connect(ctx: &Context, addr: String) -> Result<Response, IpcError> {
-    let registry = &ctx.registry;
-    let net = registry.network();
-    let network = |e: crate::network::NetworkError| IpcError::Network(e.to_string());
+    let net = &ctx.network;
     let addr: libp2p::Multiaddr = addr
         .parse()
         .map_err(|e| bad(format!("invalid multiaddr {addr:?}: {e}")))?;

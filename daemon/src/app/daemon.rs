@@ -109,7 +109,12 @@ impl Daemon {
             tokio::spawn(rejoin(node.network.clone(), config.bootstrap.clone()))
         });
 
-        let mut ctx = Context::new(node.registry.clone(), paths.clone());
+        let mut ctx = Context::new(
+            node.registry.clone(),
+            node.network.clone(),
+            node.metrics.clone(),
+            paths.clone(),
+        );
         ctx.log = log;
         ctx.http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         let ctx = Arc::new(ctx);

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::network::{self, BuildError, NetworkConfig, NetworkError, NetworkHandle};
+use crate::obs::metrics::{Metrics, Source};
 use crate::ops::{Registry, RegistryConfig, RegistryError, inbound, sync};
 
 /// How often in-memory state (reputation, blob use times) is written to disk, and the search
@@ -28,6 +29,8 @@ pub struct NodeConfig {
 pub struct Node {
     pub network: NetworkHandle,
     pub registry: Arc<Registry>,
+    /// The node's metrics: the swarm's, the event loop's and the registry's.
+    pub metrics: Arc<Metrics>,
     network_task: JoinHandle<()>,
     inbound_task: JoinHandle<()>,
     duties_task: JoinHandle<()>,
@@ -44,11 +47,13 @@ impl Node {
     /// Opens the store, builds the swarm and starts the event loop, the inbound handler and
     /// the periodic duties.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
-        let net = network::spawn(config.network)?;
+        let metrics = Metrics::new();
+        let net = network::spawn(config.network, metrics.clone())?;
         let handle = net.handle.clone();
         let registry_config = config.registry.clone();
+        let m = metrics.clone();
         let registry =
-            tokio::task::spawn_blocking(move || Registry::open(&registry_config, handle))
+            tokio::task::spawn_blocking(move || Registry::open(&registry_config, handle, m))
                 .await
                 .map_err(|e| StartError::Registry(RegistryError::Internal(e.to_string())))??;
         // The node serves while the index is rebuilt; searches wait for it.
@@ -67,9 +72,8 @@ impl Node {
                 }
             }
         });
-        let source: std::sync::Weak<dyn crate::obs::metrics::Source> =
-            Arc::downgrade(&registry) as _;
-        registry.network().metrics().collect(source);
+        let source: std::sync::Weak<dyn Source> = Arc::downgrade(&registry) as _;
+        metrics.collect(source);
         let scrub_stop = Arc::new(AtomicBool::new(false));
         let scrub_task = tokio::task::spawn_blocking({
             let (registry, stop) = (registry.clone(), scrub_stop.clone());
@@ -81,6 +85,7 @@ impl Node {
         let duties_task = tokio::spawn(duties(registry.clone()));
         Ok(Self {
             network: net.handle,
+            metrics,
             registry,
             network_task: net.task,
             inbound_task,

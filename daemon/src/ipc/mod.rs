@@ -234,11 +234,8 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                             Err(e) => e.to_string(),
                         },
                     );
-                    ctx.registry.network().metrics().observe_request(
-                        kind,
-                        result.is_ok(),
-                        started.elapsed(),
-                    );
+                    ctx.metrics
+                        .observe_request(kind, result.is_ok(), started.elapsed());
                     let stop = matches!(result, Ok(Response::ShuttingDown));
                     if out
                         .send(ServerMessage::Response { id, result })

@@ -1,7 +1,6 @@
 //! `NetworkHandle`: the cloneable, Send + Sync way to talk to the event loop. Every call
 //! sends a command with a oneshot reply and waits at most `command_timeout` for the answer.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
@@ -12,39 +11,26 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::command::{Command, Envelope, NetworkError, NetworkInfo, RecordQuorum, Reply};
 use super::query::MAX_PROVIDERS_PER_GET;
-use crate::obs::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct NetworkHandle {
     tx: mpsc::Sender<Envelope>,
     peer_id: PeerId,
     timeout: Duration,
-    metrics: Arc<Metrics>,
 }
 
 impl NetworkHandle {
-    pub(crate) fn new(
-        tx: mpsc::Sender<Envelope>,
-        peer_id: PeerId,
-        timeout: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<Envelope>, peer_id: PeerId, timeout: Duration) -> Self {
         Self {
             tx,
             peer_id,
             timeout,
-            metrics,
         }
     }
 
     /// This node's peer id (known without asking the event loop).
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
-    }
-
-    /// This node's metrics (the swarm's and everything built on it).
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetworkError> {

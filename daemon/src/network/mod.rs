@@ -16,6 +16,8 @@ pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
 pub use handle::NetworkHandle;
 pub use settings::NetworkConfig;
 
+use std::sync::Arc;
+
 use libp2p::{SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,10 +37,9 @@ pub struct Network {
 }
 
 /// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS) and spawns its event loop on the current
-/// tokio runtime.
-pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
+/// tokio runtime. The swarm's and the event loop's metrics go to `metrics`.
+pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
-    let metrics = Metrics::new();
     let swarm = metrics.with_registry(|prom| -> Result<_, BuildError> {
         Ok(SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
@@ -63,10 +64,10 @@ pub fn spawn(config: NetworkConfig) -> Result<Network, BuildError> {
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
     let task = tokio::spawn(
-        event_loop::EventLoop::new(swarm, &config, command_rx, event_tx, metrics.clone()).run(),
+        event_loop::EventLoop::new(swarm, &config, command_rx, event_tx, metrics).run(),
     );
     Ok(Network {
-        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout, metrics),
+        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout),
         events: event_rx,
         task,
     })

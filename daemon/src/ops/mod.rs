@@ -44,7 +44,7 @@ use crate::catalog::{Catalog, CatalogError, Ingested};
 use crate::index::{IndexError, Ticket};
 use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
-use crate::obs::RegistryStats;
+use crate::obs::{Metrics, RegistryStats};
 use crate::ops::reputation::{PeerRecord, Reputation};
 use crate::store::journal::Journal;
 use crate::store::{BlobKind, BlobStore, Db, StoreError, blobs::BlobCheck};
@@ -164,6 +164,8 @@ pub struct FetchedBlob {
 
 pub struct Registry {
     net: NetworkHandle,
+    /// Where the workflows' latencies are observed.
+    metrics: Arc<Metrics>,
     db: Arc<Db>,
     pub blobs: BlobStore,
     pub catalog: Catalog,
@@ -284,7 +286,11 @@ where
 impl Registry {
     /// Opens the store under `config.data_dir`, replays the catalog, checks the index and the
     /// blobs. Blocking: call before the node starts serving.
-    pub fn open(config: &RegistryConfig, net: NetworkHandle) -> Result<Arc<Self>, RegistryError> {
+    pub fn open(
+        config: &RegistryConfig,
+        net: NetworkHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, RegistryError> {
         let started = Instant::now();
         let (store, repaired) = repair::open(config)?;
         let restore = store
@@ -295,6 +301,7 @@ impl Registry {
             .collect();
         let registry = Self {
             net,
+            metrics,
             db: store.db,
             blobs: store.blobs,
             catalog: store.catalog,
@@ -424,7 +431,7 @@ impl Registry {
         let results = self
             .read(move |catalog| inner.in_scope(|| catalog.search(&query)))
             .await?;
-        self.net.metrics().observe_search(started.elapsed());
+        self.metrics.observe_search(started.elapsed());
         span.record("hits", results.hits.len());
         span.record("total", results.total);
         Ok(results)
@@ -472,7 +479,7 @@ impl Registry {
                     Self::count(&self.stats.cache_hits);
                 } else {
                     Self::count(&self.stats.fetches);
-                    self.net.metrics().observe_fetch(started.elapsed(), f.size);
+                    self.metrics.observe_fetch(started.elapsed(), f.size);
                 }
             }
             Err(e) => {

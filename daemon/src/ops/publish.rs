@@ -66,7 +66,7 @@ impl Registry {
                 span.record("gossiped", p.gossiped);
                 span.record("outcome", "ok");
                 Self::count(&self.stats.publishes);
-                self.net.metrics().observe_publish(started.elapsed());
+                self.metrics.observe_publish(started.elapsed());
             }
             Err(e) => {
                 span.record("outcome", e.to_string());
