@@ -9,6 +9,7 @@
 //! a peer who controls the bytes could try to collide). Never called from the event loop.
 
 pub mod blobs;
+pub mod download;
 pub mod journal;
 pub mod key_files;
 
