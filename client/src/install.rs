@@ -18,7 +18,8 @@ use agora_client::unpack::{self, FileHashes};
 use agora_protocol::{ContentId, Manifest, PackageName};
 use serde_json::json;
 
-use crate::{Failure, explain, on_progress, print_json};
+use crate::output::Output;
+use crate::{Failure, explain, on_progress};
 
 /// A path the project's links make unsafe: nothing was written or deleted through it.
 fn unsafe_path(e: UnsafePath) -> Failure {
@@ -174,17 +175,18 @@ fn check_manifest(dir: &Path, r: &ReleaseInfo) -> Result<(), Failure> {
     Ok(())
 }
 
-fn report(installed: &[LockedPackage], project: &Project, json: bool) {
-    if json {
-        print_json(json!({
+fn report(installed: &[LockedPackage], project: &Project) -> Output {
+    let text: Vec<String> = installed
+        .iter()
+        .map(|p| format!("installed {}@{}", p.name, p.version))
+        .collect();
+    Output::new(
+        json!({
             "installed": installed.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256})).collect::<Vec<_>>(),
             "lockfile": project.root().join(LOCKFILE),
-        }));
-    } else {
-        for p in installed {
-            println!("installed {}@{}", p.name, p.version);
-        }
-    }
+        }),
+        text.join("\n"),
+    )
 }
 
 pub fn install(
@@ -192,7 +194,7 @@ pub fn install(
     project: &Path,
     names: &[String],
     json: bool,
-) -> Result<(), Failure> {
+) -> Result<Output, Failure> {
     let project = &Project::new(project);
     // Every path the install will write, checked before anything is asked of the daemon.
     project.packages().map_err(unsafe_path)?;
@@ -270,8 +272,7 @@ pub fn install(
         }
     }
     write_lock(project, &lock)?;
-    report(&installed, project, json);
-    Ok(())
+    Ok(report(&installed, project))
 }
 
 pub fn update(
@@ -279,7 +280,7 @@ pub fn update(
     project: &Path,
     name: Option<&str>,
     json: bool,
-) -> Result<(), Failure> {
+) -> Result<Output, Failure> {
     let lock = read_lock(&Project::new(project))?.unwrap_or_else(Lockfile::new);
     let roots: Vec<String> = match name {
         Some(n) => {
@@ -304,7 +305,7 @@ pub fn update(
     install(client, project, &roots, json)
 }
 
-pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
+pub fn remove(project: &Path, name: &str) -> Result<Output, Failure> {
     let project = &Project::new(project);
     let dir = project.package(&package_name(name)?).map_err(unsafe_path)?;
     let mut lock = read_lock(project)?.unwrap_or_else(Lockfile::new);
@@ -320,29 +321,29 @@ pub fn remove(project: &Path, name: &str, json: bool) -> Result<(), Failure> {
             .map_err(|e| Failure::new(1, format!("{}: {e}", dir.display()), "check permissions"))?;
     }
     write_lock(project, &lock)?;
-    if json {
-        print_json(json!({ "removed": name }));
-    } else {
-        println!("removed {name}");
-    }
-    Ok(())
+    Ok(Output::new(
+        json!({ "removed": name }),
+        format!("removed {name}"),
+    ))
 }
 
-pub fn list(project: &Path, json: bool) -> Result<(), Failure> {
+pub fn list(project: &Path) -> Result<Output, Failure> {
     let lock = read_lock(&Project::new(project))?.unwrap_or_else(Lockfile::new);
-    if json {
-        print_json(json!(lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256, "dependencies": p.dependencies})).collect::<Vec<_>>()));
-    } else if lock.packages.is_empty() {
-        println!("no packages installed");
+    let value = json!(lock.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "sha256": p.sha256, "dependencies": p.dependencies})).collect::<Vec<_>>());
+    let text = if lock.packages.is_empty() {
+        "no packages installed".to_string()
     } else {
-        for p in &lock.packages {
-            println!("{}@{}", p.name, p.version);
-        }
-    }
-    Ok(())
+        let lines: Vec<String> = lock
+            .packages
+            .iter()
+            .map(|p| format!("{}@{}", p.name, p.version))
+            .collect();
+        lines.join("\n")
+    };
+    Ok(Output::new(value, text))
 }
 
-pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
+pub fn verify(project: &Path) -> Result<Output, Failure> {
     let project = &Project::new(project);
     let Some(lock) = read_lock(project)? else {
         return Err(Failure::new(
@@ -383,22 +384,13 @@ pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
             problems.push(format!("{}: {path} was added", p.name));
         }
     }
-    if json {
-        print_json(
-            json!({ "ok": problems.is_empty(), "packages": lock.packages.len(), "problems": problems }),
-        );
-    } else if problems.is_empty() {
-        let n = lock.packages.len();
-        println!("{n} package{} verified", if n == 1 { "" } else { "s" });
-    }
+    let n = lock.packages.len();
+    let value = json!({ "ok": problems.is_empty(), "packages": n, "problems": problems });
     if problems.is_empty() {
-        Ok(())
+        let text = format!("{n} package{} verified", if n == 1 { "" } else { "s" });
+        Ok(Output::new(value, text))
     } else {
-        if !json {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-        }
+        let found = Output::new(value, problems.join("\n"));
         Err(Failure::new(
             6,
             format!(
@@ -407,6 +399,7 @@ pub fn verify(project: &Path, json: bool) -> Result<(), Failure> {
                 LOCKFILE
             ),
             "reinstall exactly what the lockfile says with 'agora install'",
-        ))
+        )
+        .with_found(found))
     }
 }

@@ -1,0 +1,239 @@
+//! `agora node`: starting, stopping and repairing the local daemon, its log level and logs.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agora_client::Client;
+use agora_protocol::paths::Paths;
+use serde_json::json;
+
+use crate::output::Output;
+use crate::{Failure, NodeAction, client, explain, paths};
+
+/// How long `agora node start` waits for the daemon to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `agora node stop` waits for the socket to go away.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+/// The agorad binary: next to this one, else on PATH.
+fn agorad_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("agorad")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("agorad"))
+}
+
+/// The newest daemon log file in `data_dir`.
+fn newest_log(data_dir: &Path) -> Option<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("agorad") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort();
+    logs.pop()
+}
+
+/// `agora node ACTION`.
+pub fn run(action: NodeAction) -> Result<Output, Failure> {
+    let paths = paths()?;
+    match action {
+        NodeAction::Start { args } => {
+            if let Ok(mut c) = Client::connect(&paths.socket) {
+                let s = c.status().map_err(explain)?;
+                return Err(Failure::new(
+                    1,
+                    format!("agorad is already running (peer id {})", s.peer_id),
+                    "stop it first with 'agora node stop'",
+                ));
+            }
+            std::fs::create_dir_all(&paths.data_dir).map_err(|e| {
+                Failure::new(
+                    1,
+                    format!("{}: {e}", paths.data_dir.display()),
+                    "check permissions",
+                )
+            })?;
+            let out_path = paths.data_dir.join("agorad.out");
+            let out = std::fs::File::create(&out_path).map_err(|e| {
+                Failure::new(
+                    1,
+                    format!("{}: {e}", out_path.display()),
+                    "check permissions",
+                )
+            })?;
+            let err = out
+                .try_clone()
+                .map_err(|e| Failure::new(1, e.to_string(), ""))?;
+            let bin = agorad_binary();
+            // Its own process group: a Ctrl-C meant for this terminal does not reach it.
+            let mut child = std::process::Command::new(&bin)
+                .args(&args)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| {
+                    Failure::new(
+                        1,
+                        format!("cannot run {}: {e}", bin.display()),
+                        "install agorad next to agora or on PATH",
+                    )
+                })?;
+            let started = Instant::now();
+            loop {
+                if let Ok(mut c) = Client::connect(&paths.socket)
+                    && let Ok(s) = c.status()
+                {
+                    let text =
+                        format!("agorad started (pid {}, peer id {})", child.id(), s.peer_id);
+                    return Ok(Output::new(
+                        json!({ "started": { "pid": child.id(), "peer_id": s.peer_id, "socket": paths.socket } }),
+                        text,
+                    ));
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    // agorad says why on its last lines: an `error:` and maybe a `hint:`.
+                    let said = std::fs::read_to_string(&out_path).unwrap_or_default();
+                    let last = |prefix: &str| {
+                        said.lines()
+                            .rev()
+                            .find_map(|l| l.strip_prefix(prefix))
+                            .map(str::to_owned)
+                    };
+                    let cause = match last("error: ") {
+                        Some(error) => format!("agorad could not start: {error}"),
+                        None => format!("agorad exited during start-up ({status})"),
+                    };
+                    let hint = last("hint: ").map_or_else(
+                        || format!("see {}", out_path.display()),
+                        |hint| format!("{hint} (agorad's output: {})", out_path.display()),
+                    );
+                    return Err(Failure::new(1, cause, hint));
+                }
+                if started.elapsed() > START_TIMEOUT {
+                    return Err(Failure::new(
+                        1,
+                        format!("agorad did not answer within {START_TIMEOUT:?}"),
+                        format!("see {}", out_path.display()),
+                    ));
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        NodeAction::Stop => {
+            Client::connect(&paths.socket)
+                .and_then(|mut c| c.shutdown())
+                .map_err(explain)?;
+            let started = Instant::now();
+            while paths.socket.exists() {
+                if started.elapsed() > STOP_TIMEOUT {
+                    return Err(Failure::new(
+                        1,
+                        format!("agorad did not stop within {STOP_TIMEOUT:?}"),
+                        "see 'agora node logs'",
+                    ));
+                }
+                std::thread::sleep(POLL);
+            }
+            Ok(Output::new(json!({ "stopped": true }), "agorad stopped"))
+        }
+        NodeAction::Repair { args } => repair(&paths, &args),
+        NodeAction::LogLevel { filter } => {
+            let now = client()?.set_log_level(&filter).map_err(explain)?;
+            let text = format!("log level is now {now}");
+            Ok(Output::new(json!({ "log_level": now }), text))
+        }
+        NodeAction::Logs { lines } => {
+            let Some(log) = newest_log(&paths.data_dir) else {
+                return Err(Failure::new(
+                    1,
+                    format!("no log in {}", paths.data_dir.display()),
+                    "start the daemon with 'agora node start'",
+                ));
+            };
+            let text = std::fs::read_to_string(&log)
+                .map_err(|e| Failure::new(1, format!("{}: {e}", log.display()), ""))?;
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            Ok(Output::new(
+                json!({ "file": log, "lines": tail }),
+                tail.join("\n"),
+            ))
+        }
+    }
+}
+
+/// `agora node repair`: runs `agorad --repair` on the stopped node's store.
+fn repair(paths: &Paths, args: &[String]) -> Result<Output, Failure> {
+    if Client::connect(&paths.socket).is_ok_and(|mut c| c.status().is_ok()) {
+        return Err(Failure::new(
+            1,
+            "agorad is running: it opened its store, and repairs a damaged one at start \
+             unless repair = \"off\""
+                .to_string(),
+            "stop it first with 'agora node stop'",
+        ));
+    }
+    let bin = agorad_binary();
+    let out = std::process::Command::new(&bin)
+        .arg("--repair")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Failure::new(
+                1,
+                format!("cannot run {}: {e}", bin.display()),
+                "install agorad next to agora or on PATH",
+            )
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let cause = err
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or("agorad --repair failed")
+            .to_string();
+        let hint = err
+            .lines()
+            .find_map(|l| l.strip_prefix("hint: "))
+            .unwrap_or("")
+            .to_string();
+        return Err(Failure::new(1, cause, hint));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Failure::new(1, format!("agorad --repair printed no report: {e}"), ""))?;
+    Ok(Output::with(&report, |report, w| {
+        let dir = report["data_dir"].as_str().unwrap_or_default();
+        let r = &report["repaired"];
+        if r.is_null() {
+            w.line(format!("the store in {dir} is sound: nothing to repair"));
+            return;
+        }
+        w.line(format!(
+            "repaired: {}",
+            r["cause"].as_str().unwrap_or_default()
+        ));
+        w.line(match r["set_aside"].as_str() {
+            Some(aside) => format!("the damaged database is kept at {aside}"),
+            None => "there was no database to keep".to_string(),
+        });
+        w.line(format!(
+            "taken back: {} records from this node's journal, {} archives ({} removed: they no \
+             longer matched their hash)",
+            r["from_journal"], r["blobs_kept"], r["blobs_dropped"]
+        ));
+        w.line(
+            "start the node ('agora node start') to sync the rest of the catalog from its peers",
+        );
+    }))
+}
