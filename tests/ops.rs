@@ -779,7 +779,7 @@ fn the_systemd_user_unit_passes_systemd_analyze_verify() {
         .env("HOME", home.path())
         .env("XDG_RUNTIME_DIR", &runtime)
         .output()
-        .expect("systemd-analyze (Debian package systemd; .ci/run installs it)");
+        .expect("systemd-analyze (Debian package systemd; .ci/test installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr, "", "verify warns about nothing");
@@ -787,14 +787,14 @@ fn the_systemd_user_unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn another_user_on_the_socket_is_refused_with_the_reason_and_the_daemon_keeps_serving() {
-    // Acting as a second user needs root (this test's thread drops to `nobody`).
-    if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "not root: no second user here; the uid check itself is unit-tested \
-             (ipc::tests::only_the_daemons_own_uid_is_let_in)"
-        );
-        return;
-    }
+    // Acting as a second user needs root (this test's thread drops to `nobody`); the test
+    // command (.ci/test) runs as root, as CI does.
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test acts as a second user and needs root: run the tests as root (sudo bash \
+         .ci/test); the uid check alone is unit-tested by \
+         ipc::tests::only_the_daemons_own_uid_is_let_in"
+    );
     let node = Daemon::start(None);
     let socket = node.home.path().join("agorad.sock");
     // Open the way for the stranger: only the daemon's own uid check is left to refuse it.
