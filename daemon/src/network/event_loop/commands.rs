@@ -6,69 +6,37 @@ use super::*;
 impl EventLoop {
     pub(super) fn on_command(&mut self, command: Command, span: &Span) {
         self.metrics.commands.inc();
-        let behaviour = self.swarm.behaviour_mut();
         match command {
-            Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    self.pending_listen.insert(id, (addr, reply));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(NetworkError::Listen {
-                        addr: addr.to_string(),
-                        reason: e.to_string(),
-                    }));
-                }
-            },
-            Command::Dial { addr, reply } => {
-                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
-                let id = opts.connection_id();
-                match self.swarm.dial(opts) {
-                    Ok(()) => {
-                        self.pending_dial.insert(id, (addr, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetworkError::Dial {
-                            addr: addr.to_string(),
-                            reason: e.to_string(),
-                        }));
-                    }
-                }
-            }
+            Command::Listen { addr, reply } => self.listen(addr, reply),
+            Command::Dial { addr, reply } => self.dial(addr, reply),
             Command::AddAddress { peer, addr, reply } => {
-                behaviour.kad.add_address(&peer, addr);
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 let _ = reply.send(Ok(()));
             }
-            Command::Bootstrap { reply } => match behaviour.kad.bootstrap() {
-                Ok(id) => {
-                    self.pending_query.insert(id, reply);
-                    self.trace_query(id, "bootstrap", b"", span);
-                }
+            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(id) => self.query_started(id, "bootstrap", b"", span, reply),
                 Err(_) => {
                     let _ = reply.send(Err(NetworkError::NoKnownPeers));
                 }
             },
             Command::PutRecord { key, value, reply } => {
                 let record = kad::Record::new(key.clone(), value);
-                match behaviour.kad.put_record(record, kad::Quorum::One) {
-                    Ok(id) => {
-                        self.pending_query.insert(id, reply);
-                        self.trace_query(id, "put_record", &key, span);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
-                    }
-                }
+                let started = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One);
+                self.query_or_store_error(started, "put_record", &key, span, reply);
             }
             Command::GetRecord { key, quorum, reply } => {
-                let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
                 self.trace_query(id, "get_record", &key, span);
-                self.pending_get.insert(
-                    id,
-                    PendingGet {
-                        lookup: RecordLookup::new(quorum),
-                        reply,
-                    },
-                );
+                let lookup = RecordLookup::new(quorum);
+                self.pending_get.insert(id, PendingGet { lookup, reply });
             }
             Command::StoreRecords { records, reply } => {
                 let refused = records
@@ -79,56 +47,40 @@ impl EventLoop {
                 let _ = reply.send(Ok(refused));
             }
             Command::StartProviding { key, reply } => {
-                match behaviour.kad.start_providing(kad::RecordKey::new(&key)) {
-                    Ok(id) => {
-                        self.pending_query.insert(id, reply);
-                        self.trace_query(id, "start_providing", &key, span);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
-                    }
-                }
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let started = kad.start_providing(kad::RecordKey::new(&key));
+                self.query_or_store_error(started, "start_providing", &key, span, reply);
             }
             Command::StopProviding { key, reply } => {
-                behaviour.kad.stop_providing(&kad::RecordKey::new(&key));
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.stop_providing(&kad::RecordKey::new(&key));
                 let _ = reply.send(Ok(()));
             }
             Command::FindProviders { key, to } => {
-                let id = behaviour.kad.get_providers(kad::RecordKey::new(&key));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
                 self.trace_query(id, "get_providers", &key, span);
-                self.pending_providers.insert(
-                    id,
-                    ProviderSearch {
-                        sent: ProviderCap::default(),
-                        to,
-                    },
-                );
+                let sent = ProviderCap::default();
+                self.pending_providers
+                    .insert(id, ProviderSearch { sent, to });
             }
             Command::Publish { data, reply } => {
-                let result = match behaviour.gossipsub.publish(topic(), data) {
-                    Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                        Err(NetworkError::NoGossipPeers)
-                    }
-                    Err(e) => Err(NetworkError::Publish(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.publish(data));
             }
             Command::ReportValidation {
                 id,
                 source,
                 acceptance,
-            } => {
-                behaviour
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
+            } => self.judge_gossip(&id, &source, acceptance),
             Command::SendSync {
                 peer,
                 request,
                 reply,
             } => {
-                let id = behaviour.sync.send_request(&peer, request);
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
                 self.sync.pending.insert(id, reply);
             }
             Command::SendFetch {
@@ -136,20 +88,36 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = behaviour.fetch.send_request(&peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .fetch
+                    .send_request(&peer, request);
                 self.fetch.pending.insert(id, reply);
             }
             Command::RespondSync { id, response } => {
-                if let Some(channel) = self.sync.inbound.remove(&id)
-                    && behaviour.sync.send_response(channel, response).is_err()
-                {
+                let sent = match self.sync.inbound.remove(&id) {
+                    Some(channel) => self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response),
+                    None => Ok(()),
+                };
+                if sent.is_err() {
                     debug!(?id, "sync requester went away before the response");
                 }
             }
             Command::RespondFetch { id, response } => {
-                if let Some(channel) = self.fetch.inbound.remove(&id)
-                    && behaviour.fetch.send_response(channel, response).is_err()
-                {
+                let sent = match self.fetch.inbound.remove(&id) {
+                    Some(channel) => self
+                        .swarm
+                        .behaviour_mut()
+                        .fetch
+                        .send_response(channel, response),
+                    None => Ok(()),
+                };
+                if sent.is_err() {
                     debug!(?id, "fetch requester went away before the response");
                 }
             }
@@ -157,17 +125,19 @@ impl EventLoop {
                 let _ = reply.send(Ok(self.info()));
             }
             Command::GossipScore { peer, reply } => {
-                let _ = reply.send(Ok(behaviour.gossipsub.peer_score(&peer)));
+                let score = self.swarm.behaviour().gossipsub.peer_score(&peer);
+                let _ = reply.send(Ok(score));
             }
             Command::Block {
                 peer,
                 blocked,
                 reply,
             } => {
+                let list = &mut self.swarm.behaviour_mut().blocked;
                 if blocked {
-                    behaviour.blocked.block_peer(peer);
+                    list.block_peer(peer);
                 } else {
-                    behaviour.blocked.unblock_peer(peer);
+                    list.unblock_peer(peer);
                 }
                 let _ = reply.send(Ok(()));
             }
@@ -175,6 +145,76 @@ impl EventLoop {
                 // Handled in `run`; unreachable here, answered anyway.
                 let _ = reply.send(Ok(()));
             }
+        }
+    }
+
+    fn listen(&mut self, addr: Multiaddr, reply: Reply<Multiaddr>) {
+        match self.swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                self.pending_listen.insert(id, (addr, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetworkError::Listen {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: Reply<PeerId>) {
+        let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending_dial.insert(id, (addr, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetworkError::Dial {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// Keeps `reply` for the end of query `id`, traced as a `kind` query of `key`.
+    fn query_started(
+        &mut self,
+        id: QueryId,
+        kind: &'static str,
+        key: &[u8],
+        span: &Span,
+        reply: Reply<()>,
+    ) {
+        self.pending_query.insert(id, reply);
+        self.trace_query(id, kind, key, span);
+    }
+
+    /// A DHT write started (its reply kept for its end), or refused by the local store.
+    fn query_or_store_error(
+        &mut self,
+        started: Result<QueryId, kad::store::Error>,
+        kind: &'static str,
+        key: &[u8],
+        span: &Span,
+        reply: Reply<()>,
+    ) {
+        match started {
+            Ok(id) => self.query_started(id, kind, key, span, reply),
+            Err(e) => {
+                let _ = reply.send(Err(NetworkError::Store(format!("{e:?}"))));
+            }
+        }
+    }
+
+    fn publish(&mut self, data: Vec<u8>) -> Result<(), NetworkError> {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic(), data) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                Err(NetworkError::NoGossipPeers)
+            }
+            Err(e) => Err(NetworkError::Publish(e.to_string())),
         }
     }
 
