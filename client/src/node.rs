@@ -45,90 +45,7 @@ fn newest_log(data_dir: &Path) -> Option<PathBuf> {
 pub fn run(action: NodeAction) -> Result<Output, Failure> {
     let paths = paths()?;
     match action {
-        NodeAction::Start { args } => {
-            if let Ok(mut c) = Client::connect(&paths.socket) {
-                let s = c.status().map_err(explain)?;
-                return Err(Failure::new(
-                    1,
-                    format!("agorad is already running (peer id {})", s.peer_id),
-                    "stop it first with 'agora node stop'",
-                ));
-            }
-            std::fs::create_dir_all(&paths.data_dir).map_err(|e| {
-                Failure::new(
-                    1,
-                    format!("{}: {e}", paths.data_dir.display()),
-                    "check permissions",
-                )
-            })?;
-            let out_path = paths.data_dir.join("agorad.out");
-            let out = std::fs::File::create(&out_path).map_err(|e| {
-                Failure::new(
-                    1,
-                    format!("{}: {e}", out_path.display()),
-                    "check permissions",
-                )
-            })?;
-            let err = out
-                .try_clone()
-                .map_err(|e| Failure::new(1, e.to_string(), ""))?;
-            let bin = agorad_binary();
-            // Its own process group: a Ctrl-C meant for this terminal does not reach it.
-            let mut child = std::process::Command::new(&bin)
-                .args(&args)
-                .process_group(0)
-                .stdin(std::process::Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|e| {
-                    Failure::new(
-                        1,
-                        format!("cannot run {}: {e}", bin.display()),
-                        "install agorad next to agora or on PATH",
-                    )
-                })?;
-            let started = Instant::now();
-            loop {
-                if let Ok(mut c) = Client::connect(&paths.socket)
-                    && let Ok(s) = c.status()
-                {
-                    let text =
-                        format!("agorad started (pid {}, peer id {})", child.id(), s.peer_id);
-                    return Ok(Output::new(
-                        json!({ "started": { "pid": child.id(), "peer_id": s.peer_id, "socket": paths.socket } }),
-                        text,
-                    ));
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    // agorad says why on its last lines: an `error:` and maybe a `hint:`.
-                    let said = std::fs::read_to_string(&out_path).unwrap_or_default();
-                    let last = |prefix: &str| {
-                        said.lines()
-                            .rev()
-                            .find_map(|l| l.strip_prefix(prefix))
-                            .map(str::to_owned)
-                    };
-                    let cause = match last("error: ") {
-                        Some(error) => format!("agorad could not start: {error}"),
-                        None => format!("agorad exited during start-up ({status})"),
-                    };
-                    let hint = last("hint: ").map_or_else(
-                        || format!("see {}", out_path.display()),
-                        |hint| format!("{hint} (agorad's output: {})", out_path.display()),
-                    );
-                    return Err(Failure::new(1, cause, hint));
-                }
-                if started.elapsed() > START_TIMEOUT {
-                    return Err(Failure::new(
-                        1,
-                        format!("agorad did not answer within {START_TIMEOUT:?}"),
-                        format!("see {}", out_path.display()),
-                    ));
-                }
-                std::thread::sleep(POLL);
-            }
-        }
+        NodeAction::Start { args } => start(&paths, &args),
         NodeAction::Stop => {
             Client::connect(&paths.socket)
                 .and_then(|mut c| c.shutdown())
@@ -169,6 +86,92 @@ pub fn run(action: NodeAction) -> Result<Output, Failure> {
                 tail.join("\n"),
             ))
         }
+    }
+}
+
+/// `agora node start`: runs agorad in the background (its own process group, its output in
+/// `agorad.out`) and waits until it answers, or says why it stopped.
+fn start(paths: &Paths, args: &[String]) -> Result<Output, Failure> {
+    if let Ok(mut c) = Client::connect(&paths.socket) {
+        let s = c.status().map_err(explain)?;
+        return Err(Failure::new(
+            1,
+            format!("agorad is already running (peer id {})", s.peer_id),
+            "stop it first with 'agora node stop'",
+        ));
+    }
+    std::fs::create_dir_all(&paths.data_dir).map_err(|e| {
+        Failure::new(
+            1,
+            format!("{}: {e}", paths.data_dir.display()),
+            "check permissions",
+        )
+    })?;
+    let out_path = paths.data_dir.join("agorad.out");
+    let out = std::fs::File::create(&out_path).map_err(|e| {
+        Failure::new(
+            1,
+            format!("{}: {e}", out_path.display()),
+            "check permissions",
+        )
+    })?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Failure::new(1, e.to_string(), ""))?;
+    let bin = agorad_binary();
+    // Its own process group: a Ctrl-C meant for this terminal does not reach it.
+    let mut child = std::process::Command::new(&bin)
+        .args(args)
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| {
+            Failure::new(
+                1,
+                format!("cannot run {}: {e}", bin.display()),
+                "install agorad next to agora or on PATH",
+            )
+        })?;
+    let started = Instant::now();
+    loop {
+        if let Ok(mut c) = Client::connect(&paths.socket)
+            && let Ok(s) = c.status()
+        {
+            let text = format!("agorad started (pid {}, peer id {})", child.id(), s.peer_id);
+            return Ok(Output::new(
+                json!({ "started": { "pid": child.id(), "peer_id": s.peer_id, "socket": paths.socket } }),
+                text,
+            ));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // agorad says why on its last lines: an `error:` and maybe a `hint:`.
+            let said = std::fs::read_to_string(&out_path).unwrap_or_default();
+            let last = |prefix: &str| {
+                said.lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(str::to_owned)
+            };
+            let cause = match last("error: ") {
+                Some(error) => format!("agorad could not start: {error}"),
+                None => format!("agorad exited during start-up ({status})"),
+            };
+            let hint = last("hint: ").map_or_else(
+                || format!("see {}", out_path.display()),
+                |hint| format!("{hint} (agorad's output: {})", out_path.display()),
+            );
+            return Err(Failure::new(1, cause, hint));
+        }
+        if started.elapsed() > START_TIMEOUT {
+            return Err(Failure::new(
+                1,
+                format!("agorad did not answer within {START_TIMEOUT:?}"),
+                format!("see {}", out_path.display()),
+            ));
+        }
+        std::thread::sleep(POLL);
     }
 }
 

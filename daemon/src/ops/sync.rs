@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use agora_protocol::codec::{self, Wire};
 use agora_protocol::limits::{MAX_SYNC_IDS, MAX_SYNC_LISTED_IDS, SYNC_BUCKETS};
-use agora_protocol::messages::{GossipMessage, Refusal, SyncRequest, SyncResponse};
+use agora_protocol::messages::{BucketDigest, GossipMessage, Refusal, SyncRequest, SyncResponse};
 use agora_protocol::records::{CatalogRecord, RecordId};
 use libp2p::PeerId;
 use tracing::{debug, info};
@@ -193,9 +193,26 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
     if differing.is_empty() {
         return Ok(report);
     }
+    let buckets = Buckets {
+        theirs: &theirs,
+        ours: &ours,
+    };
+    let missing = list_missing(registry, peer, differing, buckets, &mut report).await?;
+    report.requested = missing.len();
+    take_records(registry, peer, &missing, &mut report).await?;
+    Ok(report)
+}
 
-    // List ids a group of buckets at a time, each group under the listing cap.
-    let mut missing: Vec<RecordId> = Vec::new();
+/// The two sides' bucket digests.
+#[derive(Clone, Copy)]
+struct Buckets<'a> {
+    theirs: &'a [BucketDigest],
+    ours: &'a [BucketDigest],
+}
+
+/// Groups of the `differing` buckets (with the peer's count of each), each group's ids under
+/// the listing cap.
+fn listing_groups(differing: Vec<(u8, u32)>) -> Vec<Vec<u8>> {
     let mut group: Vec<u8> = Vec::new();
     let mut group_count: u64 = 0;
     let mut groups = Vec::new();
@@ -208,10 +225,25 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         group_count += u64::from(count);
     }
     groups.push(group);
-    for buckets in groups {
-        let asked: HashSet<u8> = buckets.iter().copied().collect();
+    groups
+}
+
+/// Lists the ids of the differing buckets, a group at a time, and returns those this node has
+/// not decided on (sorted, at most `MAX_RECORDS_PER_SYNC`). A bucket whose whole listing held
+/// nothing new is remembered as settled while both digests stay.
+async fn list_missing(
+    registry: &Arc<Registry>,
+    peer: PeerId,
+    differing: Vec<(u8, u32)>,
+    buckets: Buckets<'_>,
+    report: &mut SyncReport,
+) -> Result<Vec<RecordId>, SyncError> {
+    let net = registry.network();
+    let mut missing: Vec<RecordId> = Vec::new();
+    for group in listing_groups(differing) {
+        let asked: HashSet<u8> = group.iter().copied().collect();
         let ids = match net
-            .send_sync(peer, SyncRequest::Buckets { buckets })
+            .send_sync(peer, SyncRequest::Buckets { buckets: group })
             .await?
         {
             SyncResponse::Ids { ids } => ids,
@@ -236,8 +268,8 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         let mut settled = crate::lock(&registry.settled);
         for (bucket, (count, news)) in listed {
             let b = bucket as usize;
-            if !news && count == theirs[b].count {
-                settled.insert(bucket, theirs[b].digest, ours[b].digest);
+            if !news && count == buckets.theirs[b].count {
+                settled.insert(bucket, buckets.theirs[b].digest, buckets.ours[b].digest);
             }
         }
         drop(settled);
@@ -248,11 +280,21 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
     }
     missing.sort();
     missing.dedup();
-    report.requested = missing.len();
+    Ok(missing)
+}
 
+/// Asks the peer for the `missing` records in rounds, verifies each round as it comes and
+/// admits them in batches, within the sync's byte and round budgets.
+async fn take_records(
+    registry: &Arc<Registry>,
+    peer: PeerId,
+    missing: &[RecordId],
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let net = registry.network();
     let mut batch = Admit::default();
     let mut taken = 0usize;
-    let mut pending: &[RecordId] = &missing;
+    let mut pending: &[RecordId] = missing;
     let mut rounds = 0;
     while !pending.is_empty() && rounds < MAX_RECORD_ROUNDS && taken < MAX_SYNC_RECORD_BYTES {
         rounds += 1;
@@ -293,11 +335,10 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         }
         pending = &pending[last + 1..];
         if batch.bytes >= SYNC_ADMIT_BYTES {
-            admit(registry, std::mem::take(&mut batch), &mut report).await?;
+            admit(registry, std::mem::take(&mut batch), report).await?;
         }
     }
-    admit(registry, batch, &mut report).await?;
-    Ok(report)
+    admit(registry, batch, report).await
 }
 
 /// `records` if every one of them is valid (checked on a blocking thread), else why not.

@@ -39,12 +39,7 @@ impl EventLoop {
                 self.pending_get.insert(id, PendingGet { lookup, reply });
             }
             Command::StoreRecords { records, reply } => {
-                let refused = records
-                    .into_iter()
-                    .enumerate()
-                    .filter_map(|(i, record)| self.store_record(record).err().map(|e| (i, e)))
-                    .collect();
-                let _ = reply.send(Ok(refused));
+                let _ = reply.send(Ok(self.store_records(records)));
             }
             Command::StartProviding { key, reply } => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
@@ -95,32 +90,8 @@ impl EventLoop {
                     .send_request(&peer, request);
                 self.fetch.pending.insert(id, reply);
             }
-            Command::RespondSync { id, response } => {
-                let sent = match self.sync.inbound.remove(&id) {
-                    Some(channel) => self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response),
-                    None => Ok(()),
-                };
-                if sent.is_err() {
-                    debug!(?id, "sync requester went away before the response");
-                }
-            }
-            Command::RespondFetch { id, response } => {
-                let sent = match self.fetch.inbound.remove(&id) {
-                    Some(channel) => self
-                        .swarm
-                        .behaviour_mut()
-                        .fetch
-                        .send_response(channel, response),
-                    None => Ok(()),
-                };
-                if sent.is_err() {
-                    debug!(?id, "fetch requester went away before the response");
-                }
-            }
+            Command::RespondSync { id, response } => self.respond_sync(id, response),
+            Command::RespondFetch { id, response } => self.respond_fetch(id, response),
             Command::Info { reply } => {
                 let _ = reply.send(Ok(self.info()));
             }
@@ -133,12 +104,7 @@ impl EventLoop {
                 blocked,
                 reply,
             } => {
-                let list = &mut self.swarm.behaviour_mut().blocked;
-                if blocked {
-                    list.block_peer(peer);
-                } else {
-                    list.unblock_peer(peer);
-                }
+                self.block(peer, blocked);
                 let _ = reply.send(Ok(()));
             }
             Command::Shutdown { reply } => {
@@ -146,6 +112,50 @@ impl EventLoop {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    fn respond_sync(&mut self, id: InboundRequestId, response: SyncResponse) {
+        if let Some(channel) = self.sync.inbound.remove(&id)
+            && self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, response)
+                .is_err()
+        {
+            debug!(?id, "sync requester went away before the response");
+        }
+    }
+
+    fn respond_fetch(&mut self, id: InboundRequestId, response: FetchResponse) {
+        if let Some(channel) = self.fetch.inbound.remove(&id)
+            && self
+                .swarm
+                .behaviour_mut()
+                .fetch
+                .send_response(channel, response)
+                .is_err()
+        {
+            debug!(?id, "fetch requester went away before the response");
+        }
+    }
+
+    fn block(&mut self, peer: PeerId, blocked: bool) {
+        let list = &mut self.swarm.behaviour_mut().blocked;
+        if blocked {
+            list.block_peer(peer);
+        } else {
+            list.unblock_peer(peer);
+        }
+    }
+
+    /// Puts records in the local DHT store; returns the position and error of each refused.
+    fn store_records(&mut self, records: Vec<kad::Record>) -> Vec<(usize, NetworkError)> {
+        records
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, record)| self.store_record(record).err().map(|e| (i, e)))
+            .collect()
     }
 
     fn listen(&mut self, addr: Multiaddr, reply: Reply<Multiaddr>) {
