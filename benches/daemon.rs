@@ -151,10 +151,10 @@ fn add_releases(rt: &tokio::runtime::Runtime, home: &Path, numbers: Range<usize>
             .await
             .unwrap();
         let reg = node.registry.clone();
-        tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false).unwrap())
+        tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(records, false).unwrap())
             .await
             .unwrap();
-        assert_eq!(node.registry.catalog.indexed_count(), numbers.end as u64);
+        assert_eq!(node.registry.view().indexed_count(), numbers.end as u64);
         node.shutdown().await;
     });
     println!(

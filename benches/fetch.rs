@@ -117,7 +117,7 @@ async fn fetcher(kind: Kind, dir: &Path, seed: &Multiaddr, release: &ReleaseReco
 /// Waits until `node`'s catalog holds `release` (it arrives by sync or gossip).
 async fn synced(node: &Node, release: &ReleaseRecord) {
     let started = Instant::now();
-    while !node.registry.catalog.has_record(&release.id()) {
+    while !node.registry.view().has_record(&release.id()) {
         assert!(started.elapsed() < DEADLINE, "release not synced");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -67,7 +67,7 @@ async fn run(flood_len: usize, rate: u32, budget: bool) {
         tokio::spawn(async move {
             let started = Instant::now();
             loop {
-                if registries.iter().all(|r| r.catalog.has_record(&id)) {
+                if registries.iter().all(|r| r.view().has_record(&id)) {
                     return Instant::now();
                 }
                 assert!(
@@ -88,7 +88,7 @@ async fn run(flood_len: usize, rate: u32, budget: bool) {
     let rss_end = proc_status_bytes(pid, "VmRSS");
     let admitted: Vec<usize> = nodes
         .iter()
-        .map(|(n, _)| n.registry.catalog.record_count().saturating_sub(1))
+        .map(|(n, _)| n.registry.view().record_count().saturating_sub(1))
         .collect();
     let over = nodes[0].0.metrics.gossip_over_budget.get();
     println!(

@@ -68,10 +68,14 @@ async fn wait_visible(
             let (r, name) = (r.clone(), name.to_owned());
             tokio::spawn(async move {
                 loop {
-                    if r.catalog.indexed_count() >= packages {
+                    if r.view().indexed_count() >= packages {
                         let (r, name) = (r.clone(), name.clone());
                         let found = tokio::task::spawn_blocking(move || {
-                            let hits = r.catalog.search(&SearchQuery::text(&name)).unwrap().hits;
+                            let hits = r
+                                .blocking_catalog()
+                                .search(&SearchQuery::text(&name))
+                                .unwrap()
+                                .hits;
                             hits.first().is_some_and(|h| h.name == name)
                         })
                         .await

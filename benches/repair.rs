@@ -34,13 +34,12 @@ const DEADLINE: Duration = Duration::from_secs(600);
 
 /// Waits until `node` holds and indexes `n` records; returns the time since `started`.
 async fn caught_up(node: &Node, n: usize, started: Instant) -> Duration {
-    while node.registry.catalog.record_count() < n
-        || node.registry.catalog.indexed_count() < n as u64
+    while node.registry.view().record_count() < n || node.registry.view().indexed_count() < n as u64
     {
         assert!(
             started.elapsed() < DEADLINE,
             "{} of {n} after {DEADLINE:?}",
-            node.registry.catalog.record_count()
+            node.registry.view().record_count()
         );
         tokio::time::sleep(POLL).await;
     }
@@ -65,7 +64,7 @@ async fn run(n: usize) {
     let own = synthetic_releases(n..n + OWN, &common::publisher(43));
     let (a, a_addr) = common::start_node().await;
     let reg = a.registry.clone();
-    tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false).unwrap())
+    tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(records, false).unwrap())
         .await
         .unwrap();
     let total = n + OWN;

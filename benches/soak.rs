@@ -378,7 +378,7 @@ fn main() {
     loop {
         let behind: Vec<usize> = services
             .iter()
-            .map(|s| s.node.registry.catalog.record_count())
+            .map(|s| s.node.registry.view().record_count())
             .filter(|n| *n as u64 != versions)
             .collect();
         if behind.is_empty() {

@@ -33,38 +33,37 @@ async fn run(n: usize) {
     let (a, a_addr) = common::start_node().await;
     let reg = a.registry.clone();
     let all = records.clone();
-    tokio::task::spawn_blocking(move || reg.catalog.ingest(all, false).unwrap())
+    tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(all, false).unwrap())
         .await
         .unwrap();
-    assert_eq!(a.registry.catalog.indexed_count(), n as u64);
+    assert_eq!(a.registry.view().indexed_count(), n as u64);
 
     let (mut synced, mut direct) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let (b, _) = common::start_node().await;
         let (started, cpu0) = (Instant::now(), cpu_time());
         b.network.dial(a_addr.clone()).await.unwrap();
-        while b.registry.catalog.record_count() < n || b.registry.catalog.indexed_count() < n as u64
-        {
+        while b.registry.view().record_count() < n || b.registry.view().indexed_count() < n as u64 {
             assert!(
                 started.elapsed() < DEADLINE,
                 "{} of {n} after {DEADLINE:?}",
-                b.registry.catalog.record_count()
+                b.registry.view().record_count()
             );
             tokio::time::sleep(POLL).await;
         }
         synced.push((started.elapsed(), cpu_time() - cpu0));
-        assert_eq!(b.registry.catalog.record_count(), n);
+        assert_eq!(b.registry.view().record_count(), n);
         b.shutdown().await;
 
         let (c, _) = common::start_node().await;
         let (started, cpu0) = (Instant::now(), cpu_time());
         let reg = c.registry.clone();
         let all = records.clone();
-        tokio::task::spawn_blocking(move || reg.catalog.ingest(all, false).unwrap())
+        tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(all, false).unwrap())
             .await
             .unwrap();
         direct.push((started.elapsed(), cpu_time() - cpu0));
-        assert_eq!(c.registry.catalog.indexed_count(), n as u64);
+        assert_eq!(c.registry.view().indexed_count(), n as u64);
         c.shutdown().await;
     }
     synced.sort();

@@ -95,7 +95,11 @@ fn largest_release(name: &str, key: &PublisherSecret) -> ReleaseRecord {
 }
 
 fn names(node: &Node, q: &str) -> Vec<String> {
-    match node.registry.catalog.search(&SearchQuery::text(q)) {
+    match node
+        .registry
+        .blocking_catalog()
+        .search(&SearchQuery::text(q))
+    {
         Ok(results) => results.hits.into_iter().map(|h| h.name).collect(),
         Err(e) => vec![format!("search failed: {e}")],
     }
@@ -153,8 +157,8 @@ async fn the_largest_valid_record_gossiped_survives_a_restart_and_is_found() {
 
     for config in configs {
         let node = Node::start(config).await.expect("the node starts again");
-        assert_eq!(node.registry.catalog.record_count(), 1);
-        assert!(node.registry.catalog.has_record(&big.id()));
+        assert_eq!(node.registry.view().record_count(), 1);
+        assert!(node.registry.view().has_record(&big.id()));
         assert_eq!(names(&node, "biggest"), ["biggest"]);
         node.shutdown().await;
     }
@@ -217,10 +221,10 @@ async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does
         }
     })
     .await;
-    assert_eq!(open.registry.catalog.record_count(), 20);
+    assert_eq!(open.registry.view().record_count(), 20);
     assert_eq!(stats.gossip_ignored.load(Ordering::Relaxed), 20);
     assert_eq!(stats.gossip_rejected.load(Ordering::Relaxed), 0);
-    assert_eq!(strict.registry.catalog.record_count(), 0);
+    assert_eq!(strict.registry.view().record_count(), 0);
     let open_peer = open.network.peer_id();
     let score = strict.network.gossip_score(open_peer).await.unwrap();
     assert!(
@@ -247,7 +251,7 @@ async fn an_allowlist_node_keeps_hearing_its_relay_after_twenty_releases_it_does
         "the allowlisted release reaches the strict node",
         Duration::from_secs(5),
         || async {
-            if strict.registry.catalog.has_record(&wanted.id()) {
+            if strict.registry.view().has_record(&wanted.id()) {
                 Ok(())
             } else {
                 Err("not there".into())
@@ -299,7 +303,7 @@ async fn a_stranger_release_cutting_a_popular_archive_another_way_poisons_nothin
         |_, n| async move {
             match ids
                 .iter()
-                .filter(|id| n.registry.catalog.has_record(id))
+                .filter(|id| n.registry.view().has_record(id))
                 .count()
             {
                 2 => Ok(()),
@@ -372,7 +376,7 @@ async fn a_peer_with_128_large_requests_it_never_reads_gets_its_budget_and_no_mo
     server.registry.announce(wanted.clone()).await.unwrap();
     let wanted_id = wanted.id();
     converge("the honest node has the release", DEADLINE, || async {
-        if honest.registry.catalog.has_record(&wanted_id) {
+        if honest.registry.view().has_record(&wanted_id) {
             Ok(())
         } else {
             Err("not yet".into())
@@ -507,8 +511,8 @@ async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number
             keys[0], keys[1]
         )
     );
-    assert_eq!(open.registry.catalog.record_count(), 0);
-    assert_eq!(open.registry.catalog.owner(&name), None);
+    assert_eq!(open.registry.view().record_count(), 0);
+    assert_eq!(open.registry.view().owner(&name), None);
 
     // A node whose allowlist names the owner counts only the owner's head.
     let mut config = node_config(&data_dir());
@@ -524,11 +528,11 @@ async fn a_lookup_of_an_unknown_name_does_not_follow_the_largest_sequence_number
             .await
             .unwrap()
     );
-    assert_eq!(strict.registry.catalog.owner(&name), Some(owner.public()));
+    assert_eq!(strict.registry.view().owner(&name), Some(owner.public()));
     assert_eq!(
         strict
             .registry
-            .catalog
+            .blocking_catalog()
             .get(&name, &VersionReq::STAR)
             .unwrap(),
         honest
@@ -597,15 +601,15 @@ async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_sync
     .await;
     for (i, (n, _)) in nodes.iter().enumerate() {
         assert_eq!(listed(n), before[i].1, "node {i} listed ids again");
-        assert_eq!(n.registry.catalog.refusals_remembered(), 1, "node {i}");
-        assert_eq!(n.registry.catalog.record_count(), 1, "node {i}");
+        assert_eq!(n.registry.view().refusals_remembered(), 1, "node {i}");
+        assert_eq!(n.registry.view().record_count(), 1, "node {i}");
     }
     assert_eq!(
-        nodes[0].0.registry.catalog.owner(&mine.body.name),
+        nodes[0].0.registry.view().owner(&mine.body.name),
         Some(publisher(100).public())
     );
     assert_eq!(
-        nodes[1].0.registry.catalog.owner(&mine.body.name),
+        nodes[1].0.registry.view().owner(&mine.body.name),
         Some(publisher(101).public())
     );
     for (n, _) in nodes {
@@ -613,11 +617,11 @@ async fn two_nodes_that_disagree_on_an_owner_stop_listing_after_their_first_sync
     }
     // Remembered across a restart; forgotten when the trust policy changes.
     let again = Node::start(x_config.clone()).await.unwrap();
-    assert_eq!(again.registry.catalog.refusals_remembered(), 1);
+    assert_eq!(again.registry.view().refusals_remembered(), 1);
     again.shutdown().await;
     x_config.registry.trust = TrustPolicy::Allowlist(HashSet::from([publisher(100).public()]));
     let again = Node::start(x_config).await.unwrap();
-    assert_eq!(again.registry.catalog.refusals_remembered(), 0);
+    assert_eq!(again.registry.view().refusals_remembered(), 0);
     again.shutdown().await;
 }
 
@@ -665,7 +669,7 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     reg.announce(b3.clone()).await.unwrap();
     let id3 = b3.id();
     converge_nodes("3.0.0 everywhere", DEADLINE, &nodes, |_, n| async move {
-        if n.registry.catalog.has_record(&id3) {
+        if n.registry.view().has_record(&id3) {
             Ok(())
         } else {
             Err("no 3.0.0".into())
@@ -686,25 +690,25 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     let driver = hostile.drive(stopped);
     let node1 = &nodes[1].0.registry;
     converge("node 1 refuses both", DEADLINE, || async {
-        match node1.catalog.refusals_remembered() {
+        match node1.view().refusals_remembered() {
             2 => Ok(()),
             n => Err(format!("{n} refused")),
         }
     })
     .await;
     for (i, (n, _)) in nodes.iter().enumerate() {
-        assert!(n.registry.catalog.equivocations().is_empty(), "node {i}");
+        assert!(n.registry.view().equivocations().is_empty(), "node {i}");
         assert_eq!(
             n.registry
-                .catalog
+                .blocking_catalog()
                 .get(&b3.body.name, &VersionReq::STAR)
                 .unwrap(),
             b3,
             "node {i}"
         );
         assert!(
-            !n.registry.catalog.has_record(&twin.id())
-                && !n.registry.catalog.has_record(&backdated.id())
+            !n.registry.view().has_record(&twin.id())
+                && !n.registry.view().has_record(&backdated.id())
         );
     }
     let _ = stop.send(());
@@ -714,9 +718,9 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
     // heard of the rotation) sorts the back-dated 4.0 before the rotation: it is taken, then
     // retracted by the rotation, which vouches for 2.0 as A's last. Same catalog either way.
     let rotation = reg
-        .catalog
+        .blocking_catalog()
         .records(
-            &reg.catalog
+            &reg.view()
                 .ids_in(&(0..=255).collect::<Vec<u8>>(), usize::MAX),
         )
         .unwrap()
@@ -730,23 +734,23 @@ async fn a_key_rotated_away_can_neither_dispute_nor_move_its_old_name() {
         .chain([rotation])
         .collect();
     let reg_late = late.registry.clone();
-    tokio::task::spawn_blocking(move || reg_late.catalog.ingest(batch, false))
+    tokio::task::spawn_blocking(move || reg_late.blocking_catalog().ingest(batch, false))
         .await
         .unwrap()
         .unwrap();
     let versions: Vec<String> = late
         .registry
-        .catalog
+        .view()
         .versions(&b3.body.name)
         .unwrap()
         .into_iter()
         .map(|v| v.version.to_string())
         .collect();
     assert_eq!(versions, ["1.0.0", "2.0.0", "3.0.0"]);
-    assert!(late.registry.catalog.equivocations().is_empty());
+    assert!(late.registry.view().equivocations().is_empty());
     assert_eq!(
         late.registry
-            .catalog
+            .blocking_catalog()
             .get(&b3.body.name, &VersionReq::STAR)
             .unwrap(),
         b3
@@ -811,7 +815,7 @@ async fn a_peer_that_syncs_junk_is_stopped_at_its_first_answer() {
     let syncs = rounds[0].load(Ordering::SeqCst);
     assert!((1..=2).contains(&syncs), "{syncs} syncs");
     assert_eq!(rounds[1].load(Ordering::SeqCst), syncs);
-    assert_eq!(node.registry.catalog.record_count(), 0);
+    assert_eq!(node.registry.view().record_count(), 0);
     let _ = stop.send(());
     task.await.unwrap();
     node.shutdown().await;
@@ -850,7 +854,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         let honest = honest.clone();
         tokio::spawn(async move {
             converge("the flood reaches node 0", DEADLINE, || async {
-                match first.catalog.record_count() {
+                match first.view().record_count() {
                     0 => Err("nothing yet".into()),
                     _ => Ok(()),
                 }
@@ -872,7 +876,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
         DEADLINE,
         &nodes,
         |_, n| async move {
-            if n.registry.catalog.has_record(&honest_id) {
+            if n.registry.view().has_record(&honest_id) {
                 Ok(())
             } else {
                 Err("missing".into())
@@ -884,7 +888,7 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     // honest release. Every other node holds no more than it forwarded.
     let bound = (rate.burst + rate.rate * started.elapsed().as_secs_f64()) as usize + 1;
     for (i, (n, _)) in nodes.iter().enumerate() {
-        let held = n.registry.catalog.record_count();
+        let held = n.registry.view().record_count();
         assert!(
             held <= bound,
             "node {i} admitted {held} records (bound {bound})"
@@ -977,8 +981,8 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
         (5, 3, 0, 3),
         "(accepted, ignored, rejected, over budget)"
     );
-    assert_eq!(node.registry.catalog.record_count(), 5);
-    assert_eq!(node.registry.catalog.refusals_remembered(), 0);
+    assert_eq!(node.registry.view().record_count(), 5);
+    assert_eq!(node.registry.view().refusals_remembered(), 0);
 
     // Heads count too: the busy key has 3 of its 6 records left (a name over its budget took
     // none), so of 4 heads for the names it got in, 3 are taken.
@@ -999,13 +1003,13 @@ async fn a_key_over_its_budget_has_its_gossip_ignored_until_sync_brings_it() {
         .map(|r| CatalogRecord::Release(r.clone()))
         .collect();
     let reg = holder.registry.clone();
-    tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false))
+    tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(records, false))
         .await
         .unwrap()
         .unwrap();
     join(&holder, &nodes[0].1).await;
     converge("sync brings the rest", DEADLINE, || async {
-        match node.registry.catalog.record_count() {
+        match node.registry.view().record_count() {
             8 => Ok(()),
             n => Err(format!("{n} held")),
         }

@@ -140,9 +140,11 @@ impl Provider {
             let key = common::publisher(40);
             let records = common::many_releases(SYNC_RECORDS, &key);
             let reg = node.registry.clone();
-            tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false).unwrap())
-                .await
-                .unwrap();
+            tokio::task::spawn_blocking(move || {
+                reg.blocking_catalog().ingest(records, false).unwrap()
+            })
+            .await
+            .unwrap();
             let key = PublisherSecret::from_bytes([41; 32]);
             for i in 0..libs {
                 let size = if i % 2 == 1 { SECOND_PAYLOAD } else { PAYLOAD };
@@ -160,7 +162,7 @@ impl Provider {
     }
 
     fn catalog_len(&self) -> u64 {
-        self.node.as_ref().unwrap().registry.catalog.record_count() as u64
+        self.node.as_ref().unwrap().registry.view().record_count() as u64
     }
 }
 

@@ -203,7 +203,7 @@ fn a_new_release_record_paired_with_an_old_archive_is_refused_at_install_and_cha
         let forged = agora_protocol::records::Signed::sign(body, &key).unwrap();
         let reg = node.registry.clone();
         let result = tokio::task::spawn_blocking(move || {
-            reg.catalog.ingest(
+            reg.blocking_catalog().ingest(
                 vec![agora_protocol::records::CatalogRecord::Release(forged)],
                 false,
             )

@@ -152,7 +152,7 @@ async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not
         DEADLINE,
         &nodes,
         |_, node| async move {
-            if node.registry.catalog.has_record(&good_id) {
+            if node.registry.view().has_record(&good_id) {
                 Ok(())
             } else {
                 Err("does not have the release".into())
@@ -189,7 +189,7 @@ async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not
         DEADLINE,
         &nodes,
         |_, node| async move {
-            if node.registry.catalog.has_record(&marker_id) {
+            if node.registry.view().has_record(&marker_id) {
                 Ok(())
             } else {
                 Err("does not have the marker".into())
@@ -204,7 +204,7 @@ async fn gossip_reaches_all_ten_nodes_and_an_invalid_release_is_rejected_and_not
             rejected, expected,
             "node {i} rejected {rejected} gossip messages"
         );
-        assert_eq!(node.registry.catalog.record_count(), 2, "node {i} catalog");
+        assert_eq!(node.registry.view().record_count(), 2, "node {i} catalog");
     }
     let score = nodes[0]
         .0
@@ -968,7 +968,7 @@ async fn a_flood_of_invalid_gossip_graylists_its_sender_while_honest_releases_st
             async move {
                 let missing = honest
                     .iter()
-                    .filter(|r| !node.registry.catalog.has_record(&r.id()))
+                    .filter(|r| !node.registry.view().has_record(&r.id()))
                     .count();
                 if missing == 0 {
                     Ok(())
@@ -1013,7 +1013,7 @@ async fn a_flood_of_invalid_gossip_graylists_its_sender_while_honest_releases_st
     }
     for (i, (node, _)) in nodes.iter().enumerate() {
         assert_eq!(
-            node.registry.catalog.record_count(),
+            node.registry.view().record_count(),
             HONEST as usize,
             "node {i}"
         );
@@ -1088,7 +1088,7 @@ async fn a_connection_flood_is_held_to_the_limits_and_the_node_keeps_serving() {
     converge("the release reaches the flooded node", DEADLINE, || async {
         victim
             .registry
-            .catalog
+            .view()
             .has_record(&record.id())
             .then_some(())
             .ok_or_else(|| "not yet".to_string())
@@ -1102,7 +1102,7 @@ async fn a_connection_flood_is_held_to_the_limits_and_the_node_keeps_serving() {
         || async {
             newcomer
                 .registry
-                .catalog
+                .view()
                 .has_record(&record.id())
                 .then_some(())
                 .ok_or_else(|| "not yet".to_string())

@@ -63,7 +63,7 @@ async fn publish(node: &Node, dir: &Path, key: &PublisherSecret) -> ReleaseRecor
 
 fn names(registry: &Registry, q: &str) -> Vec<String> {
     registry
-        .catalog
+        .blocking_catalog()
         .search(&SearchQuery::text(q))
         .unwrap()
         .hits
@@ -75,7 +75,7 @@ fn names(registry: &Registry, q: &str) -> Vec<String> {
 /// Waits until `node`'s catalog holds exactly `want` records.
 async fn await_catalog(node: &Node, want: usize, what: &str) {
     converge(what, DEADLINE, || async {
-        match node.registry.catalog.record_count() {
+        match node.registry.view().record_count() {
             n if n == want => Ok(()),
             n => Err(format!("{n} records")),
         }
@@ -126,7 +126,7 @@ async fn a_package_published_on_node_a_is_found_by_a_typo_search_on_node_e() {
     );
     let got = e
         .registry
-        .catalog
+        .blocking_catalog()
         .get(&"hello-world".parse().unwrap(), &VersionReq::STAR)
         .unwrap();
     assert_eq!(got, record);
@@ -187,7 +187,7 @@ async fn a_node_joining_a_network_with_a_thousand_releases_gets_all_of_them_by_s
     )
     .await;
     // Every record came by sync, verified, and was indexed.
-    assert_eq!(late.registry.catalog.record_count(), 1000);
+    assert_eq!(late.registry.view().record_count(), 1000);
     let all = late.registry.search(SearchQuery::default()).await.unwrap();
     assert_eq!(
         all.categories,
@@ -222,12 +222,7 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
     // Nodes 1 and 2 fetch both packages and become providers.
     for i in [1, 2] {
         converge("release records arrive", DEADLINE, || async {
-            if nodes[i]
-                .0
-                .registry
-                .catalog
-                .exists(&"small".parse().unwrap())
-            {
+            if nodes[i].0.registry.view().exists(&"small".parse().unwrap()) {
                 Ok(())
             } else {
                 Err(format!("node {i} lacks them"))
@@ -428,19 +423,24 @@ async fn a_package_only_on_the_dht_is_looked_up_and_a_stranger_head_is_ignored()
     let reg = &node.registry;
     let dht_only = "dht-only".parse().unwrap();
     assert!(matches!(
-        reg.catalog.get(&dht_only, &VersionReq::STAR),
+        reg.blocking_catalog().get(&dht_only, &VersionReq::STAR),
         Err(CatalogError::NotFound { .. })
     ));
 
     // Missing: looked up, the newest listed release admitted with its owner.
     assert!(reg.look_up(&dht_only, &VersionReq::STAR).await.unwrap());
-    assert_eq!(reg.catalog.get(&dht_only, &VersionReq::STAR).unwrap(), v2);
-    assert_eq!(reg.catalog.owner(&dht_only), Some(owner.public()));
+    assert_eq!(
+        reg.blocking_catalog()
+            .get(&dht_only, &VersionReq::STAR)
+            .unwrap(),
+        v2
+    );
+    assert_eq!(reg.view().owner(&dht_only), Some(owner.public()));
     assert_eq!(names(reg, "dht-only"), ["dht-only"]);
     // An older version asked for by requirement: looked up too, and it fills in the chain.
     let old: VersionReq = "=1.0.0".parse().unwrap();
     assert!(reg.look_up(&dht_only, &old).await.unwrap());
-    assert_eq!(reg.catalog.get(&dht_only, &old).unwrap(), v1);
+    assert_eq!(reg.blocking_catalog().get(&dht_only, &old).unwrap(), v1);
     // Present now: no query at all.
     assert!(!reg.look_up(&dht_only, &VersionReq::STAR).await.unwrap());
 
@@ -449,13 +449,15 @@ async fn a_package_only_on_the_dht_is_looked_up_and_a_stranger_head_is_ignored()
     let newer: VersionReq = ">=9".parse().unwrap();
     assert!(!reg.look_up(&local_name, &newer).await.unwrap());
     assert_eq!(
-        reg.catalog.get(&local_name, &VersionReq::STAR).unwrap(),
+        reg.blocking_catalog()
+            .get(&local_name, &VersionReq::STAR)
+            .unwrap(),
         local
     );
     // Nothing anywhere: not found, nothing changed.
     let ghost = "ghost".parse().unwrap();
     assert!(!reg.look_up(&ghost, &VersionReq::STAR).await.unwrap());
-    assert_eq!(reg.catalog.record_count(), 3);
+    assert_eq!(reg.view().record_count(), 3);
 
     let _ = stop.send(());
     holder.await.unwrap();
@@ -485,7 +487,7 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
         DEADLINE,
         &nodes,
         |_, n| async move {
-            match n.registry.catalog.versions(&"pkg".parse().unwrap()) {
+            match n.registry.view().versions(&"pkg".parse().unwrap()) {
                 Ok(v) if v.len() == 2 => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -542,7 +544,7 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
     let reg = offline.registry.clone();
     let (r1, rf) = (v1.clone(), fork.clone());
     let admitted = tokio::task::spawn_blocking(move || {
-        reg.catalog.ingest(
+        reg.blocking_catalog().ingest(
             vec![CatalogRecord::Release(r1), CatalogRecord::Release(rf)],
             false,
         )
@@ -551,14 +553,14 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
     .unwrap()
     .unwrap();
     assert_eq!(admitted.len(), 2);
-    assert!(offline.registry.catalog.has_record(&fork.id()));
+    assert!(offline.registry.view().has_record(&fork.id()));
     let synced_before = stats.syncs_completed.load(Ordering::SeqCst);
     join(&offline, &nodes[0].1).await;
     converge(
         "the offline node catches up with 2.0.0",
         DEADLINE,
         || async {
-            if offline.registry.catalog.has_record(&v2.id()) {
+            if offline.registry.view().has_record(&v2.id()) {
                 Ok(())
             } else {
                 Err("no 2.0.0 yet".into())
@@ -575,15 +577,15 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
     .await;
     // It knows the fork as refused: not fetched again, not admitted.
     assert_eq!(stats.rollbacks_refused.load(Ordering::Relaxed), 1);
-    assert_eq!(node0.registry.catalog.refusals_remembered(), 1);
+    assert_eq!(node0.registry.view().refusals_remembered(), 1);
     for (i, (n, _)) in nodes.iter().enumerate() {
         assert!(
-            !n.registry.catalog.has_record(&fork.id()),
+            !n.registry.view().has_record(&fork.id()),
             "node {i} took the fork"
         );
         assert_eq!(
             n.registry
-                .catalog
+                .blocking_catalog()
                 .get(&"pkg".parse().unwrap(), &VersionReq::STAR)
                 .unwrap(),
             v2,
@@ -624,7 +626,7 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
         |_, n| {
             let (v2, twin) = (v2.id(), twin.id());
             async move {
-                let ev = n.registry.catalog.equivocations();
+                let ev = n.registry.view().equivocations();
                 match ev.get("pkg") {
                     Some(versions) if versions[&Version::new(2, 0, 0)] == vec![v2, twin] => Ok(()),
                     other => Err(format!("evidence {other:?}")),
@@ -641,20 +643,20 @@ async fn rollback_by_gossip_dht_and_sync_a_foreign_key_and_equivocation_are_all_
     for (n, _) in &nodes {
         assert!(matches!(
             n.registry
-                .catalog
+                .blocking_catalog()
                 .release(&"pkg".parse().unwrap(), &Version::new(2, 0, 0)),
             Err(CatalogError::Equivocated { .. })
         ));
         // New resolutions fall back to the newest version that is not in dispute.
         assert_eq!(
             n.registry
-                .catalog
+                .blocking_catalog()
                 .get(&"pkg".parse().unwrap(), &VersionReq::STAR)
                 .unwrap(),
             v1
         );
         assert_eq!(
-            n.registry.catalog.owner(&"pkg".parse().unwrap()),
+            n.registry.view().owner(&"pkg".parse().unwrap()),
             Some(owner.public())
         );
     }
@@ -682,7 +684,7 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
     )
     .await;
     converge("the seed's release arrives", DEADLINE, || async {
-        if node.registry.catalog.has_record(&theirs.id()) {
+        if node.registry.view().has_record(&theirs.id()) {
             Ok(())
         } else {
             Err("missing".into())
@@ -698,19 +700,19 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
     let seed_peer = seed.network.peer_id();
     let rep_before = node.registry.reputation_of(&seed_peer).0.unwrap();
     assert_eq!(rep_before.successes, 1);
-    let catalog_before = node.registry.catalog.record_count();
+    let catalog_before = node.registry.view().record_count();
     node.shutdown().await;
     seed.shutdown().await;
 
     // Same data directory, same identity, nobody to talk to.
     let node = Node::start(config).await.unwrap();
-    assert_eq!(node.registry.catalog.record_count(), catalog_before);
+    assert_eq!(node.registry.view().record_count(), catalog_before);
     assert_eq!(node.registry.startup.records, 2);
     assert!(!node.registry.startup.index_rebuilt);
     assert_eq!(names(&node.registry, "theirs"), ["theirs"]);
     assert_eq!(names(&node.registry, "mine"), ["mine"]);
     assert_eq!(
-        node.registry.catalog.owner(&"mine".parse().unwrap()),
+        node.registry.view().owner(&"mine".parse().unwrap()),
         Some(key.public())
     );
     let meta = node.registry.blobs.meta(&fetched.content).unwrap();
@@ -763,7 +765,7 @@ async fn ingest(
     records: Vec<CatalogRecord>,
 ) -> Vec<(RecordId, Ingested)> {
     let registry = registry.clone();
-    tokio::task::spawn_blocking(move || registry.catalog.ingest(records, false))
+    tokio::task::spawn_blocking(move || registry.blocking_catalog().ingest(records, false))
         .await
         .unwrap()
         .unwrap()
@@ -897,8 +899,8 @@ async fn a_lost_search_index_is_rebuilt_from_the_catalog_at_start() {
         .await
         .unwrap();
     assert_eq!(all.total, N as u64);
-    assert_eq!(node.registry.catalog.index_state(), IndexState::Ready);
-    assert_eq!(node.registry.catalog.indexed_count(), N as u64);
+    assert_eq!(node.registry.view().index_state(), IndexState::Ready);
+    assert_eq!(node.registry.view().indexed_count(), N as u64);
     let per_category = |i: usize| (0..N).filter(|k| k % 3 == i).count() as u64;
     let mut categories = all.categories;
     categories.sort();
@@ -941,7 +943,7 @@ async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_
     ));
     ingest(&node.registry, vec![late]).await;
     assert_eq!(names(&node.registry, "late-arrival"), ["late-arrival"]);
-    assert_eq!(node.registry.catalog.indexed_count(), N as u64 + 1);
+    assert_eq!(node.registry.view().indexed_count(), N as u64 + 1);
     node.shutdown().await;
 
     // Stopped at once after a start that rebuilds: the stop waits for the rebuild.
@@ -953,8 +955,8 @@ async fn what_arrives_during_an_index_rebuild_is_indexed_and_the_index_is_saved_
     let node = Node::start(config).await.unwrap();
     let startup = &node.registry.startup;
     assert_eq!((startup.index_caught_up, startup.index_rebuilt), (0, false));
-    assert_eq!(node.registry.catalog.index_state(), IndexState::Ready);
-    assert_eq!(node.registry.catalog.indexed_count(), N as u64 + 1);
+    assert_eq!(node.registry.view().index_state(), IndexState::Ready);
+    assert_eq!(node.registry.view().indexed_count(), N as u64 + 1);
     let all = node
         .registry
         .search(SearchQuery::text("synthetic"))
@@ -1007,7 +1009,7 @@ async fn a_running_node_saves_its_search_index_once_the_saved_copy_is_far_behind
         (startup.index_caught_up, startup.index_rebuilt),
         (10, false)
     );
-    assert_eq!(node.registry.catalog.indexed_count(), 310);
+    assert_eq!(node.registry.view().indexed_count(), 310);
     assert_eq!(
         names(&node.registry, "later-9").first().map(String::as_str),
         Some("later-9")
@@ -1254,10 +1256,10 @@ async fn two_separate_networks_converge_when_they_connect() {
     converge_nodes("both releases on all four nodes", DEADLINE, &all, |_, n| {
         let (l, r) = (l.id(), r.id());
         async move {
-            if n.registry.catalog.has_record(&l) && n.registry.catalog.has_record(&r) {
+            if n.registry.view().has_record(&l) && n.registry.view().has_record(&r) {
                 Ok(())
             } else {
-                Err(format!("catalog of {}", n.registry.catalog.record_count()))
+                Err(format!("catalog of {}", n.registry.view().record_count()))
             }
         }
     })
@@ -1285,7 +1287,7 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
         let id = shared.id();
         async move {
             n.registry
-                .catalog
+                .view()
                 .has_record(&id)
                 .then_some(())
                 .ok_or_else(|| "not yet".to_string())
@@ -1361,7 +1363,7 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
     let has_all = |n: &Node, records: &[ReleaseRecord]| {
         records
             .iter()
-            .all(|r| n.registry.catalog.has_record(&r.id()))
+            .all(|r| n.registry.view().has_record(&r.id()))
     };
     converge_nodes(
         "each side has its own releases",
@@ -1372,7 +1374,7 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
             async move {
                 has_all(n, own)
                     .then_some(())
-                    .ok_or_else(|| format!("catalog of {}", n.registry.catalog.record_count()))
+                    .ok_or_else(|| format!("catalog of {}", n.registry.view().record_count()))
             }
         },
     )
@@ -1382,13 +1384,13 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
         let other = if i < 5 { &right_records } else { &left_records };
         for r in other {
             assert!(
-                !n.registry.catalog.has_record(&r.id()),
+                !n.registry.view().has_record(&r.id()),
                 "node {i} has {}",
                 r.body.name
             );
         }
         assert_eq!(
-            n.registry.catalog.record_count(),
+            n.registry.view().record_count(),
             1 + 4 - usize::from(i < 5),
             "node {i}"
         );
@@ -1407,7 +1409,7 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
             let all = &all;
             async move {
                 if !has_all(n, all) {
-                    return Err(format!("catalog of {}", n.registry.catalog.record_count()));
+                    return Err(format!("catalog of {}", n.registry.view().record_count()));
                 }
                 for r in all {
                     let hits = names(&n.registry, r.body.name.as_str());
@@ -1422,10 +1424,10 @@ async fn ten_nodes_cut_in_two_publish_on_both_sides_and_converge_once_healed() {
     .await;
     let took = healed.elapsed();
     for (i, (n, _)) in nodes.iter().enumerate() {
-        assert_eq!(n.registry.catalog.record_count(), 8, "node {i}");
+        assert_eq!(n.registry.view().record_count(), 8, "node {i}");
         let shared_now = n
             .registry
-            .catalog
+            .blocking_catalog()
             .get(&"shared".parse().unwrap(), &VersionReq::STAR)
             .unwrap();
         assert_eq!(shared_now, update, "node {i}");
@@ -1452,7 +1454,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     assert_eq!(app.body.dependencies[0].to_string(), "lib@^1");
     await_catalog(b, 4, "all four releases on node B").await;
     let resolved = |reg: &Registry| -> Vec<String> {
-        reg.catalog
+        reg.blocking_catalog()
             .resolve(&["app".parse().unwrap()])
             .unwrap()
             .into_iter()
@@ -1462,7 +1464,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     assert_eq!(resolved(&b.registry), ["app@1.0.0", "lib@1.1.0"]);
     let err = b
         .registry
-        .catalog
+        .blocking_catalog()
         .resolve(&["app".parse().unwrap(), "lib@^3".parse().unwrap()])
         .unwrap_err();
     assert_eq!(
@@ -1481,11 +1483,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
         .await
         .unwrap();
     converge("node B honours the yank", DEADLINE, || async {
-        let v = b
-            .registry
-            .catalog
-            .versions(&"lib".parse().unwrap())
-            .unwrap();
+        let v = b.registry.view().versions(&"lib".parse().unwrap()).unwrap();
         if v.iter().any(|v| v.yanked) {
             Ok(())
         } else {
@@ -1495,7 +1493,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     .await;
     let yanked: Vec<(String, bool)> = b
         .registry
-        .catalog
+        .view()
         .versions(&"lib".parse().unwrap())
         .unwrap()
         .into_iter()
@@ -1512,7 +1510,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     assert_eq!(resolved(&b.registry), ["app@1.0.0", "lib@1.0.0"]);
     assert_eq!(
         b.registry
-            .catalog
+            .blocking_catalog()
             .release(&"lib".parse().unwrap(), &Version::new(1, 1, 0))
             .unwrap(),
         lib11
@@ -1524,7 +1522,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
         .await
         .unwrap();
     converge("node B knows the new owner", DEADLINE, || async {
-        if b.registry.catalog.owner(&"lib".parse().unwrap()) == Some(heir.public()) {
+        if b.registry.view().owner(&"lib".parse().unwrap()) == Some(heir.public()) {
             Ok(())
         } else {
             Err("old owner still".into())
@@ -1533,7 +1531,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     .await;
     let v3 = publish(a, &package_dir("lib", "3.0.0", &[], 100, 44), &heir).await;
     converge("the heir's release reaches node B", DEADLINE, || async {
-        if b.registry.catalog.has_record(&v3.id()) {
+        if b.registry.view().has_record(&v3.id()) {
             Ok(())
         } else {
             Err("missing".into())
@@ -1557,7 +1555,7 @@ async fn a_bad_package_is_refused_with_a_precise_error_and_changes_nothing() {
     let key = publisher(13);
     publish(&node, &package_dir("fine", "1.0.0", &[], 100, 50), &key).await;
     let before = (
-        node.registry.catalog.record_count(),
+        node.registry.view().record_count(),
         node.registry.blobs.usage(),
         node.registry.blobs.persisted_count().unwrap(),
     );
@@ -1601,12 +1599,12 @@ async fn a_bad_package_is_refused_with_a_precise_error_and_changes_nothing() {
     );
 
     let after = (
-        node.registry.catalog.record_count(),
+        node.registry.view().record_count(),
         node.registry.blobs.usage(),
         node.registry.blobs.persisted_count().unwrap(),
     );
     assert_eq!(before, after);
-    assert!(!node.registry.catalog.exists(&"broken".parse().unwrap()));
+    assert!(!node.registry.view().exists(&"broken".parse().unwrap()));
     node.shutdown().await;
 }
 
@@ -1626,7 +1624,7 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     // Node 1 fetches the archive and becomes the second provider.
     let (lost, kept) = (&nodes[0].0, &nodes[1].0);
     converge("node 1 has the record", DEADLINE, || async {
-        if kept.registry.catalog.exists(&big.body.name) {
+        if kept.registry.view().exists(&big.body.name) {
             Ok(())
         } else {
             Err("not yet".into())
@@ -1708,21 +1706,21 @@ async fn sync_between_nearly_equal_catalogs_costs_one_bucket_not_the_catalog() {
     let extra = shared[1000].clone();
     for (node, records) in [(&a, shared.clone()), (&b, shared[..1000].to_vec())] {
         let reg = node.registry.clone();
-        tokio::task::spawn_blocking(move || reg.catalog.ingest(records, false))
+        tokio::task::spawn_blocking(move || reg.blocking_catalog().ingest(records, false))
             .await
             .unwrap()
             .unwrap();
     }
     assert_eq!(
         (
-            a.registry.catalog.record_count(),
-            b.registry.catalog.record_count()
+            a.registry.view().record_count(),
+            b.registry.view().record_count()
         ),
         (1001, 1000)
     );
     join(&b, &a_addr).await;
     converge("b gets the one record it lacks", DEADLINE, || async {
-        if b.registry.catalog.has_record(&extra.id()) {
+        if b.registry.view().has_record(&extra.id()) {
             Ok(())
         } else {
             Err("not yet".into())
@@ -1746,7 +1744,7 @@ async fn sync_between_nearly_equal_catalogs_costs_one_bucket_not_the_catalog() {
     // on when B caught up: before A compared summaries (nothing to list), after A listed
     // (the bucket without the extra record) or between the two (the whole bucket).
     let bucket = agora_protocol::messages::bucket_of(&extra.id()) as usize;
-    let bucket_size = u64::from(a.registry.catalog.summary()[bucket].count);
+    let bucket_size = u64::from(a.registry.view().summary()[bucket].count);
     assert_eq!(
         b.registry.stats.sync_ids_listed.load(Ordering::Relaxed),
         bucket_size
@@ -1804,7 +1802,7 @@ async fn gossip_of_a_held_record_is_ignored_and_a_copy_with_another_signature_re
     .await;
     let _ = stop.send(());
     driver.await.unwrap();
-    assert_eq!(node.registry.catalog.record_count(), 1);
+    assert_eq!(node.registry.view().record_count(), 1);
     node.shutdown().await;
 }
 
@@ -1818,9 +1816,9 @@ async fn the_summary_kept_per_bucket_matches_one_computed_from_scratch() {
     let all = many_releases(600, &publisher(140));
     for batch in all.chunks(200) {
         ingest(&node.registry, batch.to_vec()).await;
-        let summary = node.registry.catalog.summary();
+        let summary = node.registry.view().summary();
         for (b, digest) in summary.iter().enumerate() {
-            let ids = node.registry.catalog.ids_in(&[b as u8], usize::MAX);
+            let ids = node.registry.view().ids_in(&[b as u8], usize::MAX);
             let mut h = agora_protocol::ContentHasher::new();
             for id in &ids {
                 h.update(id.as_bytes());
@@ -1837,7 +1835,7 @@ async fn the_summary_kept_per_bucket_matches_one_computed_from_scratch() {
         }
         assert_eq!(
             summary.iter().map(|d| d.count as usize).sum::<usize>(),
-            node.registry.catalog.record_count()
+            node.registry.view().record_count()
         );
     }
     node.shutdown().await;
@@ -1867,9 +1865,9 @@ async fn history_arriving_newest_first_is_taken_in_one_batch() {
     for (id, outcome) in &results {
         assert_eq!(*outcome, Ingested::Added(Admission::Release), "{id}");
     }
-    assert_eq!(node.registry.catalog.refusals_remembered(), 0);
+    assert_eq!(node.registry.view().refusals_remembered(), 0);
     assert_eq!(
-        node.registry.catalog.versions(&v1.body.name).unwrap().len(),
+        node.registry.view().versions(&v1.body.name).unwrap().len(),
         3
     );
     node.shutdown().await;

@@ -226,7 +226,7 @@ async fn readyz(State(g): State<Arc<Gateway>>) -> Response {
         "routing_table": table,
         // Not part of `ready`: the node serves while its index is rebuilt, and a search
         // waits for it.
-        "search_index": g.ctx.registry.catalog.index_state(),
+        "search_index": g.ctx.registry.view().index_state(),
     });
     let status = if ready {
         StatusCode::OK

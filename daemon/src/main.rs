@@ -171,7 +171,7 @@ async fn run(config: Config, keypair: Keypair, telemetry: &Telemetry) -> anyhow:
         peer_id = %service.node.network.peer_id(),
         socket = %paths.socket.display(),
         data_dir = %paths.data_dir.display(),
-        records = service.node.registry.catalog.record_count(),
+        records = service.node.registry.view().record_count(),
         version = env!("CARGO_PKG_VERSION"),
         "agorad ready"
     );

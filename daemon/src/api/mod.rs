@@ -238,7 +238,7 @@ pub(crate) fn body_info(b: &ReleaseBody, record_id: String, yanked: bool) -> Rel
 
 pub(crate) fn yanked(registry: &Registry, r: &ReleaseRecord) -> bool {
     registry
-        .catalog
+        .view()
         .versions(&r.body.name)
         .map(|vs| vs.iter().any(|v| v.version == r.body.version && v.yanked))
         .unwrap_or(false)

@@ -54,8 +54,7 @@ pub(super) async fn versions(ctx: &Context, n: String) -> Result<Response, IpcEr
     let registry = &ctx.registry;
     let n = name(&n)?;
     let versions = with_lookup(registry, &n, &VersionReq::STAR, || async {
-        let n = n.clone();
-        registry.read(move |c| c.versions(&n)).await
+        Ok(registry.view().versions(&n)?)
     })
     .await?;
     Ok(Response::Versions(

@@ -57,10 +57,10 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Registry(RegistryError::Internal(e.to_string())))??;
         // The node serves while the index is rebuilt; searches wait for it.
-        let rebuild_task = registry.startup.index_rebuilt.then(|| {
-            let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.catalog.rebuild_index())
-        });
+        let rebuild_task = registry
+            .startup
+            .index_rebuilt
+            .then(|| registry.spawn_index_rebuild());
         // The DHT store is refilled while the node serves (a head per name is too many to
         // wait for): a record a peer puts meanwhile replaces a restored one only if it is
         // better, and the catalog answers for every name it holds either way.

@@ -194,16 +194,16 @@ async fn seed(nodes: &[Daemon], home: &Path, count: u32) -> anyhow::Result<Durat
         limit: 1,
         ..SearchQuery::default()
     };
-    let has_all = |n: &Daemon| {
-        n.node.registry.catalog.record_count() as u64 >= target
-            && n.node
-                .registry
-                .catalog
-                .search(&listing)
-                .is_ok_and(|r| r.total >= target)
-    };
     loop {
-        let behind = nodes.iter().filter(|n| !has_all(n)).count();
+        let mut behind = 0;
+        for n in nodes {
+            let registry = &n.node.registry;
+            let held = registry.view().record_count() as u64 >= target;
+            let found = registry.search(listing.clone()).await;
+            if !(held && found.is_ok_and(|r| r.total >= target)) {
+                behind += 1;
+            }
+        }
         if behind == 0 {
             return Ok(started.elapsed());
         }

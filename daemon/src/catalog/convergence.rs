@@ -418,9 +418,9 @@ mod on_disk {
     /// Offers `records` until the catalog takes no more of them, as repeated syncs would.
     fn offer_until_settled(c: &Catalog, records: &[CatalogRecord]) {
         loop {
-            let held = c.record_count();
+            let held = c.view().record_count();
             c.ingest(records.to_vec(), false).unwrap();
-            if c.record_count() == held {
+            if c.view().record_count() == held {
                 return;
             }
         }
@@ -435,11 +435,12 @@ mod on_disk {
     );
 
     fn answers(c: &Catalog, names: &[PackageName]) -> Vec<Answer> {
-        let evidence = c.equivocations();
+        let evidence = c.view().equivocations();
         names
             .iter()
             .map(|name| {
                 let versions = c
+                    .view()
                     .versions(name)
                     .unwrap()
                     .into_iter()
@@ -452,7 +453,7 @@ mod on_disk {
                 for ids in evidence.values_mut() {
                     ids.sort_unstable();
                 }
-                (c.owner(name), versions, evidence)
+                (c.view().owner(name), versions, evidence)
             })
             .collect()
     }
@@ -498,11 +499,11 @@ mod on_disk {
             prop_assert_eq!(&answers(&a, &name_list), &expected);
 
             // A restart reaches the same catalog, and what was refused is refused again.
-            let (held, refused) = (a.record_count(), a.refusals_remembered());
+            let (held, refused) = (a.view().record_count(), a.view().refusals_remembered());
             drop(a);
             let a = open(dir_a.path());
             prop_assert_eq!(&answers(&a, &name_list), &expected);
-            prop_assert_eq!((a.record_count(), a.refusals_remembered()), (held, refused));
+            prop_assert_eq!((a.view().record_count(), a.view().refusals_remembered()), (held, refused));
             let again = a.ingest(all, false).unwrap();
             prop_assert!(
                 again.iter().all(|(_, o)| !matches!(o, Ingested::Added(_))),

@@ -217,7 +217,7 @@ async fn admit_gossip(
         let mut admit = Vec::new();
         for (i, source, record) in records {
             let id = record.id();
-            if reg.catalog.knows(&id) || taken.contains_key(&id) {
+            if reg.catalog.view().knows(&id) || taken.contains_key(&id) {
                 verdicts.push((i, MessageAcceptance::Ignore));
                 continue;
             }
@@ -225,7 +225,7 @@ async fn admit_gossip(
                 verdicts.push((i, reject(source, &e)));
                 continue;
             }
-            let new_name = !reg.catalog.exists(record.name());
+            let new_name = !reg.catalog.view().exists(record.name());
             if !lock(&reg.publishers).take(*record.signer(), new_name, now) {
                 Registry::count(&reg.stats.publisher_over_budget);
                 debug!(%source, signer = %record.signer(), "ignoring gossip: its key is over its budget");
@@ -398,10 +398,13 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
 fn answer_sync(registry: &Registry, request: SyncRequest) -> SyncResponse {
     match request {
         SyncRequest::Summary => SyncResponse::Summary {
-            buckets: registry.catalog.summary(),
+            buckets: registry.catalog.view().summary(),
         },
         SyncRequest::Buckets { buckets } => SyncResponse::Ids {
-            ids: registry.catalog.ids_in(&buckets, MAX_SYNC_LISTED_IDS),
+            ids: registry
+                .catalog
+                .view()
+                .ids_in(&buckets, MAX_SYNC_LISTED_IDS),
         },
         SyncRequest::Records { ids } => {
             let Ok(found) = registry.catalog.records(&ids) else {

@@ -40,10 +40,10 @@ impl Registry {
         name: &PackageName,
         req: &VersionReq,
     ) -> Result<bool, RegistryError> {
-        if self.catalog.has_match(name, req) {
+        if self.catalog.view().has_match(name, req) {
             return Ok(false);
         }
-        let known: Vec<Version> = match self.catalog.versions(name) {
+        let known: Vec<Version> = match self.catalog.view().versions(name) {
             Ok(v) => v.into_iter().map(|v| v.version).collect(),
             Err(CatalogError::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
@@ -96,7 +96,7 @@ impl Registry {
             .get_record(key.clone(), RecordQuorum::All)
             .await
             .or_else(nothing)?;
-        let owner = self.catalog.owner(name);
+        let owner = self.catalog.view().owner(name);
         let heads: Vec<PackageHead> = values
             .iter()
             .filter_map(|v| match dht::validate(&key, v) {
@@ -105,7 +105,7 @@ impl Registry {
             })
             .filter(|h| match owner {
                 Some(o) => o == h.body.owner,
-                None => self.catalog.may_own(&h.body.owner),
+                None => self.catalog.view().may_own(&h.body.owner),
             })
             .collect();
         let mut owners: Vec<PublisherKey> = heads.iter().map(|h| h.body.owner).collect();

@@ -40,7 +40,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::catalog::publishers::{PublisherBudget, PublisherRates};
 use crate::catalog::trust::{Admission, TrustError, TrustPolicy};
-use crate::catalog::{Catalog, CatalogError, Ingested};
+use crate::catalog::{Catalog, CatalogError, CatalogView, Ingested};
 use crate::index::{IndexError, Ticket};
 use crate::lock;
 use crate::network::{NetworkError, NetworkHandle};
@@ -168,7 +168,10 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     db: Arc<Db>,
     pub blobs: BlobStore,
-    pub catalog: Catalog,
+    /// Async code reaches the catalog's disk through [`read`](Self::read) and its memory
+    /// through [`view`](Self::view); only the workflows here touch it directly, on blocking
+    /// threads where they read or write.
+    catalog: Catalog,
     /// The records this node signed or announced, written ahead of the catalog.
     journal: Journal,
     reputation: Mutex<Reputation>,
@@ -218,12 +221,12 @@ impl crate::obs::metrics::Source for Registry {
             (
                 "catalog_records",
                 "Records in the catalog",
-                n(self.catalog.record_count() as u64),
+                n(self.catalog.view().record_count() as u64),
             ),
             (
                 "packages",
                 "Packages with an installable release",
-                n(self.catalog.package_count() as u64),
+                n(self.catalog.view().package_count() as u64),
             ),
             (
                 "cache_bytes",
@@ -402,8 +405,27 @@ impl Registry {
         Ok(())
     }
 
+    /// Rebuilds the search index on a blocking thread, when the start found it must
+    /// (`startup.index_rebuilt`); searches wait for it.
+    pub fn spawn_index_rebuild(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let registry = self.clone();
+        tokio::task::spawn_blocking(move || registry.catalog.rebuild_index())
+    }
+
+    /// The catalog with its methods that read and write the disk, for code on a thread that
+    /// may block (a blocking-pool task, a test, a tool), as tokio names its `blocking_`
+    /// methods; async code uses [`read`](Self::read) and [`view`](Self::view).
+    pub fn blocking_catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// What the catalog answers from memory (counts, owners, versions): never blocks.
+    pub fn view(&self) -> CatalogView<'_> {
+        self.catalog.view()
+    }
+
     /// Runs `read` on the catalog on a blocking thread: a read that may touch the disk (a
-    /// record from the log, a resolution) never holds up an async worker.
+    /// record from the log, a resolution, a search, an ingest) never holds up an async worker.
     pub async fn read<T, E, F>(self: &Arc<Self>, read: F) -> Result<T, RegistryError>
     where
         F: FnOnce(&Catalog) -> Result<T, E> + Send + 'static,
@@ -756,7 +778,7 @@ impl Registry {
     /// node that synced a large catalog and never stopped cleanly, or one whose index was
     /// just rebuilt). Called on the persist tick; returns whether it saved.
     pub async fn save_index_if_behind(self: &Arc<Self>) -> Result<bool, RegistryError> {
-        if !self.catalog.index_far_behind() {
+        if !self.catalog.view().index_far_behind() {
             return Ok(false);
         }
         let reg = self.clone();

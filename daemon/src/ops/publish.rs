@@ -176,6 +176,7 @@ impl Registry {
         let key = secret.public();
         let previous = self
             .catalog
+            .view()
             .previous_for(&manifest.name, &manifest.version, &key)?;
         let (body, data) = release_body(dir, manifest, key, now(), previous)?;
         let info = body.archive.clone();
@@ -222,7 +223,7 @@ impl Registry {
         secret: &PublisherSecret,
     ) -> Result<agora_protocol::Yank, RegistryError> {
         let _authoring = self.authoring.lock().await;
-        if !self.catalog.has_version(name, version)? {
+        if !self.catalog.view().has_version(name, version)? {
             return Err(CatalogError::VersionNotFound {
                 name: name.clone(),
                 version: version.clone(),
@@ -255,7 +256,7 @@ impl Registry {
     ) -> Result<agora_protocol::KeyRotation, RegistryError> {
         let _authoring = self.authoring.lock().await;
         // What the new key inherits: the history up to the newest release, and the yanks.
-        let (last, yanked) = self.catalog.rotation_basis(name)?;
+        let (last, yanked) = self.catalog.view().rotation_basis(name)?;
         let rotation = Signed::sign(
             RotationBody {
                 name: name.clone(),

@@ -238,7 +238,7 @@ fn take_journal(
     }
     let missing: Vec<CatalogRecord> = own
         .into_iter()
-        .filter(|r| !catalog.knows(&r.id()))
+        .filter(|r| !catalog.view().knows(&r.id()))
         .collect();
     if missing.is_empty() {
         return Ok(0);
@@ -291,7 +291,7 @@ mod tests {
     }
 
     fn held(store: &Store) -> BTreeSet<RecordId> {
-        store.catalog.record_ids().into_iter().collect()
+        store.catalog.view().record_ids().into_iter().collect()
     }
 
     fn copy_dir(from: &Path, to: &Path) {

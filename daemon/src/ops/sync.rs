@@ -177,7 +177,7 @@ async fn run(registry: &Arc<Registry>, peer: PeerId) -> Result<SyncReport, SyncE
         SyncResponse::Summary { buckets } if buckets.len() == SYNC_BUCKETS => buckets,
         other => return Err(unexpected("summary", other)),
     };
-    let ours = registry.catalog.summary();
+    let ours = registry.catalog.view().summary();
     let differing: Vec<(u8, u32)> = {
         let settled = crate::lock(&registry.settled);
         (0..SYNC_BUCKETS)
@@ -257,7 +257,7 @@ async fn list_missing(
             if !asked.contains(&bucket) {
                 continue;
             }
-            let new = !registry.catalog.knows(&id);
+            let new = !registry.catalog.view().knows(&id);
             let entry = listed.entry(bucket).or_default();
             entry.0 += 1;
             entry.1 |= new;
