@@ -22,6 +22,7 @@ mod ipc;
 pub mod network;
 pub mod obs;
 pub mod ops;
+mod rate;
 pub mod store;
 
 pub use app::config::Config;

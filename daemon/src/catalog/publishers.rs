@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use agora_protocol::PublisherKey;
 
-use crate::network::budget::{GossipRate, RateLimiter};
+use crate::rate::{GossipRate, RateLimiter};
 
 /// Most publishing keys a node keeps a budget for (the one heard from longest ago goes first).
 pub const MAX_PUBLISHERS: usize = 65_536;
