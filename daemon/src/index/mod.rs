@@ -25,7 +25,7 @@
 
 mod query;
 mod schema;
-pub mod snapshot;
+mod snapshot;
 mod tier;
 mod view;
 

@@ -2,7 +2,7 @@
 //! OTLP layer ([`telemetry`]), and the registry's counters ([`counters`]). It imports nothing
 //! of the daemon: each layer hands it what it has to report.
 
-pub mod counters;
+mod counters;
 pub mod metrics;
 pub mod telemetry;
 

@@ -7,14 +7,14 @@
 //! Disk work (redb, blobs, tantivy) runs on blocking threads, never on the event loop and
 //! never while holding up an async worker. A write is acknowledged only after it committed.
 
-pub mod archive;
+mod archive;
 mod damaged;
 pub mod fetch;
 pub(crate) mod inbound;
 mod lookup;
 mod publish;
 pub mod repair;
-pub mod reputation;
+mod reputation;
 pub mod sync;
 
 use std::collections::{HashMap, HashSet};

@@ -120,12 +120,9 @@ impl Reputation {
         self.peers.get(peer)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.peers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
     }
 
     fn entry(&mut self, peer: PeerId, now: u64) -> &mut PeerRecord {

@@ -9,8 +9,8 @@
 //! a peer who controls the bytes could try to collide). Never called from the event loop.
 
 pub mod blobs;
-pub mod download;
-pub mod journal;
+pub(crate) mod download;
+pub(crate) mod journal;
 pub mod key_files;
 
 use std::ops::{Bound, ControlFlow};
