@@ -65,7 +65,7 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     await_catalog(b, 4, "all four releases on node B").await;
     let resolved = |reg: &Registry| -> Vec<String> {
         reg.blocking_catalog()
-            .resolve(&["app".parse().unwrap()])
+            .resolve(&["app".parse().unwrap()], &Default::default())
             .unwrap()
             .into_iter()
             .map(|p| format!("{}@{}", p.name, p.version))
@@ -75,11 +75,16 @@ async fn dependencies_resolve_on_another_node_yanks_are_honoured_and_a_rotated_k
     let err = b
         .registry
         .blocking_catalog()
-        .resolve(&["app".parse().unwrap(), "lib@^3".parse().unwrap()])
+        .resolve(
+            &["app".parse().unwrap(), "lib@^3".parse().unwrap()],
+            &Default::default(),
+        )
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "no installable version of 'lib' satisfies ^3 (from the request); available: 1.0.0, 1.1.0, 2.0.0"
+        "Because there is no version of lib in >=3.0.0, <4.0.0 and the request needs lib \
+         >=3.0.0, <4.0.0, the request cannot be met.\nNo installable version of 'lib' matches \
+         ^3 (available: 1.0.0, 1.1.0, 2.0.0)."
     );
 
     // The owner yanks lib 1.1.0: new resolutions on B pick 1.0.0; a lockfile can still get 1.1.0.

@@ -142,9 +142,12 @@ impl From<RegistryError> for IpcError {
             RegistryError::Catalog(
                 CatalogError::NotFound { .. }
                 | CatalogError::VersionNotFound { .. }
-                | CatalogError::NoMatchingVersion { .. }
-                | CatalogError::Resolve(ResolveError::Missing { .. }),
+                | CatalogError::NoMatchingVersion { .. },
             ) => Self::NotFound(msg),
+            RegistryError::Catalog(CatalogError::Resolve(ResolveError::NoSolution {
+                missing,
+                ..
+            })) if !missing.is_empty() => Self::NotFound(msg),
             RegistryError::Catalog(
                 CatalogError::Equivocated { .. }
                 | CatalogError::AlreadyPublished { .. }

@@ -1,6 +1,8 @@
 //! Requests about packages: a release, the versions of a name, a resolution, an archive
 //! fetched. A name or version the catalog lacks is looked up on the DHT first.
 
+use std::collections::BTreeMap;
+
 use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessage, VersionEntry};
 use agora_protocol::{ContentId, Dependency, Version, VersionReq};
 
@@ -76,30 +78,43 @@ pub(super) async fn resolve(ctx: &Context, roots: Vec<String>) -> Result<Respons
         .iter()
         .map(|r| r.parse().map_err(bad))
         .collect::<Result<_, _>>()?;
-    // Names the catalog lacks are looked up on the DHT, then resolution starts over.
+    // What the catalog lacks (names, or versions that meet a requirement) is looked up on
+    // the DHT, then resolution starts over.
     let mut lookups = 0;
     let resolved = loop {
         let r = roots.clone();
-        let failed = match registry.read(move |c| c.resolve(&r)).await {
+        let failed = match registry
+            .read(move |c| c.resolve(&r, &BTreeMap::new()))
+            .await
+        {
             Ok(resolved) => break resolved,
             Err(e) => e,
         };
-        let (missing, req) = match &failed {
-            RegistryError::Catalog(CatalogError::Resolve(ResolveError::Missing {
-                name, ..
-            })) => (name, VersionReq::STAR),
-            RegistryError::Catalog(CatalogError::Resolve(ResolveError::Unsatisfiable {
-                name,
-                requirements,
-                ..
-            })) => (name, requirements[0].1.clone()),
-            _ => return Err(failed.into()),
+        let RegistryError::Catalog(CatalogError::Resolve(ResolveError::NoSolution {
+            missing,
+            unmatched,
+            ..
+        })) = &failed
+        else {
+            return Err(failed.into());
         };
+        let any = VersionReq::STAR;
+        let wanted = missing
+            .iter()
+            .map(|name| (name, &any))
+            .chain(unmatched.iter().map(|d| (&d.name, &d.req)));
+        let mut found = false;
+        for (name, req) in wanted {
+            if lookups == MAX_LOOKUPS_PER_RESOLVE {
+                break;
+            }
+            lookups += 1;
+            found |= registry.look_up(name, req).await?;
+        }
         // Nothing new found: the resolution would fail the same way again.
-        if lookups == MAX_LOOKUPS_PER_RESOLVE || !registry.look_up(missing, &req).await? {
+        if !found {
             return Err(failed.into());
         }
-        lookups += 1;
     };
     let records = registry
         .read(move |c| {

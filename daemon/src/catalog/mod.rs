@@ -5,7 +5,7 @@
 //! blocking and says so: [`Registry`](crate::ops::Registry)'s async workflows run them on blocking
 //! threads.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -715,10 +715,14 @@ impl Catalog {
     }
 
     /// Resolves `roots` and everything they depend on to exact releases.
-    pub fn resolve(&self, roots: &[Dependency]) -> Result<Vec<ResolvedPackage>, CatalogError> {
+    pub fn resolve(
+        &self,
+        roots: &[Dependency],
+        prefer: &BTreeMap<PackageName, Version>,
+    ) -> Result<Vec<ResolvedPackage>, CatalogError> {
         let mut records: HashMap<RecordId, ReleaseRecord> = HashMap::new();
         let mut failure: Option<CatalogError> = None;
-        let chosen = resolve::resolve(roots, |name| {
+        let chosen = resolve::resolve(roots, prefer, |name| {
             let ids: Vec<RecordId> = {
                 let cat = self.lock();
                 let state = cat.trust.name(name)?;

@@ -1,18 +1,28 @@
-//! Transitive dependency resolution with semver. Pure: the catalog is a lookup function, so
-//! this runs the same on a live node and in a unit test.
+//! Transitive dependency resolution with semver, by PubGrub (the `pubgrub` crate, the solver
+//! uv and Dart's pub are built on). Pure: the catalog is a lookup function, so this runs the
+//! same on a live node and in a unit test.
 //!
-//! Each name gets one version: the highest installable one that satisfies every requirement
-//! on it seen so far. When a later requirement rules the current choice out, the name is
-//! re-chosen and resolution starts over with what it learned (bounded by
-//! [`MAX_RESOLVE_ROUNDS`]). A cycle, a missing package and an unsatisfiable set of
-//! requirements each get their own error naming what caused it.
+//! The solver is complete: if some choice of one version per name satisfies every
+//! requirement, it finds one, going back on earlier choices where it must; if none does, its
+//! failure is a chain of "because … and …, … is forbidden" reasons, which is the error a user
+//! sees. Each name gets the version the caller prefers (a lockfile's pin) when it fits, else
+//! the highest installable one that fits. Only installable versions are offered (the lookup
+//! leaves yanked and equivocated ones out). Cycles are allowed: every package of a cycle is
+//! installed, in no particular order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
 
 use agora_protocol::{Dependency, PackageName, Version, VersionReq};
+use pubgrub::{
+    DefaultStringReporter, Dependencies, DependencyConstraints, DependencyProvider, DerivationTree,
+    External, PackageResolutionStatistics, PubGrubError, Ranges, Reporter,
+};
+use semver::{Comparator, Op, Prerelease};
 
-/// Restarts allowed before giving up (each one follows a requirement that narrowed a choice).
-pub const MAX_RESOLVE_ROUNDS: usize = 64;
 /// Most packages in one resolution.
 pub const MAX_RESOLVED: usize = 4096;
 
@@ -25,30 +35,17 @@ pub struct Candidate {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    #[error("package '{name}' (required by {required_by}) is not in the catalog")]
-    Missing {
-        name: PackageName,
-        required_by: String,
+    /// No choice of versions satisfies every requirement. `missing` are the names the catalog
+    /// does not have at all; `unmatched` the requirements no installable version it has
+    /// meets (a lookup on the DHT may find either).
+    #[error("{explanation}")]
+    NoSolution {
+        explanation: String,
+        missing: Vec<PackageName>,
+        unmatched: Vec<Dependency>,
     },
-    #[error("no installable version of '{name}' satisfies {}; available: {}", fmt_reqs(.requirements), fmt_versions(.available))]
-    Unsatisfiable {
-        name: PackageName,
-        requirements: Vec<(String, VersionReq)>,
-        available: Vec<Version>,
-    },
-    #[error("dependency cycle: {}", .0.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" -> "))]
-    Cycle(Vec<PackageName>),
-    #[error("resolution did not settle after {MAX_RESOLVE_ROUNDS} rounds")]
-    TooManyRounds,
     #[error("resolution needs more than {MAX_RESOLVED} packages")]
     TooLarge,
-}
-
-fn fmt_reqs(reqs: &[(String, VersionReq)]) -> String {
-    reqs.iter()
-        .map(|(by, r)| format!("{r} (from {by})"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `1.0.0, 1.1.0`, or `none`.
@@ -62,200 +59,383 @@ pub(crate) fn fmt_versions(v: &[Version]) -> String {
         .join(", ")
 }
 
-/// The root of a resolution, as it appears in "required by".
-pub const ROOT: &str = "the request";
+/// A package in the solver: the request itself, or a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Pkg {
+    Request,
+    Name(PackageName),
+}
+
+/// How the request is written in a report before [`explain`] rewrites it.
+const REQUEST_MARK: &str = "⟨request⟩";
+
+impl fmt::Display for Pkg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Request => f.write_str(REQUEST_MARK),
+            Self::Name(n) => f.write_str(n.as_str()),
+        }
+    }
+}
+
+/// The version the request has (it has one, and only its dependencies matter).
+fn request_version() -> Version {
+    Version::new(0, 0, 0)
+}
 
 /// Resolves `roots` transitively. `lookup(name)` returns the installable versions of a name
-/// (any order), or `None` if the catalog has no such name.
+/// (any order), or `None` if the catalog has no such name; `prefer` names the version to keep
+/// for a name when it still fits (a lockfile's pin).
 pub fn resolve<F>(
     roots: &[Dependency],
-    mut lookup: F,
+    prefer: &BTreeMap<PackageName, Version>,
+    lookup: F,
 ) -> Result<BTreeMap<PackageName, Candidate>, ResolveError>
 where
     F: FnMut(&PackageName) -> Option<Vec<Candidate>>,
 {
-    // Requirements learned in earlier rounds stay: they only ever narrow choices.
-    let mut learned: BTreeMap<PackageName, Vec<(String, VersionReq)>> = BTreeMap::new();
-    for _ in 0..MAX_RESOLVE_ROUNDS {
-        match round(roots, &mut lookup, &mut learned)? {
-            Some(chosen) => {
-                check_cycles(&chosen)?;
-                return Ok(chosen);
+    let provider = Provider {
+        roots,
+        prefer,
+        lookup: RefCell::new(lookup),
+        known: RefCell::new(BTreeMap::new()),
+    };
+    match pubgrub::resolve(&provider, Pkg::Request, request_version()) {
+        Ok(solution) => {
+            let known = provider.known.borrow();
+            let mut out = BTreeMap::new();
+            for (pkg, version) in solution {
+                let Pkg::Name(name) = pkg else { continue };
+                let candidate = known
+                    .get(&name)
+                    .and_then(Option::as_ref)
+                    .and_then(|cs| cs.iter().find(|c| c.version == version))
+                    .cloned()
+                    .expect("a chosen version is one the lookup offered");
+                out.insert(name, candidate);
             }
-            None => continue,
+            Ok(out)
         }
+        Err(PubGrubError::NoSolution(tree)) => Err(provider.no_solution(&tree)),
+        Err(PubGrubError::ErrorChoosingVersion { source, .. })
+        | Err(PubGrubError::ErrorRetrievingDependencies { source, .. })
+        | Err(PubGrubError::ErrorInShouldCancel(source)) => match source {},
     }
-    Err(ResolveError::TooManyRounds)
 }
 
-/// One pass; `Ok(None)` means a choice had to change and the pass must restart.
-fn round<F>(
-    roots: &[Dependency],
-    lookup: &mut F,
-    learned: &mut BTreeMap<PackageName, Vec<(String, VersionReq)>>,
-) -> Result<Option<BTreeMap<PackageName, Candidate>>, ResolveError>
+struct Provider<'a, F> {
+    roots: &'a [Dependency],
+    prefer: &'a BTreeMap<PackageName, Version>,
+    lookup: RefCell<F>,
+    /// Each name's installable versions, highest first (`None`: not in the catalog).
+    known: RefCell<BTreeMap<PackageName, Option<Vec<Candidate>>>>,
+}
+
+impl<F> Provider<'_, F>
 where
     F: FnMut(&PackageName) -> Option<Vec<Candidate>>,
 {
-    let mut chosen: BTreeMap<PackageName, Candidate> = BTreeMap::new();
-    let mut queue: Vec<(String, Dependency)> = roots
-        .iter()
-        .map(|d| (ROOT.to_string(), d.clone()))
-        .collect();
-    while let Some((by, dep)) = queue.pop() {
-        let reqs = learned.entry(dep.name.clone()).or_default();
-        if !reqs.iter().any(|(b, r)| *b == by && *r == dep.req) {
-            reqs.push((by.clone(), dep.req.clone()));
+    /// `name`'s installable versions, highest first, asked of the lookup once.
+    fn candidates(&self, name: &PackageName) -> Option<Vec<Candidate>> {
+        if let Some(known) = self.known.borrow().get(name) {
+            return known.clone();
         }
-        if let Some(current) = chosen.get(&dep.name) {
-            if dep.req.matches(&current.version) {
-                continue;
+        let mut found = (self.lookup.borrow_mut())(name);
+        if let Some(cs) = &mut found {
+            cs.sort_by(|a, b| b.version.cmp(&a.version));
+            cs.dedup_by(|a, b| a.version == b.version);
+        }
+        self.known.borrow_mut().insert(name.clone(), found.clone());
+        found
+    }
+
+    /// The set of `dep`'s versions its requirement allows, exact over the versions the
+    /// catalog has (semver's rules for pre-releases included).
+    fn allowed(&self, dep: &Dependency) -> Ranges<Version> {
+        let mut set = req_ranges(&dep.req);
+        for c in self.candidates(&dep.name).unwrap_or_default() {
+            match (dep.req.matches(&c.version), set.contains(&c.version)) {
+                (true, false) => set = set.union(&Ranges::singleton(c.version)),
+                (false, true) => set = set.intersection(&Ranges::singleton(c.version).complement()),
+                _ => {}
             }
-            // The new requirement rules out the current choice: start over knowing it.
-            return Ok(None);
         }
-        let mut candidates = lookup(&dep.name).ok_or_else(|| ResolveError::Missing {
-            name: dep.name.clone(),
-            required_by: by.clone(),
-        })?;
-        candidates.sort_by(|a, b| b.version.cmp(&a.version));
-        let reqs = &learned[&dep.name];
-        let Some(pick) = candidates
-            .iter()
-            .find(|c| reqs.iter().all(|(_, r)| r.matches(&c.version)))
-        else {
-            let mut available: Vec<Version> =
-                candidates.iter().map(|c| c.version.clone()).collect();
-            available.sort();
-            return Err(ResolveError::Unsatisfiable {
-                name: dep.name.clone(),
-                requirements: reqs.clone(),
-                available,
-            });
+        set
+    }
+
+    fn constraints(&self, deps: &[Dependency]) -> DependencyConstraints<Pkg, Ranges<Version>> {
+        let mut out = DependencyConstraints::default();
+        for dep in deps {
+            let set = self.allowed(dep);
+            let pkg = Pkg::Name(dep.name.clone());
+            // A name required twice by one package must meet both requirements.
+            let both = match out.get(&pkg) {
+                Some(existing) => set.intersection(existing),
+                None => set,
+            };
+            out.insert(pkg, both);
+        }
+        out
+    }
+
+    /// The error for a failed resolution: the solver's explanation, and what the catalog
+    /// lacks that a lookup might bring.
+    fn no_solution(&self, tree: &DerivationTree<Pkg, Ranges<Version>, String>) -> ResolveError {
+        let mut missing: Vec<PackageName> = Vec::new();
+        let mut unmatched: Vec<Dependency> = Vec::new();
+        collect_lacking(tree, &mut |external| {
+            let External::FromDependencyOf(_, _, Pkg::Name(name), set) = external else {
+                return;
+            };
+            match self.candidates(name) {
+                None if !missing.contains(name) => missing.push(name.clone()),
+                None => {}
+                Some(cs) if !cs.iter().any(|c| set.contains(&c.version)) => {
+                    for dep in self.requirements_on(name) {
+                        if !unmatched.contains(&dep) {
+                            unmatched.push(dep);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        });
+        // Without the "no version of X in …" steps the report reads better, and the lines
+        // below say what is lacking; unless those steps were all it had to say.
+        let mut collapsed = tree.clone();
+        collapsed.collapse_no_versions();
+        let shown = match collapsed {
+            DerivationTree::Derived(_) => &collapsed,
+            DerivationTree::External(_) => tree,
         };
-        let parent = format!("{}@{}", dep.name, pick.version);
-        for d in &pick.dependencies {
-            queue.push((parent.clone(), d.clone()));
+        let mut explanation = explain(&DefaultStringReporter::report(shown));
+        for name in &missing {
+            explanation.push_str(&format!("\n'{name}' is not in the catalog."));
         }
-        chosen.insert(dep.name.clone(), pick.clone());
-        if chosen.len() > MAX_RESOLVED {
-            return Err(ResolveError::TooLarge);
+        for dep in &unmatched {
+            let mut available: Vec<Version> = self
+                .candidates(&dep.name)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.version)
+                .collect();
+            available.sort();
+            explanation.push_str(&format!(
+                "\nNo installable version of '{}' matches {} (available: {}).",
+                dep.name,
+                dep.req,
+                fmt_versions(&available)
+            ));
+        }
+        ResolveError::NoSolution {
+            explanation,
+            missing,
+            unmatched,
         }
     }
-    Ok(Some(chosen))
+
+    /// Every requirement on `name` the solver was given (by the request or a version looked
+    /// at) that no installable version meets.
+    fn requirements_on(&self, name: &PackageName) -> Vec<Dependency> {
+        let versions: Vec<Version> = self
+            .candidates(name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.version)
+            .collect();
+        let known = self.known.borrow();
+        let from_versions = known
+            .values()
+            .flatten()
+            .flatten()
+            .flat_map(|c| c.dependencies.iter());
+        let mut out: Vec<Dependency> = Vec::new();
+        for dep in self.roots.iter().chain(from_versions) {
+            if dep.name == *name
+                && !versions.iter().any(|v| dep.req.matches(v))
+                && !out.contains(dep)
+            {
+                out.push(dep.clone());
+            }
+        }
+        out
+    }
 }
 
-/// Depth-first search for a cycle among the chosen versions.
-fn check_cycles(chosen: &BTreeMap<PackageName, Candidate>) -> Result<(), ResolveError> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        Visiting,
-        Done,
-    }
-    fn visit(
-        name: &PackageName,
-        chosen: &BTreeMap<PackageName, Candidate>,
-        marks: &mut BTreeMap<PackageName, Mark>,
-        path: &mut Vec<PackageName>,
-    ) -> Result<(), ResolveError> {
-        match marks.get(name) {
-            Some(Mark::Done) => return Ok(()),
-            Some(Mark::Visiting) => {
-                let start = path.iter().position(|n| n == name).unwrap_or(0);
-                let mut cycle = path[start..].to_vec();
-                cycle.push(name.clone());
-                return Err(ResolveError::Cycle(cycle));
-            }
-            None => {}
+/// Calls `f` with every external reason in the tree.
+fn collect_lacking(
+    tree: &DerivationTree<Pkg, Ranges<Version>, String>,
+    f: &mut impl FnMut(&External<Pkg, Ranges<Version>, String>),
+) {
+    match tree {
+        DerivationTree::External(external) => f(external),
+        DerivationTree::Derived(derived) => {
+            collect_lacking(&derived.cause1, f);
+            collect_lacking(&derived.cause2, f);
         }
-        marks.insert(name.clone(), Mark::Visiting);
-        path.push(name.clone());
-        if let Some(c) = chosen.get(name) {
-            let deps: BTreeSet<&PackageName> = c.dependencies.iter().map(|d| &d.name).collect();
-            for d in deps {
-                visit(d, chosen, marks, path)?;
-            }
+    }
+}
+
+/// The solver's report in the user's words: the request is "the request", not a package at
+/// version 0.0.0.
+fn explain(report: &str) -> String {
+    let request = format!("{REQUEST_MARK} {}", request_version());
+    report
+        .replace(&format!("{request} depends on "), "the request needs ")
+        .replace(
+            &format!("{request} is forbidden"),
+            "the request cannot be met",
+        )
+        .replace(&request, "the request")
+        .replace(REQUEST_MARK, "the request")
+}
+
+impl<F> DependencyProvider for Provider<'_, F>
+where
+    F: FnMut(&PackageName) -> Option<Vec<Candidate>>,
+{
+    type P = Pkg;
+    type V = Version;
+    type VS = Ranges<Version>;
+    type M = String;
+    type Err = Infallible;
+    /// Names with fewer versions left to try go first: a conflict among them shows sooner.
+    type Priority = (u32, Reverse<usize>);
+
+    fn prioritize(
+        &self,
+        package: &Pkg,
+        range: &Ranges<Version>,
+        stats: &PackageResolutionStatistics,
+    ) -> Self::Priority {
+        let fitting = match package {
+            Pkg::Request => 0,
+            Pkg::Name(name) => self
+                .candidates(name)
+                .unwrap_or_default()
+                .iter()
+                .filter(|c| range.contains(&c.version))
+                .count(),
+        };
+        (stats.conflict_count(), Reverse(fitting))
+    }
+
+    fn choose_version(
+        &self,
+        package: &Pkg,
+        range: &Ranges<Version>,
+    ) -> Result<Option<Version>, Infallible> {
+        let name = match package {
+            Pkg::Request => return Ok(Some(request_version())),
+            Pkg::Name(name) => name,
+        };
+        let candidates = self.candidates(name).unwrap_or_default();
+        let preferred = self
+            .prefer
+            .get(name)
+            .filter(|v| range.contains(v) && candidates.iter().any(|c| &c.version == *v));
+        Ok(preferred.cloned().or_else(|| {
+            candidates
+                .iter()
+                .map(|c| &c.version)
+                .find(|v| range.contains(v))
+                .cloned()
+        }))
+    }
+
+    fn get_dependencies(
+        &self,
+        package: &Pkg,
+        version: &Version,
+    ) -> Result<Dependencies<Pkg, Ranges<Version>, String>, Infallible> {
+        let deps = match package {
+            Pkg::Request => self.roots.to_vec(),
+            Pkg::Name(name) => match self.candidates(name) {
+                Some(cs) => match cs.into_iter().find(|c| &c.version == version) {
+                    Some(c) => c.dependencies,
+                    None => return Ok(Dependencies::Unavailable("is not in the catalog".into())),
+                },
+                None => return Ok(Dependencies::Unavailable("is not in the catalog".into())),
+            },
+        };
+        if self.known.borrow().len() > MAX_RESOLVED {
+            return Ok(Dependencies::Unavailable(format!(
+                "needs more than {MAX_RESOLVED} packages"
+            )));
         }
-        path.pop();
-        marks.insert(name.clone(), Mark::Done);
-        Ok(())
+        Ok(Dependencies::Available(self.constraints(&deps)))
     }
-    let mut marks = BTreeMap::new();
-    for name in chosen.keys() {
-        visit(name, chosen, &mut marks, &mut Vec::new())?;
+}
+
+/// The versions `req` allows, as ranges (semver's pre-release rule aside, which
+/// [`Provider::allowed`] applies to the versions that exist).
+fn req_ranges(req: &VersionReq) -> Ranges<Version> {
+    req.comparators.iter().fold(Ranges::full(), |set, c| {
+        set.intersection(&comparator_ranges(c))
+    })
+}
+
+fn comparator_ranges(c: &Comparator) -> Ranges<Version> {
+    let pre = |p: &Prerelease| p.clone();
+    let exact = |c: &Comparator| Version {
+        major: c.major,
+        minor: c.minor.unwrap_or(0),
+        patch: c.patch.unwrap_or(0),
+        pre: pre(&c.pre),
+        build: Default::default(),
+    };
+    let lowest = exact(c);
+    // The first version past what `c` names at its own precision (1.2 → 1.3.0, 1 → 2.0.0).
+    let next = |c: &Comparator| match (c.minor, c.patch) {
+        (Some(minor), Some(patch)) => Version::new(c.major, minor, patch + 1),
+        (Some(minor), None) => Version::new(c.major, minor + 1, 0),
+        (None, _) => Version::new(c.major + 1, 0, 0),
+    };
+    match c.op {
+        Op::Exact => match (c.minor, c.patch) {
+            (Some(_), Some(_)) => Ranges::singleton(lowest),
+            _ => Ranges::between(lowest, next(c)),
+        },
+        Op::Greater => match (c.minor, c.patch) {
+            (Some(_), Some(_)) => Ranges::strictly_higher_than(lowest),
+            _ => Ranges::higher_than(next(c)),
+        },
+        Op::GreaterEq => Ranges::higher_than(lowest),
+        Op::Less => Ranges::strictly_lower_than(lowest),
+        Op::LessEq => match (c.minor, c.patch) {
+            (Some(_), Some(_)) => Ranges::lower_than(lowest),
+            _ => Ranges::strictly_lower_than(next(c)),
+        },
+        Op::Tilde => {
+            let upper = match c.minor {
+                Some(minor) => Version::new(c.major, minor + 1, 0),
+                None => Version::new(c.major + 1, 0, 0),
+            };
+            Ranges::between(lowest, upper)
+        }
+        Op::Caret => {
+            let upper = match (c.major, c.minor, c.patch) {
+                (0, Some(0), Some(patch)) => Version::new(0, 0, patch + 1),
+                (0, Some(minor), _) if minor > 0 || c.patch.is_none() => {
+                    Version::new(0, minor + 1, 0)
+                }
+                (0, None, _) => Version::new(1, 0, 0),
+                (major, _, _) => Version::new(major + 1, 0, 0),
+            };
+            Ranges::between(lowest, upper)
+        }
+        Op::Wildcard => match c.minor {
+            Some(minor) => Ranges::between(
+                Version::new(c.major, minor, 0),
+                Version::new(c.major, minor + 1, 0),
+            ),
+            None => Ranges::between(Version::new(c.major, 0, 0), Version::new(c.major + 1, 0, 0)),
+        },
+        // semver's `Op` is non-exhaustive: an operator it adds later is checked exactly
+        // against the versions that exist.
+        _ => Ranges::full(),
     }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dep(s: &str) -> Dependency {
-        s.parse().unwrap()
-    }
-
-    fn catalog(
-        entries: &[(&str, &str, &[&str])],
-    ) -> impl FnMut(&PackageName) -> Option<Vec<Candidate>> {
-        let mut map: BTreeMap<PackageName, Vec<Candidate>> = BTreeMap::new();
-        for (name, version, deps) in entries {
-            map.entry(name.parse().unwrap())
-                .or_default()
-                .push(Candidate {
-                    version: version.parse().unwrap(),
-                    dependencies: deps.iter().map(|d| dep(d)).collect(),
-                });
-        }
-        move |name| map.get(name).cloned()
-    }
-
-    fn versions(r: &BTreeMap<PackageName, Candidate>) -> Vec<String> {
-        r.iter()
-            .map(|(n, c)| format!("{n}@{}", c.version))
-            .collect()
-    }
-
-    #[test]
-    fn picks_the_highest_version_every_requirement_allows() {
-        let cat = catalog(&[
-            ("app", "1.0.0", &["lib@^1", "util"]),
-            ("lib", "1.0.0", &[]),
-            ("lib", "1.4.0", &[]),
-            ("lib", "2.0.0", &[]),
-            ("util", "1.0.0", &["lib@<1.3"]),
-        ]);
-        let r = resolve(&[dep("app")], cat).unwrap();
-        assert_eq!(versions(&r), ["app@1.0.0", "lib@1.0.0", "util@1.0.0"]);
-    }
-
-    #[test]
-    fn missing_unsatisfiable_and_cycle_each_say_what_went_wrong() {
-        let err = resolve(&[dep("app")], catalog(&[("app", "1.0.0", &["ghost@^1"])])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "package 'ghost' (required by app@1.0.0) is not in the catalog"
-        );
-
-        let err = resolve(
-            &[dep("app")],
-            catalog(&[("app", "1.0.0", &["lib@^2"]), ("lib", "1.5.0", &[])]),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no installable version of 'lib' satisfies ^2 (from app@1.0.0); available: 1.5.0"
-        );
-
-        let err = resolve(
-            &[dep("a")],
-            catalog(&[
-                ("a", "1.0.0", &["b"]),
-                ("b", "1.0.0", &["c"]),
-                ("c", "1.0.0", &["a"]),
-            ]),
-        )
-        .unwrap_err();
-        assert_eq!(err.to_string(), "dependency cycle: a -> b -> c -> a");
-    }
-}
+mod tests;
