@@ -215,9 +215,16 @@ impl Client {
         }
     }
 
-    pub fn resolve(&mut self, roots: &[String]) -> Result<Vec<ReleaseInfo>, ClientError> {
+    /// Every release an install of `roots` needs, keeping the `name@version` pins of `prefer`
+    /// wherever they still fit.
+    pub fn resolve(
+        &mut self,
+        roots: &[String],
+        prefer: &[String],
+    ) -> Result<Vec<ReleaseInfo>, ClientError> {
         match self.call(Request::Resolve {
             roots: roots.to_vec(),
+            prefer: prefer.to_vec(),
         })? {
             Response::Resolved(r) => Ok(r),
             other => Err(unexpected(other)),

@@ -5,6 +5,7 @@
 //! codes listed in `agora --help`.
 
 mod install;
+mod manage;
 mod node;
 mod output;
 mod show;
@@ -93,6 +94,9 @@ enum Command {
     /// Remove an installed package.
     Remove {
         name: String,
+        /// Remove the installed packages that need it too.
+        #[arg(long)]
+        with_dependents: bool,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -382,9 +386,13 @@ fn run(cli: Cli) -> Result<Output, Failure> {
         Command::Update { name, dir } => {
             install::update(&mut client()?, &project_dir(dir)?, name.as_deref(), json)
         }
-        Command::Remove { name, dir } => install::remove(&project_dir(dir)?, &name),
-        Command::List { dir } => install::list(&project_dir(dir)?),
-        Command::Verify { dir } => install::verify(&project_dir(dir)?),
+        Command::Remove {
+            name,
+            with_dependents,
+            dir,
+        } => manage::remove(&project_dir(dir)?, &name, with_dependents),
+        Command::List { dir } => manage::list(&project_dir(dir)?),
+        Command::Verify { dir } => manage::verify(&project_dir(dir)?),
         Command::Yank { package, reason } => {
             let Some((name, version)) = package.split_once('@') else {
                 return Err(Failure::new(

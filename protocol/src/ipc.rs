@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 4;
+pub const IPC_PROTOCOL_VERSION: u32 = 5;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -102,9 +102,11 @@ pub enum Request {
     Versions {
         name: String,
     },
-    /// Resolve `name` / `name@req` roots and their dependencies to exact releases.
+    /// Resolve `name` / `name@req` roots and their dependencies to exact releases, keeping
+    /// the `name@version` pins of `prefer` (a lockfile's) wherever they still fit.
     Resolve {
         roots: Vec<String>,
+        prefer: Vec<String>,
     },
     /// Make the archive of exactly `name@version` local; answers with its path.
     Fetch {
@@ -364,14 +366,17 @@ fn check_request(r: &Request) -> Result<(), String> {
                 .map_or(Ok(()), |r| check_string(r, "requirement"))
         }
         Request::Versions { name } => check_string(name, "name"),
-        Request::Resolve { roots } => {
-            if roots.len() > MAX_IPC_LIST_LEN {
-                return Err(format!(
-                    "{} roots; the limit is {MAX_IPC_LIST_LEN}",
-                    roots.len()
-                ));
+        Request::Resolve { roots, prefer } => {
+            for (list, what) in [(roots, "root"), (prefer, "preferred version")] {
+                if list.len() > MAX_IPC_LIST_LEN {
+                    return Err(format!(
+                        "{} {what}s; the limit is {MAX_IPC_LIST_LEN}",
+                        list.len()
+                    ));
+                }
+                list.iter().try_for_each(|r| check_string(r, what))?;
             }
-            roots.iter().try_for_each(|r| check_string(r, "root"))
+            Ok(())
         }
         Request::Fetch { name, version } => {
             check_string(name, "name")?;

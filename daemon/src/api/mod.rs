@@ -44,7 +44,7 @@ pub async fn dispatch(
         Request::Search(query) => Ok(Response::Search(ctx.registry.search(query).await?)),
         Request::Info { name, req } => packages::info(ctx, name, req).await,
         Request::Versions { name } => packages::versions(ctx, name).await,
-        Request::Resolve { roots } => packages::resolve(ctx, roots).await,
+        Request::Resolve { roots, prefer } => packages::resolve(ctx, roots, prefer).await,
         Request::Fetch { name, version } => packages::fetch(ctx, id, out, name, version).await,
         Request::Yank {
             name,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessage, VersionEntry};
-use agora_protocol::{ContentId, Dependency, Version, VersionReq};
+use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 
 use super::{Context, Outbox, bad, name, progress, release_info, version, with_lookup, yanked};
 use crate::catalog::CatalogError;
@@ -72,21 +72,31 @@ pub(super) async fn versions(ctx: &Context, n: String) -> Result<Response, IpcEr
 }
 
 /// `resolve ROOTS`: every release an install of `roots` needs.
-pub(super) async fn resolve(ctx: &Context, roots: Vec<String>) -> Result<Response, IpcError> {
+pub(super) async fn resolve(
+    ctx: &Context,
+    roots: Vec<String>,
+    prefer: Vec<String>,
+) -> Result<Response, IpcError> {
     let registry = &ctx.registry;
     let roots: Vec<Dependency> = roots
         .iter()
         .map(|r| r.parse().map_err(bad))
         .collect::<Result<_, _>>()?;
+    let prefer: BTreeMap<PackageName, Version> = prefer
+        .iter()
+        .map(|pin| {
+            let (n, v) = pin
+                .split_once('@')
+                .ok_or_else(|| bad(format!("{pin:?} is not name@version")))?;
+            Ok((name(n)?, version(v)?))
+        })
+        .collect::<Result<_, IpcError>>()?;
     // What the catalog lacks (names, or versions that meet a requirement) is looked up on
     // the DHT, then resolution starts over.
     let mut lookups = 0;
     let resolved = loop {
-        let r = roots.clone();
-        let failed = match registry
-            .read(move |c| c.resolve(&r, &BTreeMap::new()))
-            .await
-        {
+        let (r, p) = (roots.clone(), prefer.clone());
+        let failed = match registry.read(move |c| c.resolve(&r, &p)).await {
             Ok(resolved) => break resolved,
             Err(e) => e,
         };
