@@ -202,7 +202,7 @@ fn phase(
                     write_package(&dir, &name, version, n);
                     let t = Instant::now();
                     match Client::connect(&sockets[node])
-                        .and_then(|mut c| c.publish(&dir, false, |_| {}))
+                        .and_then(|mut c| c.publish(&dir, false, false, |_| {}))
                     {
                         Ok(_) => {
                             times.push(t.elapsed());

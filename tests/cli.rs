@@ -40,11 +40,13 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
         src.path().join("lib").to_str().unwrap(),
     ]);
     assert_eq!(dry["published"], false);
+    let mut records = Vec::new();
     for p in ["lib", "app"] {
         let v = n1.json(&["publish", src.path().join(p).to_str().unwrap()]);
         assert_eq!(v["published"], true);
+        records.push(v["release"]["record_id"].as_str().unwrap().to_string());
     }
-    // A second publish of the same version is refused with exit code 5.
+    // A second publish of the same version is refused with exit code 5, naming the release.
     let again = n1.agora(&["publish", src.path().join("app").to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(5));
     assert_eq!(
@@ -52,7 +54,10 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
             .lines()
             .next()
             .unwrap(),
-        "error: greet-app@1.0.0 is already published"
+        format!(
+            "error: greet-app@1.0.0 is already published (release record {})",
+            records[1]
+        )
     );
 
     for node in [&n2, &n3] {

@@ -175,15 +175,19 @@ impl Client {
         }
     }
 
+    /// Publishes the package in `dir` (or only checks and packs it, with `dry_run`); a
+    /// dependency no catalog reachable meets is refused unless `allow_missing_dependencies`.
     pub fn publish(
         &mut self,
         dir: &Path,
         dry_run: bool,
+        allow_missing_dependencies: bool,
         on_progress: impl FnMut(&Progress),
     ) -> Result<PublishedInfo, ClientError> {
         let request = Request::Publish {
             dir: dir.display().to_string(),
             dry_run,
+            allow_missing_dependencies,
         };
         match self.call_with_progress(request, on_progress)? {
             Response::Published(p) => Ok(p),

@@ -51,9 +51,12 @@ enum Command {
     /// Publish the package in DIR (default: the current directory).
     Publish {
         dir: Option<PathBuf>,
-        /// Check and pack the package without publishing it.
+        /// Check and pack the package without publishing it: lists every file, needs no key.
         #[arg(long)]
         dry_run: bool,
+        /// Publish even if a dependency is in no catalog this node reaches.
+        #[arg(long)]
+        allow_missing_dependencies: bool,
     },
     /// Search the catalog.
     Search {
@@ -339,9 +342,13 @@ fn run(cli: Cli) -> Result<Output, Failure> {
             let text = format!("created publisher key {key}");
             Ok(Output::new(json!({ "publisher": key }), text))
         }
-        Command::Publish { dir, dry_run } => {
+        Command::Publish {
+            dir,
+            dry_run,
+            allow_missing_dependencies,
+        } => {
             let dir = project_dir(dir)?;
-            let p = client()?.publish(&dir, dry_run, on_progress(json));
+            let p = client()?.publish(&dir, dry_run, allow_missing_dependencies, on_progress(json));
             Ok(show::publish(&p.map_err(explain)?))
         }
         Command::Search {

@@ -103,9 +103,28 @@ pub fn publish(p: &PublishedInfo) -> Output {
             "checked (dry run)"
         };
         w.line(format!(
-            "{what} {}@{} ({} bytes, sha256 {})",
-            r.name, r.version, r.size, r.sha256
+            "{what} {}@{} ({} files, {} archive, sha256 {})",
+            r.name,
+            r.version,
+            p.files.len(),
+            human_bytes(r.size),
+            r.sha256
         ));
+        if !p.published {
+            let width = p.files.iter().map(|f| f.path.len()).max().unwrap_or(0);
+            for f in &p.files {
+                w.line(format!("  {:width$}  {:>10}", f.path, human_bytes(f.size)));
+            }
+            if !r.publisher.is_empty() {
+                w.line(format!("would be signed by {}", r.publisher));
+            }
+            if !r.dependencies.is_empty() {
+                w.line(format!("depends on {}", r.dependencies.join(", ")));
+            }
+        }
+        for warning in &p.warnings {
+            w.line(format!("warning: {warning}"));
+        }
     })
 }
 

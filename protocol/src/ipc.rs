@@ -91,6 +91,8 @@ pub enum Request {
     Publish {
         dir: String,
         dry_run: bool,
+        /// Publish even if a dependency is in no catalog this node can reach.
+        allow_missing_dependencies: bool,
     },
     Search(SearchQuery),
     /// The newest installable release of `name` matching `req` (any version if `None`), or an
@@ -293,11 +295,23 @@ pub struct VersionEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedInfo {
+    /// The release signed, or for a dry run the one that would be (its `publisher` is empty
+    /// when this node has no publisher key yet).
     pub release: ReleaseInfo,
     /// False for a dry run.
     pub published: bool,
     /// False when no peer was subscribed yet (peers get it by sync).
     pub gossiped: bool,
+    /// Every file in the archive, by path, with its size.
+    pub files: Vec<PackedFile>,
+    /// What the author may want to fix (a `[package]` key that looks like a misspelt one).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedFile {
+    pub path: String,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

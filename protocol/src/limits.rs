@@ -17,6 +17,10 @@ pub const MAX_URL_LEN: usize = 256;
 pub const MAX_TAGS: usize = 16;
 /// Longest tag or keyword, in bytes.
 pub const MAX_TAG_LEN: usize = 32;
+/// Most `include` or `exclude` patterns in a package.toml.
+pub const MAX_PATTERNS: usize = 256;
+/// Longest `include` or `exclude` pattern, in bytes.
+pub const MAX_PATTERN_LEN: usize = 256;
 /// Most direct dependencies of one release.
 pub const MAX_DEPENDENCIES: usize = 64;
 /// Largest `package.toml` read from disk or from an archive.

@@ -32,6 +32,11 @@ pub struct Manifest {
     pub version: Version,
     pub meta: PackageMeta,
     pub dependencies: Vec<Dependency>,
+    /// Paths to pack (gitignore patterns); empty packs everything not excluded. A dotfile is
+    /// packed only if one of these (or a `!` line of `.agoraignore`) names it.
+    pub include: Vec<String>,
+    /// Paths not to pack (gitignore patterns).
+    pub exclude: Vec<String>,
     /// Keys of `[package]` that Agora does not interpret, in file order.
     pub package_extra: toml::Table,
     /// Every other top-level table (`[install]`, `[files]`, `[variables]`, ...), in file order.
@@ -91,9 +96,11 @@ struct RawPackage {
     tags: Option<Spanned<Vec<Spanned<String>>>>,
     keywords: Option<Spanned<Vec<Spanned<String>>>>,
     dependencies: Option<Spanned<Vec<Spanned<String>>>>,
+    include: Option<Spanned<Vec<Spanned<String>>>>,
+    exclude: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-const KNOWN_PACKAGE_KEYS: [&str; 10] = [
+const KNOWN_PACKAGE_KEYS: [&str; 12] = [
     "name",
     "version",
     "description",
@@ -104,6 +111,8 @@ const KNOWN_PACKAGE_KEYS: [&str; 10] = [
     "tags",
     "keywords",
     "dependencies",
+    "include",
+    "exclude",
 ];
 
 impl Manifest {
@@ -205,14 +214,59 @@ impl Manifest {
             }
             dependencies.push(dep);
         }
+        let patterns = |f: &Option<Spanned<Vec<Spanned<String>>>>,
+                        field: &str|
+         -> Result<Vec<String>, ManifestError> {
+            let Some(f) = f else { return Ok(Vec::new()) };
+            if f.get_ref().len() > MAX_PATTERNS {
+                return Err(err(
+                    f.span(),
+                    format!(
+                        "`{field}` has {} patterns; the limit is {MAX_PATTERNS}",
+                        f.get_ref().len()
+                    ),
+                ));
+            }
+            f.get_ref()
+                .iter()
+                .map(|t| {
+                    if t.get_ref().trim().is_empty() || t.get_ref().contains('\n') {
+                        return Err(err(
+                            t.span(),
+                            format!("`{field}` patterns are one non-empty line each"),
+                        ));
+                    }
+                    text_field(t, field, MAX_PATTERN_LEN)
+                })
+                .collect()
+        };
         Ok(Self {
             name,
             version,
             meta,
             dependencies,
+            include: patterns(&p.include, "include")?,
+            exclude: patterns(&p.exclude, "exclude")?,
             package_extra,
             extra,
         })
+    }
+
+    /// Keys of `[package]` that Agora does not read but that look like a misspelt one it does
+    /// (`licence` for `license`), each with that key. Other unknown keys (ggen's `id`,
+    /// `[package.metadata]`, ...) are kept without a word.
+    pub fn misspelt_keys(&self) -> Vec<(String, &'static str)> {
+        self.package_extra
+            .keys()
+            .filter_map(|key| {
+                let (distance, known) = KNOWN_PACKAGE_KEYS
+                    .iter()
+                    .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+                    .min()?;
+                (distance > 0 && distance <= 2 && distance < key.len() / 2 + 1)
+                    .then(|| (key.clone(), known))
+            })
+            .collect()
     }
 
     /// The manifest as TOML again: known fields first, then the preserved keys and tables.
@@ -238,6 +292,11 @@ impl Manifest {
         package.insert("keywords".into(), strings(&m.keywords));
         let deps: Vec<String> = self.dependencies.iter().map(|d| d.to_string()).collect();
         package.insert("dependencies".into(), strings(&deps));
+        for (key, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
+            if !patterns.is_empty() {
+                package.insert(key.into(), strings(patterns));
+            }
+        }
         package.extend(self.package_extra.clone());
         let mut doc = toml::Table::new();
         doc.insert("package".into(), package.into());
@@ -340,6 +399,35 @@ project = { default = "demo" }
         );
         let again = Manifest::parse(&m.to_toml()).unwrap();
         assert_eq!(again, m);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_pointed_out_and_ggens_own_keys_are_not() {
+        let m = Manifest::parse(
+            "[package]\nname = \"p\"\nversion = \"1.0.0\"\ndescription = \"d\"\n\
+             licence = \"MIT\"\ncatgory = \"web\"\nid = \"io.ggen.p\"\nhomepage = \"x\"\n\
+             include = [\"templates/\"]\n\n[package.metadata]\nauthor = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.misspelt_keys(),
+            [
+                ("licence".to_string(), "license"),
+                ("catgory".to_string(), "category")
+            ]
+        );
+        assert_eq!(m.include, ["templates/"]);
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        for bad in ["include = [\"\"]", "exclude = [\"a\\nb\"]"] {
+            let e = Manifest::parse(&format!(
+                "[package]\nname = \"p\"\nversion = \"1.0.0\"\ndescription = \"d\"\n{bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.message.ends_with("patterns are one non-empty line each"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

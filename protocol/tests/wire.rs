@@ -231,7 +231,7 @@ proptest! {
         };
         round_trip(&ClientMessage::Request { id, request: Request::SetLogLevel { filter: addr.clone() } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::LogLevel { filter: addr.clone() }) });
-        round_trip(&ClientMessage::Request { id, request: Request::Publish { dir: addr.clone(), dry_run: true } });
+        round_trip(&ClientMessage::Request { id, request: Request::Publish { dir: addr.clone(), dry_run: true, allow_missing_dependencies: false } });
         round_trip(&ClientMessage::Request { id, request: Request::Search(agora_protocol::search::SearchQuery::text(&addr[..addr.len().min(200)])) });
         round_trip(&ClientMessage::Request { id, request: Request::Resolve { roots: vec![addr.clone()], prefer: vec![addr.clone()] } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::Status(status)) });

@@ -40,7 +40,11 @@ pub async fn dispatch(
         // always hears it before the daemon goes away.
         Request::Shutdown => Ok(Response::ShuttingDown),
         Request::Keygen => publishing::keygen(ctx).await,
-        Request::Publish { dir, dry_run } => publishing::publish(ctx, id, out, dir, dry_run).await,
+        Request::Publish {
+            dir,
+            dry_run,
+            allow_missing_dependencies,
+        } => publishing::publish(ctx, id, out, dir, dry_run, allow_missing_dependencies).await,
         Request::Search(query) => Ok(Response::Search(ctx.registry.search(query).await?)),
         Request::Info { name, req } => packages::info(ctx, name, req).await,
         Request::Versions { name } => packages::versions(ctx, name).await,

@@ -86,8 +86,12 @@ pub enum CatalogError {
         "{name}@{version} has two different signed records (equivocation); it cannot be installed"
     )]
     Equivocated { name: PackageName, version: Version },
-    #[error("{name}@{version} is already published")]
-    AlreadyPublished { name: PackageName, version: Version },
+    #[error("{name}@{version} is already published (release record {record})")]
+    AlreadyPublished {
+        name: PackageName,
+        version: Version,
+        record: RecordId,
+    },
     #[error("{name}@{version} is not newer than {highest}, the highest version published")]
     NotNewer {
         name: PackageName,

@@ -170,10 +170,11 @@ impl CatalogView<'_> {
             }
             .into());
         }
-        if state.releases.contains_key(version) {
+        if let Some(record) = state.releases.get(version) {
             return Err(CatalogError::AlreadyPublished {
                 name: name.clone(),
                 version: version.clone(),
+                record: *record,
             });
         }
         if let Some(h) = &state.highest

@@ -146,6 +146,16 @@ pub struct Published {
     pub head: PackageHead,
     /// False when no peer was subscribed yet: peers get the release by sync instead.
     pub gossiped: bool,
+    /// Each packed file's path and size.
+    pub files: archive::Files,
+}
+
+/// What a publish would sign, from a dry run.
+#[derive(Clone, Debug)]
+pub struct DryRun {
+    pub body: ReleaseBody,
+    /// Each packed file's path and size.
+    pub files: archive::Files,
 }
 
 /// A finished fetch.

@@ -83,7 +83,7 @@ impl Registry {
         let _authoring = self.authoring.lock().await;
         let reg = self.clone();
         let secret_bytes = secret.to_bytes();
-        let (record, head, ticket) =
+        let (record, head, ticket, files) =
             blocking(move || reg.publish_local(&dir, &PublisherSecret::from_bytes(secret_bytes)))
                 .await?;
         let id = record.body.archive.id;
@@ -124,6 +124,7 @@ impl Registry {
             record,
             head,
             gossiped,
+            files,
         })
     }
 
@@ -171,14 +172,14 @@ impl Registry {
         &self,
         dir: &Path,
         secret: &PublisherSecret,
-    ) -> Result<(ReleaseRecord, PackageHead, Ticket), RegistryError> {
+    ) -> Result<(ReleaseRecord, PackageHead, Ticket, archive::Files), RegistryError> {
         let manifest = archive::read_manifest(dir)?;
         let key = secret.public();
         let previous = self
             .catalog
             .view()
             .previous_for(&manifest.name, &manifest.version, &key)?;
-        let (body, data) = release_body(dir, manifest, key, now(), previous)?;
+        let (body, data, files) = release_body(dir, manifest, key, now(), previous)?;
         let info = body.archive.clone();
         let record = Signed::sign(body, secret)?;
         // The archive first: a record whose archive cannot be served helps nobody.
@@ -197,21 +198,39 @@ impl Registry {
             }
         }
         let head = self.catalog.sign_head(&record.body.name, secret, now())?;
-        Ok((record, head, ticket))
+        Ok((record, head, ticket, files))
     }
 
-    /// The release body a publish of the package in `dir` by `key` would sign, unsigned and
-    /// with no predecessor: nothing is stored or announced.
+    /// The release a publish of the package in `dir` by `key` would sign (refused the same
+    /// way), unsigned, and the files it would pack: nothing is stored or announced. With no
+    /// key (this node has none yet), what only the key decides (that it may publish the name,
+    /// the release it chains to) is left out and the body names a throwaway key.
     pub async fn dry_run(
         self: &Arc<Self>,
         dir: PathBuf,
-        key: PublisherKey,
-    ) -> Result<ReleaseBody, RegistryError> {
+        key: Option<PublisherKey>,
+    ) -> Result<DryRun, RegistryError> {
+        let reg = self.clone();
         blocking(move || {
             let manifest = archive::read_manifest(&dir)?;
-            Ok(release_body(&dir, manifest, key, 0, None)?.0)
+            let previous = match &key {
+                Some(key) => {
+                    reg.catalog
+                        .view()
+                        .previous_for(&manifest.name, &manifest.version, key)?
+                }
+                None => None,
+            };
+            let key = key.unwrap_or_else(|| PublisherSecret::from_bytes(rand::random()).public());
+            let (body, _, files) = release_body(&dir, manifest, key, now(), previous)?;
+            Ok(DryRun { body, files })
         })
         .await
+    }
+
+    /// The manifest of the package in `dir`, read and checked.
+    pub async fn manifest(&self, dir: PathBuf) -> Result<agora_protocol::Manifest, RegistryError> {
+        blocking(move || Ok(archive::read_manifest(&dir)?)).await
     }
 
     /// Yanks `name@version` with a record signed by the owner, and gossips it.
@@ -276,16 +295,16 @@ impl Registry {
     }
 }
 
-/// The release body of the package in `dir` (whose manifest is `manifest`) and its packed
-/// archive. Blocking.
+/// The release body of the package in `dir` (whose manifest is `manifest`), its packed
+/// archive and the path and size of each file in it. Blocking.
 fn release_body(
     dir: &Path,
     manifest: agora_protocol::Manifest,
     publisher: PublisherKey,
     published_at: u64,
     previous: Option<RecordId>,
-) -> Result<(ReleaseBody, Vec<u8>), RegistryError> {
-    let data = archive::pack(dir)?;
+) -> Result<(ReleaseBody, Vec<u8>, archive::Files), RegistryError> {
+    let (data, files) = archive::pack(dir, &manifest)?;
     let body = ReleaseBody {
         name: manifest.name,
         version: manifest.version,
@@ -296,5 +315,5 @@ fn release_body(
         publisher,
         previous,
     };
-    Ok((body, data))
+    Ok((body, data, files))
 }
