@@ -407,3 +407,20 @@ fn links_planted_in_a_project_are_refused_and_nothing_outside_is_touched() {
         "keep"
     );
 }
+
+/// `agora search '' | head -1`: a reader that goes away ends the output quietly, with no
+/// panic and no error.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let node = Daemon::start(None);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = node.command(&["status"]).stdout(writer).output().unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(0), "")
+    );
+}

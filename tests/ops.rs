@@ -660,6 +660,19 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
         (404, Some("not_found")),
         "{body}"
     );
+    let (status, body) = get_json(&format!("{b_base}/v2/nothing"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no route /v2/nothing; the routes are /healthz"),
+        "{body}"
+    );
     let (status, body) = get_json(&format!("{b_base}/v1/packages?q=x&sort=price"));
     assert_eq!(
         (status, body["message"].as_str()),

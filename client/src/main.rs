@@ -253,19 +253,31 @@ fn main() -> ExitCode {
             if let Some(found) = &f.found {
                 say(found.render(json), !json);
             }
-            eprintln!("error: {}", f.cause);
-            eprintln!("hint: {}", f.hint);
+            say(format!("error: {}\nhint: {}", f.cause, f.hint), true);
             ExitCode::from(f.code)
         }
     }
 }
 
-/// Prints `text` as a line on stdout, or on stderr; nothing if it is empty.
+/// Prints `text` as a line on stdout, or on stderr; nothing if it is empty. A reader that
+/// has gone (`agora search | head -1`) ends the output quietly: what it did not read, it did
+/// not want.
 fn say(text: String, stderr: bool) {
-    match (text.is_empty(), stderr) {
-        (true, _) => {}
-        (false, false) => println!("{text}"),
-        (false, true) => eprintln!("{text}"),
+    use std::io::Write;
+    if text.is_empty() {
+        return;
+    }
+    let written = if stderr {
+        writeln!(std::io::stderr().lock(), "{text}")
+    } else {
+        writeln!(std::io::stdout().lock(), "{text}")
+    };
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            // Nowhere left to say it but the exit code.
+            std::process::exit(1);
+        }
+        _ => {}
     }
 }
 

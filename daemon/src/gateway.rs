@@ -189,8 +189,23 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/packages/{name}/versions", get(versions))
         .route("/v1/packages/{name}/{version}", get(release))
         .route("/v1/packages/{name}/{version}/archive", get(archive))
+        .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
+}
+
+/// Any other path: a JSON 404 like every other error here, naming the routes there are.
+async fn unknown_route(uri: axum::http::Uri) -> Response {
+    let body = serde_json::json!({
+        "error": "not_found",
+        "message": format!(
+            "no route {}; the routes are /healthz, /readyz, /metrics, /v1/packages, \
+             /v1/packages/NAME, /v1/packages/NAME/versions, /v1/packages/NAME/VERSION and \
+             /v1/packages/NAME/VERSION/archive",
+            uri.path()
+        ),
+    });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 async fn healthz(State(g): State<Arc<Gateway>>) -> Response {

@@ -90,7 +90,7 @@ impl Daemon {
         out
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("agora"));
         c.env("AGORA_HOME", self.home.path())
             .env_remove("AGORA_SOCKET")
