@@ -80,8 +80,8 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
             .lines()
             .next()
             .unwrap(),
-        "error: message breaks a rule: offset 4000000000 + limit 20 goes past result 10000, \
-         the deepest a search pages"
+        "error: offset 4000000000 and limit 20 reach past result 10000, the deepest a search \
+         pages"
     );
 
     // Node 2 fetches through the typed client, which streams progress: a step, then bytes.

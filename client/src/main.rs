@@ -72,7 +72,8 @@ enum Command {
         license: Option<String>,
         #[arg(long, value_enum, default_value_t = Sort::Relevance)]
         sort: Sort,
-        #[arg(long, default_value_t = 20)]
+        /// Results to show (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(agora_protocol::limits::MAX_SEARCH_LIMIT)))]
         limit: u32,
         #[arg(long, default_value_t = 0)]
         offset: u32,
@@ -206,14 +207,19 @@ pub fn explain(e: ClientError) -> Failure {
             "start one with 'agora node start'",
         ),
         ClientError::Daemon(d) => match d {
+            // The daemon's own hint knows the case; the kind still gives the exit code.
+            IpcError::Hinted { error, hint } => Failure {
+                hint,
+                ..explain(ClientError::Daemon(*error))
+            },
             IpcError::NotFound(m) => Failure::new(4, m, "check the name with 'agora search'"),
             IpcError::Refused(m) => Failure::new(
                 5,
                 m,
-                "see 'agora versions NAME'; versions must increase and names keep their owner",
+                "the catalog's rules refused it; see 'agora info NAME' for what it holds",
             ),
             IpcError::Package(m) => {
-                Failure::new(1, m, "fix the package directory and publish again")
+                Failure::new(2, m, "fix the package directory and publish again")
             }
             IpcError::NoKey(m) => Failure::new(1, m, "create a key with 'agora keygen'"),
             IpcError::Network(m) => Failure::new(

@@ -391,7 +391,7 @@ fn unexpected(r: &IpcResponse) -> Response {
 }
 
 fn error(e: IpcError) -> Response {
-    let (status, kind) = match &e {
+    let (status, kind) = match e.kind() {
         IpcError::BadRequest(_) | IpcError::VersionMismatch { .. } => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
@@ -400,7 +400,9 @@ fn error(e: IpcError) -> Response {
             (StatusCode::CONFLICT, "refused")
         }
         IpcError::Network(_) => (StatusCode::BAD_GATEWAY, "network"),
-        IpcError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        IpcError::Internal(_) | IpcError::Hinted { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
     };
     let body = serde_json::json!({ "error": kind, "message": e.to_string() });
     (status, axum::Json(body)).into_response()

@@ -355,6 +355,27 @@ pub enum IpcError {
     Network(String),
     #[error("daemon error: {0}")]
     Internal(String),
+    /// An error with what to do about it, when the daemon knows better than its kind says.
+    #[error("{error}")]
+    Hinted { error: Box<IpcError>, hint: String },
+}
+
+impl IpcError {
+    /// This error with `hint`.
+    pub fn hinted(self, hint: impl Into<String>) -> Self {
+        Self::Hinted {
+            error: Box::new(self),
+            hint: hint.into(),
+        }
+    }
+
+    /// The error under any hint.
+    pub fn kind(&self) -> &IpcError {
+        match self {
+            Self::Hinted { error, .. } => error.kind(),
+            other => other,
+        }
+    }
 }
 
 fn check_string(s: &str, what: &str) -> Result<(), String> {

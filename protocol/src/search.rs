@@ -81,13 +81,13 @@ impl SearchQuery {
         }
         if self.limit == 0 || self.limit > MAX_SEARCH_LIMIT {
             return Err(format!(
-                "limit {} is outside 1..={MAX_SEARCH_LIMIT}",
+                "a search returns 1 to {MAX_SEARCH_LIMIT} results at a time, not {}",
                 self.limit
             ));
         }
         if u64::from(self.offset) + u64::from(self.limit) > u64::from(MAX_SEARCH_WINDOW) {
             return Err(format!(
-                "offset {} + limit {} goes past result {MAX_SEARCH_WINDOW}, the deepest a search pages",
+                "offset {} and limit {} reach past result {MAX_SEARCH_WINDOW}, the deepest a search pages",
                 self.offset, self.limit
             ));
         }

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
+use crate::catalog::trust::TrustError;
 use crate::index::IndexError;
 use crate::network::NetworkHandle;
 use crate::obs::Metrics;
@@ -142,40 +143,109 @@ pub(crate) fn version(s: &str) -> Result<Version, IpcError> {
 impl From<RegistryError> for IpcError {
     fn from(e: RegistryError) -> Self {
         let msg = e.to_string();
-        match e {
-            RegistryError::Catalog(
-                CatalogError::NotFound { .. }
-                | CatalogError::VersionNotFound { .. }
-                | CatalogError::NoMatchingVersion { .. },
-            ) => Self::NotFound(msg),
-            RegistryError::Catalog(CatalogError::Resolve(ResolveError::NoSolution {
-                missing,
-                ..
-            })) if !missing.is_empty() => Self::NotFound(msg),
-            RegistryError::Catalog(
-                CatalogError::Equivocated { .. }
-                | CatalogError::AlreadyPublished { .. }
-                | CatalogError::NotNewer { .. }
-                | CatalogError::Resolve(_)
-                | CatalogError::Trust(_),
-            )
-            | RegistryError::DisputedName { .. }
-            | RegistryError::RefusedBefore(_)
-            | RegistryError::Trust(_) => Self::Refused(msg),
-            RegistryError::Pack(_) => Self::Package(msg),
-            RegistryError::Index(IndexError::InvalidQuery(_)) => Self::BadRequest(msg),
-            RegistryError::Network(_) | RegistryError::Fetch(_) => Self::Network(msg),
-            RegistryError::Catalog(
-                CatalogError::Record(_)
-                | CatalogError::Store(_)
-                | CatalogError::Index(_)
-                | CatalogError::Internal(_),
-            )
-            | RegistryError::Record(_)
-            | RegistryError::Store(_)
-            | RegistryError::Index(_)
-            | RegistryError::Internal(_) => Self::Internal(msg),
+        let kind = kind_of(&e, msg);
+        match hint_for(&e) {
+            Some(hint) => kind.hinted(hint),
+            None => kind,
         }
+    }
+}
+
+/// The kind of error a registry failure is for the client (and so its exit code).
+fn kind_of(e: &RegistryError, msg: String) -> IpcError {
+    match e {
+        RegistryError::Catalog(
+            CatalogError::NotFound { .. }
+            | CatalogError::VersionNotFound { .. }
+            | CatalogError::NoMatchingVersion { .. },
+        ) => IpcError::NotFound(msg),
+        // Nothing that meets a requirement is "not found" wherever it is met (info or
+        // install); requirements that exclude each other are refused.
+        RegistryError::Catalog(CatalogError::Resolve(ResolveError::NoSolution {
+            missing,
+            unmatched,
+            ..
+        })) if !missing.is_empty() || !unmatched.is_empty() => IpcError::NotFound(msg),
+        RegistryError::Catalog(
+            CatalogError::Equivocated { .. }
+            | CatalogError::AlreadyPublished { .. }
+            | CatalogError::NotNewer { .. }
+            | CatalogError::Resolve(_)
+            | CatalogError::Trust(_),
+        )
+        | RegistryError::DisputedName { .. }
+        | RegistryError::RefusedBefore(_)
+        | RegistryError::Trust(_) => IpcError::Refused(msg),
+        RegistryError::Pack(_) => IpcError::Package(msg),
+        RegistryError::Index(IndexError::InvalidQuery(_)) => IpcError::BadRequest(msg),
+        RegistryError::Network(_) | RegistryError::Fetch(_) => IpcError::Network(msg),
+        RegistryError::Catalog(
+            CatalogError::Record(_)
+            | CatalogError::Store(_)
+            | CatalogError::Index(_)
+            | CatalogError::Internal(_),
+        )
+        | RegistryError::Record(_)
+        | RegistryError::Store(_)
+        | RegistryError::Index(_)
+        | RegistryError::Internal(_) => IpcError::Internal(msg),
+    }
+}
+
+/// What to do about a registry failure, where the daemon can say better than its kind.
+fn hint_for(e: &RegistryError) -> Option<String> {
+    let trust = |t: &TrustError| match t {
+        TrustError::NotOwner { name, .. } => Some(format!(
+            "'{name}' belongs to another key: only its owner can publish or yank it; publish \
+             under another name"
+        )),
+        TrustError::NotAllowed { .. } => {
+            Some("this node's [trust] allowlist in config.toml does not list the key".into())
+        }
+        _ => None,
+    };
+    match e {
+        RegistryError::Catalog(c) => match c {
+            CatalogError::NotFound { name, .. } => {
+                Some(format!("look for the name with 'agora search {name}'"))
+            }
+            CatalogError::VersionNotFound { name, .. }
+            | CatalogError::NoMatchingVersion { name, .. } => Some(format!(
+                "the name is right; see 'agora versions {name}' for the versions there are"
+            )),
+            CatalogError::Equivocated { name, .. } => Some(format!(
+                "its owner signed two different releases of that version; choose another \
+                 ('agora versions {name}')"
+            )),
+            CatalogError::AlreadyPublished { .. } => Some(
+                "a published version never changes: raise `version` in package.toml and \
+                 publish again"
+                    .into(),
+            ),
+            CatalogError::NotNewer { highest, .. } => Some(format!(
+                "versions of a name only increase: use a version above {highest} in \
+                 package.toml"
+            )),
+            CatalogError::Resolve(ResolveError::NoSolution {
+                missing, unmatched, ..
+            }) => Some(match (missing.first(), unmatched.first()) {
+                (Some(name), _) => format!("look for the name with 'agora search {name}'"),
+                (None, Some(d)) => {
+                    format!("see 'agora versions {}' for the versions there are", d.name)
+                }
+                (None, None) => "the lines above say which requirements exclude each other: \
+                                 change one (agora install NAME@REQ)"
+                    .into(),
+            }),
+            CatalogError::Trust(t) => trust(t),
+            _ => None,
+        },
+        RegistryError::Trust(t) => trust(t),
+        RegistryError::DisputedName { name, .. } => Some(format!(
+            "several keys claim '{name}' on the DHT; wait for a peer that holds it to sync, or \
+             add its owner to [trust] allowlist"
+        )),
+        _ => None,
     }
 }
 
@@ -211,7 +281,10 @@ where
 pub(crate) fn key_error(e: KeyFileError) -> IpcError {
     match e {
         KeyFileError::NoPublisherKey { .. } => IpcError::NoKey(e.to_string()),
-        KeyFileError::Exists { .. } => IpcError::Refused(e.to_string()),
+        KeyFileError::Exists { .. } => IpcError::Refused(e.to_string()).hinted(
+            "this node has its publisher key already, and the names it owns stay with it; \
+             'agora status' shows it",
+        ),
         other => IpcError::Internal(other.to_string()),
     }
 }

@@ -729,7 +729,7 @@ fn an_oversized_query_is_refused() {
     assert!(matches!(
         index.search(&deep),
         Err(IndexError::InvalidQuery(m))
-            if m == "offset 4294967295 + limit 20 goes past result 10000, the deepest a search pages"
+            if m == "offset 4294967295 and limit 20 reach past result 10000, the deepest a search pages"
     ));
     let last_page = SearchQuery {
         offset: 9_000,

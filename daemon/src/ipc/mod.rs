@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use agora_protocol::codec::Wire;
+use agora_protocol::codec::{DecodeError, Wire};
 use agora_protocol::ipc::{
     self, ClientMessage, FRAME_HEADER_LEN, IPC_PROTOCOL_VERSION, IpcError, Response, ServerMessage,
 };
@@ -199,7 +199,7 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                 return Ok(false);
             }
             Err(e) => {
-                let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
+                let _ = out.send(refusal(bad_message(&e))).await;
                 return Ok(false);
             }
         }
@@ -255,7 +255,7 @@ async fn serve_connection(stream: UnixStream, ctx: Arc<Context>) -> Result<(), C
                     return Ok(false);
                 }
                 Err(e) => {
-                    let _ = out.send(refusal(IpcError::BadRequest(e.to_string()))).await;
+                    let _ = out.send(refusal(bad_message(&e))).await;
                     return Err(ConnError::Frame(e.to_string()));
                 }
             }
@@ -293,6 +293,15 @@ fn refuse_stranger(stream: UnixStream, refused: IpcError) {
     let msg = refusal(refused);
     if let (Ok(bytes), Ok(stream)) = (ipc::frame(&msg.to_wire()), stream.into_std()) {
         let _ = std::io::Write::write(&mut &stream, &bytes);
+    }
+}
+
+/// A message that could not be taken: a rule it breaks is said as the rule (what the user
+/// asked for was wrong), anything else as what was wrong with the bytes.
+fn bad_message(e: &DecodeError) -> IpcError {
+    match e {
+        DecodeError::Invalid(rule) => IpcError::BadRequest(rule.clone()),
+        other => IpcError::BadRequest(other.to_string()),
     }
 }
 

@@ -1,0 +1,92 @@
+//! Errors that help, through the `agora` binary against a real `agorad`: each cause has its own
+//! hint, the same cause has the same exit code in every command, and what a user sees is in
+//! the user's words.
+
+mod common;
+mod process;
+
+use process::{Daemon, package};
+
+/// `agora ARGS`: the error line, the hint line and the exit code.
+fn fails(node: &Daemon, args: &[&str]) -> (String, String, Option<i32>) {
+    let out = node.agora(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = |prefix: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {stderr:?}"))
+            .to_string()
+    };
+    (line("error: "), line("hint: "), out.status.code())
+}
+
+#[test]
+fn each_cause_has_its_own_hint_and_one_exit_code() {
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    package(&src.path().join("base"), "base", "1.0.0", "", "base");
+    node.json(&["publish", src.path().join("base").to_str().unwrap()]);
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path().to_str().unwrap();
+
+    let (_, hint, code) = fails(&node, &["keygen"]);
+    assert_eq!(code, Some(5));
+    assert!(
+        hint.starts_with("this node has its publisher key already"),
+        "{hint}"
+    );
+
+    // A version nothing meets: 4 in info and in install, pointing at the versions.
+    let (error, hint, code) = fails(&node, &["info", "base@^9"]);
+    assert_eq!(
+        (error.as_str(), code),
+        (
+            "no installable version of 'base' matches ^9; available: 1.0.0",
+            Some(4)
+        )
+    );
+    assert_eq!(
+        hint,
+        "the name is right; see 'agora versions base' for the versions there are"
+    );
+    let (_, hint, code) = fails(&node, &["install", "base@^9", "--dir", dir]);
+    assert_eq!(code, Some(4));
+    assert_eq!(hint, "see 'agora versions base' for the versions there are");
+
+    // A name nothing has.
+    let (_, hint, code) = fails(&node, &["info", "nothing-here"]);
+    assert_eq!(code, Some(4));
+    assert_eq!(hint, "look for the name with 'agora search nothing-here'");
+
+    // Publishing the same version again, and an older one.
+    let (_, hint, code) = fails(
+        &node,
+        &["publish", src.path().join("base").to_str().unwrap()],
+    );
+    assert_eq!(code, Some(5));
+    assert!(
+        hint.starts_with("a published version never changes"),
+        "{hint}"
+    );
+
+    // A bad manifest is a usage error (2), pointing at the line.
+    std::fs::write(
+        src.path().join("base/package.toml"),
+        "[package]\nname = 3\n",
+    )
+    .unwrap();
+    let (error, _, code) = fails(
+        &node,
+        &["publish", src.path().join("base").to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2));
+    assert!(error.contains("package.toml:2:8"), "{error}");
+
+    // A limit out of range is refused by the command line, in its words.
+    let out = node.agora(&["search", "base", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 is not in 1..=1000"), "{stderr}");
+}
