@@ -90,3 +90,43 @@ fn each_cause_has_its_own_hint_and_one_exit_code() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0 is not in 1..=1000"), "{stderr}");
 }
+
+/// `--json` errors are JSON on stdout; `--home` and `--socket` come before the environment.
+#[test]
+fn json_errors_and_the_home_and_socket_flags() {
+    let node = Daemon::start(None);
+    let out = node.agora(&["--json", "info", "nothing-here"]);
+    assert_eq!(out.status.code(), Some(4));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({ "error": {
+            "code": 4,
+            "message": "package 'nothing-here' not found in the catalog (0 packages)",
+            "hint": "look for the name with 'agora search nothing-here'",
+        }})
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let status = |args: &[&str]| {
+        std::process::Command::new(process::bin("agora"))
+            .env("AGORA_HOME", elsewhere.path())
+            .env_remove("AGORA_SOCKET")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let home = node.home.path().to_str().unwrap();
+    let socket = node.home.path().join("agorad.sock");
+    let lost = status(&["--json", "status"]);
+    assert_eq!(lost.status.code(), Some(3), "no daemon in AGORA_HOME");
+    for args in [
+        vec!["--json", "--home", home, "status"],
+        vec!["--json", "--socket", socket.to_str().unwrap(), "status"],
+    ] {
+        let found = status(&args);
+        assert_eq!(found.status.code(), Some(0), "{args:?}");
+        let s: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+        assert_eq!(s["data_dir"], node.data_dir().to_str().unwrap());
+    }
+}

@@ -23,16 +23,29 @@ use clap::{Parser, Subcommand, ValueEnum};
 use output::Output;
 use serde_json::json;
 
-const EXIT_CODES: &str = "Exit codes: 0 success · 1 other error · 2 bad usage · 3 no daemon \
-running · 4 not found · 5 refused (trust rules or catalog state) · 6 verification failed · \
-7 network error";
+const EXIT_CODES: &str = "Environment: AGORA_HOME (the node's home: config.toml, data/, keys/ \
+and the socket), AGORA_SOCKET (the daemon's socket), XDG_RUNTIME_DIR (where the socket is \
+without either). --home and --socket come first.
+
+Exit codes: 0 success · 1 other error · 2 bad usage · 3 no daemon running · 4 not found · \
+5 refused (trust rules or catalog state) · 6 verification failed · 7 network error";
+
+/// `--home` and `--socket`, which come before the environment.
+static LOCATION: std::sync::OnceLock<(Option<PathBuf>, Option<PathBuf>)> =
+    std::sync::OnceLock::new();
 
 #[derive(Parser)]
 #[command(name = "agora", version, about = "Agora: a peer-to-peer package marketplace", after_help = EXIT_CODES)]
 struct Cli {
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables, errors included (on stdout, beside stderr's two lines).
     #[arg(long, global = true)]
     json: bool,
+    /// The node's home: config, data, keys and socket (instead of AGORA_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// The daemon's socket (instead of AGORA_SOCKET).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +63,7 @@ enum Command {
     Keygen,
     /// Publish the package in DIR (default: the current directory).
     Publish {
+        /// The package directory (default: the current directory).
         dir: Option<PathBuf>,
         /// Check and pack the package without publishing it: lists every file, needs no key.
         #[arg(long)]
@@ -60,30 +74,44 @@ enum Command {
     },
     /// Search the catalog.
     Search {
+        /// Words to look for (typo tolerant; empty lists everything).
         #[arg(default_value = "")]
         query: String,
+        /// Only packages of this category.
         #[arg(long)]
         category: Option<String>,
+        /// Only packages with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only packages by this author.
         #[arg(long)]
         author: Option<String>,
+        /// Only packages under this license.
         #[arg(long)]
         license: Option<String>,
+        /// The order of the results.
         #[arg(long, value_enum, default_value_t = Sort::Relevance)]
         sort: Sort,
         /// Results to show (1 to 1000).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(agora_protocol::limits::MAX_SEARCH_LIMIT)))]
         limit: u32,
+        /// Results to skip (for the next page).
         #[arg(long, default_value_t = 0)]
         offset: u32,
     },
     /// Show a package (NAME or NAME@REQ).
-    Info { package: String },
+    Info {
+        /// NAME, or NAME@REQ for the newest version that meets REQ.
+        package: String,
+    },
     /// List the versions of a package.
-    Versions { name: String },
+    Versions {
+        /// The package's name.
+        name: String,
+    },
     /// Install packages and their dependencies; with no names, exactly what agora.lock says.
     Install {
+        /// NAME or NAME@REQ (a bare version is a caret: lib@1.0.0 means ^1.0.0).
         packages: Vec<String>,
         /// The project directory (default: the current directory).
         #[arg(long)]
@@ -91,41 +119,55 @@ enum Command {
     },
     /// Re-resolve installed packages (or one) to their newest allowed versions.
     Update {
+        /// Update only this package (and what it needs).
         name: Option<String>,
+        /// The project directory (default: the current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Remove an installed package.
     Remove {
+        /// The installed package to remove.
         name: String,
         /// Remove the installed packages that need it too.
         #[arg(long)]
         with_dependents: bool,
+        /// The project directory (default: the current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// List installed packages.
     List {
+        /// The project directory (default: the current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Check installed files against agora.lock.
     Verify {
+        /// The project directory (default: the current directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Withdraw a version (NAME@VERSION) from new resolutions.
     Yank {
+        /// NAME@VERSION.
         package: String,
+        /// Why, for those who have it installed.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// List connected peers.
     Peers,
     /// Connect to a peer (a multiaddr with /p2p/PEERID).
-    Connect { addr: String },
+    Connect {
+        /// The peer's multiaddr, ending in /p2p/PEERID.
+        addr: String,
+    },
     /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +197,7 @@ pub enum NodeAction {
     },
     /// Print the last lines of the daemon's log.
     Logs {
+        /// How many lines.
         #[arg(short = 'n', default_value_t = 50)]
         lines: usize,
     },
@@ -165,8 +208,11 @@ pub enum NodeAction {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Sort {
+    /// Best match first.
     Relevance,
+    /// By name.
     Name,
+    /// Newest release first.
     Newest,
 }
 
@@ -248,16 +294,26 @@ pub fn explain(e: ClientError) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let _ = LOCATION.set((cli.home.clone(), cli.socket.clone()));
     match run(cli) {
         Ok(out) => {
             say(out.render(json), false);
             ExitCode::SUCCESS
         }
         Err(f) => {
-            // What a failed command found is part of its answer with --json (stdout), and of
-            // its error in words (stderr).
-            if let Some(found) = &f.found {
-                say(found.render(json), !json);
+            // With --json the error is one JSON document on stdout, with what the command
+            // found before it failed; in words, that goes to stderr before the error.
+            if json {
+                let mut doc = f
+                    .found
+                    .as_ref()
+                    .and_then(|o| o.value().cloned())
+                    .filter(serde_json::Value::is_object)
+                    .unwrap_or_else(|| json!({}));
+                doc["error"] = json!({ "code": f.code, "message": f.cause, "hint": f.hint });
+                say(Output::new(doc, "").render(true), false);
+            } else if let Some(found) = &f.found {
+                say(found.render(false), true);
             }
             say(format!("error: {}\nhint: {}", f.cause, f.hint), true);
             ExitCode::from(f.code)
@@ -287,9 +343,38 @@ fn say(text: String, stderr: bool) {
     }
 }
 
+/// Gives an agorad this command starts the home and socket given to it.
+pub fn locate(agorad: &mut std::process::Command) {
+    if let Some((home, socket)) = LOCATION.get() {
+        if let Some(home) = home {
+            agorad.env("AGORA_HOME", home).env_remove("AGORA_SOCKET");
+        }
+        if let Some(socket) = socket {
+            agorad.env("AGORA_SOCKET", socket);
+        }
+    }
+}
+
+/// The node's paths: from `--home` and `--socket`, else the environment.
 fn paths() -> Result<Paths, Failure> {
-    Paths::resolve(&PathEnv::from_process())
-        .map_err(|e| Failure::new(1, e.to_string(), "set AGORA_HOME to a directory"))
+    let mut env = PathEnv::from_process();
+    if let Some((home, socket)) = LOCATION.get() {
+        if let Some(home) = home {
+            env.agora_home = Some(home.clone());
+            // A home given here names its own socket, whatever AGORA_SOCKET says.
+            env.agora_socket = None;
+        }
+        if let Some(socket) = socket {
+            env.agora_socket = Some(socket.clone());
+        }
+    }
+    Paths::resolve(&env).map_err(|e| {
+        Failure::new(
+            1,
+            e.to_string(),
+            "pass --home DIR or set AGORA_HOME to a directory",
+        )
+    })
 }
 
 fn client() -> Result<Client, Failure> {

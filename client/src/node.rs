@@ -9,7 +9,7 @@ use agora_protocol::paths::Paths;
 use serde_json::json;
 
 use crate::output::Output;
-use crate::{Failure, NodeAction, client, explain, paths};
+use crate::{Failure, NodeAction, client, explain, locate, paths};
 
 /// How long `agora node start` waits for the daemon to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -120,7 +120,9 @@ fn start(paths: &Paths, args: &[String]) -> Result<Output, Failure> {
         .map_err(|e| Failure::new(1, e.to_string(), ""))?;
     let bin = agorad_binary();
     // Its own process group: a Ctrl-C meant for this terminal does not reach it.
-    let mut child = std::process::Command::new(&bin)
+    let mut agorad = std::process::Command::new(&bin);
+    locate(&mut agorad);
+    let mut child = agorad
         .args(args)
         .process_group(0)
         .stdin(std::process::Stdio::null())
@@ -187,7 +189,9 @@ fn repair(paths: &Paths, args: &[String]) -> Result<Output, Failure> {
         ));
     }
     let bin = agorad_binary();
-    let out = std::process::Command::new(&bin)
+    let mut agorad = std::process::Command::new(&bin);
+    locate(&mut agorad);
+    let out = agorad
         .arg("--repair")
         .args(args)
         .stdin(std::process::Stdio::null())

@@ -37,6 +37,11 @@ impl Output {
         Self::new(value, lines.0)
     }
 
+    /// The answer as JSON (`None` for text that is the same either way).
+    pub fn value(&self) -> Option<&serde_json::Value> {
+        self.json.as_ref()
+    }
+
     /// The JSON, pretty-printed, with `json`; otherwise the words (without a final newline).
     pub fn render(&self, json: bool) -> String {
         match &self.json {
