@@ -130,3 +130,36 @@ fn json_errors_and_the_home_and_socket_flags() {
         assert_eq!(s["data_dir"], node.data_dir().to_str().unwrap());
     }
 }
+
+/// A second agorad on a port the first holds is refused at start, naming the address; the
+/// first keeps its port to itself.
+#[test]
+fn a_listen_port_in_use_is_refused_at_start() {
+    let first = Daemon::start(None);
+    let address = first.address();
+    let listen = address.split("/p2p/").next().unwrap();
+    let mut second = Daemon::prepare(&[], &["--listen", listen, "--no-mdns"]);
+    let out = second.try_launch();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut lines = stderr.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        format!(
+            "error: agorad could not start: cannot listen on {listen}: the address is in use \
+             (by another agorad, or another program)"
+        )
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("hint: stop what listens there, or choose another port"),
+        "{stderr}"
+    );
+    assert_eq!(
+        first.address(),
+        address,
+        "the first still answers, on its port"
+    );
+}

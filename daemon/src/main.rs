@@ -122,6 +122,9 @@ fn main() {
 
 fn fail(e: &anyhow::Error) -> ! {
     eprintln!("error: {e:#}");
+    if let Some(hint) = e.downcast_ref::<DaemonError>().and_then(DaemonError::hint) {
+        eprintln!("hint: {hint}");
+    }
     if let Some(file) = e
         .downcast_ref::<DaemonError>()
         .and_then(DaemonError::damaged_file)

@@ -54,7 +54,14 @@ impl Daemon {
 
     /// Starts a daemon with exactly these agorad flags and extra environment.
     pub fn with_env_and_args(env: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut d = Self {
+        let mut d = Self::prepare(env, args);
+        d.launch();
+        d
+    }
+
+    /// A daemon's home, flags and environment, not started yet.
+    pub fn prepare(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self {
             home: tempfile::tempdir().unwrap(),
             pid: None,
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -62,9 +69,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        d.launch();
-        d
+        }
     }
 
     /// Starts (or restarts) agorad with the kept flags.

@@ -44,6 +44,52 @@ pub enum DaemonError {
         addr: Multiaddr,
         source: NetworkError,
     },
+    #[error(
+        "cannot listen on {addr}: the address is in use (by another agorad, or another program)"
+    )]
+    InUse { addr: Multiaddr },
+}
+
+impl DaemonError {
+    /// What to do about it, where that is known.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::InUse { .. } => Some(
+                "stop what listens there, or choose another port (--listen, or listen = [...] \
+                 in config.toml)"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The first of `addrs` whose fixed port another socket holds. libp2p binds its listeners
+/// with SO_REUSEPORT (so that dials can come from the listening port), which would let a
+/// second daemon share a port with the first and take half its connections; a plain bind,
+/// which any holder of the port refuses, tells before anything starts.
+fn taken(addrs: &[Multiaddr]) -> Option<Multiaddr> {
+    addrs.iter().find_map(|addr| {
+        let mut parts = addr.iter();
+        let ip: std::net::IpAddr = match parts.next()? {
+            Protocol::Ip4(ip) => ip.into(),
+            Protocol::Ip6(ip) => ip.into(),
+            _ => return None,
+        };
+        let in_use = |r: std::io::Result<()>| {
+            matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+        };
+        let busy = match parts.next()? {
+            Protocol::Tcp(port) if port != 0 => {
+                in_use(std::net::TcpListener::bind((ip, port)).map(drop))
+            }
+            Protocol::Udp(port) if port != 0 => {
+                in_use(std::net::UdpSocket::bind((ip, port)).map(drop))
+            }
+            _ => false,
+        };
+        busy.then(|| addr.clone())
+    })
 }
 
 /// A running daemon.
@@ -82,6 +128,9 @@ impl Daemon {
             None => None,
         };
         network.enable_mdns = config.mdns;
+        if let Some(addr) = taken(&config.listen) {
+            return Err(DaemonError::InUse { addr });
+        }
         let registry = registry_config(config);
         let node = Node::start(NodeConfig { network, registry })
             .await
