@@ -163,3 +163,31 @@ fn a_listen_port_in_use_is_refused_at_start() {
         "the first still answers, on its port"
     );
 }
+
+/// `agora node start` says agorad's own reason when it cannot start: here, the line and column
+/// of a bad value in config.toml.
+#[test]
+fn node_start_says_why_agorad_could_not_start() {
+    let mut node = Daemon::prepare(&[], &["--no-mdns"]);
+    std::fs::write(
+        node.home.path().join("config.toml"),
+        "listen = []\nmdns = maybe\n",
+    )
+    .unwrap();
+    let out = node.try_launch();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap();
+    assert!(
+        first.starts_with("error: agorad could not start: ") && first.contains("config.toml:2:8:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("hint: fix the configuration"),
+        "{stderr}"
+    );
+}
