@@ -191,3 +191,23 @@ fn node_start_says_why_agorad_could_not_start() {
         "{stderr}"
     );
 }
+
+/// `agora connect` to a peer already connected succeeds; a dial that fails is one readable
+/// line, with a hint about dialing.
+#[test]
+fn connect_is_kind_to_a_known_peer_and_clear_about_a_failed_dial() {
+    let a = Daemon::start(None);
+    let b = Daemon::start(Some(&a.address()));
+    let again = b.json(&["connect", &a.address()]);
+    let a_id = a.json(&["status"])["peer_id"].clone();
+    assert_eq!(again["connected"], a_id);
+
+    let nobody = "/ip4/127.0.0.1/tcp/1";
+    let (error, hint, code) = fails(&b, &["connect", nobody]);
+    assert_eq!(code, Some(7));
+    assert_eq!(
+        error,
+        format!("cannot dial {nobody}: Connection refused (os error 111)")
+    );
+    assert!(hint.starts_with("check the address"), "{hint}");
+}

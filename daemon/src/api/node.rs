@@ -73,7 +73,20 @@ pub(super) async fn connect(ctx: &Context, addr: String) -> Result<Response, Ipc
     let addr: libp2p::Multiaddr = addr
         .parse()
         .map_err(|e| bad(format!("invalid multiaddr {addr:?}: {e}")))?;
-    let peer = net.dial(addr).await.map_err(network)?;
+    // A peer this node is connected to already is what was asked for.
+    if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last()
+        && net.peers().await.map_err(network)?.contains(&peer)
+    {
+        return Ok(Response::Connected {
+            peer_id: peer.to_string(),
+        });
+    }
+    let peer = net.dial(addr).await.map_err(|e| {
+        network(e).hinted(
+            "check the address: the peer's 'agora status' lists where it listens, and this \
+             machine must reach it (a firewall or a NAT may not let it)",
+        )
+    })?;
     Ok(Response::Connected {
         peer_id: peer.to_string(),
     })

@@ -182,7 +182,7 @@ impl EventLoop {
             Err(e) => {
                 let _ = reply.send(Err(NetworkError::Dial {
                     addr: addr.to_string(),
-                    reason: e.to_string(),
+                    reason: super::events::dial_reason(&e),
                 }));
             }
         }

@@ -70,7 +70,7 @@ impl EventLoop {
                 if let Some((addr, reply)) = self.pending_dial.remove(&connection_id) {
                     let _ = reply.send(Err(NetworkError::Dial {
                         addr: addr.to_string(),
-                        reason: error.to_string(),
+                        reason: dial_reason(&error),
                     }));
                 }
             }
@@ -413,6 +413,30 @@ impl EventLoop {
             }
             other => trace!(?id, result = ?other, "query we did not start"),
         }
+    }
+}
+
+/// Why a dial failed, in one line: libp2p's error lists every address tried with the chain
+/// of causes of each, and what a user can act on is the innermost cause of the first (the
+/// connection refused, the peer id that answered).
+pub(super) fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    let innermost = |e: &dyn std::error::Error| {
+        let mut e = e;
+        while let Some(source) = e.source() {
+            e = source;
+        }
+        e.to_string()
+    };
+    match error {
+        DialError::Transport(tried) => match tried.first() {
+            Some((_, e)) => innermost(e),
+            None => "no address to dial".into(),
+        },
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("the peer at that address is {obtained}, not the one asked for")
+        }
+        other => innermost(other),
     }
 }
 
