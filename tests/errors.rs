@@ -55,10 +55,18 @@ fn each_cause_has_its_own_hint_and_one_exit_code() {
     assert_eq!(code, Some(4));
     assert_eq!(hint, "see 'agora versions base' for the versions there are");
 
-    // A name nothing has.
+    // A name nothing has, and one a letter off a name there is.
     let (_, hint, code) = fails(&node, &["info", "nothing-here"]);
     assert_eq!(code, Some(4));
     assert_eq!(hint, "look for the name with 'agora search nothing-here'");
+    for args in [&["info", "bsae"][..], &["install", "bsae", "--dir", dir]] {
+        let (_, hint, code) = fails(&node, args);
+        assert_eq!(
+            (hint.as_str(), code),
+            ("did you mean 'base'? ('agora info base')", Some(4)),
+            "{args:?}"
+        );
+    }
 
     // Publishing the same version again, and an older one.
     let (_, hint, code) = fails(

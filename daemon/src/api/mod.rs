@@ -13,6 +13,7 @@ use std::time::Instant;
 use agora_protocol::ipc::{IpcError, Progress, ReleaseInfo, Request, Response, ServerMessage};
 use agora_protocol::paths::Paths;
 use agora_protocol::records::{ReleaseBody, ReleaseRecord};
+use agora_protocol::search::SearchQuery;
 use agora_protocol::{PackageName, Version, VersionReq};
 use tokio::sync::{Notify, mpsc};
 
@@ -256,11 +257,11 @@ pub(crate) async fn with_lookup<T, F>(
     name: &PackageName,
     req: &VersionReq,
     local: impl Fn() -> F,
-) -> Result<T, RegistryError>
+) -> Result<T, IpcError>
 where
     F: std::future::Future<Output = Result<T, RegistryError>>,
 {
-    match local().await {
+    let result = match local().await {
         Err(
             e @ RegistryError::Catalog(
                 CatalogError::NotFound { .. }
@@ -275,6 +276,36 @@ where
             }
         }
         other => other,
+    };
+    match result {
+        Err(e @ RegistryError::Catalog(CatalogError::NotFound { .. })) => {
+            Err(with_suggestion(registry, name, e.into()).await)
+        }
+        other => other.map_err(IpcError::from),
+    }
+}
+
+/// `error` about a name the catalog does not have, with the nearest name it has as the hint
+/// ("did you mean"), found by the typo-tolerant search.
+pub(crate) async fn with_suggestion(
+    registry: &Arc<Registry>,
+    name: &PackageName,
+    error: IpcError,
+) -> IpcError {
+    let query = SearchQuery {
+        limit: 5,
+        ..SearchQuery::text(name.as_str())
+    };
+    let nearest = match registry.search(query).await {
+        Ok(found) => found.hits.into_iter().find(|h| h.name != name.as_str()),
+        Err(_) => None,
+    };
+    match nearest {
+        Some(hit) => IpcError::Hinted {
+            error: Box::new(error.kind().clone()),
+            hint: format!("did you mean '{}'? ('agora info {}')", hit.name, hit.name),
+        },
+        None => error,
     }
 }
 

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessage, VersionEntry};
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 
-use super::{Context, Outbox, bad, name, progress, release_info, version, with_lookup, yanked};
+use super::{
+    Context, Outbox, bad, name, progress, release_info, version, with_lookup, with_suggestion,
+    yanked,
+};
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
 use crate::ops::RegistryError;
@@ -123,7 +126,11 @@ pub(super) async fn resolve(
         }
         // Nothing new found: the resolution would fail the same way again.
         if !found {
-            return Err(failed.into());
+            let first_missing = missing.first().cloned();
+            return Err(match first_missing {
+                Some(name) => with_suggestion(registry, &name, failed.into()).await,
+                None => failed.into(),
+            });
         }
     };
     let records = registry
