@@ -424,3 +424,42 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         (Some(0), "")
     );
 }
+
+/// A search's table fits the terminal: columns as wide as what they hold, the description cut
+/// (not wrapped) to the columns left; through a pipe, nothing is cut.
+#[test]
+fn a_search_table_fits_the_terminal() {
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("wide");
+    std::fs::create_dir_all(&dir).unwrap();
+    let description = "Templates for a site with a description far longer than a narrow terminal";
+    std::fs::write(
+        dir.join("package.toml"),
+        format!(
+            "[package]\nname = \"wide\"\nversion = \"1.0.0\"\ndescription = \"{description}\"\n"
+        ),
+    )
+    .unwrap();
+    node.json(&["publish", dir.to_str().unwrap()]);
+    let table = |columns: Option<&str>| {
+        let mut c = node.command(&["search", "wide"]);
+        match columns {
+            Some(n) => c.env("COLUMNS", n),
+            None => c.env_remove("COLUMNS"),
+        };
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    let narrow = table(Some("40"));
+    let lines: Vec<&str> = narrow.lines().collect();
+    assert_eq!(lines[0], "NAME  VERSION  DESCRIPTION");
+    assert_eq!(lines[1], "wide  1.0.0    Templates for a site wit…");
+    assert!(lines.iter().all(|l| l.chars().count() <= 40), "{narrow}");
+    assert_eq!(lines[2], "(1 of 1 package)");
+    let piped = table(None);
+    assert_eq!(
+        piped.lines().nth(1).unwrap(),
+        format!("wide  1.0.0    {description}")
+    );
+}

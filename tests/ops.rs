@@ -720,7 +720,8 @@ fn gateway_probes_metrics_json_api_and_downloads_match_the_cli() {
     let human = b.agora(&["status"]);
     let text = String::from_utf8(human.stdout).unwrap();
     assert!(text.contains("cache hits    50.0% (1 of 2)"), "{text}");
-    assert!(text.contains("search        1 packages indexed"), "{text}");
+    assert!(text.contains("search        1 package indexed"), "{text}");
+    assert!(text.contains(", 1 package\n"), "{text}");
     assert!(
         text.contains(&format!("http          {}", &b_base[7..])),
         "{text}"

@@ -20,7 +20,7 @@ use agora_protocol::{ContentId, Dependency, Manifest, PackageName};
 use serde_json::json;
 
 use crate::output::Output;
-use crate::{Failure, explain, on_progress};
+use crate::{Failure, explain, on_progress, spinner};
 
 /// A path the project's links make unsafe: nothing was written or deleted through it.
 pub(crate) fn unsafe_path(e: UnsafePath) -> Failure {
@@ -81,7 +81,11 @@ fn stage<'a>(
         .staging(&package_name(&r.name)?)
         .map_err(unsafe_path)?;
     let fetched = client
-        .fetch(&r.name, &r.version, on_progress(json))
+        .fetch(
+            &r.name,
+            &r.version,
+            on_progress(json, &format!("{}@{}", r.name, r.version)),
+        )
         .map_err(crate::explain)?;
     if fetched.sha256 != r.sha256 {
         return Err(Failure::new(
@@ -104,6 +108,7 @@ fn stage<'a>(
         ));
     }
     let _ = std::fs::remove_dir_all(&staging);
+    let _unpacking = spinner(json, format!("{}@{}: unpacking", r.name, r.version));
     let files = unpack::unpack(data.as_slice(), &staging).map_err(|e| {
         Failure::new(
             6,

@@ -396,25 +396,41 @@ fn project_dir(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
     })
 }
 
-/// Shows progress on stderr when it is a terminal (and not with `--json`): a spinner with the
-/// current step, and a byte bar while an archive downloads. Plain text only, no colours.
-pub fn on_progress(json: bool) -> impl FnMut(&Progress) {
-    /// Clears the bar when the command is done with it.
-    struct Bar(indicatif::ProgressBar);
-    impl Drop for Bar {
-        fn drop(&mut self) {
-            self.0.finish_and_clear();
-        }
+/// A progress line on stderr, cleared when dropped (none with `--json` or off a terminal).
+pub struct Bar(indicatif::ProgressBar);
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
     }
-    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+}
+
+/// A spinner saying `what` until it is dropped.
+pub fn spinner(json: bool, what: String) -> Option<Bar> {
+    (!json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
+        bar.set_message(what);
         Bar(bar)
-    });
+    })
+}
+
+/// Shows a request's progress under `label` (the package it is for, or empty): a spinner with
+/// the step the daemon is at, then a bar of the bytes as they arrive.
+pub fn on_progress(json: bool, label: &str) -> impl FnMut(&Progress) + use<> {
+    let bar = spinner(json, label.to_string());
+    let label = label.to_string();
+    let says = move |step: &str| {
+        if label.is_empty() {
+            step.to_string()
+        } else {
+            format!("{label}: {step}")
+        }
+    };
     move |p| {
         let Some(Bar(bar)) = &bar else { return };
         match p {
-            Progress::Step(s) => bar.set_message(s.clone()),
+            Progress::Step(s) => bar.set_message(says(s)),
             Progress::Bytes { done, total } => {
                 if bar.length() != Some(*total) {
                     bar.set_style(
@@ -424,6 +440,7 @@ pub fn on_progress(json: bool) -> impl FnMut(&Progress) {
                         .expect("a valid template")
                         .progress_chars("=> "),
                     );
+                    bar.set_message(says("fetching"));
                     bar.set_length(*total);
                 }
                 bar.set_position(*done);
@@ -451,7 +468,12 @@ fn run(cli: Cli) -> Result<Output, Failure> {
             allow_missing_dependencies,
         } => {
             let dir = project_dir(dir)?;
-            let p = client()?.publish(&dir, dry_run, allow_missing_dependencies, on_progress(json));
+            let p = client()?.publish(
+                &dir,
+                dry_run,
+                allow_missing_dependencies,
+                on_progress(json, ""),
+            );
             Ok(show::publish(&p.map_err(explain)?))
         }
         Command::Search {

@@ -62,6 +62,35 @@ impl Lines {
     }
 }
 
+/// The terminal's width in columns: `COLUMNS` when set (as shells and scripts set it),
+/// else the width of the terminal stdout is, else none (a pipe: nothing is cut).
+pub fn columns() -> Option<usize> {
+    match std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        Some(c) if c > 0 => Some(c),
+        _ => console::Term::stdout()
+            .size_checked()
+            .map(|(_, cols)| usize::from(cols)),
+    }
+}
+
+/// `text` cut to `width` characters, ending in `…` when cut.
+pub fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+/// "1 record", "2 records".
+pub fn count(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// 1536 → "1.5 KiB".
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -103,6 +132,10 @@ mod tests {
         assert_eq!(human_duration(125), "2m 5s");
         assert_eq!(human_duration(3725), "1h 2m 5s");
         assert_eq!(human_duration(90_061), "1d 1h 1m");
+        assert_eq!(count(1, "record"), "1 record");
+        assert_eq!(count(0, "package"), "0 packages");
+        assert_eq!(cut("templates for a site", 9), "template…");
+        assert_eq!(cut("short", 9), "short");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use agora_client::ipc::{PeerInfo, PublishedInfo, ReleaseInfo, VersionEntry};
 use agora_protocol::ipc::{IndexState, StatusInfo, StoreCheck};
 use agora_protocol::search::SearchResults;
 
-use crate::output::{Lines, Output, human_bytes, human_duration};
+use crate::output::{Lines, Output, columns, count, cut, human_bytes, human_duration};
 
 pub fn status(s: &StatusInfo) -> Output {
     Output::with(s, |s, w| {
@@ -20,11 +20,12 @@ pub fn status(s: &StatusInfo) -> Output {
             s.peers, s.routing_table
         ));
         w.line(format!(
-            "catalog       {} records, {} packages",
-            s.catalog_size, s.packages
+            "catalog       {}, {}",
+            count(s.catalog_size, "record"),
+            count(s.packages, "package")
         ));
         w.line(match &s.search_index {
-            IndexState::Ready => format!("search        {} packages indexed", s.indexed),
+            IndexState::Ready => format!("search        {} indexed", count(s.indexed, "package")),
             IndexState::Rebuilding => {
                 "search        index being rebuilt (searches wait for it)".to_string()
             }
@@ -134,21 +135,42 @@ pub fn search(r: &SearchResults) -> Output {
             w.line("no packages found");
             return;
         }
-        let width = r
+        // Columns as wide as what they hold; the description cut to what the terminal has
+        // left, never wrapped.
+        let name = r
             .hits
             .iter()
             .map(|h| h.name.len())
             .max()
-            .unwrap_or(4)
+            .unwrap_or(0)
             .max(4);
-        w.line(format!("{:width$}  {:10}  DESCRIPTION", "NAME", "VERSION"));
+        let version = r
+            .hits
+            .iter()
+            .map(|h| h.version.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let room = columns().map(|c| c.saturating_sub(name + version + 4).max(12));
+        w.line(format!(
+            "{:name$}  {:version$}  DESCRIPTION",
+            "NAME", "VERSION"
+        ));
         for h in &r.hits {
+            let description = match room {
+                Some(room) => cut(&h.description, room),
+                None => h.description.clone(),
+            };
             w.line(format!(
-                "{:width$}  {:10}  {}",
-                h.name, h.version, h.description
+                "{:name$}  {:version$}  {description}",
+                h.name, h.version
             ));
         }
-        w.line(format!("({} of {} packages)", r.hits.len(), r.total));
+        w.line(format!(
+            "({} of {})",
+            r.hits.len(),
+            count(r.total, "package")
+        ));
     })
 }
 
@@ -182,8 +204,10 @@ pub fn info(r: &ReleaseInfo) -> Output {
             ));
         }
         w.line(format!(
-            "  {:12} {} bytes, sha256 {}",
-            "archive", r.size, r.sha256
+            "  {:12} {}, sha256 {}",
+            "archive",
+            human_bytes(r.size),
+            r.sha256
         ));
         w.line(format!("  {:12} {}", "publisher", r.publisher));
     })
