@@ -28,7 +28,10 @@ pub struct PackageMeta {
 /// A parsed and validated `package.toml`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manifest {
+    /// The package's identity: `name`, or ggen's `id` where it gives one.
     pub name: PackageName,
+    /// The display name, where `id` is the identity and `name` a title (ggen's layout).
+    pub title: Option<String>,
     pub version: Version,
     pub meta: PackageMeta,
     pub dependencies: Vec<Dependency>,
@@ -93,14 +96,16 @@ struct RawPackage {
     author: Option<Spanned<String>>,
     license: Option<Spanned<String>>,
     repository: Option<Spanned<String>>,
-    tags: Option<Spanned<Vec<Spanned<String>>>>,
-    keywords: Option<Spanned<Vec<Spanned<String>>>>,
+    id: Option<Spanned<String>>,
+    tags: Option<Spanned<toml::Value>>,
+    keywords: Option<Spanned<toml::Value>>,
     dependencies: Option<Spanned<Vec<Spanned<String>>>>,
     include: Option<Spanned<Vec<Spanned<String>>>>,
     exclude: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-const KNOWN_PACKAGE_KEYS: [&str; 12] = [
+const KNOWN_PACKAGE_KEYS: [&str; 13] = [
+    "id",
     "name",
     "version",
     "description",
@@ -141,8 +146,20 @@ impl Manifest {
 
         let p = raw.package.into_inner();
         let err = |span: Range<usize>, msg: String| ManifestError::at(text, Some(span), msg);
-        let name = PackageName::new(p.name.get_ref().clone())
-            .map_err(|e| err(p.name.span(), format!("invalid `name`: {e}")))?;
+        let (name, title) = match &p.id {
+            Some(id) => {
+                let name = PackageName::new(id.get_ref().clone())
+                    .map_err(|e| err(id.span(), format!("invalid `id`: {e}")))?;
+                check_text(p.name.get_ref(), "name", MAX_SHORT_FIELD_LEN)
+                    .map_err(|m| err(p.name.span(), m))?;
+                (name, Some(p.name.get_ref().clone()))
+            }
+            None => {
+                let name = PackageName::new(p.name.get_ref().clone())
+                    .map_err(|e| err(p.name.span(), format!("invalid `name`: {e}")))?;
+                (name, None)
+            }
+        };
         let version = parse_version(p.version.get_ref())
             .map_err(|e| err(p.version.span(), format!("invalid `version`: {e}")))?;
 
@@ -157,22 +174,47 @@ impl Manifest {
          -> Result<Option<String>, ManifestError> {
             f.as_ref().map(|f| text_field(f, field, max)).transpose()
         };
-        let list = |f: &Option<Spanned<Vec<Spanned<String>>>>,
+        // An array of strings, or ggen's table holding one under the field's own name
+        // (`[package.tags] tags = [..]`).
+        let list = |f: &Option<Spanned<toml::Value>>,
                     field: &str|
          -> Result<Vec<String>, ManifestError> {
             let Some(f) = f else { return Ok(Vec::new()) };
-            if f.get_ref().len() > MAX_TAGS {
-                return Err(err(
-                    f.span(),
-                    format!(
-                        "`{field}` has {} entries; the limit is {MAX_TAGS}",
-                        f.get_ref().len()
-                    ),
-                ));
+            let refuse = |m: String| err(f.span(), m);
+            let items = match f.get_ref() {
+                toml::Value::Array(items) => items,
+                toml::Value::Table(t) => match t.get(field) {
+                    Some(toml::Value::Array(items)) => items,
+                    _ => {
+                        return Err(refuse(format!(
+                            "`{field}` as a table must hold a `{field}` array"
+                        )));
+                    }
+                },
+                _ => {
+                    return Err(refuse(format!(
+                        "`{field}` must be an array of strings (or a table with a `{field}` array)"
+                    )));
+                }
+            };
+            if items.len() > MAX_TAGS {
+                return Err(refuse(format!(
+                    "`{field}` has {} entries; the limit is {MAX_TAGS}",
+                    items.len()
+                )));
             }
-            f.get_ref()
+            items
                 .iter()
-                .map(|t| text_field(t, field, MAX_TAG_LEN))
+                .map(|item| {
+                    let toml::Value::String(s) = item else {
+                        return Err(refuse(format!(
+                            "`{field}` holds a {}, not a string",
+                            item.type_str()
+                        )));
+                    };
+                    check_text(s, field, MAX_TAG_LEN).map_err(&refuse)?;
+                    Ok(s.clone())
+                })
                 .collect()
         };
         let meta = PackageMeta {
@@ -242,6 +284,7 @@ impl Manifest {
         };
         Ok(Self {
             name,
+            title,
             version,
             meta,
             dependencies,
@@ -272,7 +315,15 @@ impl Manifest {
     /// The manifest as TOML again: known fields first, then the preserved keys and tables.
     pub fn to_toml(&self) -> String {
         let mut package = toml::Table::new();
-        package.insert("name".into(), self.name.to_string().into());
+        match &self.title {
+            Some(title) => {
+                package.insert("id".into(), self.name.to_string().into());
+                package.insert("name".into(), title.clone().into());
+            }
+            None => {
+                package.insert("name".into(), self.name.to_string().into());
+            }
+        }
         package.insert("version".into(), self.version.to_string().into());
         package.insert("description".into(), self.meta.description.clone().into());
         let m = &self.meta;
@@ -428,6 +479,36 @@ project = { default = "demo" }
                 "{e}"
             );
         }
+    }
+
+    /// ggen's shapes: `id` as the identity with `name` as a title, tags and keywords as
+    /// tables, tables inside `[package]` and beside it kept as written, and TOML 1.1's
+    /// multi-line inline tables.
+    #[test]
+    fn ggens_own_layouts_are_read_as_written() {
+        let m = Manifest::parse(
+            "[package]\nid = \"io.ggen.crud\"\nname = \"Ontology CRUD\"\nversion = \"1.0.0\"\n\
+             description = \"d\"\nlinks = {\n  home = \"https://example.org\",\n}\n\n\
+             [package.tags]\ntags = [\"rdf\", \"crud\"]\n\n[package.keywords]\n\
+             keywords = [\"ontology\"]\n\n[package.metadata]\nproduction_ready = true\n\n\
+             [dependencies]\nserde = { version = \"1\" }\n",
+        )
+        .unwrap();
+        assert_eq!(m.name.as_str(), "io.ggen.crud");
+        assert_eq!(m.title.as_deref(), Some("Ontology CRUD"));
+        assert_eq!(m.meta.tags, ["rdf", "crud"]);
+        assert_eq!(m.meta.keywords, ["ontology"]);
+        assert!(m.dependencies.is_empty(), "a top-level [dependencies] is not Agora's");
+        assert!(m.package_extra.contains_key("metadata"));
+        assert!(m.package_extra.contains_key("links"));
+        assert!(m.extra.contains_key("dependencies"));
+        assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
+        let e = Manifest::parse(
+            "[package]\nname = \"p\"\nversion = \"1.0.0\"\ndescription = \"d\"\n\
+             [package.tags]\nlabels = [\"x\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "`tags` as a table must hold a `tags` array");
     }
 
     #[test]
