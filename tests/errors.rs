@@ -219,3 +219,35 @@ fn connect_is_kind_to_a_known_peer_and_clear_about_a_failed_dial() {
     );
     assert!(hint.starts_with("check the address"), "{hint}");
 }
+
+/// When nothing meets a requirement because what would is yanked or a pre-release, the error
+/// says so.
+#[test]
+fn yanked_and_pre_release_versions_are_named_when_they_are_why_nothing_matches() {
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    for v in ["1.0.0", "1.1.0", "2.0.0-rc.1"] {
+        let dir = src.path().join(v);
+        package(&dir, "base", v, "", v);
+        node.json(&["publish", dir.to_str().unwrap()]);
+    }
+    node.json(&["yank", "base@1.1.0", "--reason", "broken"]);
+    let (error, _, code) = fails(&node, &["info", "base@>=1.1, <2"]);
+    assert_eq!(code, Some(4));
+    assert_eq!(
+        error,
+        "no installable version of 'base' matches >=1.1, <2; available: 1.0.0, 2.0.0-rc.1; \
+         1.1.0 was yanked"
+    );
+    let (error, _, _) = fails(&node, &["info", "base@^2"]);
+    assert_eq!(
+        error,
+        "no installable version of 'base' matches ^2; available: 1.0.0, 2.0.0-rc.1; 2.0.0-rc.1 \
+         would match but a pre-release is taken only when asked for by its version (@=2.0.0-rc.1)"
+    );
+    assert_eq!(
+        node.json(&["info", "base@=2.0.0-rc.1"])["version"],
+        "2.0.0-rc.1"
+    );
+}

@@ -498,7 +498,10 @@ project = { default = "demo" }
         assert_eq!(m.title.as_deref(), Some("Ontology CRUD"));
         assert_eq!(m.meta.tags, ["rdf", "crud"]);
         assert_eq!(m.meta.keywords, ["ontology"]);
-        assert!(m.dependencies.is_empty(), "a top-level [dependencies] is not Agora's");
+        assert!(
+            m.dependencies.is_empty(),
+            "a top-level [dependencies] is not Agora's"
+        );
         assert!(m.package_extra.contains_key("metadata"));
         assert!(m.package_extra.contains_key("links"));
         assert!(m.extra.contains_key("dependencies"));

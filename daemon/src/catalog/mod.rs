@@ -74,11 +74,15 @@ const SAVE_BEHIND_FRACTION: u64 = 8;
 pub enum CatalogError {
     #[error("package '{name}' not found in the catalog ({catalog} packages)")]
     NotFound { name: PackageName, catalog: usize },
-    #[error("no installable version of '{name}' matches {req}; available: {}", resolve::fmt_versions(.available))]
+    #[error("no installable version of '{name}' matches {req}; available: {}{}", resolve::fmt_versions(.available), why_not(.yanked, .prereleases))]
     NoMatchingVersion {
         name: PackageName,
         req: VersionReq,
         available: Vec<Version>,
+        /// Versions that match but were yanked.
+        yanked: Vec<Version>,
+        /// Pre-releases the requirement would take if it named their version.
+        prereleases: Vec<Version>,
     },
     #[error("'{name}' has no version {version}")]
     VersionNotFound { name: PackageName, version: Version },
@@ -110,6 +114,27 @@ pub enum CatalogError {
     Index(#[from] IndexError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why versions that look like a match are not: yanked, or pre-releases a requirement takes
+/// only when it names their version.
+fn why_not(yanked: &[Version], prereleases: &[Version]) -> String {
+    let mut out = String::new();
+    if !yanked.is_empty() {
+        let verb = if yanked.len() == 1 { "was" } else { "were" };
+        out.push_str(&format!(
+            "; {} {verb} yanked",
+            resolve::fmt_versions(yanked)
+        ));
+    }
+    if !prereleases.is_empty() {
+        let (what, pin) = (resolve::fmt_versions(prereleases), &prereleases[0]);
+        out.push_str(&format!(
+            "; {what} would match but a pre-release is taken only when asked for by its \
+             version (@={pin})"
+        ));
+    }
+    out
 }
 
 /// What happened to one record offered to the catalog.
@@ -668,13 +693,26 @@ impl Catalog {
             match state.newest_matching(req) {
                 Some((_, id)) => *id,
                 None => {
+                    let versions = state.releases.keys();
                     return Err(CatalogError::NoMatchingVersion {
                         name: name.clone(),
                         req: req.clone(),
-                        available: state
-                            .releases
-                            .keys()
+                        available: versions
+                            .clone()
                             .filter(|v| state.installable(v))
+                            .cloned()
+                            .collect(),
+                        yanked: versions
+                            .clone()
+                            .filter(|v| req.matches(v) && state.is_yanked(v))
+                            .cloned()
+                            .collect(),
+                        prereleases: versions
+                            .filter(|v| !v.pre.is_empty() && !req.matches(v))
+                            .filter(|v| {
+                                let release = Version::new(v.major, v.minor, v.patch);
+                                req.matches(&release)
+                            })
                             .cloned()
                             .collect(),
                     });
