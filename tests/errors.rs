@@ -251,3 +251,47 @@ fn yanked_and_pre_release_versions_are_named_when_they_are_why_nothing_matches()
         "2.0.0-rc.1"
     );
 }
+
+/// `node logs --follow` prints the daemon's lines as it writes them; `-q` prints nothing but
+/// errors.
+#[test]
+fn logs_can_be_followed_and_quiet_is_quiet() {
+    use std::io::{BufRead, BufReader};
+    let node = Daemon::start(None);
+    let mut follower = node
+        .command(&["node", "logs", "-n", "1", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Lines come through a thread, so that a line that never comes fails the test in time
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The tail first, then what the daemon writes next: a change of its log filter says so.
+    rx.recv_timeout(process::DEADLINE).expect("the tail");
+    node.json(&["node", "log-level", "info,agora_daemon=debug"]);
+    let started = std::time::Instant::now();
+    let mut seen = false;
+    while !seen && started.elapsed() < process::DEADLINE {
+        match rx.recv_timeout(process::DEADLINE - started.elapsed()) {
+            Ok(line) => seen = line.contains("log filter changed"),
+            Err(_) => break,
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen, "the new line came through");
+
+    let quiet = node.agora(&["-q", "status"]);
+    assert_eq!((quiet.status.code(), quiet.stdout.len()), (Some(0), 0));
+    let quiet = node.agora(&["-q", "info", "nothing-here"]);
+    assert_eq!((quiet.status.code(), quiet.stdout.len()), (Some(4), 0));
+    assert!(String::from_utf8_lossy(&quiet.stderr).starts_with("error: "));
+}

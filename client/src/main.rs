@@ -30,6 +30,9 @@ without either). --home and --socket come first.
 Exit codes: 0 success · 1 other error · 2 bad usage · 3 no daemon running · 4 not found · \
 5 refused (trust rules or catalog state) · 6 verification failed · 7 network error";
 
+/// `--quiet`: nothing but errors.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `--home` and `--socket`, which come before the environment.
 static LOCATION: std::sync::OnceLock<(Option<PathBuf>, Option<PathBuf>)> =
     std::sync::OnceLock::new();
@@ -46,6 +49,9 @@ struct Cli {
     /// The daemon's socket (instead of AGORA_SOCKET).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Print nothing but errors: no answer, no progress (the exit code says how it went).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,6 +206,9 @@ pub enum NodeAction {
         /// How many lines.
         #[arg(short = 'n', default_value_t = 50)]
         lines: usize,
+        /// Keep printing lines as the daemon writes them (until Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Change the running daemon's log filter (error, warn, info, debug, trace, or
     /// directives such as `agora_daemon=debug,libp2p=warn`).
@@ -295,9 +304,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let _ = LOCATION.set((cli.home.clone(), cli.socket.clone()));
+    let quiet = cli.quiet;
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
     match run(cli) {
         Ok(out) => {
-            say(out.render(json), false);
+            if !quiet {
+                say(out.render(json), false);
+            }
             ExitCode::SUCCESS
         }
         Err(f) => {
@@ -324,7 +337,7 @@ fn main() -> ExitCode {
 /// Prints `text` as a line on stdout, or on stderr; nothing if it is empty. A reader that
 /// has gone (`agora search | head -1`) ends the output quietly: what it did not read, it did
 /// not want.
-fn say(text: String, stderr: bool) {
+pub fn say(text: String, stderr: bool) {
     use std::io::Write;
     if text.is_empty() {
         return;
@@ -407,7 +420,8 @@ impl Drop for Bar {
 
 /// A spinner saying `what` until it is dropped.
 pub fn spinner(json: bool, what: String) -> Option<Bar> {
-    (!json && std::io::stderr().is_terminal()).then(|| {
+    let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
+    (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
         bar.set_message(what);
@@ -455,7 +469,7 @@ pub fn on_progress(json: bool, label: &str) -> impl FnMut(&Progress) + use<> {
 fn run(cli: Cli) -> Result<Output, Failure> {
     let json = cli.json;
     match cli.command {
-        Command::Node { action } => node::run(action),
+        Command::Node { action } => node::run(action, json),
         Command::Status => Ok(show::status(&client()?.status().map_err(explain)?)),
         Command::Keygen => {
             let key = client()?.keygen().map_err(explain)?;

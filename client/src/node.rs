@@ -9,13 +9,15 @@ use agora_protocol::paths::Paths;
 use serde_json::json;
 
 use crate::output::Output;
-use crate::{Failure, NodeAction, client, explain, locate, paths};
+use crate::{Failure, NodeAction, client, explain, locate, paths, say};
 
 /// How long `agora node start` waits for the daemon to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `agora node stop` waits for the socket to go away.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
+/// How often `node logs --follow` looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// The agorad binary: next to this one, else on PATH.
 fn agorad_binary() -> PathBuf {
@@ -42,7 +44,7 @@ fn newest_log(data_dir: &Path) -> Option<PathBuf> {
 }
 
 /// `agora node ACTION`.
-pub fn run(action: NodeAction) -> Result<Output, Failure> {
+pub fn run(action: NodeAction, json: bool) -> Result<Output, Failure> {
     let paths = paths()?;
     match action {
         NodeAction::Start { args } => start(&paths, &args),
@@ -69,7 +71,7 @@ pub fn run(action: NodeAction) -> Result<Output, Failure> {
             let text = format!("log level is now {now}");
             Ok(Output::new(json!({ "log_level": now }), text))
         }
-        NodeAction::Logs { lines } => {
+        NodeAction::Logs { lines, follow } => {
             let Some(log) = newest_log(&paths.data_dir) else {
                 return Err(Failure::new(
                     1,
@@ -81,10 +83,49 @@ pub fn run(action: NodeAction) -> Result<Output, Failure> {
                 .map_err(|e| Failure::new(1, format!("{}: {e}", log.display()), ""))?;
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
+            if follow {
+                follow_log(&paths.data_dir, log, text.len() as u64, tail, json)
+            }
             Ok(Output::new(
                 json!({ "file": log, "lines": tail }),
                 tail.join("\n"),
             ))
+        }
+    }
+}
+
+/// `node logs --follow`: prints `tail`, then every line written after `offset` of `log`, and
+/// of the newer log file when the day turns, until the process is interrupted. With `--json`
+/// each line is a JSON string of its own.
+fn follow_log(data_dir: &Path, mut log: PathBuf, mut offset: u64, tail: &[&str], json: bool) -> ! {
+    use std::io::{Read, Seek, SeekFrom};
+    let show = |line: &str| {
+        let text = if json {
+            serde_json::to_string(line).expect("a string serialises")
+        } else {
+            line.to_string()
+        };
+        say(text, false);
+    };
+    tail.iter().for_each(|l| show(l));
+    let mut pending = String::new();
+    loop {
+        let mut chunk = String::new();
+        if let Ok(mut f) = std::fs::File::open(&log)
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            offset += f.read_to_string(&mut chunk).unwrap_or(0) as u64;
+        }
+        pending.push_str(&chunk);
+        while let Some(end) = pending.find('\n') {
+            show(&pending[..end]);
+            pending.drain(..=end);
+        }
+        if chunk.is_empty() {
+            match newest_log(data_dir) {
+                Some(newer) if newer != log => (log, offset) = (newer, 0),
+                _ => std::thread::sleep(FOLLOW_POLL),
+            }
         }
     }
 }
