@@ -352,30 +352,16 @@ fn apply(
         .collect();
     let staged = stage_all(client, project, &changed, json)?;
     let mut changes = Changes::default();
-    let mut staged = staged.into_iter();
-    while let Some(s) = staged.next() {
-        match swap_in(project, s) {
-            Ok(entry) => {
-                match lock.get(&entry.name) {
-                    Some(old) => changes.updated.push((
-                        entry.name.clone(),
-                        old.version.clone(),
-                        entry.version.clone(),
-                    )),
-                    None => changes.installed.push(entry.clone()),
-                }
-                lock.upsert(entry);
-            }
-            Err(f) => {
-                // The ones already in place are locked; the rest go.
-                for s in staged {
-                    let _ = std::fs::remove_dir_all(&s.dir);
-                }
-                write_lock(project, &lock)?;
-                return Err(f);
-            }
+    swap_all(project, staged, &mut lock, |lock, entry| {
+        match lock.get(&entry.name) {
+            Some(old) => changes.updated.push((
+                entry.name.clone(),
+                old.version.clone(),
+                entry.version.clone(),
+            )),
+            None => changes.installed.push(entry.clone()),
         }
-    }
+    })?;
     let needed: Vec<&str> = releases.iter().map(|r| r.name.as_str()).collect();
     let unneeded: Vec<LockedPackage> = lock
         .packages
@@ -430,27 +416,42 @@ fn install_locked(
     }
     let staged = stage_all(client, project, &releases, json)?;
     let mut changes = Changes::default();
-    let mut staged = staged.into_iter();
-    while let Some(s) = staged.next() {
-        match swap_in(project, s) {
-            Ok(entry) => {
-                lock.upsert(entry.clone());
-                changes.installed.push(entry);
-            }
-            Err(f) => {
-                for s in staged {
-                    let _ = std::fs::remove_dir_all(&s.dir);
-                }
-                write_lock(project, &lock)?;
-                return Err(f);
-            }
-        }
-    }
+    swap_all(project, staged, &mut lock, |_, entry| {
+        changes.installed.push(entry.clone())
+    })?;
     if lock.requested.is_empty() {
         lock.requested = lock.roots().iter().map(ToString::to_string).collect();
     }
     write_lock(project, &lock)?;
     Ok(changes.output(project))
+}
+
+/// Swaps each staged release into place and locks it, telling `taken` of each (with the lock
+/// as it was before). If one cannot be swapped in, the ones already in place stay locked, the
+/// rest go, and the lockfile is written as it then is.
+fn swap_all(
+    project: &Project,
+    staged: Vec<Staged<'_>>,
+    lock: &mut Lockfile,
+    mut taken: impl FnMut(&Lockfile, &LockedPackage),
+) -> Result<(), Failure> {
+    let mut staged = staged.into_iter();
+    while let Some(s) = staged.next() {
+        match swap_in(project, s) {
+            Ok(entry) => {
+                taken(lock, &entry);
+                lock.upsert(entry);
+            }
+            Err(f) => {
+                for s in staged {
+                    let _ = std::fs::remove_dir_all(&s.dir);
+                }
+                write_lock(project, lock)?;
+                return Err(f);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Stages every release: everything that needs the daemon first. If it stops (or an archive

@@ -17,9 +17,7 @@ use agora_protocol::limits::{
     MAX_SHORT_FIELD_LEN, MAX_TAG_LEN, MAX_TAGS, MAX_URL_LEN, MAX_VERSION_LEN, MIN_CHUNK_SIZE,
 };
 use agora_protocol::messages::GossipMessage;
-use agora_protocol::records::{
-    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
-};
+use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
 use agora_protocol::search::SearchQuery;
 use agora_protocol::{ContentId, Dependency, PackageMeta, PublisherSecret, Version, VersionReq};
 use common::hostile::Hostile;
@@ -105,21 +103,6 @@ fn names(node: &Node, q: &str) -> Vec<String> {
         Ok(results) => results.hits.into_iter().map(|h| h.name).collect(),
         Err(e) => vec![format!("search failed: {e}")],
     }
-}
-
-/// A signed head of `name` listing `versions`.
-fn head(name: &str, versions: &[&str], seq: u64, key: &PublisherSecret) -> PackageHead {
-    Signed::sign(
-        HeadBody {
-            name: name.parse().unwrap(),
-            owner: key.public(),
-            versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
-            seq,
-            updated_at: 1_700_000_000,
-        },
-        key,
-    )
-    .unwrap()
 }
 
 /// A bare Kademlia peer holding `values`, driven in the background; its address and stop.

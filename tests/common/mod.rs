@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use agora_daemon::RegistryConfig;
 use agora_daemon::network::NetworkConfig;
 use agora_daemon::{Node, NodeConfig};
-use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed};
+use agora_protocol::records::{
+    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed,
+};
 use agora_protocol::{PackageMeta, PublisherSecret, Version};
 use libp2p::{Multiaddr, identity};
 
@@ -253,4 +255,19 @@ pub fn throwaway_flood(n: usize) -> Vec<Vec<u8>> {
             agora_protocol::messages::GossipMessage::Release(r).to_wire()
         })
         .collect()
+}
+
+/// A signed head of `name` listing `versions`.
+pub fn head(name: &str, versions: &[&str], seq: u64, key: &PublisherSecret) -> PackageHead {
+    Signed::sign(
+        HeadBody {
+            name: name.parse().unwrap(),
+            owner: key.public(),
+            versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
+            seq,
+            updated_at: 1_700_000_000,
+        },
+        key,
+    )
+    .unwrap()
 }

@@ -22,7 +22,7 @@ use agora_protocol::dht::DhtValue;
 use agora_protocol::ipc::IndexState;
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
-    ArchiveInfo, CatalogRecord, HeadBody, PackageHead, ReleaseBody, ReleaseRecord, Signed, YankBody,
+    ArchiveInfo, CatalogRecord, ReleaseBody, ReleaseRecord, Signed, YankBody,
 };
 use agora_protocol::search::SearchQuery;
 use agora_protocol::{PackageMeta, PackageName, PublisherSecret, RecordId, Version, VersionReq};
@@ -115,21 +115,6 @@ fn forged(
             published_at: 1_700_000_000,
             publisher: key.public(),
             previous,
-        },
-        key,
-    )
-    .unwrap()
-}
-
-/// A signed head of `name` listing `versions`.
-fn head(name: &str, versions: &[&str], seq: u64, key: &PublisherSecret) -> PackageHead {
-    Signed::sign(
-        HeadBody {
-            name: name.parse().unwrap(),
-            owner: key.public(),
-            versions: versions.iter().map(|v| v.parse().unwrap()).collect(),
-            seq,
-            updated_at: 1_700_000_000,
         },
         key,
     )
