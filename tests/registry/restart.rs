@@ -90,7 +90,13 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
         .publish(package_dir("mine", "1.0.0", &[], 5000, 13), &key)
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), "mine@1.0.0 is already published");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "mine@1.0.0 is already published (release record {})",
+            own.id()
+        )
+    );
     node.shutdown().await;
 }
 
