@@ -263,12 +263,7 @@ pub fn install(
         roots.push(d.clone());
     }
     // A name asked for again is resolved by its new requirement; the rest keep their pins.
-    let prefer: Vec<String> = lock
-        .packages
-        .iter()
-        .filter(|p| !asked.iter().any(|d| d.name.as_str() == p.name))
-        .map(|p| format!("{}@{}", p.name, p.version))
-        .collect();
+    let prefer = lock.pins_except(|name| asked.iter().any(|d| d.name.as_str() == name));
     let (mut changes, lock) = apply(client, project, lock, &roots, &prefer, json)?;
     for (spec, d) in names.iter().zip(&asked) {
         let Some((_, req)) = spec.split_once('@') else {
@@ -316,13 +311,8 @@ pub fn update(
             "install packages with 'agora install NAME'",
         ));
     }
-    let prefer: Vec<String> = match name {
-        Some(n) => lock
-            .packages
-            .iter()
-            .filter(|p| p.name != n)
-            .map(|p| format!("{}@{}", p.name, p.version))
-            .collect(),
+    let prefer = match name {
+        Some(n) => lock.pins_except(|p| p == n),
         None => Vec::new(),
     };
     let (changes, _) = apply(client, project, lock, &roots, &prefer, json)?;

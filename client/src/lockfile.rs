@@ -220,10 +220,12 @@ impl Lockfile {
             .collect()
     }
 
-    /// Each installed version as `name@version`.
-    pub fn pins(&self) -> Vec<String> {
+    /// Each installed version as `name@version`, but those of the names `moving` says may
+    /// move.
+    pub fn pins_except(&self, moving: impl Fn(&str) -> bool) -> Vec<String> {
         self.packages
             .iter()
+            .filter(|p| !moving(&p.name))
             .map(|p| format!("{}@{}", p.name, p.version))
             .collect()
     }

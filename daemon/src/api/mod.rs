@@ -159,7 +159,8 @@ fn kind_of(e: &RegistryError, msg: String) -> IpcError {
             CatalogError::NotFound { .. }
             | CatalogError::VersionNotFound { .. }
             | CatalogError::NoMatchingVersion { .. },
-        ) => IpcError::NotFound(msg),
+        )
+        | RegistryError::MissingDependency { .. } => IpcError::NotFound(msg),
         // Nothing that meets a requirement is "not found" wherever it is met (info or
         // install); requirements that exclude each other are refused.
         RegistryError::Catalog(CatalogError::Resolve(ResolveError::NoSolution {

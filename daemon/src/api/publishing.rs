@@ -1,13 +1,10 @@
 //! Requests that sign: a publisher key made, a package published, a release yanked.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use agora_protocol::Manifest;
 use agora_protocol::ipc::{IpcError, PackedFile, PublishedInfo, Response};
 
 use super::{Context, Outbox, bad, body_info, key_error, name, progress, release_info, version};
-use crate::ops::Registry;
 use crate::store::key_files::{self as keys, KeyFileError};
 
 /// `keygen`: makes this node's publisher key.
@@ -55,7 +52,7 @@ pub(super) async fn publish(
         })
         .collect();
     if !allow_missing_dependencies {
-        check_dependencies(registry, &manifest).await?;
+        registry.check_dependencies(&manifest).await?;
     }
     if dry_run {
         progress(out, id, "packing").await;
@@ -97,47 +94,6 @@ fn packed(files: Vec<(String, u64)>) -> Vec<PackedFile> {
         .into_iter()
         .map(|(path, size)| PackedFile { path, size })
         .collect()
-}
-
-/// Refuses a release whose dependency no catalog this node reaches can meet (the DHT is
-/// asked first): it could not be installed.
-async fn check_dependencies(registry: &Arc<Registry>, manifest: &Manifest) -> Result<(), IpcError> {
-    for d in &manifest.dependencies {
-        if registry.view().has_match(&d.name, &d.req) {
-            continue;
-        }
-        // Not found on the DHT either is what the check below says; how the lookup failed
-        // (no peers, say) changes nothing about it.
-        let _ = registry.look_up(&d.name, &d.req).await;
-        let view = registry.view();
-        if view.has_match(&d.name, &d.req) {
-            continue;
-        }
-        let why = match view.versions(&d.name) {
-            Ok(versions) => {
-                let installable: Vec<String> = versions
-                    .iter()
-                    .filter(|v| !v.yanked && !v.equivocated)
-                    .map(|v| v.version.to_string())
-                    .collect();
-                format!(
-                    "no installable version of '{}' matches {} (there are: {})",
-                    d.name,
-                    d.req,
-                    if installable.is_empty() {
-                        "none".to_string()
-                    } else {
-                        installable.join(", ")
-                    }
-                )
-            }
-            Err(_) => format!("'{}' is in no catalog this node reaches", d.name),
-        };
-        return Err(IpcError::NotFound(format!(
-            "dependency {d}: {why}, so this release could not be installed"
-        )));
-    }
-    Ok(())
 }
 
 /// `yank NAME@VERSION`.

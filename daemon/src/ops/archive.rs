@@ -176,18 +176,16 @@ impl Selection {
             return true;
         }
         let named = |g: &Gitignore| Named::of(g.matched_path_or_any_parents(rel, false));
+        let ignore_file = named(&self.ignore_file);
         let listed = self
             .include
             .as_ref()
             .is_some_and(|g| named(g) == Named::Yes)
-            || named(&self.ignore_file) == Named::Not;
+            || ignore_file == Named::Not;
         let dotted = rel
             .components()
             .any(|c| c.as_os_str().to_str().is_some_and(|n| n.starts_with('.')));
-        if dotted && !listed {
-            return false;
-        }
-        if named(&self.ignore_file) == Named::Yes || named(&self.exclude) == Named::Yes {
+        if (dotted && !listed) || ignore_file == Named::Yes || named(&self.exclude) == Named::Yes {
             return false;
         }
         self.include.is_none() || listed

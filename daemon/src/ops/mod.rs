@@ -95,6 +95,11 @@ impl RegistryConfig {
 pub enum RegistryError {
     #[error(transparent)]
     Catalog(CatalogError),
+    #[error("dependency {dependency}: {why}, so this release could not be installed")]
+    MissingDependency {
+        dependency: agora_protocol::Dependency,
+        why: String,
+    },
     #[error(
         "the DHT holds heads of '{name}' from {} keys ({}), and this node has no record of it to tell which owns it",
         .owners.len(),

@@ -228,6 +228,47 @@ impl Registry {
         .await
     }
 
+    /// Refuses a release whose dependency no catalog this node reaches can meet (the DHT is
+    /// asked first): it could not be installed.
+    pub async fn check_dependencies(
+        self: &Arc<Self>,
+        manifest: &agora_protocol::Manifest,
+    ) -> Result<(), RegistryError> {
+        for d in &manifest.dependencies {
+            if self.catalog.view().has_match(&d.name, &d.req) {
+                continue;
+            }
+            // Not found on the DHT either is what the check below says; how the lookup
+            // failed (no peers, say) changes nothing about it.
+            let _ = self.look_up(&d.name, &d.req).await;
+            let view = self.catalog.view();
+            if view.has_match(&d.name, &d.req) {
+                continue;
+            }
+            let why = match view.versions(&d.name) {
+                Ok(versions) => {
+                    let installable: Vec<Version> = versions
+                        .into_iter()
+                        .filter(|v| !v.yanked && !v.equivocated)
+                        .map(|v| v.version)
+                        .collect();
+                    format!(
+                        "no installable version of '{}' matches {} (there are: {})",
+                        d.name,
+                        d.req,
+                        crate::catalog::resolve::fmt_versions(&installable)
+                    )
+                }
+                Err(_) => format!("'{}' is in no catalog this node reaches", d.name),
+            };
+            return Err(RegistryError::MissingDependency {
+                dependency: d.clone(),
+                why,
+            });
+        }
+        Ok(())
+    }
+
     /// The manifest of the package in `dir`, read and checked.
     pub async fn manifest(&self, dir: PathBuf) -> Result<agora_protocol::Manifest, RegistryError> {
         blocking(move || Ok(archive::read_manifest(&dir)?)).await
