@@ -463,3 +463,49 @@ fn a_search_table_fits_the_terminal() {
         format!("wide  1.0.0    {description}")
     );
 }
+
+/// Runs `agora ARGS` against `node` with its stderr on a pseudo-terminal (as a user's would
+/// be), and returns the exit code and everything written to the terminal.
+fn on_a_terminal(node: &Daemon, args: &[&str]) -> (Option<i32>, String) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let path = ptsname(&master, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.to_str().unwrap())
+        .unwrap();
+    let mut child = node
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(terminal)
+        .spawn()
+        .unwrap();
+    // The command's end closes the terminal's last writer, and then reading it fails (EIO):
+    // that is the end of what was written.
+    let mut screen = Vec::new();
+    let _ = std::fs::File::from(master).read_to_end(&mut screen);
+    let code = child.wait().unwrap().code();
+    (code, String::from_utf8_lossy(&screen).into_owned())
+}
+
+/// On a terminal, an install's progress line names the package it is at and shows the unpacking;
+/// with `--json` nothing but the answer is written.
+#[test]
+fn the_progress_line_names_the_package_and_shows_unpacking() {
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    package(&src.path().join("tool"), "tool-kit", "1.2.0", "", "tool");
+    node.json(&["publish", src.path().join("tool").to_str().unwrap()]);
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path().to_str().unwrap();
+    let (code, screen) = on_a_terminal(&node, &["install", "tool-kit", "--dir", dir]);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("tool-kit@1.2.0: unpacking"), "{screen:?}");
+    let (code, screen) = on_a_terminal(&node, &["--json", "update", "--dir", dir]);
+    assert_eq!((code, screen.as_str()), (Some(0), ""));
+}

@@ -295,3 +295,40 @@ fn logs_can_be_followed_and_quiet_is_quiet() {
     assert_eq!((quiet.status.code(), quiet.stdout.len()), (Some(4), 0));
     assert!(String::from_utf8_lossy(&quiet.stderr).starts_with("error: "));
 }
+
+/// `-v` says on stderr which socket and daemon the CLI talks to and each request with its time,
+/// and leaves the answer on stdout as it is; it cannot be asked for with `-q`.
+#[test]
+fn verbose_says_where_it_connects_and_what_it_asks() {
+    let node = Daemon::start(None);
+    let socket = node.data_dir().parent().unwrap().join("agorad.sock");
+    let plain = node.agora(&["--json", "versions", "nothing-here"]);
+    let out = node.agora(&["-v", "--json", "versions", "nothing-here"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.stdout, plain.stdout, "stdout is the same as without -v");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines[0], format!("agora: socket {}", socket.display()));
+    assert_eq!(
+        lines[1],
+        format!("agora: daemon agorad {}", env!("CARGO_PKG_VERSION"))
+    );
+    let took = lines[2]
+        .strip_prefix("agora: versions failed in ")
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(took.parse::<u64>().is_ok(), "{took}");
+    assert!(lines[3].starts_with("error: "), "{stderr}");
+
+    let out = node.agora(&["-v", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .nth(2)
+            .is_some_and(|l| l.starts_with("agora: status answered in ")),
+        "{stderr}"
+    );
+    assert_eq!(node.agora(&["-v", "-q", "status"]).status.code(), Some(2));
+}

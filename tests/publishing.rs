@@ -1,14 +1,15 @@
 //! Publishing safely, through the `agora` binary against a real `agorad` (a publish cannot be
 //! taken back): dotfiles stay out unless listed, `.agoraignore` and `exclude` leave files out,
 //! a dry run needs no key and lists what it would pack, a misspelt key is pointed out, and a
-//! dependency no catalog has is refused.
+//! dependency no catalog has is refused. A yank's reason reaches other nodes and a yank can be
+//! taken back.
 
 mod common;
 mod process;
 
 use std::path::Path;
 
-use process::Daemon;
+use process::{Daemon, package, wait_until};
 use serde_json::Value;
 
 fn write(dir: &Path, rel: &str, text: &str) {
@@ -143,4 +144,80 @@ fn a_dependency_no_catalog_has_is_refused_unless_allowed() {
     }
     let published = node.json(&["publish", "--allow-missing-dependencies", app]);
     assert_eq!(published["published"], true);
+}
+
+/// `yank --reason` is shown by `info` and `versions` on another node, and `yank --undo` (a
+/// signed record, gossiped) makes the version installable there again; undoing a version that
+/// is not yanked is refused and names it.
+#[test]
+fn a_yank_shows_its_reason_everywhere_and_can_be_taken_back() {
+    let author = Daemon::start(None);
+    let other = Daemon::start(Some(&author.address()));
+    author.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    for v in ["1.0.0", "1.1.0"] {
+        let dir = src.path().join(v);
+        package(&dir, "base", v, "", v);
+        author.json(&["publish", dir.to_str().unwrap()]);
+    }
+    let (_, err, code) = run(&author, &["yank", "base@1.1.0", "--reason", "two\nlines"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.starts_with("error: a yank's reason is one line of text, without control characters"),
+        "{err}"
+    );
+    let yanked = author.json(&["yank", "base@1.1.0", "--reason", "corrupts the cache"]);
+    assert_eq!(yanked["yanked"]["version"], "1.1.0");
+    wait_until("the yank reaches the other node", || {
+        match other
+            .json(&["versions", "base"])
+            .as_array()
+            .map(|v| v.len())
+        {
+            Some(2) if other.json(&["info", "base"])["version"] == "1.0.0" => Ok(()),
+            n => Err(format!("{n:?} versions, or 1.1.0 still chosen")),
+        }
+    });
+    let (text, _, code) = run(&other, &["versions", "base"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(text, "1.0.0\n1.1.0  (yanked: corrupts the cache)");
+    let info = other.json(&["info", "base@=1.1.0"]);
+    assert_eq!(info["yanked"], true);
+    assert_eq!(info["yank_reason"], "corrupts the cache");
+    let (text, _, _) = run(&other, &["info", "base@=1.1.0"]);
+    assert_eq!(
+        text.lines().next(),
+        Some("base@1.1.0 (yanked: corrupts the cache)")
+    );
+
+    let (text, _, code) = run(&author, &["yank", "--undo", "base@1.1.0"]);
+    assert_eq!(
+        (text.as_str(), code),
+        ("base@1.1.0 is no longer yanked", Some(0))
+    );
+    wait_until("the unyank reaches the other node", || {
+        match other.json(&["info", "base"])["version"].as_str() {
+            Some("1.1.0") => Ok(()),
+            v => Err(format!("{v:?} chosen")),
+        }
+    });
+    let info = other.json(&["info", "base@=1.1.0"]);
+    assert_eq!(
+        (&info["yanked"], &info["yank_reason"]),
+        (&Value::Bool(false), &Value::Null)
+    );
+    assert_eq!(run(&other, &["versions", "base"]).0, "1.0.0\n1.1.0");
+
+    let (_, err, code) = run(&author, &["yank", "--undo", "base@1.1.0"]);
+    assert_eq!(code, Some(5));
+    assert_eq!(
+        err,
+        "error: base@1.1.0 is not yanked\nhint: 'agora versions base' marks the versions that are yanked"
+    );
+    // A yank again is a new record, and stands.
+    author.json(&["yank", "base@1.1.0"]);
+    assert_eq!(
+        run(&author, &["versions", "base"]).0,
+        "1.0.0\n1.1.0  (yanked)"
+    );
 }

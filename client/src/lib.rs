@@ -40,6 +40,8 @@ pub struct Client {
     next_id: u64,
     /// The daemon's version, from the handshake.
     pub daemon_version: String,
+    /// Hears, after each request, its kind, whether it succeeded and how long it took.
+    trace: Option<fn(&str, bool, std::time::Duration)>,
 }
 
 impl Client {
@@ -55,6 +57,7 @@ impl Client {
             stream,
             next_id: 1,
             daemon_version: String::new(),
+            trace: None,
         };
         if let Err(e) = client.send(&ClientMessage::Hello {
             protocol: IPC_PROTOCOL_VERSION,
@@ -105,6 +108,25 @@ impl Client {
         &mut self,
         request: Request,
         mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Response, ClientError> {
+        let (kind, started) = (request.kind(), std::time::Instant::now());
+        let result = self.exchange(request, &mut on_progress);
+        if let Some(trace) = self.trace {
+            trace(kind, result.is_ok(), started.elapsed());
+        }
+        result
+    }
+
+    /// Calls `trace` after every request with its kind, whether it succeeded and its time
+    /// (what `agora -v` prints).
+    pub fn set_trace(&mut self, trace: fn(&str, bool, std::time::Duration)) {
+        self.trace = Some(trace);
+    }
+
+    fn exchange(
+        &mut self,
+        request: Request,
+        on_progress: &mut impl FnMut(&Progress),
     ) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
@@ -256,8 +278,22 @@ impl Client {
             name: name.into(),
             version: version.into(),
             reason: reason.into(),
+            undo: false,
         })? {
             Response::Yanked => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Takes back every standing yank of `name@version`; returns how many there were.
+    pub fn unyank(&mut self, name: &str, version: &str) -> Result<usize, ClientError> {
+        match self.call(Request::Yank {
+            name: name.into(),
+            version: version.into(),
+            reason: String::new(),
+            undo: true,
+        })? {
+            Response::Unyanked { undone } => Ok(undone),
             other => Err(unexpected(other)),
         }
     }

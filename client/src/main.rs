@@ -33,6 +33,9 @@ Exit codes: 0 success · 1 other error · 2 bad usage · 3 no daemon running · 
 /// `--quiet`: nothing but errors.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `--verbose`: where the CLI connects and what it asks, on stderr.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `--home` and `--socket`, which come before the environment.
 static LOCATION: std::sync::OnceLock<(Option<PathBuf>, Option<PathBuf>)> =
     std::sync::OnceLock::new();
@@ -50,8 +53,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print nothing but errors: no answer, no progress (the exit code says how it went).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Say on stderr which socket and daemon it talks to, and each request with its time.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,13 +160,16 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Withdraw a version (NAME@VERSION) from new resolutions.
+    /// Withdraw a version (NAME@VERSION) from new resolutions, or with --undo bring it back.
     Yank {
         /// NAME@VERSION.
         package: String,
-        /// Why, for those who have it installed.
-        #[arg(long, default_value = "")]
+        /// Why, for those who have it installed (shown by info and versions).
+        #[arg(long, default_value = "", conflicts_with = "undo")]
         reason: String,
+        /// Take the yank back: the version can be chosen again (a signed record, gossiped).
+        #[arg(long)]
+        undo: bool,
     },
     /// List connected peers.
     Peers,
@@ -306,6 +315,7 @@ fn main() -> ExitCode {
     let _ = LOCATION.set((cli.home.clone(), cli.socket.clone()));
     let quiet = cli.quiet;
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     match run(cli) {
         Ok(out) => {
             if !quiet {
@@ -391,7 +401,26 @@ fn paths() -> Result<Paths, Failure> {
 }
 
 fn client() -> Result<Client, Failure> {
-    Client::connect(&paths()?.socket).map_err(explain)
+    let paths = paths()?;
+    let verbose = VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
+    if verbose {
+        say(format!("agora: socket {}", paths.socket.display()), true);
+    }
+    let mut client = Client::connect(&paths.socket).map_err(explain)?;
+    if verbose {
+        say(
+            format!("agora: daemon agorad {}", client.daemon_version),
+            true,
+        );
+        client.set_trace(|kind, ok, took| {
+            let outcome = if ok { "answered" } else { "failed" };
+            say(
+                format!("agora: {kind} {outcome} in {} ms", took.as_millis()),
+                true,
+            );
+        });
+    }
+    Ok(client)
 }
 
 fn project_dir(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
@@ -539,7 +568,11 @@ fn run(cli: Cli) -> Result<Output, Failure> {
         } => manage::remove(&project_dir(dir)?, &name, with_dependents),
         Command::List { dir } => manage::list(&project_dir(dir)?),
         Command::Verify { dir } => manage::verify(&project_dir(dir)?),
-        Command::Yank { package, reason } => {
+        Command::Yank {
+            package,
+            reason,
+            undo,
+        } => {
             let Some((name, version)) = package.split_once('@') else {
                 return Err(Failure::new(
                     2,
@@ -547,6 +580,13 @@ fn run(cli: Cli) -> Result<Output, Failure> {
                     "yank one version: agora yank NAME@VERSION",
                 ));
             };
+            if undo {
+                client()?.unyank(name, version).map_err(explain)?;
+                return Ok(Output::new(
+                    json!({ "unyanked": { "name": name, "version": version } }),
+                    format!("{name}@{version} is no longer yanked"),
+                ));
+            }
             client()?.yank(name, version, &reason).map_err(explain)?;
             Ok(Output::new(
                 json!({ "yanked": { "name": name, "version": version } }),

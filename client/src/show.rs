@@ -180,7 +180,7 @@ pub fn info(r: &ReleaseInfo) -> Output {
             "{}@{}{}",
             r.name,
             r.version,
-            if r.yanked { " (yanked)" } else { "" }
+            yank_flag(r.yanked, r.yank_reason.as_deref())
         ));
         w.line(format!("  {}", r.description));
         for (k, v) in [
@@ -217,13 +217,22 @@ pub fn versions(v: &[VersionEntry]) -> Output {
     Output::with(v, |v, w| {
         for e in v {
             let flag = match (e.yanked, e.equivocated) {
-                (_, true) => "  (equivocated: two different records; not installable)",
-                (true, false) => "  (yanked)",
-                _ => "",
+                (_, true) => "  (equivocated: two different records; not installable)".into(),
+                (true, false) => format!(" {}", yank_flag(true, e.yank_reason.as_deref())),
+                _ => String::new(),
             };
             w.line(format!("{}{flag}", e.version));
         }
     })
+}
+
+/// " (yanked: REASON)", " (yanked)" or nothing.
+fn yank_flag(yanked: bool, reason: Option<&str>) -> String {
+    match (yanked, reason) {
+        (false, _) => String::new(),
+        (true, None) => " (yanked)".into(),
+        (true, Some(reason)) => format!(" (yanked: {reason})"),
+    }
 }
 
 pub fn peers(p: &[PeerInfo]) -> Output {

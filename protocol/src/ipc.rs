@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 5;
+pub const IPC_PROTOCOL_VERSION: u32 = 6;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -115,10 +115,12 @@ pub enum Request {
         name: String,
         version: String,
     },
+    /// Yanks `name@version`, or with `undo` takes back every yank of it that stands.
     Yank {
         name: String,
         version: String,
         reason: String,
+        undo: bool,
     },
     /// Replace the daemon's log filter (`info`, `debug`, `agora_daemon=trace,libp2p=warn`...).
     SetLogLevel {
@@ -166,6 +168,10 @@ pub enum Response {
     Resolved(Vec<ReleaseInfo>),
     Fetched(FetchedInfo),
     Yanked,
+    /// `undone` standing yanks of the version were taken back.
+    Unyanked {
+        undone: usize,
+    },
     /// The log filter now in force.
     LogLevel {
         filter: String,
@@ -284,12 +290,16 @@ pub struct ReleaseInfo {
     pub published_at: u64,
     pub record_id: String,
     pub yanked: bool,
+    /// Why it was yanked, as its owner said (`None`: not yanked, or no reason given).
+    pub yank_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionEntry {
     pub version: String,
     pub yanked: bool,
+    /// Why it was yanked, as its owner said (`None`: not yanked, or no reason given).
+    pub yank_reason: Option<String>,
     pub equivocated: bool,
 }
 
@@ -421,6 +431,7 @@ fn check_request(r: &Request) -> Result<(), String> {
             name,
             version,
             reason,
+            ..
         } => {
             check_string(name, "name")?;
             check_string(version, "version")?;

@@ -25,5 +25,5 @@ pub use dependency::Dependency;
 pub use keys::{PublisherKey, PublisherSecret, Signature};
 pub use manifest::{Manifest, PackageMeta};
 pub use name::PackageName;
-pub use records::{CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Yank};
+pub use records::{CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Unyank, Yank};
 pub use semver::{Version, VersionReq};

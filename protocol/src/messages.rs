@@ -10,7 +10,7 @@ use crate::content::ContentId;
 use crate::impl_wire;
 use crate::limits::*;
 use crate::records::{
-    CatalogRecord, KeyRotation, PackageHead, RecordError, RecordId, ReleaseRecord, Yank,
+    CatalogRecord, KeyRotation, PackageHead, RecordError, RecordId, ReleaseRecord, Unyank, Yank,
 };
 
 /// The gossipsub topic every node subscribes to.
@@ -30,6 +30,7 @@ pub enum GossipMessage {
     Yank(Yank),
     Rotation(KeyRotation),
     Head(PackageHead),
+    Unyank(Unyank),
 }
 
 impl_wire!(GossipMessage, MAX_GOSSIP_BYTES, |_m| Ok(()));
@@ -42,6 +43,7 @@ impl GossipMessage {
             Self::Yank(r) => &r.body.name,
             Self::Rotation(r) => &r.body.name,
             Self::Head(r) => &r.body.name,
+            Self::Unyank(r) => &r.body.name,
         }
     }
 
@@ -53,6 +55,7 @@ impl GossipMessage {
             Self::Yank(r) => r.verify()?,
             Self::Rotation(r) => r.verify()?,
             Self::Head(r) => r.verify()?,
+            Self::Unyank(r) => r.verify()?,
         }
         Ok(msg)
     }

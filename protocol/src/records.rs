@@ -310,6 +310,34 @@ impl RecordBody for YankBody {
     }
 }
 
+/// The owner takes back one yank of a version (`yank --undo`). It names the yank it undoes
+/// (a yank record, or the rotation that carried the version's yank over to the new key), so a
+/// version is yanked while any yank of it stands: sets that only grow, which every node reaches
+/// whatever order the records come in, with no verdict resting on a claimed time. Yanking
+/// again is a new yank record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnyankBody {
+    pub name: PackageName,
+    pub version: Version,
+    pub publisher: PublisherKey,
+    /// The yank (or carrying rotation) it undoes.
+    pub undoes: RecordId,
+    pub unyanked_at: u64,
+}
+
+impl RecordBody for UnyankBody {
+    const DOMAIN: &'static [u8] = b"agora/v1/unyank\0";
+    fn signer(&self) -> &PublisherKey {
+        &self.publisher
+    }
+    fn name(&self) -> &PackageName {
+        &self.name
+    }
+    fn check(&self) -> Result<(), RecordError> {
+        check_version(&self.version)
+    }
+}
+
 /// The current owner of a name hands it to a new key.
 ///
 /// `last` and `yanked` say what of the name the old key vouches for: once the rotation is
@@ -362,6 +390,7 @@ pub type ReleaseRecord = Signed<ReleaseBody>;
 pub type PackageHead = Signed<HeadBody>;
 pub type Yank = Signed<YankBody>;
 pub type KeyRotation = Signed<RotationBody>;
+pub type Unyank = Signed<UnyankBody>;
 
 /// Any record that belongs in the catalog (what catalog sync exchanges).
 #[allow(clippy::large_enum_variant)] // Short-lived decoded values; boxing would add an allocation per message for no gain.
@@ -370,6 +399,7 @@ pub enum CatalogRecord {
     Release(ReleaseRecord),
     Yank(Yank),
     Rotation(KeyRotation),
+    Unyank(Unyank),
 }
 
 impl CatalogRecord {
@@ -395,6 +425,7 @@ impl CatalogRecord {
             Self::Release(r) => r.verify(),
             Self::Yank(r) => r.verify(),
             Self::Rotation(r) => r.verify(),
+            Self::Unyank(r) => r.verify(),
         }
     }
 
@@ -404,6 +435,7 @@ impl CatalogRecord {
             Self::Release(r) => r.id(),
             Self::Yank(r) => r.id(),
             Self::Rotation(r) => r.id(),
+            Self::Unyank(r) => r.id(),
         }
     }
 
@@ -412,6 +444,7 @@ impl CatalogRecord {
             Self::Release(r) => &r.body.name,
             Self::Yank(r) => &r.body.name,
             Self::Rotation(r) => &r.body.name,
+            Self::Unyank(r) => &r.body.name,
         }
     }
 
@@ -421,6 +454,7 @@ impl CatalogRecord {
             Self::Release(r) => r.body.signer(),
             Self::Yank(r) => r.body.signer(),
             Self::Rotation(r) => r.body.signer(),
+            Self::Unyank(r) => r.body.signer(),
         }
     }
 
@@ -430,6 +464,7 @@ impl CatalogRecord {
             Self::Release(r) => r.body.published_at,
             Self::Yank(r) => r.body.yanked_at,
             Self::Rotation(r) => r.body.rotated_at,
+            Self::Unyank(r) => r.body.unyanked_at,
         }
     }
 }

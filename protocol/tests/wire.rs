@@ -119,6 +119,22 @@ fn arb_yank() -> impl Strategy<Value = Yank> {
     )
 }
 
+fn arb_unyank() -> impl Strategy<Value = Unyank> {
+    (arb_name(), arb_version(), any::<[u8; 32]>(), any::<u8>()).prop_map(
+        |(name, version, undoes, seed)| {
+            let key = secret(seed);
+            let body = UnyankBody {
+                name,
+                version,
+                publisher: key.public(),
+                undoes: ContentId::from_bytes(undoes),
+                unyanked_at: 2,
+            };
+            Signed::sign(body, &key).unwrap()
+        },
+    )
+}
+
 fn arb_rotation() -> impl Strategy<Value = KeyRotation> {
     (arb_name(), 0u8..128).prop_map(|(name, seed)| {
         let from = secret(seed);
@@ -172,20 +188,37 @@ proptest! {
     }
 
     #[test]
-    fn heads_yanks_rotations_round_trip(h in arb_head(), y in arb_yank(), k in arb_rotation()) {
+    fn heads_yanks_rotations_round_trip(
+        h in arb_head(),
+        y in arb_yank(),
+        k in arb_rotation(),
+        u in arb_unyank(),
+    ) {
         prop_assert_eq!(PackageHead::decode(&h.encode()).unwrap(), h.clone());
+        prop_assert_eq!(Unyank::decode(&u.encode()).unwrap(), u.clone());
         prop_assert_eq!(Yank::decode(&y.encode()).unwrap(), y.clone());
         prop_assert_eq!(KeyRotation::decode(&k.encode()).unwrap(), k.clone());
         let key = DhtKey::Head(h.body.name.clone());
         prop_assert_eq!(dht::validate(&key.to_bytes(), &h.encode()).unwrap(), DhtValue::Head(h.clone()));
-        for m in [GossipMessage::Head(h), GossipMessage::Yank(y.clone()), GossipMessage::Rotation(k.clone())] {
+        for m in [
+            GossipMessage::Head(h),
+            GossipMessage::Yank(y.clone()),
+            GossipMessage::Rotation(k.clone()),
+            GossipMessage::Unyank(u.clone()),
+        ] {
             round_trip(&m);
             prop_assert_eq!(GossipMessage::decode_verified(&m.to_wire()).unwrap(), m);
         }
-        for (record, id) in [(CatalogRecord::Yank(y.clone()), y.id()), (CatalogRecord::Rotation(k.clone()), k.id())] {
+        for (record, id) in [
+            (CatalogRecord::Yank(y.clone()), y.id()),
+            (CatalogRecord::Rotation(k.clone()), k.id()),
+            (CatalogRecord::Unyank(u.clone()), u.id()),
+        ] {
             prop_assert_eq!(CatalogRecord::decode_stored(&codec::encode(&record)).unwrap(), (record, id));
         }
-        round_trip(&SyncResponse::Records { records: vec![CatalogRecord::Yank(y), CatalogRecord::Rotation(k)] });
+        round_trip(&SyncResponse::Records {
+            records: vec![CatalogRecord::Yank(y), CatalogRecord::Rotation(k), CatalogRecord::Unyank(u)],
+        });
     }
 
     #[test]

@@ -56,7 +56,14 @@ pub async fn dispatch(
             name,
             version,
             reason,
+            undo: false,
         } => publishing::yank(ctx, name, version, reason).await,
+        Request::Yank {
+            name,
+            version,
+            undo: true,
+            ..
+        } => publishing::unyank(ctx, name, version).await,
         Request::SetLogLevel { filter } => node::set_log_level(ctx, filter),
     }
 }
@@ -176,6 +183,7 @@ fn kind_of(e: &RegistryError, msg: String) -> IpcError {
             | CatalogError::Trust(_),
         )
         | RegistryError::DisputedName { .. }
+        | RegistryError::NotYanked { .. }
         | RegistryError::RefusedBefore(_)
         | RegistryError::Trust(_) => IpcError::Refused(msg),
         RegistryError::Pack(_) => IpcError::Package(msg),
@@ -207,6 +215,9 @@ fn hint_for(e: &RegistryError) -> Option<String> {
         _ => None,
     };
     match e {
+        RegistryError::NotYanked { name, .. } => Some(format!(
+            "'agora versions {name}' marks the versions that are yanked"
+        )),
         RegistryError::Catalog(c) => match c {
             CatalogError::NotFound { name, .. } => {
                 Some(format!("look for the name with 'agora search {name}'"))
@@ -345,13 +356,16 @@ pub(crate) fn body_info(b: &ReleaseBody, record_id: String, yanked: bool) -> Rel
         published_at: b.published_at,
         record_id,
         yanked,
+        yank_reason: None,
     }
 }
 
-pub(crate) fn yanked(registry: &Registry, r: &ReleaseRecord) -> bool {
+/// Whether the release `r` is yanked, and the reason its yanks give.
+pub(crate) fn yank_of(registry: &Registry, r: &ReleaseRecord) -> (bool, Option<String>) {
     registry
         .view()
         .versions(&r.body.name)
-        .map(|vs| vs.iter().any(|v| v.version == r.body.version && v.yanked))
-        .unwrap_or(false)
+        .ok()
+        .and_then(|vs| vs.into_iter().find(|v| v.version == r.body.version))
+        .map_or((false, None), |v| (v.yanked, v.yank_reason))
 }

@@ -8,7 +8,7 @@ use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 
 use super::{
     Context, Outbox, bad, name, progress, release_info, version, with_lookup, with_suggestion,
-    yanked,
+    yank_of,
 };
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
@@ -50,8 +50,10 @@ pub(super) async fn info(
         })
     })
     .await?;
-    let y = yanked(registry, &record);
-    Ok(Response::Release(release_info(&record, y)))
+    let (yanked, reason) = yank_of(registry, &record);
+    let mut info = release_info(&record, yanked);
+    info.yank_reason = reason;
+    Ok(Response::Release(info))
 }
 
 /// `versions NAME`.
@@ -68,6 +70,7 @@ pub(super) async fn versions(ctx: &Context, n: String) -> Result<Response, IpcEr
             .map(|v| VersionEntry {
                 version: v.version.to_string(),
                 yanked: v.yanked,
+                yank_reason: v.yank_reason,
                 equivocated: v.equivocated,
             })
             .collect(),

@@ -104,9 +104,24 @@ pub(super) async fn yank(
     reason: String,
 ) -> Result<Response, IpcError> {
     let registry = &ctx.registry;
+    if reason.chars().any(char::is_control) {
+        return Err(IpcError::BadRequest(
+            "a yank's reason is one line of text, without control characters".into(),
+        ));
+    }
     let secret = keys::publisher_key(&ctx.paths.keys_dir).map_err(key_error)?;
     registry
         .yank(&name(&n)?, &version(&v)?, reason, &secret)
         .await?;
     Ok(Response::Yanked)
+}
+
+/// `yank --undo NAME@VERSION`.
+pub(super) async fn unyank(ctx: &Context, n: String, v: String) -> Result<Response, IpcError> {
+    let secret = keys::publisher_key(&ctx.paths.keys_dir).map_err(key_error)?;
+    let undone = ctx
+        .registry
+        .unyank(&name(&n)?, &version(&v)?, &secret)
+        .await?;
+    Ok(Response::Unyanked { undone })
 }

@@ -1,7 +1,7 @@
 //! The trust rules as a state machine, tested the way rust-libp2p tests its query iterators:
 //! generated histories of several names, each with one chain of keys (releases, rotations,
-//! yanks, the owner's equivocations, and what rotated-away keys sign afterwards), every record
-//! with a claimed time drawn at random, delivered to catalogs in random orders and batches.
+//! yanks and their undoing, the owner's equivocations, and what rotated-away keys sign
+//! afterwards), every record with a claimed time drawn at random, delivered to catalogs in random orders and batches.
 //! Every catalog must end in the same state, and the invariants must hold on the way.
 //!
 //! Which key first claims a name is trust on first use, so by definition decided by arrival:
@@ -10,10 +10,10 @@
 //! refused on the way is offered again until nothing more is admitted, as catalog sync does
 //! (a refusal is forgotten whenever its name changes).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use agora_protocol::records::{
-    ArchiveInfo, CatalogRecord, ReleaseBody, RotationBody, Signed, YankBody,
+    ArchiveInfo, CatalogRecord, ReleaseBody, RotationBody, Signed, UnyankBody, YankBody,
 };
 use agora_protocol::{PublisherKey, PublisherSecret, RecordId, Version};
 use proptest::prelude::*;
@@ -27,6 +27,8 @@ enum Op {
     /// The owner signs a second record for a version of the chain.
     Equivocate(u8),
     Yank(u8),
+    /// The owner takes back a standing yank of one of the yanked versions.
+    Unyank(u8),
     /// The owner hands the name to the next key of the chain.
     Rotate,
     /// A rotated-away key signs a release: a new highest version, or another record for a
@@ -48,6 +50,7 @@ fn op() -> impl Strategy<Value = (Op, u32)> {
         4 => Just(Op::Release),
         1 => any::<u8>().prop_map(Op::Equivocate),
         1 => any::<u8>().prop_map(Op::Yank),
+        1 => any::<u8>().prop_map(Op::Unyank),
         2 => Just(Op::Rotate),
         3 => (any::<bool>(), any::<u8>(), any::<u8>())
             .prop_map(|(higher, pick, signer)| Op::Forge { higher, pick, signer }),
@@ -88,7 +91,10 @@ fn history(n: u8, ops: &[(Op, u32)]) -> History {
     let mut out: Vec<Made> = Vec::new();
     let mut chain: Vec<(Version, RecordId, Option<RecordId>)> = Vec::new();
     let (mut epoch, mut next, mut salt) = (0usize, 1u64, 0u8);
-    let mut yanked: BTreeSet<Version> = BTreeSet::new();
+    // The yanks that stand, per version, and every yank id made (a yank signed twice alike
+    // is one record).
+    let mut yanks: BTreeMap<Version, Vec<RecordId>> = BTreeMap::new();
+    let mut yank_ids: HashSet<RecordId> = HashSet::new();
     let push = |out: &mut Vec<Made>, record: CatalogRecord, forged: bool| -> RecordId {
         let id = record.id();
         out.push(Made { record, id, forged });
@@ -147,20 +153,47 @@ fn history(n: u8, ops: &[(Op, u32)]) -> History {
             }
             Op::Yank(i) => {
                 let (version, _, _) = pick(*i);
-                yanked.insert(version.clone());
-                push(&mut out, yank(version, &keys[epoch], at), false);
+                let id = push(&mut out, yank(version.clone(), &keys[epoch], at), false);
+                if yank_ids.insert(id) {
+                    yanks.entry(version).or_default().push(id);
+                }
             }
+            Op::Unyank(i) if !yanks.is_empty() => {
+                let version = yanks
+                    .keys()
+                    .nth(usize::from(*i) % yanks.len())
+                    .unwrap()
+                    .clone();
+                let marks = yanks.get_mut(&version).unwrap();
+                let undoes = marks.remove(0);
+                if marks.is_empty() {
+                    yanks.remove(&version);
+                }
+                let body = UnyankBody {
+                    name: name.clone(),
+                    version,
+                    publisher: keys[epoch].public(),
+                    undoes,
+                    unyanked_at: u64::from(at),
+                };
+                let r = CatalogRecord::Unyank(Signed::sign(body, &keys[epoch]).unwrap());
+                push(&mut out, r, false);
+            }
+            Op::Unyank(_) => {}
             Op::Rotate if epoch + 1 < keys.len() => {
                 let body = RotationBody {
                     name: name.clone(),
                     from: keys[epoch].public(),
                     to: keys[epoch + 1].public(),
                     last: chain.last().expect("the first op is a release").1,
-                    yanked: yanked.iter().cloned().collect(),
+                    yanked: yanks.keys().cloned().collect(),
                     rotated_at: u64::from(at),
                 };
                 let r = CatalogRecord::Rotation(Signed::sign(body, &keys[epoch]).unwrap());
-                push(&mut out, r, false);
+                let id = push(&mut out, r, false);
+                for marks in yanks.values_mut() {
+                    *marks = vec![id];
+                }
                 epoch += 1;
             }
             Op::Rotate => {}
@@ -192,7 +225,7 @@ fn history(n: u8, ops: &[(Op, u32)]) -> History {
         keys: keys.iter().map(PublisherSecret::public).collect(),
         epoch,
         chain: chain.into_iter().map(|c| c.1).collect(),
-        yanked: yanked.into_iter().collect(),
+        yanked: yanks.into_keys().collect(),
     }
 }
 

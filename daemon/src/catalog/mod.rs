@@ -154,6 +154,8 @@ pub struct VersionInfo {
     pub version: Version,
     pub record: RecordId,
     pub yanked: bool,
+    /// The reasons its standing yanks give, joined (`None`: not yanked, or no reason given).
+    pub yank_reason: Option<String>,
     /// More than one record exists for this version: not installable.
     pub equivocated: bool,
 }

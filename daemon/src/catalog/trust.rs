@@ -12,10 +12,10 @@
 //! names the newest release its old key vouches for (`last`): from then on the old key's
 //! releases count only if `last` chains to them, and what else the old key signed, whenever it
 //! arrived, drops out of the name (retracted) with every equivocation and yank of its time.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agora_protocol::records::{
-    CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Yank,
+    CatalogRecord, KeyRotation, PackageHead, RecordId, ReleaseRecord, Unyank, Yank,
 };
 use agora_protocol::{PackageName, PublisherKey, Version, VersionReq};
 use litemap::LiteMap;
@@ -95,6 +95,14 @@ pub enum TrustError {
     UnknownName { name: PackageName },
     #[error("{name}@{version} is not in the catalog yet")]
     UnknownVersion { name: PackageName, version: Version },
+    /// An unyank of a yank not (or no longer) standing: it may come later, or have been undone
+    /// already, or a rotation may have dropped it.
+    #[error("the yank {yank} of {name}@{version} that this unyank undoes is not standing")]
+    UnknownYank {
+        name: PackageName,
+        version: Version,
+        yank: RecordId,
+    },
     #[error(
         "release {id} of '{name}', which a rotation names as its newest, is not in the catalog yet"
     )]
@@ -107,7 +115,10 @@ impl TrustError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::UnknownName { .. } | Self::UnknownVersion { .. } | Self::UnknownRelease { .. }
+            Self::UnknownName { .. }
+                | Self::UnknownVersion { .. }
+                | Self::UnknownRelease { .. }
+                | Self::UnknownYank { .. }
         )
     }
 }
@@ -122,6 +133,8 @@ pub enum Admission {
     Equivocation { version: Version, first: RecordId },
     /// A yank by the owner.
     Yank,
+    /// The owner took back a yank; `yanked` is whether other yanks of the version still stand.
+    Unyank { yanked: bool },
     /// Ownership moved to another key; `retracted` are the releases of the name that its
     /// `last` does not chain to, which no longer count.
     Rotation {
@@ -155,7 +168,8 @@ struct NameHistory {
     past_owners: Vec<PublisherKey>,
     /// Ids that admitted releases name as their predecessor but that we have not seen.
     expected: HashSet<RecordId>,
-    yanked: BTreeSet<Version>,
+    /// The yanks that stand, per version (a version is yanked while it has one).
+    yanks: BTreeMap<Version, Vec<YankMark>>,
     /// Versions with more than one record, and every record id seen for them.
     equivocations: BTreeMap<Version, Vec<RecordId>>,
     /// Releases held in the log that a rotation left out of the name.
@@ -165,6 +179,15 @@ struct NameHistory {
     /// Releases from before the last rotation not yet known to be on the chain it vouched
     /// for, nor to be off it: they count until then.
     undecided: HashSet<RecordId>,
+}
+
+/// One standing yank of a version: a yank record, or the rotation that carried the version's
+/// yank over to a new key (what an unyank names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YankMark {
+    pub id: RecordId,
+    /// The yank's reason (empty when its signer gave none, or when a rotation carried it).
+    pub reason: String,
 }
 
 impl NameState {
@@ -203,7 +226,15 @@ impl NameState {
     pub fn is_yanked(&self, version: &Version) -> bool {
         self.history
             .as_ref()
-            .is_some_and(|h| h.yanked.contains(version))
+            .is_some_and(|h| h.yanks.contains_key(version))
+    }
+
+    /// The yanks of `version` that stand, oldest admitted first (none: not yanked).
+    pub fn yanks(&self, version: &Version) -> &[YankMark] {
+        self.history
+            .as_ref()
+            .and_then(|h| h.yanks.get(version))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Whether `version` has more than one record.
@@ -232,7 +263,7 @@ impl NameState {
 
     /// Versions yanked, in increasing order.
     pub fn yanked(&self) -> impl Iterator<Item = &Version> {
-        self.history.iter().flat_map(|h| h.yanked.iter())
+        self.history.iter().flat_map(|h| h.yanks.keys())
     }
 
     /// Whether `version` may be chosen by a new resolution.
@@ -331,8 +362,9 @@ impl Trust {
     pub fn admit(&mut self, record: &CatalogRecord, id: RecordId) -> Result<Admission, TrustError> {
         match record {
             CatalogRecord::Release(r) => self.admit_release(r, id),
-            CatalogRecord::Yank(y) => self.admit_yank(y),
-            CatalogRecord::Rotation(r) => self.admit_rotation(r),
+            CatalogRecord::Yank(y) => self.admit_yank(y, id),
+            CatalogRecord::Rotation(r) => self.admit_rotation(r, id),
+            CatalogRecord::Unyank(u) => self.admit_unyank(u),
         }
     }
 
@@ -463,7 +495,7 @@ impl Trust {
         Ok(state)
     }
 
-    fn admit_yank(&mut self, y: &Yank) -> Result<Admission, TrustError> {
+    fn admit_yank(&mut self, y: &Yank, id: RecordId) -> Result<Admission, TrustError> {
         let b = &y.body;
         let state = self.owned_by(&b.name, &b.publisher)?;
         // A yank of a version nobody published would be kept forever for nothing.
@@ -473,11 +505,41 @@ impl Trust {
                 version: b.version.clone(),
             });
         }
-        state.history_mut().yanked.insert(b.version.clone());
+        state
+            .history_mut()
+            .yanks
+            .entry(b.version.clone())
+            .or_default()
+            .push(YankMark {
+                id,
+                reason: b.reason.clone(),
+            });
         Ok(Admission::Yank)
     }
 
-    fn admit_rotation(&mut self, r: &KeyRotation) -> Result<Admission, TrustError> {
+    fn admit_unyank(&mut self, u: &Unyank) -> Result<Admission, TrustError> {
+        let b = &u.body;
+        let state = self.owned_by(&b.name, &b.publisher)?;
+        let unknown = || TrustError::UnknownYank {
+            name: b.name.clone(),
+            version: b.version.clone(),
+            yank: b.undoes,
+        };
+        let h = state.history.as_deref_mut().ok_or_else(unknown)?;
+        let marks = h.yanks.get_mut(&b.version).ok_or_else(unknown)?;
+        let at = marks
+            .iter()
+            .position(|m| m.id == b.undoes)
+            .ok_or_else(unknown)?;
+        marks.remove(at);
+        let yanked = !marks.is_empty();
+        if !yanked {
+            h.yanks.remove(&b.version);
+        }
+        Ok(Admission::Unyank { yanked })
+    }
+
+    fn admit_rotation(&mut self, r: &KeyRotation, id: RecordId) -> Result<Admission, TrustError> {
         let b = &r.body;
         self.allowed(&b.to)?;
         // Before any release: taking it would make the releases of the key it rotates from
@@ -513,7 +575,17 @@ impl Trust {
         state.owner = b.to;
         let h = state.history_mut();
         h.past_owners.push(b.from);
-        h.yanked = b.yanked.iter().cloned().collect();
+        h.yanks = b
+            .yanked
+            .iter()
+            .map(|v| {
+                let carried = YankMark {
+                    id,
+                    reason: String::new(),
+                };
+                (v.clone(), vec![carried])
+            })
+            .collect();
         // Until the chain from `last` is known to its start, what it reaches is undecided.
         h.vouched = Some(b.last);
         h.undecided = held;
@@ -640,13 +712,14 @@ impl Trust {
 }
 
 /// Sort key that puts a batch of records in an order the trust rules accept: by name, then by
-/// the time the signer claims, with rotations before releases of the same instant and yanks
-/// last. Honest history replays cleanly in this order whatever order it arrived in.
+/// the time the signer claims, with rotations before releases of the same instant, then yanks,
+/// then unyanks. Honest history replays cleanly in this order whatever order it arrived in.
 pub fn replay_order(record: &CatalogRecord) -> (PackageName, u64, u8, Option<Version>) {
     let (kind, version) = match record {
         CatalogRecord::Rotation(_) => (0, None),
         CatalogRecord::Release(r) => (1, Some(r.body.version.clone())),
         CatalogRecord::Yank(_) => (2, None),
+        CatalogRecord::Unyank(_) => (3, None),
     };
     (record.name().clone(), record.made_at(), kind, version)
 }

@@ -122,6 +122,7 @@ impl CatalogView<'_> {
                 version: v.clone(),
                 record: *id,
                 yanked: state.is_yanked(v),
+                yank_reason: yank_reason(state.yanks(v)),
                 equivocated: state.is_equivocated(v),
             })
             .collect())
@@ -217,6 +218,24 @@ impl CatalogView<'_> {
         Ok(self.0.lock().state(name)?.releases.contains_key(version))
     }
 
+    /// The yanks of `name@version` that stand (a yank record's id, or that of the rotation that
+    /// carried the yank over), oldest first: what an unyank must name.
+    pub fn standing_yanks(
+        &self,
+        name: &PackageName,
+        version: &Version,
+    ) -> Result<Vec<RecordId>, CatalogError> {
+        let memory = self.0.lock();
+        let state = memory.state(name)?;
+        if !state.releases.contains_key(version) {
+            return Err(CatalogError::VersionNotFound {
+                name: name.clone(),
+                version: version.clone(),
+            });
+        }
+        Ok(state.yanks(version).iter().map(|m| m.id).collect())
+    }
+
     /// The ids of every record the catalog holds.
     #[cfg(test)]
     pub fn record_ids(&self) -> Vec<RecordId> {
@@ -226,5 +245,47 @@ impl CatalogView<'_> {
     /// Whether this node's policy lets `key` own a name it does not know yet.
     pub fn may_own(&self, key: &PublisherKey) -> bool {
         self.0.lock().trust.may_own(key)
+    }
+}
+
+/// The reasons of a version's standing yanks, joined, or `None` when none gives one. A peer's
+/// reason may hold control characters (the record format allows them): they become spaces,
+/// so that what a terminal prints is only text.
+fn yank_reason(yanks: &[super::trust::YankMark]) -> Option<String> {
+    let reasons: Vec<String> = yanks
+        .iter()
+        .map(|m| {
+            let text: String = m
+                .reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            text.trim().to_string()
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::trust::YankMark;
+    use super::yank_reason;
+    use agora_protocol::ContentId;
+
+    /// Reasons are joined, empty ones left out, and a peer's control characters never reach a
+    /// terminal.
+    #[test]
+    fn a_yank_reason_is_plain_text() {
+        let mark = |reason: &str| YankMark {
+            id: ContentId::of(reason.as_bytes()),
+            reason: reason.into(),
+        };
+        assert_eq!(yank_reason(&[]), None);
+        assert_eq!(yank_reason(&[mark(""), mark(" \n")]), None);
+        assert_eq!(
+            yank_reason(&[mark("broken\x1b[2J build\n"), mark(""), mark("leaks a key")]),
+            Some("broken [2J build; leaks a key".into())
+        );
     }
 }

@@ -174,6 +174,7 @@ async fn gossip(
             GossipMessage::Release(r) => records.push((i, *source, CatalogRecord::Release(r))),
             GossipMessage::Yank(r) => records.push((i, *source, CatalogRecord::Yank(r))),
             GossipMessage::Rotation(r) => records.push((i, *source, CatalogRecord::Rotation(r))),
+            GossipMessage::Unyank(r) => records.push((i, *source, CatalogRecord::Unyank(r))),
         }
     }
     if !records.is_empty() {

@@ -30,7 +30,7 @@ use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, PackageHead, RecordError, RecordId, ReleaseBody, ReleaseRecord,
-    RotationBody, Signed, YankBody,
+    RotationBody, Signed, UnyankBody, YankBody,
 };
 use agora_protocol::search::{SearchQuery, SearchResults};
 use agora_protocol::{ContentId, PackageName, PublisherKey, PublisherSecret, Version};
@@ -111,6 +111,8 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error("{name}@{version} is not yanked")]
+    NotYanked { name: PackageName, version: Version },
     #[error("record {0} was refused by this node before")]
     RefusedBefore(RecordId),
     #[error(transparent)]

@@ -306,6 +306,40 @@ impl Registry {
         Ok(yank)
     }
 
+    /// Takes back every standing yank of `name@version` with unyank records signed by the owner
+    /// (one per yank: usually one), and gossips them. Returns how many it undid.
+    pub async fn unyank(
+        self: &Arc<Self>,
+        name: &PackageName,
+        version: &Version,
+        secret: &PublisherSecret,
+    ) -> Result<usize, RegistryError> {
+        let _authoring = self.authoring.lock().await;
+        let standing = self.catalog.view().standing_yanks(name, version)?;
+        if standing.is_empty() {
+            return Err(RegistryError::NotYanked {
+                name: name.clone(),
+                version: version.clone(),
+            });
+        }
+        for undoes in &standing {
+            let unyank = Signed::sign(
+                UnyankBody {
+                    name: name.clone(),
+                    version: version.clone(),
+                    publisher: secret.public(),
+                    undoes: *undoes,
+                    unyanked_at: now(),
+                },
+                secret,
+            )?;
+            self.take_own_checked(CatalogRecord::Unyank(unyank.clone()), true)
+                .await?;
+            self.gossip(GossipMessage::Unyank(unyank)).await?;
+        }
+        Ok(standing.len())
+    }
+
     /// Hands ownership of `name` to `to`, with a rotation record signed by the current owner,
     /// and gossips it.
     pub async fn rotate(

@@ -436,6 +436,7 @@ async fn relay(registry: &Arc<Registry>, records: impl Iterator<Item = CatalogRe
             CatalogRecord::Release(r) => GossipMessage::Release(r),
             CatalogRecord::Yank(y) => GossipMessage::Yank(y),
             CatalogRecord::Rotation(r) => GossipMessage::Rotation(r),
+            CatalogRecord::Unyank(u) => GossipMessage::Unyank(u),
         };
         if let Err(e) = registry.network().publish(msg.to_wire()).await {
             debug!(error = %e, "relaying a synced record failed");

@@ -960,7 +960,7 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 "the store is corrupt: malformed message: OtherString(\"invalid value: integer \
-                 `9`, expected variant index 0 <= i < 3\")",
+                 `9`, expected variant index 0 <= i < 4\")",
                 "reader decodes {reader_decodes}"
             );
         }

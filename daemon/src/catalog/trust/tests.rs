@@ -1,5 +1,7 @@
 use agora_protocol::PublisherSecret;
-use agora_protocol::records::{ArchiveInfo, HeadBody, ReleaseBody, RotationBody, Signed};
+use agora_protocol::records::{
+    ArchiveInfo, HeadBody, ReleaseBody, RotationBody, Signed, UnyankBody, YankBody,
+};
 
 use super::*;
 
@@ -391,4 +393,150 @@ fn heads_move_forward_only() {
         t.admit_head(&head(3, &["1.0.0"])),
         Err(TrustError::Rollback { .. })
     ));
+}
+
+fn yank(
+    name: &str,
+    version: &str,
+    secret: &PublisherSecret,
+    reason: &str,
+) -> (CatalogRecord, RecordId) {
+    let r = CatalogRecord::Yank(
+        Signed::sign(
+            YankBody {
+                name: name.parse().unwrap(),
+                version: version.parse().unwrap(),
+                publisher: secret.public(),
+                yanked_at: 3,
+                reason: reason.into(),
+            },
+            secret,
+        )
+        .unwrap(),
+    );
+    let id = r.id();
+    (r, id)
+}
+
+fn unyank(
+    name: &str,
+    version: &str,
+    secret: &PublisherSecret,
+    undoes: RecordId,
+) -> (CatalogRecord, RecordId) {
+    let r = CatalogRecord::Unyank(
+        Signed::sign(
+            UnyankBody {
+                name: name.parse().unwrap(),
+                version: version.parse().unwrap(),
+                publisher: secret.public(),
+                undoes,
+                unyanked_at: 4,
+            },
+            secret,
+        )
+        .unwrap(),
+    );
+    let id = r.id();
+    (r, id)
+}
+
+/// An unyank takes back exactly the yank it names: a version yanked twice stays yanked until
+/// both are undone, an unyank that comes before its yank waits for it, and only the owner's
+/// unyank counts.
+#[test]
+fn an_unyank_takes_back_the_yank_it_names() {
+    let (a, b) = (key(1), key(2));
+    let v: Version = "1.0.0".parse().unwrap();
+    let mut t = Trust::default();
+    admit(&mut t, &release("pkg", "1.0.0", None, &a, 0)).unwrap();
+    let first = yank("pkg", "1.0.0", &a, "broken build");
+    let second = yank("pkg", "1.0.0", &a, "");
+    let undo_first = unyank("pkg", "1.0.0", &a, first.1);
+    assert_eq!(
+        admit(&mut t, &undo_first),
+        Err(TrustError::UnknownYank {
+            name: "pkg".parse().unwrap(),
+            version: v.clone(),
+            yank: first.1,
+        })
+    );
+    assert!(admit(&mut t, &undo_first).unwrap_err().is_transient());
+    assert_eq!(admit(&mut t, &first), Ok(Admission::Yank));
+    assert_eq!(admit(&mut t, &second), Ok(Admission::Yank));
+    let pkg = |t: &Trust| t.name("pkg").unwrap().clone();
+    assert_eq!(
+        pkg(&t)
+            .yanks(&v)
+            .iter()
+            .map(|m| m.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["broken build", ""]
+    );
+    let forged = unyank("pkg", "1.0.0", &b, first.1);
+    assert!(matches!(
+        admit(&mut t, &forged),
+        Err(TrustError::NotOwner { .. })
+    ));
+    assert_eq!(
+        admit(&mut t, &undo_first),
+        Ok(Admission::Unyank { yanked: true })
+    );
+    assert!(!pkg(&t).installable(&v));
+    assert_eq!(
+        admit(&mut t, &unyank("pkg", "1.0.0", &a, second.1)),
+        Ok(Admission::Unyank { yanked: false })
+    );
+    assert!(pkg(&t).installable(&v));
+    assert_eq!(pkg(&t).yanks(&v), []);
+}
+
+/// A yank a rotation carries over stands under the rotation's id, which the new owner's unyank
+/// names; the old key can no longer take it back.
+#[test]
+fn the_new_owner_can_take_back_a_yank_its_rotation_carried() {
+    let (a, b) = (key(1), key(2));
+    let v: Version = "1.0.0".parse().unwrap();
+    let mut t = Trust::default();
+    let r1 = release("pkg", "1.0.0", None, &a, 0);
+    admit(&mut t, &r1).unwrap();
+    let y = yank("pkg", "1.0.0", &a, "bad");
+    admit(&mut t, &y).unwrap();
+    let rot = CatalogRecord::Rotation(
+        Signed::sign(
+            RotationBody {
+                name: "pkg".parse().unwrap(),
+                from: a.public(),
+                to: b.public(),
+                last: r1.1,
+                yanked: vec![v.clone()],
+                rotated_at: 5,
+            },
+            &a,
+        )
+        .unwrap(),
+    );
+    let rid = rot.id();
+    t.admit(&rot, rid).unwrap();
+    let carried = t.name("pkg").unwrap().yanks(&v).to_vec();
+    assert_eq!(
+        carried,
+        [YankMark {
+            id: rid,
+            reason: String::new()
+        }]
+    );
+    assert!(matches!(
+        admit(&mut t, &unyank("pkg", "1.0.0", &a, y.1)),
+        Err(TrustError::NotOwner { .. })
+    ));
+    assert!(matches!(
+        admit(&mut t, &unyank("pkg", "1.0.0", &b, y.1)),
+        Err(TrustError::UnknownYank { .. })
+    ));
+    assert_eq!(
+        admit(&mut t, &unyank("pkg", "1.0.0", &b, rid)),
+        Ok(Admission::Unyank { yanked: false })
+    );
+    assert!(t.name("pkg").unwrap().installable(&v));
 }
