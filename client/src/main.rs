@@ -71,8 +71,16 @@ enum Command {
     },
     /// Show this node's status.
     Status,
-    /// Create this node's publisher key.
-    Keygen,
+    /// Create this node's publisher key, or with --network a private network's key.
+    Keygen {
+        /// Make a new private network's key file instead (no daemon needed): give it to each
+        /// member, which starts with 'agorad --network-key FILE'.
+        #[arg(long)]
+        network: bool,
+        /// Where to write the network key (default: network.key in the node's keys directory).
+        #[arg(long, value_name = "FILE", requires = "network")]
+        out: Option<PathBuf>,
+    },
     /// Publish the package in DIR (default: the current directory).
     Publish {
         /// The package directory (default: the current directory).
@@ -500,7 +508,14 @@ fn run(cli: Cli) -> Result<Output, Failure> {
     match cli.command {
         Command::Node { action } => node::run(action, json),
         Command::Status => Ok(show::status(&client()?.status().map_err(explain)?)),
-        Command::Keygen => {
+        Command::Keygen { network: true, out } => {
+            let file = match out {
+                Some(f) => f,
+                None => paths()?.keys_dir.join("network.key"),
+            };
+            node::network_key(&file)
+        }
+        Command::Keygen { .. } => {
             let key = client()?.keygen().map_err(explain)?;
             let text = format!("created publisher key {key}");
             Ok(Output::new(json!({ "publisher": key }), text))

@@ -285,3 +285,58 @@ fn repair(paths: &Paths, args: &[String]) -> Result<Output, Failure> {
         );
     }))
 }
+
+/// `keygen --network`: writes a new private network's key to `file` (the swarm.key format of
+/// IPFS and libp2p, 32 random bytes in hex), readable by this user only, never over an
+/// existing file (that would lock this node out of the network the old key made).
+pub fn network_key(file: &Path) -> Result<Output, Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |e: std::io::Error| {
+        Failure::new(
+            1,
+            format!("{}: {e}", file.display()),
+            "choose another file with --out FILE",
+        )
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| Failure::new(1, format!("no randomness: {e}"), "try again"))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Failure::new(
+                    1,
+                    format!("{} already exists", file.display()),
+                    "a new key would make a new network: keep that file, or choose another \
+                     with --out FILE",
+                )
+            } else {
+                io(e)
+            }
+        })?;
+    out.write_all(format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n").as_bytes())
+        .and_then(|()| out.sync_all())
+        .map_err(io)?;
+    let path = file.display().to_string();
+    Ok(Output::new(
+        json!({ "network_key": path }),
+        format!(
+            "wrote a new network key to {path}\ngive a copy to each member (privately) and start \
+             each node with 'agora node start -- --network-key FILE' (or network_key = \"FILE\" \
+             in config.toml)"
+        ),
+    ))
+}

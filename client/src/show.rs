@@ -19,6 +19,11 @@ pub fn status(s: &StatusInfo) -> Output {
             "peers         {} connected, {} in the routing table",
             s.peers, s.routing_table
         ));
+        if let Some(fingerprint) = &s.private_network {
+            w.line(format!(
+                "network       private (key {fingerprint}): members only, TCP only"
+            ));
+        }
         w.line(format!(
             "catalog       {}, {}",
             count(s.catalog_size, "record"),

@@ -62,6 +62,10 @@ struct Args {
     /// Export traces and metrics over OTLP/HTTP to this collector (http://HOST:PORT).
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Join the private network of this key file (made by 'agora keygen --network'): only
+    /// nodes with the same key can connect, over TCP only.
+    #[arg(long, value_name = "FILE")]
+    network_key: Option<std::path::PathBuf>,
     /// Check the store and repair it if it is damaged, print what was done (JSON) and exit:
     /// the damaged database is set aside, never deleted (what `agora node repair` runs).
     #[arg(long)]
@@ -79,6 +83,7 @@ fn main() {
         log_level: args.log_level,
         http: args.http,
         otlp_endpoint: args.otlp_endpoint,
+        network_key: args.network_key,
     };
     let repair_only = args.repair;
     let config = match Config::load(&PathEnv::from_process(), |k| std::env::var(k).ok(), flags) {

@@ -240,6 +240,9 @@ pub struct StatusInfo {
     /// The repair of a damaged store this start made, if it made one.
     pub repair: Option<RepairInfo>,
     pub store_check: StoreCheck,
+    /// The fingerprint of the private network's key this node is in (`None`: the open
+    /// network).
+    pub private_network: Option<String>,
 }
 
 /// What a repair of a damaged store found and recovered, and from where.

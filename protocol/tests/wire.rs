@@ -261,6 +261,7 @@ proptest! {
                 blobs_kept: 2, blobs_dropped: 1, from_peers: vec![(addr.clone(), id)],
             }),
             store_check: ipc::StoreCheck::Damaged(addr.clone()),
+            private_network: Some(addr.clone()),
         };
         round_trip(&ClientMessage::Request { id, request: Request::SetLogLevel { filter: addr.clone() } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::LogLevel { filter: addr.clone() }) });

@@ -415,17 +415,24 @@ async fn a_flood_of_valid_records_is_held_to_the_flooders_budget_and_honest_rele
     // gossipsub graylists it: the rest of the flood is dropped before validation.
     let over = nodes[0].0.metrics.gossip_over_budget.get();
     assert!(over >= 1, "node 0 dropped {over} over budget");
-    let score = nodes[0]
-        .0
-        .network
-        .gossip_score(hostile_id)
-        .await
-        .unwrap()
-        .expect("the flooder is scored");
-    assert!(
-        score < -80.0,
-        "the flooder's score {score} is not below the graylist threshold"
-    );
+    // The rejections reach the score as node 0 works through what the flooder sent, which
+    // on a loaded machine goes on after the honest release has spread.
+    let network = nodes[0].0.network.clone();
+    converge(
+        "the flooder's score falls below the graylist threshold",
+        DEADLINE,
+        || {
+            let network = network.clone();
+            async move {
+                let score = network.gossip_score(hostile_id).await.unwrap();
+                match score {
+                    Some(s) if s < -80.0 => Ok(()),
+                    other => Err(format!("score {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
     let _ = stop.send(());
     driver.await.unwrap();
     for (n, _) in nodes {

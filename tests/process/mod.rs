@@ -33,6 +33,8 @@ pub struct Daemon {
     pub args: Vec<String>,
     /// Extra environment for agorad.
     env: Vec<(String, String)>,
+    /// The network namespace agorad runs in (the network lab's hosts); `None`: this one.
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -69,6 +71,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: None,
         }
     }
 
@@ -86,7 +89,25 @@ impl Daemon {
     pub fn try_launch(&mut self) -> Output {
         let mut cmd = vec!["--json", "node", "start", "--"];
         cmd.extend(self.args.iter().map(String::as_str));
-        let out = self.command(&cmd).envs(self.env.clone()).output().unwrap();
+        let mut start = self.command(&cmd);
+        if let Some(ns) = &self.netns {
+            // `agora node start` in the namespace starts agorad there; the socket it answers
+            // on is a file, reached from anywhere.
+            let agora = start.get_program().to_owned();
+            let mut wrapped = Command::new("ip");
+            wrapped
+                .args(["netns", "exec", ns])
+                .arg(agora)
+                .args(start.get_args());
+            for (k, v) in start.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            start = wrapped;
+        }
+        let out = start.envs(self.env.clone()).output().unwrap();
         if !out.status.success() {
             return out;
         }

@@ -81,6 +81,8 @@ pub struct Context {
     pub started: Instant,
     /// The HTTP gateway's address, when it is on.
     pub http: Option<SocketAddr>,
+    /// The fingerprint of the private network's key, when the node is in one.
+    pub private_network: Option<String>,
     /// This node's publisher key (hex) once it is known: read from its file at most until it
     /// exists, instead of on every `status`.
     pub(crate) publisher: OnceLock<String>,
@@ -102,6 +104,7 @@ impl Context {
             log: None,
             started: Instant::now(),
             http: None,
+            private_network: None,
             publisher: OnceLock::new(),
         }
     }

@@ -45,6 +45,7 @@ pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {
         data_dir: ctx.paths.data_dir.display().to_string(),
         repair: registry.repair(),
         store_check: registry.store_check(),
+        private_network: ctx.private_network.clone(),
     }))
 }
 

@@ -12,6 +12,7 @@
 //! http_hosts = ["agora.lan"]    # host names it answers for besides localhost and IP addresses
 //! otlp_endpoint = "http://127.0.0.1:4318"  # OpenTelemetry export (off when absent)
 //! repair = "auto"               # a damaged store found at start: "auto" repairs it, "off" refuses to start
+//! network_key = "/etc/agora/team.key"  # a private network: only nodes with this key connect (TCP only)
 //!
 //! [trust]
 //! allowlist = []                # publisher keys (hex); empty = trust on first use
@@ -26,6 +27,8 @@ use agora_protocol::PublisherKey;
 use agora_protocol::manifest::line_col;
 use agora_protocol::paths::{NoHome, PathEnv, Paths};
 use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PreSharedKey;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -58,6 +61,16 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("{flag}: {message}")]
     Flag { flag: String, message: String },
+    #[error("network key {path}: {message}", path = .path.display())]
+    NetworkKey { path: PathBuf, message: String },
+    /// A private network runs on TCP only (libp2p's pnet protects TCP streams).
+    #[error(
+        "{addr}: a private network (network_key) runs on TCP only; remove the QUIC address from `{setting}`"
+    )]
+    PrivateQuic {
+        addr: Multiaddr,
+        setting: &'static str,
+    },
     #[error(transparent)]
     NoHome(#[from] NoHome),
 }
@@ -74,6 +87,7 @@ struct FileConfig {
     http_hosts: Option<Vec<Spanned<String>>>,
     otlp_endpoint: Option<Spanned<String>>,
     repair: Option<Spanned<String>>,
+    network_key: Option<Spanned<String>>,
     trust: Option<TrustSection>,
 }
 
@@ -94,6 +108,7 @@ pub struct Flags {
     pub log_level: Option<String>,
     pub http: Option<SocketAddr>,
     pub otlp_endpoint: Option<String>,
+    pub network_key: Option<PathBuf>,
 }
 
 /// The resolved configuration of one daemon.
@@ -117,6 +132,66 @@ pub struct Config {
     pub trust: TrustPolicy,
     /// What to do with a store found damaged at start.
     pub repair: RepairMode,
+    /// The pre-shared key of a private network: only nodes that hold it can connect.
+    pub network_key: Option<NetworkKey>,
+}
+
+/// A private network's pre-shared key (libp2p pnet), read from its file.
+#[derive(Clone)]
+pub struct NetworkKey {
+    pub path: PathBuf,
+    pub psk: PreSharedKey,
+}
+
+impl std::fmt::Debug for NetworkKey {
+    /// The fingerprint only: the key is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NetworkKey({}, {})",
+            self.path.display(),
+            self.psk.fingerprint()
+        )
+    }
+}
+
+/// Largest network key file read (the format's key is 95 bytes).
+const MAX_NETWORK_KEY_BYTES: u64 = 1024;
+
+impl NetworkKey {
+    /// Reads and parses the key file at `path` (the swarm.key format of IPFS and libp2p:
+    /// `/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits), refusing one that other users can
+    /// read (the key is what keeps the network private).
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |message: String| ConfigError::NetworkKey {
+            path: path.to_owned(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.len() > MAX_NETWORK_KEY_BYTES {
+            return Err(bad(format!(
+                "{} bytes; a network key file is at most {MAX_NETWORK_KEY_BYTES}",
+                meta.len()
+            )));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "other users can read it (mode {:o}); make it private with chmod 600",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let psk = text.parse::<PreSharedKey>().map_err(|e| {
+            bad(format!(
+                "not a network key ({e}); make one with 'agora keygen --network'"
+            ))
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            psk,
+        })
+    }
 }
 
 impl Config {
@@ -145,16 +220,25 @@ impl Config {
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
             repair: RepairMode::Auto,
+            network_key: None,
         };
+        let mut key_file = None;
         match read_bounded(&file_path) {
-            Ok(text) => config.apply_file(&file_path, &text)?,
+            Ok(text) => key_file = config.apply_file(&file_path, &text)?,
             Err(ConfigError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && !explicit => {}
             Err(e) => return Err(e),
         }
+        let default_listen = config.listen == self::default_listen();
+        if let Some(key) = vars("AGORA_NETWORK_KEY") {
+            key_file = Some(PathBuf::from(key));
+        }
         config.apply_env(vars)?;
         if !flags.listen.is_empty() {
             config.listen = flags.listen;
+        }
+        if let Some(key) = flags.network_key {
+            key_file = Some(key);
         }
         config.bootstrap.extend(flags.bootstrap);
         if flags.no_mdns {
@@ -176,7 +260,32 @@ impl Config {
                     message,
                 })?);
         }
+        if let Some(path) = key_file {
+            config.network_key = Some(NetworkKey::read(&path)?);
+            config.private_transports(default_listen && config.listen == self::default_listen())?;
+        }
         Ok(config)
+    }
+
+    /// With a network key: listens on TCP only (the defaults lose their QUIC address) and
+    /// refuses a QUIC address anyone configured, naming it.
+    fn private_transports(&mut self, default_listen: bool) -> Result<(), ConfigError> {
+        let quic = |a: &Multiaddr| {
+            a.iter()
+                .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
+        };
+        if default_listen {
+            self.listen.retain(|a| !quic(a));
+        }
+        for (list, setting) in [(&self.listen, "listen"), (&self.bootstrap, "bootstrap")] {
+            if let Some(addr) = list.iter().find(|a| quic(a)) {
+                return Err(ConfigError::PrivateQuic {
+                    addr: addr.clone(),
+                    setting,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A node of a local network (testnets, benches): everything under `home`, one loopback
@@ -199,10 +308,13 @@ impl Config {
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
             repair: RepairMode::Auto,
+            network_key: None,
         })
     }
 
-    fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    /// Applies the config file; returns the network key file it names (relative to the
+    /// file's directory), read once every layer has had its say.
+    fn apply_file(&mut self, path: &Path, text: &str) -> Result<Option<PathBuf>, ConfigError> {
         let at = |span: Option<Range<usize>>, message: String| {
             let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
             ConfigError::File {
@@ -273,7 +385,10 @@ impl Config {
                 .collect::<Result<HashSet<_>, _>>()?;
             self.trust = TrustPolicy::Allowlist(keys);
         }
-        Ok(())
+        Ok(file.network_key.map(|k| {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            dir.join(k.get_ref())
+        }))
     }
 
     fn apply_env(&mut self, vars: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -581,5 +696,74 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    /// A network key makes the node TCP only: the default listen addresses lose their QUIC
+    /// one, and a QUIC address anyone configured is refused, named; a key file other users can
+    /// read, or one that is not a key, is refused with the file's name.
+    #[test]
+    fn a_network_key_means_tcp_only_and_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("team.key");
+        let hex = "ab".repeat(32);
+        std::fs::write(&key, format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let with_key = |listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>| Flags {
+            network_key: Some(key.clone()),
+            listen,
+            bootstrap,
+            ..Flags::default()
+        };
+        let c = Config::load(&home(dir.path()), |_| None, with_key(vec![], vec![])).unwrap();
+        let expected: Multiaddr = format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}").parse().unwrap();
+        assert_eq!(c.listen, vec![expected]);
+        let file = format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}");
+        assert_eq!(
+            c.network_key.unwrap().psk,
+            file.parse::<PreSharedKey>().unwrap()
+        );
+
+        let quic: Multiaddr = "/ip4/0.0.0.0/udp/4101/quic-v1".parse().unwrap();
+        for (flags, setting) in [
+            (with_key(vec![quic.clone()], vec![]), "listen"),
+            (with_key(vec![], vec![quic.clone()]), "bootstrap"),
+        ] {
+            let err = Config::load(&home(dir.path()), |_| None, flags).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{quic}: a private network (network_key) runs on TCP only; remove the QUIC \
+                     address from `{setting}`"
+                )
+            );
+        }
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, with_key(vec![], vec![])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "network key {}: other users can read it (mode 644); make it private with chmod 600",
+                key.display()
+            )
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, with_key(vec![], vec![])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("network key {}: not a network key", key.display())),
+            "{err}"
+        );
+        // From the config file, a relative path is the config directory's.
+        std::fs::write(&key, format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "network_key = \"team.key\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.network_key.unwrap().path, dir.path().join("team.key"));
     }
 }

@@ -128,6 +128,14 @@ impl Daemon {
             None => None,
         };
         network.enable_mdns = config.mdns;
+        if let Some(key) = &config.network_key {
+            network.psk = Some(key.psk);
+            info!(
+                fingerprint = %key.psk.fingerprint(),
+                file = %key.path.display(),
+                "private network: only nodes with this key can connect, over TCP only"
+            );
+        }
         if let Some(addr) = taken(&config.listen) {
             return Err(DaemonError::InUse { addr });
         }
@@ -166,6 +174,8 @@ impl Daemon {
         );
         ctx.log = log;
         ctx.http = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+        ctx.private_network =
+            (config.network_key.as_ref()).map(|k| k.psk.fingerprint().to_string());
         let ctx = Arc::new(ctx);
         let gateway = Arc::new(Gateway {
             ctx: ctx.clone(),

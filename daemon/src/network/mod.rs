@@ -18,6 +18,8 @@ pub use settings::NetworkConfig;
 
 use std::sync::Arc;
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::{SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,29 +38,45 @@ pub struct Network {
     pub task: JoinHandle<()>,
 }
 
-/// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS) and spawns its event loop on the current
-/// tokio runtime. The swarm's and the event loop's metrics go to `metrics`.
+/// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS; in a private network TCP + pnet + Noise +
+/// Yamux and DNS) and spawns its event loop on the current tokio runtime. The swarm's and the
+/// event loop's metrics go to `metrics`.
 pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
+    let idle = config.idle_connection_timeout;
     let swarm = metrics.with_registry(|prom| -> Result<_, BuildError> {
-        Ok(SwarmBuilder::with_existing_identity(config.keypair.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| err(&e))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| err(&e))?
-            .with_bandwidth_metrics(prom)
-            .with_behaviour(|key| {
-                behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
-            })
-            .map_err(|e| err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
-            .build())
+        let builder = SwarmBuilder::with_existing_identity(config.keypair.clone()).with_tokio();
+        Ok(match config.psk {
+            None => builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| err(&e))?
+                .with_quic()
+                .with_dns()
+                .map_err(|e| err(&e))?
+                .with_bandwidth_metrics(prom)
+                .with_behaviour(|key| {
+                    behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
+                })
+                .map_err(|e| err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build(),
+            Some(psk) => builder
+                .with_other_transport(|key| private_transport(key, psk))
+                .map_err(|e| err(&e))?
+                .with_dns()
+                .map_err(|e| err(&e))?
+                .with_bandwidth_metrics(prom)
+                .with_behaviour(|key| {
+                    behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
+                })
+                .map_err(|e| err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build(),
+        })
     })?;
     let peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
@@ -71,6 +89,28 @@ pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, Bu
         events: event_rx,
         task,
     })
+}
+
+/// TCP whose every stream is first protected with the private network's key (pnet's XSalsa20
+/// with a nonce each way), then authenticated with Noise and multiplexed with Yamux as on the
+/// open network: a peer without the key fails before Noise, having learnt nothing.
+fn private_transport(
+    key: &libp2p::identity::Keypair,
+    psk: libp2p::pnet::PreSharedKey,
+) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    use libp2p::Transport;
+    use libp2p::core::upgrade::Version;
+    use libp2p::pnet::PnetConfig;
+    let noise = noise::Config::new(key)?;
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
 }
 
 #[cfg(test)]

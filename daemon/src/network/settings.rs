@@ -13,6 +13,10 @@ pub struct NetworkConfig {
     pub keypair: Keypair,
     /// Discover peers on the LAN with mDNS.
     pub enable_mdns: bool,
+    /// A private network's pre-shared key: every connection is TCP, protected with it (pnet)
+    /// under Noise, so a node without the key cannot connect at all. `None`: the open network
+    /// (TCP and QUIC).
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
     /// Connections idle for this long are closed. libp2p's 10 s default closes connections
     /// between request-response exchanges; a minute keeps catalog peers connected.
     pub idle_connection_timeout: Duration,
@@ -81,6 +85,7 @@ impl NetworkConfig {
         Self {
             keypair,
             enable_mdns: false,
+            psk: None,
             idle_connection_timeout: Duration::from_secs(120),
             gossip_heartbeat: Duration::from_secs(1),
             query_timeout: Duration::from_secs(30),

@@ -1,0 +1,23 @@
+//! Real `agorad` processes on emulated networks: each node in a network namespace of its own
+//! (its own address and stack), on LANs, behind NAT routers, on shaped links (see `net.rs`).
+//! The `agora` CLI drives every node from outside, through its socket. These tests need root:
+//! they fail, saying so, where the lab cannot be built.
+
+#[path = "../process/mod.rs"]
+mod process;
+
+mod lan;
+mod nat;
+mod net;
+mod private;
+
+use net::Host;
+use process::Daemon;
+
+/// Starts agorad inside `host`'s namespace with its default configuration and `args`.
+fn node_on(host: &Host, args: &[&str]) -> Daemon {
+    let mut node = Daemon::prepare(&[], args);
+    node.netns = Some(host.ns.clone());
+    node.launch();
+    node
+}
