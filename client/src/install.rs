@@ -68,6 +68,23 @@ struct Staged<'a> {
     release: &'a ReleaseInfo,
     dir: PathBuf,
     files: FileHashes,
+    /// Its archive came through a relay.
+    relayed: bool,
+}
+
+/// A note for each staged release whose archive came through a relay.
+fn relay_notes(staged: &[Staged<'_>]) -> Vec<String> {
+    staged
+        .iter()
+        .filter(|s| s.relayed)
+        .map(|s| {
+            format!(
+                "note: {}@{} came through a relay: no direct connection to its providers could \
+                 be made (both sides behind NATs that allow none)",
+                s.release.name, s.release.version
+            )
+        })
+        .collect()
 }
 
 /// Fetches, verifies and unpacks one release into `.agora/packages/.new-NAME`.
@@ -124,6 +141,7 @@ fn stage<'a>(
         release: r,
         dir: staging,
         files,
+        relayed: fetched.relayed,
     })
 }
 
@@ -341,7 +359,10 @@ fn apply(
         .cloned()
         .collect();
     let staged = stage_all(client, project, &changed, json)?;
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        notes: relay_notes(&staged),
+        ..Changes::default()
+    };
     swap_all(project, staged, &mut lock, |lock, entry| {
         match lock.get(&entry.name) {
             Some(old) => changes.updated.push((
@@ -405,7 +426,10 @@ fn install_locked(
         releases.push(r);
     }
     let staged = stage_all(client, project, &releases, json)?;
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        notes: relay_notes(&staged),
+        ..Changes::default()
+    };
     swap_all(project, staged, &mut lock, |_, entry| {
         changes.installed.push(entry.clone())
     })?;

@@ -19,6 +19,14 @@ pub fn status(s: &StatusInfo) -> Output {
             "peers         {} connected, {} in the routing table",
             s.peers, s.routing_table
         ));
+        w.line(format!(
+            "reachable     {}",
+            match s.reachability.as_str() {
+                "public" => "yes: peers can dial this node",
+                "private" => "only through relays (behind a NAT or firewall)",
+                _ => "not known yet",
+            }
+        ));
         if let Some(fingerprint) = &s.private_network {
             w.line(format!(
                 "network       private (key {fingerprint}): members only, TCP only"
@@ -246,9 +254,10 @@ pub fn peers(p: &[PeerInfo]) -> Output {
             w.line("no peers connected");
         }
         for p in peers {
+            let via = if p.relayed { "relayed" } else { "direct " };
             w.line(match p.score {
-                Some(s) => format!("{}  score {s:.3}", p.peer_id),
-                None => format!("{}  banned", p.peer_id),
+                Some(s) => format!("{}  {via}  score {s:.3}", p.peer_id),
+                None => format!("{}  {via}  banned", p.peer_id),
             });
         }
     })

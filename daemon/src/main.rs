@@ -47,6 +47,10 @@ struct Args {
     /// Peer to join through, with /p2p/PEERID (repeatable).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
+    /// An address peers reach this node at, when it is publicly reachable (a server):
+    /// taken as confirmed, so it serves as a relay at once (repeatable).
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    external: Vec<Multiaddr>,
     /// Do not discover peers on the local network with mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -78,6 +82,7 @@ fn main() {
         config_file: args.config,
         listen: args.listen,
         bootstrap: args.bootstrap,
+        external: args.external,
         no_mdns: args.no_mdns,
         cache_quota: args.cache_quota,
         log_level: args.log_level,

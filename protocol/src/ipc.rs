@@ -243,6 +243,9 @@ pub struct StatusInfo {
     /// The fingerprint of the private network's key this node is in (`None`: the open
     /// network).
     pub private_network: Option<String>,
+    /// Whether peers can dial this node: `public`, `private` (behind a NAT or firewall:
+    /// reached through relays) or `unknown` (not tested yet).
+    pub reachability: String,
 }
 
 /// What a repair of a damaged store found and recovered, and from where.
@@ -269,6 +272,8 @@ pub struct PeerInfo {
     pub peer_id: String,
     /// Reputation score (higher is better; banned peers have none).
     pub score: Option<f64>,
+    /// Every connection to it goes through a relay (no direct one could be made yet).
+    pub relayed: bool,
 }
 
 /// One release, as the CLI shows and locks it.
@@ -336,6 +341,8 @@ pub struct FetchedInfo {
     pub cached: bool,
     /// Providers that delivered chunks.
     pub providers: Vec<String>,
+    /// Some of it came through a relay: no direct connection to those providers could be made.
+    pub relayed: bool,
 }
 
 /// Progress of a long operation.

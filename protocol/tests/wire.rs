@@ -262,6 +262,7 @@ proptest! {
             }),
             store_check: ipc::StoreCheck::Damaged(addr.clone()),
             private_network: Some(addr.clone()),
+            reachability: "private".into(),
         };
         round_trip(&ClientMessage::Request { id, request: Request::SetLogLevel { filter: addr.clone() } });
         round_trip(&ServerMessage::Response { id, result: Ok(Response::LogLevel { filter: addr.clone() }) });

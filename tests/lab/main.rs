@@ -10,6 +10,7 @@ mod lan;
 mod nat;
 mod net;
 mod private;
+mod traversal;
 
 use net::Host;
 use process::Daemon;
@@ -20,4 +21,23 @@ fn node_on(host: &Host, args: &[&str]) -> Daemon {
     node.netns = Some(host.ns.clone());
     node.launch();
     node
+}
+
+/// Prints the last lines of each node's log if the test panics while it is alive: what
+/// happened on hosts of their own is otherwise lost with their homes.
+struct LogsOnPanic<'a>(Vec<(&'static str, &'a Daemon)>);
+
+impl Drop for LogsOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (name, node) in &self.0 {
+            let out = node.agora(&["node", "logs", "-n", "150"]);
+            eprintln!(
+                "---- log of {name}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
 }

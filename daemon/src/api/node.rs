@@ -46,6 +46,7 @@ pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {
         repair: registry.repair(),
         store_check: registry.store_check(),
         private_network: ctx.private_network.clone(),
+        reachability: info.reachability.as_str().into(),
     }))
 }
 
@@ -53,15 +54,16 @@ pub(super) async fn status(ctx: &Context) -> Result<Response, IpcError> {
 pub(super) async fn peers(ctx: &Context) -> Result<Response, IpcError> {
     let registry = &ctx.registry;
     let net = &ctx.network;
-    let peers = net.peers().await.map_err(network)?;
+    let info = net.info().await.map_err(network)?;
     Ok(Response::Peers(
-        peers
+        info.connected_peers
             .into_iter()
             .map(|p| {
                 let score = registry.reputation_of(&p).1;
                 PeerInfo {
                     peer_id: p.to_string(),
                     score: score.is_finite().then_some(score),
+                    relayed: info.relayed_peers.contains(&p),
                 }
             })
             .collect(),

@@ -7,8 +7,8 @@ use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessa
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 
 use super::{
-    Context, Outbox, bad, name, progress, release_info, version, with_lookup, with_suggestion,
-    yank_of,
+    Context, Outbox, bad, name, network, progress, release_info, version, with_lookup,
+    with_suggestion, yank_of,
 };
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
@@ -175,7 +175,16 @@ pub(super) async fn fetch(
     })
     .await?;
     let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
+    let relayed_peers = match fetched.served_by.is_empty() {
+        true => Vec::new(),
+        false => ctx.network.info().await.map_err(network)?.relayed_peers,
+    };
+    let relayed = fetched
+        .served_by
+        .iter()
+        .any(|(p, _)| relayed_peers.contains(p));
     Ok(Response::Fetched(FetchedInfo {
+        relayed,
         path: fetched.path.display().to_string(),
         sha256: ContentId::to_hex(&fetched.content),
         size: fetched.size,

@@ -5,6 +5,7 @@
 //! ```toml
 //! listen = ["/ip4/0.0.0.0/tcp/4101", "/ip4/0.0.0.0/udp/4101/quic-v1"]
 //! bootstrap = ["/ip4/192.0.2.7/tcp/4101/p2p/12D3KooW..."]
+//! external = ["/ip4/192.0.2.7/tcp/4101"]  # where peers reach this node, if it is public
 //! mdns = true
 //! cache_quota = 1073741824      # bytes of fetched archives kept
 //! log_level = "info"
@@ -80,6 +81,7 @@ pub enum ConfigError {
 struct FileConfig {
     listen: Option<Vec<Spanned<String>>>,
     bootstrap: Option<Vec<Spanned<String>>>,
+    external: Option<Vec<Spanned<String>>>,
     mdns: Option<bool>,
     cache_quota: Option<u64>,
     log_level: Option<String>,
@@ -103,6 +105,7 @@ pub struct Flags {
     pub config_file: Option<PathBuf>,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    pub external: Vec<Multiaddr>,
     pub no_mdns: bool,
     pub cache_quota: Option<u64>,
     pub log_level: Option<String>,
@@ -117,6 +120,9 @@ pub struct Config {
     pub paths: Paths,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses peers reach this node at, declared by its operator (a public server): taken
+    /// as confirmed, so the node serves as a relay and is known to be reachable at once.
+    pub external: Vec<Multiaddr>,
     pub mdns: bool,
     pub cache_quota: u64,
     pub log_level: String,
@@ -212,6 +218,7 @@ impl Config {
             paths,
             listen: default_listen(),
             bootstrap: Vec::new(),
+            external: Vec::new(),
             mdns: true,
             cache_quota: DEFAULT_CACHE_QUOTA,
             log_level: "info".into(),
@@ -241,6 +248,7 @@ impl Config {
             key_file = Some(key);
         }
         config.bootstrap.extend(flags.bootstrap);
+        config.external.extend(flags.external);
         if flags.no_mdns {
             config.mdns = false;
         }
@@ -300,6 +308,7 @@ impl Config {
             paths,
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
             bootstrap: Vec::new(),
+            external: Vec::new(),
             mdns: false,
             cache_quota: DEFAULT_CACHE_QUOTA,
             log_level: "warn".into(),
@@ -340,6 +349,9 @@ impl Config {
         }
         if let Some(b) = file.bootstrap {
             self.bootstrap = addrs(b)?;
+        }
+        if let Some(e) = file.external {
+            self.external = addrs(e)?;
         }
         if let Some(m) = file.mdns {
             self.mdns = m;
@@ -411,6 +423,9 @@ impl Config {
         }
         if let Some(b) = list("AGORA_BOOTSTRAP")? {
             self.bootstrap = b;
+        }
+        if let Some(e) = list("AGORA_EXTERNAL")? {
+            self.external = e;
         }
         if let Some(v) = vars("AGORA_MDNS") {
             self.mdns = match v.as_str() {

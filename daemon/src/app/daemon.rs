@@ -128,6 +128,7 @@ impl Daemon {
             None => None,
         };
         network.enable_mdns = config.mdns;
+        network.external_addrs = config.external.clone();
         if let Some(key) = &config.network_key {
             network.psk = Some(key.psk);
             info!(

@@ -1,5 +1,7 @@
 //! The composed libp2p behaviour: Kademlia, Gossipsub, Identify, Ping, the sync and fetch
-//! request-response protocols, connection limits, a list of blocked peers and optional mDNS.
+//! request-response protocols, connection limits, a list of blocked peers, optional mDNS, and
+//! what crosses NATs: AutoNAT v2 (both sides), circuit relay v2 (serving, and reserving slots
+//! as a client) and DCUtR (hole punching a relayed connection into a direct one).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -11,8 +13,8 @@ use agora_protocol::messages::{
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping,
-    request_response,
+    StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad,
+    mdns, ping, relay, request_response,
 };
 
 use super::codec::WireCodec;
@@ -46,6 +48,15 @@ pub struct Behaviour {
     pub sync: SyncBehaviour,
     pub fetch: FetchBehaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Serving as a relay for peers behind NATs (with the limits of [`relay_config`]).
+    pub relay: relay::Behaviour,
+    /// Reserving slots on relays, and dialing peers through them.
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+    /// Asking peers to dial our observed addresses back (are we reachable?).
+    pub autonat: autonat::v2::client::Behaviour,
+    /// Dialing back the addresses peers ask us to test.
+    pub autonat_server: autonat::v2::server::Behaviour,
 }
 
 /// The gossip topic.
@@ -56,6 +67,7 @@ pub fn topic() -> gossipsub::IdentTopic {
 impl Behaviour {
     pub fn new(
         key: &libp2p::identity::Keypair,
+        relay_client: relay::client::Behaviour,
         cfg: &NetworkConfig,
         metrics: &mut prometheus_client::registry::Registry,
     ) -> Result<Self, String> {
@@ -120,6 +132,9 @@ impl Behaviour {
 
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                // A relayed address gained later reaches connected peers (the relay among
+                // them, which answers provider lookups with it) without waiting.
+                .with_push_listen_addr_updates(true)
                 .with_agent_version(format!("agorad/{}", env!("CARGO_PKG_VERSION"))),
         );
         let ping = ping::Behaviour::new(ping::Config::new());
@@ -156,7 +171,24 @@ impl Behaviour {
             sync,
             fetch,
             mdns: mdns.into(),
+            relay: relay::Behaviour::new(peer_id, relay_config(cfg)),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::v2::client::Behaviour::default(),
+            autonat_server: autonat::v2::server::Behaviour::default(),
         })
+    }
+}
+
+/// What this node gives peers behind NATs as their relay. A circuit carries sync and small
+/// fetches until the two ends punch a hole and go direct; where they cannot (symmetric NATs
+/// on both sides) it carries the whole archive, up to `relay_circuit_bytes`. libp2p's own
+/// defaults (128 KiB, 2 minutes) would end such a fetch after its first chunk.
+fn relay_config(cfg: &NetworkConfig) -> relay::Config {
+    relay::Config {
+        max_circuit_bytes: cfg.relay_circuit_bytes,
+        max_circuit_duration: cfg.relay_circuit_duration,
+        ..relay::Config::default()
     }
 }
 

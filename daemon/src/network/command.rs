@@ -49,6 +49,10 @@ pub enum RecordQuorum {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkInfo {
     pub peer_id: PeerId,
+    /// Whether peers can dial this node (else it is reached through its relays).
+    pub reachability: super::Reachability,
+    /// Connected peers whose every connection goes through a relay.
+    pub relayed_peers: Vec<PeerId>,
     pub listen_addrs: Vec<Multiaddr>,
     pub external_addrs: Vec<Multiaddr>,
     pub connected_peers: Vec<PeerId>,

@@ -10,7 +10,7 @@
 //! This file is the loop itself and its upkeep (maintenance, keeping peers, gauges);
 //! `commands.rs` answers commands and `events.rs` handles what the swarm reports.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,9 @@ use rand::seq::SliceRandom;
 
 mod commands;
 mod events;
+mod nat;
+
+pub use nat::Reachability;
 
 /// Most commands handled between two polls of the swarm.
 const COMMAND_BATCH: usize = 64;
@@ -87,6 +90,11 @@ pub struct EventLoop {
     gossip_budget: GossipBudget,
     /// The remote address of each open connection (to judge the addresses its peer lists).
     remotes: HashMap<ConnectionId, Multiaddr>,
+    /// The open connections this node dialed (the others were dialed to it).
+    dialers: HashSet<ConnectionId>,
+    /// Each connected peer's open connections.
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    nat: nat::Nat,
 }
 
 impl EventLoop {
@@ -97,6 +105,7 @@ impl EventLoop {
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let nat = nat::Nat::declared(&swarm);
         Self {
             swarm,
             query_grace: config.query_grace,
@@ -116,6 +125,9 @@ impl EventLoop {
             fetch: Exchanges::new(config.fetch_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),
+            dialers: HashSet::new(),
+            connections: HashMap::new(),
+            nat,
         }
     }
 

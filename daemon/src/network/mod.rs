@@ -13,6 +13,7 @@ mod record_store;
 pub mod settings;
 
 pub use command::{NetworkError, NetworkEvent, NetworkInfo, RecordQuorum};
+pub use event_loop::Reachability;
 pub use handle::NetworkHandle;
 pub use settings::NetworkConfig;
 
@@ -38,46 +39,56 @@ pub struct Network {
     pub task: JoinHandle<()>,
 }
 
-/// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS; in a private network TCP + pnet + Noise +
-/// Yamux and DNS) and spawns its event loop on the current tokio runtime. The swarm's and the
-/// event loop's metrics go to `metrics`.
+/// How long a TCP connection may take to open and upgrade (Noise, Yamux) before the dial
+/// fails. The system's own limit is two minutes of SYN retries into a router that drops them;
+/// AutoNAT servers answer within 10 s, so a dial back to an unreachable address must fail
+/// before that for the node asking to learn that it is behind a NAT.
+const TCP_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Builds the swarm (TCP + Noise + Yamux, QUIC, DNS, circuit relay; in a private network TCP +
+/// pnet + Noise + Yamux, DNS and relay) and spawns its event loop on the current tokio
+/// runtime. The swarm's and the event loop's metrics go to `metrics`.
 pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, BuildError> {
     let err = |e: &dyn std::fmt::Display| BuildError(e.to_string());
     let idle = config.idle_connection_timeout;
+    let psk = config.psk;
     let swarm = metrics.with_registry(|prom| -> Result<_, BuildError> {
         let builder = SwarmBuilder::with_existing_identity(config.keypair.clone()).with_tokio();
-        Ok(match config.psk {
+        let behaviour = |key: &libp2p::identity::Keypair, relay, prom: &mut _| {
+            behaviour::Behaviour::new(key, relay, &config, prom)
+        };
+        Ok(match psk {
             None => builder
-                .with_tcp(
-                    tcp::Config::default().nodelay(true),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .map_err(|e| err(&e))?
                 .with_quic()
+                .with_other_transport(|key| tcp_transport(key, None))
+                .map_err(|e| err(&e))?
                 .with_dns()
                 .map_err(|e| err(&e))?
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| err(&e))?
                 .with_bandwidth_metrics(prom)
-                .with_behaviour(|key| {
-                    behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
-                })
+                .with_behaviour(|key, relay| behaviour(key, relay, prom).map_err(|e| e.into()))
                 .map_err(|e| err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build(),
             Some(psk) => builder
-                .with_other_transport(|key| private_transport(key, psk))
+                .with_other_transport(|key| tcp_transport(key, Some(psk)))
                 .map_err(|e| err(&e))?
                 .with_dns()
                 .map_err(|e| err(&e))?
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| err(&e))?
                 .with_bandwidth_metrics(prom)
-                .with_behaviour(|key| {
-                    behaviour::Behaviour::new(key, &config, prom).map_err(|e| e.into())
-                })
+                .with_behaviour(|key, relay| behaviour(key, relay, prom).map_err(|e| e.into()))
                 .map_err(|e| err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build(),
         })
     })?;
+    let mut swarm = swarm;
+    for addr in &config.external_addrs {
+        swarm.add_external_address(addr.clone());
+    }
     let peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
@@ -91,26 +102,33 @@ pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, Bu
     })
 }
 
-/// TCP whose every stream is first protected with the private network's key (pnet's XSalsa20
-/// with a nonce each way), then authenticated with Noise and multiplexed with Yamux as on the
-/// open network: a peer without the key fails before Noise, having learnt nothing.
-fn private_transport(
+/// TCP, authenticated with Noise and multiplexed with Yamux, each connection given
+/// [`TCP_DIAL_TIMEOUT`] to open. In a private network every stream is first protected with
+/// its key (pnet's XSalsa20 with a nonce each way): a peer without the key fails before
+/// Noise, having learnt nothing.
+fn tcp_transport(
     key: &libp2p::identity::Keypair,
-    psk: libp2p::pnet::PreSharedKey,
+    psk: Option<libp2p::pnet::PreSharedKey>,
 ) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    use either::Either;
     use libp2p::Transport;
     use libp2p::core::upgrade::Version;
     use libp2p::pnet::PnetConfig;
     let noise = noise::Config::new(key)?;
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    )
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let protected = match psk {
+        Some(psk) => {
+            Either::Left(tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)))
+        }
+        None => Either::Right(tcp),
+    };
+    Ok(protected
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(TCP_DIAL_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
 }
 
 #[cfg(test)]

@@ -13,10 +13,16 @@ pub struct NetworkConfig {
     pub keypair: Keypair,
     /// Discover peers on the LAN with mDNS.
     pub enable_mdns: bool,
+    /// Addresses the operator says peers reach this node at (taken as confirmed).
+    pub external_addrs: Vec<libp2p::Multiaddr>,
     /// A private network's pre-shared key: every connection is TCP, protected with it (pnet)
     /// under Noise, so a node without the key cannot connect at all. `None`: the open network
     /// (TCP and QUIC).
     pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Most bytes one relayed connection through this node may carry (both ways), and for
+    /// how long: a peer behind a symmetric NAT fetches whole archives through its relay.
+    pub relay_circuit_bytes: u64,
+    pub relay_circuit_duration: Duration,
     /// Connections idle for this long are closed. libp2p's 10 s default closes connections
     /// between request-response exchanges; a minute keeps catalog peers connected.
     pub idle_connection_timeout: Duration,
@@ -85,7 +91,10 @@ impl NetworkConfig {
         Self {
             keypair,
             enable_mdns: false,
+            external_addrs: Vec::new(),
             psk: None,
+            relay_circuit_bytes: 64 * 1024 * 1024,
+            relay_circuit_duration: Duration::from_secs(10 * 60),
             idle_connection_timeout: Duration::from_secs(120),
             gossip_heartbeat: Duration::from_secs(1),
             query_timeout: Duration::from_secs(30),

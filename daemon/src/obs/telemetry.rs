@@ -76,10 +76,16 @@ fn parse_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
     if filter.trim().is_empty() {
         return Err(err("empty".into()));
     }
-    EnvFilter::builder()
+    let parsed = EnvFilter::builder()
         .with_regex(false)
         .parse(filter)
-        .map_err(|e| err(e.to_string()))
+        .map_err(|e| err(e.to_string()))?;
+    // The resolver logs each step of every solve at info: a node's info log says what the
+    // node did, so its steps show only when asked for by name.
+    if filter.contains("pubgrub") {
+        return Ok(parsed);
+    }
+    Ok(parsed.add_directive("pubgrub=warn".parse().expect("a valid directive")))
 }
 
 /// The installed logging and export pipeline; [`shutdown`](Self::shutdown) flushes it.

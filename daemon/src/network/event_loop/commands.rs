@@ -229,6 +229,12 @@ impl EventLoop {
     }
 
     fn info(&mut self) -> NetworkInfo {
+        let relayed_peers = self
+            .connections
+            .keys()
+            .filter(|p| self.only_relayed(p))
+            .copied()
+            .collect();
         let swarm = &mut self.swarm;
         let routing_table_size = swarm
             .behaviour_mut()
@@ -240,6 +246,8 @@ impl EventLoop {
         let topic_hash = topic().hash();
         NetworkInfo {
             peer_id: *swarm.local_peer_id(),
+            reachability: self.nat.reachability,
+            relayed_peers,
             listen_addrs: swarm.listeners().cloned().collect(),
             external_addrs: swarm.external_addresses().cloned().collect(),
             connected_peers: swarm.connected_peers().copied().collect(),

@@ -23,6 +23,7 @@ impl EventLoop {
                 reason,
                 ..
             } => {
+                self.relay_listener_closed(listener_id);
                 if let Some((addr, reply)) = self.pending_listen.remove(&listener_id) {
                     let reason = match reason {
                         Ok(()) => "listener closed".to_owned(),
@@ -52,6 +53,13 @@ impl EventLoop {
                 ..
             } => {
                 self.remotes.remove(&connection_id);
+                self.dialers.remove(&connection_id);
+                if let Some(open) = self.connections.get_mut(&peer_id) {
+                    open.retain(|c| *c != connection_id);
+                    if open.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     self.metrics
@@ -73,6 +81,10 @@ impl EventLoop {
                         reason: dial_reason(&error),
                     }));
                 }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "external address confirmed");
+                self.external_confirmed(&address);
             }
             other => trace!(event = ?other, "unhandled swarm event"),
         }
@@ -136,6 +148,10 @@ impl EventLoop {
                     }
                 }
             }
+            BehaviourEvent::RelayClient(e) => self.on_relay_client(e),
+            BehaviourEvent::Dcutr(e) => self.on_dcutr(e),
+            BehaviourEvent::Autonat(e) => self.on_autonat(e),
+            BehaviourEvent::Relay(e) => debug!(event = ?e, "relay"),
             other => trace!(event = ?other, "unhandled behaviour event"),
         }
     }
@@ -150,6 +166,14 @@ impl EventLoop {
         debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
         self.remotes
             .insert(connection_id, endpoint.get_remote_address().clone());
+        if endpoint.is_dialer() {
+            self.dialers.insert(connection_id);
+        }
+        self.connections
+            .entry(peer_id)
+            .or_default()
+            .push(connection_id);
+        self.prefer_direct(peer_id, connection_id);
         if let Some((_, reply)) = self.pending_dial.remove(&connection_id) {
             // A dialled address is reachable: remember it for Kademlia too.
             if endpoint.is_dialer() {
@@ -173,6 +197,7 @@ impl EventLoop {
                 info,
                 connection_id,
             } => {
+                self.consider_relay(peer_id, connection_id, &info);
                 let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_protocol) {
                     trace!(peer = %peer_id, "peer does not speak Agora's Kademlia");
@@ -528,14 +553,14 @@ fn on_exchange<Req, Resp>(
 
 /// How far an address can be reached from: this machine, its private networks, anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Reach {
+pub(super) enum Reach {
     Loopback,
     Private,
     Public,
 }
 
 impl Reach {
-    fn of(addr: &Multiaddr) -> Self {
+    pub(super) fn of(addr: &Multiaddr) -> Self {
         match addr.iter().next() {
             Some(Protocol::Ip4(ip)) if ip.is_loopback() => Self::Loopback,
             Some(Protocol::Ip6(ip)) if ip.is_loopback() => Self::Loopback,

@@ -1,0 +1,208 @@
+//! Nodes behind NATs: two developer machines, each behind its own home router, both
+//! bootstrapped from one public node.
+
+use std::io::{Read, Write};
+
+use crate::net::{Host, Lab, Nat, inside};
+use crate::node_on;
+use crate::process::{Daemon, package, wait_until};
+
+/// Bytes the node on `host` has sent and received on all its connections, from its metrics
+/// (the gateway on 127.0.0.1:4180 in its namespace).
+fn traffic(host: &Host) -> f64 {
+    let text = inside(host, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:4180").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    text.lines()
+        .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the nodes log: their NAT traversal in detail, printed if a test fails.
+const LOG: &str = "info,agora_daemon::network=debug,libp2p_autonat=debug";
+
+/// What a case of two NATs leaves for its test to check: the public node's traffic during the
+/// install, the archive's size, and the nodes, still running.
+struct Crossed {
+    carried: f64,
+    /// What the install said beside its changes.
+    notes: Vec<String>,
+    size: u64,
+    author: Daemon,
+    user: Daemon,
+    // Dropped last: the nodes are stopped before the lab's namespaces go.
+    _public: Daemon,
+    _lab: Lab,
+}
+
+/// Runs the case of two NATs of `kind`: a package published behind one installs behind the
+/// other, and the node behind it learns it is behind a NAT.
+fn across_two_nats(kind: Nat) -> Crossed {
+    let mut lab = Lab::new();
+    let mut internet = lab.network("inet", [198, 51, 100]);
+    let (mut home, mut office) = (
+        lab.network("home", [192, 168, 30]),
+        lab.network("office", [192, 168, 31]),
+    );
+    lab.nat("r1", &mut internet, &mut home, kind);
+    lab.nat("r2", &mut internet, &mut office, kind);
+    let public_host = lab.host("public", &mut internet);
+    let (h1, h2) = (lab.host("h1", &mut home), lab.host("h2", &mut office));
+    let declared = format!("/ip4/{}/tcp/4101", public_host.ip);
+    let public = node_on(
+        &public_host,
+        &[
+            "--http",
+            "127.0.0.1:4180",
+            "--external-address",
+            &declared,
+            "--log-level",
+            LOG,
+        ],
+    );
+    let seed = format!(
+        "/ip4/{}/tcp/4101/p2p/{}",
+        public_host.ip,
+        public.json(&["status"])["peer_id"].as_str().unwrap()
+    );
+    let author = node_on(&h1, &["--bootstrap", &seed, "--log-level", LOG]);
+    let user = node_on(&h2, &["--bootstrap", &seed, "--log-level", LOG]);
+    let logs = crate::LogsOnPanic(vec![
+        ("public", &public),
+        ("author", &author),
+        ("user", &user),
+    ]);
+
+    author.json(&["keygen"]);
+    let src = tempfile::tempdir().unwrap();
+    package(src.path(), "far-kit", "1.0.0", "", "across two NATs");
+    // Incompressible, and far over what a relay lets through by libp2p's defaults.
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(src.path().join("templates/data.bin"), &data).unwrap();
+    let published = author.json(&["publish", src.path().to_str().unwrap()]);
+    let size = published["release"]["size"].as_u64().unwrap();
+    wait_until("the release reaches the other NATed node", || {
+        match user.json(&["search", "far-kit"])["total"].as_u64() {
+            Some(1) => Ok(()),
+            n => Err(format!("{n:?} hits")),
+        }
+    });
+    // The author has a slot on the relay (what a fetcher reaching it needs) once it lists
+    // a relayed address.
+    wait_until("the author holds a slot on the relay", || {
+        let listen = author.json(&["status"])["listen_addrs"].to_string();
+        if listen.contains("p2p-circuit") {
+            Ok(())
+        } else {
+            Err(listen)
+        }
+    });
+    let before = traffic(&public_host);
+    let project = tempfile::tempdir().unwrap();
+    let out = user.agora(&[
+        "--json",
+        "install",
+        "far-kit",
+        "--dir",
+        project.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::read(
+        project
+            .path()
+            .join(".agora/packages/far-kit/templates/data.bin"),
+    );
+    assert!(installed.unwrap() == data, "the archive arrived whole");
+    let carried = traffic(&public_host) - before;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes = answer["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    // AutoNAT: the public node tried to dial the user's observed address back, and its
+    // router dropped the attempt.
+    wait_until("the user learns it is behind a NAT", || {
+        match user.json(&["status"])["reachability"].as_str() {
+            Some("private") => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
+    });
+    drop(logs);
+    Crossed {
+        carried,
+        notes,
+        size,
+        author,
+        user,
+        _public: public,
+        _lab: lab,
+    }
+}
+
+/// Behind two cone NATs the nodes punch a hole: the archive goes over a direct connection,
+/// and the public node, which relayed the first exchange, carries almost none of it.
+#[test]
+fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
+    let crossed = across_two_nats(Nat::Cone);
+    let (carried, size) = (crossed.carried, crossed.size);
+    let (author, user) = (&crossed.author, &crossed.user);
+    let _logs = crate::LogsOnPanic(vec![("author", author), ("user", user)]);
+    let author_id = author.json(&["status"])["peer_id"].clone();
+    let peers = user.json(&["peers"]);
+    let to_author = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == author_id)
+        .unwrap_or_else(|| panic!("connected to the author: {peers}"));
+    assert_eq!(to_author["relayed"], false, "{peers}");
+    assert_eq!(crossed.notes, Vec::<String>::new());
+    assert!(
+        carried < size as f64 / 4.0,
+        "the public node carried {carried} bytes of a {size}-byte archive"
+    );
+}
+
+/// Behind two symmetric NATs no hole can be punched: the install completes through the
+/// relay, which carries the whole archive.
+#[test]
+fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
+    let crossed = across_two_nats(Nat::Symmetric);
+    let (carried, size) = (crossed.carried, crossed.size);
+    let (author, user) = (&crossed.author, &crossed.user);
+    let _logs = crate::LogsOnPanic(vec![("author", author), ("user", user)]);
+    let author_id = author.json(&["status"])["peer_id"].clone();
+    let peers = user.json(&["peers"]);
+    let to_author = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == author_id)
+        .unwrap_or_else(|| panic!("connected to the author: {peers}"));
+    assert_eq!(to_author["relayed"], true, "{peers}");
+    assert_eq!(
+        crossed.notes,
+        [
+            "note: far-kit@1.0.0 came through a relay: no direct connection to its providers could \
+          be made (both sides behind NATs that allow none)"
+        ]
+    );
+    assert!(
+        carried > 2.0 * size as f64,
+        "the public node carried {carried} bytes of a {size}-byte archive, in and out"
+    );
+}
