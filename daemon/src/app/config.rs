@@ -8,6 +8,7 @@
 //! external = ["/ip4/192.0.2.7/tcp/4101"]  # where peers reach this node, if it is public
 //! mdns = true
 //! cache_quota = 1073741824      # bytes of fetched archives kept
+//! relay_circuit_bytes = 67108864  # what one connection relayed for others may carry; 0: relay none
 //! log_level = "info"
 //! http = "127.0.0.1:4180"       # the HTTP gateway (off when absent)
 //! http_hosts = ["agora.lan"]    # host names it answers for besides localhost and IP addresses
@@ -34,6 +35,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::catalog::trust::TrustPolicy;
+use crate::network::settings::DEFAULT_RELAY_CIRCUIT_BYTES;
 use crate::ops::DEFAULT_CACHE_QUOTA;
 use crate::ops::repair::RepairMode;
 
@@ -84,6 +86,7 @@ struct FileConfig {
     external: Option<Vec<Spanned<String>>>,
     mdns: Option<bool>,
     cache_quota: Option<u64>,
+    relay_circuit_bytes: Option<u64>,
     log_level: Option<String>,
     http: Option<Spanned<String>>,
     http_hosts: Option<Vec<Spanned<String>>>,
@@ -125,6 +128,8 @@ pub struct Config {
     pub external: Vec<Multiaddr>,
     pub mdns: bool,
     pub cache_quota: u64,
+    /// Bytes one connection this node relays for others may carry (0: it relays none).
+    pub relay_circuit_bytes: u64,
     pub log_level: String,
     /// Where the HTTP gateway listens; `None` keeps it off.
     pub http: Option<SocketAddr>,
@@ -221,6 +226,7 @@ impl Config {
             external: Vec::new(),
             mdns: true,
             cache_quota: DEFAULT_CACHE_QUOTA,
+            relay_circuit_bytes: DEFAULT_RELAY_CIRCUIT_BYTES,
             log_level: "info".into(),
             http: None,
             http_hosts: Vec::new(),
@@ -311,6 +317,7 @@ impl Config {
             external: Vec::new(),
             mdns: false,
             cache_quota: DEFAULT_CACHE_QUOTA,
+            relay_circuit_bytes: DEFAULT_RELAY_CIRCUIT_BYTES,
             log_level: "warn".into(),
             http: None,
             http_hosts: Vec::new(),
@@ -358,6 +365,9 @@ impl Config {
         }
         if let Some(q) = file.cache_quota {
             self.cache_quota = q;
+        }
+        if let Some(b) = file.relay_circuit_bytes {
+            self.relay_circuit_bytes = b;
         }
         if let Some(l) = file.log_level {
             self.log_level = l;
@@ -438,6 +448,12 @@ impl Config {
                     });
                 }
             };
+        }
+        if let Some(v) = vars("AGORA_RELAY_CIRCUIT_BYTES") {
+            self.relay_circuit_bytes = v.parse().map_err(|e| ConfigError::Env {
+                var: "AGORA_RELAY_CIRCUIT_BYTES".into(),
+                message: format!("expected a number of bytes: {e}"),
+            })?;
         }
         if let Some(v) = vars("AGORA_CACHE_QUOTA") {
             self.cache_quota = v.parse().map_err(|e| ConfigError::Env {
@@ -574,6 +590,10 @@ mod tests {
         };
         let c = Config::load(&home(dir.path()), vars, Flags::default()).unwrap();
         assert_eq!((c.cache_quota, c.listen.len()), (200, 2));
+        assert_eq!(c.relay_circuit_bytes, DEFAULT_RELAY_CIRCUIT_BYTES);
+        let relay = |k: &str| (k == "AGORA_RELAY_CIRCUIT_BYTES").then(|| "0".to_string());
+        let c = Config::load(&home(dir.path()), relay, Flags::default()).unwrap();
+        assert_eq!(c.relay_circuit_bytes, 0);
 
         let flags = Flags {
             cache_quota: Some(300),

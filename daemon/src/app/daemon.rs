@@ -129,6 +129,7 @@ impl Daemon {
         };
         network.enable_mdns = config.mdns;
         network.external_addrs = config.external.clone();
+        network.relay_circuit_bytes = config.relay_circuit_bytes;
         if let Some(key) = &config.network_key {
             network.psk = Some(key.psk);
             info!(

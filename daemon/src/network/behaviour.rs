@@ -184,11 +184,16 @@ impl Behaviour {
 /// fetches until the two ends punch a hole and go direct; where they cannot (symmetric NATs
 /// on both sides) it carries the whole archive, up to `relay_circuit_bytes`. libp2p's own
 /// defaults (128 KiB, 2 minutes) would end such a fetch after its first chunk.
+/// A budget of 0 turns relaying for others off: no slot is granted, no circuit opened.
 fn relay_config(cfg: &NetworkConfig) -> relay::Config {
+    let off = cfg.relay_circuit_bytes == 0;
+    let defaults = relay::Config::default();
     relay::Config {
         max_circuit_bytes: cfg.relay_circuit_bytes,
         max_circuit_duration: cfg.relay_circuit_duration,
-        ..relay::Config::default()
+        max_reservations: if off { 0 } else { defaults.max_reservations },
+        max_circuits: if off { 0 } else { defaults.max_circuits },
+        ..defaults
     }
 }
 

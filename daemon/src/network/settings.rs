@@ -6,6 +6,10 @@ use libp2p::identity::Keypair;
 
 use super::budget::{Budget, GossipRate};
 
+/// Bytes one relayed connection may carry: a whole archive of the usual size, for peers that
+/// can reach each other no other way.
+pub const DEFAULT_RELAY_CIRCUIT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How the swarm is built and paced.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -93,7 +97,7 @@ impl NetworkConfig {
             enable_mdns: false,
             external_addrs: Vec::new(),
             psk: None,
-            relay_circuit_bytes: 64 * 1024 * 1024,
+            relay_circuit_bytes: DEFAULT_RELAY_CIRCUIT_BYTES,
             relay_circuit_duration: Duration::from_secs(10 * 60),
             idle_connection_timeout: Duration::from_secs(120),
             gossip_heartbeat: Duration::from_secs(1),
