@@ -57,33 +57,18 @@ pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, Bu
         let behaviour = |key: &libp2p::identity::Keypair, relay, prom: &mut _| {
             behaviour::Behaviour::new(key, relay, &config, prom)
         };
-        Ok(match psk {
-            None => builder
-                .with_quic()
-                .with_other_transport(|key| tcp_transport(key, None))
-                .map_err(|e| err(&e))?
-                .with_dns()
-                .map_err(|e| err(&e))?
-                .with_relay_client(noise::Config::new, yamux::Config::default)
-                .map_err(|e| err(&e))?
-                .with_bandwidth_metrics(prom)
-                .with_behaviour(|key, relay| behaviour(key, relay, prom).map_err(|e| e.into()))
-                .map_err(|e| err(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build(),
-            Some(psk) => builder
-                .with_other_transport(|key| tcp_transport(key, Some(psk)))
-                .map_err(|e| err(&e))?
-                .with_dns()
-                .map_err(|e| err(&e))?
-                .with_relay_client(noise::Config::new, yamux::Config::default)
-                .map_err(|e| err(&e))?
-                .with_bandwidth_metrics(prom)
-                .with_behaviour(|key, relay| behaviour(key, relay, prom).map_err(|e| e.into()))
-                .map_err(|e| err(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build(),
-        })
+        Ok(builder
+            .with_other_transport(|key| transports(key, psk))
+            .map_err(|e| err(&e))?
+            .with_dns()
+            .map_err(|e| err(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| err(&e))?
+            .with_bandwidth_metrics(prom)
+            .with_behaviour(|key, relay| behaviour(key, relay, prom).map_err(|e| e.into()))
+            .map_err(|e| err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build())
     })?;
     let mut swarm = swarm;
     for addr in &config.external_addrs {
@@ -100,6 +85,28 @@ pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, Bu
         events: event_rx,
         task,
     })
+}
+
+/// TCP and QUIC on the open network; TCP alone in a private one (pnet protects TCP streams
+/// only).
+fn transports(
+    key: &libp2p::identity::Keypair,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    use futures::future::Either;
+    use libp2p::Transport;
+    let tcp = tcp_transport(key, psk)?;
+    if psk.is_some() {
+        return Ok(tcp);
+    }
+    let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key));
+    Ok(tcp
+        .or_transport(quic)
+        .map(|either, _| match either {
+            Either::Left(tcp) => tcp,
+            Either::Right((peer, quic)) => (peer, StreamMuxerBox::new(quic)),
+        })
+        .boxed())
 }
 
 /// TCP, authenticated with Noise and multiplexed with Yamux, each connection given
