@@ -17,7 +17,12 @@ use process::Daemon;
 
 /// Starts agorad inside `host`'s namespace with its default configuration and `args`.
 fn node_on(host: &Host, args: &[&str]) -> Daemon {
-    let mut node = Daemon::prepare(&[], args);
+    node_with_env_on(host, &[], args)
+}
+
+/// [`node_on`] with extra environment for agorad.
+fn node_with_env_on(host: &Host, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+    let mut node = Daemon::prepare(env, args);
     node.netns = Some(host.ns.clone());
     node.launch();
     node

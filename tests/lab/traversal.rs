@@ -31,16 +31,18 @@ const LOG: &str = "info,agora_daemon::network=debug,libp2p_autonat=debug";
 /// install, what the install said, the archive's size, and how the user reaches the author.
 struct Crossed {
     carried: f64,
-    /// What the install said beside its changes.
-    notes: Vec<String>,
+    /// What the install said beside its changes, or its exit code and stderr.
+    installed: Result<Vec<String>, (Option<i32>, String)>,
     size: u64,
-    /// Whether the user's every connection to the author goes through the relay.
-    author_relayed: bool,
+    /// Whether the user's every connection to the author goes through the relay (`None`: the
+    /// user is not connected to it).
+    author_relayed: Option<bool>,
 }
 
-/// Runs the case of two NATs of `kind`: a package published behind one installs behind the
-/// other, and the node behind it learns it is behind a NAT.
-fn across_two_nats(kind: Nat) -> Crossed {
+/// Runs the case of two NATs of `kind`: a package published behind one is installed behind
+/// the other, and the node behind it learns it is behind a NAT. `relay_bytes` sets the public
+/// node's `relay_circuit_bytes`.
+fn across_two_nats(kind: Nat, relay_bytes: Option<u64>) -> Crossed {
     let mut lab = Lab::new();
     let mut internet = lab.network("inet", [198, 51, 100]);
     let (mut home, mut office) = (
@@ -52,8 +54,14 @@ fn across_two_nats(kind: Nat) -> Crossed {
     let public_host = lab.host("public", &mut internet);
     let (h1, h2) = (lab.host("h1", &mut home), lab.host("h2", &mut office));
     let declared = format!("/ip4/{}/tcp/4101", public_host.ip);
-    let public = node_on(
+    let budget = relay_bytes.map(|b| b.to_string());
+    let env: Vec<(&str, &str)> = budget
+        .iter()
+        .map(|b| ("AGORA_RELAY_CIRCUIT_BYTES", b.as_str()))
+        .collect();
+    let public = crate::node_with_env_on(
         &public_host,
+        &env,
         &[
             "--http",
             "127.0.0.1:4180",
@@ -93,15 +101,17 @@ fn across_two_nats(kind: Nat) -> Crossed {
         }
     });
     // The author has a slot on the relay (what a fetcher reaching it needs) once it lists
-    // a relayed address.
-    wait_until("the author holds a slot on the relay", || {
-        let listen = author.json(&["status"])["listen_addrs"].to_string();
-        if listen.contains("p2p-circuit") {
-            Ok(())
-        } else {
-            Err(listen)
-        }
-    });
+    // a relayed address; a relay that relays nothing grants none.
+    if relay_bytes != Some(0) {
+        wait_until("the author holds a slot on the relay", || {
+            let listen = author.json(&["status"])["listen_addrs"].to_string();
+            if listen.contains("p2p-circuit") {
+                Ok(())
+            } else {
+                Err(listen)
+            }
+        });
+    }
     let before = traffic(&public_host);
     let project = tempfile::tempdir().unwrap();
     let out = user.agora(&[
@@ -111,25 +121,28 @@ fn across_two_nats(kind: Nat) -> Crossed {
         "--dir",
         project.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "install failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let installed = std::fs::read(
-        project
-            .path()
-            .join(".agora/packages/far-kit/templates/data.bin"),
-    );
-    assert!(installed.unwrap() == data, "the archive arrived whole");
     let carried = traffic(&public_host) - before;
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let notes = answer["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect();
+    let installed = if out.status.success() {
+        let unpacked = project
+            .path()
+            .join(".agora/packages/far-kit/templates/data.bin");
+        assert!(
+            std::fs::read(unpacked).unwrap() == data,
+            "the archive arrived whole"
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Ok(answer["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect())
+    } else {
+        Err((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
     // AutoNAT: the public node tried to dial the user's observed address back, and its
     // router dropped the attempt.
     wait_until("the user learns it is behind a NAT", || {
@@ -140,17 +153,16 @@ fn across_two_nats(kind: Nat) -> Crossed {
     });
     let author_id = author.json(&["status"])["peer_id"].clone();
     let peers = user.json(&["peers"]);
-    let to_author = peers
+    let author_relayed = peers
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["peer_id"] == author_id)
-        .unwrap_or_else(|| panic!("connected to the author: {peers}"));
-    let author_relayed = to_author["relayed"].as_bool().unwrap();
+        .map(|p| p["relayed"].as_bool().unwrap());
     drop(logs);
     Crossed {
         carried,
-        notes,
+        installed,
         size,
         author_relayed,
     }
@@ -160,13 +172,10 @@ fn across_two_nats(kind: Nat) -> Crossed {
 /// and the public node, which relayed the first exchange, carries almost none of it.
 #[test]
 fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
-    let crossed = across_two_nats(Nat::Cone);
+    let crossed = across_two_nats(Nat::Cone, None);
     let (carried, size) = (crossed.carried, crossed.size);
-    assert!(
-        !crossed.author_relayed,
-        "the user is connected to the author directly"
-    );
-    assert_eq!(crossed.notes, Vec::<String>::new());
+    assert_eq!(crossed.author_relayed, Some(false), "connected directly");
+    assert_eq!(crossed.installed, Ok(vec![]));
     assert!(
         carried < size as f64 / 4.0,
         "the public node carried {carried} bytes of a {size}-byte archive"
@@ -177,14 +186,11 @@ fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
 /// relay, which carries the whole archive.
 #[test]
 fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
-    let crossed = across_two_nats(Nat::Symmetric);
+    let crossed = across_two_nats(Nat::Symmetric, None);
     let (carried, size) = (crossed.carried, crossed.size);
-    assert!(
-        crossed.author_relayed,
-        "the user reaches the author through the relay"
-    );
+    assert_eq!(crossed.author_relayed, Some(true), "through the relay");
     assert_eq!(
-        crossed.notes,
+        crossed.installed.unwrap(),
         [
             "note: far-kit@1.0.0 came through a relay: no direct connection to its providers could \
           be made (both sides behind NATs that allow none)"
@@ -193,5 +199,31 @@ fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
     assert!(
         carried > 2.0 * size as f64,
         "the public node carried {carried} bytes of a {size}-byte archive, in and out"
+    );
+}
+
+/// A public node with `relay_circuit_bytes = 0` relays nothing: behind two symmetric NATs
+/// the nodes find each other's packages (sync passes through the public node) but cannot
+/// fetch from each other, and the install says so and changes nothing.
+#[test]
+fn a_node_that_relays_nothing_leaves_two_symmetric_nats_apart() {
+    let crossed = across_two_nats(Nat::Symmetric, Some(0));
+    assert_eq!(crossed.author_relayed, None, "not connected at all");
+    let (code, stderr) = crossed.installed.unwrap_err();
+    assert_eq!(code, Some(7), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("error: no provider is known for "),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[1],
+        "hint: check 'agora peers'; the package may have no reachable provider"
+    );
+    assert!(
+        crossed.carried < crossed.size as f64 / 4.0,
+        "the public node carried {} bytes of a {}-byte archive",
+        crossed.carried,
+        crossed.size
     );
 }
