@@ -58,8 +58,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is {len} bytes; a config file may be at most {MAX_CONFIG_BYTES}", path = .path.display())]
-    TooLarge { path: PathBuf, len: u64 },
+    #[error("{path} is {len} bytes; it may be at most {max}", path = .path.display())]
+    TooLarge { path: PathBuf, len: u64, max: u64 },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("{flag}: {message}")]
@@ -147,23 +147,12 @@ pub struct Config {
     pub network_key: Option<NetworkKey>,
 }
 
-/// A private network's pre-shared key (libp2p pnet), read from its file.
-#[derive(Clone)]
+/// A private network's pre-shared key (libp2p pnet), read from its file. (The key's own
+/// `Debug` shows only its fingerprint.)
+#[derive(Clone, Debug)]
 pub struct NetworkKey {
     pub path: PathBuf,
     pub psk: PreSharedKey,
-}
-
-impl std::fmt::Debug for NetworkKey {
-    /// The fingerprint only: the key is a secret.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "NetworkKey({}, {})",
-            self.path.display(),
-            self.psk.fingerprint()
-        )
-    }
 }
 
 /// Largest network key file read (the format's key is 95 bytes).
@@ -180,19 +169,13 @@ impl NetworkKey {
             message,
         };
         let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if meta.len() > MAX_NETWORK_KEY_BYTES {
-            return Err(bad(format!(
-                "{} bytes; a network key file is at most {MAX_NETWORK_KEY_BYTES}",
-                meta.len()
-            )));
-        }
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(bad(format!(
                 "other users can read it (mode {:o}); make it private with chmod 600",
                 meta.permissions().mode() & 0o777
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = read_bounded(path, MAX_NETWORK_KEY_BYTES)?;
         let psk = text.parse::<PreSharedKey>().map_err(|e| {
             bad(format!(
                 "not a network key ({e}); make one with 'agora keygen --network'"
@@ -236,13 +219,12 @@ impl Config {
             network_key: None,
         };
         let mut key_file = None;
-        match read_bounded(&file_path) {
+        match read_bounded(&file_path, MAX_CONFIG_BYTES) {
             Ok(text) => key_file = config.apply_file(&file_path, &text)?,
             Err(ConfigError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && !explicit => {}
             Err(e) => return Err(e),
         }
-        let default_listen = config.listen == self::default_listen();
         if let Some(key) = vars("AGORA_NETWORK_KEY") {
             key_file = Some(PathBuf::from(key));
         }
@@ -276,19 +258,19 @@ impl Config {
         }
         if let Some(path) = key_file {
             config.network_key = Some(NetworkKey::read(&path)?);
-            config.private_transports(default_listen && config.listen == self::default_listen())?;
+            config.private_transports()?;
         }
         Ok(config)
     }
 
     /// With a network key: listens on TCP only (the defaults lose their QUIC address) and
     /// refuses a QUIC address anyone configured, naming it.
-    fn private_transports(&mut self, default_listen: bool) -> Result<(), ConfigError> {
+    fn private_transports(&mut self) -> Result<(), ConfigError> {
         let quic = |a: &Multiaddr| {
             a.iter()
                 .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
         };
-        if default_listen {
+        if self.listen == default_listen() {
             self.listen.retain(|a| !quic(a));
         }
         for (list, setting) in [(&self.listen, "listen"), (&self.bootstrap, "bootstrap")] {
@@ -542,16 +524,17 @@ fn default_listen() -> Vec<Multiaddr> {
     ]
 }
 
-fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+fn read_bounded(path: &Path, max: u64) -> Result<String, ConfigError> {
     let io = |source| ConfigError::Io {
         path: path.to_owned(),
         source,
     };
     let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_CONFIG_BYTES {
+    if len > max {
         return Err(ConfigError::TooLarge {
             path: path.to_owned(),
             len,
+            max,
         });
     }
     std::fs::read_to_string(path).map_err(io)
@@ -784,6 +767,12 @@ mod tests {
             )
         );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&key, "x".repeat(2000)).unwrap();
+        let err = Config::load(&home(dir.path()), |_| None, with_key(vec![], vec![])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{} is 2000 bytes; it may be at most 1024", key.display())
+        );
         std::fs::write(&key, "not a key").unwrap();
         let err = Config::load(&home(dir.path()), |_| None, with_key(vec![], vec![])).unwrap_err();
         assert!(

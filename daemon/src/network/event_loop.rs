@@ -10,7 +10,7 @@
 //! This file is the loop itself and its upkeep (maintenance, keeping peers, gauges);
 //! `commands.rs` answers commands and `events.rs` handles what the swarm reports.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,10 +88,9 @@ pub struct EventLoop {
     sync: Exchanges<SyncResponse>,
     fetch: Exchanges<FetchResponse>,
     gossip_budget: GossipBudget,
-    /// The remote address of each open connection (to judge the addresses its peer lists).
-    remotes: HashMap<ConnectionId, Multiaddr>,
-    /// The open connections this node dialed (the others were dialed to it).
-    dialers: HashSet<ConnectionId>,
+    /// Each open connection's endpoint (its remote address judges the addresses its peer lists,
+    /// and whether this node dialed it).
+    remotes: HashMap<ConnectionId, libp2p::core::ConnectedPoint>,
     /// Each connected peer's open connections.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     nat: nat::Nat,
@@ -125,7 +124,6 @@ impl EventLoop {
             fetch: Exchanges::new(config.fetch_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),
-            dialers: HashSet::new(),
             connections: HashMap::new(),
             nat,
         }

@@ -53,7 +53,6 @@ impl EventLoop {
                 ..
             } => {
                 self.remotes.remove(&connection_id);
-                self.dialers.remove(&connection_id);
                 if let Some(open) = self.connections.get_mut(&peer_id) {
                     open.retain(|c| *c != connection_id);
                     if open.is_empty() {
@@ -164,11 +163,7 @@ impl EventLoop {
         endpoint: &libp2p::core::ConnectedPoint,
     ) {
         debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-        self.remotes
-            .insert(connection_id, endpoint.get_remote_address().clone());
-        if endpoint.is_dialer() {
-            self.dialers.insert(connection_id);
-        }
+        self.remotes.insert(connection_id, endpoint.clone());
         self.connections
             .entry(peer_id)
             .or_default()
@@ -203,7 +198,11 @@ impl EventLoop {
                     trace!(peer = %peer_id, "peer does not speak Agora's Kademlia");
                     return;
                 }
-                let Some(remote) = self.remotes.get(&connection_id) else {
+                let Some(remote) = self
+                    .remotes
+                    .get(&connection_id)
+                    .map(|e| e.get_remote_address())
+                else {
                     return;
                 };
                 let reached = Reach::of(remote);

@@ -69,9 +69,13 @@ impl Nat {
     }
 }
 
-/// Whether a connection's address goes through a relay.
+/// Whether an address goes through a relay.
 pub(super) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+fn relayed_endpoint(endpoint: &libp2p::core::ConnectedPoint) -> bool {
+    is_relayed(endpoint.get_remote_address())
 }
 
 impl EventLoop {
@@ -94,7 +98,8 @@ impl EventLoop {
         let Some(addr) = self
             .remotes
             .get(&connection)
-            .filter(|_| self.dialers.contains(&connection))
+            .filter(|e| e.is_dialer())
+            .map(|e| e.get_remote_address())
         else {
             return;
         };
@@ -226,17 +231,16 @@ impl EventLoop {
     /// A connection came up: a direct one replaces the peer's relayed ones, and a relayed one
     /// to a peer already connected directly is not needed.
     pub(super) fn prefer_direct(&mut self, peer: PeerId, connection: ConnectionId) {
-        let Some(addr) = self.remotes.get(&connection) else {
+        let Some(new_is_relayed) = self.remotes.get(&connection).map(relayed_endpoint) else {
             return;
         };
-        let new_is_relayed = is_relayed(addr);
         let others: Vec<(ConnectionId, bool)> = self
             .connections
             .get(&peer)
             .into_iter()
             .flatten()
             .filter(|c| **c != connection)
-            .filter_map(|c| self.remotes.get(c).map(|a| (*c, is_relayed(a))))
+            .filter_map(|c| self.remotes.get(c).map(|e| (*c, relayed_endpoint(e))))
             .collect();
         if new_is_relayed {
             if others.iter().any(|(_, relayed)| !relayed) {
@@ -257,6 +261,6 @@ impl EventLoop {
     pub(super) fn only_relayed(&self, peer: &PeerId) -> bool {
         let mut connections = self.connections.get(peer).into_iter().flatten().peekable();
         connections.peek().is_some()
-            && connections.all(|c| self.remotes.get(c).is_some_and(is_relayed))
+            && connections.all(|c| self.remotes.get(c).is_some_and(relayed_endpoint))
     }
 }
