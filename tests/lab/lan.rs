@@ -1,14 +1,16 @@
 //! One LAN, no bootstrap: nodes find each other by mDNS.
 
-use crate::net::Lab;
 use crate::node_on;
 use crate::process::{package, wait_until};
+use agora_lab::Lab;
 
 /// Two hosts on one bridge with the default configuration and nothing to bootstrap from: a
 /// package published on one is found and installed on the other.
 #[test]
 fn a_package_published_on_a_lan_installs_on_another_host_found_by_mdns() {
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
     let mut lan = lab.network("lan", [192, 168, 7]);
     let (a, b) = (lab.host("a", &mut lan), lab.host("b", &mut lan));
     let author = node_on(&a, &[]);

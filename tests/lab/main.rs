@@ -1,18 +1,19 @@
 //! Real `agorad` processes on emulated networks: each node in a network namespace of its own
-//! (its own address and stack), on LANs, behind NAT routers, on shaped links (see `net.rs`).
-//! The `agora` CLI drives every node from outside, through its socket. These tests need root:
-//! they fail, saying so, where the lab cannot be built.
+//! (its own address and stack), on LANs, behind NAT routers, on shaped links (the agora-lab crate, `lab/`).
+//! The `agora` CLI drives every node from outside, through its socket. These tests need root,
+//! or a kernel that lets a user make a user namespace (each test then runs again inside one,
+//! `agora_lab::userns`); they fail, saying so, where the lab cannot be built.
 
 #[path = "../process/mod.rs"]
 mod process;
 
 mod lan;
 mod nat;
-mod net;
 mod private;
 mod traversal;
+mod userns;
 
-use net::Host;
+use agora_lab::Host;
 use process::Daemon;
 
 /// Starts agorad inside `host`'s namespace with its default configuration and `args`.

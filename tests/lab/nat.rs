@@ -7,11 +7,11 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::net::{Lab, Nat, inside, qdiscs};
+use agora_lab::{Lab, Nat, inside, qdiscs};
 
 /// A listener in `host`'s namespace on `port`; each connection it accepts sends back the
 /// address it came from.
-fn echo_source(host: &crate::net::Host, port: u16) -> SocketAddr {
+fn echo_source(host: &agora_lab::Host, port: u16) -> SocketAddr {
     let listener = inside(host, move || {
         TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).unwrap()
     });
@@ -27,7 +27,7 @@ fn echo_source(host: &crate::net::Host, port: u16) -> SocketAddr {
 
 /// Connects from a fixed local port to each of `to`, and returns the source address each
 /// server saw.
-fn seen_from(host: &crate::net::Host, local_port: u16, to: Vec<SocketAddr>) -> Vec<SocketAddr> {
+fn seen_from(host: &agora_lab::Host, local_port: u16, to: Vec<SocketAddr>) -> Vec<SocketAddr> {
     inside(host, move || {
         to.into_iter()
             .map(|addr| {
@@ -48,7 +48,9 @@ fn seen_from(host: &crate::net::Host, local_port: u16, to: Vec<SocketAddr>) -> V
 
 #[test]
 fn nat_routers_map_what_goes_out_and_drop_what_comes_unasked() {
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
     let mut internet = lab.network("inet", [198, 51, 100]);
     let (mut home, mut office) = (
         lab.network("home", [192, 168, 20]),

@@ -1,15 +1,17 @@
 //! A private team network on a LAN: members hold one network key, an outsider does not.
 
-use crate::net::Lab;
 use crate::node_on;
 use crate::process::{package, wait_until};
+use agora_lab::Lab;
 
 /// Three members and one outsider on one LAN, all finding each other by mDNS: the members
 /// connect, sync and install from each other as usual; the outsider gets no connection (not
 /// even one it dials itself), and so no catalog and no archive.
 #[test]
 fn a_private_network_serves_its_members_and_nobody_else() {
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
     let mut lan = lab.network("lan", [192, 168, 9]);
     let hosts: Vec<_> = ["m1", "m2", "m3", "out"]
         .iter()

@@ -3,9 +3,9 @@
 
 use std::io::{Read, Write};
 
-use crate::net::{Host, Lab, Nat, inside};
 use crate::node_on;
 use crate::process::{package, wait_until};
+use agora_lab::{Host, Lab, Nat, inside};
 
 /// Bytes the node on `host` has sent and received on all its connections, from its metrics
 /// (the gateway on 127.0.0.1:4180 in its namespace).
@@ -42,8 +42,7 @@ struct Crossed {
 /// Runs the case of two NATs of `kind`: a package published behind one is installed behind
 /// the other, and the node behind it learns it is behind a NAT. `relay_bytes` sets the public
 /// node's `relay_circuit_bytes`.
-fn across_two_nats(kind: Nat, relay_bytes: Option<u64>) -> Crossed {
-    let mut lab = Lab::new();
+fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>) -> Crossed {
     let mut internet = lab.network("inet", [198, 51, 100]);
     let (mut home, mut office) = (
         lab.network("home", [192, 168, 30]),
@@ -172,7 +171,10 @@ fn across_two_nats(kind: Nat, relay_bytes: Option<u64>) -> Crossed {
 /// and the public node, which relayed the first exchange, carries almost none of it.
 #[test]
 fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
-    let crossed = across_two_nats(Nat::Cone, None);
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
+    let crossed = across_two_nats(&mut lab, Nat::Cone, None);
     let (carried, size) = (crossed.carried, crossed.size);
     assert_eq!(crossed.author_relayed, Some(false), "connected directly");
     assert_eq!(crossed.installed, Ok(vec![]));
@@ -186,7 +188,10 @@ fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
 /// relay, which carries the whole archive.
 #[test]
 fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
-    let crossed = across_two_nats(Nat::Symmetric, None);
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
+    let crossed = across_two_nats(&mut lab, Nat::Symmetric, None);
     let (carried, size) = (crossed.carried, crossed.size);
     assert_eq!(crossed.author_relayed, Some(true), "through the relay");
     assert_eq!(
@@ -207,7 +212,10 @@ fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
 /// fetch from each other, and the install says so and changes nothing.
 #[test]
 fn a_node_that_relays_nothing_leaves_two_symmetric_nats_apart() {
-    let crossed = across_two_nats(Nat::Symmetric, Some(0));
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
+    let crossed = across_two_nats(&mut lab, Nat::Symmetric, Some(0));
     assert_eq!(crossed.author_relayed, None, "not connected at all");
     let (code, stderr) = crossed.installed.unwrap_err();
     assert_eq!(code, Some(7), "{stderr}");

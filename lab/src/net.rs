@@ -10,10 +10,10 @@
 //!   would break TCP simultaneous open);
 //! - link rates ([`Lab::rate`]): `tc` token buckets on both directions of a host's link.
 //!
-//! Everything is torn down when the lab is dropped, and namespaces a killed test run left
-//! behind (their process gone) are removed by the next lab. It needs root (CAP_NET_ADMIN and
-//! the right to mount /run/netns), iproute2 and nftables: [`Lab::new`] fails the test saying
-//! which is missing, never skips it.
+//! Everything is torn down when the lab is dropped, and namespaces a killed run left behind
+//! (their process gone) are removed by the next lab. It needs iproute2 and nftables, and root
+//! (CAP_NET_ADMIN and the right to mount /run/netns) or a user namespace where it is root
+//! (`crate::userns`): [`Lab::new`] panics saying which is missing, never skips.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -85,15 +85,27 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// An empty lab. Fails the test, saying why, where the lab cannot run here.
+    /// An empty lab. Panics, saying why, where the lab cannot be built: not root here (see
+    /// [`crate::enter`] and [`Lab::for_test`] for a user namespace), or a tool missing.
+    #[expect(
+        clippy::new_without_default,
+        reason = "a lab changes the machine it runs on; nothing should make one by default"
+    )]
     pub fn new() -> Self {
         static LABS: AtomicU32 = AtomicU32::new(0);
         if !rustix::process::geteuid().is_root() {
             panic!(
                 "the network lab needs root (it makes network namespaces, veth links and NAT \
-                 rules): run the tests as root, as CI does"
+                 rules), or a user namespace of its own where it is root: {}",
+                match crate::userns::available() {
+                    Ok(()) => "this kernel allows one; start the lab with agora_lab::enter() \
+                               or Lab::for_test"
+                        .to_string(),
+                    Err(why) => format!("none can be made here ({why}); run it as root"),
+                }
             );
         }
+        crate::userns::prepare();
         for (tool, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")] {
             let found = Command::new(tool).arg("-V").output().is_ok();
             assert!(
@@ -108,6 +120,18 @@ impl Lab {
             id: format!("{PREFIX}-{}-{n}", std::process::id()),
             namespaces: Vec::new(),
         }
+    }
+
+    /// For the test `name` (`agora_lab::test_name!()`): a lab where this process can build
+    /// one. Where it cannot as it is, but can in a user namespace of its own, the test runs
+    /// again in one, this returns `None` once it passed there, and panics with its output if
+    /// it did not.
+    pub fn for_test(name: &str) -> Option<Self> {
+        if rustix::process::geteuid().is_root() {
+            return Some(Self::new());
+        }
+        crate::userns::rerun_test(name);
+        None
     }
 
     fn namespace(&mut self, name: &str) -> String {
