@@ -255,10 +255,15 @@ pub fn peers(p: &[PeerInfo]) -> Output {
         }
         for p in peers {
             let via = if p.relayed { "relayed" } else { "direct " };
-            w.line(match p.score {
-                Some(s) => format!("{}  {via}  score {s:.3}", p.peer_id),
-                None => format!("{}  {via}  banned", p.peer_id),
-            });
+            let score = match p.score {
+                Some(s) => format!("score {s:.3}"),
+                None => "banned     ".into(),
+            };
+            w.line(format!(
+                "{}  {via}  {score}  {}",
+                p.peer_id,
+                p.addresses.join(" ")
+            ));
         }
     })
 }

@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 6;
+pub const IPC_PROTOCOL_VERSION: u32 = 7;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -274,6 +274,9 @@ pub struct PeerInfo {
     pub score: Option<f64>,
     /// Every connection to it goes through a relay (no direct one could be made yet).
     pub relayed: bool,
+    /// The remote address of each connection to it (over which transport, through which
+    /// relay).
+    pub addresses: Vec<String>,
 }
 
 /// One release, as the CLI shows and locks it.

@@ -37,12 +37,25 @@ struct Crossed {
     /// Whether the user's every connection to the author goes through the relay (`None`: the
     /// user is not connected to it).
     author_relayed: Option<bool>,
+    /// The remote address of each of the user's connections to the author.
+    author_addresses: Vec<String>,
+}
+
+/// What the nodes behind the NATs listen on.
+#[derive(Clone, Copy, PartialEq)]
+enum Listen {
+    /// The defaults: TCP and QUIC.
+    Default,
+    /// QUIC alone, so that a hole can only be punched over QUIC (UDP).
+    QuicOnly,
+    /// TCP alone (simultaneous open).
+    TcpOnly,
 }
 
 /// Runs the case of two NATs of `kind`: a package published behind one is installed behind
 /// the other, and the node behind it learns it is behind a NAT. `relay_bytes` sets the public
-/// node's `relay_circuit_bytes`.
-fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>) -> Crossed {
+/// node's `relay_circuit_bytes`, `listen` what the NATed nodes listen on.
+fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>, listen: Listen) -> Crossed {
     let mut internet = lab.network("inet", [198, 51, 100]);
     let (mut home, mut office) = (
         lab.network("home", [192, 168, 30]),
@@ -52,7 +65,10 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>) -> Crosse
     lab.nat("r2", &mut internet, &mut office, kind);
     let public_host = lab.host("public", &mut internet);
     let (h1, h2) = (lab.host("h1", &mut home), lab.host("h2", &mut office));
-    let declared = format!("/ip4/{}/tcp/4101", public_host.ip);
+    let declared = match listen {
+        Listen::Default | Listen::TcpOnly => format!("/ip4/{}/tcp/4101", public_host.ip),
+        Listen::QuicOnly => format!("/ip4/{}/udp/4101/quic-v1", public_host.ip),
+    };
     let budget = relay_bytes.map(|b| b.to_string());
     let env: Vec<(&str, &str)> = budget
         .iter()
@@ -71,12 +87,17 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>) -> Crosse
         ],
     );
     let seed = format!(
-        "/ip4/{}/tcp/4101/p2p/{}",
-        public_host.ip,
+        "{declared}/p2p/{}",
         public.json(&["status"])["peer_id"].as_str().unwrap()
     );
-    let author = node_on(&h1, &["--bootstrap", &seed, "--log-level", LOG]);
-    let user = node_on(&h2, &["--bootstrap", &seed, "--log-level", LOG]);
+    let mut args = vec!["--bootstrap", &seed, "--log-level", LOG];
+    match listen {
+        Listen::Default => {}
+        Listen::QuicOnly => args.extend(["--listen", "/ip4/0.0.0.0/udp/4101/quic-v1"]),
+        Listen::TcpOnly => args.extend(["--listen", "/ip4/0.0.0.0/tcp/4101"]),
+    }
+    let author = node_on(&h1, &args);
+    let user = node_on(&h2, &args);
     let logs = crate::LogsOnPanic(vec![
         ("public", &public),
         ("author", &author),
@@ -152,18 +173,25 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>) -> Crosse
     });
     let author_id = author.json(&["status"])["peer_id"].clone();
     let peers = user.json(&["peers"]);
-    let author_relayed = peers
+    let to_author = peers
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["peer_id"] == author_id)
-        .map(|p| p["relayed"].as_bool().unwrap());
+        .find(|p| p["peer_id"] == author_id);
+    let author_relayed = to_author.map(|p| p["relayed"].as_bool().unwrap());
+    let author_addresses = to_author
+        .map(|p| p["addresses"].as_array().unwrap().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
     drop(logs);
     Crossed {
         carried,
         installed,
         size,
         author_relayed,
+        author_addresses,
     }
 }
 
@@ -174,10 +202,51 @@ fn behind_two_cone_nats_the_archive_goes_over_a_punched_hole() {
     let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
         return;
     };
-    let crossed = across_two_nats(&mut lab, Nat::Cone, None);
+    let crossed = across_two_nats(&mut lab, Nat::Cone, None, Listen::Default);
     let (carried, size) = (crossed.carried, crossed.size);
     assert_eq!(crossed.author_relayed, Some(false), "connected directly");
     assert_eq!(crossed.installed, Ok(vec![]));
+    assert!(
+        carried < size as f64 / 4.0,
+        "the public node carried {carried} bytes of a {size}-byte archive"
+    );
+}
+
+/// The same over QUIC alone: DCUtR punches a UDP hole, and the user's connection to the
+/// author is a direct QUIC one, to the address the author's router maps for it.
+#[test]
+fn behind_two_cone_nats_quic_alone_punches_a_hole() {
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
+    punched_alone(&mut lab, Listen::QuicOnly, "/udp/4101/quic-v1");
+}
+
+/// The same over TCP alone: a TCP simultaneous open through both routers.
+#[test]
+fn behind_two_cone_nats_tcp_alone_punches_a_hole() {
+    let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
+        return;
+    };
+    punched_alone(&mut lab, Listen::TcpOnly, "/tcp/4101");
+}
+
+/// Two cone NATs, nodes listening on one transport: the archive goes over direct connections
+/// on it, to the author's router (`/ip4/ROUTER` then `transport`).
+fn punched_alone(lab: &mut Lab, listen: Listen, transport: &str) {
+    let crossed = across_two_nats(lab, Nat::Cone, None, listen);
+    let (carried, size) = (crossed.carried, crossed.size);
+    assert_eq!(crossed.author_relayed, Some(false), "connected directly");
+    assert_eq!(crossed.installed, Ok(vec![]));
+    // The routers take .2 and .3 on the internet in the order they were made: r1, the
+    // author's, is .2, and a cone NAT keeps the port the author listens on. Each side may
+    // have dialed, so there may be two connections.
+    let expected = format!("/ip4/198.51.100.2{transport}");
+    let addresses = &crossed.author_addresses;
+    assert!(
+        !addresses.is_empty() && addresses.iter().all(|a| *a == expected),
+        "direct connections to {expected}: {addresses:?}"
+    );
     assert!(
         carried < size as f64 / 4.0,
         "the public node carried {carried} bytes of a {size}-byte archive"
@@ -191,7 +260,7 @@ fn behind_two_symmetric_nats_the_archive_comes_through_the_relay() {
     let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
         return;
     };
-    let crossed = across_two_nats(&mut lab, Nat::Symmetric, None);
+    let crossed = across_two_nats(&mut lab, Nat::Symmetric, None, Listen::Default);
     let (carried, size) = (crossed.carried, crossed.size);
     assert_eq!(crossed.author_relayed, Some(true), "through the relay");
     assert_eq!(
@@ -215,7 +284,7 @@ fn a_node_that_relays_nothing_leaves_two_symmetric_nats_apart() {
     let Some(mut lab) = Lab::for_test(agora_lab::test_name!()) else {
         return;
     };
-    let crossed = across_two_nats(&mut lab, Nat::Symmetric, Some(0));
+    let crossed = across_two_nats(&mut lab, Nat::Symmetric, Some(0), Listen::Default);
     assert_eq!(crossed.author_relayed, None, "not connected at all");
     let (code, stderr) = crossed.installed.unwrap_err();
     assert_eq!(code, Some(7), "{stderr}");

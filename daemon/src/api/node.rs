@@ -64,6 +64,13 @@ pub(super) async fn peers(ctx: &Context) -> Result<Response, IpcError> {
                     peer_id: p.to_string(),
                     score: score.is_finite().then_some(score),
                     relayed: info.relayed_peers.contains(&p),
+                    addresses: info
+                        .peer_addrs
+                        .get(&p)
+                        .into_iter()
+                        .flatten()
+                        .map(|a| a.to_string())
+                        .collect(),
                 }
             })
             .collect(),

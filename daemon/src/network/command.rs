@@ -53,6 +53,8 @@ pub struct NetworkInfo {
     pub reachability: super::Reachability,
     /// Connected peers whose every connection goes through a relay.
     pub relayed_peers: Vec<PeerId>,
+    /// The remote address of each connection, by peer.
+    pub peer_addrs: std::collections::HashMap<PeerId, Vec<Multiaddr>>,
     pub listen_addrs: Vec<Multiaddr>,
     pub external_addrs: Vec<Multiaddr>,
     pub connected_peers: Vec<PeerId>,

@@ -235,6 +235,25 @@ impl EventLoop {
             .filter(|p| self.only_relayed(p))
             .copied()
             .collect();
+        let peer_addrs = self
+            .connections
+            .iter()
+            .map(|(peer, connections)| {
+                let addrs = connections
+                    .iter()
+                    .filter_map(|c| self.remotes.get(c))
+                    .map(|e| {
+                        // A dialed address ends with the peer's id, which says nothing here.
+                        let mut addr = e.get_remote_address().clone();
+                        if addr.iter().last() == Some(libp2p::multiaddr::Protocol::P2p(*peer)) {
+                            addr.pop();
+                        }
+                        addr
+                    })
+                    .collect();
+                (*peer, addrs)
+            })
+            .collect();
         let swarm = &mut self.swarm;
         let routing_table_size = swarm
             .behaviour_mut()
@@ -248,6 +267,7 @@ impl EventLoop {
             peer_id: *swarm.local_peer_id(),
             reachability: self.nat.reachability,
             relayed_peers,
+            peer_addrs,
             listen_addrs: swarm.listeners().cloned().collect(),
             external_addrs: swarm.external_addresses().cloned().collect(),
             connected_peers: swarm.connected_peers().copied().collect(),
