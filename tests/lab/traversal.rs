@@ -295,7 +295,9 @@ fn a_node_that_relays_nothing_leaves_two_symmetric_nats_apart() {
     );
     assert_eq!(
         lines[1],
-        "hint: check 'agora peers'; the package may have no reachable provider"
+        "hint: this node holds no slot on a relay, so if it is behind a NAT it reaches no \
+         provider behind another one; bootstrap from a public node that relays \
+         (docs/OPERATING.md, Behind a NAT)"
     );
     assert!(
         crossed.carried < crossed.size as f64 / 4.0,

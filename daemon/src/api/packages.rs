@@ -13,6 +13,7 @@ use super::{
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
 use crate::ops::RegistryError;
+use crate::ops::fetch::FetchError;
 
 /// Most names one resolution looks up on the DHT (each lookup is two DHT queries).
 const MAX_LOOKUPS_PER_RESOLVE: usize = 64;
@@ -149,6 +150,32 @@ pub(super) async fn resolve(
     ))
 }
 
+/// Where no provider could be reached from a node that is, or may be, behind a NAT, what
+/// explains it: providers behind other NATs are reached only through relays, which the node
+/// may lack. Its reachability may still be unknown when a first install fails.
+async fn behind_a_nat(ctx: &Context) -> Option<String> {
+    use crate::network::Reachability;
+    let info = ctx.network.info().await.ok()?;
+    let relayed = info.listen_addrs.iter().any(|a| {
+        a.iter()
+            .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+    });
+    match (info.reachability, relayed) {
+        (Reachability::Public, _) | (Reachability::Unknown, true) => None,
+        (_, false) => Some(
+            "this node holds no slot on a relay, so if it is behind a NAT it reaches no \
+             provider behind another one; bootstrap from a public node that relays \
+             (docs/OPERATING.md, Behind a NAT)"
+                .into(),
+        ),
+        (Reachability::Private, true) => Some(
+            "this node is behind a NAT: a provider behind another NAT is reached only \
+             through a relay it holds a slot on too; check 'agora peers'"
+                .into(),
+        ),
+    }
+}
+
 /// `fetch NAME VERSION`: the archive made local, with progress as it arrives.
 pub(super) async fn fetch(
     ctx: &Context,
@@ -174,7 +201,20 @@ pub(super) async fn fetch(
         registry.read(move |c| c.release(&n, &v))
     })
     .await?;
-    let fetched = registry.fetch_with_progress(&n, &v, Some(on_bytes)).await?;
+    let fetched = match registry.fetch_with_progress(&n, &v, Some(on_bytes)).await {
+        Ok(fetched) => fetched,
+        Err(
+            e @ RegistryError::Fetch(
+                FetchError::NoProviders(_) | FetchError::ChunkUnavailable { .. },
+            ),
+        ) => {
+            return Err(match behind_a_nat(ctx).await {
+                Some(hint) => IpcError::from(e).hinted(hint),
+                None => e.into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let relayed_peers = match fetched.served_by.is_empty() {
         true => Vec::new(),
         false => ctx.network.info().await.map_err(network)?.relayed_peers,
