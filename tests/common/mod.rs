@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+mod noise;
+
+pub use noise::noise;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -197,19 +200,6 @@ pub fn release(
         previous: None,
     };
     Signed::sign(body, key).unwrap()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so blobs do not compress or repeat.
-pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `n` signed releases of distinct names by one key.

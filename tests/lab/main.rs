@@ -10,6 +10,7 @@ mod process;
 mod lan;
 mod nat;
 mod private;
+mod shaped;
 mod traversal;
 mod userns;
 

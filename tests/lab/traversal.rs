@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 
 use crate::node_on;
-use crate::process::{package, wait_until};
+use crate::process::{noise, package, wait_until};
 use agora_lab::{Host, Lab, Nat, inside};
 
 /// Bytes the node on `host` has sent and received on all its connections, from its metrics
@@ -108,9 +108,7 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>, listen: L
     let src = tempfile::tempdir().unwrap();
     package(src.path(), "far-kit", "1.0.0", "", "across two NATs");
     // Incompressible, and far over what a relay lets through by libp2p's defaults.
-    let data: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data = noise(2_000_000, 36);
     std::fs::write(src.path().join("templates/data.bin"), &data).unwrap();
     let published = author.json(&["publish", src.path().to_str().unwrap()]);
     let size = published["release"]["size"].as_u64().unwrap();
