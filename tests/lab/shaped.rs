@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use crate::node_on;
-use crate::process::{Daemon, noise, package, wait_until};
+use crate::process::noise::noise;
+use crate::process::{Daemon, package, wait_until};
 use agora_lab::Lab;
 
 const NODES: usize = 20;

@@ -4,7 +4,8 @@
 use std::io::{Read, Write};
 
 use crate::node_on;
-use crate::process::{noise, package, wait_until};
+use crate::process::noise::noise;
+use crate::process::{package, wait_until};
 use agora_lab::{Host, Lab, Nat, inside};
 
 /// Bytes the node on `host` has sent and received on all its connections, from its metrics

@@ -12,8 +12,7 @@ use agora_client::Client;
 use serde_json::Value;
 
 #[path = "../common/noise.rs"]
-mod noise;
-pub use noise::noise;
+pub mod noise;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
