@@ -5,6 +5,10 @@
 pub mod hostile;
 mod noise;
 
+#[allow(
+    unused_imports,
+    reason = "as with dead_code above: not every binary that includes this uses it"
+)]
 pub use noise::noise;
 
 use std::future::Future;
