@@ -4,6 +4,8 @@
 //! or a kernel that lets a user make a user namespace (each test then runs again inside one,
 //! `agora_lab::userns`); they fail, saying so, where the lab cannot be built.
 
+#[path = "../common/noise.rs"]
+mod noise;
 #[path = "../process/mod.rs"]
 mod process;
 

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::node_on;
-use crate::process::noise::noise;
+use crate::noise::noise;
 use crate::process::{Daemon, package, wait_until};
 use agora_lab::Lab;
 

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 
 use crate::node_on;
-use crate::process::noise::noise;
+use crate::noise::noise;
 use crate::process::{package, wait_until};
 use agora_lab::{Host, Lab, Nat, inside};
 

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 use agora_client::Client;
 use serde_json::Value;
 
-#[path = "../common/noise.rs"]
-pub mod noise;
-
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn bin(name: &str) -> PathBuf {
