@@ -170,6 +170,21 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>, listen: L
             r => Err(format!("{r:?}")),
         }
     });
+    // Both NATed nodes learn it, turn DHT clients and say so: the public node keeps neither
+    // in its routing table, where lookups would reach them only through its relay.
+    wait_until("the author learns it is behind a NAT", || {
+        match author.json(&["status"])["reachability"].as_str() {
+            Some("private") => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
+    });
+    wait_until(
+        "the public node keeps no NATed node in its routing table",
+        || match public.json(&["status"])["routing_table"].as_u64() {
+            Some(0) => Ok(()),
+            n => Err(format!("{n:?} entries")),
+        },
+    );
     let author_id = author.json(&["status"])["peer_id"].clone();
     let peers = user.json(&["peers"]);
     let to_author = peers

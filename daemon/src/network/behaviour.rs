@@ -4,6 +4,8 @@
 //! as a client) and DCUtR (hole punching a relayed connection into a direct one).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use agora_protocol::limits::{MAX_DHT_VALUE_BYTES, MAX_GOSSIP_BYTES, MAX_KAD_PACKET_BYTES};
 use agora_protocol::messages::{
@@ -97,7 +99,8 @@ impl Behaviour {
         let mut kad =
             kad::Behaviour::with_config(peer_id, DhtStore::new(peer_id, store_cfg), kad_cfg);
         // Daemons are reachable servers: answer DHT queries without waiting for an external
-        // address to be confirmed (which never happens on loopback or a LAN).
+        // address to be confirmed (which never happens on loopback or a LAN). A node AutoNAT
+        // finds behind a NAT becomes a client (`event_loop/nat.rs`).
         kad.set_mode(Some(kad::Mode::Server));
 
         let gossip_cfg = gossipsub::ConfigBuilder::default()
@@ -188,13 +191,25 @@ impl Behaviour {
 fn relay_config(cfg: &NetworkConfig) -> relay::Config {
     let off = cfg.relay_circuit_bytes == 0;
     let defaults = relay::Config::default();
+    let per = |n: u32| NonZeroU32::new(n).expect("a positive limit");
     relay::Config {
         max_circuit_bytes: cfg.relay_circuit_bytes,
         max_circuit_duration: cfg.relay_circuit_duration,
         max_reservations: if off { 0 } else { defaults.max_reservations },
         max_circuits: if off { 0 } else { defaults.max_circuits },
+        // libp2p's defaults let one IP address open a circuit a minute once a burst of 60 is
+        // spent, and a circuit to a peer without a slot spends one too: the nodes of an office
+        // behind one NAT, dialing peers through the relay, spent it in seconds in the lab and
+        // were refused for the rest of the minute. Bursts stay as they were; tokens come back
+        // every second (a peer: every 2 s).
+        reservation_rate_limiters: Vec::new(),
+        circuit_src_rate_limiters: Vec::new(),
         ..defaults
     }
+    .reservation_rate_per_peer(per(30), Duration::from_secs(2 * 60))
+    .reservation_rate_per_ip(per(60), Duration::from_secs(10))
+    .circuit_src_per_peer(per(30), Duration::from_secs(2))
+    .circuit_src_per_ip(per(60), Duration::from_secs(1))
 }
 
 /// Gossipsub peer scoring for the one Agora topic. An invalid message (a `Reject`) costs a

@@ -100,6 +100,9 @@ impl EventLoop {
                 BehaviourEvent::Gossipsub(e) => m.record(e),
                 BehaviourEvent::Identify(e) => m.record(e),
                 BehaviourEvent::Ping(e) => m.record(e),
+                // What a relay grants and refuses, and how hole punches end, for operators.
+                BehaviourEvent::Relay(e) => m.record(e),
+                BehaviourEvent::Dcutr(e) => m.record(e),
                 _ => {}
             }
         }
@@ -195,7 +198,10 @@ impl EventLoop {
                 self.consider_relay(peer_id, connection_id, &info);
                 let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
                 if !info.protocols.contains(&kad_protocol) {
-                    trace!(peer = %peer_id, "peer does not speak Agora's Kademlia");
+                    // A server behind a NAT turns client once it knows (`nat.rs`), and says so
+                    // by identify: lookups must stop going to it through a relay.
+                    trace!(peer = %peer_id, "peer does not serve Agora's Kademlia");
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                     return;
                 }
                 let Some(remote) = self

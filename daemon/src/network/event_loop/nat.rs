@@ -11,7 +11,7 @@
 //! peer is up, so that requests (which libp2p spreads over a peer's connections) go direct.
 
 use libp2p::kad::store::RecordStore;
-use libp2p::{autonat, dcutr, relay};
+use libp2p::{autonat, dcutr, kad, relay};
 
 use super::events::Reach;
 use super::*;
@@ -182,6 +182,14 @@ impl EventLoop {
                 if self.nat.reachability == Reachability::Unknown {
                     info!("peers cannot dial this node: it is reachable through relays only");
                     self.nat.reachability = Reachability::Private;
+                    // A DHT server that peers reach only through relays costs a circuit per
+                    // query, and stays in routing tables after it is gone, where every lookup
+                    // dials it through a relay in vain. As a client it still asks and
+                    // announces what it provides.
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .set_mode(Some(kad::Mode::Client));
                 }
             }
         }
@@ -222,6 +230,10 @@ impl EventLoop {
         }
         info!("peers can dial this node: it is publicly reachable");
         self.nat.reachability = Reachability::Public;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .set_mode(Some(kad::Mode::Server));
         for (relay, listener) in self.nat.reservations.drain() {
             debug!(%relay, "giving up the slot on a relay");
             self.swarm.remove_listener(listener);
