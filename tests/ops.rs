@@ -800,6 +800,34 @@ fn the_systemd_user_unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
+fn the_public_node_system_unit_passes_systemd_analyze_verify() {
+    // The unit starts /usr/local/bin/agorad, which a test must not install: verify a copy that
+    // starts the built daemon instead, and nothing else changed.
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/agora-relay.service"),
+    )
+    .unwrap();
+    let exec = "ExecStart=/usr/local/bin/agorad\n";
+    assert_eq!(
+        unit.matches(exec).count(),
+        1,
+        "one ExecStart, of the installed agorad"
+    );
+    let built = format!("ExecStart={}\n", process::bin("agorad").display());
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("agora-relay.service");
+    std::fs::write(&copy, unit.replace(exec, &built)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; .ci/test installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "verify warns about nothing");
+}
+
+#[test]
 fn another_user_on_the_socket_is_refused_with_the_reason_and_the_daemon_keeps_serving() {
     // Acting as a second user needs root (this test's thread drops to `nobody`); the test
     // command (.ci/test) runs as root, as CI does.
