@@ -57,7 +57,7 @@ fn main() {
     }
 }
 
-/// A public node and two NATed hosts: `(lab, public host, author's host, user's host)`.
+/// A public node and two NATed hosts (the author's and the user's).
 struct TwoNats {
     lab: Lab,
     public_host: Host,
@@ -67,19 +67,11 @@ struct TwoNats {
 
 fn two_nats(kind: Nat) -> TwoNats {
     let mut lab = Lab::new();
-    let mut internet = lab.network("inet", [198, 51, 100]);
-    let (mut home, mut office) = (
-        lab.network("home", [192, 168, 30]),
-        lab.network("office", [192, 168, 31]),
-    );
-    lab.nat("r1", &mut internet, &mut home, kind);
-    lab.nat("r2", &mut internet, &mut office, kind);
-    let public_host = lab.host("public", &mut internet);
-    let h1 = lab.host("h1", &mut home);
-    let h2 = lab.host("h2", &mut office);
+    let agora_lab::BehindNats { public, hosts } = lab.behind_nats(kind, 2);
+    let [h1, h2]: [Host; 2] = hosts.try_into().ok().expect("two hosts");
     TwoNats {
         lab,
-        public_host,
+        public_host: public,
         h1,
         h2,
     }

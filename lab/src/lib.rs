@@ -11,6 +11,6 @@ pub mod net;
 pub mod node;
 pub mod userns;
 
-pub use net::{Host, Lab, Nat, Network, inside, qdiscs};
+pub use net::{BehindNats, Host, Lab, Nat, Network, inside, qdiscs};
 pub use node::Node;
 pub use userns::enter;

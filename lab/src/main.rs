@@ -60,14 +60,8 @@ fn main() {
                 Kind::Cone => Nat::Cone,
                 Kind::Symmetric => Nat::Symmetric,
             };
-            let mut internet = lab.network("inet", [198, 51, 100]);
-            let mut lans = Vec::new();
-            for i in 1..=hosts {
-                let mut lan = lab.network(&format!("lan{i}"), [192, 168, 30 + i]);
-                lab.nat(&format!("r{i}"), &mut internet, &mut lan, nat);
-                lans.push(lan);
-            }
-            let public_host = lab.host("public", &mut internet);
+            let topology = lab.behind_nats(nat, hosts);
+            let public_host = topology.public;
             shape(&lab, &public_host, cli.rate);
             let declared = format!("/ip4/{}/tcp/4101", public_host.ip);
             let public = Node::start(
@@ -90,9 +84,8 @@ fn main() {
                 Kind::Cone => "behind a cone NAT",
                 Kind::Symmetric => "behind a symmetric NAT",
             };
-            for (i, lan) in lans.iter_mut().enumerate() {
+            for (i, host) in topology.hosts.into_iter().enumerate() {
                 let name = format!("h{}", i + 1);
-                let host = lab.host(&name, lan);
                 shape(&lab, &host, cli.rate);
                 let node = Node::start(&host, &name, &[], &["--bootstrap", &seed]);
                 nodes.push((node, host, behind.into()));

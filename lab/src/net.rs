@@ -78,6 +78,14 @@ pub struct Host {
     port: (String, String),
 }
 
+/// What [`Lab::behind_nats`] built.
+pub struct BehindNats {
+    /// A host on the internet, with a public address.
+    pub public: Host,
+    /// A host behind each NAT router, in order.
+    pub hosts: Vec<Host>,
+}
+
 /// A topology of namespaces, torn down on drop.
 pub struct Lab {
     id: String,
@@ -242,6 +250,28 @@ impl Lab {
             dev: "wan".into(),
             port: (wan.ns.clone(), wan_port),
         }
+    }
+
+    /// The topology of developers behind home routers: "the internet" (198.51.100.0/24), `n`
+    /// LANs (192.168.30.0/24 and up), each behind a NAT router of `kind` of its own (r1 at
+    /// .2 on the internet, r2 at .3, ...), a public host on the internet, and a host on each
+    /// LAN (h1, h2, ...).
+    pub fn behind_nats(&mut self, kind: Nat, n: u8) -> BehindNats {
+        let mut internet = self.network("inet", [198, 51, 100]);
+        let mut lans: Vec<Network> = (1..=n)
+            .map(|i| {
+                let mut lan = self.network(&format!("lan{i}"), [192, 168, 29 + i]);
+                self.nat(&format!("r{i}"), &mut internet, &mut lan, kind);
+                lan
+            })
+            .collect();
+        let public = self.host("public", &mut internet);
+        let hosts = lans
+            .iter_mut()
+            .enumerate()
+            .map(|(i, lan)| self.host(&format!("h{}", i + 1), lan))
+            .collect();
+        BehindNats { public, hosts }
     }
 
     /// Limits `host`'s link to `mbit` Mbit/s each way (a token bucket on both ends).

@@ -57,15 +57,11 @@ enum Listen {
 /// the other, and the node behind it learns it is behind a NAT. `relay_bytes` sets the public
 /// node's `relay_circuit_bytes`, `listen` what the NATed nodes listen on.
 fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>, listen: Listen) -> Crossed {
-    let mut internet = lab.network("inet", [198, 51, 100]);
-    let (mut home, mut office) = (
-        lab.network("home", [192, 168, 30]),
-        lab.network("office", [192, 168, 31]),
-    );
-    lab.nat("r1", &mut internet, &mut home, kind);
-    lab.nat("r2", &mut internet, &mut office, kind);
-    let public_host = lab.host("public", &mut internet);
-    let (h1, h2) = (lab.host("h1", &mut home), lab.host("h2", &mut office));
+    let agora_lab::BehindNats {
+        public: public_host,
+        hosts,
+    } = lab.behind_nats(kind, 2);
+    let (h1, h2) = (&hosts[0], &hosts[1]);
     let declared = match listen {
         Listen::Default | Listen::TcpOnly => format!("/ip4/{}/tcp/4101", public_host.ip),
         Listen::QuicOnly => format!("/ip4/{}/udp/4101/quic-v1", public_host.ip),
@@ -97,8 +93,8 @@ fn across_two_nats(lab: &mut Lab, kind: Nat, relay_bytes: Option<u64>, listen: L
         Listen::QuicOnly => args.extend(["--listen", "/ip4/0.0.0.0/udp/4101/quic-v1"]),
         Listen::TcpOnly => args.extend(["--listen", "/ip4/0.0.0.0/tcp/4101"]),
     }
-    let author = node_on(&h1, &args);
-    let user = node_on(&h2, &args);
+    let author = node_on(h1, &args);
+    let user = node_on(h2, &args);
     let logs = crate::LogsOnPanic(vec![
         ("public", &public),
         ("author", &author),
