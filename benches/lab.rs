@@ -11,8 +11,9 @@
 //!   (symmetric).
 //! - `shaped`: 20 nodes on 20 Mbit/s links, bootstrapped from the first; 20 publishes, each
 //!   from the next node, timed from the call until every other node knows the release (one
-//!   poller per node on its socket); then a 10 MB archive installed by 3 nodes in turn,
-//!   against the 4.0 s the link needs to carry it.
+//!   poller per node on its socket); then a 10 MB archive installed by 3 nodes in turn
+//!   (`AGORA_BENCH_INSTALLS`), against the 4.0 s the link needs to carry it: each finds one
+//!   more provider than the one before.
 //!
 //! Run as root, or as a user where user namespaces are allowed (the bench then runs in one):
 //! `cargo build --release --workspace && cargo bench --bench lab [-- holepunch|throughput|shaped]`.
@@ -304,7 +305,8 @@ fn shaped() {
     let src = tempfile::tempdir().unwrap();
     let size = publish_noise(big, src.path(), "shaped-big", 10_000_000);
     let link = Duration::from_secs_f64(size as f64 * 8.0 / (MBIT as f64 * 1e6));
-    for user in &nodes[NODES - 3..] {
+    let installs = support::env_list("AGORA_BENCH_INSTALLS", &[3])[0].clamp(1, NODES - 1);
+    for user in &nodes[NODES - installs..] {
         wait_for(DEADLINE, || client(user).info("shaped-big", None).ok())
             .expect("the big release reaches the user");
         let project = tempfile::tempdir().unwrap();
