@@ -85,6 +85,10 @@ impl EventLoop {
                 info!(%address, "external address confirmed");
                 self.external_confirmed(&address);
             }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                info!(%address, "external address expired");
+                self.choose_dht_role();
+            }
             other => trace!(event = ?other, "unhandled swarm event"),
         }
     }

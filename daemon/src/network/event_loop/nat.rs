@@ -182,14 +182,7 @@ impl EventLoop {
                 if self.nat.reachability == Reachability::Unknown {
                     info!("peers cannot dial this node: it is reachable through relays only");
                     self.nat.reachability = Reachability::Private;
-                    // A DHT server that peers reach only through relays costs a circuit per
-                    // query, and stays in routing tables after it is gone, where every lookup
-                    // dials it through a relay in vain. As a client it still asks and
-                    // announces what it provides.
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .set_mode(Some(kad::Mode::Client));
+                    self.choose_dht_role();
                 }
             }
         }
@@ -205,6 +198,7 @@ impl EventLoop {
         if !is_relayed(address) {
             self.reachable();
         }
+        self.choose_dht_role();
         let kad = &mut self.swarm.behaviour_mut().kad;
         let keys: Vec<kad::RecordKey> = kad
             .store_mut()
@@ -223,6 +217,28 @@ impl EventLoop {
         }
     }
 
+    /// A DHT server that peers reach only through relays costs a circuit per lookup, and
+    /// stays in routing tables after it is gone, where every lookup dials it through a relay
+    /// in vain: a node that is private and known only by relayed addresses is a client (it
+    /// still looks up, puts and announces what it provides). Any other node serves: a failed
+    /// dial-back alone (on a LAN or loopback, to a port it does not listen on) says nothing
+    /// about whether its peers reach it.
+    pub(super) fn choose_dht_role(&mut self) {
+        let relayed_only = {
+            let mut external = self.swarm.external_addresses().peekable();
+            external.peek().is_some() && external.all(is_relayed)
+        };
+        let mode = match self.nat.reachability == Reachability::Private && relayed_only {
+            true => kad::Mode::Client,
+            false => kad::Mode::Server,
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.mode() != mode {
+            info!(?mode, "DHT role");
+            kad.set_mode(Some(mode));
+        }
+    }
+
     /// Peers can dial this node: it needs no relay any more.
     fn reachable(&mut self) {
         if self.nat.reachability == Reachability::Public {
@@ -230,10 +246,7 @@ impl EventLoop {
         }
         info!("peers can dial this node: it is publicly reachable");
         self.nat.reachability = Reachability::Public;
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .set_mode(Some(kad::Mode::Server));
+        self.choose_dht_role();
         for (relay, listener) in self.nat.reservations.drain() {
             debug!(%relay, "giving up the slot on a relay");
             self.swarm.remove_listener(listener);
