@@ -309,6 +309,7 @@ fn shaped() {
     for user in &nodes[NODES - installs..] {
         wait_for(DEADLINE, || client(user).info("shaped-big", None).ok())
             .expect("the big release reaches the user");
+        let tcp_before = tcp_losses(&hosts);
         let project = tempfile::tempdir().unwrap();
         let started = Instant::now();
         user.json(&[
@@ -318,13 +319,41 @@ fn shaped() {
             project.path().to_str().unwrap(),
         ]);
         let took = started.elapsed();
+        let tcp_after = tcp_losses(&hosts);
         println!(
-            "shaped install of {:.1} MB on {}: {took:.2?}, {:.2}x the link's {link:.2?}",
+            "shaped install of {:.1} MB on {}: {took:.2?}, {:.2}x the link's {link:.2?}; TCP on \
+             all hosts meanwhile: {} segments retransmitted, {} timeouts",
             size as f64 / 1e6,
             user.name,
-            took.as_secs_f64() / link.as_secs_f64()
+            took.as_secs_f64() / link.as_secs_f64(),
+            tcp_after.0 - tcp_before.0,
+            tcp_after.1 - tcp_before.1,
         );
     }
     drop(nodes);
     drop(lab);
+}
+
+/// The TCP segments retransmitted and the retransmission timeouts so far in the stacks of
+/// `hosts` (`nstat`, iproute2), senders and receivers alike: where an install's time goes on
+/// shaped links. QUIC connections are not counted.
+fn tcp_losses(hosts: &[Host]) -> (u64, u64) {
+    let mut total = (0, 0);
+    for host in hosts {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &host.ns, "nstat", "-asz"])
+            .args(["TcpRetransSegs", "TcpExtTCPTimeouts"])
+            .output()
+            .expect("nstat");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counter = |name: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += counter("TcpRetransSegs");
+        total.1 += counter("TcpExtTCPTimeouts");
+    }
+    total
 }
