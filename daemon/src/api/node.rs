@@ -57,13 +57,14 @@ pub(super) async fn peers(ctx: &Context) -> Result<Response, IpcError> {
     let info = net.info().await.map_err(network)?;
     Ok(Response::Peers(
         info.connected_peers
-            .into_iter()
+            .iter()
+            .copied()
             .map(|p| {
                 let score = registry.reputation_of(&p).1;
                 PeerInfo {
                     peer_id: p.to_string(),
                     score: score.is_finite().then_some(score),
-                    relayed: info.relayed_peers.contains(&p),
+                    relayed: info.only_relayed(&p),
                     addresses: info
                         .peer_addrs
                         .get(&p)

@@ -156,10 +156,7 @@ pub(super) async fn resolve(
 async fn behind_a_nat(ctx: &Context) -> Option<String> {
     use crate::network::Reachability;
     let info = ctx.network.info().await.ok()?;
-    let relayed = info.listen_addrs.iter().any(|a| {
-        a.iter()
-            .any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
-    });
+    let relayed = info.listen_addrs.iter().any(crate::network::is_relayed);
     match (info.reachability, relayed) {
         (Reachability::Public, _) | (Reachability::Unknown, true) => None,
         (_, false) => Some(
@@ -215,14 +212,13 @@ pub(super) async fn fetch(
         }
         Err(e) => return Err(e.into()),
     };
-    let relayed_peers = match fetched.served_by.is_empty() {
-        true => Vec::new(),
-        false => ctx.network.info().await.map_err(network)?.relayed_peers,
+    let relayed = match fetched.served_by.is_empty() {
+        true => false,
+        false => {
+            let info = ctx.network.info().await.map_err(network)?;
+            fetched.served_by.iter().any(|(p, _)| info.only_relayed(p))
+        }
     };
-    let relayed = fetched
-        .served_by
-        .iter()
-        .any(|(p, _)| relayed_peers.contains(p));
     Ok(Response::Fetched(FetchedInfo {
         relayed,
         path: fetched.path.display().to_string(),

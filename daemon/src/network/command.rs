@@ -51,8 +51,6 @@ pub struct NetworkInfo {
     pub peer_id: PeerId,
     /// Whether peers can dial this node (else it is reached through its relays).
     pub reachability: super::Reachability,
-    /// Connected peers whose every connection goes through a relay.
-    pub relayed_peers: Vec<PeerId>,
     /// The remote address of each connection, by peer.
     pub peer_addrs: std::collections::HashMap<PeerId, Vec<Multiaddr>>,
     pub listen_addrs: Vec<Multiaddr>,
@@ -67,6 +65,16 @@ pub struct NetworkInfo {
     /// [`NetworkConfig::sync_budget`](super::NetworkConfig::sync_budget)).
     pub inbound_syncs_open: usize,
     pub inbound_fetches_open: usize,
+}
+
+impl NetworkInfo {
+    /// Whether every open connection to `peer` goes through a relay (no direct one could be
+    /// made yet).
+    pub fn only_relayed(&self, peer: &PeerId) -> bool {
+        self.peer_addrs
+            .get(peer)
+            .is_some_and(|addrs| !addrs.is_empty() && addrs.iter().all(super::is_relayed))
+    }
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;

@@ -39,6 +39,12 @@ pub struct Network {
     pub task: JoinHandle<()>,
 }
 
+/// Whether an address goes through a relay.
+pub fn is_relayed(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+}
+
 /// How long a TCP connection may take to open and upgrade (Noise, Yamux) before the dial
 /// fails. The system's own limit is two minutes of SYN retries into a router that drops them;
 /// AutoNAT servers answer within 10 s, so a dial back to an unreachable address must fail

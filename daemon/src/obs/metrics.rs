@@ -79,9 +79,6 @@ pub struct Metrics {
     /// Of those, records byte-identical to the copy this node stores, dropped by the event
     /// loop before any validation: a replication round's copies of what the node holds.
     pub dht_records_unchanged: Counter,
-    /// Relayed connections DCUtR turned into direct ones, and attempts that failed.
-    pub hole_punches: Counter,
-    pub hole_punch_failures: Counter,
     search_seconds: Histogram,
     publish_seconds: Histogram,
     fetch_seconds: Histogram,
@@ -148,18 +145,6 @@ impl Metrics {
             "DHT records put to this node that are identical to its stored copy (dropped unvalidated)",
             Counter::default(),
         );
-        let hole_punches = add(
-            agora,
-            "hole_punches",
-            "Relayed connections turned into direct ones by hole punching (DCUtR)",
-            Counter::default(),
-        );
-        let hole_punch_failures = add(
-            agora,
-            "hole_punch_failures",
-            "Hole punching attempts that failed (the connection stays relayed)",
-            Counter::default(),
-        );
         let search_seconds = add(
             agora,
             "search_seconds",
@@ -211,8 +196,6 @@ impl Metrics {
             dht_records_received,
             gossip_over_budget,
             dht_records_unchanged,
-            hole_punches,
-            hole_punch_failures,
             search_seconds,
             publish_seconds,
             fetch_seconds,

@@ -229,12 +229,6 @@ impl EventLoop {
     }
 
     fn info(&mut self) -> NetworkInfo {
-        let relayed_peers = self
-            .connections
-            .keys()
-            .filter(|p| self.only_relayed(p))
-            .copied()
-            .collect();
         let peer_addrs = self
             .connections
             .iter()
@@ -266,7 +260,6 @@ impl EventLoop {
         NetworkInfo {
             peer_id: *swarm.local_peer_id(),
             reachability: self.nat.reachability,
-            relayed_peers,
             peer_addrs,
             listen_addrs: swarm.listeners().cloned().collect(),
             external_addrs: swarm.external_addresses().cloned().collect(),

@@ -15,6 +15,7 @@ use libp2p::{autonat, dcutr, kad, relay};
 
 use super::events::Reach;
 use super::*;
+use crate::network::is_relayed;
 
 /// Most relays a node behind a NAT holds slots on at once.
 const MAX_RESERVATIONS: usize = 2;
@@ -67,11 +68,6 @@ impl Nat {
             reservations: HashMap::new(),
         }
     }
-}
-
-/// Whether an address goes through a relay.
-pub(super) fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 fn relayed_endpoint(endpoint: &libp2p::core::ConnectedPoint) -> bool {
@@ -161,11 +157,9 @@ impl EventLoop {
     pub(super) fn on_dcutr(&mut self, event: dcutr::Event) {
         match event.result {
             Ok(connection) => {
-                self.metrics.hole_punches.inc();
                 info!(peer = %event.remote_peer_id, ?connection, "hole punched: a direct connection replaces the relayed one");
             }
             Err(error) => {
-                self.metrics.hole_punch_failures.inc();
                 info!(peer = %event.remote_peer_id, %error, "no hole could be punched: the connection stays relayed");
             }
         }
@@ -195,10 +189,10 @@ impl EventLoop {
     /// provider record put before carries the addresses the node had then (none, behind a NAT
     /// before its relay answered), which no fetcher could dial.
     pub(super) fn external_confirmed(&mut self, address: &Multiaddr) {
-        if !is_relayed(address) {
-            self.reachable();
+        match is_relayed(address) {
+            false => self.reachable(),
+            true => self.choose_dht_role(),
         }
-        self.choose_dht_role();
         let kad = &mut self.swarm.behaviour_mut().kad;
         let keys: Vec<kad::RecordKey> = kad
             .store_mut()
@@ -280,12 +274,5 @@ impl EventLoop {
                 self.swarm.close_connection(other);
             }
         }
-    }
-
-    /// Whether every open connection to `peer` goes through a relay.
-    pub(super) fn only_relayed(&self, peer: &PeerId) -> bool {
-        let mut connections = self.connections.get(peer).into_iter().flatten().peekable();
-        connections.peek().is_some()
-            && connections.all(|c| self.remotes.get(c).is_some_and(relayed_endpoint))
     }
 }
