@@ -14,9 +14,15 @@
 //!   poller per node on its socket); then a 10 MB archive installed by 3 nodes in turn
 //!   (`AGORA_BENCH_INSTALLS`), against the 4.0 s the link needs to carry it: each finds one
 //!   more provider than the one before.
+//! - `crowd`: a publisher, a lone downloader and a crowd of `AGORA_BENCH_CROWD` (default 16)
+//!   downloaders, every host on a 40 Mbit/s link; an archive of `AGORA_BENCH_CROWD_MIB` MiB
+//!   (default 64) installed by the lone downloader, then by the whole crowd at once: the
+//!   slowest against the lone install, and what the publisher uploaded. Then a second
+//!   archive and the crowd again, the publisher killed once it has uploaded 1.2 copies: the
+//!   survivors' times against the crowd's without the loss.
 //!
 //! Run as root, or as a user where user namespaces are allowed (the bench then runs in one):
-//! `cargo build --release --workspace && cargo bench --bench lab [-- holepunch|throughput|shaped]`.
+//! `cargo build --release --workspace && cargo bench --bench lab [-- holepunch|throughput|shaped|crowd]`.
 
 #[path = "../tests/common/noise.rs"]
 mod noise;
@@ -55,6 +61,11 @@ fn main() {
     }
     if run("shaped") {
         shaped();
+    }
+    if run("crowd") {
+        let downloaders = support::env_list("AGORA_BENCH_CROWD", &[16])[0].max(2);
+        let mib = support::env_list("AGORA_BENCH_CROWD_MIB", &[64])[0].max(1);
+        crowd(downloaders, mib);
     }
 }
 
@@ -223,13 +234,17 @@ fn throughput(kind: Nat) {
 
 /// Publishes a package of `bytes` incompressible bytes from `node`; returns its archive size.
 fn publish_noise(node: &Node, dir: &Path, name: &str, bytes: usize) -> u64 {
+    publish_noise_seeded(node, dir, name, bytes, 9)
+}
+
+fn publish_noise_seeded(node: &Node, dir: &Path, name: &str, bytes: usize, seed: u64) -> u64 {
     std::fs::create_dir_all(dir.join("templates")).unwrap();
     std::fs::write(
         dir.join("package.toml"),
         format!("[package]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"data\"\n"),
     )
     .unwrap();
-    std::fs::write(dir.join("templates/data.bin"), noise::noise(bytes, 9)).unwrap();
+    std::fs::write(dir.join("templates/data.bin"), noise::noise(bytes, seed)).unwrap();
     let published = node.json(&["publish", dir.to_str().unwrap()]);
     published["release"]["size"].as_u64().expect("size")
 }
@@ -356,4 +371,134 @@ fn tcp_losses(hosts: &[Host]) -> (u64, u64) {
         total.1 += counter("TcpExtTCPTimeouts");
     }
     total
+}
+
+/// Installs `name` on every node of `crowd` at once; returns each install's time.
+fn install_together(crowd: &[Node], name: &str) -> Vec<Duration> {
+    let go = Arc::new(AtomicBool::new(false));
+    let installs: Vec<_> = crowd
+        .iter()
+        .map(|node| {
+            let project = tempfile::tempdir().unwrap();
+            let mut install = node.command(&[
+                "--json",
+                "install",
+                name,
+                "--dir",
+                project.path().to_str().unwrap(),
+            ]);
+            let go = go.clone();
+            std::thread::spawn(move || {
+                while !go.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                let started = Instant::now();
+                let out = install.output().expect("agora install");
+                assert!(
+                    out.status.success(),
+                    "install: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                drop(project);
+                started.elapsed()
+            })
+        })
+        .collect();
+    go.store(true, Ordering::Release);
+    installs.into_iter().map(|i| i.join().unwrap()).collect()
+}
+
+fn crowd(downloaders: usize, mib: usize) {
+    const MBIT: u32 = 40;
+    let mut lab = Lab::new();
+    let mut net = lab.network("net", [10, 22, 0]);
+    let mut host = |name: &str| {
+        let h = lab.host(name, &mut net);
+        lab.rate(&h, MBIT);
+        h
+    };
+    let publisher_host = host("pub");
+    let lone_host = host("lone");
+    let crowd_hosts: Vec<Host> = (1..=downloaders).map(|i| host(&format!("d{i}"))).collect();
+    let publisher = Node::start(
+        &publisher_host,
+        "pub",
+        &[],
+        &["--no-mdns", "--http", "127.0.0.1:4180"],
+    );
+    let seed = format!(
+        "/ip4/{}/tcp/4101/p2p/{}",
+        publisher_host.ip,
+        peer_id(&publisher)
+    );
+    let args = ["--no-mdns", "--bootstrap", seed.as_str()];
+    let lone = Node::start(&lone_host, "lone", &[], &args);
+    let crowd: Vec<Node> = crowd_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Node::start(h, &format!("d{}", i + 1), &[], &args))
+        .collect();
+    publisher.json(&["keygen"]);
+    let uploaded = || agora_lab::metric(&publisher_host, "agora_bytes_served_total");
+    let src = tempfile::tempdir().unwrap();
+    let size = publish_noise_seeded(&publisher, src.path(), "crowd-a", mib << 20, 1) as f64;
+    for node in crowd.iter().chain([&lone]) {
+        wait_for(DEADLINE, || client(node).info("crowd-a", None).ok())
+            .expect("the release reaches every node");
+    }
+    let link = Duration::from_secs_f64(size * 8.0 / (MBIT as f64 * 1e6));
+    let before = uploaded();
+    let alone = install_together(std::slice::from_ref(&lone), "crowd-a")[0];
+    println!(
+        "crowd: {:.1} MB archive, {MBIT} Mbit/s links ({link:.2?} to carry it): lone install          {alone:.2?}, publisher uploaded {:.2} copies",
+        size / 1e6,
+        (uploaded() - before) / size
+    );
+    drop(lone);
+    let before = uploaded();
+    let together = install_together(&crowd, "crowd-a");
+    let slowest = *together.iter().max().unwrap();
+    println!(
+        "crowd of {downloaders}: {}; slowest {:.2}x the lone install; publisher uploaded {:.2} \
+         copies",
+        summary("install", together.clone()),
+        slowest.as_secs_f64() / alone.as_secs_f64(),
+        (uploaded() - before) / size
+    );
+
+    let src = tempfile::tempdir().unwrap();
+    let size = publish_noise_seeded(&publisher, src.path(), "crowd-b", mib << 20, 2) as f64;
+    for node in &crowd {
+        wait_for(DEADLINE, || client(node).info("crowd-b", None).ok())
+            .expect("the second release reaches every node");
+    }
+    let before = uploaded();
+    let (survived, sent) = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let sent = wait_for(DEADLINE, || {
+                let sent = uploaded() - before;
+                (sent >= 1.2 * size).then_some(sent)
+            })
+            .expect("the publisher uploads 1.2 copies");
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(publisher.pid).expect("a pid"),
+                rustix::process::Signal::KILL,
+            )
+            .expect("killing the publisher");
+            sent
+        });
+        let survived = install_together(&crowd, "crowd-b");
+        (survived, killer.join().unwrap())
+    });
+    let slowest_lost = *survived.iter().max().unwrap();
+    println!(
+        "crowd of {downloaders}, publisher killed after {:.2} copies: {}; slowest {:.2}x the \
+         slowest without the loss",
+        sent / size,
+        summary("install", survived),
+        slowest_lost.as_secs_f64() / slowest.as_secs_f64()
+    );
+    drop(crowd);
+    drop(publisher);
+    drop(lab);
 }

@@ -12,5 +12,5 @@ pub mod node;
 pub mod userns;
 
 pub use net::{BehindNats, Host, Lab, Nat, Network, inside, qdiscs};
-pub use node::Node;
+pub use node::{Node, metric};
 pub use userns::enter;

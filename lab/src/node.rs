@@ -87,6 +87,27 @@ impl Node {
     }
 }
 
+/// The sum of the samples of metric `name` (every label set) that the node on `host`
+/// exports on its gateway's `/metrics` (started with `--http 127.0.0.1:4180`).
+pub fn metric(host: &Host, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let text = crate::net::inside(host, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:4180").expect("the node's gateway");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("a request to the gateway");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("the gateway's answer");
+        out
+    });
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let stopped = self.agora(&["node", "stop"]).status.success();

@@ -85,6 +85,9 @@ pub const SYNC_BUCKETS: usize = 256;
 pub const MAX_FETCH_REQUEST_BYTES: usize = 256;
 /// Largest fetch response: one chunk plus framing.
 pub const MAX_FETCH_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 256;
+/// Largest encoded have request and response (a map of at most `MAX_CHUNKS` bits, an id and
+/// framing).
+pub const MAX_HAVE_BYTES: usize = 256;
 
 /// Longest search query text, in bytes.
 pub const MAX_SEARCH_QUERY_LEN: usize = 256;

@@ -19,6 +19,8 @@ pub const GOSSIP_TOPIC: &str = "agora/releases/1";
 pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
 /// Chunk fetch request-response protocol.
 pub const FETCH_PROTOCOL: &str = "/agora/fetch/1";
+/// Chunk availability request-response protocol (who holds which chunks of an archive).
+pub const HAVE_PROTOCOL: &str = "/agora/have/1";
 /// Kademlia protocol name (a private DHT, apart from the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/agora/kad/1.0.0";
 
@@ -243,6 +245,93 @@ impl Wire for FetchResponse {
         Ok(value)
     }
 }
+
+/// Which chunks of an archive a node holds, by the cut a [`HaveRequest`] names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Have {
+    /// The whole archive.
+    All,
+    /// The chunks whose bits are set (a fetch under way): bit `i % 8` of byte `i / 8` is
+    /// chunk `i`; `ceil(chunks / 8)` bytes, with the bits past the last chunk clear.
+    Chunks(Vec<u8>),
+}
+
+impl Have {
+    /// The map of `held` (one flag per chunk).
+    pub fn of(held: &[bool]) -> Self {
+        let mut bits = vec![0u8; held.len().div_ceil(8)];
+        for (i, _) in held.iter().enumerate().filter(|(_, h)| **h) {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+        Self::Chunks(bits)
+    }
+
+    /// One flag per chunk of an archive of `chunks` chunks, or why the map cannot be of it.
+    pub fn held(&self, chunks: usize) -> Result<Vec<bool>, String> {
+        let bits = match self {
+            Self::All => return Ok(vec![true; chunks]),
+            Self::Chunks(bits) => bits,
+        };
+        if bits.len() != chunks.div_ceil(8) {
+            return Err(format!(
+                "a map of {} bytes for {chunks} chunks; it takes {}",
+                bits.len(),
+                chunks.div_ceil(8)
+            ));
+        }
+        let held: Vec<bool> = (0..bits.len() * 8)
+            .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
+            .collect();
+        if held[chunks..].iter().any(|h| *h) {
+            return Err(format!("the map names chunks past the last of {chunks}"));
+        }
+        Ok(held[..chunks].to_vec())
+    }
+}
+
+/// Which chunks of `content`, cut into `chunks` pieces of `chunk_size` bytes, does the node
+/// hold? The asker says which it holds: two nodes fetching one archive learn of each other
+/// from one exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveRequest {
+    pub content: ContentId,
+    pub chunk_size: u32,
+    pub chunks: u32,
+    pub have: Have,
+}
+
+impl_wire!(HaveRequest, MAX_HAVE_BYTES, |r| {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&r.chunk_size) {
+        Err(format!(
+            "chunk size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+            r.chunk_size
+        ))
+    } else if r.chunks == 0 || r.chunks as usize > MAX_CHUNKS {
+        Err(format!(
+            "{} chunks; an archive has 1..={MAX_CHUNKS}",
+            r.chunks
+        ))
+    } else {
+        r.have.held(r.chunks as usize).map(|_| ())
+    }
+});
+
+/// The answer to a [`HaveRequest`]: `Refused(NotFound)` from a node that neither holds nor
+/// fetches the archive (or fetches it cut another way).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HaveResponse {
+    Have(Have),
+    Refused(Refusal),
+}
+
+impl_wire!(HaveResponse, MAX_HAVE_BYTES, |r| match r {
+    HaveResponse::Have(Have::Chunks(bits)) if bits.len() > MAX_CHUNKS.div_ceil(8) => Err(format!(
+        "a map of {} bytes; the limit is {}",
+        bits.len(),
+        MAX_CHUNKS.div_ceil(8)
+    )),
+    _ => Ok(()),
+});
 
 /// Bucket of a record id in a catalog summary.
 pub fn bucket_of(id: &RecordId) -> u8 {

@@ -756,3 +756,51 @@ fn a_fetch_request_names_its_cut_within_the_limits() {
         ))
     );
 }
+
+#[test]
+fn a_have_map_must_fit_its_archive() {
+    let held = [
+        true, false, true, false, false, false, false, false, true, true,
+    ];
+    let have = Have::of(&held);
+    assert_eq!(have, Have::Chunks(vec![0b0000_0101, 0b0000_0011]));
+    assert_eq!(have.held(10), Ok(held.to_vec()));
+    assert_eq!(Have::All.held(3), Ok(vec![true; 3]));
+    assert_eq!(
+        have.held(17),
+        Err("a map of 2 bytes for 17 chunks; it takes 3".into())
+    );
+    assert_eq!(
+        have.held(9),
+        Err("the map names chunks past the last of 9".into())
+    );
+    let ask = |chunks: u32, have: Have| HaveRequest {
+        content: ContentId::of(b"blob"),
+        chunk_size: MIN_CHUNK_SIZE,
+        chunks,
+        have,
+    };
+    let fine = ask(10, have.clone());
+    assert_eq!(HaveRequest::from_wire(&fine.to_wire()), Ok(fine));
+    assert_eq!(
+        HaveRequest::from_wire(&ask(9, have).to_wire()),
+        Err(DecodeError::Invalid(
+            "the map names chunks past the last of 9".into()
+        ))
+    );
+    assert_eq!(
+        HaveRequest::from_wire(&ask(0, Have::All).to_wire()),
+        Err(DecodeError::Invalid(
+            "0 chunks; an archive has 1..=512".into()
+        ))
+    );
+    let full = ask(MAX_CHUNKS as u32, Have::of(&[true; MAX_CHUNKS]));
+    assert!(full.to_wire().len() <= MAX_HAVE_BYTES);
+    let long = HaveResponse::Have(Have::Chunks(vec![0xff; MAX_CHUNKS / 8 + 1]));
+    assert_eq!(
+        HaveResponse::from_wire(&long.to_wire()),
+        Err(DecodeError::Invalid(
+            "a map of 65 bytes; the limit is 64".into()
+        ))
+    );
+}

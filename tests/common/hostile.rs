@@ -504,3 +504,88 @@ fn bare_swarm<B: NetworkBehaviour + Send>(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build()
 }
+
+#[derive(NetworkBehaviour)]
+pub struct LiarBehaviour {
+    have: libp2p::request_response::Behaviour<
+        agora_daemon::network::codec::WireCodec<
+            agora_protocol::messages::HaveRequest,
+            agora_protocol::messages::HaveResponse,
+        >,
+    >,
+    fetch: libp2p::request_response::Behaviour<
+        agora_daemon::network::codec::WireCodec<
+            agora_protocol::messages::FetchRequest,
+            agora_protocol::messages::FetchResponse,
+        >,
+    >,
+}
+
+/// A peer that says, as a fetcher would, that it holds every chunk of an archive, and sends
+/// noise of the right length for each chunk asked.
+pub struct LyingHolder {
+    pub peer: PeerId,
+    pub addr: Multiaddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LyingHolder {
+    pub async fn start(info: agora_protocol::records::ArchiveInfo) -> Self {
+        use agora_protocol::messages::{
+            FETCH_PROTOCOL, FetchResponse, HAVE_PROTOCOL, Have, HaveResponse,
+        };
+        use libp2p::request_response::{self as rr, ProtocolSupport};
+        let mut swarm = bare_swarm(|_| LiarBehaviour {
+            have: rr::Behaviour::with_codec(
+                Default::default(),
+                [(StreamProtocol::new(HAVE_PROTOCOL), ProtocolSupport::Full)],
+                rr::Config::default(),
+            ),
+            fetch: rr::Behaviour::with_codec(
+                Default::default(),
+                [(StreamProtocol::new(FETCH_PROTOCOL), ProtocolSupport::Full)],
+                rr::Config::default(),
+            ),
+        });
+        let peer = *swarm.local_peer_id();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        let all = Have::of(&vec![true; info.chunks.len()]);
+        let task = tokio::spawn(async move {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(LiarBehaviourEvent::Have(rr::Event::Message {
+                        message: rr::Message::Request { channel, .. },
+                        ..
+                    })) => {
+                        let answer = HaveResponse::Have(all.clone());
+                        let _ = swarm.behaviour_mut().have.send_response(channel, answer);
+                    }
+                    SwarmEvent::Behaviour(LiarBehaviourEvent::Fetch(rr::Event::Message {
+                        message:
+                            rr::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    })) => {
+                        let size = info.chunk_range(request.index).map_or(1, |(_, s)| s);
+                        let noise = FetchResponse::Chunk(vec![0x5a; size].into());
+                        let _ = swarm.behaviour_mut().fetch.send_response(channel, noise);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Self { peer, addr, task }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}

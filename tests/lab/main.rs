@@ -9,6 +9,7 @@ mod noise;
 #[path = "../process/mod.rs"]
 mod process;
 
+mod crowd;
 mod lan;
 mod nat;
 mod private;

@@ -1,28 +1,14 @@
 //! Nodes behind NATs: two developer machines, each behind its own home router, both
 //! bootstrapped from one public node.
 
-use std::io::{Read, Write};
-
 use crate::node_on;
 use crate::noise::noise;
 use crate::process::{package, wait_until};
-use agora_lab::{Host, Lab, Nat, inside};
+use agora_lab::{Host, Lab, Nat};
 
-/// Bytes the node on `host` has sent and received on all its connections, from its metrics
-/// (the gateway on 127.0.0.1:4180 in its namespace).
+/// Bytes the node on `host` has sent and received on all its connections, from its metrics.
 fn traffic(host: &Host) -> f64 {
-    let text = inside(host, || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:4180").unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
-    text.lines()
-        .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    agora_lab::metric(host, "libp2p_bandwidth_bytes_total")
 }
 
 /// What the nodes log: their NAT traversal in detail, printed if a test fails.

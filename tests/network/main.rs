@@ -7,6 +7,7 @@ mod dht;
 mod fetch;
 mod gossip;
 mod peers;
+mod swarm;
 
 use agora_daemon::network::{NetworkError, RecordQuorum};
 use agora_daemon::ops::fetch::{FetchError, PeerOutcome, Providers, fetch_archive};

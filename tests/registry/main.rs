@@ -8,6 +8,7 @@ mod common;
 mod fetch;
 mod publishing;
 mod restart;
+mod swarm;
 mod sync;
 mod trust;
 

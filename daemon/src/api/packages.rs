@@ -202,7 +202,7 @@ pub(super) async fn fetch(
         Ok(fetched) => fetched,
         Err(
             e @ RegistryError::Fetch(
-                FetchError::NoProviders(_) | FetchError::ChunkUnavailable { .. },
+                FetchError::NoProviders(_) | FetchError::ChunksUnavailable { .. },
             ),
         ) => {
             return Err(match behind_a_nat(ctx).await {

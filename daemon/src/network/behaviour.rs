@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agora_protocol::limits::{MAX_DHT_VALUE_BYTES, MAX_GOSSIP_BYTES, MAX_KAD_PACKET_BYTES};
 use agora_protocol::messages::{
-    FETCH_PROTOCOL, FetchRequest, FetchResponse, GOSSIP_TOPIC, KAD_PROTOCOL, SYNC_PROTOCOL,
-    SyncRequest, SyncResponse,
+    FETCH_PROTOCOL, FetchRequest, FetchResponse, GOSSIP_TOPIC, HAVE_PROTOCOL, HaveRequest,
+    HaveResponse, KAD_PROTOCOL, SYNC_PROTOCOL, SyncRequest, SyncResponse,
 };
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -37,6 +37,7 @@ const GOSSIP_FRAMING_BYTES: usize = 4096;
 
 pub type SyncBehaviour = request_response::Behaviour<WireCodec<SyncRequest, SyncResponse>>;
 pub type FetchBehaviour = request_response::Behaviour<WireCodec<FetchRequest, FetchResponse>>;
+pub type HaveBehaviour = request_response::Behaviour<WireCodec<HaveRequest, HaveResponse>>;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -49,6 +50,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub sync: SyncBehaviour,
     pub fetch: FetchBehaviour,
+    /// Which chunks of an archive a peer holds, while fetches are under way.
+    pub have: HaveBehaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Serving as a relay for peers behind NATs (with the limits of [`relay_config`]).
     pub relay: relay::Behaviour,
@@ -153,7 +156,12 @@ impl Behaviour {
         );
         let fetch = request_response::Behaviour::with_codec(
             WireCodec::default(),
-            [(StreamProtocol::new(FETCH_PROTOCOL), full)],
+            [(StreamProtocol::new(FETCH_PROTOCOL), full.clone())],
+            rr_cfg.clone(),
+        );
+        let have = request_response::Behaviour::with_codec(
+            WireCodec::default(),
+            [(StreamProtocol::new(HAVE_PROTOCOL), full)],
             rr_cfg,
         );
         let mdns = if cfg.enable_mdns {
@@ -173,6 +181,7 @@ impl Behaviour {
             ping,
             sync,
             fetch,
+            have,
             mdns: mdns.into(),
             relay: relay::Behaviour::new(peer_id, relay_config(cfg)),
             relay_client,

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
@@ -31,7 +32,8 @@ pub struct Budget {
 pub struct OpenRequests<Id> {
     budget: Budget,
     by_peer: HashMap<PeerId, usize>,
-    by_id: HashMap<Id, PeerId>,
+    /// Each open request's peer, and when it arrived.
+    by_id: HashMap<Id, (PeerId, Instant)>,
 }
 
 impl<Id: Hash + Eq> OpenRequests<Id> {
@@ -43,8 +45,9 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
         }
     }
 
-    /// Opens request `id` of `peer` if both bounds allow it; false means answer `Busy`.
-    pub fn open(&mut self, peer: PeerId, id: Id) -> bool {
+    /// Opens request `id` of `peer`, arrived `now`, if both bounds allow it; false means
+    /// answer `Busy`.
+    pub fn open(&mut self, peer: PeerId, id: Id, now: Instant) -> bool {
         if self.by_id.len() >= self.budget.total {
             return false;
         }
@@ -53,13 +56,13 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
             return false;
         }
         *count += 1;
-        self.by_id.insert(id, peer);
+        self.by_id.insert(id, (peer, now));
         true
     }
 
     /// Request `id` is answered or failed (an id never opened is ignored).
     pub fn close(&mut self, id: Id) {
-        let Some(peer) = self.by_id.remove(&id) else {
+        let Some((peer, _)) = self.by_id.remove(&id) else {
             return;
         };
         if let Entry::Occupied(mut e) = self.by_peer.entry(peer) {
@@ -73,6 +76,15 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
     /// Open requests of all peers.
     pub fn total(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Open requests that arrived at least `age` before `now`: requests that queue, because
+    /// the answers take long to send.
+    pub fn older_than(&self, age: Duration, now: Instant) -> usize {
+        self.by_id
+            .values()
+            .filter(|(_, t)| now.duration_since(*t) >= age)
+            .count()
     }
 
     /// Open requests of `peer`.
@@ -98,11 +110,14 @@ mod tests {
             total: 3,
         });
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert!(open.open(a, 1));
-        assert!(open.open(a, 2));
-        assert!(!open.open(a, 3), "a's own bound");
-        assert!(open.open(b, 4));
-        assert!(!open.open(c, 5), "the total bound");
+        let t = Instant::now();
+        let later = t + Duration::from_millis(300);
+        assert!(open.open(a, 1, t));
+        assert!(open.open(a, 2, t));
+        assert!(!open.open(a, 3, t), "a's own bound");
+        assert!(open.open(b, 4, later));
+        assert!(!open.open(c, 5, later), "the total bound");
+        assert_eq!(open.older_than(Duration::from_millis(250), later), 2);
         assert_eq!(
             (open.total(), open.of(&a), open.of(&b), open.of(&c)),
             (3, 2, 1, 0)
@@ -111,7 +126,8 @@ mod tests {
         open.close(1);
         open.close(3);
         assert_eq!((open.total(), open.of(&a)), (2, 1));
-        assert!(open.open(c, 6));
-        assert!(!open.open(a, 7), "full again");
+        assert!(open.open(c, 6, later));
+        assert!(!open.open(a, 7, later), "full again");
+        assert_eq!(open.older_than(Duration::from_millis(250), later), 1);
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
+use agora_protocol::messages::{
+    FetchRequest, FetchResponse, HaveRequest, HaveResponse, SyncRequest, SyncResponse,
+};
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::InboundRequestId;
 use libp2p::{Multiaddr, PeerId, kad};
@@ -32,6 +34,8 @@ pub enum NetworkError {
     Publish(String),
     #[error("request to {peer} failed: {reason}")]
     Request { peer: PeerId, reason: String },
+    #[error("{peer} does not speak the protocol asked for")]
+    Unsupported { peer: PeerId },
     #[error("local DHT store refused the record: {0}")]
     Store(String),
 }
@@ -156,9 +160,18 @@ pub enum Command {
         request: FetchRequest,
         reply: Reply<FetchResponse>,
     },
+    SendHave {
+        peer: PeerId,
+        request: HaveRequest,
+        reply: Reply<HaveResponse>,
+    },
     RespondSync {
         id: InboundRequestId,
         response: SyncResponse,
+    },
+    RespondHave {
+        id: InboundRequestId,
+        response: HaveResponse,
     },
     RespondFetch {
         id: InboundRequestId,
@@ -207,6 +220,12 @@ pub enum NetworkEvent {
         peer: PeerId,
         id: InboundRequestId,
         request: FetchRequest,
+    },
+    /// A have request: answer with `respond_have`.
+    HaveRequest {
+        peer: PeerId,
+        id: InboundRequestId,
+        request: HaveRequest,
     },
     PeerConnected {
         peer: PeerId,

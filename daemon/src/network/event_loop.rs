@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{self, DhtKey};
 use agora_protocol::limits::MAX_DHT_VALUE_BYTES;
-use agora_protocol::messages::{FetchResponse, KAD_PROTOCOL, Refusal, SyncResponse};
+use agora_protocol::messages::{FetchResponse, HaveResponse, KAD_PROTOCOL, Refusal, SyncResponse};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
@@ -51,6 +52,9 @@ pub use nat::Reachability;
 
 /// Most commands handled between two polls of the swarm.
 const COMMAND_BATCH: usize = 64;
+/// How long a peer's chunk request must have been open to count as queued: far longer than
+/// an answer takes to leave over a fast link, far shorter than a megabyte over a slow one.
+const QUEUED: Duration = Duration::from_millis(100);
 
 struct PendingGet {
     lookup: RecordLookup,
@@ -87,6 +91,10 @@ pub struct EventLoop {
     pending_providers: HashMap<QueryId, ProviderSearch>,
     sync: Exchanges<SyncResponse>,
     fetch: Exchanges<FetchResponse>,
+    /// `fetch`'s inbound requests open for [`QUEUED`] or longer, for the handle's
+    /// `uploads_queued`.
+    uploads: Arc<AtomicUsize>,
+    have: Exchanges<HaveResponse>,
     gossip_budget: GossipBudget,
     /// Each open connection's endpoint (its remote address judges the addresses its peer lists,
     /// and whether this node dialed it).
@@ -103,6 +111,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Envelope>,
         events: mpsc::Sender<NetworkEvent>,
         metrics: Arc<Metrics>,
+        uploads: Arc<AtomicUsize>,
     ) -> Self {
         let nat = nat::Nat::declared(&swarm);
         Self {
@@ -122,6 +131,8 @@ impl EventLoop {
             pending_providers: HashMap::new(),
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
+            uploads,
+            have: Exchanges::new(config.have_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),
             connections: HashMap::new(),
@@ -180,6 +191,7 @@ impl EventLoop {
     fn maintain(&mut self) {
         self.sync.inbound.retain(|_, ch| ch.is_open());
         self.fetch.inbound.retain(|_, ch| ch.is_open());
+        self.have.inbound.retain(|_, ch| ch.is_open());
         let abandoned: Vec<QueryId> = self
             .pending_providers
             .iter()

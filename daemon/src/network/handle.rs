@@ -1,9 +1,13 @@
 //! `NetworkHandle`: the cloneable, Send + Sync way to talk to the event loop. Every call
 //! sends a command with a oneshot reply and waits at most `command_timeout` for the answer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agora_protocol::messages::{FetchRequest, FetchResponse, SyncRequest, SyncResponse};
+use agora_protocol::messages::{
+    FetchRequest, FetchResponse, HaveRequest, HaveResponse, SyncRequest, SyncResponse,
+};
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::InboundRequestId;
 use libp2p::{Multiaddr, PeerId, kad};
@@ -17,15 +21,30 @@ pub struct NetworkHandle {
     tx: mpsc::Sender<Envelope>,
     peer_id: PeerId,
     timeout: Duration,
+    /// Peers' chunk requests open for a while, as the event loop last counted them.
+    uploads: Arc<AtomicUsize>,
 }
 
 impl NetworkHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Envelope>, peer_id: PeerId, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Envelope>,
+        peer_id: PeerId,
+        timeout: Duration,
+        uploads: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
             tx,
             peer_id,
             timeout,
+            uploads,
         }
+    }
+
+    /// Peers' chunk requests whose answers have been on their way for a while (a queue:
+    /// the node's upload is what limits them), as counted at the last chunk request that
+    /// came or ended. Read without asking the event loop.
+    pub fn uploads_queued(&self) -> usize {
+        self.uploads.load(Ordering::Relaxed)
     }
 
     /// This node's peer id (known without asking the event loop).
@@ -187,6 +206,27 @@ impl NetworkHandle {
             reply,
         })
         .await
+    }
+
+    pub async fn send_have(
+        &self,
+        peer: PeerId,
+        request: HaveRequest,
+    ) -> Result<HaveResponse, NetworkError> {
+        self.call(|reply| Command::SendHave {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn respond_have(
+        &self,
+        id: InboundRequestId,
+        response: HaveResponse,
+    ) -> Result<(), NetworkError> {
+        self.tell(Command::RespondHave { id, response }).await
     }
 
     pub async fn respond_sync(

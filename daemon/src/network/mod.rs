@@ -18,6 +18,7 @@ pub use handle::NetworkHandle;
 pub use settings::NetworkConfig;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
@@ -83,11 +84,20 @@ pub fn spawn(config: NetworkConfig, metrics: Arc<Metrics>) -> Result<Network, Bu
     let peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(config.command_buffer);
     let (event_tx, event_rx) = mpsc::channel(config.event_buffer);
+    let uploads = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(
-        event_loop::EventLoop::new(swarm, &config, command_rx, event_tx, metrics).run(),
+        event_loop::EventLoop::new(
+            swarm,
+            &config,
+            command_rx,
+            event_tx,
+            metrics,
+            uploads.clone(),
+        )
+        .run(),
     );
     Ok(Network {
-        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout),
+        handle: NetworkHandle::new(command_tx, peer_id, config.command_timeout, uploads),
         events: event_rx,
         task,
     })

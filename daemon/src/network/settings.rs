@@ -82,6 +82,9 @@ pub struct NetworkConfig {
     /// flight across all its providers; a chunk is up to 1 MiB, so one peer holds at most
     /// 16 MiB of the node and all of them 64 MiB.
     pub fetch_budget: Budget,
+    /// Peers' have requests worked on or being answered at once: a fetcher asks each
+    /// provider about once every half second, and an answer is a few dozen bytes.
+    pub have_budget: Budget,
     /// With fewer connections than this, the node dials peers from its routing table (at
     /// most the shortfall at each maintenance tick) until it has them again: how it finds
     /// its way back after a partition heals or its peers restart.
@@ -125,6 +128,10 @@ impl NetworkConfig {
             fetch_budget: Budget {
                 per_peer: 16,
                 total: 64,
+            },
+            have_budget: Budget {
+                per_peer: 4,
+                total: 256,
             },
             target_peers: 8,
             maintenance_interval: Duration::from_secs(5),

@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use agora_protocol::ContentId;
 use agora_protocol::dht::DhtKey;
-use agora_protocol::messages::{FetchRequest, Refusal};
+use agora_protocol::messages::{FetchRequest, HaveRequest, HaveResponse, Refusal};
+use libp2p::PeerId;
 use tracing::{info, warn};
 
 use agora_protocol::ipc::StoreCheck;
 
 use super::repair::{CHECK_FAILED_FILE, DB_FILE};
-use super::{BlobKind, Registry, RegistryError};
+use super::{BlobKind, Registry, RegistryError, swarm};
 use crate::store::blobs::CheckedReadError;
 use crate::store::{self, Db, StoreError};
 
@@ -46,12 +47,25 @@ impl Registry {
         crate::lock(&self.store_check).clone()
     }
 
-    /// The chunk a peer asks for, cut as it asks, each chunk of the archive it falls in
-    /// checked against its hash first; or why not. Blocking (reads the blob file).
-    pub(crate) fn chunk(self: &Arc<Self>, request: &FetchRequest) -> Result<Vec<u8>, Refusal> {
+    /// The chunk `peer` asks for, cut as it asks, each chunk of the archive it falls in
+    /// checked against its hash first; or why not (`Busy` for a chunk a crowd on a busy
+    /// upload can copy among itself). Blocking (reads the blob file).
+    pub(crate) fn chunk(
+        self: &Arc<Self>,
+        peer: PeerId,
+        request: &FetchRequest,
+    ) -> Result<Vec<u8>, Refusal> {
         let id = &request.content;
-        let size = self.blobs.meta(id).ok_or(Refusal::NotFound)?.size;
-        let (start, len) = request.range(size).ok_or(Refusal::OutOfRange)?;
+        let Some(meta) = self.blobs.meta(id) else {
+            let data = self.downloads.chunk(request)?;
+            self.served(&data);
+            return Ok(data);
+        };
+        let (start, len) = request.range(meta.size).ok_or(Refusal::OutOfRange)?;
+        let busy = self.net.uploads_queued() >= swarm::BUSY_UPLOAD;
+        if !self.seeding.may_send(peer, request, busy) {
+            return Err(Refusal::Busy);
+        }
         let data = match self.blobs.read_checked(id, start, len) {
             Ok(data) => data,
             Err(CheckedReadError::Damaged { id, chunk }) => {
@@ -60,11 +74,27 @@ impl Registry {
             }
             Err(_) => return Err(Refusal::NotFound),
         };
+        self.served(&data);
+        Ok(data)
+    }
+
+    fn served(&self, data: &[u8]) {
         Self::count(&self.stats.chunks_served);
         self.stats
             .bytes_served
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data)
+    }
+
+    /// The answer to `peer`'s have request: the whole archive, the chunks of a download
+    /// under way (what the peer holds goes to that fetch), or a refusal.
+    pub(crate) fn have(&self, peer: PeerId, request: &HaveRequest) -> HaveResponse {
+        if self.blobs.has(&request.content) {
+            let busy = self.net.uploads_queued() >= swarm::BUSY_UPLOAD;
+            return HaveResponse::Have(self.seeding.offer(peer, request, busy));
+        }
+        self.downloads
+            .have(peer, request)
+            .unwrap_or(HaveResponse::Refused(Refusal::NotFound))
     }
 
     /// Drops blob `id`, found damaged (in `chunk`, if a chunk check found it), from the store

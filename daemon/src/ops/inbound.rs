@@ -353,11 +353,11 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                 }
             }
         }
-        NetworkEvent::FetchRequest { id, request, .. } => {
+        NetworkEvent::FetchRequest { peer, id, request } => {
             let reg = registry.clone();
             tokio::spawn(async move {
                 let r = reg.clone();
-                let response = tokio::task::spawn_blocking(move || r.chunk(&request))
+                let response = tokio::task::spawn_blocking(move || r.chunk(peer, &request))
                     .await
                     .map_or(FetchResponse::Refused(Refusal::Busy), |res| match res {
                         Ok(data) => FetchResponse::Chunk(data.into()),
@@ -366,6 +366,10 @@ async fn handle(registry: &Arc<Registry>, event: NetworkEvent) -> Result<(), Net
                 let _ = reg.network().respond_fetch(id, response).await;
             });
             Ok(())
+        }
+        NetworkEvent::HaveRequest { peer, id, request } => {
+            let response = registry.have(peer, &request);
+            net.respond_have(id, response).await
         }
         NetworkEvent::SyncRequest { id, request, .. } => {
             let reg = registry.clone();

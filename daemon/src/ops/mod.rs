@@ -15,6 +15,7 @@ mod lookup;
 mod publish;
 pub mod repair;
 mod reputation;
+pub(crate) mod swarm;
 pub mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -202,6 +203,10 @@ pub struct Registry {
     settled: Mutex<sync::Settled>,
     /// Archives being fetched, each with the gate that lets one fetch of it run at a time.
     fetching: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Downloads under way, whose verified chunks are served to peers.
+    downloads: swarm::Downloads,
+    /// The crowds fetching archives this node holds whole.
+    seeding: swarm::Seeding,
     pub stats: Arc<RegistryStats>,
     pub startup: StartupReport,
     /// The repair this start made, with what peers have sent back since.
@@ -332,6 +337,8 @@ impl Registry {
             syncing: Mutex::new(HashSet::new()),
             settled: Mutex::new(sync::Settled::default()),
             fetching: Mutex::new(HashMap::new()),
+            downloads: swarm::Downloads::default(),
+            seeding: swarm::Seeding::default(),
             stats: store.stats,
             startup: StartupReport {
                 records: store.opened.records,
@@ -556,22 +563,31 @@ impl Registry {
         if let Some(hit) = self.cached_blob(&info).await? {
             return Ok(hit);
         }
-        let providers = self.find_providers(&info.id).await?;
+        let mut providers = self.find_providers(&info.id).await?;
         Self::count(&self.stats.cache_misses);
         tracing::Span::current().record("providers", providers.known.len());
         let partial = self.blobs.partial_path(&info.id);
+        let sink = Arc::new(
+            fetch::FileSink::open(&partial, &info, on_progress).map_err(fetch::FetchError::from)?,
+        );
+        // From now on this node serves what it has verified, and says so where fetchers look
+        // for providers.
+        let (serving, fetchers) = self.downloads.serve(sink.clone());
+        providers.fetchers = Some(fetchers);
+        let announced = self.announce_archive(info.id);
         let report = fetch::fetch_to_file(
             &self.net,
             &info,
             providers,
             fetch::DEFAULT_PARALLEL_CHUNKS,
-            &partial,
-            on_progress,
+            sink,
         )
         .await;
         let (report, hashed) = match report {
             Ok(r) => r,
             Err((e, outcomes)) => {
+                drop(serving);
+                self.withdraw_archive(info.id, announced);
                 self.record_outcomes(&outcomes).await?;
                 return Err(e.into());
             }
@@ -582,24 +598,18 @@ impl Registry {
             .fetch_add(report.bytes_fetched, Ordering::Relaxed);
         let reg = self.clone();
         let id = info.id;
-        let evicted =
-            blocking(move || Ok(reg.blobs.adopt_partial(id, BlobKind::Fetched, hashed)?)).await?;
-        self.stop_providing(&evicted).await?;
-        // The archive is ours now; telling the DHT is a courtesy to others that may wait on
-        // unreachable peers, so the caller does not wait for it.
-        let net = self.net.clone();
-        tokio::spawn(
-            async move {
-                if let Err(e) = net
-                    .start_providing(DhtKey::Content(info.id).to_bytes())
-                    .await
-                    .or_else(tolerate_lonely)
-                {
-                    debug!(content = %info.id, error = %e, "could not announce a fetched archive");
-                }
+        let adopted =
+            blocking(move || Ok(reg.blobs.adopt_partial(id, BlobKind::Fetched, hashed)?)).await;
+        // Adopted, the archive is served whole; otherwise not at all.
+        drop(serving);
+        let evicted = match adopted {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                self.withdraw_archive(info.id, announced);
+                return Err(e);
             }
-            .in_current_span(),
-        );
+        };
+        self.stop_providing(&evicted).await?;
         Ok(FetchedBlob {
             content: info.id,
             path: self.blobs.blob_path(&info.id),
@@ -608,6 +618,36 @@ impl Registry {
             served_by: report.served_by,
             resumed_chunks: report.resumed_chunks,
         })
+    }
+
+    /// Tells the DHT this node provides archive `id` (while fetching it, the chunks it has
+    /// verified). A courtesy to other fetchers, so nobody waits for it; the handle lets a
+    /// withdrawal come after it.
+    fn announce_archive(&self, id: ContentId) -> tokio::task::JoinHandle<()> {
+        let net = self.net.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = net
+                    .start_providing(DhtKey::Content(id).to_bytes())
+                    .await
+                    .or_else(tolerate_lonely)
+                {
+                    debug!(content = %id, error = %e, "could not announce an archive");
+                }
+            }
+            .in_current_span(),
+        )
+    }
+
+    /// Takes back the announcement of an archive whose fetch failed, once it is made.
+    fn withdraw_archive(&self, id: ContentId, announced: tokio::task::JoinHandle<()>) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = announced.await;
+            if let Err(e) = net.stop_providing(DhtKey::Content(id).to_bytes()).await {
+                debug!(content = %id, error = %e, "could not withdraw an archive's announcement");
+            }
+        });
     }
 
     /// Providers of archive `id` for a fetch: the first the DHT search finds (with any that
@@ -640,6 +680,7 @@ impl Registry {
         Ok(fetch::Providers {
             known: self.reputation_lock().rank(known, now()),
             later: Some(found),
+            fetchers: None,
         })
     }
 

@@ -575,13 +575,15 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Removes least-recently-used evictable blobs until they fit the quota.
+    /// Removes least-recently-used evictable blobs until they and the downloads under way
+    /// fit the quota.
     pub fn evict(&self) -> Result<Vec<ContentId>, StoreError> {
+        let partial = self.partial_bytes();
         let victims: Vec<ContentId> = {
             let state = self.lock();
             let mut cached: Vec<(&ContentId, &BlobMeta)> =
                 state.metas.iter().filter(|(_, m)| m.evictable()).collect();
-            let mut total: u64 = cached.iter().map(|(_, m)| m.size).sum();
+            let mut total: u64 = partial + cached.iter().map(|(_, m)| m.size).sum::<u64>();
             cached.sort_by_key(|(_, m)| m.last_used);
             let mut victims = Vec::new();
             for (id, meta) in cached {
@@ -687,7 +689,7 @@ impl BlobStore {
         usage
     }
 
-    /// Bytes of partial downloads (counted with the cache against the quota at start-up).
+    /// Bytes of partial downloads (counted with the cache against the quota).
     /// Reads the directory: not for the metrics' every scrape.
     pub fn partial_bytes(&self) -> u64 {
         let partial = self.root.join("partial");
@@ -955,5 +957,9 @@ mod tests {
         assert_eq!(check.evicted, 1);
         assert!(!store.has(&b));
         assert!(store.has(&d));
+        // A download under way counts too: beside 100 bytes of it, d no longer fits.
+        std::fs::write(store.partial_path(&ContentId::of(b"coming")), [0u8; 100]).unwrap();
+        assert_eq!(store.evict().unwrap(), vec![d]);
+        assert!(!store.has(&d));
     }
 }

@@ -31,6 +31,8 @@ pub trait ChunkSink: Send + Sync + 'static {
     /// Stores a verified chunk; `false` if it was stored already (a second provider's copy of
     /// it, which is dropped).
     fn put(&self, index: u32, offset: u64, data: Bytes) -> Result<bool, DownloadError>;
+    /// Which chunks are stored (one flag each): what this node may serve of the archive.
+    fn held(&self) -> Vec<bool>;
 }
 
 /// Chunks kept in memory.
@@ -54,6 +56,9 @@ impl MemorySink {
 impl ChunkSink for MemorySink {
     fn has(&self, _index: u32) -> bool {
         false
+    }
+    fn held(&self) -> Vec<bool> {
+        lock(&self.chunks).iter().map(Option::is_some).collect()
     }
     fn put(&self, index: u32, _offset: u64, data: Bytes) -> Result<bool, DownloadError> {
         let mut chunks = lock(&self.chunks);
@@ -92,6 +97,8 @@ pub struct FileSink {
     had: Vec<bool>,
     /// Chunks in the file or being written: each is written once.
     stored: Vec<AtomicBool>,
+    /// Chunks whose write is done: what may be read back and served to peers.
+    written: Vec<AtomicBool>,
     progress: Mutex<(u64, Option<ProgressFn>)>,
     /// True once closed; `put` writes while holding it for reading.
     closed: RwLock<bool>,
@@ -163,6 +170,7 @@ impl FileSink {
             file,
             info: info.clone(),
             stored: had.iter().map(|h| AtomicBool::new(*h)).collect(),
+            written: had.iter().map(|h| AtomicBool::new(*h)).collect(),
             had,
             progress: Mutex::new((done, on_progress)),
             closed: RwLock::new(false),
@@ -245,6 +253,23 @@ impl FileSink {
         synced.map_err(|e| DownloadError(format!("syncing the download: {e}")))
     }
 
+    /// The archive this download is of.
+    pub fn info(&self) -> &ArchiveInfo {
+        &self.info
+    }
+
+    /// Chunk `index` read back from the file and checked against its hash again, if it is
+    /// written: a peer is served only bytes this node verified and still holds intact.
+    pub fn read_chunk(&self, index: u32) -> Option<Vec<u8>> {
+        if !self.written.get(index as usize)?.load(Ordering::Acquire) {
+            return None;
+        }
+        let (start, size) = self.info.chunk_range(index)?;
+        let mut buf = vec![0; size];
+        self.file.read_exact_at(&mut buf, start).ok()?;
+        (ContentId::of(&buf) == self.info.chunks[index as usize]).then_some(buf)
+    }
+
     /// Stops all writing to the file. Returns the whole-archive hash if every chunk was hashed
     /// as it came in, `None` if the file must be hashed again. The file is not synced here:
     /// a partial download needs no durability (a resume checks every chunk it finds), and
@@ -268,6 +293,13 @@ impl ChunkSink for FileSink {
         self.had[index as usize]
     }
 
+    fn held(&self) -> Vec<bool> {
+        self.written
+            .iter()
+            .map(|w| w.load(Ordering::Acquire))
+            .collect()
+    }
+
     fn put(&self, index: u32, offset: u64, data: Bytes) -> Result<bool, DownloadError> {
         if self.stored[index as usize].swap(true, Ordering::AcqRel) {
             return Ok(false);
@@ -281,6 +313,7 @@ impl ChunkSink for FileSink {
                 .write_all_at(&data, offset)
                 .map_err(|e| DownloadError(e.to_string()))?;
         }
+        self.written[index as usize].store(true, Ordering::Release);
         let len = data.len();
         {
             let mut waiting = lock(&self.waiting);

@@ -90,6 +90,26 @@ impl EventLoop {
                     .send_request(&peer, request);
                 self.fetch.pending.insert(id, reply);
             }
+            Command::SendHave {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().have.send_request(&peer, request);
+                self.have.pending.insert(id, reply);
+            }
+            Command::RespondHave { id, response } => {
+                if let Some(channel) = self.have.inbound.remove(&id)
+                    && self
+                        .swarm
+                        .behaviour_mut()
+                        .have
+                        .send_response(channel, response)
+                        .is_err()
+                {
+                    debug!(?id, "have requester went away before the response");
+                }
+            }
             Command::RespondSync { id, response } => self.respond_sync(id, response),
             Command::RespondFetch { id, response } => self.respond_fetch(id, response),
             Command::Info { reply } => {

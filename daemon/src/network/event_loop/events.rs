@@ -112,6 +112,16 @@ impl EventLoop {
         }
     }
 
+    /// Counts peers' chunk requests open for [`QUEUED`] or longer, for the handle.
+    fn count_queued_uploads(&self) {
+        let queued = self
+            .fetch
+            .open
+            .older_than(QUEUED, std::time::Instant::now());
+        self.uploads
+            .store(queued, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn on_behaviour(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Kad(e) => self.on_kad(e),
@@ -125,14 +135,29 @@ impl EventLoop {
                 |peer, id, request| NetworkEvent::SyncRequest { peer, id, request },
                 SyncResponse::Refused(Refusal::Busy),
             ),
-            BehaviourEvent::Fetch(e) => on_exchange(
-                &mut self.swarm.behaviour_mut().fetch,
-                &mut self.fetch,
-                &self.events,
-                e,
-                |peer, id, request| NetworkEvent::FetchRequest { peer, id, request },
-                FetchResponse::Refused(Refusal::Busy),
-            ),
+            BehaviourEvent::Fetch(e) => {
+                on_exchange(
+                    &mut self.swarm.behaviour_mut().fetch,
+                    &mut self.fetch,
+                    &self.events,
+                    e,
+                    |peer, id, request| NetworkEvent::FetchRequest { peer, id, request },
+                    FetchResponse::Refused(Refusal::Busy),
+                );
+                self.count_queued_uploads();
+            }
+            BehaviourEvent::Have(e) => {
+                // Counted first: the answer to a have request depends on it.
+                self.count_queued_uploads();
+                on_exchange(
+                    &mut self.swarm.behaviour_mut().have,
+                    &mut self.have,
+                    &self.events,
+                    e,
+                    |peer, id, request| NetworkEvent::HaveRequest { peer, id, request },
+                    HaveResponse::Refused(Refusal::Busy),
+                );
+            }
             BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -519,7 +544,7 @@ fn on_exchange<Req, Resp>(
                 request,
                 channel,
             } => {
-                if !state.open.open(peer, request_id) {
+                if !state.open.open(peer, request_id, std::time::Instant::now()) {
                     let _ = behaviour.send_response(channel, busy);
                     return;
                 }
@@ -546,10 +571,16 @@ fn on_exchange<Req, Resp>(
             ..
         } => {
             if let Some(reply) = state.pending.remove(&request_id) {
-                let _ = reply.send(Err(NetworkError::Request {
-                    peer,
-                    reason: error.to_string(),
-                }));
+                let error = match error {
+                    request_response::OutboundFailure::UnsupportedProtocols => {
+                        NetworkError::Unsupported { peer }
+                    }
+                    other => NetworkError::Request {
+                        peer,
+                        reason: other.to_string(),
+                    },
+                };
+                let _ = reply.send(Err(error));
             }
         }
         request_response::Event::InboundFailure { request_id, .. }

@@ -13,21 +13,23 @@
 
 mod schedule;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agora_protocol::ContentId;
-use agora_protocol::messages::{FetchRequest, FetchResponse, Refusal};
+use agora_protocol::messages::{
+    FetchRequest, FetchResponse, Have, HaveRequest, HaveResponse, Refusal,
+};
 use agora_protocol::records::ArchiveInfo;
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use libp2p::PeerId;
+use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
-use crate::network::NetworkHandle;
+use crate::network::{NetworkError, NetworkHandle};
 pub use crate::store::download::{ChunkSink, DownloadError, FileSink, MemorySink, ProgressFn};
-use schedule::{Pick, Schedule};
+use schedule::{Holds, Schedule};
 
 /// Chunk requests in flight at once across all providers.
 pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
@@ -37,12 +39,25 @@ pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
 pub enum FetchError {
     #[error("no provider is known for {0}")]
     NoProviders(ContentId),
-    #[error("chunk {index} could not be fetched: every provider failed or sent bad data")]
-    ChunkUnavailable { index: u32 },
+    #[error(
+        "{} of {chunks} chunks could not be fetched ({}): every provider failed, sent bad data or lacks them",
+        .missing.len(),
+        list_chunks(.missing)
+    )]
+    ChunksUnavailable { missing: Vec<u32>, chunks: u32 },
     #[error("assembled archive hashes to {got}, the record says {expected}")]
     ArchiveMismatch { expected: ContentId, got: ContentId },
     #[error("writing the download: {0}")]
     Io(String),
+}
+
+/// Chunk numbers for a message: the first 16, and how many more.
+fn list_chunks(missing: &[u32]) -> String {
+    let shown: Vec<String> = missing.iter().take(16).map(u32::to_string).collect();
+    match missing.len().saturating_sub(16) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
 }
 
 impl From<DownloadError> for FetchError {
@@ -106,8 +121,9 @@ pub async fn fetch_archive(
         .map_err(|(e, _)| e)?;
     let mut data = Vec::with_capacity(info.size as usize);
     for (index, chunk) in sink.take_chunks().into_iter().enumerate() {
-        data.extend_from_slice(&chunk.ok_or(FetchError::ChunkUnavailable {
-            index: index as u32,
+        data.extend_from_slice(&chunk.ok_or_else(|| FetchError::ChunksUnavailable {
+            missing: vec![index as u32],
+            chunks: info.chunks.len() as u32,
         })?);
     }
     let got = ContentId::of(&data);
@@ -120,20 +136,17 @@ pub async fn fetch_archive(
     Ok((data, report))
 }
 
-/// Fetches into the partial file at `path`, resuming what is there. Returns the report and
-/// the whole-archive hash of what the file now holds, if it could be computed on the way (the
-/// caller checks it, or hashes the file, when it adopts the file). On failure the outcomes so
-/// far are returned too, so that reputation still learns from them.
+/// Fetches into `sink`, a partial file (resuming what is in it), and closes it. Returns the
+/// report and the whole-archive hash of what the file now holds, if it could be computed on
+/// the way (the caller checks it, or hashes the file, when it adopts the file). On failure
+/// the outcomes so far are returned too, so that reputation still learns from them.
 pub async fn fetch_to_file(
     net: &NetworkHandle,
     info: &ArchiveInfo,
     providers: Providers,
     parallel: usize,
-    path: &Path,
-    on_progress: Option<ProgressFn>,
+    sink: Arc<FileSink>,
 ) -> Result<(FetchReport, Option<ContentId>), (FetchError, Vec<PeerOutcome>)> {
-    let sink =
-        Arc::new(FileSink::open(path, info, on_progress).map_err(|e| (e.into(), Vec::new()))?);
     let result = fetch_chunks(net, info, providers, parallel, sink.clone()).await;
     let closing = sink.clone();
     let closed = tokio::task::spawn_blocking(move || closing.close())
@@ -204,32 +217,43 @@ async fn request_chunk<S: ChunkSink>(
     (arrival, elapsed)
 }
 
-/// The providers a fetch asks: those known when it starts, best first, and those a search
-/// that is still running finds later.
+/// The providers a fetch asks: those known when it starts, best first, those a search that
+/// is still running finds later, and fetchers of the same archive that make themselves known.
 pub struct Providers {
     pub known: Vec<PeerId>,
     /// Providers found later, each once, ending when the search does.
     pub later: Option<BoxStream<'static, PeerId>>,
+    /// Peers that asked this node which chunks it holds, with those they hold: they fetch
+    /// the archive too, and serve what they have verified.
+    pub fetchers: Option<mpsc::Receiver<(PeerId, Vec<bool>)>>,
 }
 
 impl Providers {
     /// Just these providers, best first.
     pub fn fixed(known: Vec<PeerId>) -> Self {
-        Self { known, later: None }
+        Self {
+            known,
+            later: None,
+            fetchers: None,
+        }
     }
 }
 
-/// What the fetch loop waits for.
-enum Next<T> {
-    Arrived(T),
-    /// A provider found by the search, or `None` when it has ended.
-    Found(Option<PeerId>),
-}
+/// How often the fetch loop looks at the time: have maps to ask again, busy providers to ask
+/// again, a stall to give up on.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a provider that is fetching the archive itself is asked again what it holds.
+const HAVE_REFRESH: Duration = Duration::from_millis(500);
+/// How long chunks that no provider holds are waited for while other fetchers may still get
+/// them (the seed lost mid-crowd), before the fetch fails naming them.
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// The fetch loop shared by every sink, asking providers as [`Schedule`] says; a provider
-/// found later joins the rotation. A chunk every known provider has failed waits for one
-/// found later, and is unavailable once the search has ended. The fetch ends when every chunk
-/// is in, without waiting for requests still out to providers that never answered.
+/// The fetch loop shared by every sink, asking providers as [`Schedule`] says. Each provider
+/// is first asked which chunks it holds (telling it which this node holds); a provider found
+/// later, or a fetcher that asks us, joins. A chunk no provider holds waits for one found
+/// later or for a fetcher to get it (up to [`STALL_LIMIT`]), and is unavailable once neither
+/// can happen. The fetch ends when every chunk is in, without waiting for requests still out
+/// to providers that never answered.
 pub async fn fetch_chunks<S: ChunkSink>(
     net: &NetworkHandle,
     info: &ArchiveInfo,
@@ -237,15 +261,18 @@ pub async fn fetch_chunks<S: ChunkSink>(
     parallel: usize,
     sink: Arc<S>,
 ) -> Result<FetchReport, (FetchError, Vec<PeerOutcome>)> {
-    let Providers { known, mut later } = providers;
+    let Providers {
+        known,
+        mut later,
+        mut fetchers,
+    } = providers;
     let had: Vec<bool> = (0..info.chunks.len() as u32).map(|i| sink.has(i)).collect();
     if had.iter().all(|h| *h) {
         return Ok(Run::resumed(&had));
     }
-    // Without the list, every provider proves itself with its first chunk.
-    let connected = net.peers().await.unwrap_or_default();
-    let mut run = Run::new(Schedule::new(known, &connected, had.clone()), &had);
-    let mut in_flight = FuturesUnordered::new();
+    let mut run = Run::new(Schedule::new(had.clone()), &had);
+    let mut chunks_out = FuturesUnordered::new();
+    let mut haves_out = FuturesUnordered::new();
     let ask = |(index, peer, span): Ask| {
         let sink = sink.clone();
         async move {
@@ -254,54 +281,95 @@ pub async fn fetch_chunks<S: ChunkSink>(
         }
         .instrument(span)
     };
-    loop {
-        let room = parallel.max(1).saturating_sub(in_flight.len());
-        match run.next_requests(room, later.is_some(), info.id) {
-            Ok(asks) => in_flight.extend(asks.into_iter().map(ask)),
-            Err(e) => return Err(run.fail(e)),
+    let ask_have = |peer: PeerId| {
+        let request = HaveRequest {
+            content: info.id,
+            chunk_size: info.chunk_size,
+            chunks: info.chunks.len() as u32,
+            have: Have::of(&sink.held()),
+        };
+        async move { (peer, net.send_have(peer, request).await) }
+    };
+    for peer in known {
+        if run.schedule.add_provider(peer) {
+            run.have_asked.insert(peer, Instant::now());
+            haves_out.push(ask_have(peer));
         }
+    }
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = Instant::now();
+        let room = parallel.max(1).saturating_sub(chunks_out.len());
+        let asks = run.next_requests(room, parallel.max(1), now);
+        chunks_out.extend(asks.into_iter().map(ask));
         if run.schedule.remaining() == 0 {
             break;
         }
-        // Every chunk not in is queued, parked or asked for: with nothing asked, either the
-        // queue was just refilled from a provider found later, or the search still runs.
-        let next = match later.as_mut() {
-            None => Next::Arrived(in_flight.next().await),
-            Some(found) if in_flight.is_empty() => Next::Found(found.next().await),
-            Some(found) => tokio::select! {
-                arrived = in_flight.next() => Next::Arrived(arrived),
-                found = found.next() => Next::Found(found),
-            },
-        };
-        match next {
-            Next::Arrived(Some((index, peer, arrival, elapsed))) => {
+        if let Err(e) = run.check_stuck(later.is_some(), info, now) {
+            return Err(run.fail(e));
+        }
+        tokio::select! {
+            Some((index, peer, arrival, elapsed)) = chunks_out.next(), if !chunks_out.is_empty() => {
                 if let Err(e) = run.arrived(index, peer, arrival, elapsed) {
                     return Err(run.fail(e));
                 }
             }
-            Next::Arrived(None) => unreachable!("a request was in flight"),
-            Next::Found(found) => {
-                if found.is_none() {
-                    later = None;
+            Some((peer, answer)) = haves_out.next(), if !haves_out.is_empty() => {
+                run.have_answered(peer, answer, info.chunks.len());
+            }
+            found = next_found(&mut later), if later.is_some() => match found {
+                Some(peer) if run.schedule.add_provider(peer) => {
+                    debug!(%peer, "another provider found");
+                    run.have_asked.insert(peer, Instant::now());
+                    haves_out.push(ask_have(peer));
                 }
-                run.found(found);
+                Some(_) => {}
+                None => later = None,
+            },
+            news = next_fetcher(&mut fetchers), if fetchers.is_some() => match news {
+                Some((peer, held)) => run.fetcher(peer, held),
+                None => fetchers = None,
+            },
+            _ = tick.tick() => {
+                for peer in run.haves_due(Instant::now()) {
+                    haves_out.push(ask_have(peer));
+                }
             }
         }
     }
     Ok(run.finish())
 }
 
+async fn next_found(later: &mut Option<BoxStream<'static, PeerId>>) -> Option<PeerId> {
+    match later {
+        Some(stream) => stream.next().await,
+        None => None,
+    }
+}
+
+async fn next_fetcher(
+    fetchers: &mut Option<mpsc::Receiver<(PeerId, Vec<bool>)>>,
+) -> Option<(PeerId, Vec<bool>)> {
+    match fetchers {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
+}
+
 /// A chunk to ask of a provider, in that provider's trace span.
 type Ask = (u32, PeerId, tracing::Span);
 
-/// One fetch's bookkeeping: the schedule, the chunks waiting to be asked for, what each
-/// provider did (for the report, reputation and traces).
+/// One fetch's bookkeeping: the schedule, have requests, what each provider did (for the
+/// report, reputation and traces).
 struct Run {
     schedule: Schedule,
-    /// Chunks to ask for, in order.
-    queue: VecDeque<u32>,
-    /// Chunks waiting for a provider that has not failed them.
-    parked: Vec<u32>,
+    /// When each provider's have request was sent, while it is out.
+    have_asked: HashMap<PeerId, Instant>,
+    /// When each fetcher among the providers was last told to us.
+    have_heard: HashMap<PeerId, Instant>,
+    /// Since when chunks have been waiting for a fetcher to get them.
+    stalled_since: Option<Instant>,
     report: FetchReport,
     traces: HashMap<PeerId, ProviderTrace>,
 }
@@ -310,10 +378,9 @@ impl Run {
     fn new(schedule: Schedule, had: &[bool]) -> Self {
         Self {
             schedule,
-            queue: (0..had.len() as u32)
-                .filter(|i| !had[*i as usize])
-                .collect(),
-            parked: Vec::new(),
+            have_asked: HashMap::new(),
+            have_heard: HashMap::new(),
+            stalled_since: None,
             report: Self::resumed(had),
             traces: HashMap::new(),
         }
@@ -327,66 +394,131 @@ impl Run {
         }
     }
 
-    /// Up to `room` requests to send now, and, once nothing is left to queue, the endgame's.
-    /// Fails when a chunk has no provider left and no search (`searching`) may find one.
-    fn next_requests(
+    /// Up to `room` requests to send now, and the endgame's.
+    fn next_requests(&mut self, room: usize, parallel: usize, now: Instant) -> Vec<Ask> {
+        self.schedule
+            .next(room, parallel, now)
+            .into_iter()
+            .map(|(index, peer)| {
+                let span = ProviderTrace::of(&mut self.traces, peer).span.clone();
+                (index, peer, span)
+            })
+            .collect()
+    }
+
+    /// Fails when chunks no provider holds can no longer come. While other fetchers are
+    /// among the providers, they may still get them: that is waited for up to
+    /// [`STALL_LIMIT`], whatever else is awaited. Otherwise only a provider the search
+    /// (`searching`) may find or one whose have answer has not come can bring them.
+    fn check_stuck(
         &mut self,
-        room: usize,
         searching: bool,
-        content: ContentId,
-    ) -> Result<Vec<Ask>, FetchError> {
-        let mut asks = Vec::new();
-        while asks.len() < room {
-            let Some(index) = self.queue.pop_front() else {
-                break;
-            };
-            if self.schedule.is_done(index) {
-                continue;
-            }
-            match self.schedule.pick(index) {
-                Pick::Ask(peer) => asks.push(self.ask(index, peer)),
-                Pick::Wait => {
-                    self.queue.push_front(index);
-                    break;
-                }
-                // Another provider still has it in hand: its answer decides.
-                Pick::NoneLeft if self.schedule.is_asked(index) => {}
-                Pick::NoneLeft if searching => self.parked.push(index),
-                Pick::NoneLeft if self.schedule.has_providers() => {
-                    return Err(FetchError::ChunkUnavailable { index });
-                }
-                Pick::NoneLeft => return Err(FetchError::NoProviders(content)),
-            }
+        info: &ArchiveInfo,
+        now: Instant,
+    ) -> Result<(), FetchError> {
+        let stuck = self.schedule.stuck();
+        let fetchers = self.schedule.partial_holders().next().is_some();
+        let waiting = searching || self.schedule.unanswered().next().is_some();
+        if stuck.is_empty() || (waiting && !fetchers) {
+            self.stalled_since = None;
+            return Ok(());
         }
-        if self.queue.is_empty() && self.parked.is_empty() {
-            for (index, peer) in self.schedule.endgame() {
-                debug!(%peer, index, "asking a provider that has served for a chunk still out");
-                asks.push(self.ask(index, peer));
-            }
+        if !self.schedule.has_providers() {
+            return Err(FetchError::NoProviders(info.id));
         }
-        Ok(asks)
+        let unavailable = || FetchError::ChunksUnavailable {
+            missing: stuck.clone(),
+            chunks: info.chunks.len() as u32,
+        };
+        if !fetchers {
+            return Err(unavailable());
+        }
+        let since = *self.stalled_since.get_or_insert(now);
+        if now.duration_since(since) >= STALL_LIMIT {
+            warn!(missing = ?stuck, "no provider left holds these chunks, and no fetcher got them");
+            return Err(unavailable());
+        }
+        Ok(())
     }
 
-    fn ask(&mut self, index: u32, peer: PeerId) -> Ask {
-        self.schedule.sent(index, peer);
-        let span = ProviderTrace::of(&mut self.traces, peer).span.clone();
-        (index, peer, span)
-    }
-
-    /// The provider search found `peer`, or ended (`None`): the parked chunks are queued again.
-    fn found(&mut self, peer: Option<PeerId>) {
-        match peer {
-            Some(peer) if self.schedule.add_provider(peer) => {
-                debug!(%peer, "another provider found");
+    /// A provider answered which chunks it holds (or could not).
+    fn have_answered(
+        &mut self,
+        peer: PeerId,
+        answer: Result<HaveResponse, NetworkError>,
+        chunks: usize,
+    ) {
+        self.have_asked.remove(&peer);
+        let holds = match answer {
+            Ok(HaveResponse::Have(Have::All)) => Ok(Holds::All),
+            Ok(HaveResponse::Have(have)) => have.held(chunks).map(Holds::Some),
+            // A node from before have maps serves only what it holds whole.
+            Err(NetworkError::Unsupported { .. }) => Ok(Holds::All),
+            Ok(HaveResponse::Refused(Refusal::Busy)) => {
+                self.have_heard.insert(peer, Instant::now());
+                return;
             }
-            Some(_) => return,
-            None => {}
+            Ok(HaveResponse::Refused(why)) => Err(format!("refused: {why:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match holds {
+            Ok(holds) => {
+                self.have_heard.insert(peer, Instant::now());
+                self.schedule.learned(peer, holds);
+            }
+            Err(error) => {
+                debug!(%peer, %error, "provider could not say what it holds");
+                ProviderTrace::of(&mut self.traces, peer).failures += 1;
+                self.report.outcomes.push(PeerOutcome::Failed { peer });
+                self.schedule.drop_provider(peer);
+            }
         }
-        self.queue.extend(self.parked.drain(..));
     }
 
-    /// A request ended: the chunk is in, or asked again of someone else and its sender is
-    /// charged for it. Fails only when the sink could not store a good chunk.
+    /// A peer that fetches the archive too told us what it holds.
+    fn fetcher(&mut self, peer: PeerId, held: Vec<bool>) {
+        self.schedule.fetcher_seen();
+        if self.schedule.holds_of(&peer) == Some(&Holds::All) {
+            return;
+        }
+        self.have_heard.insert(peer, Instant::now());
+        self.schedule.learned(peer, Holds::Some(held));
+    }
+
+    /// Fetchers among the providers to ask again what they hold (at once when nothing they
+    /// said they hold is left to ask of them), seeds too in a crowd, and busy ones.
+    fn haves_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let due: Vec<PeerId> = self
+            .have_heard
+            .iter()
+            .filter(|(peer, heard)| {
+                let wait = match self.schedule.has_work(peer) {
+                    true => HAVE_REFRESH,
+                    false => TICK,
+                };
+                now.duration_since(**heard) >= wait && !self.have_asked.contains_key(peer)
+            })
+            .map(|(peer, _)| *peer)
+            // A seed is asked again in a crowd: it offers each fetcher what the crowd lacks.
+            .filter(|peer| {
+                let again = match self.schedule.holds_of(peer) {
+                    Some(Holds::Some(_) | Holds::Unknown) => true,
+                    Some(Holds::All) => self.schedule.in_crowd(),
+                    None => false,
+                };
+                again && !self.schedule.is_dropped(peer)
+            })
+            .collect();
+        for peer in &due {
+            self.have_heard.remove(peer);
+            self.have_asked.insert(*peer, now);
+        }
+        due
+    }
+
+    /// A request ended: the chunk is in, or will be asked again (of someone else unless its
+    /// provider was only busy), and a provider that failed is charged for it. Fails only when
+    /// the sink could not store a good chunk.
     fn arrived(
         &mut self,
         index: u32,
@@ -394,7 +526,8 @@ impl Run {
         arrival: Arrival,
         elapsed: std::time::Duration,
     ) -> Result<(), FetchError> {
-        self.schedule.returned(index, peer);
+        let now = Instant::now();
+        self.schedule.returned(index, peer, now);
         let trace = ProviderTrace::of(&mut self.traces, peer);
         let report = &mut self.report;
         let served = |report: &mut FetchReport, size: u64| {
@@ -407,7 +540,7 @@ impl Run {
         match arrival {
             Arrival::Stored(size) => {
                 let size = size as u64;
-                self.schedule.served(index, peer);
+                self.schedule.served(index, peer, size);
                 report.bytes_fetched += size;
                 trace.chunks += 1;
                 trace.bytes += size;
@@ -420,11 +553,16 @@ impl Run {
             }
             // Another provider's copy got there first.
             Arrival::Duplicate(size) => {
-                self.schedule.duplicate(peer);
+                self.schedule.duplicate(peer, size as u64);
                 served(report, size as u64);
                 return Ok(());
             }
             Arrival::SinkFailed(e) => return Err(e),
+            Arrival::Refused(Refusal::Busy) => {
+                debug!(%peer, index, "provider busy; asking it again later");
+                self.schedule.busy(index, peer, now);
+                return Ok(());
+            }
             Arrival::BadData => {
                 warn!(%peer, index, "chunk failed verification; blaming the sender");
                 trace.bad_data = true;
@@ -442,7 +580,6 @@ impl Run {
             }
         }
         self.schedule.drop_provider(peer);
-        self.queue.push_back(index);
         Ok(())
     }
 
@@ -452,8 +589,9 @@ impl Run {
     }
 
     /// The report of a fetch whose every chunk is in. A provider still asked that served
-    /// nothing in this fetch never answered (its chunk came from another): a failure, so that
-    /// the next fetch ranks it lower. Not a ban: it may only be slow.
+    /// nothing in this fetch, or that never said what it holds, never answered (its chunks
+    /// came from others): a failure, so that the next fetch ranks it lower. Not a ban: it
+    /// may only be slow.
     fn finish(mut self) -> FetchReport {
         let answered: HashSet<PeerId> = self
             .report
@@ -467,6 +605,7 @@ impl Run {
         let unanswered: BTreeSet<PeerId> = self
             .schedule
             .asked()
+            .chain(self.schedule.unanswered())
             .filter(|p| !answered.contains(p))
             .collect();
         for peer in unanswered {

@@ -1,125 +1,383 @@
 //! Which provider is asked for which chunk: plain state, tested without a network.
+//!
+//! A provider is asked nothing until it has said which chunks it holds (a have request: all
+//! of them, or a map while it is fetching the archive itself); that answer also proves it
+//! reachable, so a peer whose provider record outlives it holds up no chunk. Then:
+//!
+//! - **Which chunk.** The first few at random, so that a crowd that starts together (before
+//!   its fetchers know of each other) does not ask its seed for the same ones; then the
+//!   rarest among the providers this fetch knows, so that what only the seed holds is asked
+//!   of it while what other fetchers hold is asked of them. While no other fetcher is known,
+//!   equally rare chunks go in order (the archive is hashed as its chunks arrive in order);
+//!   once one is, at random, for the crowd's reason.
+//! - **Whom.** The provider with the fewest requests out, then the fastest measured in this
+//!   fetch, then the best ranked (reputation). Each provider has a cap on requests out: one
+//!   at first and one more for each chunk it serves, up to the fetch's share, while no other
+//!   fetcher is known; two once one is, so that a seed's upload is not spent on copies a
+//!   crowd could make.
+//! - **Endgame.** Once every chunk not in is asked for, a provider with nothing out is asked
+//!   too for the chunk that has been out longest (one second copy per chunk); whichever
+//!   answers first is kept.
+//!
+//! A provider that sends bad data, refuses or fails a request is asked nothing more in this
+//! fetch; one that is busy waits [`BUSY_BACKOFF`] and is asked again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use rand::seq::IndexedRandom;
 
-/// Which provider is asked for which chunk. Providers are taken round-robin, best first,
-/// never twice for one chunk, and none again in this fetch once it has sent bad data,
-/// refused or failed a request. A provider not known to be reachable (not connected when the
-/// fetch started and no chunk served yet) is asked for one chunk at a time, so that a
-/// departed peer whose provider record outlives it holds up one chunk rather than a share of
-/// them; once nothing else is left to ask, a chunk held only by such a provider is also asked
-/// of one that has served, and whichever answers first is kept.
-pub(super) struct Schedule {
-    providers: Vec<PeerId>,
-    /// Connected when the fetch started, or served a chunk in it.
-    proven: HashSet<PeerId>,
-    dropped: HashSet<PeerId>,
-    /// Providers ever asked for each chunk.
-    tried: Vec<HashSet<PeerId>>,
-    /// Providers being asked for a chunk now.
-    asking: HashMap<u32, Vec<PeerId>>,
-    done: Vec<bool>,
-    remaining: usize,
-    next: usize,
+/// Chunks picked at random before rarest-first takes over.
+const RANDOM_FIRST: usize = 4;
+/// Requests out to one provider at once once other fetchers of the archive are known.
+const CROWD_CAP: usize = 2;
+/// Most providers one fetch keeps: more add nothing, and fetchers that make themselves
+/// known beyond it are not taken in.
+const MAX_PROVIDERS: usize = 64;
+/// How long a provider that answered `Busy` is left alone.
+pub(super) const BUSY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What a provider holds, as far as this fetch knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Holds {
+    /// Its have answer has not come yet.
+    Unknown,
+    All,
+    /// A fetcher itself: the chunks it has verified.
+    Some(Vec<bool>),
 }
 
-/// Whom to ask for a chunk.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Pick {
-    Ask(PeerId),
-    /// Only providers that are busy proving themselves are left: ask once one answers.
-    Wait,
-    /// Every provider known has been asked for it or dropped.
-    NoneLeft,
+struct Provider {
+    peer: PeerId,
+    holds: Holds,
+    dropped: bool,
+    /// Chunks it was ever asked for.
+    tried: Vec<u32>,
+    in_flight: usize,
+    busy_until: Option<Instant>,
+    /// Chunks it served first.
+    served: usize,
+    /// Bytes it served, over the time it had requests out.
+    bytes: u64,
+    busy: Duration,
+    busy_since: Option<Instant>,
+}
+
+impl Provider {
+    fn new(peer: PeerId) -> Self {
+        Self {
+            peer,
+            holds: Holds::Unknown,
+            dropped: false,
+            tried: Vec::new(),
+            in_flight: 0,
+            busy_until: None,
+            served: 0,
+            bytes: 0,
+            busy: Duration::ZERO,
+            busy_since: None,
+        }
+    }
+
+    fn holds(&self, index: u32) -> bool {
+        match &self.holds {
+            Holds::Unknown => false,
+            Holds::All => true,
+            Holds::Some(held) => held.get(index as usize).copied().unwrap_or(false),
+        }
+    }
+
+    /// Alive and known to hold something.
+    fn live(&self) -> bool {
+        !self.dropped && self.holds != Holds::Unknown
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        self.live() && self.busy_until.is_none_or(|t| t <= now)
+    }
+
+    /// Bytes per second while it had requests out.
+    fn rate(&self, now: Instant) -> f64 {
+        let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |s| now - s);
+        if busy.is_zero() {
+            0.0
+        } else {
+            self.bytes as f64 / busy.as_secs_f64()
+        }
+    }
+}
+
+/// Whom to ask for which chunk (see the module's notes).
+pub(super) struct Schedule {
+    providers: Vec<Provider>,
+    /// Providers being asked for each chunk now, and since when.
+    asking: HashMap<u32, Vec<(PeerId, Instant)>>,
+    done: Vec<bool>,
+    remaining: usize,
+    /// Another fetcher of the archive is known (a provider that holds part of it, or a
+    /// peer that told us it fetches it).
+    crowd: bool,
+    /// The time requests took until they returned, and how many returned.
+    round_trips: (Duration, u32),
 }
 
 impl Schedule {
-    pub(super) fn new(providers: Vec<PeerId>, connected: &[PeerId], done: Vec<bool>) -> Self {
-        let proven = providers
-            .iter()
-            .filter(|p| connected.contains(p))
-            .copied()
-            .collect();
+    pub(super) fn new(done: Vec<bool>) -> Self {
         Self {
-            providers,
-            proven,
-            dropped: HashSet::new(),
-            tried: vec![HashSet::new(); done.len()],
+            providers: Vec::new(),
             asking: HashMap::new(),
             remaining: done.iter().filter(|d| !**d).count(),
             done,
-            next: 0,
+            crowd: false,
+            round_trips: (Duration::ZERO, 0),
         }
     }
 
+    fn provider(&mut self, peer: &PeerId) -> Option<&mut Provider> {
+        self.providers.iter_mut().find(|p| p.peer == *peer)
+    }
+
+    /// Adds a provider, last in rank; its have answer is awaited. False if it is known, or
+    /// the fetch has as many as it keeps.
     pub(super) fn add_provider(&mut self, peer: PeerId) -> bool {
-        let new = !self.providers.contains(&peer);
-        if new {
-            self.providers.push(peer);
+        if self.providers.len() >= MAX_PROVIDERS || self.providers.iter().any(|p| p.peer == peer) {
+            return false;
         }
-        new
+        self.providers.push(Provider::new(peer));
+        true
     }
 
-    /// Whether `peer` may be asked for another chunk now.
-    pub(super) fn ready(&self, peer: &PeerId) -> bool {
-        self.proven.contains(peer) || !self.asking.values().any(|asked| asked.contains(peer))
+    /// `peer` said what it holds (a provider that is new is added, if there is room).
+    pub(super) fn learned(&mut self, peer: PeerId, holds: Holds) {
+        self.add_provider(peer);
+        if matches!(holds, Holds::Some(_)) {
+            self.crowd = true;
+        }
+        if let Some(p) = self.provider(&peer) {
+            p.holds = holds;
+        }
     }
 
-    pub(super) fn pick(&mut self, index: u32) -> Pick {
-        let tried = &self.tried[index as usize];
-        let eligible: Vec<PeerId> = self
-            .providers
+    /// A peer told us it fetches the archive too.
+    pub(super) fn fetcher_seen(&mut self) {
+        self.crowd = true;
+    }
+
+    /// Whether another fetcher of the archive is known.
+    pub(super) fn in_crowd(&self) -> bool {
+        self.crowd
+    }
+
+    /// What `peer` holds, if it is a provider of this fetch.
+    pub(super) fn holds_of(&self, peer: &PeerId) -> Option<&Holds> {
+        self.providers
             .iter()
-            .filter(|p| !self.dropped.contains(p) && !tried.contains(p))
-            .copied()
-            .collect();
-        let ready: Vec<PeerId> = eligible.iter().filter(|p| self.ready(p)).copied().collect();
-        if ready.is_empty() {
-            return if eligible.is_empty() {
-                Pick::NoneLeft
-            } else {
-                Pick::Wait
-            };
-        }
-        let peer = ready[self.next % ready.len()];
-        self.next = self.next.wrapping_add(1);
-        Pick::Ask(peer)
+            .find(|p| p.peer == *peer)
+            .map(|p| &p.holds)
     }
 
-    pub(super) fn sent(&mut self, index: u32, peer: PeerId) {
-        self.tried[index as usize].insert(peer);
-        self.asking.entry(index).or_default().push(peer);
+    /// Up to `room` requests to send now (`parallel` in all), and the endgame's.
+    pub(super) fn next(
+        &mut self,
+        room: usize,
+        parallel: usize,
+        now: Instant,
+    ) -> Vec<(u32, PeerId)> {
+        let ready = self.providers.iter().filter(|p| p.ready(now)).count();
+        let share = parallel.div_ceil(ready.max(1)).max(CROWD_CAP);
+        let crowd = self.crowd;
+        // Alone, a provider's cap grows with each chunk it serves, up to its share: a fetch
+        // that has not yet learned of the crowd it is in asks the seed for few chunks.
+        let cap = |p: &Provider| match crowd {
+            true => CROWD_CAP,
+            false => share.min(1 + p.served),
+        };
+        let mut asks = Vec::new();
+        while asks.len() < room {
+            let mut order: Vec<usize> = (0..self.providers.len())
+                .filter(|i| {
+                    let p = &self.providers[*i];
+                    p.ready(now) && p.in_flight < cap(p)
+                })
+                .collect();
+            order.sort_by(|a, b| {
+                let (a, b) = (&self.providers[*a], &self.providers[*b]);
+                a.in_flight
+                    .cmp(&b.in_flight)
+                    .then(b.rate(now).total_cmp(&a.rate(now)))
+            });
+            let Some((index, peer)) = order.iter().find_map(|i| {
+                let chunk = self.choose(*i)?;
+                Some((chunk, self.providers[*i].peer))
+            }) else {
+                break;
+            };
+            self.sent(index, peer, now);
+            asks.push((index, peer));
+        }
+        let unasked = (0..self.done.len() as u32)
+            .any(|c| !self.done[c as usize] && !self.asking.contains_key(&c));
+        if !unasked {
+            asks.extend(self.endgame(now));
+        }
+        asks
+    }
+
+    /// The chunk to ask of provider `i`: not in, not asked, held by it and never asked of
+    /// it; random at first, then the rarest.
+    fn choose(&self, i: usize) -> Option<u32> {
+        let p = &self.providers[i];
+        let candidates: Vec<u32> = (0..self.done.len() as u32)
+            .filter(|c| {
+                !self.done[*c as usize]
+                    && !self.asking.contains_key(c)
+                    && p.holds(*c)
+                    && !p.tried.contains(c)
+            })
+            .collect();
+        let have = self.done.len() - self.remaining;
+        let mut rng = rand::rng();
+        if have < RANDOM_FIRST {
+            return candidates.choose(&mut rng).copied();
+        }
+        let availability = |c: u32| {
+            self.providers
+                .iter()
+                .filter(|p| p.live() && p.holds(c))
+                .count()
+        };
+        let rarest = candidates.iter().map(|c| availability(*c)).min()?;
+        let rare: Vec<u32> = candidates
+            .into_iter()
+            .filter(|c| availability(*c) == rarest)
+            .collect();
+        if self.crowd {
+            rare.choose(&mut rng).copied()
+        } else {
+            rare.first().copied()
+        }
+    }
+
+    /// For each provider with nothing out, a chunk already asked of one other, the one out
+    /// longest, that it holds and was never asked for, if it has been out twice as long as a
+    /// request takes on average. In a crowd a seed is not asked: its upload is for chunks
+    /// the crowd lacks.
+    fn endgame(&mut self, now: Instant) -> Vec<(u32, PeerId)> {
+        let (total, count) = self.round_trips;
+        let late = total.checked_div(count).unwrap_or(Duration::ZERO) * 2;
+        let mut out: Vec<(Instant, u32)> = self
+            .asking
+            .iter()
+            .filter(|(c, askers)| {
+                askers.len() == 1
+                    && !self.done[**c as usize]
+                    && now.duration_since(askers[0].1) >= late
+            })
+            .map(|(c, askers)| (askers[0].1, *c))
+            .collect();
+        out.sort_unstable();
+        let mut also = Vec::new();
+        for i in 0..self.providers.len() {
+            let p = &self.providers[i];
+            if !p.ready(now) || p.in_flight > 0 || (self.crowd && p.holds == Holds::All) {
+                continue;
+            }
+            let Some(pos) = out
+                .iter()
+                .position(|(_, c)| p.holds(*c) && !p.tried.contains(c))
+            else {
+                continue;
+            };
+            let (_, index) = out.remove(pos);
+            let peer = p.peer;
+            self.sent(index, peer, now);
+            also.push((index, peer));
+        }
+        also
+    }
+
+    pub(super) fn sent(&mut self, index: u32, peer: PeerId, now: Instant) {
+        self.asking.entry(index).or_default().push((peer, now));
+        if let Some(p) = self.provider(&peer) {
+            p.tried.push(index);
+            if p.in_flight == 0 {
+                p.busy_since = Some(now);
+            }
+            p.in_flight += 1;
+        }
     }
 
     /// A request ended, however it went.
-    pub(super) fn returned(&mut self, index: u32, peer: PeerId) {
+    pub(super) fn returned(&mut self, index: u32, peer: PeerId, now: Instant) {
         if let Some(asked) = self.asking.get_mut(&index) {
-            asked.retain(|p| *p != peer);
+            if let Some((_, since)) = asked.iter().find(|(p, _)| *p == peer) {
+                self.round_trips.0 += now.duration_since(*since);
+                self.round_trips.1 += 1;
+            }
+            asked.retain(|(p, _)| *p != peer);
             if asked.is_empty() {
                 self.asking.remove(&index);
+            }
+        }
+        if let Some(p) = self.provider(&peer) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            if p.in_flight == 0
+                && let Some(since) = p.busy_since.take()
+            {
+                p.busy += now - since;
             }
         }
     }
 
     /// `peer` served chunk `index` (first, or after another provider did).
-    pub(super) fn served(&mut self, index: u32, peer: PeerId) {
-        self.proven.insert(peer);
-        if !std::mem::replace(&mut self.done[index as usize], true) {
+    pub(super) fn served(&mut self, index: u32, peer: PeerId, bytes: u64) {
+        let first = !std::mem::replace(&mut self.done[index as usize], true);
+        if first {
             self.remaining -= 1;
+        }
+        if let Some(p) = self.provider(&peer) {
+            p.bytes += bytes;
+            p.served += usize::from(first);
         }
     }
 
-    /// `peer` sent a good copy of a chunk another provider's copy is stored from: it is
-    /// proven, and the chunk is done when that other arrival is counted (it is in flight:
-    /// its copy won the race to the sink), so the report credits the provider stored from.
-    pub(super) fn duplicate(&mut self, peer: PeerId) {
-        self.proven.insert(peer);
+    /// `peer` sent a good copy of a chunk another provider's copy is stored from; the chunk
+    /// is done when that other arrival is counted (its copy won the race to the sink), so
+    /// the report credits the provider stored from.
+    pub(super) fn duplicate(&mut self, peer: PeerId, bytes: u64) {
+        if let Some(p) = self.provider(&peer) {
+            p.bytes += bytes;
+        }
+    }
+
+    /// `peer` was busy: it is left alone for a while, and may be asked for `index` again.
+    pub(super) fn busy(&mut self, index: u32, peer: PeerId, now: Instant) {
+        if let Some(p) = self.provider(&peer) {
+            p.busy_until = Some(now + BUSY_BACKOFF);
+            p.tried.retain(|c| *c != index);
+        }
     }
 
     pub(super) fn drop_provider(&mut self, peer: PeerId) {
-        self.dropped.insert(peer);
+        if let Some(p) = self.provider(&peer) {
+            p.dropped = true;
+        }
+    }
+
+    /// Whether `peer` has requests out, or holds a chunk not in and not asked for.
+    pub(super) fn has_work(&self, peer: &PeerId) -> bool {
+        self.providers.iter().any(|p| {
+            p.peer == *peer
+                && (p.in_flight > 0
+                    || (0..self.done.len() as u32).any(|c| {
+                        !self.done[c as usize] && !self.asking.contains_key(&c) && p.holds(c)
+                    }))
+        })
+    }
+
+    pub(super) fn is_dropped(&self, peer: &PeerId) -> bool {
+        self.providers.iter().any(|p| p.peer == *peer && p.dropped)
     }
 
     /// Chunks not in yet.
@@ -132,36 +390,40 @@ impl Schedule {
         !self.providers.is_empty()
     }
 
+    /// Providers not dropped whose have answer has not come.
+    pub(super) fn unanswered(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.providers
+            .iter()
+            .filter(|p| !p.dropped && p.holds == Holds::Unknown)
+            .map(|p| p.peer)
+    }
+
+    /// Live providers that are fetching the archive themselves.
+    pub(super) fn partial_holders(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.providers
+            .iter()
+            .filter(|p| !p.dropped && matches!(p.holds, Holds::Some(_)))
+            .map(|p| p.peer)
+    }
+
+    /// Chunks not in, not asked, that no live provider holds or may be asked for: they wait
+    /// for a provider found later, or for a fetcher to get them.
+    pub(super) fn stuck(&self) -> Vec<u32> {
+        (0..self.done.len() as u32)
+            .filter(|c| {
+                !self.done[*c as usize]
+                    && !self.asking.contains_key(c)
+                    && !self
+                        .providers
+                        .iter()
+                        .any(|p| p.live() && p.holds(*c) && !p.tried.contains(c))
+            })
+            .collect()
+    }
+
     /// The providers being asked for a chunk now, once per chunk.
     pub(super) fn asked(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.asking.values().flatten().copied()
-    }
-
-    pub(super) fn is_done(&self, index: u32) -> bool {
-        self.done[index as usize]
-    }
-
-    pub(super) fn is_asked(&self, index: u32) -> bool {
-        self.asking.contains_key(&index)
-    }
-
-    /// Chunks asked only of providers not yet proven, each with a proven provider to ask as
-    /// well.
-    pub(super) fn endgame(&mut self) -> Vec<(u32, PeerId)> {
-        let mut also = Vec::new();
-        for (index, asked) in &self.asking {
-            if asked.iter().any(|p| self.proven.contains(p)) {
-                continue;
-            }
-            let tried = &self.tried[*index as usize];
-            if let Some(peer) = self.providers.iter().find(|p| {
-                self.proven.contains(p) && !self.dropped.contains(p) && !tried.contains(p)
-            }) {
-                also.push((*index, *peer));
-            }
-        }
-        also.sort_unstable();
-        also
+        self.asking.values().flatten().map(|(p, _)| *p)
     }
 }
 
@@ -173,78 +435,147 @@ mod tests {
         (0..n).map(|_| PeerId::random()).collect()
     }
 
-    #[test]
-    fn a_provider_not_known_to_be_reachable_is_asked_one_chunk_at_a_time() {
-        let [far, near] = peers(2)[..] else {
-            unreachable!()
-        };
-        let mut schedule = Schedule::new(vec![far, near], &[near], vec![false; 6]);
-        let ask = |s: &mut Schedule, index| {
-            let pick = s.pick(index);
-            if let Pick::Ask(peer) = pick {
-                s.sent(index, peer);
-            }
-            pick
-        };
-        assert_eq!(ask(&mut schedule, 0), Pick::Ask(far));
-        assert_eq!(ask(&mut schedule, 1), Pick::Ask(near));
-        assert_eq!(ask(&mut schedule, 2), Pick::Ask(near));
-        // The connected provider fails chunk 1: it is asked nothing more, and the other is
-        // still proving itself.
-        schedule.returned(1, near);
-        schedule.drop_provider(near);
-        assert_eq!(schedule.pick(1), Pick::Wait);
-        assert_eq!(schedule.pick(3), Pick::Wait);
-        // Chunk 0 comes: the far provider is proven and takes as many as it is given.
-        schedule.returned(0, far);
-        schedule.served(0, far);
-        assert_eq!(ask(&mut schedule, 1), Pick::Ask(far));
-        assert_eq!(ask(&mut schedule, 3), Pick::Ask(far));
-        assert_eq!(ask(&mut schedule, 4), Pick::Ask(far));
-        // Chunk 2 is still out at the dropped provider; no one else is left for it.
-        assert_eq!(schedule.pick(2), Pick::Ask(far));
-        schedule.sent(2, far);
-        schedule.returned(2, far);
-        schedule.drop_provider(far);
-        assert_eq!(schedule.pick(2), Pick::NoneLeft);
-        assert!(
-            schedule.is_asked(2),
-            "the dropped provider still has chunk 2 in hand"
-        );
-        assert_eq!(schedule.remaining, 5);
+    fn answer(s: &mut Schedule, asks: &[(u32, PeerId)], now: Instant) {
+        for (index, peer) in asks {
+            s.returned(*index, *peer, now);
+            s.served(*index, *peer, 1);
+        }
     }
 
     #[test]
-    fn at_the_end_a_chunk_only_unproven_providers_hold_is_asked_of_a_proven_one() {
-        let [far, near, other] = peers(3)[..] else {
+    fn a_provider_is_asked_nothing_until_it_says_what_it_holds() {
+        let [far, near] = peers(2)[..] else {
             unreachable!()
         };
-        let mut schedule = Schedule::new(vec![far, near, other], &[near], vec![false; 4]);
-        for (index, peer) in [(0, far), (1, near), (2, near), (3, other)] {
-            schedule.sent(index, peer);
+        let now = Instant::now();
+        let mut s = Schedule::new(vec![false; 6]);
+        s.add_provider(far);
+        s.add_provider(near);
+        assert_eq!(s.next(8, 8, now), vec![]);
+        assert_eq!(s.stuck(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(s.unanswered().collect::<Vec<_>>(), vec![far, near]);
+        s.learned(near, Holds::All);
+        assert!(s.stuck().is_empty());
+        // Alone and holding everything, it is asked for one chunk at first and one more
+        // for each it serves.
+        let mut rounds = Vec::new();
+        let mut asked = Vec::new();
+        while s.remaining() > 0 {
+            let asks = s.next(8, 8, now);
+            assert!(asks.iter().all(|(_, p)| *p == near));
+            rounds.push(asks.len());
+            asked.extend(asks.iter().map(|(c, _)| *c));
+            answer(&mut s, &asks, now);
         }
-        assert_eq!(schedule.endgame(), vec![(0, near), (3, near)]);
-        schedule.sent(0, near);
-        schedule.sent(3, near);
+        assert_eq!(rounds, vec![1, 2, 3]);
+        asked.sort_unstable();
+        assert_eq!(asked, (0..6).collect::<Vec<_>>(), "each chunk once");
+    }
+
+    #[test]
+    fn the_rarest_chunks_are_asked_of_the_seed_and_the_rest_of_other_fetchers() {
+        let [seed, a, b] = peers(3)[..] else {
+            unreachable!()
+        };
+        let now = Instant::now();
+        // Four chunks in already: past the random start.
+        let mut done = vec![false; 12];
+        done[..4].iter_mut().for_each(|d| *d = true);
+        let mut s = Schedule::new(done);
+        s.learned(seed, Holds::All);
+        // a holds 4..8, b holds 4..10: 10 and 11 only the seed has.
+        let held = |n: usize| (0..12).map(|i| (4..n).contains(&i)).collect::<Vec<_>>();
+        s.learned(a, Holds::Some(held(8)));
+        s.learned(b, Holds::Some(held(10)));
+        let asks = s.next(6, 8, now);
+        assert_eq!(asks.len(), 6, "{asks:?}");
+        let of = |peer: PeerId| -> Vec<u32> {
+            let mut v: Vec<u32> = asks
+                .iter()
+                .filter(|(_, p)| *p == peer)
+                .map(|(c, _)| *c)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(of(seed), vec![10, 11], "only the seed holds these");
+        assert_eq!(of(a).len(), 2, "a crowd's cap is 2 requests per provider");
+        assert_eq!(of(b).len(), 2);
+        // b is asked first for what a lacks (8, 9: held by b and the seed).
+        assert!(of(b).iter().all(|c| [8, 9].contains(c)), "{asks:?}");
+        assert!(of(a).iter().all(|c| (4..8).contains(c)), "{asks:?}");
+    }
+
+    #[test]
+    fn a_busy_provider_is_left_alone_a_while_and_asked_again() {
+        let [seed] = peers(1)[..] else { unreachable!() };
+        let now = Instant::now();
+        let mut s = Schedule::new(vec![false; 1]);
+        s.learned(seed, Holds::All);
+        assert_eq!(s.next(1, 1, now), vec![(0, seed)]);
+        s.returned(0, seed, now);
+        s.busy(0, seed, now);
+        assert_eq!(s.next(1, 1, now), vec![]);
+        assert_eq!(s.next(1, 1, now + BUSY_BACKOFF / 2), vec![]);
+        let later = now + BUSY_BACKOFF;
+        assert_eq!(s.next(1, 1, later), vec![(0, seed)]);
+    }
+
+    #[test]
+    fn in_the_endgame_an_idle_provider_also_gets_the_chunk_out_longest() {
+        let [slow, fast] = peers(2)[..] else {
+            unreachable!()
+        };
+        let t0 = Instant::now();
+        // Two fetchers that hold every chunk (a seed is not asked in a crowd's endgame).
+        let mut s = Schedule::new(vec![false; 4]);
+        s.learned(slow, Holds::Some(vec![true; 4]));
+        s.learned(fast, Holds::Some(vec![true; 4]));
+        let asks = s.next(4, 4, t0);
+        assert_eq!(asks.len(), 4);
+        // fast answers both of its chunks; slow's two are out, and fast, idle, is also
+        // asked for one of them: the one asked first, once.
+        let t1 = t0 + Duration::from_millis(10);
+        let fast_ones: Vec<_> = asks.iter().filter(|(_, p)| *p == fast).copied().collect();
+        let mut slow_ones: Vec<u32> = asks
+            .iter()
+            .filter(|(_, p)| *p == slow)
+            .map(|(c, _)| *c)
+            .collect();
+        slow_ones.sort_unstable();
+        answer(&mut s, &fast_ones, t1);
         assert_eq!(
-            schedule.endgame(),
+            s.next(4, 4, t1),
             vec![],
-            "each is asked of a proven provider once"
+            "not before a chunk is out twice as long as a request takes"
         );
-        // Both copies of chunk 0 come, the duplicate's arrival first: the chunk is done
-        // when the stored copy's arrival is counted, and once.
-        schedule.returned(0, far);
-        schedule.duplicate(far);
-        assert_eq!(schedule.remaining, 4, "done only with the stored copy");
-        schedule.returned(0, near);
-        schedule.served(0, near);
-        assert_eq!(schedule.remaining, 3);
-        assert!(!schedule.is_asked(0));
-        // A proven provider already tried for a chunk is not asked again.
-        let mut tried = Schedule::new(vec![far, near], &[near], vec![false; 1]);
-        tried.sent(0, near);
-        tried.returned(0, near);
-        tried.sent(0, far);
-        assert_eq!(tried.endgame(), vec![]);
+        let t1 = t0 + Duration::from_millis(20);
+        let again = s.next(4, 4, t1);
+        assert_eq!(again, vec![(slow_ones[0], fast)]);
+        assert_eq!(s.next(4, 4, t1), vec![], "one copy each, and fast is busy");
+        // The copy comes first: the chunk is done; the slow answer is a duplicate.
+        answer(&mut s, &again, t1);
+        assert_eq!(s.next(4, 4, t1), vec![(slow_ones[1], fast)]);
+        s.returned(slow_ones[0], slow, t1);
+        s.duplicate(slow, 1);
+        assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn a_chunk_no_live_provider_holds_is_stuck() {
+        let [seed, partial] = peers(2)[..] else {
+            unreachable!()
+        };
+        let now = Instant::now();
+        let mut s = Schedule::new(vec![false; 3]);
+        s.learned(partial, Holds::Some(vec![true, false, false]));
+        s.learned(seed, Holds::All);
+        s.drop_provider(seed);
+        assert_eq!(s.stuck(), vec![1, 2]);
+        assert_eq!(s.partial_holders().collect::<Vec<_>>(), vec![partial]);
+        assert_eq!(s.next(3, 3, now), vec![(0, partial)]);
+        // The fetcher got chunk 2 meanwhile.
+        s.learned(partial, Holds::Some(vec![true, false, true]));
+        assert_eq!(s.stuck(), vec![1]);
     }
 }
