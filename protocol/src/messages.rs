@@ -254,23 +254,35 @@ pub enum Have {
     /// The chunks whose bits are set (a fetch under way): bit `i % 8` of byte `i / 8` is
     /// chunk `i`; `ceil(chunks / 8)` bytes, with the bits past the last chunk clear.
     Chunks(Vec<u8>),
+    /// The whole archive, but ask only for the chunks whose bits are set, for now (a seed
+    /// serving a crowd: the rest the crowd can copy among itself). A map as in `Chunks`.
+    Offer(Vec<u8>),
 }
 
 impl Have {
     /// The map of `held` (one flag per chunk).
     pub fn of(held: &[bool]) -> Self {
-        let mut bits = vec![0u8; held.len().div_ceil(8)];
-        for (i, _) in held.iter().enumerate().filter(|(_, h)| **h) {
+        Self::Chunks(Self::bits(held))
+    }
+
+    /// A seed's offer of the chunks flagged in `offered`.
+    pub fn offer(offered: &[bool]) -> Self {
+        Self::Offer(Self::bits(offered))
+    }
+
+    fn bits(flags: &[bool]) -> Vec<u8> {
+        let mut bits = vec![0u8; flags.len().div_ceil(8)];
+        for (i, _) in flags.iter().enumerate().filter(|(_, f)| **f) {
             bits[i / 8] |= 1 << (i % 8);
         }
-        Self::Chunks(bits)
+        bits
     }
 
     /// One flag per chunk of an archive of `chunks` chunks, or why the map cannot be of it.
     pub fn held(&self, chunks: usize) -> Result<Vec<bool>, String> {
         let bits = match self {
             Self::All => return Ok(vec![true; chunks]),
-            Self::Chunks(bits) => bits,
+            Self::Chunks(bits) | Self::Offer(bits) => bits,
         };
         if bits.len() != chunks.div_ceil(8) {
             return Err(format!(
@@ -311,6 +323,8 @@ impl_wire!(HaveRequest, MAX_HAVE_BYTES, |r| {
             "{} chunks; an archive has 1..={MAX_CHUNKS}",
             r.chunks
         ))
+    } else if matches!(r.have, Have::Offer(_)) {
+        Err("an asker says what it holds, not what it offers".into())
     } else {
         r.have.held(r.chunks as usize).map(|_| ())
     }
@@ -325,11 +339,13 @@ pub enum HaveResponse {
 }
 
 impl_wire!(HaveResponse, MAX_HAVE_BYTES, |r| match r {
-    HaveResponse::Have(Have::Chunks(bits)) if bits.len() > MAX_CHUNKS.div_ceil(8) => Err(format!(
-        "a map of {} bytes; the limit is {}",
-        bits.len(),
-        MAX_CHUNKS.div_ceil(8)
-    )),
+    HaveResponse::Have(Have::Chunks(bits) | Have::Offer(bits))
+        if bits.len() > MAX_CHUNKS.div_ceil(8) =>
+        Err(format!(
+            "a map of {} bytes; the limit is {}",
+            bits.len(),
+            MAX_CHUNKS.div_ceil(8)
+        )),
     _ => Ok(()),
 });
 

@@ -794,6 +794,13 @@ fn a_have_map_must_fit_its_archive() {
             "0 chunks; an archive has 1..=512".into()
         ))
     );
+    assert_eq!(
+        HaveRequest::from_wire(&ask(10, Have::offer(&held)).to_wire()),
+        Err(DecodeError::Invalid(
+            "an asker says what it holds, not what it offers".into()
+        ))
+    );
+    assert_eq!(Have::offer(&held).held(10), Ok(held.to_vec()));
     let full = ask(MAX_CHUNKS as u32, Have::of(&[true; MAX_CHUNKS]));
     assert!(full.to_wire().len() <= MAX_HAVE_BYTES);
     let long = HaveResponse::Have(Have::Chunks(vec![0xff; MAX_CHUNKS / 8 + 1]));

@@ -215,7 +215,7 @@ impl Seeding {
                 false => 0,
             };
         }
-        Have::of(&offer)
+        Have::offer(&offer)
     }
 
     /// Whether to send `peer` the chunk it asks for, and if so counts it as sent. While a

@@ -451,6 +451,7 @@ impl Run {
         self.have_asked.remove(&peer);
         let holds = match answer {
             Ok(HaveResponse::Have(Have::All)) => Ok(Holds::All),
+            Ok(HaveResponse::Have(have @ Have::Offer(_))) => have.held(chunks).map(Holds::Offer),
             Ok(HaveResponse::Have(have)) => have.held(chunks).map(Holds::Some),
             // A node from before have maps serves only what it holds whole.
             Err(NetworkError::Unsupported { .. }) => Ok(Holds::All),
@@ -478,7 +479,10 @@ impl Run {
     /// A peer that fetches the archive too told us what it holds.
     fn fetcher(&mut self, peer: PeerId, held: Vec<bool>) {
         self.schedule.fetcher_seen();
-        if self.schedule.holds_of(&peer) == Some(&Holds::All) {
+        if matches!(
+            self.schedule.holds_of(&peer),
+            Some(Holds::All | Holds::Offer(_))
+        ) {
             return;
         }
         self.have_heard.insert(peer, Instant::now());
@@ -502,7 +506,7 @@ impl Run {
             // A seed is asked again in a crowd: it offers each fetcher what the crowd lacks.
             .filter(|peer| {
                 let again = match self.schedule.holds_of(peer) {
-                    Some(Holds::Some(_) | Holds::Unknown) => true,
+                    Some(Holds::Some(_) | Holds::Offer(_) | Holds::Unknown) => true,
                     Some(Holds::All) => self.schedule.in_crowd(),
                     None => false,
                 };

@@ -11,7 +11,7 @@
 //!   equally rare chunks go in order (the archive is hashed as its chunks arrive in order);
 //!   once one is, at random, for the crowd's reason.
 //! - **Whom.** The provider with the fewest requests out, then the fastest measured in this
-//!   fetch, then the best ranked (reputation). Each provider has a cap on requests out: one
+//!   fetch, then the best ranked (reputation). Each provider has a cap on requests out: two
 //!   at first and one more for each chunk it serves, up to the fetch's share, while no other
 //!   fetcher is known; two once one is, so that a seed's upload is not spent on copies a
 //!   crowd could make.
@@ -46,6 +46,8 @@ pub(super) enum Holds {
     All,
     /// A fetcher itself: the chunks it has verified.
     Some(Vec<bool>),
+    /// A seed serving a crowd: it holds everything, and offers these chunks for now.
+    Offer(Vec<bool>),
 }
 
 struct Provider {
@@ -80,12 +82,24 @@ impl Provider {
         }
     }
 
+    /// Whether it may be asked for chunk `index` now.
     fn holds(&self, index: u32) -> bool {
         match &self.holds {
             Holds::Unknown => false,
             Holds::All => true,
-            Holds::Some(held) => held.get(index as usize).copied().unwrap_or(false),
+            Holds::Some(held) | Holds::Offer(held) => {
+                held.get(index as usize).copied().unwrap_or(false)
+            }
         }
+    }
+
+    /// Whether it holds chunk `index` at all (a seed does, offered or not).
+    fn has(&self, index: u32) -> bool {
+        matches!(self.holds, Holds::Offer(_)) || self.holds(index)
+    }
+
+    fn is_seed(&self) -> bool {
+        matches!(self.holds, Holds::All | Holds::Offer(_))
     }
 
     /// Alive and known to hold something.
@@ -151,7 +165,7 @@ impl Schedule {
     /// `peer` said what it holds (a provider that is new is added, if there is room).
     pub(super) fn learned(&mut self, peer: PeerId, holds: Holds) {
         self.add_provider(peer);
-        if matches!(holds, Holds::Some(_)) {
+        if matches!(holds, Holds::Some(_) | Holds::Offer(_)) {
             self.crowd = true;
         }
         if let Some(p) = self.provider(&peer) {
@@ -191,7 +205,7 @@ impl Schedule {
         // that has not yet learned of the crowd it is in asks the seed for few chunks.
         let cap = |p: &Provider| match crowd {
             true => CROWD_CAP,
-            false => share.min(1 + p.served),
+            false => share.min(CROWD_CAP + p.served),
         };
         let mut asks = Vec::new();
         while asks.len() < room {
@@ -244,7 +258,7 @@ impl Schedule {
         let availability = |c: u32| {
             self.providers
                 .iter()
-                .filter(|p| p.live() && p.holds(c))
+                .filter(|p| p.live() && p.has(c))
                 .count()
         };
         let rarest = candidates.iter().map(|c| availability(*c)).min()?;
@@ -280,7 +294,7 @@ impl Schedule {
         let mut also = Vec::new();
         for i in 0..self.providers.len() {
             let p = &self.providers[i];
-            if !p.ready(now) || p.in_flight > 0 || (self.crowd && p.holds == Holds::All) {
+            if !p.ready(now) || p.in_flight > 0 || (self.crowd && p.is_seed()) {
                 continue;
             }
             let Some(pos) = out
@@ -416,7 +430,7 @@ impl Schedule {
                     && !self
                         .providers
                         .iter()
-                        .any(|p| p.live() && p.holds(*c) && !p.tried.contains(c))
+                        .any(|p| p.live() && p.has(*c) && !p.tried.contains(c))
             })
             .collect()
     }
@@ -456,7 +470,7 @@ mod tests {
         assert_eq!(s.unanswered().collect::<Vec<_>>(), vec![far, near]);
         s.learned(near, Holds::All);
         assert!(s.stuck().is_empty());
-        // Alone and holding everything, it is asked for one chunk at first and one more
+        // Alone and holding everything, it is asked for two chunks at first and one more
         // for each it serves.
         let mut rounds = Vec::new();
         let mut asked = Vec::new();
@@ -467,7 +481,7 @@ mod tests {
             asked.extend(asks.iter().map(|(c, _)| *c));
             answer(&mut s, &asks, now);
         }
-        assert_eq!(rounds, vec![1, 2, 3]);
+        assert_eq!(rounds, vec![2, 4]);
         asked.sort_unstable();
         assert_eq!(asked, (0..6).collect::<Vec<_>>(), "each chunk once");
     }
@@ -559,6 +573,30 @@ mod tests {
         s.returned(slow_ones[0], slow, t1);
         s.duplicate(slow, 1);
         assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn a_seed_offering_a_crowd_some_chunks_is_asked_only_for_those_and_holds_up_nothing() {
+        let [seed, peer] = peers(2)[..] else {
+            unreachable!()
+        };
+        let now = Instant::now();
+        let mut s = Schedule::new(vec![false; 4]);
+        s.learned(seed, Holds::Offer(vec![false, true, false, false]));
+        s.learned(peer, Holds::Some(vec![true, false, false, false]));
+        assert!(
+            s.stuck().is_empty(),
+            "the seed holds what it does not offer"
+        );
+        let mut asks = s.next(4, 4, now);
+        asks.sort_unstable();
+        assert_eq!(asks, vec![(0, peer), (1, seed)]);
+        // The seed offers another chunk: it is asked for it.
+        s.learned(seed, Holds::Offer(vec![false, false, false, true]));
+        assert_eq!(s.next(4, 4, now), vec![(3, seed)]);
+        // Lost, it leaves chunk 2 to nobody.
+        s.drop_provider(seed);
+        assert_eq!(s.stuck(), vec![2]);
     }
 
     #[test]
