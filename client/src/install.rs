@@ -116,17 +116,26 @@ fn stage<'a>(
     }
     let data = std::fs::read(&fetched.path)
         .map_err(|e| Failure::new(1, format!("{}: {e}", fetched.path), "see 'agora node logs'"))?;
-    // The daemon verified it; checking again here costs little and trusts no file system.
-    if ContentId::of(&data).to_hex() != r.sha256 {
+    let _ = std::fs::remove_dir_all(&staging);
+    let _unpacking = spinner(json, format!("{}@{}: unpacking", r.name, r.version));
+    // The daemon verified the archive; it is checked again here, trusting no file system, on
+    // a second thread while it unpacks into the staging directory, which nothing uses until
+    // the check has passed.
+    let (hashed, unpacked) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| ContentId::of(&data));
+        let unpacked = unpack::unpack(data.as_slice(), &staging);
+        (hashing.join(), unpacked)
+    });
+    // A panic while hashing counts as a mismatch: nothing unchecked is installed.
+    if !hashed.is_ok_and(|h| h.to_hex() == r.sha256) {
+        let _ = std::fs::remove_dir_all(&staging);
         return Err(Failure::new(
             6,
             format!("{} does not hash to {}", fetched.path, r.sha256),
             "the daemon's store may be damaged; see 'agora node logs'",
         ));
     }
-    let _ = std::fs::remove_dir_all(&staging);
-    let _unpacking = spinner(json, format!("{}@{}: unpacking", r.name, r.version));
-    let files = unpack::unpack(data.as_slice(), &staging).map_err(|e| {
+    let files = unpacked.map_err(|e| {
         Failure::new(
             6,
             format!("{}@{}: {e}", r.name, r.version),
