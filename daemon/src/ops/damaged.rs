@@ -62,8 +62,7 @@ impl Registry {
             return Ok(data);
         };
         let (start, len) = request.range(meta.size).ok_or(Refusal::OutOfRange)?;
-        let busy = self.net.uploads_queued() >= swarm::BUSY_UPLOAD;
-        if !self.seeding.may_send(peer, request, busy) {
+        if !self.seeding.may_send(peer, request, self.upload_busy()) {
             return Err(Refusal::Busy);
         }
         let data = match self.blobs.read_checked(id, start, len) {
@@ -78,6 +77,11 @@ impl Registry {
         Ok(data)
     }
 
+    /// Whether answers queue in this node's upload, so that a crowd is super-seeded.
+    fn upload_busy(&self) -> bool {
+        self.net.uploads_queued() >= swarm::BUSY_UPLOAD
+    }
+
     fn served(&self, data: &[u8]) {
         Self::count(&self.stats.chunks_served);
         self.stats
@@ -89,8 +93,7 @@ impl Registry {
     /// under way (what the peer holds goes to that fetch), or a refusal.
     pub(crate) fn have(&self, peer: PeerId, request: &HaveRequest) -> HaveResponse {
         if self.blobs.has(&request.content) {
-            let busy = self.net.uploads_queued() >= swarm::BUSY_UPLOAD;
-            return HaveResponse::Have(self.seeding.offer(peer, request, busy));
+            return HaveResponse::Have(self.seeding.offer(peer, request, self.upload_busy()));
         }
         self.downloads
             .have(peer, request)

@@ -98,20 +98,18 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().have.send_request(&peer, request);
                 self.have.pending.insert(id, reply);
             }
-            Command::RespondHave { id, response } => {
-                if let Some(channel) = self.have.inbound.remove(&id)
-                    && self
-                        .swarm
-                        .behaviour_mut()
-                        .have
-                        .send_response(channel, response)
-                        .is_err()
-                {
-                    debug!(?id, "have requester went away before the response");
-                }
+            Command::RespondSync { id, response } => {
+                let sync = &mut self.swarm.behaviour_mut().sync;
+                respond(sync, &mut self.sync, id, response, "sync");
             }
-            Command::RespondSync { id, response } => self.respond_sync(id, response),
-            Command::RespondFetch { id, response } => self.respond_fetch(id, response),
+            Command::RespondFetch { id, response } => {
+                let fetch = &mut self.swarm.behaviour_mut().fetch;
+                respond(fetch, &mut self.fetch, id, response, "fetch");
+            }
+            Command::RespondHave { id, response } => {
+                let have = &mut self.swarm.behaviour_mut().have;
+                respond(have, &mut self.have, id, response, "have");
+            }
             Command::Info { reply } => {
                 let _ = reply.send(Ok(self.info()));
             }
@@ -131,32 +129,6 @@ impl EventLoop {
                 // Handled in `run`; unreachable here, answered anyway.
                 let _ = reply.send(Ok(()));
             }
-        }
-    }
-
-    fn respond_sync(&mut self, id: InboundRequestId, response: SyncResponse) {
-        if let Some(channel) = self.sync.inbound.remove(&id)
-            && self
-                .swarm
-                .behaviour_mut()
-                .sync
-                .send_response(channel, response)
-                .is_err()
-        {
-            debug!(?id, "sync requester went away before the response");
-        }
-    }
-
-    fn respond_fetch(&mut self, id: InboundRequestId, response: FetchResponse) {
-        if let Some(channel) = self.fetch.inbound.remove(&id)
-            && self
-                .swarm
-                .behaviour_mut()
-                .fetch
-                .send_response(channel, response)
-                .is_err()
-        {
-            debug!(?id, "fetch requester went away before the response");
         }
     }
 
@@ -315,5 +287,23 @@ impl EventLoop {
         // publisher's schedule, and replication puts it again.
         kad::store::RecordStore::put(store, record)
             .map_err(|e| NetworkError::Store(format!("{key}: {e:?}")))
+    }
+}
+
+/// Answers a peer's request `id` of one protocol (`what`), if it still waits for it.
+fn respond<Req, Resp>(
+    behaviour: &mut request_response::Behaviour<WireCodec<Req, Resp>>,
+    exchanges: &mut Exchanges<Resp>,
+    id: InboundRequestId,
+    response: Resp,
+    what: &str,
+) where
+    Req: Wire + Send + Sync + 'static,
+    Resp: Wire + Send + Sync + 'static,
+{
+    if let Some(channel) = exchanges.inbound.remove(&id)
+        && behaviour.send_response(channel, response).is_err()
+    {
+        debug!(?id, "{what} requester went away before the response");
     }
 }
