@@ -400,6 +400,7 @@ impl Run {
             .next(room, parallel, now)
             .into_iter()
             .map(|(index, peer)| {
+                debug!(%peer, index, "asking for a chunk");
                 let span = ProviderTrace::of(&mut self.traces, peer).span.clone();
                 (index, peer, span)
             })
@@ -543,6 +544,7 @@ impl Run {
         };
         match arrival {
             Arrival::Stored(size) => {
+                debug!(%peer, index, ms = elapsed.as_millis() as u64, "chunk in");
                 let size = size as u64;
                 self.schedule.served(index, peer, size);
                 report.bytes_fetched += size;

@@ -15,6 +15,11 @@
 //!   at first and one more for each chunk it serves, up to the fetch's share, while no other
 //!   fetcher is known; two once one is, so that a seed's upload is not spent on copies a
 //!   crowd could make.
+//! - **How many.** Few requests at first; once chunks come in, enough for half a second
+//!   at the rate this fetch measures, plus one, up to the fetch's limit. On a fast link
+//!   that is the limit; on a slow one each request takes about that long instead of all
+//!   sharing the link to the end, so a chunk whose provider stalls stands out, and the
+//!   link carries no more flows than it needs.
 //! - **Endgame.** Once every chunk not in is asked for, a provider with nothing out is asked
 //!   too for the chunk that has been out longest (one second copy per chunk); whichever
 //!   answers first is kept.
@@ -35,6 +40,10 @@ const CROWD_CAP: usize = 2;
 /// Most providers one fetch keeps: more add nothing, and fetchers that make themselves
 /// known beyond it are not taken in.
 const MAX_PROVIDERS: usize = 64;
+/// Requests out at once before any chunk has come in.
+const FIRST_WINDOW: usize = 2;
+/// The time's worth of the measured rate a fetch keeps in flight (plus one chunk).
+const WINDOW_TIME: Duration = Duration::from_millis(500);
 /// How long a provider that answered `Busy` is left alone.
 pub(super) const BUSY_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -134,6 +143,10 @@ pub(super) struct Schedule {
     crowd: bool,
     /// The time requests took until they returned, and how many returned.
     round_trips: (Duration, u32),
+    /// When the first request went out.
+    started: Option<Instant>,
+    /// Chunks that came in, first copies or not, and their bytes.
+    received: (u32, u64),
 }
 
 impl Schedule {
@@ -145,7 +158,22 @@ impl Schedule {
             done,
             crowd: false,
             round_trips: (Duration::ZERO, 0),
+            started: None,
+            received: (0, 0),
         }
+    }
+
+    /// Requests to keep out at once (see the module's notes), at most `parallel`.
+    fn window(&self, parallel: usize, now: Instant) -> usize {
+        let (chunks, bytes) = self.received;
+        let Some(started) = self.started.filter(|_| chunks > 0) else {
+            return FIRST_WINDOW.min(parallel);
+        };
+        let elapsed = now.duration_since(started).as_secs_f64().max(1e-3);
+        let rate = bytes as f64 / elapsed;
+        let chunk = bytes as f64 / f64::from(chunks);
+        let wanted = (rate * WINDOW_TIME.as_secs_f64() / chunk).ceil() as usize + 1;
+        wanted.clamp(FIRST_WINDOW.min(parallel), parallel)
     }
 
     fn provider(&mut self, peer: &PeerId) -> Option<&mut Provider> {
@@ -207,6 +235,8 @@ impl Schedule {
             true => CROWD_CAP,
             false => share.min(CROWD_CAP + p.served),
         };
+        let out: usize = self.providers.iter().map(|p| p.in_flight).sum();
+        let room = room.min(self.window(parallel, now).saturating_sub(out));
         let mut asks = Vec::new();
         while asks.len() < room {
             let mut order: Vec<usize> = (0..self.providers.len())
@@ -312,6 +342,7 @@ impl Schedule {
     }
 
     pub(super) fn sent(&mut self, index: u32, peer: PeerId, now: Instant) {
+        self.started.get_or_insert(now);
         self.asking.entry(index).or_default().push((peer, now));
         if let Some(p) = self.provider(&peer) {
             p.tried.push(index);
@@ -350,6 +381,8 @@ impl Schedule {
         if first {
             self.remaining -= 1;
         }
+        self.received.0 += 1;
+        self.received.1 += bytes;
         if let Some(p) = self.provider(&peer) {
             p.bytes += bytes;
             p.served += usize::from(first);
@@ -360,6 +393,8 @@ impl Schedule {
     /// is done when that other arrival is counted (its copy won the race to the sink), so
     /// the report credits the provider stored from.
     pub(super) fn duplicate(&mut self, peer: PeerId, bytes: u64) {
+        self.received.0 += 1;
+        self.received.1 += bytes;
         if let Some(p) = self.provider(&peer) {
             p.bytes += bytes;
         }
@@ -497,8 +532,12 @@ mod tests {
         done[..4].iter_mut().for_each(|d| *d = true);
         let mut s = Schedule::new(done);
         s.learned(seed, Holds::All);
-        // a holds 4..8, b holds 4..10: 10 and 11 only the seed has.
-        let held = |n: usize| (0..12).map(|i| (4..n).contains(&i)).collect::<Vec<_>>();
+        // Alone, in order; the first chunk in opens the window past its first requests.
+        let first = s.next(1, 8, now);
+        assert_eq!(first, vec![(4, seed)]);
+        answer(&mut s, &first, now);
+        // a holds 5..8, b holds 5..10: 10 and 11 only the seed has.
+        let held = |n: usize| (0..12).map(|i| (5..n).contains(&i)).collect::<Vec<_>>();
         s.learned(a, Holds::Some(held(8)));
         s.learned(b, Holds::Some(held(10)));
         let asks = s.next(6, 8, now);
@@ -517,7 +556,40 @@ mod tests {
         assert_eq!(of(b).len(), 2);
         // b is asked first for what a lacks (8, 9: held by b and the seed).
         assert!(of(b).iter().all(|c| [8, 9].contains(c)), "{asks:?}");
-        assert!(of(a).iter().all(|c| (4..8).contains(c)), "{asks:?}");
+        assert!(of(a).iter().all(|c| (5..8).contains(c)), "{asks:?}");
+    }
+
+    #[test]
+    fn a_fetch_keeps_half_a_second_of_its_measured_rate_in_flight() {
+        let providers = peers(4);
+        let t0 = Instant::now();
+        let mut s = Schedule::new(vec![false; 40]);
+        for p in &providers {
+            s.learned(*p, Holds::All);
+        }
+        // Before anything came in: two requests, however many providers there are.
+        let first = s.next(8, 8, t0);
+        assert_eq!(first.len(), 2);
+        // Two 1 MiB chunks in 800 ms (2.6 MB/s, a 20 Mbit/s link): 1.25 chunks in half a
+        // second, so two out and one more.
+        let t1 = t0 + Duration::from_millis(800);
+        for (index, peer) in &first {
+            s.returned(*index, *peer, t1);
+            s.served(*index, *peer, 1 << 20);
+        }
+        assert_eq!(s.next(8, 8, t1).len(), 3);
+        // On a fast link the fetch's own limit is the bound: the same two chunks in 2 ms.
+        let mut s = Schedule::new(vec![false; 40]);
+        for p in &providers {
+            s.learned(*p, Holds::All);
+        }
+        let first = s.next(8, 8, t0);
+        let t1 = t0 + Duration::from_millis(2);
+        for (index, peer) in &first {
+            s.returned(*index, *peer, t1);
+            s.served(*index, *peer, 1 << 20);
+        }
+        assert_eq!(s.next(8, 8, t1).len(), 8);
     }
 
     #[test]
@@ -542,9 +614,13 @@ mod tests {
         };
         let t0 = Instant::now();
         // Two fetchers that hold every chunk (a seed is not asked in a crowd's endgame).
-        let mut s = Schedule::new(vec![false; 4]);
-        s.learned(slow, Holds::Some(vec![true; 4]));
-        s.learned(fast, Holds::Some(vec![true; 4]));
+        let mut s = Schedule::new(vec![false; 5]);
+        s.learned(fast, Holds::Some(vec![true; 5]));
+        s.learned(slow, Holds::Some(vec![true; 5]));
+        // A first chunk, at once, opens the window.
+        let first = s.next(1, 4, t0);
+        assert_eq!(first.iter().map(|a| a.1).collect::<Vec<_>>(), vec![fast]);
+        answer(&mut s, &first, t0);
         let asks = s.next(4, 4, t0);
         assert_eq!(asks.len(), 4);
         // fast answers both of its chunks; slow's two are out, and fast, idle, is also
@@ -561,7 +637,7 @@ mod tests {
         assert_eq!(
             s.next(4, 4, t1),
             vec![],
-            "not before a chunk is out twice as long as a request takes"
+            "not before a chunk is out twice as long as a request takes (13.3 ms)"
         );
         let t1 = t0 + Duration::from_millis(20);
         let again = s.next(4, 4, t1);
@@ -591,6 +667,7 @@ mod tests {
         let mut asks = s.next(4, 4, now);
         asks.sort_unstable();
         assert_eq!(asks, vec![(0, peer), (1, seed)]);
+        answer(&mut s, &asks, now);
         // The seed offers another chunk: it is asked for it.
         s.learned(seed, Holds::Offer(vec![false, false, false, true]));
         assert_eq!(s.next(4, 4, now), vec![(3, seed)]);
