@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One provider, one downloader, 100 MB of incompressible bytes over loopback: `agora install`
 # (provider lookup, fetch, verify, unpack) against `sendme receive` of the same file from
-# iroh's sendme (crates.io, ^0.37), alternating the two, each on a fresh receiver.
+# iroh's sendme (crates.io, ^0.37), alternating the two (taking turns going first, each after a
+# sync), each on a fresh receiver.
 #
 # Needs release binaries (`cargo build --release --workspace`) and `sendme` on PATH or in
 # $SENDME (`cargo install sendme --version '^0.37' --locked`). Runs: $RUNS (default 5).
@@ -67,24 +68,33 @@ now() { date +%s.%N; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 agora_times=()
 sendme_times=()
-for i in $(seq 1 "$runs"); do
-    node "user$i" --bootstrap "$seed"
-    for _ in $(seq 1 300); do on "user$i" info hundred >/dev/null 2>&1 && break; sleep 0.1; done
-    mkdir -p "$work/project$i"
+agora_run() { # agora_run I: one install on a fresh node
+    node "user$1" --bootstrap "$seed"
+    for _ in $(seq 1 300); do on "user$1" info hundred >/dev/null 2>&1 && break; sleep 0.1; done
+    mkdir -p "$work/project$1"
+    sync
+    local t0 t1
     t0=$(now)
-    on "user$i" --json install hundred --dir "$work/project$i" >/dev/null
+    on "user$1" --json install hundred --dir "$work/project$1" >/dev/null
     t1=$(now)
     agora_times+=("$(minus "$t1" "$t0")")
-    on "user$i" node stop >/dev/null
-    rm -rf "$work/project$i" "$work/home-user$i"
-
-    mkdir -p "$work/recv$i"
+    on "user$1" node stop >/dev/null
+    rm -rf "$work/project$1" "$work/home-user$1"
+}
+sendme_run() { # sendme_run I: one receive into a fresh directory
+    mkdir -p "$work/recv$1"
+    sync
+    local t0 t1
     t0=$(now)
-    (cd "$work/recv$i" && "$sendme" receive --relay disabled --no-progress "$ticket" >/dev/null 2>&1)
+    (cd "$work/recv$1" && "$sendme" receive --relay disabled --no-progress "$ticket" >/dev/null 2>&1)
     t1=$(now)
     sendme_times+=("$(minus "$t1" "$t0")")
-    cmp -s "$work/recv$i/data.bin" "$work/data.bin" || { echo "sendme received other bytes" >&2; exit 1; }
-    rm -rf "$work/recv$i"
+    cmp -s "$work/recv$1/data.bin" "$work/data.bin" || { echo "sendme received other bytes" >&2; exit 1; }
+    rm -rf "$work/recv$1"
+}
+# Each run starts with the disk's write-back done (sync), and the two take turns going first.
+for i in $(seq 1 "$runs"); do
+    if [ $((i % 2)) = 1 ]; then agora_run "$i"; sendme_run "$i"; else sendme_run "$i"; agora_run "$i"; fi
     echo "run $i: agora install ${agora_times[-1]} s, sendme receive ${sendme_times[-1]} s"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

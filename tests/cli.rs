@@ -95,13 +95,21 @@ fn three_daemons_publish_search_install_verify_survive_a_lost_node_and_a_restart
     assert_eq!(fetched.sha256, lib_info["sha256"].as_str().unwrap());
     assert!(!fetched.cached);
     assert_eq!(events.first(), Some(&Progress::Step("fetching".into())));
-    assert_eq!(
-        events.last(),
-        Some(&Progress::Bytes {
-            done: size,
-            total: size
-        })
-    );
+    let sha = lib_info["sha256"].as_str().unwrap();
+    let Some(Progress::Download {
+        done,
+        total,
+        readable,
+        path,
+    }) = events.last()
+    else {
+        panic!("the last progress is the download's: {events:?}");
+    };
+    assert_eq!((*done, *total, *readable), (size, size, size));
+    // The partial file, beside the store the finished archive is adopted into.
+    let path = std::path::Path::new(path);
+    assert_eq!(path.file_name().unwrap().to_str(), Some(sha));
+    assert_eq!(path.parent().unwrap().file_name().unwrap(), "partial");
 
     // Many clients at once: 8 threads, 25 requests each, every answer right.
     let peer_id = n2.json(&["status"])["peer_id"].clone();

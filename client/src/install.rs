@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use agora_client::Client;
-use agora_client::ipc::ReleaseInfo;
+use agora_client::ipc::{Progress, ReleaseInfo};
 use agora_client::lockfile::{LOCKFILE, LockedPackage, Lockfile};
 use agora_client::project::{Project, UnsafePath};
 use agora_client::unpack::{self, FileHashes};
@@ -20,7 +20,7 @@ use agora_protocol::{ContentId, Dependency, Manifest, PackageName};
 use serde_json::json;
 
 use crate::output::Output;
-use crate::{Failure, explain, on_progress, spinner};
+use crate::{Failure, explain, growing, on_progress, spinner};
 
 /// A path the project's links make unsafe: nothing was written or deleted through it.
 pub(crate) fn unsafe_path(e: UnsafePath) -> Failure {
@@ -97,44 +97,65 @@ fn stage<'a>(
     let staging = project
         .staging(&package_name(&r.name)?)
         .map_err(unsafe_path)?;
-    let fetched = client
-        .fetch(
-            &r.name,
-            &r.version,
-            on_progress(json, &format!("{}@{}", r.name, r.version)),
-        )
-        .map_err(crate::explain)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    // The archive is unpacked into the staging directory, and hashed on a second thread, as
+    // the daemon verifies its chunks: the install ends soon after the download does. The
+    // daemon checked every chunk; the whole is checked again here, trusting no file system,
+    // and nothing uses the staging directory until that check has passed.
+    let download = growing::Download::default();
+    let mut shown = on_progress(json, &format!("{}@{}", r.name, r.version));
+    let (fetched, hashed, unpacked) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| hash(download.reader()));
+        let unpacking = s.spawn(|| unpack::unpack(download.reader(), &staging));
+        let fetched = client.fetch(&r.name, &r.version, |p| {
+            if let Progress::Download { readable, path, .. } = p {
+                download.progressed(*readable, path);
+            }
+            shown(p);
+        });
+        match &fetched {
+            Ok(f) => download.finished(&f.path, f.size),
+            Err(_) => download.failed(),
+        }
+        let _unpacking = spinner(json, format!("{}@{}: unpacking", r.name, r.version));
+        (fetched, hashing.join(), unpacking.join())
+    });
+    let discard = |failure: Failure| {
+        let _ = std::fs::remove_dir_all(&staging);
+        failure
+    };
+    let fetched = fetched.map_err(|e| discard(crate::explain(e)))?;
     if fetched.sha256 != r.sha256 {
-        return Err(Failure::new(
+        return Err(discard(Failure::new(
             6,
             format!(
                 "{}@{}: the archive is {} but the release says {}",
                 r.name, r.version, fetched.sha256, r.sha256
             ),
             "the daemon's store may be damaged; see 'agora node logs'",
-        ));
+        )));
     }
-    let data = std::fs::read(&fetched.path)
-        .map_err(|e| Failure::new(1, format!("{}: {e}", fetched.path), "see 'agora node logs'"))?;
-    let _ = std::fs::remove_dir_all(&staging);
-    let _unpacking = spinner(json, format!("{}@{}: unpacking", r.name, r.version));
-    // The daemon verified the archive; it is checked again here, trusting no file system, on
-    // a second thread while it unpacks into the staging directory, which nothing uses until
-    // the check has passed.
-    let (hashed, unpacked) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| ContentId::of(&data));
-        let unpacked = unpack::unpack(data.as_slice(), &staging);
-        (hashing.join(), unpacked)
-    });
-    // A panic while hashing counts as a mismatch: nothing unchecked is installed.
-    if !hashed.is_ok_and(|h| h.to_hex() == r.sha256) {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(Failure::new(
-            6,
-            format!("{} does not hash to {}", fetched.path, r.sha256),
-            "the daemon's store may be damaged; see 'agora node logs'",
-        ));
+    // A panic in either thread counts as a failed check: nothing unchecked is installed.
+    let hashed = hashed.unwrap_or_else(|_| Err(std::io::Error::other("hashing panicked")));
+    match hashed {
+        Ok(h) if h.to_hex() == r.sha256 => {}
+        Ok(_) => {
+            return Err(discard(Failure::new(
+                6,
+                format!("{} does not hash to {}", fetched.path, r.sha256),
+                "the daemon's store may be damaged; see 'agora node logs'",
+            )));
+        }
+        Err(e) => {
+            return Err(discard(Failure::new(
+                1,
+                format!("{}: {e}", fetched.path),
+                "see 'agora node logs'",
+            )));
+        }
     }
+    let unpacked =
+        unpacked.unwrap_or_else(|_| Err(unpack::UnpackError::Corrupt("unpacking panicked".into())));
     let files = unpacked.map_err(|e| {
         Failure::new(
             6,
@@ -152,6 +173,18 @@ fn stage<'a>(
         files,
         relayed: fetched.relayed,
     })
+}
+
+/// The SHA-256 of everything `archive` reads.
+fn hash(mut archive: impl std::io::Read) -> std::io::Result<ContentId> {
+    let mut hasher = agora_protocol::ContentHasher::new();
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        match archive.read(&mut buf)? {
+            0 => return Ok(hasher.finish()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
 }
 
 /// Swaps a staged release into place; returns its lock entry.

@@ -4,6 +4,7 @@
 //! output on every command. Errors are one line of cause and one line of hint, with the exit
 //! codes listed in `agora --help`.
 
+mod growing;
 mod install;
 mod manage;
 mod node;
@@ -482,7 +483,7 @@ pub fn on_progress(json: bool, label: &str) -> impl FnMut(&Progress) + use<> {
         let Some(Bar(bar)) = &bar else { return };
         match p {
             Progress::Step(s) => bar.set_message(says(s)),
-            Progress::Bytes { done, total } => {
+            Progress::Download { done, total, .. } => {
                 if bar.length() != Some(*total) {
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(

@@ -18,6 +18,8 @@ use std::path::{Component, Path, PathBuf};
 
 use agora_protocol::{ContentHasher, ContentId};
 
+/// Bytes of one file written after which they are synced while the unpack goes on.
+const SYNC_EVERY: u64 = 8 * 1024 * 1024;
 /// Most entries in one package archive.
 pub const MAX_ENTRIES: usize = 10_000;
 /// Most bytes unpacked from one archive (files' contents).
@@ -219,6 +221,12 @@ fn unpack_into(archive: impl Read, root: &Path) -> Result<FileHashes, UnpackErro
             }
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(io(&path))?;
+            // A large file is synced as it is written, so that the sync making it durable
+            // waits for its last bytes only; while the archive is still arriving, the
+            // syncs take time the unpack would spend waiting for it.
+            if written % SYNC_EVERY < n as u64 {
+                out.sync_data().map_err(io(&path))?;
+            }
         }
         out.sync_all().map_err(io(&path))?;
         files.insert(key, hasher.finish());

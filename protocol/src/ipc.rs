@@ -13,7 +13,7 @@ use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 7;
+pub const IPC_PROTOCOL_VERSION: u32 = 8;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -352,7 +352,15 @@ pub struct FetchedInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Progress {
     Step(String),
-    Bytes { done: u64, total: u64 },
+    /// An archive on its way: `done` of its `total` bytes are in, and those before
+    /// `readable` are verified and written to `path`, the partial file the daemon's store
+    /// adopts when the download ends: a client may read them before it does.
+    Download {
+        done: u64,
+        total: u64,
+        readable: u64,
+        path: String,
+    },
 }
 
 /// A failure the CLI can explain: what went wrong, and the kind tells it what to suggest.

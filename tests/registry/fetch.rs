@@ -283,10 +283,10 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     let crash = lost.crash_handle();
     let chunk = u64::from(big.body.archive.chunk_size);
     let mut crashed_at = None;
-    let on_progress = Box::new(move |done: u64, _total: u64| {
-        if crashed_at.is_none() && done >= 5 * chunk {
+    let on_progress = Box::new(move |d: agora_daemon::ops::fetch::Downloaded<'_>| {
+        if crashed_at.is_none() && d.done >= 5 * chunk {
             crash.abort();
-            crashed_at = Some(done);
+            crashed_at = Some(d.done);
         }
     });
     let got = fetcher

@@ -185,10 +185,15 @@ pub(super) async fn fetch(
     progress(out, id, "fetching").await;
     let sender = out.clone();
     // Progress is best effort: a client that reads slowly misses updates, not data.
-    let on_bytes: crate::ops::fetch::ProgressFn = Box::new(move |done, total| {
+    let on_bytes: crate::ops::fetch::ProgressFn = Box::new(move |d| {
         let _ = sender.try_send(ServerMessage::Progress {
             id,
-            progress: Progress::Bytes { done, total },
+            progress: Progress::Download {
+                done: d.done,
+                total: d.total,
+                readable: d.readable,
+                path: d.path.display().to_string(),
+            },
         });
     });
     let (n, v) = (name(&n)?, version(&v)?);

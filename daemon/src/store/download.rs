@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, TryLockError};
 
@@ -71,8 +71,22 @@ impl ChunkSink for MemorySink {
     }
 }
 
-/// Called with (bytes verified so far, archive size) as chunks arrive.
-pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
+/// How far a download to a file has come, reported as its chunks arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Downloaded<'a> {
+    /// Bytes verified and written, in any order.
+    pub done: u64,
+    /// The archive's size.
+    pub total: u64,
+    /// The archive's bytes before this offset are all verified and written: a reader of
+    /// `path` may use them before the download ends.
+    pub readable: u64,
+    /// The partial file, renamed into the store once the download is done.
+    pub path: &'a Path,
+}
+
+/// Called as chunks arrive.
+pub type ProgressFn = Box<dyn FnMut(Downloaded<'_>) + Send>;
 
 /// Chunks that may wait in memory for their turn to be hashed, in bytes. A fetch whose early
 /// chunks are this far behind its later ones gives up hashing as it goes; the archive is then
@@ -92,6 +106,7 @@ const SYNC_EVERY: u64 = 8 * 1024 * 1024;
 /// chunk whose check was still running when its fetch failed.
 pub struct FileSink {
     file: File,
+    path: PathBuf,
     info: ArchiveInfo,
     /// Chunks found in the file when it was opened.
     had: Vec<bool>,
@@ -99,7 +114,7 @@ pub struct FileSink {
     stored: Vec<AtomicBool>,
     /// Chunks whose write is done: what may be read back and served to peers.
     written: Vec<AtomicBool>,
-    progress: Mutex<(u64, Option<ProgressFn>)>,
+    progress: Mutex<Progress>,
     /// True once closed; `put` writes while holding it for reading.
     closed: RwLock<bool>,
     /// Bytes of chunks that may wait for their turn to be hashed.
@@ -109,6 +124,14 @@ pub struct FileSink {
     /// Bytes written after which they are synced while the fetch goes on.
     sync_every: u64,
     sync_behind: Mutex<SyncBehind>,
+}
+
+/// What a download reports as its chunks arrive.
+struct Progress {
+    done: u64,
+    /// Chunks before this one are all written.
+    readable: u32,
+    report: Option<ProgressFn>,
 }
 
 /// Syncs of a download made while it is being written.
@@ -168,11 +191,16 @@ impl FileSink {
         }
         let sink = Self {
             file,
+            path: path.to_owned(),
             info: info.clone(),
             stored: had.iter().map(|h| AtomicBool::new(*h)).collect(),
             written: had.iter().map(|h| AtomicBool::new(*h)).collect(),
             had,
-            progress: Mutex::new((done, on_progress)),
+            progress: Mutex::new(Progress {
+                done,
+                readable: 0,
+                report: on_progress,
+            }),
             closed: RwLock::new(false),
             waiting_limit: MAX_WAITING_BYTES,
             waiting: Mutex::default(),
@@ -184,13 +212,31 @@ impl FileSink {
         Ok(sink)
     }
 
-    /// Adds `bytes` to the progress and reports it.
+    /// Adds `bytes` (written) to the progress and reports it.
     fn advance(&self, bytes: u64) {
         let mut progress = lock(&self.progress);
-        progress.0 += bytes;
-        let done = progress.0;
-        if let Some(f) = &mut progress.1 {
-            f(done, self.info.size);
+        progress.done += bytes;
+        let chunks = self.info.chunks.len() as u32;
+        while progress.readable < chunks
+            && self.written[progress.readable as usize].load(Ordering::Acquire)
+        {
+            progress.readable += 1;
+        }
+        let readable = match progress.readable {
+            0 => 0,
+            n => self
+                .info
+                .chunk_range(n - 1)
+                .map_or(0, |(start, size)| start + size as u64),
+        };
+        let done = progress.done;
+        if let Some(report) = &mut progress.report {
+            report(Downloaded {
+                done,
+                total: self.info.size,
+                readable,
+                path: &self.path,
+            });
         }
     }
 
@@ -362,14 +408,15 @@ mod tests {
         )
     }
 
-    /// (done, total) each time a sink reported progress.
-    type Reported = Arc<Mutex<Vec<(u64, u64)>>>;
+    /// (done, total, readable) each time a sink reported progress.
+    type Reported = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 
     /// A sink at `path` and the progress it reports.
     fn recording(path: &Path, info: &ArchiveInfo) -> (FileSink, Reported) {
         let reported = Arc::new(Mutex::new(Vec::new()));
         let seen = reported.clone();
-        let progress: ProgressFn = Box::new(move |done, total| lock(&seen).push((done, total)));
+        let progress: ProgressFn =
+            Box::new(move |d: Downloaded<'_>| lock(&seen).push((d.done, d.total, d.readable)));
         (
             FileSink::open(path, info, Some(progress)).unwrap(),
             reported,
@@ -400,10 +447,39 @@ mod tests {
         assert_eq!(sink.close().unwrap(), Some(info.id));
         assert_eq!(std::fs::read(&path).unwrap(), data);
         let reported = lock(&reported).clone();
-        assert_eq!(reported.first(), Some(&(0, info.size)));
-        assert_eq!(reported.last(), Some(&(info.size, info.size)));
+        assert_eq!(reported.first(), Some(&(0, info.size, 0)));
+        assert_eq!(reported.last(), Some(&(info.size, info.size, info.size)));
         assert_eq!(reported.len(), 12, "once at open, once per chunk");
-        assert!(reported.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(
+            reported
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].2 <= w[1].2)
+        );
+        // The last chunk came first: nothing was readable until the first one was in.
+        assert_eq!(reported[1], (100, info.size, 0));
+    }
+
+    #[test]
+    fn only_chunks_written_from_the_start_on_are_reported_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial");
+        let (data, info) = archive();
+        // An earlier try left chunks 0..4, chunk 2 damaged.
+        let mut earlier = data[..4 * 16 * 1024].to_vec();
+        earlier[2 * 16 * 1024 + 7] ^= 1;
+        std::fs::write(&path, earlier).unwrap();
+        let (sink, reported) = recording(&path, &info);
+        const K: u64 = 16 * 1024;
+        for index in [4, 2, 5] {
+            let (offset, bytes) = chunk(&data, &info, index);
+            sink.put(index, offset, bytes).unwrap();
+        }
+        let readable: Vec<u64> = lock(&reported).iter().map(|r| r.2).collect();
+        assert_eq!(readable, [2 * K, 2 * K, 5 * K, 6 * K]);
+        assert_eq!(
+            &std::fs::read(&path).unwrap()[..6 * K as usize],
+            &data[..6 * K as usize]
+        );
     }
 
     #[test]
@@ -437,7 +513,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), data);
         let reported = lock(&reported).clone();
         assert_eq!(reported.len(), 12, "once at open, once per chunk");
-        assert_eq!(reported.last(), Some(&(info.size, info.size)));
+        assert_eq!(reported.last(), Some(&(info.size, info.size, info.size)));
     }
 
     #[test]

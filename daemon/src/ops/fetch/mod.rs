@@ -28,7 +28,9 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
 use crate::network::{NetworkError, NetworkHandle};
-pub use crate::store::download::{ChunkSink, DownloadError, FileSink, MemorySink, ProgressFn};
+pub use crate::store::download::{
+    ChunkSink, DownloadError, Downloaded, FileSink, MemorySink, ProgressFn,
+};
 use schedule::{Holds, Schedule};
 
 /// Chunk requests in flight at once across all providers.
