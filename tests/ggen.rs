@@ -5,9 +5,12 @@
 mod common;
 mod process;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use agora_protocol::ContentId;
 use process::Daemon;
+use serde_json::{Map, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ggen");
 
@@ -21,14 +24,11 @@ const PACKAGES: [&str; 6] = [
     "agent-reasoning-mcp",
 ];
 
-#[test]
-fn ggen_packages_publish_unchanged_and_their_dependencies_install() {
-    let node = Daemon::start(None);
+/// Publishes every fixture on `node`, each as ggen's manifest byte for byte and one template.
+fn publish_fixtures(node: &Daemon, work: &Path) {
     node.json(&["keygen"]);
-    let work = tempfile::tempdir().unwrap();
     for name in PACKAGES {
-        // Each package directory: ggen's manifest, byte for byte, and one template.
-        let dir = work.path().join(name);
+        let dir = work.join(name);
         std::fs::create_dir_all(dir.join("templates")).unwrap();
         let manifest = std::fs::read(Path::new(FIXTURES).join(name).join("package.toml")).unwrap();
         std::fs::write(dir.join("package.toml"), &manifest).unwrap();
@@ -36,6 +36,13 @@ fn ggen_packages_publish_unchanged_and_their_dependencies_install() {
         let published = node.json(&["publish", dir.to_str().unwrap()]);
         assert_eq!(published["published"], true, "{name}: {published}");
     }
+}
+
+#[test]
+fn ggen_packages_publish_unchanged_and_their_dependencies_install() {
+    let node = Daemon::start(None);
+    let work = tempfile::tempdir().unwrap();
+    publish_fixtures(&node, work.path());
 
     // `id` is the identity, `name` its title; tags written as ggen's tables are tags.
     let crud = node.json(&["info", "io.ggen.nextjs.ontology-crud"]);
@@ -86,4 +93,138 @@ fn ggen_packages_publish_unchanged_and_their_dependencies_install() {
     }
     let verified = node.json(&["verify", "--dir", dir]);
     assert_eq!(verified["ok"], true);
+}
+
+/// The JSON type of `v`, as the index format is checked.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every field of ggen's own index is in `ours` with the same JSON type (where ggen's is
+/// null, any: ggen writes null for an author it lacks).
+fn same_shape(ggen: &Map<String, Value>, ours: &Map<String, Value>, what: &str) {
+    for (field, value) in ggen {
+        let Some(mine) = ours.get(field) else {
+            panic!("{what}: no field {field:?}");
+        };
+        if !value.is_null() && !mine.is_null() {
+            assert_eq!(kind(mine), kind(value), "{what}: field {field:?}");
+        }
+    }
+}
+
+#[test]
+fn the_gateway_serves_the_catalog_as_ggens_registry_index() {
+    let node = Daemon::with_args(&["--http", "127.0.0.1:0"]);
+    let work = tempfile::tempdir().unwrap();
+    publish_fixtures(&node, work.path());
+    let http = node.json(&["status"])["http"].as_str().unwrap().to_string();
+    let base = format!("http://{http}");
+    let index = || -> Value {
+        let got = reqwest::blocking::get(format!("{base}/ggen/registry/index.json")).unwrap();
+        assert_eq!(got.status(), 200);
+        serde_json::from_slice(&got.bytes().unwrap()).unwrap()
+    };
+    assert_eq!(index()["package_count"], 6);
+    // A yanked release is not installable: it leaves the index.
+    node.json(&["yank", "workflow-engine-cli@1.0.0", "--reason", "broken"]);
+    let index = index();
+
+    let ggen: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(FIXTURES).join("index.json")).unwrap())
+            .unwrap();
+    same_shape(
+        ggen.as_object().unwrap(),
+        index.as_object().unwrap(),
+        "index",
+    );
+    let packages = index["packages"].as_array().unwrap();
+    for (theirs, ours) in ggen["packages"].as_array().unwrap().iter().zip(packages) {
+        same_shape(
+            theirs.as_object().unwrap(),
+            ours.as_object().unwrap(),
+            "package",
+        );
+    }
+
+    assert_eq!(index["version"], "1.0.0");
+    assert_eq!(index["registry_url"], format!("{base}/"));
+    let names: Vec<&str> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "advanced-rust-project",
+            "agent-context-crafter",
+            "agent-memory-forge",
+            "agent-reasoning-mcp",
+            "io.ggen.nextjs.ontology-crud",
+        ]
+    );
+    assert_eq!(index["package_count"], 5);
+    let categories: BTreeMap<String, u64> =
+        serde_json::from_value(index["categories"].clone()).unwrap();
+    let mut counted = BTreeMap::new();
+    for p in packages {
+        *counted
+            .entry(p["category"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(categories, counted);
+    assert_eq!(categories["ai-agents"], 3);
+
+    let mcp = &packages[3];
+    assert_eq!(mcp["version"], "1.0.0");
+    assert_eq!(mcp["category"], "ai-agents");
+    assert_eq!(mcp["author"], "ggen-team");
+    assert_eq!(mcp["license"], "MIT");
+    assert_eq!(
+        mcp["dependencies"],
+        serde_json::json!(["agent-memory-forge", "agent-context-crafter"])
+    );
+    assert_eq!(mcp["path"], "v1/packages/agent-reasoning-mcp/1.0.0");
+    // ggen's search index: tags, keywords, category and the words of a name find it.
+    assert!(
+        index["search_index"]["reasoning"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("agent-reasoning-mcp")),
+        "{}",
+        index["search_index"]
+    );
+    assert_eq!(
+        index["search_index"]["ai-agents"],
+        serde_json::json!([
+            "agent-context-crafter",
+            "agent-memory-forge",
+            "agent-reasoning-mcp"
+        ])
+    );
+
+    // Every download_url serves the bytes its checksum names, the release's archive.
+    for p in packages {
+        let name = p["name"].as_str().unwrap();
+        let info = node.json(&["info", name]);
+        assert_eq!(p["checksum"], info["sha256"], "{name}");
+        assert_eq!(p["description"], info["description"], "{name}");
+        assert_eq!(p["tags"], info["tags"], "{name}");
+        assert_eq!(p["keywords"], info["keywords"], "{name}");
+        let url = p["download_url"].as_str().unwrap();
+        assert_eq!(
+            url,
+            format!("{base}/{}/archive", p["path"].as_str().unwrap())
+        );
+        let bytes = reqwest::blocking::get(url).unwrap().bytes().unwrap();
+        let sha = ContentId::of(&bytes).to_hex();
+        assert_eq!(p["checksum"].as_str(), Some(sha.as_str()), "{name}");
+    }
 }

@@ -11,6 +11,7 @@
 //! | `GET /v1/packages/{name}/versions` | as `agora versions NAME --json` |
 //! | `GET /v1/packages/{name}/{version}` | that release, as `agora info NAME@=VERSION --json` |
 //! | `GET /v1/packages/{name}/{version}/archive` | the verified archive (fetched first if needed), with `Content-Length`, `X-Agora-Sha256` and `ETag` |
+//! | `GET /ggen/registry/index.json` | every package's newest installable release in ggen's registry index format ([`ggen`]) |
 //!
 //! Requests go through the same handler as IPC requests, so the gateway answers exactly what
 //! the CLI is told. Only reads are exposed; errors are JSON `{"error": KIND, "message": ...}`.
@@ -41,6 +42,8 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, Context};
 
+pub mod ggen;
+
 /// How long a probe waits for the network event loop.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read size when streaming an archive.
@@ -59,6 +62,8 @@ pub struct Gateway {
     pub hosts: HostPolicy,
     /// Permits for requests in flight ([`MAX_REQUESTS_IN_FLIGHT`]).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// What ggen's registry index was last made from.
+    pub ggen: ggen::Releases,
 }
 
 /// Which requests the gateway answers: those whose `Host` is `localhost`, an IP address (no
@@ -189,6 +194,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/packages/{name}/versions", get(versions))
         .route("/v1/packages/{name}/{version}", get(release))
         .route("/v1/packages/{name}/{version}/archive", get(archive))
+        .route("/ggen/registry/index.json", get(ggen_index))
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
@@ -200,8 +206,8 @@ async fn unknown_route(uri: axum::http::Uri) -> Response {
         "error": "not_found",
         "message": format!(
             "no route {}; the routes are /healthz, /readyz, /metrics, /v1/packages, \
-             /v1/packages/NAME, /v1/packages/NAME/versions, /v1/packages/NAME/VERSION and \
-             /v1/packages/NAME/VERSION/archive",
+             /v1/packages/NAME, /v1/packages/NAME/versions, /v1/packages/NAME/VERSION, \
+             /v1/packages/NAME/VERSION/archive and /ggen/registry/index.json",
             uri.path()
         ),
     });
@@ -364,6 +370,22 @@ async fn archive(
         }
     }
     response
+}
+
+async fn ggen_index(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    // The guard let the request through only for a Host the gateway answers for.
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return error(IpcError::BadRequest(
+            "the request has no Host header".into(),
+        ));
+    };
+    let base = format!("http://{host}");
+    match g.ggen.get(&g.ctx.registry).await {
+        Ok(releases) => {
+            axum::Json(ggen::index(&releases, &base, std::time::SystemTime::now())).into_response()
+        }
+        Err(e) => error(e.into()),
+    }
 }
 
 /// Runs a read-only request through the IPC handler (progress events are dropped).

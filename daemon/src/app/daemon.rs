@@ -185,6 +185,7 @@ impl Daemon {
             needs_bootstrap: !config.bootstrap.is_empty(),
             hosts: gateway::HostPolicy::new(config.http_hosts.clone()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(gateway::MAX_REQUESTS_IN_FLIGHT)),
+            ggen: Default::default(),
         });
         let http = http_listener.map(|l| {
             if let Some(a) = ctx.http {

@@ -724,6 +724,24 @@ impl Catalog {
         self.release_by_id(&id)
     }
 
+    /// Every package's newest installable release (not yanked, not equivocated, not a
+    /// pre-release), by name.
+    pub fn newest_releases(&self) -> Result<Vec<ReleaseRecord>, CatalogError> {
+        let any = VersionReq::STAR;
+        let mut ids: Vec<(PackageName, RecordId)> = {
+            let cat = self.lock();
+            cat.trust
+                .names()
+                .filter_map(|(name, state)| {
+                    let (_, id) = state.newest_matching(&any)?;
+                    Some((name.clone(), *id))
+                })
+                .collect()
+        };
+        ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ids.iter().map(|(_, id)| self.release_by_id(id)).collect()
+    }
+
     /// Exactly `name@version`, yanked or not (a lockfile may pin a yanked version); refused
     /// if the version is equivocated.
     pub fn release(
