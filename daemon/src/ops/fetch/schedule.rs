@@ -15,11 +15,13 @@
 //!   at first and one more for each chunk it serves, up to the fetch's share, while no other
 //!   fetcher is known; two once one is, so that a seed's upload is not spent on copies a
 //!   crowd could make.
-//! - **How many.** Few requests at first; once chunks come in, enough for half a second
-//!   at the rate this fetch measures, plus one, up to the fetch's limit. On a fast link
-//!   that is the limit; on a slow one each request takes about that long instead of all
-//!   sharing the link to the end, so a chunk whose provider stalls stands out, and the
-//!   link carries no more flows than it needs.
+//! - **How many.** Alone, few requests at first; once chunks come in, enough for half a
+//!   second at the rate this fetch measures, plus one, up to the fetch's limit. On a fast
+//!   link that is the limit; on a slow one each request takes about that long instead of
+//!   all sharing the link to the end, so a chunk whose provider stalls stands out, and the
+//!   link carries no more flows than it needs. In a crowd, the fetch's limit: there a
+//!   request is slow because its provider serves many, not because this fetch's link is
+//!   full, and a window sized by the rate would shrink the rate that sizes it.
 //! - **Endgame.** Once every chunk not in is asked for, a provider with nothing out is asked
 //!   too for the chunk that has been out longest (one second copy per chunk); whichever
 //!   answers first is kept.
@@ -165,6 +167,9 @@ impl Schedule {
 
     /// Requests to keep out at once (see the module's notes), at most `parallel`.
     fn window(&self, parallel: usize, now: Instant) -> usize {
+        if self.crowd {
+            return parallel;
+        }
         let (chunks, bytes) = self.received;
         let Some(started) = self.started.filter(|_| chunks > 0) else {
             return FIRST_WINDOW.min(parallel);
@@ -578,6 +583,9 @@ mod tests {
             s.served(*index, *peer, 1 << 20);
         }
         assert_eq!(s.next(8, 8, t1).len(), 3);
+        // In a crowd, requests are slow because providers serve many: the fetch's limit.
+        s.fetcher_seen();
+        assert_eq!(s.next(8, 8, t1).len(), 5);
         // On a fast link the fetch's own limit is the bound: the same two chunks in 2 ms.
         let mut s = Schedule::new(vec![false; 40]);
         for p in &providers {
