@@ -228,3 +228,127 @@ fn the_gateway_serves_the_catalog_as_ggens_registry_index() {
         assert_eq!(p["checksum"].as_str(), Some(sha.as_str()), "{name}");
     }
 }
+
+/// Copies the fixtures into `root` as a ggen marketplace tree with nested categories.
+fn marketplace_tree(root: &Path) {
+    for (category, name) in [
+        ("ai/agents", "agent-reasoning-mcp"),
+        ("ai/agents", "agent-context-crafter"),
+        ("ai", "agent-memory-forge"),
+        ("web", "io.ggen.nextjs.ontology-crud"),
+        ("showcase", "advanced-rust-project"),
+        ("", "workflow-engine-cli"),
+    ] {
+        let dir = root.join(category).join(name);
+        std::fs::create_dir_all(dir.join("templates")).unwrap();
+        let manifest = std::fs::read(Path::new(FIXTURES).join(name).join("package.toml")).unwrap();
+        std::fs::write(dir.join("package.toml"), manifest).unwrap();
+        std::fs::write(dir.join("templates/main.tmpl"), name).unwrap();
+    }
+}
+
+fn names_of(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn import_publishes_a_marketplace_tree_dependencies_first_and_says_what_it_refused() {
+    let node = Daemon::start(None);
+    node.json(&["keygen"]);
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("packages");
+    marketplace_tree(&tree);
+    let tree = tree.to_str().unwrap();
+
+    let dry = node.json(&["import", tree, "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(names_of(&dry["published"]).len(), 6);
+    assert_eq!(
+        node.json(&["search"])["total"],
+        0,
+        "a dry run publishes nothing"
+    );
+
+    let first = node.json(&["import", tree]);
+    let order = names_of(&first["published"]);
+    assert_eq!(
+        order,
+        [
+            "advanced-rust-project",
+            "agent-memory-forge",
+            "agent-context-crafter",
+            "agent-reasoning-mcp",
+            "io.ggen.nextjs.ontology-crud",
+            "workflow-engine-cli",
+        ],
+        "each dependency before its dependents, by name otherwise"
+    );
+    assert_eq!(first["already_published"], serde_json::json!([]));
+    assert_eq!(first["refused"], serde_json::json!([]));
+    assert_eq!(node.json(&["search"])["total"], 6);
+
+    // Again, with three packages the node must refuse: a manifest it cannot read, a
+    // dependency in no catalog, and a package that depends on that one.
+    let broken = work.path().join("packages/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("package.toml"),
+        "[package]\nname = \"broken\"\n",
+    )
+    .unwrap();
+    for (name, dep) in [
+        ("needs-missing", "nowhere-at-all"),
+        ("needs-needs", "needs-missing"),
+    ] {
+        let dir = work.path().join("packages/extra").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("package.toml"),
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"x\"\n\
+                 dependencies = [\"{dep}\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+    let again = node.agora(&["--json", "import", tree]);
+    assert_eq!(again.status.code(), Some(5), "{again:?}");
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["published"], serde_json::json!([]));
+    assert_eq!(names_of(&again["already_published"]).len(), 6);
+    let refused = again["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused[0]["dir"].as_str().unwrap().ends_with("broken"));
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("package.toml:"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(refused[1]["name"], "needs-missing");
+    assert!(
+        refused[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere-at-all"),
+        "{}",
+        refused[1]
+    );
+    assert_eq!(refused[2]["name"], "needs-needs");
+    assert_eq!(
+        refused[2]["reason"],
+        "it depends on needs-missing, which was refused"
+    );
+    assert_eq!(again["error"]["code"], 5);
+    assert_eq!(
+        node.json(&["search"])["total"],
+        6,
+        "nothing refused was published"
+    );
+}

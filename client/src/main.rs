@@ -5,6 +5,7 @@
 //! codes listed in `agora --help`.
 
 mod growing;
+mod import;
 mod install;
 mod manage;
 mod node;
@@ -92,6 +93,14 @@ enum Command {
         /// Publish even if a dependency is in no catalog this node reaches.
         #[arg(long)]
         allow_missing_dependencies: bool,
+    },
+    /// Publish every package directory under DIR (nested categories too), dependencies first.
+    Import {
+        /// The tree of package directories (a ggen marketplace's packages/).
+        dir: PathBuf,
+        /// Check and pack each package without publishing it.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Search the catalog.
     Search {
@@ -456,6 +465,20 @@ impl Drop for Bar {
     }
 }
 
+/// A bar of `total` steps, its message set as it goes (none with `--json`, `--quiet` or off a
+/// terminal).
+pub fn progress_bar(json: bool, total: u64) -> Option<Bar> {
+    let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
+    (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        Bar(bar)
+    })
+}
+
 /// A spinner saying `what` until it is dropped.
 pub fn spinner(json: bool, what: String) -> Option<Bar> {
     let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
@@ -534,6 +557,10 @@ fn run(cli: Cli) -> Result<Output, Failure> {
                 on_progress(json, ""),
             );
             Ok(show::publish(&p.map_err(explain)?))
+        }
+        Command::Import { dir, dry_run } => {
+            let dir = project_dir(Some(dir))?;
+            import::import(&mut client()?, &dir, dry_run, json)
         }
         Command::Search {
             query,
