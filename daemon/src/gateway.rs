@@ -380,11 +380,11 @@ async fn ggen_index(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Respon
         ));
     };
     let base = format!("http://{host}");
-    match g.ggen.get(&g.ctx.registry).await {
+    match g.ggen.get(&g.ctx).await {
         Ok(releases) => {
             axum::Json(ggen::index(&releases, &base, std::time::SystemTime::now())).into_response()
         }
-        Err(e) => error(e.into()),
+        Err(e) => error(e),
     }
 }
 

@@ -6,6 +6,8 @@ mod node;
 mod packages;
 mod publishing;
 
+pub use packages::newest_releases;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use agora_protocol::ipc::{FetchedInfo, IpcError, Progress, Response, ServerMessage, VersionEntry};
+use agora_protocol::records::ReleaseBody;
 use agora_protocol::{ContentId, Dependency, PackageName, Version, VersionReq};
 
 use super::{
@@ -236,4 +237,10 @@ pub(super) async fn fetch(
             .map(|(p, _)| p.to_string())
             .collect(),
     }))
+}
+
+/// Every package's newest installable release, by name (ggen's registry index on the gateway).
+pub async fn newest_releases(ctx: &Context) -> Result<Vec<ReleaseBody>, IpcError> {
+    let releases = ctx.registry.read(|c| c.newest_releases()).await?;
+    Ok(releases.into_iter().map(|r| r.body).collect())
 }

@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use agora_protocol::ipc::IpcError;
 use agora_protocol::records::ReleaseBody;
 use serde::Serialize;
+
+use crate::api::{self, Context};
 
 /// The releases the index was last made from, with the catalog's record count then: they
 /// are read again only once the catalog has changed (every release, yank and rotation is a
@@ -22,24 +25,15 @@ pub struct Releases(tokio::sync::Mutex<Option<(usize, Arc<Vec<ReleaseBody>>)>>);
 
 impl Releases {
     /// Every package's newest installable release, by name.
-    pub(super) async fn get(
-        &self,
-        registry: &Arc<crate::ops::Registry>,
-    ) -> Result<Arc<Vec<ReleaseBody>>, crate::ops::RegistryError> {
+    pub(super) async fn get(&self, ctx: &Context) -> Result<Arc<Vec<ReleaseBody>>, IpcError> {
         let mut last = self.0.lock().await;
-        let count = registry.view().record_count();
+        let count = ctx.registry.view().record_count();
         if let Some((at, releases)) = &*last
             && *at == count
         {
             return Ok(releases.clone());
         }
-        let releases: Vec<ReleaseBody> = registry
-            .read(|c| c.newest_releases())
-            .await?
-            .into_iter()
-            .map(|r| r.body)
-            .collect();
-        let releases = Arc::new(releases);
+        let releases = Arc::new(api::newest_releases(ctx).await?);
         *last = Some((count, releases.clone()));
         Ok(releases)
     }

@@ -408,6 +408,14 @@ mod tests {
         )
     }
 
+    /// What an earlier, interrupted try left at `path`: chunks 0..4 of `data`, chunk 2
+    /// damaged.
+    fn earlier_try(path: &Path, data: &[u8]) {
+        let mut earlier = data[..4 * 16 * 1024].to_vec();
+        earlier[2 * 16 * 1024 + 7] ^= 1;
+        std::fs::write(path, earlier).unwrap();
+    }
+
     /// (done, total, readable) each time a sink reported progress.
     type Reported = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 
@@ -464,10 +472,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let (data, info) = archive();
-        // An earlier try left chunks 0..4, chunk 2 damaged.
-        let mut earlier = data[..4 * 16 * 1024].to_vec();
-        earlier[2 * 16 * 1024 + 7] ^= 1;
-        std::fs::write(&path, earlier).unwrap();
+        earlier_try(&path, &data);
         let (sink, reported) = recording(&path, &info);
         const K: u64 = 16 * 1024;
         for index in [4, 2, 5] {
@@ -521,10 +526,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial");
         let (data, info) = archive();
-        // An earlier try left chunks 0..4, chunk 2 damaged.
-        let mut earlier = data[..4 * 16 * 1024].to_vec();
-        earlier[2 * 16 * 1024 + 7] ^= 1;
-        std::fs::write(&path, earlier).unwrap();
+        earlier_try(&path, &data);
         let sink = FileSink::open(&path, &info, None).unwrap();
         let had: Vec<u32> = (0..11).filter(|i| sink.has(*i)).collect();
         assert_eq!(had, [0, 1, 3]);
