@@ -254,13 +254,7 @@ fn shaped() {
     const MBIT: u32 = 20;
     let mut lab = Lab::new();
     let mut net = lab.network("net", [10, 20, 0]);
-    let hosts: Vec<Host> = (1..=NODES)
-        .map(|i| {
-            let host = lab.host(&format!("h{i}"), &mut net);
-            lab.rate(&host, MBIT);
-            host
-        })
-        .collect();
+    let hosts = lab.shaped_hosts("h", NODES, &mut net, MBIT);
     let first = Node::start(&hosts[0], "n1", &[], &["--no-mdns"]);
     let seed = format!("/ip4/{}/tcp/4101/p2p/{}", hosts[0].ip, peer_id(&first));
     let mut nodes = vec![first];
@@ -412,16 +406,11 @@ fn crowd(downloaders: usize, mib: usize) {
     const MBIT: u32 = 40;
     let mut lab = Lab::new();
     let mut net = lab.network("net", [10, 22, 0]);
-    let mut host = |name: &str| {
-        let h = lab.host(name, &mut net);
-        lab.rate(&h, MBIT);
-        h
-    };
-    let publisher_host = host("pub");
-    let lone_host = host("lone");
-    let crowd_hosts: Vec<Host> = (1..=downloaders).map(|i| host(&format!("d{i}"))).collect();
+    // The publisher, the lone downloader, then the crowd.
+    let hosts = lab.shaped_hosts("h", downloaders + 2, &mut net, MBIT);
+    let (publisher_host, lone_host, crowd_hosts) = (&hosts[0], &hosts[1], &hosts[2..]);
     let publisher = Node::start(
-        &publisher_host,
+        publisher_host,
         "pub",
         &[],
         &["--no-mdns", "--http", "127.0.0.1:4180"],
@@ -432,14 +421,14 @@ fn crowd(downloaders: usize, mib: usize) {
         peer_id(&publisher)
     );
     let args = ["--no-mdns", "--bootstrap", seed.as_str()];
-    let lone = Node::start(&lone_host, "lone", &[], &args);
+    let lone = Node::start(lone_host, "lone", &[], &args);
     let crowd: Vec<Node> = crowd_hosts
         .iter()
         .enumerate()
         .map(|(i, h)| Node::start(h, &format!("d{}", i + 1), &[], &args))
         .collect();
     publisher.json(&["keygen"]);
-    let uploaded = || agora_lab::metric(&publisher_host, "agora_bytes_served_total");
+    let uploaded = || agora_lab::metric(publisher_host, "agora_bytes_served_total");
     let src = tempfile::tempdir().unwrap();
     let size = publish_noise_seeded(&publisher, src.path(), "crowd-a", mib << 20, 1) as f64;
     for node in crowd.iter().chain([&lone]) {

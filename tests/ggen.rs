@@ -351,4 +351,33 @@ fn import_publishes_a_marketplace_tree_dependencies_first_and_says_what_it_refus
         6,
         "nothing refused was published"
     );
+
+    // A second directory of a name is refused; the packages that depend on the name do not
+    // pay for it.
+    let copy = work.path().join("packages/zz-copies/agent-memory-forge");
+    std::fs::create_dir_all(copy.join("templates")).unwrap();
+    std::fs::copy(
+        Path::new(FIXTURES).join("agent-memory-forge/package.toml"),
+        copy.join("package.toml"),
+    )
+    .unwrap();
+    let third = node.agora(&["--json", "import", tree]);
+    let third: Value = serde_json::from_slice(&third.stdout).unwrap();
+    assert_eq!(names_of(&third["already_published"]).len(), 6, "{third}");
+    let refused: Vec<Option<&str>> = third["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            None,
+            Some("agent-memory-forge"),
+            Some("needs-missing"),
+            Some("needs-needs")
+        ],
+        "{third}"
+    );
 }

@@ -220,8 +220,13 @@ pub fn import(
     };
     let bar = progress_bar(json, order.len() as u64);
     let in_tree: HashSet<String> = order.iter().map(|f| f.manifest.name.to_string()).collect();
-    // Names refused here: their dependents are refused without asking.
-    let mut failed: HashSet<String> = refused.iter().filter_map(|r| r.name.clone()).collect();
+    // Names refused here: their dependents are refused without asking. A name refused for a
+    // second directory is not among them: its first is published.
+    let mut failed: HashSet<String> = refused
+        .iter()
+        .filter_map(|r| r.name.clone())
+        .filter(|n| !in_tree.contains(n))
+        .collect();
     for f in order {
         let name = f.manifest.name.to_string();
         let version = f.manifest.version.to_string();

@@ -105,7 +105,7 @@ fn stage<'a>(
     let download = growing::Download::default();
     let mut shown = on_progress(json, &format!("{}@{}", r.name, r.version));
     let (fetched, hashed, unpacked) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| hash(download.reader()));
+        let hashing = s.spawn(|| ContentId::of_reader(download.reader()));
         let unpacking = s.spawn(|| unpack::unpack(download.reader(), &staging));
         let fetched = client.fetch(&r.name, &r.version, |p| {
             if let Progress::Download { readable, path, .. } = p {
@@ -173,18 +173,6 @@ fn stage<'a>(
         files,
         relayed: fetched.relayed,
     })
-}
-
-/// The SHA-256 of everything `archive` reads.
-fn hash(mut archive: impl std::io::Read) -> std::io::Result<ContentId> {
-    let mut hasher = agora_protocol::ContentHasher::new();
-    let mut buf = vec![0; 256 * 1024];
-    loop {
-        match archive.read(&mut buf)? {
-            0 => return Ok(hasher.finish()),
-            n => hasher.update(&buf[..n]),
-        }
-    }
 }
 
 /// Swaps a staged release into place; returns its lock entry.

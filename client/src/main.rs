@@ -465,11 +465,15 @@ impl Drop for Bar {
     }
 }
 
+/// Whether progress is shown: on a terminal, without `--json` or `--quiet`.
+fn shows_progress(json: bool) -> bool {
+    !json && !QUIET.load(std::sync::atomic::Ordering::Relaxed) && std::io::stderr().is_terminal()
+}
+
 /// A bar of `total` steps, its message set as it goes (none with `--json`, `--quiet` or off a
 /// terminal).
 pub fn progress_bar(json: bool, total: u64) -> Option<Bar> {
-    let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
-    (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+    shows_progress(json).then(|| {
         let bar = indicatif::ProgressBar::new(total).with_style(
             indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
                 .expect("a valid template")
@@ -481,8 +485,7 @@ pub fn progress_bar(json: bool, total: u64) -> Option<Bar> {
 
 /// A spinner saying `what` until it is dropped.
 pub fn spinner(json: bool, what: String) -> Option<Bar> {
-    let quiet = QUIET.load(std::sync::atomic::Ordering::Relaxed);
-    (!json && !quiet && std::io::stderr().is_terminal()).then(|| {
+    shows_progress(json).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
         bar.set_message(what);

@@ -274,6 +274,24 @@ impl Lab {
         BehindNats { public, hosts }
     }
 
+    /// `count` hosts on `network`, `prefix`1 to `prefix``count`, each on a link of `mbit`
+    /// Mbit/s.
+    pub fn shaped_hosts(
+        &mut self,
+        prefix: &str,
+        count: usize,
+        network: &mut Network,
+        mbit: u32,
+    ) -> Vec<Host> {
+        (1..=count)
+            .map(|i| {
+                let host = self.host(&format!("{prefix}{i}"), network);
+                self.rate(&host, mbit);
+                host
+            })
+            .collect()
+    }
+
     /// Limits `host`'s link to `mbit` Mbit/s each way (a token bucket on both ends).
     pub fn rate(&self, host: &Host, mbit: u32) {
         let rate = format!("{mbit}mbit");

@@ -29,6 +29,18 @@ impl ContentId {
         Self(Sha256::digest(data).into())
     }
 
+    /// The id of everything `source` reads, read 256 KiB at a time.
+    pub fn of_reader(mut source: impl std::io::Read) -> std::io::Result<Self> {
+        let mut hasher = ContentHasher::new();
+        let mut buf = vec![0; 256 * 1024];
+        loop {
+            match source.read(&mut buf)? {
+                0 => return Ok(hasher.finish()),
+                n => hasher.update(&buf[..n]),
+            }
+        }
+    }
+
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -16,13 +16,7 @@ fn a_crowd_of_six_on_shaped_links_costs_its_publisher_under_two_and_a_half_copie
         return;
     };
     let mut net = lab.network("net", [10, 21, 0]);
-    let hosts: Vec<_> = (0..=CROWD)
-        .map(|i| {
-            let host = lab.host(&format!("c{i}"), &mut net);
-            lab.rate(&host, MBIT);
-            host
-        })
-        .collect();
+    let hosts = lab.shaped_hosts("c", CROWD + 1, &mut net, MBIT);
     let publisher = node_on(&hosts[0], &["--no-mdns", "--http", "127.0.0.1:4180"]);
     let seed = format!(
         "/ip4/{}/tcp/4101/p2p/{}",

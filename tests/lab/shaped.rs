@@ -19,13 +19,7 @@ fn twenty_nodes_on_20_mbit_links_see_a_publish_and_install_10_mb() {
         return;
     };
     let mut net = lab.network("net", [10, 20, 0]);
-    let hosts: Vec<_> = (1..=NODES)
-        .map(|i| {
-            let host = lab.host(&format!("h{i}"), &mut net);
-            lab.rate(&host, MBIT);
-            host
-        })
-        .collect();
+    let hosts = lab.shaped_hosts("h", NODES, &mut net, MBIT);
     let first = node_on(&hosts[0], &["--no-mdns"]);
     let seed = format!(
         "/ip4/{}/tcp/4101/p2p/{}",

@@ -21,9 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{BLOBS, Db, StoreError, decode_meta, encode_meta, io_err};
 
-/// Buffer size for hashing a file.
-const HASH_BUFFER: usize = 256 * 1024;
-
 /// Why a blob is on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobKind {
@@ -726,16 +723,8 @@ pub fn open_partial(path: &Path) -> Result<File, StoreError> {
 }
 
 fn hash_file(path: &Path) -> Result<ContentId, StoreError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let mut hasher = ContentHasher::new();
-    let mut buf = vec![0; HASH_BUFFER];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buf[..n]);
-    }
+    let file = File::open(path).map_err(io_err(path))?;
+    ContentId::of_reader(file).map_err(io_err(path))
 }
 
 /// Removes a file, or a directory with what is in it (a partial download is a file; anything

@@ -147,8 +147,8 @@ pub(super) struct Schedule {
     round_trips: (Duration, u32),
     /// When the first request went out.
     started: Option<Instant>,
-    /// Chunks that came in, first copies or not, and their bytes.
-    received: (u32, u64),
+    /// Chunks that came in, first copies or not (their bytes are the providers').
+    arrivals: u32,
 }
 
 impl Schedule {
@@ -161,7 +161,7 @@ impl Schedule {
             crowd: false,
             round_trips: (Duration::ZERO, 0),
             started: None,
-            received: (0, 0),
+            arrivals: 0,
         }
     }
 
@@ -170,7 +170,10 @@ impl Schedule {
         if self.crowd {
             return parallel;
         }
-        let (chunks, bytes) = self.received;
+        let (chunks, bytes) = (
+            self.arrivals,
+            self.providers.iter().map(|p| p.bytes).sum::<u64>(),
+        );
         let Some(started) = self.started.filter(|_| chunks > 0) else {
             return FIRST_WINDOW.min(parallel);
         };
@@ -386,8 +389,7 @@ impl Schedule {
         if first {
             self.remaining -= 1;
         }
-        self.received.0 += 1;
-        self.received.1 += bytes;
+        self.arrivals += 1;
         if let Some(p) = self.provider(&peer) {
             p.bytes += bytes;
             p.served += usize::from(first);
@@ -398,8 +400,7 @@ impl Schedule {
     /// is done when that other arrival is counted (its copy won the race to the sink), so
     /// the report credits the provider stored from.
     pub(super) fn duplicate(&mut self, peer: PeerId, bytes: u64) {
-        self.received.0 += 1;
-        self.received.1 += bytes;
+        self.arrivals += 1;
         if let Some(p) = self.provider(&peer) {
             p.bytes += bytes;
         }
