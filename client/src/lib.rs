@@ -21,6 +21,7 @@ use agora_protocol::ipc::{
     VersionEntry,
 };
 use agora_protocol::search::{SearchQuery, SearchResults};
+use agora_protocol::sparql::{ResultsFormat, TriplesFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -294,6 +295,42 @@ impl Client {
             undo: true,
         })? {
             Response::Unyanked { undone } => Ok(undone),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Answers a SPARQL query over the node's catalog: the answer's media type and bytes.
+    pub fn query(
+        &mut self,
+        sparql: &str,
+        results: ResultsFormat,
+        triples: TriplesFormat,
+    ) -> Result<(String, Vec<u8>), ClientError> {
+        let request = Request::Query {
+            sparql: sparql.to_owned(),
+            results,
+            triples,
+        };
+        match self.call(request)? {
+            Response::Answer { media_type, body } => Ok((media_type, body)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Exports the node's catalog graph in `format`, giving `piece` each part as it comes.
+    /// Returns the triples and bytes the daemon sent.
+    pub fn export(
+        &mut self,
+        format: TriplesFormat,
+        mut piece: impl FnMut(&[u8]),
+    ) -> Result<(u64, u64), ClientError> {
+        let response = self.call_with_progress(Request::Export { format }, |p| {
+            if let Progress::Data(bytes) = p {
+                piece(bytes);
+            }
+        })?;
+        match response {
+            Response::Exported { triples, bytes } => Ok((triples, bytes)),
             other => Err(unexpected(other)),
         }
     }

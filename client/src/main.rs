@@ -4,6 +4,7 @@
 //! output on every command. Errors are one line of cause and one line of hint, with the exit
 //! codes listed in `agora --help`.
 
+mod graph;
 mod growing;
 mod import;
 mod install;
@@ -128,6 +129,21 @@ enum Command {
         /// Results to skip (for the next page).
         #[arg(long, default_value_t = 0)]
         offset: u32,
+    },
+    /// Ask the catalog a SPARQL query (docs/RDF.md): solutions as a table, triples as
+    /// Turtle; with --json, SPARQL's JSON results or JSON-LD.
+    Query {
+        /// The query (SELECT, ASK, CONSTRUCT or DESCRIBE); `-` reads it from stdin.
+        sparql: String,
+    },
+    /// Write the whole catalog as RDF (docs/RDF.md).
+    Export {
+        /// turtle, ntriples, jsonld or rdfxml.
+        #[arg(long, default_value = "turtle")]
+        format: agora_protocol::sparql::TriplesFormat,
+        /// Write to this file (complete or not at all) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Show a package (NAME or NAME@REQ).
     Info {
@@ -509,6 +525,7 @@ pub fn on_progress(json: bool, label: &str) -> impl FnMut(&Progress) + use<> {
         let Some(Bar(bar)) = &bar else { return };
         match p {
             Progress::Step(s) => bar.set_message(says(s)),
+            Progress::Data(_) => {}
             Progress::Download { done, total, .. } => {
                 if bar.length() != Some(*total) {
                     bar.set_style(
@@ -590,6 +607,10 @@ fn run(cli: Cli) -> Result<Output, Failure> {
                 offset,
             };
             Ok(show::search(&client()?.search(q).map_err(explain)?))
+        }
+        Command::Query { sparql } => graph::query(&mut client()?, &sparql, json),
+        Command::Export { format, output } => {
+            graph::export(&mut client()?, format, output.as_deref())
         }
         Command::Info { package } => {
             let (name, req) = match package.split_once('@') {

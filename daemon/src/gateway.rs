@@ -12,6 +12,7 @@
 //! | `GET /v1/packages/{name}/{version}` | that release, as `agora info NAME@=VERSION --json` |
 //! | `GET /v1/packages/{name}/{version}/archive` | the verified archive (fetched first if needed), with `Content-Length`, `X-Agora-Sha256` and `ETag` |
 //! | `GET /ggen/registry/index.json` | every package's newest installable release in ggen's registry index format ([`ggen`]) |
+//! | `GET /sparql?query=`, `POST /sparql` | a SPARQL query over the catalog's graph (docs/RDF.md), answered in the format `Accept` asks for ([`sparql`]) |
 //!
 //! Requests go through the same handler as IPC requests, so the gateway answers exactly what
 //! the CLI is told. Only reads are exposed; errors are JSON `{"error": KIND, "message": ...}`.
@@ -43,6 +44,7 @@ use tokio::sync::mpsc;
 use crate::api::{self, Context};
 
 pub mod ggen;
+mod sparql;
 
 /// How long a probe waits for the network event loop.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -195,6 +197,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/packages/{name}/{version}", get(release))
         .route("/v1/packages/{name}/{version}/archive", get(archive))
         .route("/ggen/registry/index.json", get(ggen_index))
+        .route("/sparql", get(sparql::get).post(sparql::post))
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
@@ -207,7 +210,7 @@ async fn unknown_route(uri: axum::http::Uri) -> Response {
         "message": format!(
             "no route {}; the routes are /healthz, /readyz, /metrics, /v1/packages, \
              /v1/packages/NAME, /v1/packages/NAME/versions, /v1/packages/NAME/VERSION, \
-             /v1/packages/NAME/VERSION/archive and /ggen/registry/index.json",
+             /v1/packages/NAME/VERSION/archive, /ggen/registry/index.json and /sparql",
             uri.path()
         ),
     });

@@ -8,7 +8,7 @@
 //! | [`ops`] | the workflows: publish, ingest, sync, lookup, fetch, repair ([`Registry`]) |
 //! | [`catalog`] | what was admitted and the trust rules that decide it; dependency resolution |
 //! | [`network`] | the libp2p swarm in its own task, and the handle that sends it commands |
-//! | [`index`], [`store`] | the search index; the database, the archive files, the journal |
+//! | [`index`], [`graph`], [`store`] | the search index; the catalog as RDF; the database, the archive files, the journal |
 //! | [`obs`] | metrics, tracing and counters (imports nothing of the daemon) |
 //!
 //! docs/ARCHITECTURE.md draws them and follows a publish, an install and a sync through them.
@@ -17,6 +17,7 @@ mod api;
 pub mod app;
 pub mod catalog;
 mod gateway;
+pub mod graph;
 pub mod index;
 mod ipc;
 pub mod network;

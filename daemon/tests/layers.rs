@@ -13,19 +13,25 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("rate", &[]),
     ("store", &[]),
     ("index", &[]),
+    ("graph", &[]),
     ("network", &["obs", "rate"]),
-    ("catalog", &["index", "obs", "rate", "store"]),
-    ("ops", &["catalog", "index", "network", "obs", "store"]),
+    ("catalog", &["graph", "index", "obs", "rate", "store"]),
+    (
+        "ops",
+        &["catalog", "graph", "index", "network", "obs", "store"],
+    ),
     (
         "api",
-        &["catalog", "index", "network", "obs", "ops", "store"],
+        &[
+            "catalog", "graph", "index", "network", "obs", "ops", "store",
+        ],
     ),
     ("ipc", &["api", "obs", "store"]),
     ("gateway", &["api", "obs"]),
     (
         "app",
         &[
-            "api", "catalog", "gateway", "index", "ipc", "network", "obs", "ops", "store",
+            "api", "catalog", "gateway", "graph", "index", "ipc", "network", "obs", "ops", "store",
         ],
     ),
 ];

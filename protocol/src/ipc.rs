@@ -9,11 +9,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::impl_wire;
+use crate::limits::MAX_SPARQL_QUERY_BYTES;
 use crate::limits::{MAX_IPC_FRAME_BYTES, MAX_IPC_LIST_LEN, MAX_IPC_STRING_LEN};
 use crate::search::{SearchQuery, SearchResults};
+use crate::sparql::{ResultsFormat, TriplesFormat};
 
 /// Version of the request/response vocabulary below.
-pub const IPC_PROTOCOL_VERSION: u32 = 8;
+pub const IPC_PROTOCOL_VERSION: u32 = 9;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 4;
 
@@ -126,6 +128,17 @@ pub enum Request {
     SetLogLevel {
         filter: String,
     },
+    /// Answer a SPARQL query over the catalog's graph (docs/RDF.md): solutions and booleans
+    /// in `results`, triples in `triples`.
+    Query {
+        sparql: String,
+        results: ResultsFormat,
+        triples: TriplesFormat,
+    },
+    /// The whole catalog's graph, sent as [`Progress::Data`] pieces before the response.
+    Export {
+        format: TriplesFormat,
+    },
 }
 
 impl Request {
@@ -145,6 +158,8 @@ impl Request {
             Self::Fetch { .. } => "fetch",
             Self::Yank { .. } => "yank",
             Self::SetLogLevel { .. } => "set_log_level",
+            Self::Query { .. } => "query",
+            Self::Export { .. } => "export",
         }
     }
 }
@@ -175,6 +190,17 @@ pub enum Response {
     /// The log filter now in force.
     LogLevel {
         filter: String,
+    },
+    /// A SPARQL answer, written in the format its media type names.
+    Answer {
+        media_type: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// An export ended: `triples` were sent, in `bytes` of [`Progress::Data`].
+    Exported {
+        triples: u64,
+        bytes: u64,
     },
 }
 
@@ -361,6 +387,8 @@ pub enum Progress {
         readable: u64,
         path: String,
     },
+    /// The next piece of a stream the response ends (an export).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A failure the CLI can explain: what went wrong, and the kind tells it what to suggest.
@@ -458,6 +486,16 @@ fn check_request(r: &Request) -> Result<(), String> {
             check_string(version, "version")?;
             check_string(reason, "reason")
         }
+        Request::Query { sparql, .. } => {
+            if sparql.len() > MAX_SPARQL_QUERY_BYTES {
+                return Err(format!(
+                    "the query is {} bytes; the limit is {MAX_SPARQL_QUERY_BYTES}",
+                    sparql.len()
+                ));
+            }
+            Ok(())
+        }
+        Request::Export { .. } => Ok(()),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod name;
 pub mod paths;
 pub mod records;
 pub mod search;
+pub mod sparql;
 
 pub use content::{ContentHasher, ContentId};
 pub use dependency::Dependency;

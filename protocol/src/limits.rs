@@ -103,5 +103,13 @@ pub const MAX_SEARCH_WINDOW: u32 = 10_000;
 pub const MAX_IPC_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Longest string field in an IPC request (queries, paths, multiaddrs).
 pub const MAX_IPC_STRING_LEN: usize = 4096;
+/// Longest SPARQL query the socket and the gateway take: the longest of the queries docs/RDF.md
+/// shows is under 1 KiB, and parsing is linear in the text.
+pub const MAX_SPARQL_QUERY_BYTES: usize = 16 * 1024;
+/// Largest SPARQL answer, written: it must fit in one IPC frame with room to spare.
+pub const MAX_SPARQL_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// Most rows (solutions, or triples) of a SPARQL answer. A client that wants more pages with
+/// `LIMIT` and `OFFSET`, or exports the catalog.
+pub const MAX_SPARQL_ROWS: usize = 10_000;
 /// Most items in a list field of an IPC request (resolution roots).
 pub const MAX_IPC_LIST_LEN: usize = 1024;

@@ -4,6 +4,8 @@
 //! `cargo test --workspace` because their packages have process tests of their own.
 #![allow(dead_code)]
 
+pub mod ggen;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

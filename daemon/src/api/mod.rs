@@ -2,6 +2,7 @@
 //! the HTTP gateway alike. It turns every failure into an [`IpcError`] whose kind tells the
 //! client what to suggest.
 
+mod graph;
 mod node;
 mod packages;
 mod publishing;
@@ -22,6 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::catalog::CatalogError;
 use crate::catalog::resolve::ResolveError;
 use crate::catalog::trust::TrustError;
+use crate::graph::GraphError;
 use crate::index::IndexError;
 use crate::network::NetworkHandle;
 use crate::obs::Metrics;
@@ -67,6 +69,12 @@ pub async fn dispatch(
             ..
         } => publishing::unyank(ctx, name, version).await,
         Request::SetLogLevel { filter } => node::set_log_level(ctx, filter),
+        Request::Query {
+            sparql,
+            results,
+            triples,
+        } => graph::query(ctx, sparql, results, triples).await,
+        Request::Export { format } => graph::export(ctx, id, out, format).await,
     }
 }
 
@@ -192,12 +200,20 @@ fn kind_of(e: &RegistryError, msg: String) -> IpcError {
         | RegistryError::RefusedBefore(_)
         | RegistryError::Trust(_) => IpcError::Refused(msg),
         RegistryError::Pack(_) => IpcError::Package(msg),
-        RegistryError::Index(IndexError::InvalidQuery(_)) => IpcError::BadRequest(msg),
+        RegistryError::Index(IndexError::InvalidQuery(_))
+        | RegistryError::Catalog(CatalogError::Graph(
+            GraphError::TooLong { .. }
+            | GraphError::Syntax(_)
+            | GraphError::TimedOut(_)
+            | GraphError::TooLarge
+            | GraphError::Evaluation(_),
+        )) => IpcError::BadRequest(msg),
         RegistryError::Network(_) | RegistryError::Fetch(_) => IpcError::Network(msg),
         RegistryError::Catalog(
             CatalogError::Record(_)
             | CatalogError::Store(_)
             | CatalogError::Index(_)
+            | CatalogError::Graph(GraphError::Store(_))
             | CatalogError::Internal(_),
         )
         | RegistryError::Record(_)

@@ -15,6 +15,7 @@
 //! otlp_endpoint = "http://127.0.0.1:4318"  # OpenTelemetry export (off when absent)
 //! repair = "auto"               # a damaged store found at start: "auto" repairs it, "off" refuses to start
 //! network_key = "/etc/agora/team.key"  # a private network: only nodes with this key connect (TCP only)
+//! sparql_time_limit = "10s"     # a SPARQL query running longer is stopped (1s to 10m)
 //!
 //! [trust]
 //! allowlist = []                # publisher keys (hex); empty = trust on first use
@@ -24,6 +25,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use agora_protocol::PublisherKey;
 use agora_protocol::manifest::line_col;
@@ -93,6 +95,7 @@ struct FileConfig {
     otlp_endpoint: Option<Spanned<String>>,
     repair: Option<Spanned<String>>,
     network_key: Option<Spanned<String>>,
+    sparql_time_limit: Option<Spanned<String>>,
     trust: Option<TrustSection>,
 }
 
@@ -145,6 +148,8 @@ pub struct Config {
     pub repair: RepairMode,
     /// The pre-shared key of a private network: only nodes that hold it can connect.
     pub network_key: Option<NetworkKey>,
+    /// How long a SPARQL query may run before it is stopped.
+    pub sparql_time_limit: Duration,
 }
 
 /// A private network's pre-shared key (libp2p pnet), read from its file. (The key's own
@@ -216,6 +221,7 @@ impl Config {
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
             repair: RepairMode::Auto,
+            sparql_time_limit: crate::ops::SPARQL_TIME_LIMIT,
             network_key: None,
         };
         let mut key_file = None;
@@ -306,6 +312,7 @@ impl Config {
             otlp_endpoint: None,
             trust: TrustPolicy::FirstUse,
             repair: RepairMode::Auto,
+            sparql_time_limit: crate::ops::SPARQL_TIME_LIMIT,
             network_key: None,
         })
     }
@@ -374,6 +381,10 @@ impl Config {
         }
         if let Some(r) = file.repair {
             self.repair = r.get_ref().parse().map_err(|m| at(Some(r.span()), m))?;
+        }
+        if let Some(t) = file.sparql_time_limit {
+            self.sparql_time_limit =
+                parse_time_limit(t.get_ref()).map_err(|m| at(Some(t.span()), m))?;
         }
         if let Some(t) = file.trust
             && !t.allowlist.is_empty()
@@ -497,6 +508,22 @@ fn check_host_name(name: &str) -> Result<String, String> {
 
 /// An OTLP/HTTP endpoint this build can reach: `http://HOST[:PORT][/PATH]`, without a
 /// trailing slash.
+/// Shortest and longest SPARQL time limit a config may set: under a second, the queries of
+/// docs/RDF.md could be stopped on a busy machine; over ten minutes, one query holds a core
+/// that long.
+const SPARQL_TIME_LIMITS: Range<Duration> = Duration::from_secs(1)..Duration::from_secs(601);
+
+fn parse_time_limit(text: &str) -> Result<Duration, String> {
+    let limit = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} (like \"10s\" or \"2m\"): {e}"))?;
+    if !SPARQL_TIME_LIMITS.contains(&limit) {
+        return Err(format!(
+            "sparql_time_limit must be from 1s to 10m, not {text}"
+        ));
+    }
+    Ok(limit)
+}
+
 fn check_endpoint(url: &str) -> Result<String, String> {
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
@@ -634,6 +661,36 @@ mod tests {
             err.to_string(),
             "environment variable AGORA_MDNS: expected true or false, got \"maybe\""
         );
+    }
+
+    #[test]
+    fn the_sparql_time_limit_is_a_duration_from_one_second_to_ten_minutes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.sparql_time_limit, Duration::from_secs(10));
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "sparql_time_limit = \"2m\"\n").unwrap();
+        let c = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap();
+        assert_eq!(c.sparql_time_limit, Duration::from_secs(120));
+        for (text, error) in [
+            (
+                "500ms",
+                "sparql_time_limit must be from 1s to 10m, not 500ms",
+            ),
+            ("1h", "sparql_time_limit must be from 1s to 10m, not 1h"),
+            (
+                "soon",
+                "invalid duration \"soon\" (like \"10s\" or \"2m\"): expected number at 0",
+            ),
+        ] {
+            std::fs::write(&path, format!("sparql_time_limit = \"{text}\"\n")).unwrap();
+            let err = Config::load(&home(dir.path()), |_| None, Flags::default()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{}:1:21: {error}", path.display()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

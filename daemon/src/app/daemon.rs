@@ -236,6 +236,7 @@ pub fn registry_config(config: &Config) -> RegistryConfig {
     registry.cache_quota = config.cache_quota;
     registry.trust = config.trust.clone();
     registry.repair = config.repair;
+    registry.sparql_time_limit = config.sparql_time_limit;
     registry
 }
 

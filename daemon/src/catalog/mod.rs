@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 mod convergence;
 mod pins;
 pub mod publishers;
+mod rdf;
 mod refusals;
 pub mod resolve;
 pub mod trust;
@@ -36,6 +37,7 @@ mod view;
 
 pub use view::CatalogView;
 
+use crate::graph::{CatalogGraph, GraphError};
 use crate::index::{
     CatchUp, IndexDoc, IndexError, OVERLAY_MAX, SavedIndex, Seal, SearchIndex, Ticket,
 };
@@ -112,6 +114,8 @@ pub enum CatalogError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -197,6 +201,8 @@ impl Memory {
 pub struct Catalog {
     db: Arc<Db>,
     index: SearchIndex,
+    /// The catalog as RDF, for SPARQL: built at its first use.
+    graph: CatalogGraph,
     memory: Mutex<Memory>,
     stats: Arc<RegistryStats>,
 }
@@ -289,6 +295,7 @@ impl Catalog {
         let catalog = Self {
             db,
             index,
+            graph: CatalogGraph::new()?,
             memory: Mutex::new(memory),
             stats,
         };
@@ -597,7 +604,8 @@ impl Catalog {
         // caller gets the error, so nothing unwritten is ever acknowledged.
         self.db.write_catalog(&write)?;
         // Marked under the lock too: a seal taken under it covers every record written.
-        let ticket = self.index.mark(touched.into_iter().map(|n| n.to_string()));
+        let ticket = self.index.mark(touched.iter().map(|n| n.to_string()));
+        self.graph.mark(touched);
         drop(cat);
         Ok((out, ticket))
     }

@@ -15,6 +15,8 @@ mod lookup;
 mod publish;
 pub mod repair;
 mod reputation;
+mod sparql;
+pub use sparql::TIME_LIMIT as SPARQL_TIME_LIMIT;
 pub(crate) mod swarm;
 pub mod sync;
 
@@ -76,6 +78,8 @@ pub struct RegistryConfig {
     pub publisher_rates: PublisherRates,
     /// What to do with a store found damaged at start.
     pub repair: repair::RepairMode,
+    /// How long a SPARQL query may run before it is stopped.
+    pub sparql_time_limit: Duration,
 }
 
 impl RegistryConfig {
@@ -87,6 +91,7 @@ impl RegistryConfig {
             sync_interval: sync::SYNC_INTERVAL,
             publisher_rates: PublisherRates::default(),
             repair: repair::RepairMode::Auto,
+            sparql_time_limit: SPARQL_TIME_LIMIT,
         }
     }
 }
@@ -218,6 +223,7 @@ pub struct Registry {
     /// DHT values to put back in the local store once the network runs (see `restore_dht`).
     to_restore: Mutex<Vec<libp2p::kad::Record>>,
     sync_interval: Duration,
+    sparql_time_limit: Duration,
 }
 
 /// What opening the store found.
@@ -352,6 +358,7 @@ impl Registry {
             dir: config.data_dir.clone(),
             to_restore: Mutex::new(restore),
             sync_interval: config.sync_interval,
+            sparql_time_limit: config.sparql_time_limit,
         };
         let rep: Vec<(PeerId, PeerRecord)> = registry
             .db
