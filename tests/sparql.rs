@@ -7,7 +7,7 @@ mod process;
 
 use std::path::Path;
 
-use oxigraph::io::{JsonLdProfileSet, RdfFormat, RdfParser};
+use oxrdfio::{JsonLdProfileSet, RdfFormat, RdfParser};
 use process::Daemon;
 use process::ggen::publish_fixtures;
 use serde_json::Value;
@@ -15,8 +15,16 @@ use serde_json::Value;
 const PREFIXES: &str = "PREFIX agora: <https://agora.dev/ns#>\n\
                         PREFIX doap: <http://usefulinc.com/ns/doap#>\n";
 
-/// ggen's search: packages whose newest release has this category and tag.
+/// ggen's search: packages of this category with this tag (as their newest release says).
 fn by_category_and_tag(category: &str, tag: &str) -> String {
+    format!(
+        "{PREFIXES}SELECT ?name WHERE {{ ?p agora:category \"{category}\" ; \
+         agora:tag \"{tag}\" ; doap:name ?name }} ORDER BY ?name"
+    )
+}
+
+/// The same, read from the newest release.
+fn by_newest_release(category: &str, tag: &str) -> String {
     format!(
         "{PREFIXES}SELECT ?name WHERE {{ ?p agora:latest ?r ; doap:name ?name . \
          ?r agora:category \"{category}\" ; agora:tag \"{tag}\" }} ORDER BY ?name"
@@ -174,6 +182,10 @@ fn sparql_answers_ggens_queries_over_the_catalog_and_follows_yanks_and_restarts(
         names(&node, &by_category_and_tag("ai-agents", "rdf")),
         after_yank
     );
+    assert_eq!(
+        names(&node, &by_newest_release("ai-agents", "rdf")),
+        after_yank
+    );
 
     // The gateway: GET and POST, the format Accept asks for.
     let http = node.json(&["status"])["http"].as_str().unwrap().to_string();
@@ -278,10 +290,22 @@ fn sparql_answers_ggens_queries_over_the_catalog_and_follows_yanks_and_restarts(
     );
     let unanswerable = node.agora(&["query", endless]);
     assert_eq!(unanswerable.status.code(), Some(2), "{unanswerable:?}");
-    assert_eq!(
-        names(&node, &by_category_and_tag("ai-agents", "rdf")),
-        after_yank
+    assert!(
+        String::from_utf8_lossy(&unanswerable.stderr)
+            .starts_with("error: the query ran past its time limit of 1 s and was stopped\n"),
+        "{unanswerable:?}"
     );
+    // The stopped queries' threads end at their next check of the cancellation, and give
+    // their slots back: then the node answers again, and its graph is as it was.
+    let query = by_category_and_tag("ai-agents", "rdf");
+    process::wait_until("SPARQL answers again", || {
+        let out = node.agora(&["--json", "query", &query]);
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    assert_eq!(names(&node, &query), after_yank);
 
     // The exports: N-Triples, Turtle and JSON-LD hold the same triples.
     let nt = work.path().join("catalog.nt");

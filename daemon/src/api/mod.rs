@@ -213,7 +213,6 @@ fn kind_of(e: &RegistryError, msg: String) -> IpcError {
             CatalogError::Record(_)
             | CatalogError::Store(_)
             | CatalogError::Index(_)
-            | CatalogError::Graph(GraphError::Store(_))
             | CatalogError::Internal(_),
         )
         | RegistryError::Record(_)
@@ -272,6 +271,14 @@ fn hint_for(e: &RegistryError) -> Option<String> {
                     .into(),
             }),
             CatalogError::Trust(t) => trust(t),
+            CatalogError::Graph(GraphError::TimedOut(_)) => Some(
+                "bind more of the patterns (a name, a category), or raise sparql_time_limit in \
+                 config.toml"
+                    .into(),
+            ),
+            CatalogError::Graph(GraphError::Syntax(_)) => {
+                Some("docs/RDF.md describes the graph and shows queries over it".into())
+            }
             _ => None,
         },
         RegistryError::Trust(t) => trust(t),

@@ -295,7 +295,7 @@ impl Catalog {
         let catalog = Self {
             db,
             index,
-            graph: CatalogGraph::new()?,
+            graph: CatalogGraph::default(),
             memory: Mutex::new(memory),
             stats,
         };

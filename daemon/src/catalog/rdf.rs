@@ -38,12 +38,9 @@ impl Catalog {
         self.graph.export(format, piece)
     }
 
-    /// Quads in the graph (`None`: not built yet).
-    pub fn graph_len(&self) -> Result<Option<usize>, CatalogError> {
-        if !self.graph.is_built() {
-            return Ok(None);
-        }
-        Ok(Some(self.graph.quad_count()?))
+    /// Triples in the graph (`None`: not built yet).
+    pub fn graph_len(&self) -> Option<usize> {
+        self.graph.is_built().then(|| self.graph.triple_count())
     }
 
     /// Writes the graphs of the names that changed since the last refresh (of every name,

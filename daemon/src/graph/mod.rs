@@ -1,38 +1,44 @@
-//! The catalog as RDF (docs/RDF.md), in an in-memory Oxigraph store, and SPARQL over it.
+//! The catalog as RDF (docs/RDF.md), in memory ([`triples`]), and SPARQL over it (Oxigraph's
+//! parser and evaluator, spargebra and spareval).
 //!
-//! It is derived data, like the search index: the catalog in redb is the truth. Each package
-//! is one named graph (see [`vocab`]), written whole from what the catalog says of the name,
-//! so a change is never applied as a patch that could drift: writers only mark the names that
-//! changed ([`CatalogGraph::mark`]), and [`CatalogGraph::refresh`], which every query runs
-//! first, writes their graphs again. The store is built at the first query or export, not at
-//! start: a node nobody asks in SPARQL keeps no copy of its catalog as triples. Queries see
-//! the union of the packages' graphs as their default graph. Never called from the event loop.
+//! It is derived data, like the search index: the catalog in redb is the truth. A package's
+//! triples (see [`vocab`]) are computed whole from what the catalog says of the name, and the
+//! graph is brought to them (what is no longer true removed, what is new added), so it never
+//! drifts from the catalog: writers only mark the names that changed
+//! ([`CatalogGraph::mark`]), and [`CatalogGraph::refresh`], which every query runs first,
+//! brings their triples up to date. The graph is built at the first query or export, not at
+//! start: a node nobody asks in SPARQL keeps no copy of its catalog as triples. A query holds
+//! the graph for reading while it runs (its time limit bounds that), so changes wait for it.
+//! Never called from the event loop.
 
+pub mod triples;
 pub mod vocab;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use agora_protocol::PackageName;
 use agora_protocol::limits::{MAX_SPARQL_ANSWER_BYTES, MAX_SPARQL_QUERY_BYTES, MAX_SPARQL_ROWS};
 use agora_protocol::sparql::{ResultsFormat, TriplesFormat};
-use oxigraph::io::{JsonLdProfileSet, RdfFormat, RdfSerializer};
-use oxigraph::model::{GraphNameRef, NamedOrBlankNodeRef};
-use oxigraph::sparql::results::{QueryResultsFormat, QueryResultsSerializer};
-use oxigraph::sparql::{QueryEvaluationError, QueryResults, SparqlEvaluator};
-use oxigraph::store::{StorageError, Store};
+use oxrdf::TermRef;
+use oxrdfio::{JsonLdProfileSet, RdfFormat, RdfSerializer};
+use sparesults::{QueryResultsFormat, QueryResultsSerializer};
+use spareval::{QueryEvaluationError, QueryEvaluator, QueryResults};
+use spargebra::SparqlParser;
 
-pub use oxigraph::sparql::CancellationToken;
+pub use spareval::CancellationToken;
 pub use vocab::{PackageFacts, ReleaseFacts};
 
 use crate::lock;
+use triples::{Ids, Triples};
 
-/// Packages written in one transaction of a build: each transaction's quads are held in
-/// memory until it commits.
-const BUILD_CHUNK: usize = 1024;
+/// Packages whose facts are read from the catalog at a time (one read of the log each).
+const FACTS_CHUNK: usize = 1024;
 /// Bytes of an export handed on at a time.
 const EXPORT_PIECE: usize = 1024 * 1024;
+/// Triples an export reads from the graph at a time, holding it for reading meanwhile.
+const EXPORT_PAGE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -43,20 +49,12 @@ pub enum GraphError {
     #[error("the query ran past its time limit of {0} s and was stopped")]
     TimedOut(u64),
     #[error(
-        "the answer is over {MAX_SPARQL_ROWS} rows or {} MiB; narrow the query, page it with LIMIT and OFFSET, or use `agora export` for the whole graph",
+        "the answer is over {MAX_SPARQL_ROWS} rows or {} MiB; narrow the query, page it with LIMIT and OFFSET, or use 'agora export' for the whole graph",
         MAX_SPARQL_ANSWER_BYTES >> 20
     )]
     TooLarge,
     #[error("the query could not be answered: {0}")]
     Evaluation(String),
-    #[error("RDF store: {0}")]
-    Store(String),
-}
-
-impl From<StorageError> for GraphError {
-    fn from(e: StorageError) -> Self {
-        Self::Store(e.to_string())
-    }
 }
 
 /// A written SPARQL answer.
@@ -68,24 +66,26 @@ pub struct Answer {
 
 /// The catalog's graph.
 pub struct CatalogGraph {
-    store: Store,
-    /// Names whose graph must be written again; `None` until the store is first built (there
-    /// is nothing to keep in step before).
+    triples: RwLock<Triples>,
+    /// Names whose triples must be brought up to date; `None` until the graph is first built
+    /// (there is nothing to keep in step before).
     dirty: Mutex<Option<BTreeSet<PackageName>>>,
-    /// Held by the one caller writing graphs, so that two never write one name's graph from
-    /// states in the wrong order.
+    /// Held by the one caller bringing names up to date, so that two never write one name's
+    /// triples from states in the wrong order.
     writing: Mutex<()>,
 }
 
-impl CatalogGraph {
-    pub fn new() -> Result<Self, GraphError> {
-        Ok(Self {
-            store: Store::new()?,
+impl Default for CatalogGraph {
+    fn default() -> Self {
+        Self {
+            triples: RwLock::new(Triples::default()),
             dirty: Mutex::new(None),
             writing: Mutex::new(()),
-        })
+        }
     }
+}
 
+impl CatalogGraph {
     /// Notes that what the catalog says of `names` changed. Cheap: it runs under the
     /// catalog's lock, after the change, so a refresh that reads the catalog after taking the
     /// names sees it.
@@ -95,59 +95,106 @@ impl CatalogGraph {
         }
     }
 
-    /// Whether the store has been built.
+    /// Whether the graph has been built.
     pub fn is_built(&self) -> bool {
         lock(&self.dirty).is_some()
     }
 
-    /// Brings the store up to date: the first time, with every name `all_names` gives;
+    /// Triples in the graph.
+    pub fn triple_count(&self) -> usize {
+        read(&self.triples).len()
+    }
+
+    /// Brings the graph up to date: the first time, built from every name `all_names` gives;
     /// after that, with the names marked since. `facts` says what the catalog now holds of
-    /// some names (a name it leaves out has no graph). If it fails, the names stay marked.
-    pub fn refresh<E: From<GraphError>>(
+    /// some names (a name it leaves out has no triples). If it fails, the names stay marked.
+    pub fn refresh<E>(
         &self,
         all_names: impl FnOnce() -> Vec<PackageName>,
         mut facts: impl FnMut(&[PackageName]) -> Result<Vec<PackageFacts>, E>,
     ) -> Result<(), E> {
         let _writing = lock(&self.writing);
-        let names: Vec<PackageName> = {
+        let first = {
             let mut dirty = lock(&self.dirty);
             match dirty.as_mut() {
-                Some(marked) => std::mem::take(marked).into_iter().collect(),
+                Some(marked) => Err(std::mem::take(marked)),
                 None => {
                     // Marks count from here; the names are read after, so none is missed.
                     *dirty = Some(BTreeSet::new());
-                    drop(dirty);
-                    all_names()
+                    Ok(())
                 }
             }
         };
-        for (i, chunk) in names.chunks(BUILD_CHUNK).enumerate() {
-            let written = facts(chunk).and_then(|f| Ok(self.write(chunk, &f)?));
-            if let Err(e) = written {
-                self.mark(names[i * BUILD_CHUNK..].iter().cloned());
-                return Err(e);
+        match first {
+            Ok(()) => {
+                // Built apart and swapped in, so that queries never see half a graph.
+                let names = all_names();
+                let mut fresh = Triples::default();
+                let mut ids = Vec::new();
+                for chunk in names.chunks(FACTS_CHUNK) {
+                    match facts(chunk) {
+                        Ok(f) => {
+                            for t in f.iter().flat_map(vocab::triples) {
+                                ids.push(fresh.intern(&t));
+                            }
+                        }
+                        Err(e) => {
+                            *lock(&self.dirty) = None;
+                            return Err(e);
+                        }
+                    }
+                }
+                fresh.fill(ids);
+                *write(&self.triples) = fresh;
+            }
+            Err(marked) => {
+                let names: Vec<PackageName> = marked.into_iter().collect();
+                for (i, chunk) in names.chunks(FACTS_CHUNK).enumerate() {
+                    match facts(chunk) {
+                        Ok(f) => self.update(chunk, &f),
+                        Err(e) => {
+                            self.mark(names[i * FACTS_CHUNK..].iter().cloned());
+                            return Err(e);
+                        }
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Replaces the graphs of `names` with those of `facts`, in one transaction.
-    fn write(&self, names: &[PackageName], facts: &[PackageFacts]) -> Result<(), GraphError> {
-        let mut txn = self.store.start_transaction()?;
-        for name in names {
-            let graph = vocab::package_iri(name.as_str());
-            txn.remove_named_graph(NamedOrBlankNodeRef::NamedNode(graph.as_ref()))?;
-        }
+    /// Brings the triples of `names` to those of `facts`: removes what is no longer true and
+    /// adds what is new, leaving the rest as it is.
+    fn update(&self, names: &[PackageName], facts: &[PackageFacts]) {
+        let mut graph = write(&self.triples);
+        let mut new: HashSet<Ids> = HashSet::new();
         for f in facts {
-            txn.extend(&vocab::quads(f));
+            for t in vocab::triples(f) {
+                new.insert(graph.intern(&t));
+            }
         }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Quads in the store (each triple of the catalog once).
-    pub fn quad_count(&self) -> Result<usize, GraphError> {
-        Ok(self.store.len()?)
+        let mut old: HashSet<Ids> = HashSet::new();
+        let is_version_of = vocab::is_version_of();
+        let tie = graph.id(TermRef::NamedNode(is_version_of.as_ref()));
+        for name in names {
+            let package = vocab::package_iri(name.as_str());
+            let Some(p) = graph.id(TermRef::NamedNode(package.as_ref())) else {
+                continue;
+            };
+            old.extend(graph.with_subject(p));
+            if let Some(tie) = tie {
+                let releases: Vec<u32> = graph.subjects(tie, p).collect();
+                for r in releases {
+                    old.extend(graph.with_subject(r));
+                }
+            }
+        }
+        for gone in old.difference(&new) {
+            graph.remove(*gone);
+        }
+        for added in new.difference(&old) {
+            graph.insert(*added);
+        }
     }
 
     /// Answers `query` (SPARQL 1.1, read-only) over the union of the packages' graphs:
@@ -164,18 +211,18 @@ impl CatalogGraph {
         if query.len() > MAX_SPARQL_QUERY_BYTES {
             return Err(GraphError::TooLong { len: query.len() });
         }
-        let mut prepared = SparqlEvaluator::new()
-            .with_cancellation_token(cancel)
+        let query = SparqlParser::new()
             .parse_query(query)
             .map_err(|e| GraphError::Syntax(e.to_string()))?;
-        prepared.dataset_mut().set_default_graph_as_union();
+        let evaluator = QueryEvaluator::new().with_cancellation_token(cancel);
         let evaluated = |e: QueryEvaluationError| match e {
             QueryEvaluationError::Cancelled => GraphError::TimedOut(limit_secs),
             other => GraphError::Evaluation(other.to_string()),
         };
-        let answer = prepared
-            .on_store(&self.store)
-            .execute()
+        let graph = read(&self.triples);
+        let answer = evaluator
+            .prepare(&query)
+            .execute(&*graph)
             .map_err(evaluated)?;
         let mut body = Bounded::default();
         let media_type = match answer {
@@ -232,14 +279,18 @@ impl CatalogGraph {
         };
         let mut out = rdf_serializer(format).for_writer(&mut pieces);
         let mut count = 0;
-        // Package by package, so that a serializer that groups a subject's triples sees them
-        // together.
+        let mut after = None;
+        // A page at a time, so that the graph is not held while the receiver is slow. Ids
+        // stay valid between pages: terms are never removed.
         let written = (|| {
-            for graph in self.store.named_graphs() {
-                let graph = graph?;
-                let name = GraphNameRef::from(graph.as_ref());
-                for quad in self.store.quads_for_pattern(None, None, None, Some(name)) {
-                    out.serialize_triple(quad?.as_ref()).map_err(io)?;
+            loop {
+                let page = read(&self.triples).page(after, EXPORT_PAGE);
+                let Some((last, _)) = page.last() else {
+                    break;
+                };
+                after = Some(*last);
+                for (_, triple) in &page {
+                    out.serialize_triple(triple).map_err(io)?;
                     count += 1;
                 }
             }
@@ -332,6 +383,14 @@ impl Write for Bounded {
 #[derive(Debug, thiserror::Error)]
 #[error("answer too large")]
 struct TooLarge;
+
+fn read(graph: &RwLock<Triples>) -> std::sync::RwLockReadGuard<'_, Triples> {
+    graph.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(graph: &RwLock<Triples>) -> std::sync::RwLockWriteGuard<'_, Triples> {
+    graph.write().unwrap_or_else(|p| p.into_inner())
+}
 
 fn io(e: std::io::Error) -> GraphError {
     if e.get_ref().is_some_and(|inner| inner.is::<TooLarge>()) {

@@ -8,9 +8,9 @@
 //! the same name, whatever its gateway is called.
 
 use agora_protocol::records::ReleaseBody;
-use agora_protocol::{PackageName, PublisherKey, Version};
-use oxigraph::model::vocab::{rdf, xsd};
-use oxigraph::model::{GraphName, Literal, NamedNode, NamedOrBlankNode, Quad, Term};
+use agora_protocol::{PackageMeta, PackageName, PublisherKey, Version};
+use oxrdf::vocab::{rdf, xsd};
+use oxrdf::{Literal, NamedNode, Term, Triple};
 
 pub const AGORA: &str = "https://agora.dev/ns#";
 pub const DOAP: &str = "http://usefulinc.com/ns/doap#";
@@ -64,20 +64,19 @@ fn term(namespace: &str, local: &str) -> NamedNode {
     NamedNode::new_unchecked(format!("{namespace}{local}"))
 }
 
-/// Every quad of a package, in its own named graph (the package's IRI): replacing a package
-/// is clearing that graph and writing these.
-pub fn quads(facts: &PackageFacts) -> Vec<Quad> {
+/// The predicate that ties a release to its package: the subjects of a package's triples are
+/// the package and the releases it ties.
+pub fn is_version_of() -> NamedNode {
+    term(DCTERMS, "isVersionOf")
+}
+
+/// Every triple of a package: those whose subject is the package or one of its releases.
+pub fn triples(facts: &PackageFacts) -> Vec<Triple> {
     let name = facts.name.as_str();
     let package = package_iri(name);
-    let graph = GraphName::NamedNode(package.clone());
     let mut out = Vec::with_capacity(6 + facts.releases.len() * 24);
     let mut add = |s: &NamedNode, p: NamedNode, o: Term| {
-        out.push(Quad::new(
-            NamedOrBlankNode::NamedNode(s.clone()),
-            p,
-            o,
-            graph.clone(),
-        ));
+        out.push(Triple::new(s.clone(), p, o));
     };
     let text = |s: &str| Term::Literal(Literal::new_simple_literal(s));
     add(&package, rdf::TYPE.into(), term(DOAP, "Project").into());
@@ -98,36 +97,24 @@ pub fn quads(facts: &PackageFacts) -> Vec<Quad> {
             term(AGORA, "latest"),
             release_iri(name, latest).into(),
         );
+        // What the package is now, as registries show it: its newest release's words, so that
+        // a search by category and tag reads one node per package, not every version.
+        if let Some(newest) = facts.releases.iter().find(|r| &r.body.version == latest) {
+            describe(&mut add, &package, &newest.body.meta);
+        }
     }
     for r in &facts.releases {
         let b = &r.body;
         let release = release_iri(name, &b.version);
         add(&package, term(DOAP, "release"), release.clone().into());
         add(&release, rdf::TYPE.into(), term(DOAP, "Version").into());
-        add(
-            &release,
-            term(DCTERMS, "isVersionOf"),
-            package.clone().into(),
-        );
+        add(&release, is_version_of(), package.clone().into());
         add(
             &release,
             term(DOAP, "revision"),
             text(&b.version.to_string()),
         );
-        add(
-            &release,
-            term(DCTERMS, "description"),
-            text(&b.meta.description),
-        );
-        if let Some(category) = &b.meta.category {
-            add(&release, term(AGORA, "category"), text(category));
-        }
-        for tag in &b.meta.tags {
-            add(&release, term(AGORA, "tag"), text(tag));
-        }
-        for keyword in &b.meta.keywords {
-            add(&release, term(SCHEMA, "keywords"), text(keyword));
-        }
+        describe(&mut add, &release, &b.meta);
         if let Some(author) = &b.meta.author {
             add(&release, term(SCHEMA, "author"), text(author));
         }
@@ -185,6 +172,29 @@ pub fn quads(facts: &PackageFacts) -> Vec<Quad> {
         }
     }
     out
+}
+
+/// A package's or a release's description, category, tags and keywords.
+fn describe(
+    add: &mut impl FnMut(&NamedNode, NamedNode, Term),
+    subject: &NamedNode,
+    meta: &PackageMeta,
+) {
+    let text = |s: &str| Term::Literal(Literal::new_simple_literal(s));
+    add(
+        subject,
+        term(DCTERMS, "description"),
+        text(&meta.description),
+    );
+    if let Some(category) = &meta.category {
+        add(subject, term(AGORA, "category"), text(category));
+    }
+    for tag in &meta.tags {
+        add(subject, term(AGORA, "tag"), text(tag));
+    }
+    for keyword in &meta.keywords {
+        add(subject, term(SCHEMA, "keywords"), text(keyword));
+    }
 }
 
 /// The last second an `xsd:dateTime` of four-digit years holds (9999-12-31T23:59:59Z).

@@ -224,6 +224,8 @@ pub struct Registry {
     to_restore: Mutex<Vec<libp2p::kad::Record>>,
     sync_interval: Duration,
     sparql_time_limit: Duration,
+    /// Permits for SPARQL queries being evaluated ([`sparql::SLOTS`]).
+    sparql_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// What opening the store found.
@@ -359,6 +361,7 @@ impl Registry {
             to_restore: Mutex::new(restore),
             sync_interval: config.sync_interval,
             sparql_time_limit: config.sparql_time_limit,
+            sparql_slots: Arc::new(tokio::sync::Semaphore::new(sparql::SLOTS)),
         };
         let rep: Vec<(PeerId, PeerRecord)> = registry
             .db
