@@ -12,6 +12,7 @@
 //! | `GET /v1/packages/{name}/{version}` | that release, as `agora info NAME@=VERSION --json` |
 //! | `GET /v1/packages/{name}/{version}/archive` | the verified archive (fetched first if needed), with `Content-Length`, `X-Agora-Sha256` and `ETag` |
 //! | `GET /ggen/registry/index.json` | every package's newest installable release in ggen's registry index format ([`ggen`]) |
+//! | `GET /graphql` (GraphiQL), `POST /graphql`, `/graphql/ws` (subscriptions) | GraphQL over the same API ([`graphql`], docs/schema.graphql) |
 //! | `GET /sparql?query=`, `POST /sparql` | a SPARQL query over the catalog's graph (docs/RDF.md), answered in the format `Accept` asks for ([`sparql`]) |
 //!
 //! Requests go through the same handler as IPC requests, so the gateway answers exactly what
@@ -44,6 +45,7 @@ use tokio::sync::mpsc;
 use crate::api::{self, Context};
 
 pub mod ggen;
+mod graphql;
 mod sparql;
 
 /// How long a probe waits for the network event loop.
@@ -187,6 +189,7 @@ pub async fn serve(
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    let schema = graphql::schema(Some(gateway.clone()));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -198,6 +201,17 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/packages/{name}/{version}/archive", get(archive))
         .route("/ggen/registry/index.json", get(ggen_index))
         .route("/sparql", get(sparql::get).post(sparql::post))
+        .route(
+            "/graphql",
+            get(graphql::graphiql).post({
+                let schema = schema.clone();
+                move |request: HttpRequest| graphql::post(schema, request)
+            }),
+        )
+        .route_service(
+            "/graphql/ws",
+            async_graphql_axum::GraphQLSubscription::new(schema),
+        )
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), guard))
         .with_state(gateway)
@@ -210,7 +224,8 @@ async fn unknown_route(uri: axum::http::Uri) -> Response {
         "message": format!(
             "no route {}; the routes are /healthz, /readyz, /metrics, /v1/packages, \
              /v1/packages/NAME, /v1/packages/NAME/versions, /v1/packages/NAME/VERSION, \
-             /v1/packages/NAME/VERSION/archive, /ggen/registry/index.json and /sparql",
+             /v1/packages/NAME/VERSION/archive, /ggen/registry/index.json, /sparql, /graphql \
+             and /graphql/ws",
             uri.path()
         ),
     });

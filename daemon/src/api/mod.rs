@@ -9,6 +9,8 @@ mod publishing;
 
 pub use packages::newest_releases;
 
+pub use crate::catalog::events::{Admitted, EventKind};
+
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -76,6 +78,11 @@ pub async fn dispatch(
         } => graph::query(ctx, sparql, results, triples).await,
         Request::Export { format } => graph::export(ctx, id, out, format).await,
     }
+}
+
+/// Every record the node admits from now on (the GraphQL subscription's source).
+pub fn catalog_events(ctx: &Context) -> tokio::sync::broadcast::Receiver<Admitted> {
+    ctx.registry.subscribe()
 }
 
 /// What request handlers can reach.

@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 #[cfg(test)]
 mod convergence;
+pub mod events;
 mod pins;
 pub mod publishers;
 mod rdf;
@@ -203,6 +204,8 @@ pub struct Catalog {
     index: SearchIndex,
     /// The catalog as RDF, for SPARQL: built at its first use.
     graph: CatalogGraph,
+    /// What was admitted, for subscribers.
+    events: events::Events,
     memory: Mutex<Memory>,
     stats: Arc<RegistryStats>,
 }
@@ -296,6 +299,7 @@ impl Catalog {
             db,
             index,
             graph: CatalogGraph::default(),
+            events: events::Events::default(),
             memory: Mutex::new(memory),
             stats,
         };
@@ -341,6 +345,11 @@ impl Catalog {
                 archives,
             },
         ))
+    }
+
+    /// Hears every record admitted from now on, once it is durable.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<events::Admitted> {
+        self.events.subscribe()
     }
 
     /// Searches the catalog. Blocking (the index may wait for a rebuild).
@@ -606,6 +615,13 @@ impl Catalog {
         // Marked under the lock too: a seal taken under it covers every record written.
         let ticket = self.index.mark(touched.iter().map(|n| n.to_string()));
         self.graph.mark(touched);
+        // Under the lock as well, so that subscribers hear admissions in the log's order.
+        self.events.send(
+            write
+                .records
+                .iter()
+                .map(|(id, record)| events::Admitted::of(record, *id)),
+        );
         drop(cat);
         Ok((out, ticket))
     }

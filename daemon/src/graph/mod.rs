@@ -399,3 +399,81 @@ fn io(e: std::io::Error) -> GraphError {
         GraphError::Evaluation(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxrdf::{Literal, NamedNode, Triple};
+
+    fn ask(graph: &CatalogGraph, query: &str) -> Result<Answer, GraphError> {
+        graph.query(
+            query,
+            ResultsFormat::Csv,
+            TriplesFormat::NTriples,
+            CancellationToken::new(),
+            10,
+        )
+    }
+
+    #[test]
+    fn an_answer_over_the_row_limit_is_refused_and_one_at_it_is_answered() {
+        let graph = CatalogGraph::default();
+        let p = NamedNode::new_unchecked("urn:p");
+        *write(&graph.triples) = Triples::build((0..=MAX_SPARQL_ROWS).map(|i| {
+            Triple::new(
+                NamedNode::new_unchecked(format!("urn:s{i}")),
+                p.clone(),
+                Literal::from(i as i64),
+            )
+        }));
+        for query in [
+            "SELECT ?s WHERE { ?s ?p ?o }",
+            "CONSTRUCT { ?s ?p ?o } WHERE { ?s ?p ?o }",
+        ] {
+            assert!(
+                matches!(ask(&graph, query), Err(GraphError::TooLarge)),
+                "{query}"
+            );
+        }
+        let answer = ask(
+            &graph,
+            &format!("SELECT ?s WHERE {{ ?s ?p ?o }} LIMIT {MAX_SPARQL_ROWS}"),
+        )
+        .unwrap();
+        assert_eq!(answer.media_type, "text/csv");
+        // The header line and one line a row.
+        assert_eq!(
+            answer
+                .body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            MAX_SPARQL_ROWS + 1
+        );
+        let answer = ask(&graph, "CONSTRUCT { ?s ?p ?o } WHERE { ?s ?p ?o } LIMIT 3").unwrap();
+        assert_eq!(answer.media_type, "application/n-triples");
+        assert_eq!(
+            answer
+                .body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn an_update_and_a_query_over_the_length_limit_are_refused_before_they_run() {
+        let graph = CatalogGraph::default();
+        assert!(matches!(
+            ask(&graph, "INSERT DATA { <urn:a> <urn:b> <urn:c> }"),
+            Err(GraphError::Syntax(_))
+        ));
+        let long = format!("ASK {{}} #{}", "x".repeat(MAX_SPARQL_QUERY_BYTES));
+        assert!(matches!(
+            ask(&graph, &long),
+            Err(GraphError::TooLong { len }) if len == long.len()
+        ));
+        assert!(graph.triple_count() == 0);
+    }
+}

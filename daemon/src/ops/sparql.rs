@@ -22,6 +22,11 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 pub const SLOTS: usize = 1;
 
 impl Registry {
+    /// Hears every record admitted from now on, once it is durable.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::catalog::events::Admitted> {
+        self.catalog.subscribe()
+    }
+
     /// Answers a SPARQL query, stopping it at the registry's time limit. The answer comes at
     /// the limit even if the evaluation is in a stretch of work that does not look at the
     /// cancellation (a product of sets already read); the thread then ends at the next place
