@@ -16,46 +16,11 @@
 /// The allocator agorad runs with, so the memory figures are the daemon's; it counts the
 /// bytes live on the heap, to tell data the nodes hold from memory the allocator keeps.
 #[global_allocator]
-static GLOBAL: Counting = Counting(mimalloc::MiMalloc);
-
-struct Counting(mimalloc::MiMalloc);
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed to mimalloc unchanged; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { self.0.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { self.0.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { self.0.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
+static GLOBAL: support::Counting = support::Counting(mimalloc::MiMalloc);
 
 #[path = "support/mod.rs"]
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,7 +114,7 @@ struct Ctx {
 fn memory() -> (u64, u64) {
     (
         proc_status_bytes(std::process::id(), "VmRSS"),
-        LIVE.load(Ordering::Relaxed) as u64,
+        support::live_bytes() as u64,
     )
 }
 

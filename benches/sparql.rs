@@ -12,39 +12,16 @@
 //!
 //! Run: `cargo bench --bench sparql`.
 
-/// The allocator agorad runs with, so the numbers are the daemon's, counting the bytes
-/// allocated and not freed: what the graph holds, exactly, where RSS also moves with what the
-/// allocator keeps of freed memory.
+/// The allocator agorad runs with, so the numbers are the daemon's, counting the bytes the
+/// graph holds.
 #[global_allocator]
-static GLOBAL: Counting = Counting(mimalloc::MiMalloc);
-
-struct Counting(mimalloc::MiMalloc);
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { self.0.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { self.0.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { self.0.realloc(ptr, layout, new_size) }
-    }
-}
+static GLOBAL: support::Counting = support::Counting(mimalloc::MiMalloc);
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use agora_daemon::catalog::Catalog;
@@ -158,11 +135,11 @@ fn run(releases: usize) {
 
     // The build, at the first query.
     let before = rss();
-    let live_before = LIVE.load(Ordering::Relaxed);
+    let live_before = support::live_bytes();
     let started = Instant::now();
     catalog.refresh_graph().unwrap();
     let built = started.elapsed();
-    let held = LIVE.load(Ordering::Relaxed).saturating_sub(live_before);
+    let held = support::live_bytes().saturating_sub(live_before);
     let quads = catalog.graph_len().unwrap();
     let after_build = rss();
 

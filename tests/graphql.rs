@@ -113,6 +113,7 @@ fn graphql_answers_what_the_json_routes_answer_and_refuses_what_is_too_deep_or_t
     let data = gw.data(
         r#"{ package(name: "agent-reasoning-mcp") {
                name versions { version yanked yankReason equivocated }
+               releases { version sha256 }
                latest { version category sha256 size
                         dependencies { name requirement release { name version } } } } }"#,
     );
@@ -122,6 +123,10 @@ fn graphql_answers_what_the_json_routes_answer_and_refuses_what_is_too_deep_or_t
         json!([{ "version": "1.0.0", "yanked": false, "yankReason": null, "equivocated": false }])
     );
     let info = node.json(&["info", "agent-reasoning-mcp"]);
+    assert_eq!(
+        package["releases"],
+        json!([{ "version": "1.0.0", "sha256": info["sha256"] }])
+    );
     assert_eq!(package["latest"]["sha256"], info["sha256"]);
     assert_eq!(package["latest"]["size"], info["size"]);
     assert_eq!(

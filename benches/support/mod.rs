@@ -2,8 +2,10 @@
 //! the environment, and synthetic signed catalogs for bulk loads.
 #![allow(dead_code)]
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agora_protocol::records::{ArchiveInfo, CatalogRecord, ReleaseBody, Signed};
@@ -128,4 +130,46 @@ pub fn synthetic_releases(numbers: Range<usize>, key: &PublisherSecret) -> Vec<C
             CatalogRecord::Release(Signed::sign(body, key).unwrap())
         })
         .collect()
+}
+
+/// mimalloc, counting the bytes allocated and not yet freed: what a bench's data holds,
+/// exactly, where RSS also moves with what the allocator keeps of freed memory. A bench makes
+/// it its global allocator and reads [`live_bytes`].
+pub struct Counting(pub mimalloc::MiMalloc);
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes allocated through [`Counting`] and not yet freed.
+pub fn live_bytes() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+// SAFETY: every call is passed to mimalloc unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { self.0.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
 }

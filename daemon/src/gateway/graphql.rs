@@ -31,6 +31,9 @@ pub const MAX_DEPTH: usize = 16;
 /// can hold: a search page of 1,000 hits with a dozen fields each fits, the same page with
 /// every hit's package resolved does not.
 pub const MAX_COMPLEXITY: usize = 20_000;
+/// The versions a package's `releases` is counted as holding, for the complexity limit: more
+/// than most packages have (a package with more is still answered whole).
+const MAX_RELEASES: usize = 64;
 
 pub type AgoraSchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
 
@@ -307,6 +310,20 @@ impl Package {
             .cloned()
             .map(PackageVersion::from)
             .collect()
+    }
+    /// Every release, oldest first, yanked ones too (an equivocated version has none: its
+    /// publisher signed two).
+    #[graphql(complexity = "1 + MAX_RELEASES * child_complexity")]
+    async fn releases(&self, ctx: &Context<'_>) -> Result<Vec<Release>> {
+        let mut out = Vec::with_capacity(self.versions.len());
+        for v in self.versions.iter().filter(|v| !v.equivocated) {
+            if let Some(r) =
+                release(ctx, self.name.clone(), Some(format!("={}", v.version))).await?
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
     /// The newest installable release (`null` when every version is yanked, equivocated or a
     /// pre-release).

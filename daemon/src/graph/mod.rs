@@ -415,6 +415,12 @@ mod tests {
         )
     }
 
+    fn lines(body: &[u8]) -> usize {
+        body.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+
     #[test]
     fn an_answer_over_the_row_limit_is_refused_and_one_at_it_is_answered() {
         let graph = CatalogGraph::default();
@@ -442,24 +448,10 @@ mod tests {
         .unwrap();
         assert_eq!(answer.media_type, "text/csv");
         // The header line and one line a row.
-        assert_eq!(
-            answer
-                .body
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count(),
-            MAX_SPARQL_ROWS + 1
-        );
+        assert_eq!(lines(&answer.body), MAX_SPARQL_ROWS + 1);
         let answer = ask(&graph, "CONSTRUCT { ?s ?p ?o } WHERE { ?s ?p ?o } LIMIT 3").unwrap();
         assert_eq!(answer.media_type, "application/n-triples");
-        assert_eq!(
-            answer
-                .body
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count(),
-            3
-        );
+        assert_eq!(lines(&answer.body), 3);
     }
 
     #[test]
@@ -474,6 +466,6 @@ mod tests {
             ask(&graph, &long),
             Err(GraphError::TooLong { len }) if len == long.len()
         ));
-        assert!(graph.triple_count() == 0);
+        assert_eq!(graph.triple_count(), 0);
     }
 }
