@@ -82,8 +82,13 @@ fn main() {
             assert_eq!(a, b, "the two answer {q:?} with as many hits");
         }
     }
-    testnet.kill().unwrap();
-    testnet.wait().unwrap();
+    // SIGTERM: the testnet stops its node and removes its temporary home.
+    let pid = rustix::process::Pid::from_child(&testnet);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(
+        testnet.wait().unwrap().success(),
+        "agora-testnet did not stop cleanly"
+    );
     json_times.sort();
     graphql_times.sort();
     let (j50, g50) = (pct(&json_times, 0.5), pct(&graphql_times, 0.5));
