@@ -109,6 +109,26 @@ fn cell(term: &Value) -> String {
     }
 }
 
+/// Has the daemon export its graph into `out`: the daemon's failure as a [`Failure`], then
+/// the first failure to write, or the triples and bytes sent.
+fn export_to(
+    client: &mut Client,
+    format: TriplesFormat,
+    out: &mut impl Write,
+) -> Result<std::io::Result<(u64, u64)>, Failure> {
+    let mut failed = None;
+    let counts = client
+        .export(format, |piece| {
+            if failed.is_none()
+                && let Err(e) = out.write_all(piece)
+            {
+                failed = Some(e);
+            }
+        })
+        .map_err(explain)?;
+    Ok(failed.map_or(Ok(counts), Err))
+}
+
 /// Writes the whole catalog graph in `format` to `output` (stdout when `None`). A file is
 /// written beside its place and renamed there once complete: a failed export leaves no
 /// partial file behind.
@@ -124,24 +144,13 @@ pub fn export(
             "check the path and free space",
         )
     };
-    let mut failed: Option<std::io::Error> = None;
     let (triples, bytes) = match output {
         None => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let counts = client
-                .export(format, |piece| {
-                    if failed.is_none()
-                        && let Err(e) = out.write_all(piece)
-                    {
-                        failed = Some(e);
-                    }
-                })
-                .map_err(explain)?;
-            if let Some(e) = failed.or_else(|| out.flush().err()) {
-                return Err(write_failed(e, "stdout"));
-            }
-            counts
+            let counts = export_to(client, format, &mut out)?;
+            out.flush().map_err(|e| write_failed(e, "stdout"))?;
+            counts.map_err(|e| write_failed(e, "stdout"))?
         }
         Some(path) => {
             let to = path.display().to_string();
@@ -151,18 +160,9 @@ pub fn export(
                 .unwrap_or(Path::new("."));
             let mut file =
                 tempfile::NamedTempFile::new_in(dir).map_err(|e| write_failed(e, &to))?;
-            let counts = client
-                .export(format, |piece| {
-                    if failed.is_none()
-                        && let Err(e) = file.write_all(piece)
-                    {
-                        failed = Some(e);
-                    }
-                })
-                .map_err(explain)?;
-            if let Some(e) = failed.or_else(|| file.as_file().sync_all().err()) {
-                return Err(write_failed(e, &to));
-            }
+            let counts = export_to(client, format, &mut file)?
+                .and_then(|counts| file.as_file().sync_all().map(|()| counts))
+                .map_err(|e| write_failed(e, &to))?;
             file.persist(path).map_err(|e| write_failed(e.error, &to))?;
             counts
         }

@@ -431,7 +431,14 @@ fn unexpected(r: &IpcResponse) -> Response {
 }
 
 fn error(e: IpcError) -> Response {
-    let (status, kind) = match e.kind() {
+    let (status, kind) = status_of(&e);
+    let body = serde_json::json!({ "error": kind, "message": e.to_string() });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The HTTP status of a failure, and the kind the JSON routes and GraphQL name it by.
+fn status_of(e: &IpcError) -> (StatusCode, &'static str) {
+    match e.kind() {
         IpcError::BadRequest(_) | IpcError::VersionMismatch { .. } => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
@@ -443,9 +450,7 @@ fn error(e: IpcError) -> Response {
         IpcError::Internal(_) | IpcError::Hinted { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
-    };
-    let body = serde_json::json!({ "error": kind, "message": e.to_string() });
-    (status, axum::Json(body)).into_response()
+    }
 }
 
 #[cfg(test)]

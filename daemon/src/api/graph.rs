@@ -1,8 +1,5 @@
 //! SPARQL queries and exports of the catalog's graph (docs/RDF.md).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use agora_protocol::ipc::{IpcError, Progress, Response, ServerMessage};
 use agora_protocol::sparql::{ResultsFormat, TriplesFormat};
 
@@ -30,12 +27,9 @@ pub(super) async fn export(
     format: TriplesFormat,
 ) -> Result<Response, IpcError> {
     let out = out.clone();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counted = sent.clone();
-    let triples = ctx
+    let (triples, bytes) = ctx
         .registry
         .export_graph(format, move |piece| {
-            counted.fetch_add(piece.len() as u64, Ordering::Relaxed);
             // On a blocking thread: waits while the client reads slower than the graph is
             // written, so that at most the channel's pieces are held.
             out.blocking_send(ServerMessage::Progress {
@@ -45,8 +39,5 @@ pub(super) async fn export(
             .map_err(|_| CatalogError::Internal("the client went away during the export".into()))
         })
         .await?;
-    Ok(Response::Exported {
-        triples,
-        bytes: sent.load(Ordering::Relaxed),
-    })
+    Ok(Response::Exported { triples, bytes })
 }

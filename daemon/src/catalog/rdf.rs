@@ -28,12 +28,12 @@ impl Catalog {
     }
 
     /// Writes the whole graph, brought up to date first, in `format`, a piece at a time.
-    /// Returns the triples written. Blocking.
+    /// Returns the triples and bytes written. Blocking.
     pub fn export_graph(
         &self,
         format: TriplesFormat,
         piece: impl FnMut(Vec<u8>) -> Result<(), CatalogError>,
-    ) -> Result<u64, CatalogError> {
+    ) -> Result<(u64, u64), CatalogError> {
         self.refresh_graph()?;
         self.graph.export(format, piece)
     }

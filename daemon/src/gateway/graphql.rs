@@ -21,7 +21,7 @@ use axum::response::{Html, IntoResponse};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Gateway, ask};
+use super::{Gateway, ask, status_of};
 use crate::api::{self, Admitted, EventKind as AdmittedKind};
 
 /// Deepest selection a query may make: a release's dependencies' dependencies, five levels
@@ -108,15 +108,8 @@ async fn found(ctx: &Context<'_>, request: Request) -> Result<Option<IpcResponse
 }
 
 fn error(e: IpcError) -> Error {
-    let kind = match e.kind() {
-        IpcError::BadRequest(_) | IpcError::VersionMismatch { .. } => "bad_request",
-        IpcError::NotFound(_) => "not_found",
-        IpcError::Refused(_) | IpcError::Package(_) | IpcError::NoKey(_) => "refused",
-        IpcError::Network(_) => "network",
-        IpcError::Internal(_) | IpcError::Hinted { .. } => "internal",
-    };
-    let e = Error::new(e.to_string());
-    e.extend_with(|_, ext| ext.set("kind", kind))
+    let (_, kind) = status_of(&e);
+    Error::new(e.to_string()).extend_with(|_, ext| ext.set("kind", kind))
 }
 
 fn unexpected(r: IpcResponse) -> Error {

@@ -95,12 +95,6 @@ async fn answer(g: &Gateway, headers: &HeaderMap, sparql: String) -> Response {
         });
         return (StatusCode::NOT_ACCEPTABLE, axum::Json(body)).into_response();
     };
-    if sparql.len() > MAX_SPARQL_QUERY_BYTES {
-        return error(IpcError::BadRequest(format!(
-            "the query is {} bytes; the limit is {MAX_SPARQL_QUERY_BYTES}",
-            sparql.len()
-        )));
-    }
     match ask(
         g,
         Request::Query {

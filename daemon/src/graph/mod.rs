@@ -266,16 +266,17 @@ impl CatalogGraph {
     }
 
     /// Writes every triple of the graph in `format`, handing `piece` about a megabyte at a
-    /// time. Returns the triples written.
+    /// time. Returns the triples and the bytes written.
     pub fn export<E: From<GraphError>>(
         &self,
         format: TriplesFormat,
         piece: impl FnMut(Vec<u8>) -> Result<(), E>,
-    ) -> Result<u64, E> {
+    ) -> Result<(u64, u64), E> {
         let mut pieces = Pieces {
             buf: Vec::with_capacity(EXPORT_PIECE),
             piece,
             failed: None,
+            sent: 0,
         };
         let mut out = rdf_serializer(format).for_writer(&mut pieces);
         let mut count = 0;
@@ -302,9 +303,10 @@ impl CatalogGraph {
         }
         written?;
         if !pieces.buf.is_empty() {
+            pieces.sent += pieces.buf.len() as u64;
             (pieces.piece)(std::mem::take(&mut pieces.buf))?;
         }
-        Ok(count)
+        Ok((count, pieces.sent))
     }
 }
 
@@ -314,6 +316,8 @@ struct Pieces<F, E> {
     buf: Vec<u8>,
     piece: F,
     failed: Option<E>,
+    /// Bytes handed on.
+    sent: u64,
 }
 
 impl<F: FnMut(Vec<u8>) -> Result<(), E>, E> Write for Pieces<F, E> {
@@ -324,6 +328,7 @@ impl<F: FnMut(Vec<u8>) -> Result<(), E>, E> Write for Pieces<F, E> {
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= EXPORT_PIECE {
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_PIECE));
+            self.sent += full.len() as u64;
             if let Err(e) = (self.piece)(full) {
                 self.failed = Some(e);
                 return Err(std::io::Error::other("the export's receiver failed"));

@@ -458,6 +458,11 @@ impl Registry {
         self.catalog.view()
     }
 
+    /// Hears every record admitted from now on, once it is durable.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::catalog::events::Admitted> {
+        self.catalog.subscribe()
+    }
+
     /// Runs `read` on the catalog on a blocking thread: a read that may touch the disk (a
     /// record from the log, a resolution, a search, an ingest) never holds up an async worker.
     pub async fn read<T, E, F>(self: &Arc<Self>, read: F) -> Result<T, RegistryError>

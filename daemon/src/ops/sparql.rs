@@ -22,11 +22,6 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 pub const SLOTS: usize = 1;
 
 impl Registry {
-    /// Hears every record admitted from now on, once it is durable.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::catalog::events::Admitted> {
-        self.catalog.subscribe()
-    }
-
     /// Answers a SPARQL query, stopping it at the registry's time limit. The answer comes at
     /// the limit even if the evaluation is in a stretch of work that does not look at the
     /// cancellation (a product of sets already read); the thread then ends at the next place
@@ -67,12 +62,12 @@ impl Registry {
     }
 
     /// Writes the whole graph in `format`, giving `piece` about a megabyte at a time (from a
-    /// blocking thread). Returns the triples written.
+    /// blocking thread). Returns the triples and bytes written.
     pub async fn export_graph(
         self: &Arc<Self>,
         format: TriplesFormat,
         mut piece: impl FnMut(Vec<u8>) -> Result<(), CatalogError> + Send + 'static,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<(u64, u64), RegistryError> {
         let reg = self.clone();
         blocking(move || Ok(reg.catalog.export_graph(format, &mut piece)?)).await
     }
