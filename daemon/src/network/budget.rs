@@ -6,11 +6,12 @@
 //!   fails; beyond either bound it is answered `Busy` at once, before any work, so that a peer
 //!   who sends many large requests and never reads the answers holds at most its share of the
 //!   node's memory.
+//! - [`UploadSlots`]: how many chunk answers a node writes at once; the rest wait their turn.
 //! - [`GossipBudget`]: how many gossip messages each peer may send, a [`RateLimiter`]; a
 //!   message over it is dropped before it is decoded.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -87,9 +88,71 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
             .count()
     }
 
+    /// The peer whose open request `id` is.
+    pub fn peer_of(&self, id: &Id) -> Option<PeerId> {
+        self.by_id.get(id).map(|(peer, _)| *peer)
+    }
+
     /// Open requests of `peer`.
     pub fn of(&self, peer: &PeerId) -> usize {
         self.by_peer.get(peer).copied().unwrap_or(0)
+    }
+}
+
+/// Answers being written, at most `slots`, and those waiting for a slot. A node that writes
+/// all its chunk answers at once sends each at a share of its link, so that in a crowd none
+/// arrives for seconds and nobody has a chunk to pass on; a few at a time, each at the link's
+/// full rate, the first are in (and served onwards) in a fraction of that. A freed slot goes
+/// to the oldest answer of the peer with the fewest being written: a crowd's fetchers each
+/// get a first chunk before any gets a second.
+#[derive(Debug)]
+pub struct UploadSlots<Id, T> {
+    slots: usize,
+    writing: Vec<(Id, PeerId)>,
+    waiting: VecDeque<(Id, PeerId, T)>,
+}
+
+impl<Id: Eq + Copy, T> UploadSlots<Id, T> {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            writing: Vec::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// The answer `item` to `peer`'s request `id`: returned to be written now if a slot is
+    /// free (the slot is the request's until [`UploadSlots::ended`]), otherwise kept waiting.
+    pub fn admit(&mut self, id: Id, peer: PeerId, item: T) -> Option<T> {
+        if self.writing.len() < self.slots {
+            self.writing.push((id, peer));
+            Some(item)
+        } else {
+            self.waiting.push_back((id, peer, item));
+            None
+        }
+    }
+
+    /// Request `id`'s answer is written, or the request failed (ids never admitted are
+    /// ignored): its slot, or its place in the wait, is freed. Returns the answer that
+    /// takes the slot, to be written now.
+    pub fn ended(&mut self, id: Id) -> Option<(Id, T)> {
+        if let Some(pos) = self.waiting.iter().position(|(w, _, _)| *w == id) {
+            self.waiting.remove(pos);
+            return None;
+        }
+        let pos = self.writing.iter().position(|(w, _)| *w == id)?;
+        self.writing.swap_remove(pos);
+        let writing = |peer: &PeerId| self.writing.iter().filter(|(_, p)| p == peer).count();
+        let next = (0..self.waiting.len()).min_by_key(|i| (writing(&self.waiting[*i].1), *i))?;
+        let (id, peer, item) = self.waiting.remove(next)?;
+        self.writing.push((id, peer));
+        Some((id, item))
+    }
+
+    /// Answers being written and answers waiting.
+    pub fn len(&self) -> (usize, usize) {
+        (self.writing.len(), self.waiting.len())
     }
 }
 
@@ -129,5 +192,31 @@ mod tests {
         assert!(open.open(c, 6, later));
         assert!(!open.open(a, 7, later), "full again");
         assert_eq!(open.older_than(Duration::from_millis(250), later), 1);
+    }
+
+    #[test]
+    fn answers_beyond_the_slots_wait_and_a_freed_slot_goes_to_the_peer_with_fewest_written() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut slots = UploadSlots::new(2);
+        assert_eq!(slots.admit(1, a, "a1"), Some("a1"));
+        assert_eq!(slots.admit(2, a, "a2"), Some("a2"));
+        assert_eq!(slots.admit(3, a, "a3"), None);
+        assert_eq!(slots.admit(4, b, "b1"), None);
+        assert_eq!(slots.admit(5, c, "c1"), None);
+        assert_eq!(slots.admit(6, b, "b2"), None);
+        assert_eq!(slots.len(), (2, 4));
+        assert_eq!(slots.ended(9), None, "never admitted");
+        // a still has one answer being written: b's, older than c's, goes first.
+        assert_eq!(slots.ended(1), Some((4, "b1")));
+        // A request that fails while it waits gives up its place, not a slot.
+        assert_eq!(slots.ended(6), None);
+        assert_eq!(slots.len(), (2, 2));
+        // Written: a2 and b1. b's ends; a still has one, c none: c1 before a3, which is older.
+        assert_eq!(slots.ended(4), Some((5, "c1")));
+        assert_eq!(slots.ended(2), Some((3, "a3")));
+        assert_eq!(slots.ended(5), None);
+        assert_eq!(slots.len(), (1, 0));
+        assert_eq!(slots.admit(7, b, "b3"), Some("b3"));
+        assert_eq!(slots.admit(8, b, "b4"), None);
     }
 }

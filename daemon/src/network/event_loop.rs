@@ -36,7 +36,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tracing::{Span, debug, info, info_span, trace, warn};
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
-use super::budget::{Budget, GossipBudget, MAX_GOSSIP_PEERS, OpenRequests};
+use super::budget::{Budget, GossipBudget, MAX_GOSSIP_PEERS, OpenRequests, UploadSlots};
 use super::codec::WireCodec;
 use super::command::{Command, Envelope, NetworkError, NetworkEvent, NetworkInfo, Reply};
 use super::query::{self, ProviderCap, RecordLookup};
@@ -55,6 +55,13 @@ const COMMAND_BATCH: usize = 64;
 /// How long a peer's chunk request must have been open to count as queued: far longer than
 /// an answer takes to leave over a fast link, far shorter than a megabyte over a slow one.
 const QUEUED: Duration = Duration::from_millis(100);
+/// Chunk answers written at once (see [`UploadSlots`]). With fewer, a peer that reads slowly
+/// (its own link shared by many senders) holds back the whole upload; with more, each answer
+/// gets so small a share of the link that chunks spread through a crowd slowly.
+const UPLOAD_SLOTS: usize = 4;
+
+/// A chunk answer waiting for an upload slot.
+type Upload = (ResponseChannel<FetchResponse>, FetchResponse);
 
 struct PendingGet {
     lookup: RecordLookup,
@@ -94,6 +101,7 @@ pub struct EventLoop {
     /// `fetch`'s inbound requests open for [`QUEUED`] or longer, for the handle's
     /// `uploads_queued`.
     uploads: Arc<AtomicUsize>,
+    upload_slots: UploadSlots<InboundRequestId, Upload>,
     have: Exchanges<HaveResponse>,
     gossip_budget: GossipBudget,
     /// Each open connection's endpoint (its remote address judges the addresses its peer lists,
@@ -132,6 +140,7 @@ impl EventLoop {
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
             uploads,
+            upload_slots: UploadSlots::new(UPLOAD_SLOTS),
             have: Exchanges::new(config.have_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),

@@ -102,10 +102,7 @@ impl EventLoop {
                 let sync = &mut self.swarm.behaviour_mut().sync;
                 respond(sync, &mut self.sync, id, response, "sync");
             }
-            Command::RespondFetch { id, response } => {
-                let fetch = &mut self.swarm.behaviour_mut().fetch;
-                respond(fetch, &mut self.fetch, id, response, "fetch");
-            }
+            Command::RespondFetch { id, response } => self.respond_fetch(id, response),
             Command::RespondHave { id, response } => {
                 let have = &mut self.swarm.behaviour_mut().have;
                 respond(have, &mut self.have, id, response, "have");
@@ -287,6 +284,54 @@ impl EventLoop {
         // publisher's schedule, and replication puts it again.
         kad::store::RecordStore::put(store, record)
             .map_err(|e| NetworkError::Store(format!("{key}: {e:?}")))
+    }
+}
+
+impl EventLoop {
+    /// Answers a peer's chunk request `id`, if it still waits: a chunk when an upload slot
+    /// is free or its turn comes, a refusal at once.
+    fn respond_fetch(&mut self, id: InboundRequestId, response: FetchResponse) {
+        let Some(channel) = self.fetch.inbound.remove(&id) else {
+            return;
+        };
+        let upload = match (response, self.fetch.open.peer_of(&id)) {
+            (response @ FetchResponse::Chunk(_), Some(peer)) => {
+                self.upload_slots.admit(id, peer, (channel, response))
+            }
+            (response, _) => Some((channel, response)),
+        };
+        if let Some((channel, response)) = upload
+            && self
+                .swarm
+                .behaviour_mut()
+                .fetch
+                .send_response(channel, response)
+                .is_err()
+        {
+            self.upload_gone(id);
+        }
+    }
+
+    /// Chunk request `id`'s answer is written, or the request failed: the next waiting
+    /// answer is written in its slot.
+    pub(super) fn upload_ended(&mut self, id: InboundRequestId) {
+        let mut next = self.upload_slots.ended(id);
+        while let Some((id, (channel, response))) = next {
+            let fetch = &mut self.swarm.behaviour_mut().fetch;
+            if fetch.send_response(channel, response).is_ok() {
+                return;
+            }
+            debug!(?id, "fetch requester went away before its turn");
+            self.fetch.open.close(id);
+            next = self.upload_slots.ended(id);
+        }
+    }
+
+    /// The requester of `id` went away before its answer could be handed over.
+    fn upload_gone(&mut self, id: InboundRequestId) {
+        debug!(?id, "fetch requester went away before the response");
+        self.fetch.open.close(id);
+        self.upload_ended(id);
     }
 }
 

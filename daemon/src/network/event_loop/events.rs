@@ -136,6 +136,13 @@ impl EventLoop {
                 SyncResponse::Refused(Refusal::Busy),
             ),
             BehaviourEvent::Fetch(e) => {
+                let ended = match &e {
+                    request_response::Event::ResponseSent { request_id, .. }
+                    | request_response::Event::InboundFailure { request_id, .. } => {
+                        Some(*request_id)
+                    }
+                    _ => None,
+                };
                 on_exchange(
                     &mut self.swarm.behaviour_mut().fetch,
                     &mut self.fetch,
@@ -144,6 +151,9 @@ impl EventLoop {
                     |peer, id, request| NetworkEvent::FetchRequest { peer, id, request },
                     FetchResponse::Refused(Refusal::Busy),
                 );
+                if let Some(id) = ended {
+                    self.upload_ended(id);
+                }
                 self.count_queued_uploads();
             }
             BehaviourEvent::Have(e) => {

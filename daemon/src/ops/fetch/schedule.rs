@@ -64,6 +64,9 @@ pub(super) enum Holds {
 struct Provider {
     peer: PeerId,
     holds: Holds,
+    /// It was seen fetching the archive itself (holding part of it): once it holds all of
+    /// it, its upload is a crowd's, not the original seed's.
+    fetched: bool,
     dropped: bool,
     /// Chunks it was ever asked for.
     tried: Vec<u32>,
@@ -82,6 +85,7 @@ impl Provider {
         Self {
             peer,
             holds: Holds::Unknown,
+            fetched: false,
             dropped: false,
             tried: Vec::new(),
             in_flight: 0,
@@ -109,8 +113,10 @@ impl Provider {
         matches!(self.holds, Holds::Offer(_)) || self.holds(index)
     }
 
-    fn is_seed(&self) -> bool {
-        matches!(self.holds, Holds::All | Holds::Offer(_))
+    /// A seed that was never seen fetching the archive: a publisher, or a node that had it
+    /// before the crowd came.
+    fn is_first_seed(&self) -> bool {
+        matches!(self.holds, Holds::All | Holds::Offer(_)) && !self.fetched
     }
 
     /// Alive and known to hold something.
@@ -205,6 +211,7 @@ impl Schedule {
             self.crowd = true;
         }
         if let Some(p) = self.provider(&peer) {
+            p.fetched |= matches!(holds, Holds::Some(_));
             p.holds = holds;
         }
     }
@@ -313,8 +320,10 @@ impl Schedule {
 
     /// For each provider with nothing out, a chunk already asked of one other, the one out
     /// longest, that it holds and was never asked for, if it has been out twice as long as a
-    /// request takes on average. In a crowd a seed is not asked: its upload is for chunks
-    /// the crowd lacks.
+    /// request takes on average. In a crowd the first seed is not asked: its upload is for
+    /// chunks the crowd lacks. Fetchers that have finished are: at a crowd's end they are
+    /// most of the providers, and the one a late chunk waits on may be a seed that is gone
+    /// without a word (a connection whose loss shows only when it times out).
     fn endgame(&mut self, now: Instant) -> Vec<(u32, PeerId)> {
         let (total, count) = self.round_trips;
         let late = total.checked_div(count).unwrap_or(Duration::ZERO) * 2;
@@ -332,7 +341,7 @@ impl Schedule {
         let mut also = Vec::new();
         for i in 0..self.providers.len() {
             let p = &self.providers[i];
-            if !p.ready(now) || p.in_flight > 0 || (self.crowd && p.is_seed()) {
+            if !p.ready(now) || p.in_flight > 0 || (self.crowd && p.is_first_seed()) {
                 continue;
             }
             let Some(pos) = out
@@ -658,6 +667,33 @@ mod tests {
         s.returned(slow_ones[0], slow, t1);
         s.duplicate(slow, 1);
         assert_eq!(s.remaining(), 1);
+    }
+
+    #[test]
+    fn at_a_crowds_end_a_fetcher_that_finished_takes_a_late_chunk_but_a_first_seed_does_not() {
+        let [seed, other_seed, fetcher] = peers(3)[..] else {
+            unreachable!()
+        };
+        let t0 = Instant::now();
+        let mut s = Schedule::new(vec![true, false]);
+        s.learned(seed, Holds::All);
+        s.learned(other_seed, Holds::All);
+        s.learned(fetcher, Holds::Some(vec![true, false]));
+        let asks = s.next(1, 2, t0);
+        assert_eq!(
+            asks,
+            vec![(1, seed)],
+            "only the seeds hold it, the first is asked"
+        );
+        // The fetcher finishes; the seed's answer does not come (it is gone).
+        s.learned(fetcher, Holds::All);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(s.next(2, 2, t1), vec![(1, fetcher)]);
+        assert_eq!(
+            s.next(2, 2, t1),
+            vec![],
+            "one copy; the other first seed is spared"
+        );
     }
 
     #[test]
