@@ -104,28 +104,42 @@ impl<Id: Hash + Eq> OpenRequests<Id> {
 /// arrives for seconds and nobody has a chunk to pass on; a few at a time, each at the link's
 /// full rate, the first are in (and served onwards) in a fraction of that. A freed slot goes
 /// to the oldest answer of the peer with the fewest being written: a crowd's fetchers each
-/// get a first chunk before any gets a second.
+/// get a first chunk before any gets a second. An answer written for `stall` or longer no
+/// longer holds its slot: a peer that reads slowly, or never, cannot stop the upload (at
+/// worst the node writes as many at once as peers ask for, as it would without slots).
 #[derive(Debug)]
 pub struct UploadSlots<Id, T> {
     slots: usize,
-    writing: Vec<(Id, PeerId)>,
+    stall: Duration,
+    /// Each answer being written, its peer, and since when.
+    writing: Vec<(Id, PeerId, Instant)>,
     waiting: VecDeque<(Id, PeerId, T)>,
 }
 
 impl<Id: Eq + Copy, T> UploadSlots<Id, T> {
-    pub fn new(slots: usize) -> Self {
+    pub fn new(slots: usize, stall: Duration) -> Self {
         Self {
             slots: slots.max(1),
+            stall,
             writing: Vec::new(),
             waiting: VecDeque::new(),
         }
     }
 
-    /// The answer `item` to `peer`'s request `id`: returned to be written now if a slot is
-    /// free (the slot is the request's until [`UploadSlots::ended`]), otherwise kept waiting.
-    pub fn admit(&mut self, id: Id, peer: PeerId, item: T) -> Option<T> {
-        if self.writing.len() < self.slots {
-            self.writing.push((id, peer));
+    /// Slots held at `now`: answers being written for less than `stall`.
+    fn held(&self, now: Instant) -> usize {
+        self.writing
+            .iter()
+            .filter(|(_, _, since)| now.duration_since(*since) < self.stall)
+            .count()
+    }
+
+    /// The answer `item` to `peer`'s request `id`, at `now`: returned to be written now if a
+    /// slot is free (the slot is the request's until [`UploadSlots::ended`], or for `stall`),
+    /// otherwise kept waiting.
+    pub fn admit(&mut self, id: Id, peer: PeerId, item: T, now: Instant) -> Option<T> {
+        if self.held(now) < self.slots {
+            self.writing.push((id, peer, now));
             Some(item)
         } else {
             self.waiting.push_back((id, peer, item));
@@ -134,20 +148,38 @@ impl<Id: Eq + Copy, T> UploadSlots<Id, T> {
     }
 
     /// Request `id`'s answer is written, or the request failed (ids never admitted are
-    /// ignored): its slot, or its place in the wait, is freed. Returns the answer that
-    /// takes the slot, to be written now.
-    pub fn ended(&mut self, id: Id) -> Option<(Id, T)> {
+    /// ignored): its slot, or its place in the wait, is freed. Returns the answers that take
+    /// the free slots, to be written now.
+    pub fn ended(&mut self, id: Id, now: Instant) -> Vec<(Id, T)> {
         if let Some(pos) = self.waiting.iter().position(|(w, _, _)| *w == id) {
             self.waiting.remove(pos);
-            return None;
+            return Vec::new();
         }
-        let pos = self.writing.iter().position(|(w, _)| *w == id)?;
+        let Some(pos) = self.writing.iter().position(|(w, _, _)| *w == id) else {
+            return Vec::new();
+        };
         self.writing.swap_remove(pos);
-        let writing = |peer: &PeerId| self.writing.iter().filter(|(_, p)| p == peer).count();
-        let next = (0..self.waiting.len()).min_by_key(|i| (writing(&self.waiting[*i].1), *i))?;
-        let (id, peer, item) = self.waiting.remove(next)?;
-        self.writing.push((id, peer));
-        Some((id, item))
+        self.start(now)
+    }
+
+    /// The waiting answers that take the slots free at `now` (stalled answers free theirs),
+    /// to be written now.
+    pub fn start(&mut self, now: Instant) -> Vec<(Id, T)> {
+        let mut started = Vec::new();
+        while self.held(now) < self.slots {
+            let writing = |peer: &PeerId| self.writing.iter().filter(|(_, p, _)| p == peer).count();
+            let Some(next) =
+                (0..self.waiting.len()).min_by_key(|i| (writing(&self.waiting[*i].1), *i))
+            else {
+                break;
+            };
+            let Some((id, peer, item)) = self.waiting.remove(next) else {
+                break;
+            };
+            self.writing.push((id, peer, now));
+            started.push((id, item));
+        }
+        started
     }
 
     /// Answers being written and answers waiting.
@@ -197,26 +229,51 @@ mod tests {
     #[test]
     fn answers_beyond_the_slots_wait_and_a_freed_slot_goes_to_the_peer_with_fewest_written() {
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let mut slots = UploadSlots::new(2);
-        assert_eq!(slots.admit(1, a, "a1"), Some("a1"));
-        assert_eq!(slots.admit(2, a, "a2"), Some("a2"));
-        assert_eq!(slots.admit(3, a, "a3"), None);
-        assert_eq!(slots.admit(4, b, "b1"), None);
-        assert_eq!(slots.admit(5, c, "c1"), None);
-        assert_eq!(slots.admit(6, b, "b2"), None);
+        let t = Instant::now();
+        let mut slots = UploadSlots::new(2, Duration::from_secs(2));
+        assert_eq!(slots.admit(1, a, "a1", t), Some("a1"));
+        assert_eq!(slots.admit(2, a, "a2", t), Some("a2"));
+        assert_eq!(slots.admit(3, a, "a3", t), None);
+        assert_eq!(slots.admit(4, b, "b1", t), None);
+        assert_eq!(slots.admit(5, c, "c1", t), None);
+        assert_eq!(slots.admit(6, b, "b2", t), None);
         assert_eq!(slots.len(), (2, 4));
-        assert_eq!(slots.ended(9), None, "never admitted");
+        assert_eq!(slots.ended(9, t), vec![], "never admitted");
         // a still has one answer being written: b's, older than c's, goes first.
-        assert_eq!(slots.ended(1), Some((4, "b1")));
+        assert_eq!(slots.ended(1, t), vec![(4, "b1")]);
         // A request that fails while it waits gives up its place, not a slot.
-        assert_eq!(slots.ended(6), None);
+        assert_eq!(slots.ended(6, t), vec![]);
         assert_eq!(slots.len(), (2, 2));
         // Written: a2 and b1. b's ends; a still has one, c none: c1 before a3, which is older.
-        assert_eq!(slots.ended(4), Some((5, "c1")));
-        assert_eq!(slots.ended(2), Some((3, "a3")));
-        assert_eq!(slots.ended(5), None);
+        assert_eq!(slots.ended(4, t), vec![(5, "c1")]);
+        assert_eq!(slots.ended(2, t), vec![(3, "a3")]);
+        assert_eq!(slots.ended(5, t), vec![]);
         assert_eq!(slots.len(), (1, 0));
-        assert_eq!(slots.admit(7, b, "b3"), Some("b3"));
-        assert_eq!(slots.admit(8, b, "b4"), None);
+        assert_eq!(slots.admit(7, b, "b3", t), Some("b3"));
+        assert_eq!(slots.admit(8, b, "b4", t), None);
+    }
+
+    #[test]
+    fn answers_a_peer_never_reads_give_up_their_slots_once_stalled() {
+        let (hostile, honest) = (PeerId::random(), PeerId::random());
+        let t = Instant::now();
+        let stall = Duration::from_secs(2);
+        let mut slots = UploadSlots::new(2, stall);
+        assert_eq!(slots.admit(1, hostile, 1, t), Some(1));
+        assert_eq!(slots.admit(2, hostile, 2, t), Some(2));
+        assert_eq!(slots.admit(3, hostile, 3, t), None);
+        assert_eq!(slots.admit(4, honest, 4, t), None);
+        assert_eq!(slots.start(t + stall / 2), vec![]);
+        // Neither of the hostile peer's answers ends; once stalled, their slots go to the
+        // waiting answers, the honest peer's (none being written) first.
+        let later = t + stall;
+        assert_eq!(slots.start(later), vec![(4, 4), (3, 3)]);
+        assert_eq!(slots.len(), (4, 0));
+        assert_eq!(
+            slots.admit(5, honest, 5, later),
+            None,
+            "two held since `later`"
+        );
+        assert_eq!(slots.ended(4, later), vec![(5, 5)]);
     }
 }

@@ -60,6 +60,10 @@ const QUEUED: Duration = Duration::from_millis(100);
 /// gets so small a share of the link that chunks spread through a crowd slowly.
 const UPLOAD_SLOTS: usize = 4;
 
+/// How long an answer holds its upload slot at most (see [`UploadSlots`]): four 1 MiB
+/// answers over a 20 Mbit/s link take about that long.
+const UPLOAD_STALL: Duration = Duration::from_secs(2);
+
 /// A chunk answer waiting for an upload slot.
 type Upload = (ResponseChannel<FetchResponse>, FetchResponse);
 
@@ -140,7 +144,7 @@ impl EventLoop {
             sync: Exchanges::new(config.sync_budget),
             fetch: Exchanges::new(config.fetch_budget),
             uploads,
-            upload_slots: UploadSlots::new(UPLOAD_SLOTS),
+            upload_slots: UploadSlots::new(UPLOAD_SLOTS, UPLOAD_STALL),
             have: Exchanges::new(config.have_budget),
             gossip_budget: GossipBudget::new(config.gossip_rate, MAX_GOSSIP_PEERS),
             remotes: HashMap::new(),
@@ -152,6 +156,8 @@ impl EventLoop {
     /// Runs until a `Shutdown` command arrives or every handle is dropped.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.maintenance_interval);
+        let mut stalls = tokio::time::interval(UPLOAD_STALL / 4);
+        stalls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(COMMAND_BATCH);
         loop {
@@ -168,6 +174,7 @@ impl EventLoop {
                 }
                 Some(id) = self.graces.next(), if !self.graces.is_empty() => self.grace_over(id),
                 _ = tick.tick() => self.maintain(),
+                _ = stalls.tick() => self.uploads_stalled(),
             }
         }
         info!(peer = %self.swarm.local_peer_id(), "network event loop stopped");

@@ -294,44 +294,41 @@ impl EventLoop {
         let Some(channel) = self.fetch.inbound.remove(&id) else {
             return;
         };
+        let now = std::time::Instant::now();
         let upload = match (response, self.fetch.open.peer_of(&id)) {
             (response @ FetchResponse::Chunk(_), Some(peer)) => {
-                self.upload_slots.admit(id, peer, (channel, response))
+                self.upload_slots.admit(id, peer, (channel, response), now)
             }
             (response, _) => Some((channel, response)),
         };
-        if let Some((channel, response)) = upload
-            && self
-                .swarm
-                .behaviour_mut()
-                .fetch
-                .send_response(channel, response)
-                .is_err()
-        {
-            self.upload_gone(id);
+        if let Some(upload) = upload {
+            self.write_uploads(vec![(id, upload)]);
         }
     }
 
     /// Chunk request `id`'s answer is written, or the request failed: the next waiting
-    /// answer is written in its slot.
+    /// answers are written in the slots it frees.
     pub(super) fn upload_ended(&mut self, id: InboundRequestId) {
-        let mut next = self.upload_slots.ended(id);
-        while let Some((id, (channel, response))) = next {
-            let fetch = &mut self.swarm.behaviour_mut().fetch;
-            if fetch.send_response(channel, response).is_ok() {
-                return;
-            }
-            debug!(?id, "fetch requester went away before its turn");
-            self.fetch.open.close(id);
-            next = self.upload_slots.ended(id);
-        }
+        let next = self.upload_slots.ended(id, std::time::Instant::now());
+        self.write_uploads(next);
     }
 
-    /// The requester of `id` went away before its answer could be handed over.
-    fn upload_gone(&mut self, id: InboundRequestId) {
-        debug!(?id, "fetch requester went away before the response");
-        self.fetch.open.close(id);
-        self.upload_ended(id);
+    /// Writes the waiting answers that take the slots of stalled ones.
+    pub(super) fn uploads_stalled(&mut self) {
+        let next = self.upload_slots.start(std::time::Instant::now());
+        self.write_uploads(next);
+    }
+
+    /// Hands answers to their streams; the slot of one whose requester went away goes on.
+    fn write_uploads(&mut self, mut uploads: Vec<(InboundRequestId, Upload)>) {
+        while let Some((id, (channel, response))) = uploads.pop() {
+            let fetch = &mut self.swarm.behaviour_mut().fetch;
+            if fetch.send_response(channel, response).is_err() {
+                debug!(?id, "fetch requester went away before the response");
+                self.fetch.open.close(id);
+                uploads.extend(self.upload_slots.ended(id, std::time::Instant::now()));
+            }
+        }
     }
 }
 
