@@ -183,7 +183,8 @@ impl<Id: Eq + Copy, T> UploadSlots<Id, T> {
     }
 
     /// Answers being written and answers waiting.
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
         (self.writing.len(), self.waiting.len())
     }
 }

@@ -127,23 +127,18 @@ impl EventLoop {
             BehaviourEvent::Kad(e) => self.on_kad(e),
             BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
             BehaviourEvent::Identify(e) => self.on_identify(e),
-            BehaviourEvent::Sync(e) => on_exchange(
-                &mut self.swarm.behaviour_mut().sync,
-                &mut self.sync,
-                &self.events,
-                e,
-                |peer, id, request| NetworkEvent::SyncRequest { peer, id, request },
-                SyncResponse::Refused(Refusal::Busy),
-            ),
-            BehaviourEvent::Fetch(e) => {
-                let ended = match &e {
-                    request_response::Event::ResponseSent { request_id, .. }
-                    | request_response::Event::InboundFailure { request_id, .. } => {
-                        Some(*request_id)
-                    }
-                    _ => None,
-                };
+            BehaviourEvent::Sync(e) => {
                 on_exchange(
+                    &mut self.swarm.behaviour_mut().sync,
+                    &mut self.sync,
+                    &self.events,
+                    e,
+                    |peer, id, request| NetworkEvent::SyncRequest { peer, id, request },
+                    SyncResponse::Refused(Refusal::Busy),
+                );
+            }
+            BehaviourEvent::Fetch(e) => {
+                let ended = on_exchange(
                     &mut self.swarm.behaviour_mut().fetch,
                     &mut self.fetch,
                     &self.events,
@@ -535,7 +530,8 @@ pub(super) fn offer(events: &mpsc::Sender<NetworkEvent>, event: NetworkEvent) ->
 
 /// Handles an event of the sync or fetch protocol: inbound requests go to the registry, or get
 /// `busy` at once when the peer or all peers together have as many open as the budget allows
-/// or the registry is behind; responses and failures resolve our requests.
+/// or the registry is behind; responses and failures resolve our requests. Returns the peer's
+/// request whose exchange this event ended (its response written, or it failed).
 fn on_exchange<Req, Resp>(
     behaviour: &mut request_response::Behaviour<WireCodec<Req, Resp>>,
     state: &mut Exchanges<Resp>,
@@ -543,7 +539,8 @@ fn on_exchange<Req, Resp>(
     event: request_response::Event<Req, Resp>,
     to_event: fn(PeerId, InboundRequestId, Req) -> NetworkEvent,
     busy: Resp,
-) where
+) -> Option<InboundRequestId>
+where
     Req: Wire + Send + Sync + 'static,
     Resp: Wire + Send + Sync + 'static,
 {
@@ -556,7 +553,7 @@ fn on_exchange<Req, Resp>(
             } => {
                 if !state.open.open(peer, request_id, std::time::Instant::now()) {
                     let _ = behaviour.send_response(channel, busy);
-                    return;
+                    return None;
                 }
                 state.inbound.insert(request_id, channel);
                 if !offer(events, to_event(peer, request_id, request))
@@ -597,8 +594,10 @@ fn on_exchange<Req, Resp>(
         | request_response::Event::ResponseSent { request_id, .. } => {
             state.inbound.remove(&request_id);
             state.open.close(request_id);
+            return Some(request_id);
         }
     }
+    None
 }
 
 /// How far an address can be reached from: this machine, its private networks, anywhere.
