@@ -29,9 +29,14 @@ pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 /// Largest package archive (compressed). Template packs are small; 256 MiB bounds a hostile
 /// advertisement while leaving room for packs that ship binary assets.
 pub const MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
-/// Default chunk size for fetch: large enough that per-request overhead is negligible, small
-/// enough that one bad chunk costs little to re-fetch.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Smallest chunk size a publisher cuts an archive into (see
+/// [`crate::records::ArchiveInfo::chunk_size_for`]): a chunk crosses a 40 Mbit/s link in
+/// 50 ms, so a crowd that starts together passes its first chunks on within a fraction of a
+/// second; eight requests in flight still keep a fast link full.
+pub const MIN_PUBLISH_CHUNK_SIZE: u32 = 256 * 1024;
+/// Chunks a publisher cuts a larger archive into at most, where the chunk size allows:
+/// half of [`MAX_CHUNKS`], so that the largest archive's chunks are [`MAX_CHUNK_SIZE`].
+pub const PUBLISH_CHUNKS: u64 = 256;
 /// Smallest chunk size a record may declare (keeps the chunk list short).
 pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
 /// Largest chunk size a record may declare; also bounds one fetch response.

@@ -137,6 +137,15 @@ impl ArchiveInfo {
         }
     }
 
+    /// The chunk size a publisher cuts an archive of `size` bytes into: the smallest power of
+    /// two that makes at most [`PUBLISH_CHUNKS`] chunks, within [`MIN_PUBLISH_CHUNK_SIZE`]
+    /// ..= [`MAX_CHUNK_SIZE`]. Small chunks spread through a crowd sooner; each costs a
+    /// request, and the release record carries one hash for each.
+    pub fn chunk_size_for(size: u64) -> u32 {
+        let wanted = size.div_ceil(PUBLISH_CHUNKS).max(1).next_power_of_two();
+        wanted.clamp(u64::from(MIN_PUBLISH_CHUNK_SIZE), u64::from(MAX_CHUNK_SIZE)) as u32
+    }
+
     /// Number of chunks an archive of `size` bytes has.
     pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
         size.div_ceil(u64::from(chunk_size.max(1)))
@@ -472,6 +481,28 @@ impl CatalogRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publisher_cuts_archives_into_at_most_256_chunks_of_256_kib_to_1_mib() {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        let cases = [
+            (0, 256 * KIB),
+            (1, 256 * KIB),
+            (64 * MIB, 256 * KIB),
+            (64 * MIB + 1, 512 * KIB),
+            (100_000_000, 512 * KIB),
+            (128 * MIB, 512 * KIB),
+            (128 * MIB + 1, 1024 * KIB),
+            (MAX_ARCHIVE_BYTES, 1024 * KIB),
+            (u64::MAX / 2, 1024 * KIB),
+        ];
+        for (size, chunk) in cases {
+            let got = u64::from(ArchiveInfo::chunk_size_for(size));
+            assert_eq!(got, chunk, "archive of {size} bytes");
+            assert!(ArchiveInfo::chunk_count(size.min(MAX_ARCHIVE_BYTES), got as u32) <= 256);
+        }
+    }
 
     #[test]
     fn a_record_is_measured_as_its_encoding_and_refused_one_byte_over() {

@@ -19,7 +19,7 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
         &key,
     )
     .await;
-    assert_eq!(big.body.archive.chunks.len(), 21);
+    assert_eq!(big.body.archive.chunks.len(), 81);
     // Nodes 1 and 2 fetch both packages and become providers.
     for i in [1, 2] {
         converge("release records arrive", DEADLINE, || async {
@@ -74,7 +74,7 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
         .expect("the fetch succeeds despite the corrupt provider");
     let data = std::fs::read(&got.path).unwrap();
     assert_eq!(agora_protocol::ContentId::of(&data), big.body.archive.id);
-    assert_eq!(got.served_by.iter().map(|(_, n)| n).sum::<u32>(), 21);
+    assert_eq!(got.served_by.iter().map(|(_, n)| n).sum::<u32>(), 81);
     assert!(got.served_by.iter().all(|(p, _)| *p != bad_peer));
     let (record, after) = fetcher.registry.reputation_of(&bad_peer);
     let record = record.unwrap();
@@ -139,7 +139,7 @@ async fn a_twenty_mib_package_from_three_providers_survives_a_corrupt_one_which_
     assert_eq!(resumed.resumed_chunks, 9);
     assert_eq!(
         resumed.served_by.iter().map(|(_, n)| n).sum::<u32>(),
-        21 - 9
+        81 - 9
     );
     assert_eq!(std::fs::read(&resumed.path).unwrap(), archive);
     assert!(!resumer.blobs.partial_path(&big.body.archive.id).exists());
@@ -247,7 +247,7 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     )
     .await;
     let chunks = big.body.archive.chunks.len() as u32;
-    assert_eq!(chunks, 21);
+    assert_eq!(chunks, 81);
     // Node 1 fetches the archive and becomes the second provider.
     let (lost, kept) = (&nodes[0].0, &nodes[1].0);
     converge("node 1 has the record", DEADLINE, || async {
@@ -282,9 +282,10 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     // with requests in flight and chunks still to ask for.
     let crash = lost.crash_handle();
     let chunk = u64::from(big.body.archive.chunk_size);
+    let parallel = agora_daemon::ops::fetch::parallel_for(big.body.archive.chunk_size) as u32;
     let mut crashed_at = None;
     let on_progress = Box::new(move |d: agora_daemon::ops::fetch::Downloaded<'_>| {
-        if crashed_at.is_none() && d.done >= 5 * chunk {
+        if crashed_at.is_none() && d.done >= 20 * chunk {
             crash.abort();
             crashed_at = Some(d.done);
         }
@@ -306,8 +307,12 @@ async fn a_provider_lost_in_the_middle_of_a_fetch_is_replaced_by_another() {
     };
     assert_eq!(served(lost_id) + served(kept_id), chunks);
     // At most the chunks received or in flight when it crashed came from node 0.
-    assert!(served(lost_id) <= 5 + 8, "{:?}", got.served_by);
-    assert!(served(kept_id) >= chunks - 5 - 8, "{:?}", got.served_by);
+    assert!(served(lost_id) <= 20 + parallel, "{:?}", got.served_by);
+    assert!(
+        served(kept_id) >= chunks - 20 - parallel,
+        "{:?}",
+        got.served_by
+    );
     // Its failed requests count against node 0, and not as bad data.
     let (record, _) = fetcher.registry.reputation_of(&lost_id);
     let record = record.expect("node 0 has a reputation record");

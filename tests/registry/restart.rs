@@ -35,7 +35,9 @@ async fn a_restarted_node_has_its_catalog_pins_reputation_and_blobs_and_searches
     node.registry.pin(&fetched.content, true).await.unwrap();
     let seed_peer = seed.network.peer_id();
     let rep_before = node.registry.reputation_of(&seed_peer).0.unwrap();
-    assert_eq!(rep_before.successes, 1);
+    // One success for each chunk it served: 300,000 bytes are two of 256 KiB.
+    assert_eq!(theirs.body.archive.chunks.len(), 2);
+    assert_eq!(rep_before.successes, 2);
     let catalog_before = node.registry.view().record_count();
     node.shutdown().await;
     seed.shutdown().await;

@@ -103,7 +103,7 @@ async fn a_fetching_node_serves_the_chunks_it_verified_and_refuses_the_rest_at_o
     let (record, archive) = crowd_package(&nodes, "partly").await;
     let info = record.body.archive.clone();
     let n = info.chunks.len();
-    assert_eq!(n, 7);
+    assert_eq!(n, 25);
     let (holder, asker) = (&nodes[1].0, &nodes[2].0);
     // Chunks 0-2 from an earlier try, chunk 2 rotten on disk since.
     partial(&holder.registry, &info, &archive, |i| i < 3);

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agora_protocol::codec::Wire;
 use agora_protocol::dht::{DhtKey, DhtValue};
 use agora_protocol::ipc::RepairInfo;
-use agora_protocol::limits::DEFAULT_CHUNK_SIZE;
 use agora_protocol::messages::GossipMessage;
 use agora_protocol::records::{
     ArchiveInfo, CatalogRecord, PackageHead, RecordError, RecordId, ReleaseBody, ReleaseRecord,
@@ -594,7 +593,7 @@ impl Registry {
             &self.net,
             &info,
             providers,
-            fetch::DEFAULT_PARALLEL_CHUNKS,
+            fetch::parallel_for(info.chunk_size),
             sink,
         )
         .await;

@@ -385,7 +385,7 @@ fn release_body(
         version: manifest.version,
         meta: manifest.meta,
         dependencies: manifest.dependencies,
-        archive: ArchiveInfo::describe(&data, DEFAULT_CHUNK_SIZE),
+        archive: ArchiveInfo::describe(&data, ArchiveInfo::chunk_size_for(data.len() as u64)),
         published_at,
         publisher,
         previous,

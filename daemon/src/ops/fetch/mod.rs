@@ -33,8 +33,19 @@ pub use crate::store::download::{
 };
 use schedule::{Holds, Schedule};
 
-/// Chunk requests in flight at once across all providers.
-pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
+/// Bytes a fetch asks for at once across all providers: keeps a fast link busy while
+/// answers wait their turn for the serving node's upload slots.
+const BYTES_IN_FLIGHT: u64 = 8 * 1024 * 1024;
+/// Fewest and most chunk requests a fetch has out at once. The most is a serving node's
+/// budget of open fetch requests per peer, so a fetch from one seed is never refused for
+/// asking too much.
+const PARALLEL_CHUNKS: (usize, usize) = (8, 16);
+
+/// Chunk requests a fetch of an archive cut into `chunk_size` pieces has out at once.
+pub fn parallel_for(chunk_size: u32) -> usize {
+    let chunks = BYTES_IN_FLIGHT / u64::from(chunk_size.max(1));
+    (chunks as usize).clamp(PARALLEL_CHUNKS.0, PARALLEL_CHUNKS.1)
+}
 
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
