@@ -19,8 +19,10 @@
 //!   (default 64) installed by the lone downloader, then by the whole crowd at once: the
 //!   slowest against the lone install, and what the publisher uploaded. Then a second
 //!   archive and the crowd again, the publisher killed once it has uploaded
-//!   `AGORA_BENCH_KILL_AT` copies (default 1.2): the survivors' times against the crowd's
-//!   without the loss (a crowd that finishes first is reported so, the publisher alive).
+//!   `AGORA_BENCH_KILL_AT` copies (default 1.1; issue 37 names 1.2, but a crowd's publisher
+//!   uploads 1.1-1.2 copies in all, so at 1.2 it is seldom killed): the survivors' times
+//!   against the crowd's without the loss (a crowd that finishes first is reported so, the
+//!   publisher alive).
 //!
 //! Run as root, or as a user where user namespaces are allowed (the bench then runs in one):
 //! `cargo build --release --workspace && cargo bench --bench lab [-- holepunch|throughput|shaped|crowd]`.
@@ -69,7 +71,7 @@ fn main() {
         let kill_at = std::env::var("AGORA_BENCH_KILL_AT")
             .ok()
             .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(1.2);
+            .unwrap_or(1.1);
         crowd(downloaders, mib, kill_at);
     }
 }
