@@ -32,7 +32,7 @@ pub const MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
 /// Smallest chunk size a publisher cuts an archive into (see
 /// [`crate::records::ArchiveInfo::chunk_size_for`]): a chunk crosses a 40 Mbit/s link in
 /// 50 ms, so a crowd that starts together passes its first chunks on within a fraction of a
-/// second; eight requests in flight still keep a fast link full.
+/// second; a fetch's 16 requests in flight (4 MiB) still keep a fast link full.
 pub const MIN_PUBLISH_CHUNK_SIZE: u32 = 256 * 1024;
 /// Chunks a publisher cuts a larger archive into at most, where the chunk size allows:
 /// half of [`MAX_CHUNKS`], so that the largest archive's chunks are [`MAX_CHUNK_SIZE`].
