@@ -319,14 +319,14 @@ impl EventLoop {
         self.write_uploads(next);
     }
 
-    /// Hands answers to their streams; the slot of one whose requester went away goes on.
-    fn write_uploads(&mut self, mut uploads: Vec<(InboundRequestId, Upload)>) {
-        while let Some((id, (channel, response))) = uploads.pop() {
-            let fetch = &mut self.swarm.behaviour_mut().fetch;
+    /// Hands answers to their streams. The slot of one whose requester went away is freed
+    /// by the exchange's failure event, which libp2p emits for every answer it cannot send
+    /// (`upload_ended`, from `on_exchange`).
+    fn write_uploads(&mut self, uploads: Vec<(InboundRequestId, Upload)>) {
+        let fetch = &mut self.swarm.behaviour_mut().fetch;
+        for (id, (channel, response)) in uploads {
             if fetch.send_response(channel, response).is_err() {
                 debug!(?id, "fetch requester went away before the response");
-                self.fetch.open.close(id);
-                uploads.extend(self.upload_slots.ended(id, std::time::Instant::now()));
             }
         }
     }
